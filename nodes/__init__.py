@@ -1,0 +1,1 @@
+"""ComfyUI side of the pack: nodes and per-family model patching."""

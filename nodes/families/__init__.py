@@ -1,0 +1,32 @@
+"""Per-model-family adapters: where image tokens are gathered and the output is scattered back.
+
+Each adapter patches the model only through ComfyUI's ModelPatcher (object patches on methods that
+call through to the original); the engine and the policies stay family-agnostic.
+"""
+from typing import List
+
+from ..errors import SDiTInputError
+from .base import FamilyAdapter
+from .flux import FluxFamily
+
+FAMILIES: List[FamilyAdapter] = [FluxFamily()]
+
+
+def supported_family_names() -> str:
+    return ", ".join(name for family in FAMILIES for name in family.names)
+
+
+def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAdapter:
+    """The adapter for a MODEL, or a clear error naming the model class and what is supported."""
+    inner = getattr(model_patcher, "model", None)
+    diffusion_model = getattr(inner, "diffusion_model", None)
+    if diffusion_model is None:
+        raise SDiTInputError(node, input_name, f"expected a diffusion MODEL, got {type(model_patcher).__name__}")
+    for family in FAMILIES:
+        if family.matches(diffusion_model):
+            return family
+    raise SDiTInputError(
+        node, input_name,
+        f"model class {type(inner).__name__} ({type(diffusion_model).__module__}.{type(diffusion_model).__name__}) "
+        f"is not supported: region-adaptive sampling needs a diffusion transformer of a supported family "
+        f"({supported_family_names()}); UNet models such as SD1.5/SDXL cannot skip tokens")

@@ -1,0 +1,99 @@
+"""Puts the token-sparse engine on a clone of a ComfyUI MODEL, through ModelPatcher mechanisms only.
+
+- OUTER_SAMPLE wrapper: creates the run state (policy, caches) when sampling starts and drops the
+  caches when it ends, even on error or interrupt, so every run starts clean;
+- APPLY_MODEL wrapper: opens one engine forward per model call (its stream, sigma and image grid);
+- `optimized_attention_override`: routes every attention call through the engine's K/V cache,
+  chaining any override another node installed before us;
+- the family adapter's object patch: gathers active tokens and scatters the output.
+The model passed in is never modified: everything is installed on a clone.
+"""
+from typing import Callable, Optional
+
+import comfy.patcher_extension as patcher_extension
+
+from ..sdit_core.engine import ForwardCall, SparseRun
+from ..sdit_core.policy import TokenPolicy
+from .families import adapter_for
+
+WRAPPER_KEY = "comfyui_sdit_token_sparse"
+# Names of optimized_attention's positional parameters after (q, k, v, heads).
+_ATTENTION_POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+
+
+class RunSlot:
+    """The run in progress on one patched model, and the last finished one (for traces)."""
+
+    def __init__(self):
+        self.run: Optional[SparseRun] = None
+        self.last_run: Optional[SparseRun] = None
+
+    def current_call(self) -> Optional[ForwardCall]:
+        return self.run.current if self.run is not None else None
+
+
+def _stream_key(transformer_options: dict):
+    uuids = transformer_options.get("uuids")
+    if uuids:
+        return tuple(uuids)
+    return tuple(transformer_options.get("cond_or_uncond", ()))
+
+
+def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str):
+    """Returns (patched clone, slot). `make_policy(run_shape_info)` is called at every sampling start."""
+    adapter = adapter_for(model, node)
+    patch_size = adapter.patch_size(model.model.diffusion_model)
+    patched = model.clone()
+    slot = RunSlot()
+    adapter.install(patched, slot)
+
+    def outer_sample(executor, *args, **kwargs):
+        noise = args[0] if args else kwargs["noise"]
+        if noise.ndim != 4:
+            raise ValueError(f"{node}: expected an image latent (batch, channels, height, width), got shape {tuple(noise.shape)}")
+        run = SparseRun(TokenPolicy(), noise.shape, patch_size)
+        run.policy = make_policy(run)
+        slot.run = run
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            run.release()
+            slot.run = None
+            slot.last_run = run
+
+    def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        run = slot.run
+        if run is None or x.ndim != 4:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        call = run.open_forward(x.shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
+                                _stream_key(transformer_options))
+        completed = False
+        try:
+            out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+            completed = True
+            return out
+        finally:
+            run.close_forward(call, completed)
+
+    transformer_options = patched.model_options.setdefault("transformer_options", {})
+    previous_override = transformer_options.get("optimized_attention_override")
+
+    def attention_override(func, *args, **kwargs):
+        if previous_override is None:
+            attend = func
+        else:
+            def attend(*a, **kw):
+                return previous_override(func, *a, **kw)
+        call = slot.current_call()
+        if call is None:
+            return attend(*args, **kwargs)
+        q, k, v, heads = args[:4]
+        kwargs = dict(kwargs)
+        for name, value in zip(_ATTENTION_POSITIONAL, args[4:]):
+            kwargs[name] = value
+        return call.attention(attend, q, k, v, heads, kwargs)
+
+    transformer_options["optimized_attention_override"] = attention_override
+    patched.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
+    patched.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)
+    return patched, slot

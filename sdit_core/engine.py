@@ -1,0 +1,225 @@
+"""The token-sparse engine: one sampling run of forwards that compute only a subset of image tokens.
+
+Data flow of one model forward (a model adapter drives it; see docs/ARCHITECTURE.md):
+
+    run.open_forward(...)      -> ForwardCall: dense, or the active token index per batch row
+    call.gather(img tokens)    -> only active image tokens (plus always-active extra tokens) enter
+    call.attention(...)        -> every attention: write fresh K/V into the layer's joint cache,
+                                  attend active queries against text + the whole image cache
+    call.scatter(output)       -> full-size token output; inactive tokens take the policy's value
+    run.close_forward(call)
+
+Forwards are grouped into *streams*: the rows of one forward call (e.g. cond+uncond batched, or
+cond alone when ComfyUI splits them). Each stream owns its K/V cache and last output. A stream that
+has not yet run densely is run densely, so the caches are always complete.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
+
+import torch
+
+from .kv_cache import JointKVCache
+from .policy import EvalInfo, TokenPolicy
+from .schedule import step_of_sigma
+from .tokens import gather_rows, scatter_rows_, validate_active_index
+
+
+@dataclass
+class CallRecord:
+    """What one forward call actually pushed through the transformer."""
+    stream: Hashable
+    rows: int
+    dense: bool
+    image_tokens: int                   # grid tokens per row that entered the blocks
+    attention_image_rows: List[int] = field(default_factory=list)   # image query rows, per attention call
+
+
+@dataclass
+class EvalRecord:
+    info: EvalInfo
+    active: Optional[torch.Tensor]      # (batch, n) on CPU, None when planned dense
+    calls: List[CallRecord] = field(default_factory=list)
+
+    @property
+    def dense(self) -> bool:
+        return all(c.dense for c in self.calls) if self.calls else self.active is None
+
+
+class Stream:
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.kv = JointKVCache()
+        self.last_output: Optional[torch.Tensor] = None
+        self.primed = False             # a dense forward completed: caches hold every token
+
+
+class ForwardCall:
+    """One forward of the diffusion model under the engine."""
+
+    def __init__(self, run: "SparseRun", stream: Stream, info: EvalInfo, dense: bool,
+                 grid_index: Optional[torch.Tensor], grid_tokens: int):
+        self.run = run
+        self.stream = stream
+        self.info = info
+        self.dense = dense
+        self.grid_index = grid_index      # (rows, n) active grid tokens, None when dense
+        self.grid_tokens = grid_tokens    # tokens of the latent grid (extra tokens such as references follow)
+        self.text_len = 0                 # set by the adapter: rows before the image tokens in attention
+        self._image_index: Optional[torch.Tensor] = None   # grid index + always-active extra tokens
+        self._attention_calls = 0
+        self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
+
+    # ---- gather / scatter -------------------------------------------------------------------
+    def image_index(self, total_tokens: int, device: torch.device) -> torch.Tensor:
+        """Rows of the image sequence that run: active grid tokens, then every extra token
+        (e.g. Flux Kontext reference tokens appended after the grid), which always run."""
+        if self._image_index is None or self._image_index.device != device:
+            extra = total_tokens - self.grid_tokens
+            if extra < 0:
+                raise ValueError(f"image sequence of {total_tokens} tokens is shorter than the grid ({self.grid_tokens})")
+            index = self.grid_index.to(device)
+            if extra:
+                tail = torch.arange(self.grid_tokens, total_tokens, device=device).expand(index.shape[0], -1)
+                index = torch.cat([index, tail], dim=1)
+            self._image_index = index
+        return self._image_index
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(rows, N_image, ...) -> (rows, n_active, ...)."""
+        if self.dense:
+            return tokens
+        return gather_rows(tokens, self.image_index(tokens.shape[1], tokens.device))
+
+    def gather_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Gathers a tensor that covers the grid tokens (or a prefix of the image sequence, as
+        ControlNet residuals do) so it lines up with the gathered image sequence."""
+        if self.dense:
+            return tokens
+        if tokens.shape[1] == self.grid_tokens:
+            return gather_rows(tokens, self.grid_index.to(tokens.device))
+        return gather_rows(tokens, self.image_index(tokens.shape[1], tokens.device))
+
+    def scatter(self, output: torch.Tensor) -> torch.Tensor:
+        """Full-size token output: computed rows from `output`, inactive rows from the policy."""
+        if self.dense:
+            full = output
+        else:
+            fill = self.run.policy.inactive_output(self.stream.key, self.info, self.stream.last_output)
+            index = self.image_index(fill.shape[1], output.device)
+            if output.shape[1] != index.shape[1]:
+                raise ValueError(f"model returned {output.shape[1]} tokens, {index.shape[1]} were sent in")
+            full = scatter_rows_(fill.to(output.device, output.dtype, copy=True), index, output)
+        self.stream.last_output = full.detach().clone()
+        self.run.policy.on_output(self.stream.key, self.info, self.stream.last_output,
+                                  None if self.dense else self.grid_index)
+        return full
+
+    # ---- attention ----------------------------------------------------------------------------
+    def attention(self, attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  heads: int, kwargs: dict) -> torch.Tensor:
+        """Runs one attention call of the forward. `attend(q, k, v, heads, **kwargs)` is the
+        attention implementation ComfyUI chose (or an override another node installed)."""
+        layer = self._attention_calls
+        self._attention_calls += 1
+        seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
+        self.record.attention_image_rows.append(q.shape[seq_dim] - self.text_len)
+        if self.dense:
+            self.stream.kv.store_dense(layer, k, v)
+            return attend(q, k, v, heads, **kwargs)
+        rows = self.text_len + self.image_index(self._image_tokens_total(), k.device)
+        k_full, v_full = self.stream.kv.write_sparse(layer, k, v, self.text_len, rows, seq_dim)
+        mask = kwargs.get("mask")
+        if mask is not None:
+            kwargs = dict(kwargs, mask=self._gather_mask_queries(mask, rows, k_full.shape[seq_dim]))
+        return attend(q, k_full, v_full, heads, **kwargs)
+
+    def _image_tokens_total(self) -> int:
+        if self._image_index is None:
+            raise RuntimeError("attention ran before the image tokens were gathered")
+        return self.grid_tokens + (self._image_index.shape[1] - self.grid_index.shape[1])
+
+    def _gather_mask_queries(self, mask: torch.Tensor, image_rows: torch.Tensor, full_len: int) -> torch.Tensor:
+        """An attention mask built for the dense sequence covers all query rows; keep the active ones."""
+        if mask.shape[-2] == 1:
+            return mask
+        if mask.shape[-2] != full_len:
+            raise ValueError(f"attention mask with {mask.shape[-2]} query rows, expected 1 or {full_len}")
+        rows = image_rows.shape[0]
+        text = torch.arange(self.text_len, device=mask.device).expand(rows, -1)
+        query_rows = torch.cat([text, image_rows.to(mask.device)], dim=1)      # (rows, Lq_active)
+        m = mask[None] if mask.ndim == 2 else mask                             # (rows|1, [heads,] Lq, Lk)
+        if m.shape[0] == 1 and rows > 1:
+            m = m.expand(rows, *m.shape[1:])
+        index = query_rows.view(rows, *([1] * (m.ndim - 3)), -1, 1).expand(*m.shape[:-2], -1, m.shape[-1])
+        return torch.gather(m, m.ndim - 2, index)
+
+
+class SparseRun:
+    """State of one sampling run: the policy, per-stream caches and the record of every evaluation."""
+
+    def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int):
+        if len(latent_shape) != 4:
+            raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
+        self.policy = policy
+        self.batch = int(latent_shape[0])
+        self.patch_size = int(patch_size)
+        self.grid = self.grid_of(latent_shape)
+        self.streams: Dict[Hashable, Stream] = {}
+        self.evals: List[EvalRecord] = []
+        self.current: Optional[ForwardCall] = None
+        self._sigma: Optional[float] = None
+        self._streams_in_eval: set = set()
+
+    def grid_of(self, latent_shape) -> Tuple[int, int]:
+        p = self.patch_size
+        return (-(-int(latent_shape[-2]) // p), -(-int(latent_shape[-1]) // p))
+
+    def _begin_eval(self, sigma: float, sample_sigmas: Optional[torch.Tensor]) -> EvalRecord:
+        steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
+        step = step_of_sigma(sample_sigmas, sigma) if sample_sigmas is not None else len(self.evals)
+        info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,
+                        grid=self.grid, batch=self.batch)
+        active = self.policy.plan(info)
+        if active is not None:
+            active = validate_active_index(active, self.batch, info.num_tokens)
+        record = EvalRecord(info, None if active is None else active.cpu())
+        self.evals.append(record)
+        self._sigma = sigma
+        return record
+
+    def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
+                     sample_sigmas: Optional[torch.Tensor], stream_key: Hashable) -> ForwardCall:
+        rows = int(latent_shape[0])
+        grid = self.grid_of(latent_shape)
+        key = (stream_key, rows, grid)
+        # A new evaluation starts when sigma moves, or when a stream comes back at the same sigma
+        # (within one evaluation every stream runs once).
+        if self._sigma is None or sigma != self._sigma or key in self._streams_in_eval:
+            self._begin_eval(sigma, sample_sigmas)
+            self._streams_in_eval = set()
+        self._streams_in_eval.add(key)
+        record = self.evals[-1]
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = Stream(key)
+        # Dense when planned, when this stream's caches are not complete yet, or when the call does
+        # not cover the run's image grid (e.g. area conditioning crops the latent).
+        dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
+        grid_index = None if dense else record.active.repeat(rows // self.batch, 1)
+        call = ForwardCall(self, stream, record.info, dense, grid_index, grid[0] * grid[1])
+        call.record.rows = rows
+        self.current = call
+        return call
+
+    def close_forward(self, call: ForwardCall, completed: bool) -> None:
+        if self.current is call:
+            self.current = None
+        if completed:
+            self.evals[-1].calls.append(call.record)
+            if call.dense:
+                call.stream.primed = True
+
+    def release(self) -> None:
+        """Frees every cache; the run's record stays."""
+        self.streams.clear()
+        self.current = None

@@ -1,0 +1,47 @@
+"""What a token-selection policy (RAS, SDiT, ...) tells the engine, and what it is told."""
+from dataclasses import dataclass
+from typing import Hashable, Optional, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    """One model evaluation of a sampling run (a step, or a sub-step of a multi-stage sampler)."""
+    index: int                  # 0-based evaluation counter within the run
+    step: int                   # the sampling step this evaluation belongs to
+    steps: int                  # steps in the run's schedule
+    sigma: float
+    grid: Tuple[int, int]       # image token grid (rows, cols)
+    batch: int                  # images in the latent batch
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+class TokenPolicy:
+    """Base policy: dense everywhere, inactive tokens reuse their last computed output (RAS)."""
+
+    def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
+        """Active image tokens for this evaluation: (batch, n) token indices, or None for a dense step."""
+        return None
+
+    def inactive_output(self, stream: Hashable, info: EvalInfo, last_output: torch.Tensor) -> torch.Tensor:
+        """Token-space model output (rows, tokens, channels) that inactive tokens take this evaluation."""
+        return last_output
+
+    def on_output(self, stream: Hashable, info: EvalInfo, output: torch.Tensor,
+                  computed: Optional[torch.Tensor]) -> None:
+        """Called after each forward with its full token-space output and the computed token index
+        (None when every token was computed)."""
+
+
+class FixedPlanPolicy(TokenPolicy):
+    """Plays back a given plan per evaluation index (None = dense); used by tests and benchmarks."""
+
+    def __init__(self, plans):
+        self.plans = list(plans)
+
+    def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
+        return self.plans[info.index] if info.index < len(self.plans) else None

@@ -1,0 +1,47 @@
+"""Gathering and scattering rows of token sequences with a per-batch-row index."""
+import torch
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, ...), index: (B, n) -> (B, n, ...), row b taking x[b, index[b]]."""
+    if x.shape[0] != index.shape[0]:
+        raise ValueError(f"batch mismatch: tokens {tuple(x.shape)} vs index {tuple(index.shape)}")
+    expanded = index.view(*index.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, expanded)
+
+
+def scatter_rows_(full: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """In place: full[b, index[b]] = rows[b]. Returns full."""
+    expanded = index.view(*index.shape, *([1] * (full.ndim - 2))).expand(-1, -1, *full.shape[2:])
+    return full.scatter_(1, expanded, rows.to(full.dtype))
+
+
+def validate_active_index(active: torch.Tensor, batch: int, num_tokens: int) -> torch.Tensor:
+    """Checks a policy's active set: (batch, n) distinct token indices in [0, num_tokens)."""
+    if active.ndim != 2 or active.shape[0] != batch:
+        raise ValueError(f"active set must be (batch={batch}, n), got {tuple(active.shape)}")
+    if active.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"active set must hold integer token indices, got {active.dtype}")
+    n = active.shape[1]
+    if n < 1 or n > num_tokens:
+        raise ValueError(f"active set size {n} outside 1..{num_tokens}")
+    if int(active.min()) < 0 or int(active.max()) >= num_tokens:
+        raise ValueError(f"active token index outside 0..{num_tokens - 1}")
+    sorted_idx = active.sort(dim=1).values
+    if n > 1 and bool((sorted_idx[:, 1:] == sorted_idx[:, :-1]).any()):
+        raise ValueError("active set holds a token twice")
+    return sorted_idx.long()
+
+
+def mask_to_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool with the same count per row -> (B, n) sorted indices."""
+    counts = mask.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(f"every image needs the same active count, got {counts.tolist()}")
+    return mask.nonzero()[:, 1].view(mask.shape[0], int(counts[0]))
+
+
+def index_to_mask(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    mask = torch.zeros(index.shape[0], num_tokens, dtype=torch.bool, device=index.device)
+    mask.scatter_(1, index, True)
+    return mask

@@ -1,0 +1,224 @@
+"""Exactness of the token-sparse engine on ComfyUI's real Flux class (tiny, random weights, fp32, CPU)."""
+import contextlib
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.engine import SparseRun
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from comfyui_sdit.sdit_core.tokens import index_to_mask
+from sdit_testkit import flux_conditioning, ksample, sample_with, tiny_flux
+
+TOL = 1e-5
+
+
+class RecordingPolicy(FixedPlanPolicy):
+    """Plays back plans and records every forward's full token output."""
+
+    def __init__(self, plans):
+        super().__init__(plans)
+        self.outputs = []       # (eval index, stream, output, computed index)
+
+    def on_output(self, stream, info, output, computed):
+        self.outputs.append((info.index, stream, output.clone(), computed))
+
+
+def random_active(batch, num_tokens, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
+
+
+def patch(model, plans):
+    policy = RecordingPolicy(plans)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    return patched, slot, policy
+
+
+def repeated_evals(inputs_per_eval):
+    """A sampler that evaluates the model at sigmas[0] once per given input transform."""
+    denoised = []
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for make_input in inputs_per_eval:
+            denoised.append(model(make_input(x), sigmas[0] * s_in, **extra_args))
+        return x
+    return sampler, denoised
+
+
+CASES = [
+    pytest.param(1, 1.0, (16, 16), id="batch1-cfg1-16x16"),
+    pytest.param(2, 3.0, (24, 40), id="batch2-cfg3-24x40"),
+]
+
+
+@pytest.mark.parametrize("batch,cfg,size", CASES)
+def test_all_tokens_active_equals_unpatched(batch, cfg, size):
+    model = tiny_flux(seed=3)
+    latent = torch.zeros(batch, 16, *size)
+    tokens = (size[0] // 2) * (size[1] // 2)
+    everything = torch.arange(tokens).expand(batch, -1)
+    reference = ksample(model, latent, seed=5, steps=5, cfg=cfg)
+    patched, slot, policy = patch(model, [None] + [everything] * 4)
+    sparse = ksample(patched, latent, seed=5, steps=5, cfg=cfg)
+    assert (sparse - reference).abs().max().item() <= TOL
+    # the sparse path really ran: four evaluations through gathered tokens
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("batch,cfg,size", CASES)
+def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, size):
+    model = tiny_flux(seed=4)
+    latent = torch.zeros(batch, 16, *size)
+    tokens = (size[0] // 2) * (size[1] // 2)
+    n = tokens // 3
+    first, second = random_active(batch, tokens, n, seed=1), random_active(batch, tokens, n, seed=2)
+    if batch > 1:
+        assert not torch.equal(first[0].sort().values, first[1].sort().values)
+    shifted = lambda x: x + 0.25  # noqa: E731  a different input for the third evaluation
+    patched, slot, policy = patch(model, [None, first, second])
+    sampler, denoised = repeated_evals([lambda x: x, lambda x: x, shifted])
+    sigmas = torch.tensor([0.8, 0.0])
+    sample_with(patched, latent, sampler, sigmas, cfg=cfg, seed=9)
+
+    unpatched_sampler, unpatched_denoised = repeated_evals([lambda x: x])
+    sample_with(model, latent, unpatched_sampler, sigmas, cfg=cfg, seed=9)
+
+    outs = {index: (out, computed) for index, _, out, computed in policy.outputs}
+    assert len(policy.outputs) == 3, "one stream (cond and uncond batched) per evaluation"
+    dense, _ = outs[0]
+    sparse, computed = outs[1]
+    rows = dense.shape[0]
+    active = index_to_mask(computed, tokens)                                  # (rows, tokens)
+    assert rows == batch * (2 if cfg > 1 else 1) and active.shape[0] == rows
+    diff = (sparse - dense).abs().amax(dim=-1)                                # (rows, tokens)
+    assert diff[active].max().item() <= TOL
+    assert torch.equal(sparse[~active], dense[~active])                      # cached outputs
+    # The same input gives the dense result everywhere, also after CFG and conversion to x0.
+    assert (denoised[1] - unpatched_denoised[0]).abs().max().item() <= TOL
+    assert (denoised[0] - unpatched_denoised[0]).abs().max().item() <= TOL
+
+    third, computed3 = outs[2]
+    active3 = index_to_mask(computed3, tokens)
+    assert torch.equal(third[~active3], sparse[~active3]), "inactive tokens hold their cached output"
+    assert (third[active3] - sparse[active3]).abs().max().item() > 1e-3, "active tokens were recomputed"
+    # Tokens processed, layer by layer: 2 double + 2 single blocks, n image queries per row.
+    calls = [e.calls for e in slot.last_run.evals]
+    assert [len(c) for c in calls] == [1, 1, 1]
+    assert calls[0][0].attention_image_rows == [tokens] * 4
+    assert calls[1][0].attention_image_rows == [n] * 4
+    assert calls[2][0].attention_image_rows == [n] * 4
+
+
+def test_sampling_leaves_the_original_model_bit_identical():
+    model = tiny_flux(seed=6)
+    latent = torch.zeros(1, 16, 16, 24)
+    before = ksample(model, latent, seed=2, steps=4, cfg=2.0)
+    half = random_active(1, 8 * 12, 48, seed=0)
+    patched, slot, _ = patch(model, [None, half, half, half])
+    sparse = ksample(patched, latent, seed=2, steps=4, cfg=2.0)
+    after = ksample(model, latent, seed=2, steps=4, cfg=2.0)
+    assert torch.equal(before, after)
+    assert (sparse - before).abs().max().item() > 1e-4, "the patched clone did run sparse"
+    assert "optimized_attention_override" not in model.model_options.get("transformer_options", {})
+    assert not model.object_patches and not model.wrappers
+    assert slot.run is None and not slot.last_run.streams, "caches dropped when sampling ends"
+
+
+def test_full_sampling_counts_tokens_exactly():
+    model = tiny_flux(seed=7)
+    latent = torch.zeros(2, 16, 16, 16)
+    tokens, n = 64, 16
+    plans = [None, None] + [random_active(2, tokens, n, seed=s) for s in range(6)]
+    patched, slot, _ = patch(model, plans)
+    ksample(patched, latent, seed=1, steps=8, cfg=4.0, sampler="euler")
+    evals = slot.last_run.evals
+    assert [e.info.step for e in evals] == list(range(8))
+    for e in evals:
+        expected = tokens if e.info.index < 2 else n
+        assert len(e.calls) == 1 and e.calls[0].rows == 4
+        assert e.calls[0].image_tokens == expected
+        assert e.calls[0].attention_image_rows == [expected] * 4
+
+
+def test_multistage_sampler_maps_evaluations_to_steps():
+    model = tiny_flux(seed=8)
+    latent = torch.zeros(1, 16, 8, 8)
+    patched, slot, _ = patch(model, [])
+    ksample(patched, latent, steps=3, sampler="heun")
+    steps = [e.info.step for e in slot.last_run.evals]
+    # Heun evaluates at sigma_i, then its corrector at sigma_{i+1}; an evaluation belongs to the step
+    # whose interval holds its sigma, so the corrector counts toward step i+1. The last step is Euler.
+    assert steps == [0, 1, 1, 2, 2], steps
+    assert len({e.info.index for e in slot.last_run.evals}) == 5
+
+
+def test_existing_attention_override_is_chained():
+    model = tiny_flux(seed=9).clone()
+    seen = []
+
+    def counting_override(func, *args, **kwargs):
+        seen.append(args[1].shape[2])        # key length the chained override receives
+        return func(*args, **kwargs)
+    model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = counting_override
+    latent = torch.zeros(1, 16, 8, 8)
+    reference = ksample(model, latent, steps=3)
+    seen.clear()
+    everything = torch.arange(16)[None]
+    patched, _, _ = patch(model, [None, everything, everything])
+    sparse = ksample(patched, latent, steps=3)
+    assert len(seen) == 3 * 4 and set(seen) == {7 + 16}, "override called with the full cached K"
+    assert (sparse - reference).abs().max().item() <= TOL
+
+
+@contextlib.contextmanager
+def engine_forward(patched, run, sigma, stream="s"):
+    """Drives the diffusion model's forward directly, with the object patches applied."""
+    patched.patch_model(load_weights=False)
+    try:
+        yield lambda x, **kw: _forward(patched, run, x, sigma, stream, **kw)
+    finally:
+        patched.unpatch_model(unpatch_weights=False)
+
+
+def _forward(patched, run, x, sigma, stream, **kwargs):
+    call = run.open_forward(x.shape, sigma, None, stream)
+    try:
+        out = patched.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options=dict(
+            patched.model_options["transformer_options"]), **kwargs)
+    finally:
+        run.close_forward(call, True)
+    return out
+
+
+def test_controlnet_residuals_and_reference_tokens_are_gathered():
+    model = tiny_flux(seed=10)
+    cond = flux_conditioning(3)[0]
+    x = torch.randn(1, 16, 12, 16, generator=torch.Generator().manual_seed(0))
+    tokens = 6 * 8
+    g = torch.Generator().manual_seed(1)
+    control = {"input": [0.1 * torch.randn(1, tokens, 64, generator=g), None],
+               "output": [0.1 * torch.randn(1, tokens, 64, generator=g)]}
+    reference = torch.randn(1, 16, 8, 8, generator=g)
+    active = random_active(1, tokens, 20, seed=4)
+    patched, slot, policy = patch(model, [None, active])
+    kwargs = dict(context=cond[0], y=cond[1]["pooled_output"], guidance=torch.tensor([3.5]),
+                  control=control, ref_latents=[reference])
+    run = SparseRun(policy, x.shape, patch_size=2)
+    slot.run = run
+    try:
+        with engine_forward(patched, run, 0.7) as forward:
+            dense = forward(x, **kwargs)
+            sparse = forward(x, **kwargs)
+    finally:
+        slot.run = None
+    plain = model.model.diffusion_model(x, torch.full((1,), 0.7), transformer_options={}, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL
+    assert (sparse - plain).abs().max().item() <= TOL
+    # the sparse forward ran 20 grid tokens plus the 16 reference tokens through every block
+    assert run.evals[1].calls[0].attention_image_rows == [20 + 16] * 4
+    # and residuals count: without them the result differs
+    no_control = dict(kwargs, control=None)
+    assert (model.model.diffusion_model(x, torch.full((1,), 0.7), transformer_options={}, **no_control)
+            - plain).abs().max().item() > 1e-3
