@@ -15,6 +15,7 @@ import comfy.patcher_extension as patcher_extension
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.policy import TokenPolicy
 from .families import adapter_for
+from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
 # Names of optimized_attention's positional parameters after (q, k, v, heads).
@@ -49,8 +50,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
 
     def outer_sample(executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
-        if noise.ndim != 4:
-            raise ValueError(f"{node}: expected an image latent (batch, channels, height, width), got shape {tuple(noise.shape)}")
+        check_latent({"samples": noise}, patch_size, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size)
         run.policy = make_policy(run)
         slot.run = run

@@ -67,3 +67,17 @@ def sample_with(model, latent, sampler_function, sigmas, cfg=1.0, positive=None,
     sampler = comfy.samplers.KSAMPLER(sampler_function)
     return comfy.sample.sample_custom(model, noise_like(latent, seed), cfg, sampler, sigmas, positive, negative,
                                       latent, disable_pbar=True, seed=seed)
+
+
+TINY_SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                  "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
+                  "num_res_blocks": [1], "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
+                  "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 1, "num_head_channels": -1,
+                  "transformer_depth_output": [1, 1]}
+
+
+def tiny_sd15(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A real SD1.5-class UNet (not a transformer the pack can sparsify)."""
+    model = comfy.supported_models.SD15(dict(TINY_SD15_UNET)).get_model({})
+    init_weights_(model.diffusion_model, seed)
+    return make_patcher(model)

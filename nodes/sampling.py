@@ -1,0 +1,53 @@
+"""What the pack's KSampler-like nodes share: their standard inputs, input checks, and sampling
+through ComfyUI's own `common_ksampler` (noise, previews, progress bar as in KSampler)."""
+import importlib
+
+import comfy.samplers
+
+from .errors import SDiTInputError
+
+CATEGORY = "sampling/region adaptive"
+
+
+def ksampler_inputs() -> dict:
+    return {
+        "model": ("MODEL", {"tooltip": "A diffusion-transformer model (Flux, Flux 2, Chroma, ...). It is not modified: a patched copy samples."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                         "tooltip": "Random seed of the initial noise, as in KSampler."}),
+        "steps": ("INT", {"default": 28, "min": 1, "max": 10000, "tooltip": "Sampling steps, as in KSampler."}),
+        "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                          "tooltip": "Classifier-free guidance scale (Flux dev: 1.0, guidance comes from FluxGuidance)."}),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Any ComfyUI sampler."}),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Any ComfyUI scheduler."}),
+        "positive": ("CONDITIONING", {"tooltip": "Conditioning describing what to include."}),
+        "negative": ("CONDITIONING", {"tooltip": "Conditioning describing what to avoid (used when cfg > 1)."}),
+        "latent_image": ("LATENT", {"tooltip": "The latent to denoise; height and width must be multiples of the model's patch size."}),
+        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "Amount of denoising, as in KSampler (below 1 for img2img)."}),
+    }
+
+
+def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image") -> None:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if samples is None or getattr(samples, "ndim", 0) != 4:
+        shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
+        raise SDiTInputError(node, input_name, f"expected an image latent (batch, channels, height, width), got shape {shape}")
+    height, width = samples.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise SDiTInputError(
+            node, input_name,
+            f"latent size {height}x{width} is not a multiple of the model's patch size {patch_size}; "
+            f"use an image size that is a multiple of {8 * patch_size} pixels")
+
+
+def check_range(value: float, low: float, high: float, node: str, input_name: str, low_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        bracket = "(" if low_open else "["
+        raise SDiTInputError(node, input_name, f"{value} is outside {bracket}{low}, {high}]")
+
+
+def run_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
+    comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py, not this pack's `nodes` package
+    return comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                       latent_image, denoise=denoise)[0]

@@ -1,0 +1,33 @@
+"""Per-token scores of a model output map (RAS Eq. 1 and the supplement's l2-norm variant)."""
+import torch
+import torch.nn.functional as F
+
+METRICS = ("std", "l2norm")
+
+
+def noise_prediction(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(x - x0) / sigma: the model-output space of both eps models (= eps) and flow models (= v)."""
+    sigma = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return (x - denoised) / sigma.clamp_min(1e-8)
+
+
+def patch_average(values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, H, W) per latent pixel -> (B, h, w) per token (a patch_size x patch_size patch)."""
+    p = patch_size
+    pad_h, pad_w = (-values.shape[-2]) % p, (-values.shape[-1]) % p
+    v = values[:, None]
+    if pad_h or pad_w:
+        v = F.pad(v, (0, pad_w, 0, pad_h), mode="replicate")
+    return F.avg_pool2d(v, p)[:, 0]
+
+
+def token_metric(output: torch.Tensor, patch_size: int, kind: str = "std") -> torch.Tensor:
+    """output (B, C, H, W) -> (B, h, w): std (or l2 norm) over channels, averaged over each patch."""
+    output = output.float()
+    if kind == "std":
+        per_pixel = output.std(dim=1)
+    elif kind == "l2norm":
+        per_pixel = torch.linalg.vector_norm(output, dim=1)
+    else:
+        raise ValueError(f"unknown metric '{kind}', expected one of {METRICS}")
+    return patch_average(per_pixel, patch_size)

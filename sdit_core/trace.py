@@ -1,0 +1,90 @@
+"""REGION_TRACE: what a region-adaptive run did, step by step; compact and on the CPU."""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .engine import EvalRecord, SparseRun
+from .tokens import index_to_mask
+
+
+@dataclass
+class StepTrace:
+    eval_index: int
+    step: int
+    sigma: float
+    dense: bool
+    active: torch.Tensor                 # (B, h, w) bool: tokens computed this evaluation
+    tokens: int                          # image tokens computed per image (row-weighted over calls)
+    metric: Optional[torch.Tensor] = None   # (B, h, w) fp16 score map from this evaluation's output
+    labels: Optional[torch.Tensor] = None   # (B, h, w) int32 region labels (SDiT)
+
+
+@dataclass
+class RegionTrace:
+    method: str
+    grid: Tuple[int, int]
+    batch: int
+    patch_size: int
+    steps: List[StepTrace] = field(default_factory=list)
+    settings: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def update_count(self) -> torch.Tensor:
+        """(B, h, w): evaluations in which each token was computed."""
+        if not self.steps:
+            return torch.zeros(self.batch, *self.grid, dtype=torch.int32)
+        return torch.stack([s.active for s in self.steps]).sum(dim=0, dtype=torch.int32)
+
+    @property
+    def tokens_per_step(self) -> List[int]:
+        return [s.tokens for s in self.steps]
+
+    @property
+    def work_fraction(self) -> float:
+        """Image-token work through the transformer relative to dense sampling."""
+        if not self.steps:
+            return 1.0
+        return sum(self.tokens_per_step) / (len(self.steps) * self.num_tokens)
+
+    @property
+    def dense_steps(self) -> int:
+        return sum(1 for s in self.steps if s.dense)
+
+    def summary(self) -> Dict[str, object]:
+        return {"method": self.method, "evaluations": len(self.steps), "dense_evaluations": self.dense_steps,
+                "sparse_evaluations": len(self.steps) - self.dense_steps,
+                "work_fraction": round(self.work_fraction, 4), "grid": list(self.grid)}
+
+    def __repr__(self) -> str:  # shown by ComfyUI debugging tools; keep it short
+        return f"RegionTrace({self.summary()})"
+
+
+def _evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
+    rows = sum(c.rows for c in record.calls)
+    if rows == 0:
+        return num_tokens, True
+    work = sum(c.rows * c.image_tokens for c in record.calls)
+    return int(round(work / rows)), all(c.dense for c in record.calls)
+
+
+def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, torch.Tensor]] = None,
+                   label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None) -> RegionTrace:
+    h, w = run.grid
+    trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
+                        settings=dict(settings or {}))
+    for record in run.evals:
+        tokens, dense = _evaluation_tokens(record, h * w)
+        if dense or record.active is None:
+            active = torch.ones(run.batch, h, w, dtype=torch.bool)
+        else:
+            active = index_to_mask(record.active, h * w).view(run.batch, h, w)
+        index = record.info.index
+        trace.steps.append(StepTrace(
+            eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,
+            tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index)))
+    return trace

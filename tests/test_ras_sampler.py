@@ -1,0 +1,134 @@
+"""RAS end-to-end on ComfyUI's real Flux class (tiny, random weights) through the pack's nodes."""
+import importlib
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
+from sdit_testkit import flux_conditioning, tiny_flux, tiny_sd15
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+
+TOL = 1e-5
+
+
+def ras_args(**overrides):
+    args = dict(seed=3, steps=8, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=flux_conditioning(1), negative=flux_conditioning(2), denoise=1.0,
+                sample_ratio=0.5, warmup_steps=2, reset_steps="5", starvation_scale=0.1, metric="std",
+                dynamic_ratio=False)
+    args.update(overrides)
+    return args
+
+
+def latent(batch=1, h=16, w=16):
+    return {"samples": torch.zeros(batch, 16, h, w)}
+
+
+def plain_ksampler(model, a, lat):
+    return comfy_nodes.KSampler().sample(model, a["seed"], a["steps"], a["cfg"], a["sampler_name"], a["scheduler"],
+                                         a["positive"], a["negative"], lat, denoise=a["denoise"])[0]["samples"]
+
+
+@pytest.mark.parametrize("cfg,batch", [(1.0, 1), (3.5, 2)])
+def test_ratio_one_reproduces_plain_ksampler(cfg, batch):
+    model = tiny_flux(seed=11)
+    a = ras_args(cfg=cfg, sample_ratio=1.0)
+    lat = latent(batch, 16, 24)
+    out, trace = RASSampler().sample(model, latent_image=lat, **a)
+    reference = plain_ksampler(model, a, lat)
+    assert (out["samples"] - reference).abs().max().item() <= TOL
+    assert trace.tokens_per_step == [8 * 12] * 8
+
+
+def test_half_ratio_trace_counts_tokens_exactly():
+    model = tiny_flux(seed=12)
+    out, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16), **ras_args())
+    n_tokens = 64
+    expected = [64 if step in (0, 1, 5) else 32 for step in range(8)]
+    assert trace.tokens_per_step == expected
+    assert [s.dense for s in trace.steps] == [step in (0, 1, 5) for step in range(8)]
+    assert [int(s.active.sum()) for s in trace.steps] == expected
+    assert trace.work_fraction == pytest.approx(sum(expected) / (8 * n_tokens))
+    assert int(trace.update_count.sum()) == sum(expected)
+    # a metric map per evaluation, on the token grid
+    assert all(s.metric is not None and s.metric.shape == (1, 8, 8) for s in trace.steps)
+    assert torch.isfinite(out["samples"]).all()
+
+
+def test_temporal_continuity_uses_previous_output_metric():
+    """The set computed at step t+1 is the top of the score map from step t's output."""
+    model = tiny_flux(seed=13)
+    _, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16), **ras_args(starvation_scale=0.0))
+    for prev, step in zip(trace.steps, trace.steps[1:]):
+        if step.dense:
+            continue
+        std = prev.metric.float().flatten()
+        expected = torch.sort(-torch.log(std), descending=True, stable=True).indices[:32].sort().values
+        assert torch.equal(step.active.flatten().nonzero().flatten(), expected)
+
+
+def test_cfg_batch_two_masks_differ_per_image():
+    model = tiny_flux(seed=14)
+    out, trace = RASSampler().sample(model, latent_image=latent(2, 16, 16), **ras_args(cfg=4.0, dynamic_ratio=True))
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and all(s.active.shape == (2, 8, 8) for s in sparse)
+    assert any(not torch.equal(s.active[0], s.active[1]) for s in sparse)
+    assert all(int(s.active[0].sum()) == int(s.active[1].sum()) for s in sparse)
+
+
+@pytest.mark.parametrize("sampler,scheduler", [("heun", "normal"), ("dpmpp_2m", "karras"),
+                                               ("dpmpp_2s_ancestral", "beta"), ("uni_pc", "sgm_uniform"),
+                                               ("lcm", "simple"), ("dpmpp_sde", "exponential")])
+def test_runs_with_any_sampler_and_scheduler(sampler, scheduler):
+    model = tiny_flux(seed=15)
+    out, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16),
+                                     **ras_args(sampler_name=sampler, scheduler=scheduler, steps=6))
+    assert torch.isfinite(out["samples"]).all()
+    assert any(not s.dense for s in trace.steps) and trace.work_fraction < 1.0
+
+
+def test_model_patch_with_ksampler_advanced_and_custom_sampling():
+    model = tiny_flux(seed=16)
+    a = ras_args(sample_ratio=1.0)
+    (patched,) = RASModelPatch().patch(model, 1.0, 2, "5", 0.1, "std", False)
+    lat = latent(1, 16, 16)
+    advanced = comfy_nodes.KSamplerAdvanced().sample(
+        patched, "enable", a["seed"], 8, 1.0, "euler", "simple", a["positive"], a["negative"], lat, 0, 10000, "disable")[0]
+    reference = plain_ksampler(model, a, lat)
+    assert (advanced["samples"] - reference).abs().max().item() <= TOL
+    # sparse (0.5) through SamplerCustomAdvanced completes
+    custom = importlib.import_module("comfy_extras.nodes_custom_sampler")
+    (patched_half,) = RASModelPatch().patch(model, 0.5, 2, "", 0.1, "std", True)
+    guider = custom.BasicGuider.execute(patched_half, a["positive"])[0]
+    sampler = custom.KSamplerSelect.execute("euler")[0]
+    sigmas = custom.BasicScheduler.execute(patched_half, "simple", 8, 1.0)[0]
+    noise = custom.RandomNoise.execute(5)[0]
+    result = custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, lat)[0]
+    assert torch.isfinite(result["samples"]).all()
+
+
+def test_original_model_untouched_by_the_node():
+    model = tiny_flux(seed=17)
+    a = ras_args(cfg=2.0)
+    lat = latent(1, 16, 16)
+    before = plain_ksampler(model, a, lat)
+    RASSampler().sample(model, latent_image=lat, **a)
+    after = plain_ksampler(model, a, lat)
+    assert torch.equal(before, after)
+
+
+def test_clear_errors():
+    model = tiny_flux(seed=18)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'sample_ratio'.*outside \(0.0, 1.0\]"):
+        RASSampler().sample(model, latent_image=latent(), **ras_args(sample_ratio=0.0))
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'latent_image'.*multiple of the model's patch size 2"):
+        RASSampler().sample(model, latent_image=latent(1, 15, 16), **ras_args())
+    with pytest.raises(SDiTInputError, match=r"input 'reset_steps'"):
+        RASSampler().sample(model, latent_image=latent(), **ras_args(reset_steps="soon"))
+    unet = tiny_sd15()
+    for call in (lambda: RASSampler().sample(unet, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, **ras_args()),
+                 lambda: RASModelPatch().patch(unet, 0.5, 4, "", 0.1, "std", True)):
+        with pytest.raises(SDiTInputError, match=r"UNetModel.*not supported.*Flux"):
+            call()
