@@ -1,0 +1,206 @@
+"""Runs ComfyUI headless and talks to it over its HTTP API (127.0.0.1 only).
+
+- ComfyServer: starts `main.py` in a subprocess on a free port, waits until it answers, stops it by PID;
+- workflow_to_prompt: a UI workflow (example_workflows/*.json) -> the API prompt `/prompt` takes,
+  using `/object_info` to map each node's widget values onto its inputs;
+- validate_workflow: every node type exists and every link's type matches both ends;
+- run_prompt: queues a prompt and waits for its history entry.
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Dict, List, Optional
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, comfyui_root: pathlib.Path, output_dir: pathlib.Path, python: str = sys.executable,
+                 extra_args: Optional[List[str]] = None, log_path: Optional[pathlib.Path] = None):
+        self.root = pathlib.Path(comfyui_root)
+        self.output_dir = pathlib.Path(output_dir)
+        self.python = python
+        self.extra_args = list(extra_args or [])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: Optional[subprocess.Popen] = None
+        self._scratch = pathlib.Path(tempfile.mkdtemp(prefix="sdit-comfy-"))
+        self.log_path = log_path or self._scratch / "server.log"
+
+    def start(self, timeout: float = 240.0) -> "ComfyServer":
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        user_dir = self._scratch / "user"
+        user_dir.mkdir()
+        args = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--output-directory", str(self.output_dir.resolve()), "--user-directory", str(user_dir),
+                "--temp-directory", str(self._scratch), "--input-directory", str(self._scratch / "input"),
+                "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]
+        if not _has_cuda(self.python):
+            args.append("--cpu")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(args, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer within {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+        shutil.rmtree(self._scratch / "input", ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log(self) -> str:
+        return pathlib.Path(self.log_path).read_text(errors="replace") if pathlib.Path(self.log_path).exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"POST {path} failed ({error.code}): {error.read().decode(errors='replace')}") from None
+
+    def run_prompt(self, prompt: dict, timeout: float = 1800.0) -> dict:
+        """Queues an API prompt and returns its history entry once it finished."""
+        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4()), "prompt_id": str(uuid.uuid4())})["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            status = history.get(prompt_id, {}).get("status", {})
+            if status.get("status_str") == "error":
+                raise RuntimeError(f"prompt failed: {json.dumps(status.get('messages'))[:4000]}")
+            if status.get("completed"):
+                return history[prompt_id]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited while running the prompt:\n{self.log()[-4000:]}")
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s")
+
+
+def _has_cuda(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
+
+
+def output_images(history_entry: dict) -> List[dict]:
+    images = []
+    for node_id, output in history_entry.get("outputs", {}).items():
+        for image in output.get("images", []):
+            images.append(dict(image, node=node_id))
+    return images
+
+
+# ---- workflows ------------------------------------------------------------------------------------
+
+def _input_specs(info: dict) -> Dict[str, list]:
+    specs = {}
+    for section in ("required", "optional"):
+        specs.update(info["input"].get(section, {}))
+    return specs
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if options.get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _input_type(spec: list) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
+    """Problems found (empty when valid): unknown node types, links whose types do not match."""
+    problems = []
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] not in object_info:
+            problems.append(f"node {node['id']}: unknown type {node['type']}")
+    for link in workflow.get("links", []):
+        link_id, source, source_slot, target, target_slot, link_type = link[:6]
+        if nodes.get(source, {}).get("type") not in object_info or nodes.get(target, {}).get("type") not in object_info:
+            continue
+        outputs = object_info[nodes[source]["type"]]["output"]
+        if source_slot >= len(outputs) or outputs[source_slot] != link_type:
+            problems.append(f"link {link_id}: {nodes[source]['type']} output {source_slot} is not {link_type}")
+            continue
+        target_inputs = nodes[target].get("inputs", [])
+        name = target_inputs[target_slot]["name"] if target_slot < len(target_inputs) else None
+        spec = _input_specs(object_info[nodes[target]["type"]]).get(name)
+        if spec is None:
+            problems.append(f"link {link_id}: {nodes[target]['type']} has no input '{name}'")
+        elif _input_type(spec) not in (link_type, "*") and link_type != "*":
+            problems.append(f"link {link_id}: {nodes[target]['type']}.{name} takes {_input_type(spec)}, got {link_type}")
+    return problems
+
+
+def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
+    """UI workflow -> API prompt: linked inputs become [source id, slot], widgets take their values."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):          # muted / bypassed
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name, spec in _input_specs(info).items():
+            if _is_widget(spec) and values:
+                value = values.pop(0)
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if options.get("control_after_generate") and values and values[0] in SEED_CONTROL_VALUES:
+                    values.pop(0)
+                if name not in linked:
+                    inputs[name] = value
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

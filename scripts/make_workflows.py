@@ -1,0 +1,110 @@
+"""Writes example_workflows/*.json (ComfyUI UI format) from a live ComfyUI's /object_info.
+
+    .venv/bin/python scripts/make_workflows.py        # starts ComfyUI headless, regenerates the files
+
+Widget values are taken by input name (defaults from /object_info fill the rest), so the files always
+match the node definitions; tests re-validate them against a running server.
+"""
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from comfy_client import ComfyServer, SEED_CONTROL_VALUES, _input_specs, _is_widget  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Workflow:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes, self.links = [], []
+
+    def add(self, node_type: str, widgets: dict = None, inputs: dict = None, pos=(0, 0), title: str = None):
+        widgets, inputs = dict(widgets or {}), dict(inputs or {})
+        info = self.info[node_type]
+        node_id = len(self.nodes) + 1
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": [320, 120], "flags": {},
+                "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [],
+                "properties": {"Node name for S&R": node_type}, "widgets_values": []}
+        if title:
+            node["title"] = title
+        for name, spec in _input_specs(info).items():
+            if _is_widget(spec):
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                default = options.get("default", spec[0][0] if isinstance(spec[0], list) and spec[0] else None)
+                node["widgets_values"].append(widgets.pop(name, default))
+                if options.get("control_after_generate"):
+                    node["widgets_values"].append("fixed")
+            elif name in inputs:
+                source, slot = inputs.pop(name)
+                link_id = len(self.links) + 1
+                link_type = self.info[source["type"]]["output"][slot]
+                self.links.append([link_id, source["id"], slot, node_id, len(node["inputs"]), link_type])
+                source["outputs"][slot]["links"].append(link_id)
+                node["inputs"].append({"name": name, "type": spec[0], "link": link_id})
+        if widgets or inputs:
+            raise KeyError(f"{node_type}: unknown inputs {sorted(widgets) + sorted(inputs)}")
+        for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"])):
+            node["outputs"].append({"name": name, "type": kind, "links": [], "slot_index": slot})
+        self.nodes.append(node)
+        return node
+
+    def to_json(self) -> dict:
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def demo_ras(info: dict) -> dict:
+    """The demo model sampled fully and with RAS at ratio 0.5, side by side."""
+    wf = Workflow(info)
+    loader = wf.add("SDiTDemoModelLoader", {"prompt": "a red star"}, pos=(0, 0))
+    latent = wf.add("EmptySD3LatentImage", {"width": 256, "height": 256, "batch_size": 1}, pos=(0, 250))
+    common = {"seed": 7, "steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
+    sockets = {"model": (loader, 0), "positive": (loader, 1), "negative": (loader, 2), "latent_image": (latent, 0)}
+    full = wf.add("KSampler", common, dict(sockets), pos=(400, 0), title="Full sampling")
+    ras = wf.add("RASSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, 350))
+    for i, (sampler, prefix) in enumerate(((full, "demo_full"), (ras, "demo_ras"))):
+        decode = wf.add("SDiTDemoDecode", {}, {"samples": (sampler, 0)}, pos=(800, 350 * i))
+        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)}, pos=(1100, 350 * i))
+    return wf.to_json()
+
+
+def ras_flux(info: dict) -> dict:
+    """Standard Flux dev loaders + RAS Sampler + VAE decode + preview."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, pos=(0, 0))
+    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                     "type": "flux"}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
+    text = wf.add("CLIPTextEncode", {"text": "a red fox in a snowy forest, detailed fur, soft morning light"},
+                  {"clip": (clip, 0)}, pos=(350, 100), title="Prompt")
+    negative = wf.add("CLIPTextEncode", {"text": ""}, {"clip": (clip, 0)}, pos=(350, 300), title="Negative (unused at cfg 1)")
+    guided = wf.add("FluxGuidance", {"guidance": 3.5}, {"conditioning": (text, 0)}, pos=(700, 100))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    ras = wf.add("RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                "sample_ratio": 0.5},
+                 {"model": (unet, 0), "positive": (guided, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
+                 pos=(1000, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (ras, 0), "vae": (vae, 0)}, pos=(1400, 100))
+    wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
+    return wf.to_json()
+
+
+EXAMPLES = {"sdit_demo_ras.json": demo_ras, "ras_flux.json": ras_flux}
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import os
+    comfy = pathlib.Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
+    with ComfyServer(comfy, REPO / ".comfyui-out") as server:
+        info = server.get("/object_info")
+    for name, build in EXAMPLES.items():
+        path = REPO / "example_workflows" / name
+        path.write_text(json.dumps(build(info), indent=1) + "\n")
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

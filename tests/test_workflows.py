@@ -1,0 +1,71 @@
+"""The pack inside a running ComfyUI server: node registration, example workflows, a real run."""
+import json
+import pathlib
+import sys
+
+import pytest
+
+from conftest import COMFYUI_ROOT, REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from comfy_client import ComfyServer, output_images, validate_workflow, workflow_to_prompt  # noqa: E402
+
+WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+OUR_NODES = {"RASSampler": "RAS Sampler", "RASModelPatch": "RAS Model Patch",
+             "SDiTDemoModelLoader": "SDiT Demo Model Loader", "SDiTDemoDecode": "SDiT Demo Decode"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ComfyServer(COMFYUI_ROOT, tmp_path_factory.mktemp("comfy-output")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_pack_nodes_are_registered_with_tooltips(object_info):
+    for node_type, display in OUR_NODES.items():
+        assert node_type in object_info, f"{node_type} missing"
+        info = object_info[node_type]
+        assert info["display_name"] == display
+        assert info["category"].startswith("sampling/region adaptive")
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_type}.{name} has no tooltip"
+    assert object_info["RASSampler"]["output"] == ["LATENT", "REGION_TRACE"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_example_workflow_matches_object_info(path, object_info):
+    workflow = json.loads(path.read_text())
+    assert validate_workflow(workflow, object_info) == []
+    assert workflow_to_prompt(workflow, object_info)
+
+
+def test_validation_catches_a_broken_link(object_info):
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    workflow["links"][0][5] = "IMAGE"
+    assert validate_workflow(workflow, object_info)
+    workflow["nodes"][0]["type"] = "NoSuchNode"
+    assert any("unknown type" in p for p in validate_workflow(workflow, object_info))
+
+
+def test_demo_workflow_runs_and_writes_images(server, object_info):
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    entry = server.run_prompt(workflow_to_prompt(workflow, object_info))
+    images = [i for i in output_images(entry) if i["type"] == "output"]
+    assert sorted(i["filename"].split("_0")[0] for i in images) == ["demo_full", "demo_ras"]
+    for image in images:
+        assert (server.output_dir / image.get("subfolder", "") / image["filename"]).stat().st_size > 1000
+
+
+def test_server_reports_a_clear_error_for_a_bad_ratio(server, object_info):
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    prompt = workflow_to_prompt(workflow, object_info)
+    ras = next(k for k, v in prompt.items() if v["class_type"] == "RASSampler")
+    prompt[ras]["inputs"]["reset_steps"] = "later"
+    with pytest.raises(RuntimeError, match=r"RAS Sampler: input 'reset_steps'"):
+        server.run_prompt(prompt)
