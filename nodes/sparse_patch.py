@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import comfy.patcher_extension as patcher_extension
 
+from ..kernels.kv_write import kv_write
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.policy import TokenPolicy
 from .families import adapter_for
@@ -51,7 +52,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
         check_latent({"samples": noise}, patch_size, node)
-        run = SparseRun(TokenPolicy(), noise.shape, patch_size)
+        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write)
         run.policy = make_policy(run)
         slot.run = run
         try:

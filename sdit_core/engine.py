@@ -18,7 +18,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
-from .kv_cache import JointKVCache
+from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
 from .tokens import gather_rows, scatter_rows_, validate_active_index
@@ -39,6 +39,7 @@ class EvalRecord:
     info: EvalInfo
     active: Optional[torch.Tensor]      # (batch, n) on CPU, None when planned dense
     calls: List[CallRecord] = field(default_factory=list)
+    shared: bool = True                 # every image has the same active set
 
     @property
     def dense(self) -> bool:
@@ -46,9 +47,9 @@ class EvalRecord:
 
 
 class Stream:
-    def __init__(self, key: Hashable):
+    def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference):
         self.key = key
-        self.kv = JointKVCache()
+        self.kv = JointKVCache(write_rows)
         self.last_output: Optional[torch.Tensor] = None
         self.primed = False             # a dense forward completed: caches hold every token
 
@@ -57,7 +58,7 @@ class ForwardCall:
     """One forward of the diffusion model under the engine."""
 
     def __init__(self, run: "SparseRun", stream: Stream, info: EvalInfo, dense: bool,
-                 grid_index: Optional[torch.Tensor], grid_tokens: int):
+                 grid_index: Optional[torch.Tensor], grid_tokens: int, shared_index: bool = False):
         self.run = run
         self.stream = stream
         self.info = info
@@ -65,7 +66,9 @@ class ForwardCall:
         self.grid_index = grid_index      # (rows, n) active grid tokens, None when dense
         self.grid_tokens = grid_tokens    # tokens of the latent grid (extra tokens such as references follow)
         self.text_len = 0                 # set by the adapter: rows before the image tokens in attention
+        self.shared_index = shared_index  # every row has the same active tokens (known on the CPU)
         self._image_index: Optional[torch.Tensor] = None   # grid index + always-active extra tokens
+        self._joint_rows: Optional[torch.Tensor] = None    # text rows + image rows in the joint sequence
         self._attention_calls = 0
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
 
@@ -126,27 +129,32 @@ class ForwardCall:
         if self.dense:
             self.stream.kv.store_dense(layer, k, v)
             return attend(q, k, v, heads, **kwargs)
-        rows = self.text_len + self.image_index(self._image_tokens_total(), k.device)
-        k_full, v_full = self.stream.kv.write_sparse(layer, k, v, self.text_len, rows, seq_dim)
+        rows = self.joint_rows(k.device)
+        k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
             kwargs = dict(kwargs, mask=self._gather_mask_queries(mask, rows, k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
 
-    def _image_tokens_total(self) -> int:
-        if self._image_index is None:
-            raise RuntimeError("attention ran before the image tokens were gathered")
-        return self.grid_tokens + (self._image_index.shape[1] - self.grid_index.shape[1])
+    def joint_rows(self, device: torch.device) -> torch.Tensor:
+        """(rows, text_len + n): where each row that runs sits in the full joint sequence; computed
+        once per forward, so attention layers launch no index arithmetic and never sync."""
+        if self._joint_rows is None or self._joint_rows.device != device:
+            if self._image_index is None:
+                raise RuntimeError("attention ran before the image tokens were gathered")
+            image = self._image_index.to(device)
+            text = torch.arange(self.text_len, device=device).expand(image.shape[0], -1)
+            self._joint_rows = torch.cat([text, image + self.text_len], dim=1)
+        return self._joint_rows
 
-    def _gather_mask_queries(self, mask: torch.Tensor, image_rows: torch.Tensor, full_len: int) -> torch.Tensor:
+    def _gather_mask_queries(self, mask: torch.Tensor, query_rows: torch.Tensor, full_len: int) -> torch.Tensor:
         """An attention mask built for the dense sequence covers all query rows; keep the active ones."""
         if mask.shape[-2] == 1:
             return mask
         if mask.shape[-2] != full_len:
             raise ValueError(f"attention mask with {mask.shape[-2]} query rows, expected 1 or {full_len}")
-        rows = image_rows.shape[0]
-        text = torch.arange(self.text_len, device=mask.device).expand(rows, -1)
-        query_rows = torch.cat([text, image_rows.to(mask.device)], dim=1)      # (rows, Lq_active)
+        rows = query_rows.shape[0]
+        query_rows = query_rows.to(mask.device)
         m = mask[None] if mask.ndim == 2 else mask                             # (rows|1, [heads,] Lq, Lk)
         if m.shape[0] == 1 and rows > 1:
             m = m.expand(rows, *m.shape[1:])
@@ -157,12 +165,14 @@ class ForwardCall:
 class SparseRun:
     """State of one sampling run: the policy, per-stream caches and the record of every evaluation."""
 
-    def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int):
+    def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
+                 write_rows: RowWriter = write_rows_reference):
         if len(latent_shape) != 4:
             raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])
         self.patch_size = int(patch_size)
+        self.write_rows = write_rows
         self.grid = self.grid_of(latent_shape)
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
@@ -183,6 +193,7 @@ class SparseRun:
         if active is not None:
             active = validate_active_index(active, self.batch, info.num_tokens)
         record = EvalRecord(info, None if active is None else active.cpu())
+        record.shared = active is None or bool((record.active == record.active[:1]).all())
         self.evals.append(record)
         self._sigma = sigma
         return record
@@ -201,12 +212,13 @@ class SparseRun:
         record = self.evals[-1]
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = Stream(key)
+            stream = self.streams[key] = Stream(key, self.write_rows)
         # Dense when planned, when this stream's caches are not complete yet, or when the call does
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
         grid_index = None if dense else record.active.repeat(rows // self.batch, 1)
-        call = ForwardCall(self, stream, record.info, dense, grid_index, grid[0] * grid[1])
+        call = ForwardCall(self, stream, record.info, dense, grid_index, grid[0] * grid[1],
+                           shared_index=record.shared)
         call.record.rows = rows
         self.current = call
         return call

@@ -5,26 +5,34 @@ the attention function receives them). A sparse step writes the fresh text rows 
 rows into the buffers in place, then attends against the whole buffer: the context stays complete
 without a per-layer `torch.cat` (RAS Eq. 2).
 """
-from typing import Dict, Hashable, Tuple
+from typing import Callable, Dict, Hashable, Tuple
 
 import torch
 
 
-def _write_rows_(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, seq_dim: int) -> None:
-    """buffer[b, ..., rows[b], ...] = values[b] along seq_dim (1 or 2), one row set per batch item."""
-    if rows.shape[0] == 1 or bool((rows == rows[:1]).all()):
-        buffer.index_copy_(seq_dim, rows[0], values)  # one index for the whole batch: cheapest path
+def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: int, shared: bool) -> None:
+    """cache[b, rows[b, i]] = new[b, i] along seq_dim (1: (B, L, C), 2: (B, H, L, D)), for K and V.
+    `shared`: every batch item has the same rows (one index_copy_ per tensor)."""
+    if shared:
+        cache_k.index_copy_(seq_dim, rows[0], k)
+        cache_v.index_copy_(seq_dim, rows[0], v)
         return
     batch = torch.arange(rows.shape[0], device=rows.device)[:, None]
-    if seq_dim == 2:  # (B, H, L, D): advanced indexing puts (B, n) first, then H, D
-        buffer[batch, :, rows] = values.transpose(1, 2)
-    else:  # (B, L, C)
-        buffer[batch, rows] = values
+    if seq_dim == 2:   # advanced indexing puts (B, n) first, then H, D
+        cache_k[batch, :, rows] = k.transpose(1, 2)
+        cache_v[batch, :, rows] = v.transpose(1, 2)
+    else:
+        cache_k[batch, rows] = k
+        cache_v[batch, rows] = v
+
+
+RowWriter = Callable[..., None]
 
 
 class JointKVCache:
-    def __init__(self) -> None:
+    def __init__(self, write_rows: RowWriter = write_rows_reference) -> None:
         self._layers: Dict[Hashable, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._write_rows = write_rows
 
     def __contains__(self, layer: Hashable) -> bool:
         return layer in self._layers
@@ -42,21 +50,16 @@ class JointKVCache:
             entry[0].copy_(k)
             entry[1].copy_(v)
         else:
-            self._layers[layer] = (k.clone(), v.clone())
+            self._layers[layer] = (k.contiguous().clone(), v.contiguous().clone())
 
-    def write_sparse(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, text_len: int,
-                     image_rows: torch.Tensor, seq_dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """k, v hold [text (text_len rows) | active image tokens] along seq_dim; image_rows (B, n) are
-        the active tokens' rows in the full joint sequence. Returns the refreshed full K and V."""
+    def write_sparse(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,
+                     seq_dim: int, shared: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """k, v hold the rows that ran (text, then active image tokens) along seq_dim; rows (B, L)
+        are their rows in the full joint sequence. Returns the refreshed full K and V."""
         if layer not in self._layers:
             raise KeyError(f"no dense K/V cached for layer {layer!r}; a dense step must come first")
         cache_k, cache_v = self._layers[layer]
-        n = image_rows.shape[1]
-        if k.shape[seq_dim] != text_len + n:
-            raise ValueError(f"layer {layer!r}: sequence of {k.shape[seq_dim]} rows, expected text {text_len} + active {n}")
-        if text_len:
-            cache_k.narrow(seq_dim, 0, text_len).copy_(k.narrow(seq_dim, 0, text_len))
-            cache_v.narrow(seq_dim, 0, text_len).copy_(v.narrow(seq_dim, 0, text_len))
-        _write_rows_(cache_k, image_rows, k.narrow(seq_dim, text_len, n), seq_dim)
-        _write_rows_(cache_v, image_rows, v.narrow(seq_dim, text_len, n), seq_dim)
+        if k.shape[seq_dim] != rows.shape[1]:
+            raise ValueError(f"layer {layer!r}: sequence of {k.shape[seq_dim]} rows, {rows.shape[1]} expected")
+        self._write_rows(cache_k, cache_v, k, v, rows, seq_dim, shared)
         return cache_k, cache_v

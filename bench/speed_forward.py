@@ -1,0 +1,196 @@
+"""One transformer forward, dense vs token-sparse, on ComfyUI's real Flux class with random weights.
+
+    python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2        # GPU, bf16
+    python bench/speed_forward.py --size tiny --res 256 --iters 2               # CPU smoke (CI)
+
+For each batch size: the unpatched dense forward, the engine's dense forward (refreshes the K/V
+cache), and sparse forwards at each ratio. The FLOP ideal of a sparse forward is
+(T + N) / (T + n) for T text, N image and n active tokens: every linear layer scales with the rows
+that run (T + n) and attention with (T + n) x (T + N) (see docs/BENCHMARKS.md).
+"""
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+import torch  # noqa: E402
+
+from pack_host import import_comfyui, load_pack  # noqa: E402
+
+SIZES = {
+    # Flux.1-dev: hidden 3072, 24 heads, 19 double + 38 single blocks, T5 context 4096, CLIP pooled 768
+    "flux-dev": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                     hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                     axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+    "tiny": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
+                 hidden_size=128, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2,
+                 axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+}
+
+
+def build_model(config: dict, device, dtype):
+    import comfy.model_patcher
+    import comfy.supported_models
+    model_config = comfy.supported_models.Flux(dict(config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+            else:
+                p.normal_(0.0, 0.02)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+class ConstantPlan:
+    """Every evaluation computes the same active set (None: dense)."""
+
+    def __init__(self, active):
+        self.active = active
+
+    def __call__(self, run):
+        from comfyui_sdit.sdit_core.policy import TokenPolicy
+        active = self.active
+
+        class Policy(TokenPolicy):
+            def plan(self, info):
+                return active
+        return Policy()
+
+
+def timed(fn, iters: int, warmup: int, device) -> float:
+    """Median milliseconds of fn() over iters runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def profile(fn, device, title: str) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"--- profile: {title} ---\n" + prof.key_averages().table(sort_by=key, row_limit=25)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    import_comfyui(cpu=device.type == "cpu")
+    load_pack()
+    from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+    from comfyui_sdit.sdit_core.engine import SparseRun
+    from comfyui_sdit.kernels.kv_write import kv_write
+    config = SIZES[args.size]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = build_model(config, device, dtype)
+    dm = model.model.diffusion_model
+    h = w = args.res // 8
+    grid = (h // 2) * (w // 2)
+    results = {"size": args.size, "res": args.res, "text_tokens": args.text, "image_tokens": grid,
+               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "dtype": str(dtype), "rows": []}
+    for batch in args.batch:
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(batch, 16, h, w, device=device, dtype=dtype, generator=g)
+        context = torch.randn(batch, args.text, config["context_in_dim"], device=device, dtype=dtype, generator=g)
+        y = torch.randn(batch, config["vec_in_dim"], device=device, dtype=dtype, generator=g)
+        t = torch.full((batch,), 0.6, device=device)
+        guidance = torch.full((batch,), 3.5, device=device)
+
+        def plain():
+            with torch.no_grad():
+                dm(x, t, context, y, guidance, transformer_options={})
+        dense_ms = timed(plain, args.iters, args.warmup, device)
+        results["rows"].append({"batch": batch, "mode": "dense (unpatched)", "ratio": 1.0, "ms": dense_ms,
+                                "ideal": 1.0, "speedup": 1.0})
+        for ratio in args.ratios:
+            n = max(1, int(round(ratio * grid)))
+            active = torch.stack([torch.randperm(grid, device=device, generator=g)[:n] for _ in range(batch)])
+            if args.shared_index:
+                active = active[:1].expand(batch, -1).contiguous()
+            active = active.sort(dim=1).values
+            patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
+            run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write)
+            slot.run = run_state
+            options = patched.model_options["transformer_options"]
+            patched.patch_model(load_weights=False)
+            try:
+                def forward(dense: bool):
+                    call = run_state.open_forward(x.shape, 0.6, None, "bench")
+                    call.dense = dense or call.dense
+                    try:
+                        with torch.no_grad():
+                            dm(x, t, context, y, guidance, transformer_options=dict(options))
+                    finally:
+                        run_state.close_forward(call, True)
+                forward(True)                      # primes the caches
+                if ratio == args.ratios[0]:
+                    engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
+                    results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
+                                            "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
+                sparse_ms = timed(lambda: forward(False), args.iters, args.warmup, device)
+                if args.profile and ratio == args.ratios[-1]:
+                    print(profile(lambda: forward(False), device, f"batch {batch}, ratio {ratio}"))
+            finally:
+                patched.unpatch_model(unpatch_weights=False)
+                slot.run = None
+                run_state.release()
+            ideal = (args.text + grid) / (args.text + n)
+            results["rows"].append({"batch": batch, "mode": "sparse", "ratio": ratio, "ms": sparse_ms, "ideal": ideal,
+                                    "speedup": dense_ms / sparse_ms, "of_ideal": dense_ms / sparse_ms / ideal})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| batch | mode | ratio | ms | speedup | FLOP ideal | achieved / ideal |", "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['batch']} | {r['mode']} | {r['ratio']} | {r['ms']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['ideal']:.2f}x | {r.get('of_ideal', r['speedup']) * 100:.0f}% |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="flux-dev")
+    parser.add_argument("--res", type=int, default=1024)
+    parser.add_argument("--text", type=int, default=512)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write results here")
+    parser.add_argument("--profile", action="store_true", help="print a profile of the lowest-ratio sparse forward")
+    args = parser.parse_args()
+    results = run(args)
+    print(table(results))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Kernel-vs-reference checks; run in a subprocess with TRITON_INTERPRET=1 on the CPU (test_kernels.py),
+or directly on a GPU: `python tests/kernel_checks.py`."""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+import torch  # noqa: E402
+
+from pack_host import REPO_ROOT  # noqa: E402,F401
+import importlib.util  # noqa: E402
+
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_kv_write(device: str) -> None:
+    triton_mod = load("kv_write_triton", REPO_ROOT / "kernels" / "kv_write_triton.py")
+    ref = load("kv_cache", REPO_ROOT / "sdit_core" / "kv_cache.py")
+    g = torch.Generator().manual_seed(0)
+    for layout, (batch, heads, total, dim, text, n) in [("BHLD", (2, 3, 40, 16, 5, 11)), ("BHLD", (1, 2, 70, 24, 0, 70)),
+                                                        ("BLC", (2, 1, 33, 48, 4, 9))]:
+        for shared in (False, True):
+            rows = [torch.cat([torch.arange(text), text + torch.randperm(total - text, generator=g)[:n]])
+                    for _ in range(batch)]
+            rows = torch.stack([rows[0]] * batch if shared else rows).to(device)
+            if layout == "BHLD":
+                cache_shape, src = (batch, heads, total, dim), torch.randn(3, batch, text + n, heads, dim, generator=g)
+                k, v = src[1].permute(0, 2, 1, 3).to(device), src[2].permute(0, 2, 1, 3).to(device)  # strided views
+                seq_dim = 2
+            else:
+                cache_shape, k, v = (batch, total, dim), torch.randn(batch, text + n, dim, generator=g).to(device), \
+                    torch.randn(batch, text + n, dim, generator=g).to(device)
+                seq_dim = 1
+            poison_k = torch.randn(cache_shape, generator=g).to(device)
+            poison_v = torch.randn(cache_shape, generator=g).to(device)
+            expect_k, expect_v = poison_k.clone(), poison_v.clone()
+            ref.write_rows_reference(expect_k, expect_v, k, v, rows, seq_dim, shared)
+            got_k, got_v = poison_k.clone(), poison_v.clone()
+            triton_mod.kv_write_triton(got_k, got_v, k, v, rows, seq_dim)
+            assert torch.equal(got_k, expect_k) and torch.equal(got_v, expect_v), (layout, shared)
+            # the reference itself: written rows hold the source, the others are untouched
+            written = torch.zeros(cache_shape[0], total, dtype=torch.bool, device=device).scatter_(1, rows, True)
+            untouched = ~written
+            ks = expect_k if seq_dim == 1 else expect_k.transpose(1, 2)
+            ps = poison_k if seq_dim == 1 else poison_k.transpose(1, 2)
+            assert torch.equal(ks[untouched], ps[untouched])
+    print("kv_write ok")
+
+
+if __name__ == "__main__":
+    check_kv_write("cuda" if torch.cuda.is_available() else "cpu")
