@@ -81,3 +81,14 @@ def tiny_sd15(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     model = comfy.supported_models.SD15(dict(TINY_SD15_UNET)).get_model({})
     init_weights_(model.diffusion_model, seed)
     return make_patcher(model)
+
+
+TINY_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=64,
+                   mlp_ratio=2.0, num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000,
+                   patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=64, n_layers=2)
+
+
+def tiny_chroma(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    model = comfy.supported_models.Chroma(dict(TINY_CHROMA)).get_model({})
+    init_weights_(model.diffusion_model, seed)
+    return make_patcher(model)

@@ -1,4 +1,7 @@
-"""Exactness of the token-sparse engine on ComfyUI's real Flux class (tiny, random weights, fp32, CPU)."""
+"""Exactness of the token-sparse engine on ComfyUI's real model classes (tiny, random weights, fp32, CPU).
+
+Flux runs cond and uncond batched in one call (one stream); Chroma gets prompts of different lengths,
+which ComfyUI runs as separate calls (two streams per evaluation)."""
 import contextlib
 
 import pytest
@@ -8,7 +11,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import flux_conditioning, ksample, sample_with, tiny_flux
+from sdit_testkit import flux_conditioning, ksample, sample_with, tiny_chroma, tiny_flux
 
 TOL = 1e-5
 
@@ -53,23 +56,42 @@ CASES = [
 ]
 
 
+def chroma_conditioning(seed, text_tokens):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, text_tokens, 32, generator=g), {"pooled_output": torch.zeros(1, 32)}]]
+
+
+FAMILIES = {
+    # name: (model builder, positive, negative, streams per evaluation when cfg > 1)
+    "flux": (tiny_flux, lambda: flux_conditioning(1), lambda: flux_conditioning(2), 1),
+    "chroma": (tiny_chroma, lambda: chroma_conditioning(1, 7), lambda: chroma_conditioning(2, 5), 2),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("batch,cfg,size", CASES)
-def test_all_tokens_active_equals_unpatched(batch, cfg, size):
-    model = tiny_flux(seed=3)
+def test_all_tokens_active_equals_unpatched(family, batch, cfg, size):
+    build, positive, negative, _ = FAMILIES[family]
+    model = build(seed=3)
     latent = torch.zeros(batch, 16, *size)
     tokens = (size[0] // 2) * (size[1] // 2)
     everything = torch.arange(tokens).expand(batch, -1)
-    reference = ksample(model, latent, seed=5, steps=5, cfg=cfg)
+    conds = dict(positive=positive(), negative=negative())
+    reference = ksample(model, latent, seed=5, steps=5, cfg=cfg, **conds)
     patched, slot, policy = patch(model, [None] + [everything] * 4)
-    sparse = ksample(patched, latent, seed=5, steps=5, cfg=cfg)
+    sparse = ksample(patched, latent, seed=5, steps=5, cfg=cfg, **conds)
     assert (sparse - reference).abs().max().item() <= TOL
     # the sparse path really ran: four evaluations through gathered tokens
     assert [e.dense for e in slot.last_run.evals] == [True, False, False, False, False]
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("batch,cfg,size", CASES)
-def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, size):
-    model = tiny_flux(seed=4)
+def test_dense_then_sparse_matches_dense_on_active_tokens(family, batch, cfg, size):
+    build, positive, negative, streams_with_cfg = FAMILIES[family]
+    streams = streams_with_cfg if cfg > 1 else 1
+    conds = dict(positive=positive(), negative=negative())
+    model = build(seed=4)
     latent = torch.zeros(batch, 16, *size)
     tokens = (size[0] // 2) * (size[1] // 2)
     n = tokens // 3
@@ -80,35 +102,37 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, size):
     patched, slot, policy = patch(model, [None, first, second])
     sampler, denoised = repeated_evals([lambda x: x, lambda x: x, shifted])
     sigmas = torch.tensor([0.8, 0.0])
-    sample_with(patched, latent, sampler, sigmas, cfg=cfg, seed=9)
+    sample_with(patched, latent, sampler, sigmas, cfg=cfg, seed=9, **conds)
 
     unpatched_sampler, unpatched_denoised = repeated_evals([lambda x: x])
-    sample_with(model, latent, unpatched_sampler, sigmas, cfg=cfg, seed=9)
+    sample_with(model, latent, unpatched_sampler, sigmas, cfg=cfg, seed=9, **conds)
 
-    outs = {index: (out, computed) for index, _, out, computed in policy.outputs}
-    assert len(policy.outputs) == 3, "one stream (cond and uncond batched) per evaluation"
-    dense, _ = outs[0]
-    sparse, computed = outs[1]
-    rows = dense.shape[0]
-    active = index_to_mask(computed, tokens)                                  # (rows, tokens)
-    assert rows == batch * (2 if cfg > 1 else 1) and active.shape[0] == rows
-    diff = (sparse - dense).abs().amax(dim=-1)                                # (rows, tokens)
-    assert diff[active].max().item() <= TOL
-    assert torch.equal(sparse[~active], dense[~active])                      # cached outputs
+    assert len(policy.outputs) == 3 * streams
+    by_stream = {}
+    for index, stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, {})[index] = (out, computed)
+    assert len(by_stream) == streams
+    for outs in by_stream.values():
+        dense, _ = outs[0]
+        sparse, computed = outs[1]
+        rows = dense.shape[0]
+        active = index_to_mask(computed, tokens)                              # (rows, tokens)
+        assert rows * streams == batch * (2 if cfg > 1 else 1) and active.shape[0] == rows
+        diff = (sparse - dense).abs().amax(dim=-1)                            # (rows, tokens)
+        assert diff[active].max().item() <= TOL
+        assert torch.equal(sparse[~active], dense[~active])                  # cached outputs
+        third, computed3 = outs[2]
+        active3 = index_to_mask(computed3, tokens)
+        assert torch.equal(third[~active3], sparse[~active3]), "inactive tokens hold their cached output"
+        assert (third[active3] - sparse[active3]).abs().max().item() > 1e-3, "active tokens were recomputed"
     # The same input gives the dense result everywhere, also after CFG and conversion to x0.
     assert (denoised[1] - unpatched_denoised[0]).abs().max().item() <= TOL
     assert (denoised[0] - unpatched_denoised[0]).abs().max().item() <= TOL
-
-    third, computed3 = outs[2]
-    active3 = index_to_mask(computed3, tokens)
-    assert torch.equal(third[~active3], sparse[~active3]), "inactive tokens hold their cached output"
-    assert (third[active3] - sparse[active3]).abs().max().item() > 1e-3, "active tokens were recomputed"
     # Tokens processed, layer by layer: 2 double + 2 single blocks, n image queries per row.
     calls = [e.calls for e in slot.last_run.evals]
-    assert [len(c) for c in calls] == [1, 1, 1]
-    assert calls[0][0].attention_image_rows == [tokens] * 4
-    assert calls[1][0].attention_image_rows == [n] * 4
-    assert calls[2][0].attention_image_rows == [n] * 4
+    assert [len(c) for c in calls] == [streams] * 3
+    for index, expected in enumerate((tokens, n, n)):
+        assert all(c.attention_image_rows == [expected] * 4 for c in calls[index])
 
 
 def test_sampling_leaves_the_original_model_bit_identical():
