@@ -28,8 +28,17 @@ def ras_inputs() -> dict:
     }
 
 
-def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio) -> RASConfig:
+def ras_optional_inputs() -> dict:
+    return {
+        "dynamic_spread": ("FLOAT", {"default": RAS_DEFAULTS.dynamic_spread, "min": 0.0, "max": 1.0, "step": 0.05,
+                                     "tooltip": "With dynamic_ratio: the ratio falls linearly from (1+spread) to (1-spread) x sample_ratio over the sparse steps."}),
+    }
+
+
+def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
+               dynamic_spread=RAS_DEFAULTS.dynamic_spread) -> RASConfig:
     check_range(sample_ratio, 0.0, 1.0, node, "sample_ratio", low_open=True)
+    check_range(dynamic_spread, 0.0, 1.0, node, "dynamic_spread")
     check_range(starvation_scale, 0.0, 10.0, node, "starvation_scale")
     if warmup_steps < 0:
         raise SDiTInputError(node, "warmup_steps", f"{warmup_steps} is negative")
@@ -40,7 +49,8 @@ def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_sc
     except ValueError as error:
         raise SDiTInputError(node, "reset_steps", str(error)) from None
     return RASConfig(sample_ratio=sample_ratio, warmup_steps=warmup_steps, reset_steps=tuple(resets),
-                     starvation_scale=starvation_scale, metric=metric, dynamic_ratio=bool(dynamic_ratio))
+                     starvation_scale=starvation_scale, metric=metric, dynamic_ratio=bool(dynamic_ratio),
+                     dynamic_spread=dynamic_spread)
 
 
 def patch_ras(model, config: RASConfig, node: str):
@@ -69,12 +79,15 @@ class RASSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**ksampler_inputs(), **ras_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {**ksampler_inputs(), **ras_inputs()}, "optional": ras_optional_inputs(),
+                "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio, unique_id=None):
+               sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
+               dynamic_spread=RAS_DEFAULTS.dynamic_spread, unique_id=None):
         node = "RAS Sampler"
-        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio)
+        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
+                            dynamic_spread)
         adapter = adapter_for(model, node)
         check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
         patched, slot = patch_ras(model, config, node)
@@ -94,10 +107,12 @@ class RASModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **ras_inputs()}}
+        return {"required": {"model": ksampler_inputs()["model"], **ras_inputs()}, "optional": ras_optional_inputs()}
 
-    def patch(self, model, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio):
+    def patch(self, model, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
+              dynamic_spread=RAS_DEFAULTS.dynamic_spread):
         node = "RAS Model Patch"
-        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio)
+        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
+                            dynamic_spread)
         patched, _ = patch_ras(model, config, node)
         return (patched,)

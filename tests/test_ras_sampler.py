@@ -132,3 +132,15 @@ def test_clear_errors():
                  lambda: RASModelPatch().patch(unet, 0.5, 4, "", 0.1, "std", True)):
         with pytest.raises(SDiTInputError, match=r"UNetModel.*not supported.*Flux"):
             call()
+
+
+def test_dynamic_spread_input_shapes_the_schedule():
+    model = tiny_flux(seed=19)
+    a = ras_args(dynamic_ratio=True, reset_steps="", steps=8, warmup_steps=2)
+    _, flat = RASSampler().sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.0, **a)
+    _, steep = RASSampler().sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.5, **a)
+    assert flat.tokens_per_step[2:] == [32] * 6
+    assert steep.tokens_per_step[2] == 48 and steep.tokens_per_step[-1] == 16
+    assert sum(steep.tokens_per_step[2:]) == 32 * 6
+    with pytest.raises(SDiTInputError, match="dynamic_spread"):
+        RASSampler().sample(model, latent_image=latent(), dynamic_spread=1.5, **a)
