@@ -1,4 +1,5 @@
-"""How many image tokens each sparse step computes (RAS Sec. 3.3: static or dynamic ratio)."""
+"""How many image tokens each sparse step computes: RAS static or dynamic ratio (Sec. 3.3), SDiT SSD schedule (Eq. 15)."""
+import math
 from typing import Dict, List, Sequence
 
 
@@ -38,3 +39,25 @@ def _round_to_total(values: List[float], total: int, lo: int, hi: int) -> List[i
             leftover -= step
         i += 1
     return floors
+
+
+def ssd_fraction(progress: float, p_max: float, p_min: float, tau1: float = 0.1, tau2: float = 0.95) -> float:
+    """SDiT Eq. 15, the Structure-Stable-Detail cosine schedule at progress t/T."""
+    if progress < tau1 or progress > tau2:
+        return p_max
+    phase = (progress - tau1) / max(tau2 - tau1, 1e-9)
+    return p_min + 0.5 * (p_max - p_min) * (1.0 + math.cos(math.pi * phase))
+
+
+def ssd_counts(sparse_steps: Sequence[int], steps: int, num_tokens: int, ratio: float, spread: float,
+               tau1: float = 0.1, tau2: float = 0.95) -> Dict[int, int]:
+    """Token counts per sparse step following Eq. 15 with p_max = ratio (1 + spread) and
+    p_min = ratio (1 - spread), scaled so the sparse steps average exactly `ratio`."""
+    steps_list = list(sparse_steps)
+    if not steps_list:
+        return {}
+    spread = max(0.0, min(spread, 1.0))
+    shape = [ssd_fraction(s / max(steps, 1), 1.0 + spread, 1.0 - spread, tau1, tau2) for s in steps_list]
+    total = max(1, min(num_tokens, int(round(ratio * num_tokens)))) * len(steps_list)
+    scale = total / sum(shape) if sum(shape) > 0 else 0.0
+    return dict(zip(steps_list, _round_to_total([v * scale for v in shape], total, lo=1, hi=num_tokens)))

@@ -1,0 +1,49 @@
+"""Denoising complexity per token (SDiT Eq. 5) and per region (Eq. 6)."""
+
+import torch
+import torch.nn.functional as F
+
+from .token_metrics import patch_average
+
+
+def _replicate(x: torch.Tensor) -> torch.Tensor:
+    return F.pad(x, (1, 1, 1, 1), mode="replicate")
+
+
+def pixel_complexity(x_t: torch.Tensor, x_pred: torch.Tensor, alpha: float, gamma: float, beta: float) -> torch.Tensor:
+    """Eq. 5 per latent pixel: (B, C, H, W) -> (B, H, W), the channel mean of
+    alpha * |grad x_pred| (edges, central differences) + gamma * |Laplacian x_pred| (fine detail)
+    + beta * |x_t - x_pred| (residual noise)."""
+    x_pred = x_pred.float()
+    p = _replicate(x_pred)
+    dx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
+    dy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
+    laplacian = p[..., 2:, 1:-1] + p[..., :-2, 1:-1] + p[..., 1:-1, 2:] + p[..., 1:-1, :-2] - 4 * x_pred
+    score = alpha * torch.sqrt(dx * dx + dy * dy) + gamma * laplacian.abs() + beta * (x_t.float() - x_pred).abs()
+    return score.mean(dim=1)
+
+
+def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.25) -> torch.Tensor:
+    """Eq. 5 averaged over each token's patch: (B, h, w)."""
+    return patch_average(pixel_complexity(x_t, x_pred, alpha, gamma, beta), patch_size)
+
+
+def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float) -> torch.Tensor:
+    """Eq. 6 for one image: labels (N,) in 0..K-1, complexity (N,) -> (K,) the mean of each region's
+    top q fraction of token complexities (at least one token), so thin sharp structures are not
+    diluted by the smooth area around them."""
+    labels = labels.reshape(-1)
+    complexity = complexity.reshape(-1).float()
+    k = int(labels.max()) + 1
+    by_value = torch.sort(complexity, descending=True, stable=True).indices
+    order = by_value[torch.sort(labels[by_value], stable=True).indices]      # grouped by label, high first
+    sizes = torch.bincount(labels, minlength=k)
+    starts = torch.cumsum(sizes, 0) - sizes
+    grouped = labels[order]
+    rank = torch.arange(labels.numel(), device=labels.device) - starts[grouped]
+    keep_count = torch.clamp(torch.ceil(sizes.float() * top_q), min=1)
+    keep = rank < keep_count[grouped]
+    sums = torch.zeros(k, device=labels.device).index_add_(0, grouped[keep], complexity[order][keep])
+    return sums / keep_count
+
+

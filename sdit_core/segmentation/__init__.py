@@ -1,0 +1,50 @@
+"""Quickshift segmentation of the token grid (SDiT Eq. 3-4), three interchangeable backends.
+
+    labels = segment(features, QuickshiftParams(...), backend="torch" | "hnsw" | "skimage")
+
+features: (H, W, F) token features; labels: (H, W) int64 in 0..K-1, every region spatially
+contiguous (4-connected: disconnected parts of one Quickshift tree become separate regions).
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .contiguity import split_disconnected
+
+BACKENDS = ("torch", "hnsw", "skimage")
+
+
+@dataclass(frozen=True)
+class QuickshiftParams:
+    kernel_size: float = 2.0     # sigma of the Gaussian density kernel (tokens); window = ceil(3 sigma)
+    max_dist: float = 6.0        # longest link to a denser neighbour (joint feature+position distance)
+    ratio: float = 1.0           # weight of features against position (features are multiplied by it)
+    seed: int = 42               # tie-breaking noise, as skimage does
+    neighbours: int = 0          # hnsw backend: neighbours of the kNN graph (0: those of a radius-3-sigma disc)
+
+    def validate(self) -> "QuickshiftParams":
+        if self.kernel_size <= 0 or self.max_dist <= 0 or self.ratio < 0:
+            raise ValueError("kernel_size and max_dist must be > 0, ratio >= 0")
+        return self
+
+
+def tie_noise(height: int, width: int, seed: int) -> torch.Tensor:
+    """The tiny density noise that breaks ties, drawn as skimage draws it (same seed, same values)."""
+    import numpy as np
+    return torch.from_numpy(np.random.default_rng(seed).normal(scale=0.00001, size=(height, width)))
+
+
+def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(), backend: str = "torch") -> torch.Tensor:
+    params.validate()
+    if features.ndim != 3:
+        raise ValueError(f"features must be (H, W, F), got {tuple(features.shape)}")
+    if backend == "torch":
+        from .quickshift_torch import quickshift_torch as run
+    elif backend == "hnsw":
+        from .quickshift_hnsw import quickshift_hnsw as run
+    elif backend == "skimage":
+        from .quickshift_skimage import quickshift_skimage as run
+    else:
+        raise ValueError(f"unknown segmentation backend '{backend}', expected one of {BACKENDS}")
+    labels = run(features, params)
+    return split_disconnected(labels.to(features.device))

@@ -1,0 +1,47 @@
+"""GPU-native windowed Quickshift (Vedaldi & Soatto 2008, as skimage implements it), vectorised with
+`unfold` over the (2w+1)^2 window, w = ceil(3 * kernel_size):
+
+    density_i = sum_{j in window} exp(-d_ij^2 / (2 kernel_size^2)),  d^2 = |ratio (f_i - f_j)|^2 + dy^2 + dx^2
+    parent_i  = nearest j in the window with density_j > density_i, if d_ij <= max_dist, else i
+    label_i   = root of i's tree (pointer jumping)
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import QuickshiftParams, tie_noise
+
+
+def _window(x: torch.Tensor, half: int, pad_value: float) -> torch.Tensor:
+    """(C, H, W) -> (C, O, H*W): every pixel's (2 half + 1)^2 window, padded with pad_value."""
+    c, h, w = x.shape
+    padded = F.pad(x[None], (half, half, half, half), value=pad_value)
+    return F.unfold(padded, 2 * half + 1).view(c, (2 * half + 1) ** 2, h * w)
+
+
+def quickshift_torch(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
+    h, w, _ = features.shape
+    dtype = torch.float64 if features.device.type == "cpu" else torch.float32
+    x = (features.to(dtype) * params.ratio).permute(2, 0, 1).contiguous()            # (F, H, W)
+    half = int(math.ceil(3 * params.kernel_size))
+    k = 2 * half + 1
+    offsets = torch.arange(-half, half + 1, device=x.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    spatial = (dy * dy + dx * dx).reshape(-1, 1).to(dtype)                            # (O, 1)
+    linear = (dy * w + dx).reshape(-1)                                                # (O,) index offset
+
+    d2 = ((_window(x, half, 0.0) - x.view(x.shape[0], 1, h * w)) ** 2).sum(0) + spatial   # (O, HW)
+    inside = _window(torch.ones(1, h, w, dtype=dtype, device=x.device), half, 0.0)[0] > 0
+    density = torch.where(inside, torch.exp(d2 * (-0.5 / params.kernel_size ** 2)), 0).sum(0)
+    density = density + tie_noise(h, w, params.seed).to(x.device, dtype).reshape(-1)
+
+    neighbour_density = _window(density.view(1, h, w), half, float("-inf"))[0]       # (O, HW)
+    candidate = torch.where(inside & (neighbour_density > density[None]), d2, math.inf)
+    closest, best = candidate.min(0)
+    index = torch.arange(h * w, device=x.device)
+    parent = torch.where(closest <= params.max_dist ** 2, index + linear[best], index)
+
+    for _ in range(max(1, math.ceil(math.log2(h * w))) + 1):   # depth <= HW: log2(HW) jumps reach the roots
+        parent = parent[parent]
+    return torch.unique(parent, return_inverse=True)[1].view(h, w)

@@ -1,0 +1,74 @@
+"""Quickshift backends on synthetic feature maps with known regions, and against each other."""
+import numpy as np
+import pytest
+import torch
+
+from comfyui_sdit.sdit_core.segmentation import BACKENDS, QuickshiftParams, segment
+from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index
+from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
+
+
+def piecewise_constant(seed: int, height=24, width=32, features=8, noise=0.05):
+    """Four rectangles and a disc, each with its own constant feature vector, plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.zeros(height, width, dtype=torch.int64)
+    truth[: height // 2, width // 2:] = 1
+    truth[height // 2:, : width // 3] = 2
+    truth[height // 2:, width // 3:] = 3
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    truth[(rows - 6) ** 2 + (cols - 7) ** 2 <= 16] = 4
+    centres = 2.0 * torch.randn(5, features, generator=g)
+    values = centres[truth] + noise * torch.randn(height, width, features, generator=g)
+    return values, truth
+
+
+PARAMS = QuickshiftParams(kernel_size=3.0, max_dist=20.0, ratio=10.0)
+
+
+def test_adjusted_rand_index_by_hand():
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    assert adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(0.24242424)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_backends_recover_known_regions(backend, seed):
+    features, truth = piecewise_constant(seed)
+    labels = segment(features, PARAMS, backend=backend)
+    assert labels.shape == truth.shape and labels.dtype == torch.int64
+    assert labels.min() == 0 and labels.max() + 1 == len(torch.unique(labels))
+    assert adjusted_rand_index(labels, truth) >= 0.9
+
+
+def test_torch_backend_matches_skimage_on_the_same_parameters():
+    """Same density kernel, window, tie-breaking noise and max_dist cut: identical segmentations."""
+    scores = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 6, 20, 28, generator=g), 5, 1, 2)[0]
+        features = smooth.permute(1, 2, 0).contiguous()             # natural-looking smooth field
+        params = QuickshiftParams(kernel_size=1.5, max_dist=4.0, ratio=3.0, seed=seed)
+        scores.append(adjusted_rand_index(segment(features, params, "torch"), segment(features, params, "skimage")))
+    assert min(scores) >= 0.99, scores
+
+
+def test_region_count_follows_the_parameters():
+    g = torch.Generator().manual_seed(5)
+    features = torch.nn.functional.avg_pool2d(torch.randn(1, 4, 32, 32, generator=g), 3, 1, 1)[0].permute(1, 2, 0)
+    counts = [int(segment(features, QuickshiftParams(kernel_size=k, max_dist=d, ratio=2.0)).max()) + 1
+              for k, d in [(1.0, 2.0), (2.0, 6.0), (4.0, 20.0)]]
+    assert counts[0] > counts[1] > counts[2] >= 1
+
+
+def test_regions_are_contiguous():
+    labels = torch.tensor([[0, 0, 1, 0],
+                           [1, 1, 1, 0],
+                           [2, 2, 1, 0]])
+    split = split_disconnected(labels)
+    # the two 0-islands become separate regions, numbered in raster order of their first pixel
+    assert split.tolist() == [[0, 0, 1, 2], [1, 1, 1, 2], [3, 3, 1, 2]]
+    for backend in BACKENDS:
+        features, _ = piecewise_constant(7)
+        labels = segment(features, QuickshiftParams(kernel_size=1.0, max_dist=3.0, ratio=1.0), backend)
+        assert torch.equal(split_disconnected(labels), labels)
