@@ -5,7 +5,7 @@ from ..sdit_core.trace import trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
 from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
-from .sparse_patch import apply_token_sparse
+from .region_patch import patch_region_adaptive
 
 RAS_DEFAULTS = RASConfig()
 
@@ -55,16 +55,7 @@ def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_sc
 
 def patch_ras(model, config: RASConfig, node: str):
     """Clone of `model` that samples with RAS; returns (patched, slot)."""
-    patched, slot = apply_token_sparse(model, lambda run: RASPolicy(config, run.patch_size), node)
-
-    def observe_post_cfg(args):
-        run = slot.run
-        if run is not None:
-            run.policy.observe(args["input"], args["denoised"], args["sigma"])
-        return args["denoised"]
-
-    patched.set_model_sampler_post_cfg_function(observe_post_cfg)
-    return patched, slot
+    return patch_region_adaptive(model, lambda run: RASPolicy(config, run.patch_size), node)
 
 
 class RASSampler:
@@ -93,7 +84,8 @@ class RASSampler:
         patched, slot = patch_ras(model, config, node)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
-        trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config))
+        trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
+                               reasons=run.policy.reasons)
         return (latent, trace)
 
 

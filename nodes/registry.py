@@ -1,8 +1,14 @@
 """Every node class of the pack, registered the classic way (NODE_CLASS_MAPPINGS)."""
 from .demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
 from .ras_nodes import RASModelPatch, RASSampler
+from .sdit_nodes import SDiTModelPatch, SDiTSampler
+from .visual_nodes import ComplexityMap, RegionVisualizer
 
 NODE_CLASS_MAPPINGS = {
+    "RegionVisualizer": RegionVisualizer,
+    "ComplexityMap": ComplexityMap,
+    "SDiTSampler": SDiTSampler,
+    "SDiTModelPatch": SDiTModelPatch,
     "RASSampler": RASSampler,
     "RASModelPatch": RASModelPatch,
     "SDiTDemoModelLoader": SDiTDemoModelLoader,
@@ -10,6 +16,10 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "RegionVisualizer": "Region Visualizer",
+    "ComplexityMap": "Complexity Map",
+    "SDiTSampler": "SDiT Sampler",
+    "SDiTModelPatch": "SDiT Model Patch",
     "RASSampler": "RAS Sampler",
     "RASModelPatch": "RAS Model Patch",
     "SDiTDemoModelLoader": "SDiT Demo Model Loader",

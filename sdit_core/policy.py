@@ -6,6 +6,17 @@ import torch
 
 
 @dataclass(frozen=True)
+class StepOutput:
+    """The sampler's post-CFG view of one evaluation, in latent space (B, C, H, W): the input x, the
+    predicted clean latent (x_pred) and the predicted noise (eps), converted by the model's own
+    sampling parameterisation, and sigma (B,)."""
+    x: torch.Tensor
+    denoised: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
+
+
+@dataclass(frozen=True)
 class EvalInfo:
     """One model evaluation of a sampling run (a step, or a sub-step of a multi-stage sampler)."""
     index: int                  # 0-based evaluation counter within the run
@@ -35,6 +46,9 @@ class TokenPolicy:
                   computed: Optional[torch.Tensor]) -> None:
         """Called after each forward with its full token-space output and the computed token index
         (None when every token was computed)."""
+
+    def observe(self, step: StepOutput) -> None:
+        """Called once per evaluation with the post-CFG output (for the next evaluation's choice)."""
 
 
 class FixedPlanPolicy(TokenPolicy):

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .policy import EvalInfo, TokenPolicy
+from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import dynamic_counts, static_counts
 from .refresh_schedule import dense_steps
 from .token_metrics import METRICS, noise_prediction, token_metric
@@ -75,6 +75,7 @@ class RASPolicy(TokenPolicy):
         self._metric: Optional[torch.Tensor] = None        # (B, N) from the latest evaluation
         self.drop_count: Optional[torch.Tensor] = None     # (B, N) D of Eq. 1
         self.metric_maps: Dict[int, torch.Tensor] = {}     # eval index -> (B, h, w) metric (CPU, fp16)
+        self.reasons: Dict[int, str] = {}                  # eval index -> why it ran dense or sparse
         self._last_info: Optional[EvalInfo] = None
 
     def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
@@ -83,7 +84,9 @@ class RASPolicy(TokenPolicy):
             self._schedule = RASSchedule(self.config, info.steps, info.num_tokens)
         count = self._schedule.count(info.step)
         if count is None or self._metric is None:
+            self.reasons[info.index] = "refresh" if count is None else "no metric yet"
             return None
+        self.reasons[info.index] = "sparse"
         if self.drop_count is None:
             self.drop_count = torch.zeros_like(self._metric, dtype=torch.int32)
         priority = selection_priority(self._metric, self.drop_count, self.config.metric, self.config.starvation_scale)
@@ -92,9 +95,10 @@ class RASPolicy(TokenPolicy):
         self.drop_count += dropped.int()
         return active
 
-    def observe(self, x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> None:
-        """Post-CFG hook: scores tokens from this evaluation's output for the next evaluation."""
-        metric = token_metric(noise_prediction(x, denoised, sigma), self.patch_size, self.config.metric)
+    def observe(self, step: StepOutput) -> None:
+        """Scores tokens from this evaluation's post-CFG output for the next evaluation."""
+        output = noise_prediction(step.x, step.denoised, step.sigma)      # the model-output space (Eq. 1's N)
+        metric = token_metric(output, self.patch_size, self.config.metric)
         self._metric = metric.flatten(1)
         if self._last_info is not None:
             self.metric_maps[self._last_info.index] = metric.detach().to("cpu", torch.float16)

@@ -26,18 +26,29 @@ def dynamic_counts(sparse_steps: Sequence[int], num_tokens: int, ratio: float, s
 
 
 def _round_to_total(values: List[float], total: int, lo: int, hi: int) -> List[int]:
-    """Integer rounding that keeps the exact total (largest remainders get the leftover tokens)."""
-    floors = [max(lo, min(hi, int(v))) for v in values]
+    """Integers within [lo, hi] that keep the shape of `values` and sum exactly to `total`
+    (clamped to what [lo, hi] allows): water-filling of the clipped excess, then largest remainders."""
+    count = len(values)
+    total = max(lo * count, min(hi * count, total))
+    x = [min(hi, max(lo, v)) for v in values]
+    for _ in range(count + 1):                 # each round saturates at least one entry or finishes
+        diff = total - sum(x)
+        if abs(diff) < 1e-9:
+            break
+        free = [i for i in range(count) if (x[i] < hi if diff > 0 else x[i] > lo)]
+        if not free:
+            break
+        for i in free:
+            x[i] = min(hi, max(lo, x[i] + diff / len(free)))
+    floors = [min(hi, int(math.floor(v + 1e-9))) for v in x]
+    order = sorted(range(count), key=lambda i: x[i] - floors[i], reverse=True)
     leftover = total - sum(floors)
-    order = sorted(range(len(values)), key=lambda i: values[i] - int(values[i]), reverse=leftover > 0)
-    i = 0
-    while leftover != 0 and i < 4 * len(values):
-        j = order[i % len(values)]
-        step = 1 if leftover > 0 else -1
-        if lo <= floors[j] + step <= hi:
-            floors[j] += step
-            leftover -= step
-        i += 1
+    for i in order:
+        if leftover <= 0:
+            break
+        if floors[i] < hi:
+            floors[i] += 1
+            leftover -= 1
     return floors
 
 

@@ -18,6 +18,8 @@ class StepTrace:
     tokens: int                          # image tokens computed per image (row-weighted over calls)
     metric: Optional[torch.Tensor] = None   # (B, h, w) fp16 score map from this evaluation's output
     labels: Optional[torch.Tensor] = None   # (B, h, w) int32 region labels (SDiT)
+    reason: str = ""                        # why the evaluation ran dense or sparse
+    drift: Optional[float] = None           # SDiT: extrapolator's relative error on computed tokens
 
 
 @dataclass
@@ -73,7 +75,8 @@ def _evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
 
 
 def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, torch.Tensor]] = None,
-                   label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None) -> RegionTrace:
+                   label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
+                   reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None) -> RegionTrace:
     h, w = run.grid
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}))
@@ -86,5 +89,6 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
         index = record.info.index
         trace.steps.append(StepTrace(
             eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,
-            tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index)))
+            tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index),
+            reason=(reasons or {}).get(index, "dense" if dense else "sparse"), drift=(drift or {}).get(index)))
     return trace

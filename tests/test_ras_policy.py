@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from comfyui_sdit.sdit_core.policy import EvalInfo
+from comfyui_sdit.sdit_core.policy import EvalInfo, StepOutput
 from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy, RASSchedule, select_tokens, selection_priority
 from comfyui_sdit.sdit_core.ratio_schedule import dynamic_counts, static_counts
 from comfyui_sdit.sdit_core.refresh_schedule import dense_steps, parse_step_list
@@ -59,8 +59,10 @@ def test_starvation_raises_priority_of_often_dropped_tokens(kind):
 def test_every_token_is_picked_within_bounded_steps_under_constant_metric(tokens, count):
     policy = RASPolicy(RASConfig(sample_ratio=count / tokens, warmup_steps=0, reset_steps=(),
                                  dynamic_ratio=False), patch_size=1)
-    policy.observe(torch.ones(2, 4, 1, tokens), torch.zeros(2, 4, 1, tokens), torch.tensor([1.0]))  # constant std
-    policy._metric = torch.ones(2, tokens)
+    ones = torch.ones(2, 4, 1, tokens)
+    ones[:, 0] = 3.0                                                   # the same std for every token
+    policy.observe(StepOutput(x=ones, denoised=torch.zeros_like(ones), noise=ones, sigma=torch.tensor([1.0])))
+    assert torch.equal(policy._metric, torch.full((2, tokens), policy._metric[0, 0].item()))
     bound = math.ceil(tokens / count)
     picked = torch.zeros(2, tokens, dtype=torch.bool)
     for step in range(bound):

@@ -145,3 +145,12 @@ def test_ssd_schedule_shape_and_average():
     values = [counts[s] for s in sparse]
     middle = values[len(values) // 2]
     assert values[0] > middle and min(values) < 250 < max(values)
+
+
+def test_counts_saturate_at_every_token_and_keep_the_total():
+    sparse = list(range(2, 20))
+    assert set(ssd_counts(sparse, 20, 64, 1.0, 0.5).values()) == {64}
+    near = ssd_counts(sparse, 20, 64, 0.9, 0.5)
+    assert max(near.values()) <= 64 and sum(near.values()) == round(0.9 * 64) * len(sparse)
+    tiny = ssd_counts(sparse, 20, 64, 0.01, 0.9)
+    assert min(tiny.values()) >= 1 and sum(tiny.values()) == 1 * len(sparse)

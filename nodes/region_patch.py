@@ -1,0 +1,32 @@
+"""A MODEL clone that samples region-adaptively with a given policy (RAS, SDiT).
+
+On top of the token-sparse engine (sparse_patch.py) it adds a post-CFG hook that hands the policy
+each evaluation's output: x, x_pred (denoised) and eps, converted with the model's own
+`model_sampling`, so it is right for flow and eps models alike.
+"""
+import torch
+
+from ..sdit_core.policy import StepOutput
+from .sparse_patch import apply_token_sparse
+
+
+def predicted_noise(model_sampling, x: torch.Tensor, x_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """eps such that x = noise_scaling(sigma, eps, x_pred): flow (1-s) x0 + s eps, eps models x0 + s eps."""
+    clean_part = model_sampling.noise_scaling(sigma, torch.zeros_like(x), x_pred)
+    return (x - clean_part) / sigma.reshape(-1, *([1] * (x.ndim - 1))).clamp_min(1e-8)
+
+
+def patch_region_adaptive(model, make_policy, node: str):
+    """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start."""
+    patched, slot = apply_token_sparse(model, make_policy, node)
+
+    def observe_post_cfg(args):
+        run = slot.run
+        if run is not None:
+            x, x_pred, sigma = args["input"], args["denoised"], args["sigma"]
+            noise = predicted_noise(args["model"].model_sampling, x, x_pred, sigma)
+            run.policy.observe(StepOutput(x=x, denoised=x_pred, noise=noise, sigma=sigma))
+        return args["denoised"]
+
+    patched.set_model_sampler_post_cfg_function(observe_post_cfg)
+    return patched, slot

@@ -1,0 +1,133 @@
+"""`SDiT Sampler` and `SDiT Model Patch` nodes."""
+from ..sdit_core.refresh_schedule import parse_step_list
+from ..sdit_core.region_select import DILATION_MODES
+from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
+from ..sdit_core.segmentation import BACKENDS
+from ..sdit_core.trace import trace_from_run
+from .errors import SDiTInputError
+from .families import adapter_for
+from .region_patch import patch_region_adaptive
+from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
+
+D = SDiTConfig()
+
+# input name -> (widget spec, SDiTConfig field); ranges here are also what the node enforces
+SDIT_INPUTS = {
+    "sample_ratio": (("FLOAT", {"default": D.sample_ratio, "min": 0.01, "max": 1.0, "step": 0.01,
+                                "tooltip": "Average fraction of image tokens computed in sparse steps (0.5 ~ 1.7x, 0.25 ~ 2.3x faster). 1.0 reproduces KSampler."}), "sample_ratio"),
+    "ratio_spread": (("FLOAT", {"default": D.ratio_spread, "min": 0.0, "max": 1.0, "step": 0.05,
+                                "tooltip": "SSD cosine schedule (Eq. 15): p_max = ratio x (1 + spread) at the start and end, p_min = ratio x (1 - spread) in the middle; same average."}), "ratio_spread"),
+    "tau1": (("FLOAT", {"default": D.tau1, "min": 0.0, "max": 1.0, "step": 0.01,
+                        "tooltip": "Fraction of the run before the ratio starts falling (structure phase)."}), "tau1"),
+    "tau2": (("FLOAT", {"default": D.tau2, "min": 0.0, "max": 1.0, "step": 0.01,
+                        "tooltip": "Fraction of the run where the ratio reaches p_min and returns to p_max (detail phase)."}), "tau2"),
+    "warmup_steps": (("INT", {"default": D.warmup_steps, "min": 0, "max": 10000,
+                              "tooltip": "Dense steps at the start, while the segmentation is still unstable."}), "warmup_steps"),
+    "cooldown_steps": (("INT", {"default": D.cooldown_steps, "min": 0, "max": 10000,
+                                "tooltip": "Dense steps at the end, which recover fine detail."}), "cooldown_steps"),
+    "reset_steps": (("STRING", {"default": "", "tooltip": "Extra dense steps: fractions of the run (e.g. 0.5) or step numbers. Empty for none."}), "reset_steps"),
+    "drift_threshold": (("FLOAT", {"default": D.drift_threshold, "min": 0.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "Error reset: the next step runs dense when the extrapolation missed the freshly computed tokens by more than this relative error. 0 disables."}), "drift_threshold"),
+    "segmentation_backend": ((list(BACKENDS), {"default": D.backend,
+                                               "tooltip": "Quickshift implementation: torch (GPU, windowed), hnsw (approximate nearest neighbours), skimage (reference, CPU)."}), "backend"),
+    "kernel_size": (("FLOAT", {"default": D.kernel_size, "min": 0.5, "max": 10.0, "step": 0.1,
+                               "tooltip": "Quickshift density kernel width in tokens: larger = fewer, bigger regions."}), "kernel_size"),
+    "max_dist": (("FLOAT", {"default": D.max_dist, "min": 0.5, "max": 100.0, "step": 0.5,
+                            "tooltip": "Longest Quickshift link: larger = fewer regions."}), "max_dist"),
+    "feature_ratio": (("FLOAT", {"default": D.feature_ratio, "min": 0.0, "max": 100.0, "step": 0.1,
+                                 "tooltip": "Weight of [x_pred || eps] features against token position: larger = regions follow content more than shape."}), "feature_ratio"),
+    "alpha": (("FLOAT", {"default": D.alpha, "min": 0.0, "max": 10.0, "step": 0.05,
+                         "tooltip": "Complexity (Eq. 5) weight of edges/texture |grad x_pred|."}), "alpha"),
+    "gamma": (("FLOAT", {"default": D.gamma, "min": 0.0, "max": 10.0, "step": 0.05,
+                         "tooltip": "Complexity weight of fine detail |Laplacian x_pred|."}), "gamma"),
+    "beta": (("FLOAT", {"default": D.beta, "min": 0.0, "max": 10.0, "step": 0.05,
+                        "tooltip": "Complexity weight of residual noise |x_t - x_pred|."}), "beta"),
+    "top_q": (("FLOAT", {"default": D.top_q, "min": 0.01, "max": 1.0, "step": 0.01,
+                         "tooltip": "A region's score is the mean of its top q fraction of token complexities (Eq. 6)."}), "top_q"),
+    "dilation": (("INT", {"default": D.dilation, "min": 0, "max": 8,
+                          "tooltip": "Grow chosen regions by this many tokens (8-connected) so both sides of a boundary update."}), "dilation"),
+    "dilation_mode": ((list(DILATION_MODES), {"default": D.dilation_mode,
+                                              "tooltip": "inside: the dilated tokens count toward the ratio (exact speed); on_top: added beyond it (the trace reports the real fraction)."}), "dilation_mode"),
+    "extrapolation_order": (("INT", {"default": D.order, "min": 0, "max": 4,
+                                     "tooltip": "Newton extrapolation order for skipped tokens (0 = reuse the last output, as RAS)."}), "order"),
+    "extrapolation_decay": (("FLOAT", {"default": D.decay, "min": 0.0, "max": 100.0, "step": 0.1,
+                                       "tooltip": "lambda of Eq. 12: damps higher-order terms over large sigma gaps."}), "decay"),
+}
+
+
+def sdit_inputs() -> dict:
+    return {name: spec for name, (spec, _) in SDIT_INPUTS.items()}
+
+
+def sdit_config(node: str, values: dict) -> SDiTConfig:
+    fields = {}
+    for name, (spec, field) in SDIT_INPUTS.items():
+        value = values[name]
+        kind, options = spec
+        if kind in ("FLOAT", "INT"):
+            check_range(value, options["min"], options["max"], node, name)
+        elif isinstance(kind, list) and value not in kind:
+            raise SDiTInputError(node, name, f"'{value}' is not one of {', '.join(kind)}")
+        if name == "reset_steps":
+            try:
+                value = tuple(parse_step_list(value))
+            except ValueError as error:
+                raise SDiTInputError(node, name, str(error)) from None
+        fields[field] = value
+    if not fields["tau1"] < fields["tau2"]:
+        raise SDiTInputError(node, "tau2", f"{fields['tau2']} must be larger than tau1 ({fields['tau1']})")
+    return SDiTConfig(**fields).validate()
+
+
+def patch_sdit(model, config: SDiTConfig, node: str):
+    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size), node)
+
+
+def sdit_trace(run, config: SDiTConfig):
+    policy = run.policy
+    return trace_from_run(run, "SDiT", metric_maps=policy.complexity_maps, label_maps=policy.label_maps,
+                          settings=vars(config), reasons=policy.reasons, drift=policy.drift)
+
+
+class SDiTSampler:
+    DESCRIPTION = ("KSampler with SDiT: each step segments the image into semantic regions (Quickshift on the "
+                   "predicted image and noise), computes only the most complex regions plus a one-token border, "
+                   "and extrapolates the rest from their own history. A key/value cache keeps every token in attention.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT", "REGION_TRACE")
+    RETURN_NAMES = ("LATENT", "region_trace")
+    OUTPUT_TOOLTIPS = ("The denoised latent.",
+                       "Per-step regions, complexity maps, active masks and token counts (for Region Visualizer, Complexity Map).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {**ksampler_inputs(), **sdit_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+               unique_id=None, **sdit_values):
+        node = "SDiT Sampler"
+        config = sdit_config(node, sdit_values)
+        adapter = adapter_for(model, node)
+        check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
+        patched, slot = patch_sdit(model, config, node)
+        latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+        return (latent, sdit_trace(slot.last_run, config))
+
+
+class SDiTModelPatch:
+    DESCRIPTION = ("Applies SDiT region-adaptive sampling to a MODEL so any sampler node samples with it. "
+                   "Use SDiT Sampler to also get the region trace.")
+    CATEGORY = CATEGORY
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A copy of the model that samples with SDiT.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}}
+
+    def patch(self, model, **sdit_values):
+        node = "SDiT Model Patch"
+        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node)
+        return (patched,)

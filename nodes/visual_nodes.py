@@ -1,0 +1,131 @@
+"""`Region Visualizer` and `Complexity Map` nodes."""
+import importlib
+
+import numpy as np
+import torch
+
+from ..sdit_core.complexity import token_complexity
+from ..sdit_core.trace import RegionTrace
+from .errors import SDiTInputError
+from .sampling import CATEGORY
+from .visualize import blend, heatmap, labels_image, mask_image, to_image_batch, upsample_nearest, with_legend
+
+LATENT_TO_PIXELS = 8   # the VAEs of the supported families downscale by 8
+
+
+def _check_trace(trace, node: str) -> RegionTrace:
+    if not isinstance(trace, RegionTrace) or not trace.steps:
+        raise SDiTInputError(node, "region_trace", "expected the REGION_TRACE output of an SDiT or RAS Sampler run")
+    return trace
+
+
+def _pick_step(trace: RegionTrace, step: int, node: str):
+    """step -1: the last sparse evaluation (or the last one); otherwise that evaluation index."""
+    if step < 0:
+        sparse = [s for s in trace.steps if not s.dense]
+        return (sparse or trace.steps)[-1]
+    if step >= len(trace.steps):
+        raise SDiTInputError(node, "step", f"{step} is beyond the trace's {len(trace.steps)} evaluations (0..{len(trace.steps) - 1}, or -1)")
+    return trace.steps[step]
+
+
+def _output_size(trace: RegionTrace, image) -> tuple:
+    if image is not None:
+        return int(image.shape[1]), int(image.shape[2])
+    scale = trace.patch_size * LATENT_TO_PIXELS
+    return trace.grid[0] * scale, trace.grid[1] * scale
+
+
+def _preview(images: torch.Tensor, prefix: str) -> dict:
+    return importlib.import_module("nodes").PreviewImage().save_images(images, filename_prefix=prefix)["ui"]
+
+
+class RegionVisualizer:
+    DESCRIPTION = ("Draws a REGION_TRACE: the regions of one step coloured with their boundaries, how often each token "
+                   "was computed (heatmap with legend), and the active tokens of every evaluation; optionally over the image.")
+    CATEGORY = CATEGORY
+    FUNCTION = "draw"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("Batch: regions, update-count heatmap, then one active-token mask per evaluation.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+                    "region_trace": ("REGION_TRACE", {"tooltip": "From SDiT Sampler or RAS Sampler."}),
+                    "step": ("INT", {"default": -1, "min": -1, "max": 10000,
+                                     "tooltip": "Evaluation whose regions to draw; -1 = the last sparse one."}),
+                    "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Which image of the batch."}),
+                    "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
+                                          "tooltip": "Opacity of the maps over the image (when one is given)."})},
+                "optional": {"image": ("IMAGE", {"tooltip": "Decoded image to draw the maps over."})}}
+
+    def draw(self, region_trace, step, batch_index, opacity, image=None):
+        node = "Region Visualizer"
+        trace = _check_trace(region_trace, node)
+        if batch_index >= trace.batch:
+            raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the trace's batch of {trace.batch}")
+        size = _output_size(trace, image)
+        base = None
+        if image is not None:
+            base = image[min(batch_index, image.shape[0] - 1)].cpu().numpy().astype(np.float32)
+        chosen = _pick_step(trace, step, node)
+        if chosen.labels is not None:
+            regions = blend(labels_image(chosen.labels[batch_index].numpy(), size), base, opacity)
+        else:   # RAS has no regions: show its metric map instead
+            metric = chosen.metric if chosen.metric is not None else chosen.active.float()
+            regions = blend(heatmap(metric[batch_index].float().numpy(), size), base, opacity)
+        counts = trace.update_count[batch_index].numpy()
+        count_map = with_legend(blend(heatmap(counts, size, 0, len(trace.steps)), base, opacity),
+                                0, len(trace.steps), "updates")
+        masks = [blend(mask_image(s.active[batch_index].numpy(), size), base, opacity) for s in trace.steps]
+        images = to_image_batch([regions, count_map] + masks)
+        return {"ui": _preview(images, "sdit_regions"), "result": (images,)}
+
+
+class ComplexityMap:
+    DESCRIPTION = ("Heatmap of SDiT's complexity score (Eq. 5: edges, fine detail, residual noise) of a latent, or of the "
+                   "score map a sampler step recorded in a REGION_TRACE, with a MASK of the tokens that matter.")
+    CATEGORY = CATEGORY
+    FUNCTION = "compute"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE", "MASK")
+    OUTPUT_TOOLTIPS = ("Heatmap with a colour legend.", "With a trace: the step's active tokens; else complexity above mask_quantile.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+                    "latent": ("LATENT", {"tooltip": "A latent (the predicted clean latent when no trace is given)."}),
+                    "patch_size": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Latent pixels per token side (2 for Flux, SD3)."}),
+                    "mask_quantile": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                                "tooltip": "Without a trace, the MASK keeps tokens above this quantile of complexity."}),
+                    "alpha": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "Weight of edges."}),
+                    "gamma": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": "Weight of fine detail."}),
+                    "step": ("INT", {"default": -1, "min": -1, "max": 10000,
+                                     "tooltip": "With a trace: the evaluation whose map to show; -1 = the last sparse one."}),
+                    "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip": "Which image of the batch."})},
+                "optional": {"region_trace": ("REGION_TRACE", {"tooltip": "Show a sampler step's recorded map instead."})}}
+
+    def compute(self, latent, patch_size, mask_quantile, alpha, gamma, step, batch_index, region_trace=None):
+        node = "Complexity Map"
+        samples = latent.get("samples") if isinstance(latent, dict) else None
+        if samples is None or samples.ndim != 4:
+            raise SDiTInputError(node, "latent", "expected an image latent (batch, channels, height, width)")
+        if batch_index >= samples.shape[0]:
+            raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the latent's batch of {samples.shape[0]}")
+        size = (samples.shape[-2] * LATENT_TO_PIXELS, samples.shape[-1] * LATENT_TO_PIXELS)
+        if region_trace is not None:
+            trace = _check_trace(region_trace, node)
+            chosen = _pick_step(trace, step, node)
+            if chosen.metric is None:
+                raise SDiTInputError(node, "region_trace", "the trace holds no score map for that step")
+            values = chosen.metric[min(batch_index, trace.batch - 1)].float().numpy()
+            mask = chosen.active[min(batch_index, trace.batch - 1)].numpy()
+        else:
+            x = samples[batch_index: batch_index + 1].float()
+            values = token_complexity(x, x, patch_size, alpha=alpha, gamma=gamma, beta=0.0)[0].numpy()
+            mask = values >= np.quantile(values, mask_quantile)
+        vmin, vmax = float(values.min()), float(values.max())
+        image = to_image_batch([with_legend(heatmap(values, size, vmin, vmax), vmin, vmax, "complexity")])
+        mask_pixels = torch.from_numpy(upsample_nearest(mask.astype(np.float32), size))[None]
+        return {"ui": _preview(image, "sdit_complexity"), "result": (image, mask_pixels)}

@@ -1,0 +1,129 @@
+"""SDiT end-to-end on ComfyUI's real Flux class (tiny, random weights), and the visualisation nodes."""
+import importlib
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.sdit_nodes import SDIT_INPUTS, SDiTModelPatch, SDiTSampler
+from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
+from comfyui_sdit.sdit_core.ratio_schedule import ssd_counts
+from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
+from sdit_testkit import flux_conditioning, tiny_flux
+
+comfy_nodes = importlib.import_module("nodes")
+TOL = 1e-5
+
+
+def defaults(**overrides):
+    values = {name: spec[1].get("default") for name, (spec, _) in SDIT_INPUTS.items()}
+    values.update(overrides)
+    return values
+
+
+def run(model, batch=1, h=16, w=16, steps=10, cfg=1.0, seed=2, **overrides):
+    latent = {"samples": torch.zeros(batch, 16, h, w)}
+    return SDiTSampler().sample(model, seed, steps, cfg, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+                                latent, 1.0, **defaults(**overrides))
+
+
+def test_ratio_one_reproduces_plain_ksampler():
+    model = tiny_flux(seed=21)
+    out, trace = run(model, h=16, w=24, steps=8, cfg=3.0, sample_ratio=1.0, drift_threshold=0.0)
+    reference = comfy_nodes.KSampler().sample(model, 2, 8, 3.0, "euler", "simple", flux_conditioning(1),
+                                              flux_conditioning(2), {"samples": torch.zeros(1, 16, 16, 24)})[0]
+    assert (out["samples"] - reference["samples"]).abs().max().item() <= TOL
+    assert any(not s.dense for s in trace.steps), "the sparse path ran (all tokens active)"
+
+
+def test_trace_token_counts_follow_the_ssd_schedule_exactly():
+    model = tiny_flux(seed=22)
+    _, trace = run(model, steps=12, drift_threshold=0.0, warmup_steps=2, cooldown_steps=1)
+    dense = {0, 1, 11}
+    expected_sparse = ssd_counts([s for s in range(12) if s not in dense], 12, 64, 0.5, 0.5)
+    expected = [64 if s in dense else expected_sparse[s] for s in range(12)]
+    assert trace.tokens_per_step == expected
+    assert [int(s.active.sum()) for s in trace.steps] == expected
+    assert trace.work_fraction == pytest.approx(sum(expected) / (12 * 64))
+    for s in trace.steps:                                    # labels per step, contiguous regions
+        assert s.labels is not None and s.labels.shape == (1, 8, 8)
+        assert torch.equal(split_disconnected(s.labels[0].long()), s.labels[0].long())
+        assert s.metric is not None and s.metric.shape == (1, 8, 8)
+    assert [s.reason for s in trace.steps][:3] == ["refresh", "refresh", "sparse"]
+
+
+@pytest.mark.parametrize("backend", ["hnsw", "skimage"])
+def test_other_segmentation_backends_run(backend):
+    model = tiny_flux(seed=23)
+    out, trace = run(model, steps=6, segmentation_backend=backend, warmup_steps=1, drift_threshold=0.0)
+    assert torch.isfinite(out["samples"]).all() and trace.work_fraction < 1.0
+
+
+def test_dilation_on_top_reports_the_real_fraction():
+    model = tiny_flux(seed=24)
+    _, inside = run(model, steps=8, warmup_steps=2, drift_threshold=0.0, dilation=1, dilation_mode="inside")
+    _, on_top = run(model, steps=8, warmup_steps=2, drift_threshold=0.0, dilation=1, dilation_mode="on_top")
+    sparse_inside = [s.tokens for s in inside.steps if not s.dense]
+    sparse_top = [s.tokens for s in on_top.steps if not s.dense]
+    assert all(t >= i for t, i in zip(sparse_top, sparse_inside)) and sum(sparse_top) > sum(sparse_inside)
+    assert on_top.work_fraction > inside.work_fraction
+
+
+def test_drift_reset_makes_the_next_evaluation_dense():
+    model = tiny_flux(seed=25)
+    _, trace = run(model, steps=10, warmup_steps=2, cooldown_steps=0, drift_threshold=1e-6)
+    reasons = [s.reason for s in trace.steps]
+    assert "drift reset" in reasons
+    for previous, current in zip(trace.steps, trace.steps[1:]):
+        if current.reason == "drift reset":
+            assert previous.drift is not None and previous.drift > 1e-6 and current.dense
+
+
+def test_batch_two_with_cfg_and_model_patch():
+    model = tiny_flux(seed=26)
+    out, trace = run(model, batch=2, cfg=4.0, steps=8, drift_threshold=0.0)
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and all(s.active.shape == (2, 8, 8) for s in sparse)
+    assert any(not torch.equal(s.active[0], s.active[1]) for s in sparse)
+    (patched,) = SDiTModelPatch().patch(model, **defaults(sample_ratio=1.0, drift_threshold=0.0))
+    a = comfy_nodes.KSampler().sample(patched, 3, 6, 1.0, "dpmpp_2m", "karras", flux_conditioning(1),
+                                      flux_conditioning(2), {"samples": torch.zeros(1, 16, 16, 16)})[0]["samples"]
+    b = comfy_nodes.KSampler().sample(model, 3, 6, 1.0, "dpmpp_2m", "karras", flux_conditioning(1),
+                                      flux_conditioning(2), {"samples": torch.zeros(1, 16, 16, 16)})[0]["samples"]
+    assert (a - b).abs().max().item() <= TOL
+
+
+def test_clear_errors():
+    model = tiny_flux(seed=27)
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'tau2'"):
+        run(model, tau1=0.6, tau2=0.5)
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'segmentation_backend'"):
+        run(model, segmentation_backend="kmeans")
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'top_q'"):
+        run(model, top_q=0.0)
+    with pytest.raises(SDiTInputError, match=r"input 'latent_image'.*multiple"):
+        run(model, h=15)
+
+
+def test_region_visualizer_and_complexity_map():
+    model = tiny_flux(seed=28)
+    out, trace = run(model, steps=6, warmup_steps=1, drift_threshold=0.0)
+    result = RegionVisualizer().draw(trace, -1, 0, 0.6)
+    images = result["result"][0]
+    assert images.shape[0] == 2 + len(trace.steps) and images.shape[-1] == 3
+    assert images.shape[1] == 8 * 16 and images.shape[2] >= 8 * 16       # grid x patch x 8 (+ legend)
+    assert result["ui"]["images"], "previews saved for the UI"
+    # the mask images show exactly the active tokens: bright where computed
+    mask = images[2 + 2][:128, :128, 0]
+    active = trace.steps[2].active[0].repeat_interleave(16, 0).repeat_interleave(16, 1)
+    assert torch.equal(mask > 0.5, active)
+    over = RegionVisualizer().draw(trace, 0, 0, 0.5, image=torch.zeros(1, 64, 96, 3))["result"][0]
+    assert over.shape[1:3] == (64, 96 + 64) or over.shape[1] == 64
+    heat, mask = ComplexityMap().compute(out, 2, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)["result"]
+    assert heat.shape[0] == 1 and mask.shape == (1, 128, 128)
+    heat, mask = ComplexityMap().compute(out, 2, 0.75, 1.0, 0.5, -1, 0)["result"]
+    assert mask.mean().item() == pytest.approx(0.25, abs=0.05)
+    with pytest.raises(SDiTInputError, match="Region Visualizer: input 'step'"):
+        RegionVisualizer().draw(trace, 99, 0, 0.5)
+    with pytest.raises(SDiTInputError, match="Complexity Map: input 'region_trace'"):
+        ComplexityMap().compute(out, 2, 0.5, 1.0, 0.5, -1, 0, region_trace="not a trace")
