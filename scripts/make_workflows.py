@@ -55,8 +55,8 @@ class Workflow:
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-def demo_ras(info: dict) -> dict:
-    """The demo model sampled fully and with RAS at ratio 0.5, side by side."""
+def demo(info: dict) -> dict:
+    """The demo model sampled fully, with RAS and with SDiT at ratio 0.5; the SDiT run's regions drawn."""
     wf = Workflow(info)
     loader = wf.add("SDiTDemoModelLoader", {"prompt": "a red star"}, pos=(0, 0))
     latent = wf.add("EmptySD3LatentImage", {"width": 256, "height": 256, "batch_size": 1}, pos=(0, 250))
@@ -64,34 +64,58 @@ def demo_ras(info: dict) -> dict:
     sockets = {"model": (loader, 0), "positive": (loader, 1), "negative": (loader, 2), "latent_image": (latent, 0)}
     full = wf.add("KSampler", common, dict(sockets), pos=(400, 0), title="Full sampling")
     ras = wf.add("RASSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, 350))
-    for i, (sampler, prefix) in enumerate(((full, "demo_full"), (ras, "demo_ras"))):
-        decode = wf.add("SDiTDemoDecode", {}, {"samples": (sampler, 0)}, pos=(800, 350 * i))
-        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)}, pos=(1100, 350 * i))
+    sdit = wf.add("SDiTSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, 700))
+    decoded = {}
+    for i, (sampler, prefix) in enumerate(((full, "demo_full"), (ras, "demo_ras"), (sdit, "demo_sdit"))):
+        decoded[prefix] = wf.add("SDiTDemoDecode", {}, {"samples": (sampler, 0)}, pos=(800, 350 * i))
+        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decoded[prefix], 0)}, pos=(1100, 350 * i))
+    regions = wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decoded["demo_sdit"], 0)},
+                     pos=(1100, 1050))
+    wf.add("SaveImage", {"filename_prefix": "demo_sdit_regions"}, {"images": (regions, 0)}, pos=(1450, 1050))
+    wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1100, 1400))
     return wf.to_json()
+
+
+def flux_loaders(wf: "Workflow", prompt: str) -> dict:
+    """Standard Flux dev loaders: returns the sockets a sampler needs, plus the VAE."""
+    unet = wf.add("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, pos=(0, 0))
+    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                     "type": "flux"}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
+    text = wf.add("CLIPTextEncode", {"text": prompt}, {"clip": (clip, 0)}, pos=(350, 100), title="Prompt")
+    negative = wf.add("CLIPTextEncode", {"text": ""}, {"clip": (clip, 0)}, pos=(350, 300), title="Negative (unused at cfg 1)")
+    guided = wf.add("FluxGuidance", {"guidance": 3.5}, {"conditioning": (text, 0)}, pos=(700, 100))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    return {"model": (unet, 0), "positive": (guided, 0), "negative": (negative, 0), "latent_image": (latent, 0),
+            "vae": (vae, 0)}
 
 
 def ras_flux(info: dict) -> dict:
     """Standard Flux dev loaders + RAS Sampler + VAE decode + preview."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, pos=(0, 0))
-    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
-                                     "type": "flux"}, pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
-    text = wf.add("CLIPTextEncode", {"text": "a red fox in a snowy forest, detailed fur, soft morning light"},
-                  {"clip": (clip, 0)}, pos=(350, 100), title="Prompt")
-    negative = wf.add("CLIPTextEncode", {"text": ""}, {"clip": (clip, 0)}, pos=(350, 300), title="Negative (unused at cfg 1)")
-    guided = wf.add("FluxGuidance", {"guidance": 3.5}, {"conditioning": (text, 0)}, pos=(700, 100))
-    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = flux_loaders(wf, "a red fox in a snowy forest, detailed fur, soft morning light")
+    vae = sockets.pop("vae")
     ras = wf.add("RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                "sample_ratio": 0.5},
-                 {"model": (unet, 0), "positive": (guided, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
-                 pos=(1000, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (ras, 0), "vae": (vae, 0)}, pos=(1400, 100))
+                                "sample_ratio": 0.5}, sockets, pos=(1000, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (ras, 0), "vae": vae}, pos=(1400, 100))
     wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
     return wf.to_json()
 
 
-EXAMPLES = {"sdit_demo_ras.json": demo_ras, "ras_flux.json": ras_flux}
+def sdit_flux(info: dict) -> dict:
+    """Standard Flux dev loaders + SDiT Sampler + VAE decode + preview + Region Visualizer over the image."""
+    wf = Workflow(info)
+    sockets = flux_loaders(wf, "a lighthouse on a rocky coast at dusk, crashing waves, clear sky")
+    vae = sockets.pop("vae")
+    sdit = wf.add("SDiTSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                  "sample_ratio": 0.4}, sockets, pos=(1000, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (sdit, 0), "vae": vae}, pos=(1400, 100))
+    wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
+    wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decode, 0)}, pos=(1650, 450))
+    return wf.to_json()
+
+
+EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux}
 
 
 def main() -> None:

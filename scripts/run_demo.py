@@ -1,6 +1,6 @@
-"""The demo: runs example_workflows/sdit_demo_ras.json in a headless ComfyUI and writes its images.
+"""The demo: runs example_workflows/sdit_demo.json in a headless ComfyUI and writes its images.
 
-    .venv/bin/python scripts/run_demo.py [--out demo_output] [--workflow example_workflows/sdit_demo_ras.json]
+    .venv/bin/python scripts/run_demo.py [--out demo_output] [--workflow example_workflows/sdit_demo.json]
 
 The workflow goes through ComfyUI's own server (`/prompt` on 127.0.0.1), exactly as if queued from the UI.
 """
@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "demo_output"), help="folder for the images")
-    parser.add_argument("--workflow", default=str(REPO / "example_workflows" / "sdit_demo_ras.json"))
+    parser.add_argument("--workflow", default=str(REPO / "example_workflows" / "sdit_demo.json"))
     args = parser.parse_args()
     comfy = pathlib.Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
     out = pathlib.Path(args.out).resolve()

@@ -53,6 +53,12 @@ def test_torch_backend_matches_skimage_on_the_same_parameters():
     assert min(scores) >= 0.99, scores
 
 
+def test_window_distances_agree_between_the_gpu_and_cpu_formulations():
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import _window_sq_dist
+    x = torch.randn(5, 9, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(_window_sq_dist(x, 3, unfold=True), _window_sq_dist(x, 3, unfold=False), rtol=1e-12, atol=1e-12)
+
+
 def test_region_count_follows_the_parameters():
     g = torch.Generator().manual_seed(5)
     features = torch.nn.functional.avg_pool2d(torch.randn(1, 4, 32, 32, generator=g), 3, 1, 1)[0].permute(1, 2, 0)

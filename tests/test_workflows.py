@@ -12,6 +12,8 @@ from comfy_client import ComfyServer, output_images, validate_workflow, workflow
 
 WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 OUR_NODES = {"RASSampler": "RAS Sampler", "RASModelPatch": "RAS Model Patch",
+             "SDiTSampler": "SDiT Sampler", "SDiTModelPatch": "SDiT Model Patch",
+             "RegionVisualizer": "Region Visualizer", "ComplexityMap": "Complexity Map",
              "SDiTDemoModelLoader": "SDiT Demo Model Loader", "SDiTDemoDecode": "SDiT Demo Decode"}
 
 
@@ -36,6 +38,9 @@ def test_pack_nodes_are_registered_with_tooltips(object_info):
             for name, spec in info["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_type}.{name} has no tooltip"
     assert object_info["RASSampler"]["output"] == ["LATENT", "REGION_TRACE"]
+    assert object_info["SDiTSampler"]["output"] == ["LATENT", "REGION_TRACE"]
+    assert object_info["ComplexityMap"]["output"] == ["IMAGE", "MASK"]
+    assert object_info["RegionVisualizer"]["output_node"] and object_info["ComplexityMap"]["output_node"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
@@ -46,7 +51,7 @@ def test_example_workflow_matches_object_info(path, object_info):
 
 
 def test_validation_catches_a_broken_link(object_info):
-    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     workflow["links"][0][5] = "IMAGE"
     assert validate_workflow(workflow, object_info)
     workflow["nodes"][0]["type"] = "NoSuchNode"
@@ -54,16 +59,21 @@ def test_validation_catches_a_broken_link(object_info):
 
 
 def test_demo_workflow_runs_and_writes_images(server, object_info):
-    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     entry = server.run_prompt(workflow_to_prompt(workflow, object_info))
     images = [i for i in output_images(entry) if i["type"] == "output"]
-    assert sorted(i["filename"].split("_0")[0] for i in images) == ["demo_full", "demo_ras"]
+    assert sorted({i["filename"].split("_0")[0] for i in images}) == ["demo_full", "demo_ras", "demo_sdit",
+                                                                     "demo_sdit_regions"]
+    regions = [i for i in images if i["filename"].startswith("demo_sdit_regions")]
+    assert len(regions) > 3   # regions, update counts, one mask per evaluation
+    previews = [i for i in output_images(entry) if i["type"] == "temp"]
+    assert any(i["filename"].startswith("sdit_complexity") for i in previews)
     for image in images:
         assert (server.output_dir / image.get("subfolder", "") / image["filename"]).stat().st_size > 1000
 
 
 def test_server_reports_a_clear_error_for_a_bad_ratio(server, object_info):
-    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo_ras.json").read_text())
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     prompt = workflow_to_prompt(workflow, object_info)
     ras = next(k for k, v in prompt.items() if v["class_type"] == "RASSampler")
     prompt[ras]["inputs"]["reset_steps"] = "later"

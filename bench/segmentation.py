@@ -1,0 +1,93 @@
+"""Quickshift backends on a 64x64 token grid (a 1024² Flux image): time per call, and agreement.
+
+    python bench/segmentation.py                      # CPU (all three backends)
+    python bench/segmentation.py --device cuda        # GPU timing of the torch backend
+
+Features are what SDiT segments: [x_pred || eps] (32 channels) of a synthetic latent with smooth
+background, a few objects and noise. Agreement is the adjusted Rand index (ARI) of each backend
+against skimage's quickshift on the same parameters; the torch backend reproduces skimage's kernel,
+window and tie-breaking noise, so it should agree almost exactly.
+"""
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from pack_host import import_comfyui, load_pack  # noqa: E402
+
+
+def synthetic_features(seed: int, grid: int, channels: int = 16) -> torch.Tensor:
+    """x_pred: smooth gradient + discs and stripes; eps: white noise. (H, W, 2C)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, grid), torch.linspace(0, 1, grid), indexing="ij")
+    x_pred = (rows * torch.randn(channels, 1, 1, generator=g) + cols * torch.randn(channels, 1, 1, generator=g))
+    for _ in range(4):
+        cy, cx, radius = torch.rand(3, generator=g) * torch.tensor([1.0, 1.0, 0.25])
+        inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= (radius + 0.05) ** 2
+        stripes = torch.sin(40 * (rows + cols)) * (torch.rand(1, generator=g) > 0.5)
+        x_pred = torch.where(inside, torch.randn(channels, 1, 1, generator=g) + 0.5 * stripes, x_pred)
+    eps = 0.3 * torch.randn(channels, grid, grid, generator=g)
+    return torch.cat([x_pred, eps]).permute(1, 2, 0).contiguous()
+
+
+def time_call(fn, device: str, repeats: int) -> float:
+    fn()                                          # warm-up (kernels, caches)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--grid", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    import_comfyui(cpu=args.device == "cpu")
+    load_pack()
+    from comfyui_sdit.sdit_core import segmentation as seg
+    from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index as ari
+    params = seg.QuickshiftParams()                # the SDiT node's defaults
+    rows = []
+    for backend in seg.BACKENDS:
+        device = args.device if backend == "torch" else "cpu"
+        scores, counts, millis = [], [], []
+        for seed in range(args.seeds):
+            features = synthetic_features(seed, args.grid)
+            reference = seg.segment(features, params, "skimage")
+            on_device = features.to(device)
+            labels = seg.segment(on_device, params, backend)
+            scores.append(ari(labels.cpu(), reference))
+            counts.append(int(labels.max()) + 1)
+            if seed < 2:
+                millis.append(time_call(lambda: seg.segment(on_device, params, backend), device,
+                                        args.repeats if backend == "torch" else 3))
+        rows.append({"backend": backend, "device": device, "ms": round(statistics.median(millis), 3),
+                     "regions": round(statistics.mean(counts), 1), "ari_vs_skimage_min": round(min(scores), 4),
+                     "ari_vs_skimage_mean": round(statistics.mean(scores), 4)})
+        print(f"{backend:8s} {device:5s} {rows[-1]['ms']:9.3f} ms  regions {rows[-1]['regions']:6.1f}  "
+              f"ARI vs skimage: mean {rows[-1]['ari_vs_skimage_mean']:.4f} min {rows[-1]['ari_vs_skimage_min']:.4f}")
+    result = {"grid": args.grid, "seeds": args.seeds, "params": vars(params), "rows": rows,
+              "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
