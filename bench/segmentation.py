@@ -3,8 +3,8 @@
     python bench/segmentation.py                      # CPU (all three backends)
     python bench/segmentation.py --device cuda        # GPU timing of the torch backend
 
-Features are what SDiT segments: [x_pred || eps] (32 channels) of a synthetic latent with smooth
-background, a few objects and noise. Agreement is the adjusted Rand index (ARI) of each backend
+Features are what SDiT segments: the token descriptors [x_pred || eps] (32 channels, standardised)
+of a synthetic latent with a smooth background, a few objects and white noise. Agreement is the adjusted Rand index (ARI) of each backend
 against skimage's quickshift on the same parameters; the torch backend reproduces skimage's kernel,
 window and tie-breaking noise, so it should agree almost exactly.
 """
@@ -23,17 +23,20 @@ from pack_host import import_comfyui, load_pack  # noqa: E402
 
 
 def synthetic_features(seed: int, grid: int, channels: int = 16) -> torch.Tensor:
-    """x_pred: smooth gradient + discs and stripes; eps: white noise. (H, W, 2C)."""
+    """x_pred: smooth gradient + discs, some striped; eps: white noise; both at 2x2 latent pixels per
+    token, turned into SDiT's token descriptors exactly as the sampler does. (grid, grid, 2C)."""
+    from comfyui_sdit.sdit_core.token_features import token_features
     g = torch.Generator().manual_seed(seed)
-    rows, cols = torch.meshgrid(torch.linspace(0, 1, grid), torch.linspace(0, 1, grid), indexing="ij")
+    size = 2 * grid
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     x_pred = (rows * torch.randn(channels, 1, 1, generator=g) + cols * torch.randn(channels, 1, 1, generator=g))
     for _ in range(4):
         cy, cx, radius = torch.rand(3, generator=g) * torch.tensor([1.0, 1.0, 0.25])
         inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= (radius + 0.05) ** 2
         stripes = torch.sin(40 * (rows + cols)) * (torch.rand(1, generator=g) > 0.5)
         x_pred = torch.where(inside, torch.randn(channels, 1, 1, generator=g) + 0.5 * stripes, x_pred)
-    eps = 0.3 * torch.randn(channels, grid, grid, generator=g)
-    return torch.cat([x_pred, eps]).permute(1, 2, 0).contiguous()
+    eps = torch.randn(channels, size, size, generator=g)
+    return token_features(x_pred[None], eps[None], patch_size=2)[0]
 
 
 def time_call(fn, device: str, repeats: int) -> float:
@@ -62,7 +65,8 @@ def main() -> None:
     load_pack()
     from comfyui_sdit.sdit_core import segmentation as seg
     from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index as ari
-    params = seg.QuickshiftParams()                # the SDiT node's defaults
+    from comfyui_sdit.sdit_core.sdit import SDiTConfig
+    params = SDiTConfig().quickshift()             # the SDiT node's defaults
     rows = []
     for backend in seg.BACKENDS:
         device = args.device if backend == "torch" else "cpu"

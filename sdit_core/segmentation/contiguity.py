@@ -1,6 +1,7 @@
 """Makes every region spatially contiguous: 4-connected components of equal labels get their own label."""
 import torch
 
+ROUNDS_PER_CHECK = 4
 
 
 def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000) -> torch.Tensor:
@@ -20,12 +21,13 @@ def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000) -> torch.
         pairs.append((a[same], b[same]))
     src = torch.cat([p[0] for p in pairs] + [p[1] for p in pairs])
     dst = torch.cat([p[1] for p in pairs] + [p[0] for p in pairs])
-    for _ in range(max_rounds):
+    for _ in range(0, max_rounds, ROUNDS_PER_CHECK):
         previous = comp
-        neighbour_min = comp.clone().scatter_reduce_(0, dst, comp[src], reduce="amin")
-        comp = torch.minimum(comp, neighbour_min)
-        comp = comp[comp]                      # shortcut: jump to the representative's representative
-        if torch.equal(comp, previous):
+        for _ in range(ROUNDS_PER_CHECK):      # converged rounds change nothing, so check only now and then
+            neighbour_min = comp.clone().scatter_reduce_(0, dst, comp[src], reduce="amin")
+            comp = torch.minimum(comp, neighbour_min)
+            comp = comp[comp]                  # shortcut: jump to the representative's representative
+        if torch.equal(comp, previous):        # a host sync on the GPU: once per ROUNDS_PER_CHECK rounds
             break
     return torch.unique(comp, return_inverse=True)[1].view(h, w)
 
