@@ -7,6 +7,7 @@ each evaluation's output: x, x_pred (denoised) and eps, converted with the model
 import torch
 
 from ..sdit_core.policy import StepOutput
+from ..sdit_core.tokens import image_view
 from .sparse_patch import apply_token_sparse
 
 
@@ -25,7 +26,8 @@ def patch_region_adaptive(model, make_policy, node: str):
         if run is not None:
             x, x_pred, sigma = args["input"], args["denoised"], args["sigma"]
             noise = predicted_noise(args["model"].model_sampling, x, x_pred, sigma)
-            run.policy.observe(StepOutput(x=x, denoised=x_pred, noise=noise, sigma=sigma))
+            run.policy.observe(StepOutput(x=image_view(x), denoised=image_view(x_pred), noise=image_view(noise),
+                                          sigma=sigma))
         return args["denoised"]
 
     patched.set_model_sampler_post_cfg_function(observe_post_cfg)

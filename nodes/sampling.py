@@ -4,6 +4,7 @@ import importlib
 
 import comfy.samplers
 
+from ..sdit_core.tokens import is_image_shape
 from .errors import SDiTInputError
 
 CATEGORY = "sampling/region adaptive"
@@ -29,7 +30,7 @@ def ksampler_inputs() -> dict:
 
 def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image") -> None:
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or getattr(samples, "ndim", 0) != 4:
+    if samples is None or not hasattr(samples, "shape") or not is_image_shape(samples.shape):
         shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
         raise SDiTInputError(node, input_name, f"expected an image latent (batch, channels, height, width), got shape {shape}")
     height, width = samples.shape[-2:]

@@ -15,6 +15,7 @@ import comfy.patcher_extension as patcher_extension
 from ..kernels.kv_write import kv_write
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.policy import TokenPolicy
+from ..sdit_core.tokens import is_image_shape
 from .families import adapter_for
 from .sampling import check_latent
 
@@ -64,7 +65,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
 
     def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         run = slot.run
-        if run is None or x.ndim != 4:
+        if run is None or not is_image_shape(x.shape):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         call = run.open_forward(x.shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
                                 _stream_key(transformer_options))
@@ -88,8 +89,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         call = slot.current_call()
         if call is None:
             return attend(*args, **kwargs)
-        q, k, v, heads = args[:4]
         kwargs = dict(kwargs)
+        q, k, v = args[:3]
+        heads = args[3] if len(args) > 3 else kwargs.pop("heads")   # SD3 passes heads by keyword
         for name, value in zip(_ATTENTION_POSITIONAL, args[4:]):
             kwargs[name] = value
         return call.attention(attend, q, k, v, heads, kwargs)

@@ -21,7 +21,7 @@ import torch
 from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
-from .tokens import gather_rows, scatter_rows_, validate_active_index
+from .tokens import gather_rows, is_image_shape, scatter_rows_, validate_active_index
 
 
 @dataclass
@@ -65,11 +65,13 @@ class ForwardCall:
         self.dense = dense
         self.grid_index = grid_index      # (rows, n) active grid tokens, None when dense
         self.grid_tokens = grid_tokens    # tokens of the latent grid (extra tokens such as references follow)
-        self.text_len = 0                 # set by the adapter: rows before the image tokens in attention
+        self.text_len = 0                 # adapters that need it: text tokens of this forward
         self.shared_index = shared_index  # every row has the same active tokens (known on the CPU)
+        self.image_rows: Optional[int] = None   # image-sequence tokens that entered the blocks (None: not yet)
         self._image_index: Optional[torch.Tensor] = None   # grid index + always-active extra tokens
-        self._joint_rows: Optional[torch.Tensor] = None    # text rows + image rows in the joint sequence
+        self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self._attention_calls = 0
+        self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
 
     # ---- gather / scatter -------------------------------------------------------------------
@@ -88,10 +90,15 @@ class ForwardCall:
         return self._image_index
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(rows, N_image, ...) -> (rows, n_active, ...)."""
+        """(rows, N_image, ...) -> (rows, n_active, ...): the image sequence (grid tokens, then any
+        always-active extra tokens) entering the blocks. Attention calls before the first gather
+        (e.g. text-only refiner layers) pass through untouched."""
         if self.dense:
+            self.image_rows = tokens.shape[1]
             return tokens
-        return gather_rows(tokens, self.image_index(tokens.shape[1], tokens.device))
+        index = self.image_index(tokens.shape[1], tokens.device)
+        self.image_rows = index.shape[1]
+        return gather_rows(tokens, index)
 
     def gather_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Gathers a tensor that covers the grid tokens (or a prefix of the image sequence, as
@@ -122,30 +129,38 @@ class ForwardCall:
                   heads: int, kwargs: dict) -> torch.Tensor:
         """Runs one attention call of the forward. `attend(q, k, v, heads, **kwargs)` is the
         attention implementation ComfyUI chose (or an override another node installed)."""
+        if self.image_rows is None:       # no image tokens in this sequence yet (text-only layers)
+            return attend(q, k, v, heads, **kwargs)
+        seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
+        # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
+        # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix.
+        prefix = q.shape[seq_dim] - self.image_rows
+        if prefix < 0:
+            raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image tokens")
         layer = self._attention_calls
         self._attention_calls += 1
-        seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
-        self.record.attention_image_rows.append(q.shape[seq_dim] - self.text_len)
+        self.record.attention_image_rows.append(self.image_rows)
         if self.dense:
             self.stream.kv.store_dense(layer, k, v)
             return attend(q, k, v, heads, **kwargs)
-        rows = self.joint_rows(k.device)
+        rows = self.joint_rows(k.device, prefix)
         k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
             kwargs = dict(kwargs, mask=self._gather_mask_queries(mask, rows, k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
 
-    def joint_rows(self, device: torch.device) -> torch.Tensor:
-        """(rows, text_len + n): where each row that runs sits in the full joint sequence; computed
-        once per forward, so attention layers launch no index arithmetic and never sync."""
-        if self._joint_rows is None or self._joint_rows.device != device:
+    def joint_rows(self, device: torch.device, prefix: int) -> torch.Tensor:
+        """(rows, prefix + n): where each row that runs sits in the full [prefix | image] sequence;
+        computed once per forward and prefix, so attention layers launch no index arithmetic."""
+        key = (prefix, device)
+        if key not in self._joint_rows:
             if self._image_index is None:
                 raise RuntimeError("attention ran before the image tokens were gathered")
             image = self._image_index.to(device)
-            text = torch.arange(self.text_len, device=device).expand(image.shape[0], -1)
-            self._joint_rows = torch.cat([text, image + self.text_len], dim=1)
-        return self._joint_rows
+            text = torch.arange(prefix, device=device).expand(image.shape[0], -1)
+            self._joint_rows[key] = torch.cat([text, image + prefix], dim=1)
+        return self._joint_rows[key]
 
     def _gather_mask_queries(self, mask: torch.Tensor, query_rows: torch.Tensor, full_len: int) -> torch.Tensor:
         """An attention mask built for the dense sequence covers all query rows; keep the active ones."""
@@ -167,7 +182,7 @@ class SparseRun:
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
                  write_rows: RowWriter = write_rows_reference):
-        if len(latent_shape) != 4:
+        if not is_image_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])

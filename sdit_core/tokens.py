@@ -2,6 +2,17 @@
 import torch
 
 
+def is_image_shape(shape) -> bool:
+    """(batch, channels, height, width), or a single-frame video latent (batch, channels, 1, height, width)
+    as Qwen-Image's (Wan 2.1 latent format) is."""
+    return len(shape) == 4 or (len(shape) == 5 and int(shape[2]) == 1)
+
+
+def image_view(x: torch.Tensor) -> torch.Tensor:
+    """A single-frame 5-D latent as (batch, channels, height, width); 4-D unchanged."""
+    return x[:, :, 0] if x.ndim == 5 else x
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x: (B, N, ...), index: (B, n) -> (B, n, ...), row b taking x[b, index[b]]."""
     if x.shape[0] != index.shape[0]:

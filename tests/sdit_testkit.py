@@ -92,3 +92,120 @@ def tiny_chroma(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     model = comfy.supported_models.Chroma(dict(TINY_CHROMA)).get_model({})
     init_weights_(model.diffusion_model, seed)
     return make_patcher(model)
+
+
+# ---- the other DiT families, tiny (head counts chosen here, not by model_detection) -------------
+
+def init_buffers_(module: torch.nn.Module, seed: int) -> None:
+    """MMDiT's learned position embedding is a buffer ComfyUI leaves uninitialised."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, buffer in module.named_buffers():
+        if name.endswith("pos_embed"):
+            with torch.no_grad():
+                buffer.copy_(0.5 * torch.randn(buffer.shape, generator=generator))
+
+
+def build_tiny(model_config_class, config: dict, seed: int) -> comfy.model_patcher.ModelPatcher:
+    model = model_config_class(dict(config)).get_model({})
+    init_weights_(model.diffusion_model, seed)
+    init_buffers_(model.diffusion_model, seed)
+    return make_patcher(model)
+
+
+TINY_SD3 = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=32,
+                context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+                num_patches=32 * 32, pos_embed_max_size=32, pos_embed_scaling_factor=None, x_block_self_attn_layers=[])
+TINY_SD35 = dict(TINY_SD3, qk_norm="rms", x_block_self_attn_layers=[0])
+TINY_LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, cap_feat_dim=32, n_layers=2,
+                    n_refiner_layers=2, qk_norm=True, n_heads=4, n_kv_heads=2, axes_dims=[4, 6, 6],
+                    axes_lens=[300, 512, 512], rope_theta=10000.0, ffn_dim_multiplier=4.0)
+# Z-Image's modulation is sized for a hidden size of at least 256
+TINY_ZIMAGE = dict(TINY_LUMINA2, dim=256, n_kv_heads=4, axes_dims=[16, 24, 24], rope_theta=256.0,
+                   z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+TINY_QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                       attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+TINY_FLUX2 = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
+                  context_in_dim=32, hidden_size=64, mlp_ratio=3.0, num_heads=4, depth=2, depth_single_blocks=2,
+                  axes_dim=[4, 4, 4, 4], theta=2000, qkv_bias=False, ops_bias=False, global_modulation=True,
+                  mlp_silu_act=True, guidance_embed=True, default_ref_method="index", ref_index_scale=10.0)
+
+
+def tiny_sd3(seed: int = 0):
+    return build_tiny(comfy.supported_models.SD3, TINY_SD3, seed)
+
+
+def tiny_sd35(seed: int = 0):
+    return build_tiny(comfy.supported_models.SD3, TINY_SD35, seed)
+
+
+def tiny_lumina2(seed: int = 0):
+    return build_tiny(comfy.supported_models.Lumina2, TINY_LUMINA2, seed)
+
+
+def tiny_zimage(seed: int = 0):
+    return build_tiny(comfy.supported_models.ZImage, TINY_ZIMAGE, seed)
+
+
+def tiny_qwen_image(seed: int = 0):
+    return build_tiny(comfy.supported_models.QwenImage, TINY_QWEN_IMAGE, seed)
+
+
+def tiny_flux2(seed: int = 0):
+    return build_tiny(comfy.supported_models.Flux2, TINY_FLUX2, seed)
+
+
+def text_conditioning(seed: int, text_tokens: int, context_dim: int = 32, **extra):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, text_tokens, context_dim, generator=generator), dict(extra)]]
+
+
+def pooled_conditioning(seed: int, text_tokens: int = 7):
+    """SD3: text tokens plus a pooled vector (y)."""
+    generator = torch.Generator().manual_seed(seed + 1000)
+    return text_conditioning(seed, text_tokens, pooled_output=torch.randn(1, 32, generator=generator))
+
+
+class TinyFamily:
+    """A tiny model of one family and what sampling it needs."""
+
+    def __init__(self, build, positive, negative, channels=16, patch=2, frames=False, cfg_streams=1,
+                 attention_layers=4):
+        self.build, self.positive, self.negative = build, positive, negative
+        self.channels, self.patch, self.frames = channels, patch, frames
+        self.cfg_streams = cfg_streams              # streams per evaluation when cfg > 1
+        self.attention_layers = attention_layers    # attention calls per forward that see image tokens
+
+    def latent(self, batch: int, height: int, width: int) -> torch.Tensor:
+        """Zeros of the family's latent shape (Qwen-Image: a single-frame 5-D latent)."""
+        if self.frames:
+            return torch.zeros(batch, self.channels, 1, height, width)
+        return torch.zeros(batch, self.channels, height, width)
+
+    def same_grid(self, size) -> tuple:
+        """The latent size whose token grid a patch-2 latent of `size` has (keeps patch-1 tests small)."""
+        return tuple(side * self.patch // 2 for side in size)
+
+    def tokens(self, height: int, width: int) -> int:
+        return (height // self.patch) * (width // self.patch)
+
+
+def chroma_conditioning(seed: int, text_tokens: int):
+    return text_conditioning(seed, text_tokens, pooled_output=torch.zeros(1, 32))
+
+
+FAMILIES = {
+    "flux": TinyFamily(tiny_flux, lambda: flux_conditioning(1), lambda: flux_conditioning(2)),
+    # Chroma gets prompts of different lengths, which ComfyUI runs as separate calls (two streams)
+    "chroma": TinyFamily(tiny_chroma, lambda: chroma_conditioning(1, 7), lambda: chroma_conditioning(2, 5),
+                         cfg_streams=2),
+    "flux2": TinyFamily(tiny_flux2, lambda: text_conditioning(1, 7, guidance=3.5, pooled_output=None),
+                        lambda: text_conditioning(2, 7, guidance=3.5, pooled_output=None), channels=128, patch=1),
+    "sd3": TinyFamily(tiny_sd3, lambda: pooled_conditioning(1), lambda: pooled_conditioning(2), attention_layers=2),
+    # SD3.5: QK-norm and a second, image-only attention in block 0
+    "sd35": TinyFamily(tiny_sd35, lambda: pooled_conditioning(1), lambda: pooled_conditioning(2), attention_layers=3),
+    # Lumina 2 / Z-Image: two image-only refiner layers, then two joint layers
+    "lumina2": TinyFamily(tiny_lumina2, lambda: text_conditioning(1, 7), lambda: text_conditioning(2, 7)),
+    "zimage": TinyFamily(tiny_zimage, lambda: text_conditioning(1, 7), lambda: text_conditioning(2, 7)),
+    "qwen_image": TinyFamily(tiny_qwen_image, lambda: text_conditioning(1, 7), lambda: text_conditioning(2, 7),
+                             frames=True, attention_layers=2),
+}

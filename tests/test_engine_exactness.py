@@ -1,7 +1,8 @@
 """Exactness of the token-sparse engine on ComfyUI's real model classes (tiny, random weights, fp32, CPU).
 
-Flux runs cond and uncond batched in one call (one stream); Chroma gets prompts of different lengths,
-which ComfyUI runs as separate calls (two streams per evaluation)."""
+Every supported family (tests/sdit_testkit.py FAMILIES). Flux runs cond and uncond batched in one call
+(one stream); Chroma gets prompts of different lengths, which ComfyUI runs as separate calls (two
+streams per evaluation)."""
 import contextlib
 
 import pytest
@@ -11,7 +12,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import flux_conditioning, ksample, sample_with, tiny_chroma, tiny_flux
+from sdit_testkit import FAMILIES, flux_conditioning, ksample, sample_with, tiny_flux
 
 TOL = 1e-5
 
@@ -56,27 +57,16 @@ CASES = [
 ]
 
 
-def chroma_conditioning(seed, text_tokens):
-    g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, text_tokens, 32, generator=g), {"pooled_output": torch.zeros(1, 32)}]]
-
-
-FAMILIES = {
-    # name: (model builder, positive, negative, streams per evaluation when cfg > 1)
-    "flux": (tiny_flux, lambda: flux_conditioning(1), lambda: flux_conditioning(2), 1),
-    "chroma": (tiny_chroma, lambda: chroma_conditioning(1, 7), lambda: chroma_conditioning(2, 5), 2),
-}
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("batch,cfg,size", CASES)
 def test_all_tokens_active_equals_unpatched(family, batch, cfg, size):
-    build, positive, negative, _ = FAMILIES[family]
-    model = build(seed=3)
-    latent = torch.zeros(batch, 16, *size)
-    tokens = (size[0] // 2) * (size[1] // 2)
+    spec = FAMILIES[family]
+    model = spec.build(seed=3)
+    size = spec.same_grid(size)
+    latent = spec.latent(batch, *size)
+    tokens = spec.tokens(*size)
     everything = torch.arange(tokens).expand(batch, -1)
-    conds = dict(positive=positive(), negative=negative())
+    conds = dict(positive=spec.positive(), negative=spec.negative())
     reference = ksample(model, latent, seed=5, steps=5, cfg=cfg, **conds)
     patched, slot, policy = patch(model, [None] + [everything] * 4)
     sparse = ksample(patched, latent, seed=5, steps=5, cfg=cfg, **conds)
@@ -88,12 +78,13 @@ def test_all_tokens_active_equals_unpatched(family, batch, cfg, size):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("batch,cfg,size", CASES)
 def test_dense_then_sparse_matches_dense_on_active_tokens(family, batch, cfg, size):
-    build, positive, negative, streams_with_cfg = FAMILIES[family]
-    streams = streams_with_cfg if cfg > 1 else 1
-    conds = dict(positive=positive(), negative=negative())
-    model = build(seed=4)
-    latent = torch.zeros(batch, 16, *size)
-    tokens = (size[0] // 2) * (size[1] // 2)
+    spec = FAMILIES[family]
+    streams = spec.cfg_streams if cfg > 1 else 1
+    conds = dict(positive=spec.positive(), negative=spec.negative())
+    model = spec.build(seed=4)
+    size = spec.same_grid(size)
+    latent = spec.latent(batch, *size)
+    tokens = spec.tokens(*size)
     n = tokens // 3
     first, second = random_active(batch, tokens, n, seed=1), random_active(batch, tokens, n, seed=2)
     if batch > 1:
@@ -109,8 +100,9 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(family, batch, cfg, si
 
     assert len(policy.outputs) == 3 * streams
     by_stream = {}
+    extra = policy.outputs[0][2].shape[1] - tokens      # tokens after the grid that always run (Z-Image padding)
     for index, stream, out, computed in policy.outputs:
-        by_stream.setdefault(stream, {})[index] = (out, computed)
+        by_stream.setdefault(stream, {})[index] = (out[:, :tokens], computed)
     assert len(by_stream) == streams
     for outs in by_stream.values():
         dense, _ = outs[0]
@@ -128,11 +120,11 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(family, batch, cfg, si
     # The same input gives the dense result everywhere, also after CFG and conversion to x0.
     assert (denoised[1] - unpatched_denoised[0]).abs().max().item() <= TOL
     assert (denoised[0] - unpatched_denoised[0]).abs().max().item() <= TOL
-    # Tokens processed, layer by layer: 2 double + 2 single blocks, n image queries per row.
+    # Tokens processed, attention by attention (Flux: 2 double + 2 single blocks), n image queries per row.
     calls = [e.calls for e in slot.last_run.evals]
     assert [len(c) for c in calls] == [streams] * 3
     for index, expected in enumerate((tokens, n, n)):
-        assert all(c.attention_image_rows == [expected] * 4 for c in calls[index])
+        assert all(c.attention_image_rows == [expected + extra] * spec.attention_layers for c in calls[index])
 
 
 def test_sampling_leaves_the_original_model_bit_identical():

@@ -8,8 +8,11 @@ from typing import List
 from ..errors import SDiTInputError
 from .base import FamilyAdapter
 from .flux import FluxFamily
+from .lumina import LuminaFamily
+from .qwen_image import QwenImageFamily
+from .sd3 import SD3Family
 
-FAMILIES: List[FamilyAdapter] = [FluxFamily()]
+FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily()]
 
 
 def supported_family_names() -> str:

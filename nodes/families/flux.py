@@ -7,20 +7,7 @@ Attention is joint over [txt | img] everywhere, with txt first.
 """
 import inspect
 
-import torch
-
-from .base import FamilyAdapter
-
-
-def _gather_control(call, control):
-    """ControlNet residuals are added to the image tokens block by block: gather them alike."""
-    gathered = {}
-    for name, residuals in control.items():
-        if isinstance(residuals, (list, tuple)):
-            gathered[name] = [call.gather_grid(r) if torch.is_tensor(r) else r for r in residuals]
-        else:
-            gathered[name] = residuals
-    return gathered
+from .base import FamilyAdapter, gather_control
 
 
 class FluxFamily(FamilyAdapter):
@@ -28,8 +15,11 @@ class FluxFamily(FamilyAdapter):
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.chroma.model
+        import comfy.ldm.chroma_radiance.model
         import comfy.ldm.flux.model
-        return isinstance(diffusion_model, (comfy.ldm.flux.model.Flux, comfy.ldm.chroma.model.Chroma))
+        # Chroma Radiance works in pixel space with a NeRF head after the blocks: not covered
+        return (isinstance(diffusion_model, (comfy.ldm.flux.model.Flux, comfy.ldm.chroma.model.Chroma))
+                and not isinstance(diffusion_model, comfy.ldm.chroma_radiance.model.ChromaRadiance))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
@@ -46,12 +36,10 @@ class FluxFamily(FamilyAdapter):
                 return original(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             arguments = bound.arguments
-            call.text_len = arguments["txt"].shape[1]
-            if not call.dense:
-                arguments["img"] = call.gather(arguments["img"])
-                arguments["img_ids"] = call.gather(arguments["img_ids"])
-                if arguments.get("control") is not None:
-                    arguments["control"] = _gather_control(call, arguments["control"])
+            arguments["img"] = call.gather(arguments["img"])          # dense: unchanged, but counted
+            arguments["img_ids"] = call.gather(arguments["img_ids"])
+            if arguments.get("control") is not None and not call.dense:
+                arguments["control"] = gather_control(call, arguments["control"])
             return call.scatter(original(*bound.args, **bound.kwargs))
 
         patcher.add_object_patch("diffusion_model.forward_orig", sparse_forward_orig)

@@ -1,0 +1,59 @@
+"""Qwen-Image (comfy/ldm/qwen_image/model.py).
+
+`_forward` patchifies the latent (a single-frame 5-D latent), appends reference-latent tokens,
+builds RoPE from [text ids | image ids] with `pe_embedder`, embeds image tokens with the per-token
+`img_in`, runs double-stream blocks with joint attention over [text | image], and projects back with
+the per-token `proj_out`. The adapter hooks those three per-token modules (never the forward code):
+- a DIFFUSION_MODEL wrapper notes the text length and gathers ControlNet residuals;
+- `pe_embedder` gets the image part of its ids gathered, `img_in` the image tokens;
+- `proj_out`'s output is scattered back to the full grid.
+Reference tokens follow the grid and always run.
+"""
+import comfy.patcher_extension as patcher_extension
+
+from .base import FamilyAdapter, gather_control
+
+WRAPPER_KEY = "comfyui_sdit_qwen_image"
+
+
+class QwenImageFamily(FamilyAdapter):
+    names = ("Qwen-Image",)
+
+    def matches(self, diffusion_model) -> bool:
+        import comfy.ldm.qwen_image.model
+        return isinstance(diffusion_model, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel)
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size)
+
+    def install(self, patcher, slot) -> None:
+        def note_text_and_control(executor, x, timestep, context, *args, **kwargs):
+            call = slot.current_call()
+            if call is not None:
+                call.text_len = context.shape[1]
+                kwargs["control"] = gather_control(call, kwargs.get("control"))
+            return executor(x, timestep, context, *args, **kwargs)
+
+        patcher.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, note_text_and_control)
+        self._wrap_module(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
+        self._wrap_module(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
+        self._wrap_module(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
+
+    @staticmethod
+    def _gather_image_ids(call, ids):
+        import torch
+        text = call.text_len
+        return torch.cat([ids[:, :text], call.gather(ids[:, text:])], dim=1)
+
+    @staticmethod
+    def _wrap_module(patcher, slot, path: str, before=None, after=None) -> None:
+        original = patcher.get_model_object(path + ".forward")
+
+        def forward(x, *args, **kwargs):
+            call = slot.current_call()
+            if call is None:
+                return original(x, *args, **kwargs)
+            out = original(before(call, x) if before else x, *args, **kwargs)
+            return after(call, out) if after else out
+
+        patcher.add_object_patch(path + ".forward", forward)

@@ -1,0 +1,128 @@
+"""Every supported model family through the pack's nodes: RAS Sampler and SDiT Sampler run end to end on a
+tiny random-weight instance of ComfyUI's real class (CFG, batch 2, non-square latent), the model passed in
+stays bit-identical, and unsupported models get a clear error from every node before any block runs.
+Token-level exactness per family is in test_engine_exactness.py."""
+import importlib
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.families import supported_family_names
+from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
+from comfyui_sdit.nodes.sdit_nodes import SDIT_INPUTS, SDiTModelPatch, SDiTSampler
+from sdit_testkit import FAMILIES, build_tiny, tiny_sd15
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+
+
+def sdit_defaults(**overrides):
+    values = {name: spec[1].get("default") for name, (spec, _) in SDIT_INPUTS.items()}
+    values.update(overrides)
+    return values
+
+
+def ras_values(**overrides):
+    values = dict(sample_ratio=0.5, warmup_steps=2, reset_steps="", starvation_scale=0.1, metric="std",
+                  dynamic_ratio=False)
+    values.update(overrides)
+    return values
+
+
+def plain(model, spec, latent, steps, cfg):
+    return comfy_nodes.KSampler().sample(model, 4, steps, cfg, "euler", "simple", spec.positive(), spec.negative(),
+                                         latent)[0]["samples"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_ras_and_sdit_samplers_run_and_leave_the_model_untouched(family):
+    spec = FAMILIES[family]
+    model = spec.build(seed=31)
+    height, width = spec.same_grid((12, 20))
+    latent = {"samples": spec.latent(2, height, width)}
+    tokens = spec.tokens(height, width)
+    steps, cfg = 6, 2.5
+    before = plain(model, spec, latent, steps, cfg)
+    common = (4, steps, cfg, "euler", "simple", spec.positive(), spec.negative(), latent, 1.0)
+    ras_out, ras_trace = RASSampler().sample(model, *common, **ras_values())
+    sdit_out, sdit_trace = SDiTSampler().sample(model, *common, **sdit_defaults(warmup_steps=2, drift_threshold=0.0))
+    after = plain(model, spec, latent, steps, cfg)
+    assert torch.equal(before, after), "the model passed in is unchanged"
+    for out, trace in ((ras_out, ras_trace), (sdit_out, sdit_trace)):
+        assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()
+        assert trace.grid == (height // spec.patch, width // spec.patch) and trace.batch == 2
+        assert trace.tokens_per_step[:2] == [tokens, tokens]
+        assert sum(0 < t < tokens for t in trace.tokens_per_step[2:]) >= 3, trace.tokens_per_step   # sparse steps
+        assert (out["samples"] - before).abs().max().item() > 1e-4, "the sparse path changed the result"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_ratio_one_through_the_nodes_equals_ksampler(family):
+    spec = FAMILIES[family]
+    model = spec.build(seed=32)
+    latent = {"samples": spec.latent(1, *spec.same_grid((8, 12)))}
+    common = (4, 5, 2.0, "euler", "simple", spec.positive(), spec.negative(), latent, 1.0)
+    reference = plain(model, spec, latent, 5, 2.0)
+    ras_out, _ = RASSampler().sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
+    sdit_out, _ = SDiTSampler().sample(model, *common, **sdit_defaults(sample_ratio=1.0, warmup_steps=1,
+                                                                        drift_threshold=0.0))
+    assert (ras_out["samples"] - reference).abs().max().item() <= 1e-5
+    assert (sdit_out["samples"] - reference).abs().max().item() <= 1e-5
+
+
+def test_lumina2_prompt_padding_mask_stays_correct():
+    """A padded prompt: the caption refiner attends under the mask (ComfyUI's CPU attention takes such a
+    mask at batch 1 only), the image tokens run sparse, all-active equals KSampler."""
+    spec = FAMILIES["lumina2"]
+    model = spec.build(seed=33)
+    padded = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    positive = [[spec.positive()[0][0], {"attention_mask": padded}]]
+    latent = {"samples": spec.latent(1, 8, 12)}
+    reference = comfy_nodes.KSampler().sample(model, 4, 5, 1.0, "euler", "simple", positive, positive, latent)[0]
+    unmasked = comfy_nodes.KSampler().sample(model, 4, 5, 1.0, "euler", "simple", spec.positive(), spec.positive(),
+                                             latent)[0]
+    assert (reference["samples"] - unmasked["samples"]).abs().max().item() > 1e-4, "the mask matters"
+    common = (4, 5, 1.0, "euler", "simple", positive, positive, latent, 1.0)
+    everything, trace = RASSampler().sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
+    assert (everything["samples"] - reference["samples"]).abs().max().item() <= 1e-5
+    assert not all(s.dense for s in trace.steps)
+    half, _ = RASSampler().sample(model, *common, **ras_values())
+    assert torch.isfinite(half["samples"]).all()
+
+
+class _Tiny:
+    """A model that is not a supported family: a UNet, and a DiT of a family the pack does not know."""
+
+    @staticmethod
+    def hunyuan_dit():
+        import comfy.supported_models
+        config = dict(image_model="hydit", depth=2, hidden_size=64, num_heads=4, patch_size=2, in_channels=4,
+                      text_states_dim=32, text_states_dim_t5=32, text_len=4, text_len_t5=4, mlp_ratio=2.0,
+                      size_cond=False, use_style_cond=False)
+        return build_tiny(comfy.supported_models.HunyuanDiT, config, seed=0)
+
+
+UNSUPPORTED = {"SD1.5 UNet": (tiny_sd15, "UNetModel"), "HunyuanDiT": (_Tiny.hunyuan_dit, "HunyuanDiT")}
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_models_get_a_clear_error_from_every_node(name):
+    build, class_name = UNSUPPORTED[name]
+    model = build()
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    conditioning = [[torch.zeros(1, 4, 32), {}]]
+    common = (0, 4, 1.0, "euler", "simple", conditioning, conditioning, latent, 1.0)
+    calls = {"RAS Sampler": lambda: RASSampler().sample(model, *common, **ras_values()),
+             "RAS Model Patch": lambda: RASModelPatch().patch(model, **ras_values()),
+             "SDiT Sampler": lambda: SDiTSampler().sample(model, *common, **sdit_defaults()),
+             "SDiT Model Patch": lambda: SDiTModelPatch().patch(model, **sdit_defaults())}
+    for node, call in calls.items():
+        with pytest.raises(SDiTInputError) as error:
+            call()
+        message = str(error.value)
+        assert message.startswith(f"{node}: input 'model'") and class_name in message
+        assert supported_family_names() in message
+
+
+def test_supported_family_names_list_every_family():
+    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image"
