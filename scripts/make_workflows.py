@@ -115,7 +115,101 @@ def sdit_flux(info: dict) -> dict:
     return wf.to_json()
 
 
-EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux}
+def sampler_tail(wf: "Workflow", sampler_type: str, widgets: dict, sockets: dict, vae, prefix: str,
+                 regions: bool) -> None:
+    """Sampler -> VAE decode -> save; optionally the Region Visualizer over the decoded image."""
+    sampler = wf.add(sampler_type, widgets, sockets, pos=(1000, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
+    wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)}, pos=(1650, 100))
+    if regions:
+        wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1), "image": (decode, 0)}, pos=(1650, 450))
+
+
+def text_pair(wf: "Workflow", clip, prompt: str, negative: str = "", node: str = "CLIPTextEncode") -> tuple:
+    positive = wf.add(node, {"text": prompt}, {"clip": clip}, pos=(350, 100), title="Prompt")
+    negative = wf.add(node, {"text": negative}, {"clip": clip}, pos=(350, 300), title="Negative")
+    return (positive, 0), (negative, 0)
+
+
+def sd35_sdit(info: dict) -> dict:
+    """SD3.5 medium (checkpoint with its text encoders) + SDiT Sampler."""
+    wf = Workflow(info)
+    ckpt = wf.add("CheckpointLoaderSimple", {"ckpt_name": "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"})
+    positive, negative = text_pair(wf, (ckpt, 1), "a watercolor fox reading a book under a tree, detailed",
+                                   "blurry, low quality")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (ckpt, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 28, "cfg": 4.5, "sampler_name": "euler",
+                                     "scheduler": "sgm_uniform", "sample_ratio": 0.5}, sockets, (ckpt, 2), "sd35_sdit", True)
+    return wf.to_json()
+
+
+def lumina2_ras(info: dict) -> dict:
+    """Lumina Image 2.0 (all-in-one checkpoint) + its system-prompt encoder + RAS Sampler."""
+    wf = Workflow(info)
+    ckpt = wf.add("CheckpointLoaderSimple", {"ckpt_name": "lumina_2.safetensors"})
+    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 6.0}, {"model": (ckpt, 0)}, pos=(350, 0))
+    positive = wf.add("CLIPTextEncodeLumina2", {"user_prompt": "a cozy cabin in a snowy forest at night, warm windows"},
+                      {"clip": (ckpt, 1)}, pos=(350, 150), title="Prompt")
+    negative = wf.add("CLIPTextEncodeLumina2", {"user_prompt": "blurry, ugly"}, {"clip": (ckpt, 1)},
+                      pos=(350, 350), title="Negative")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (shifted, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 25, "cfg": 4.0, "sampler_name": "res_multistep",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (ckpt, 2), "lumina2_ras", True)
+    return wf.to_json()
+
+
+def zimage_sdit(info: dict) -> dict:
+    """Z-Image Turbo: diffusion model, Qwen3 text encoder (lumina2 type) and Flux VAE + SDiT Sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"})
+    clip = wf.add("CLIPLoader", {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
+    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 3.0}, {"model": (unet, 0)}, pos=(350, 0))
+    positive, negative = text_pair(wf, (clip, 0), "a street market in the rain at dusk, neon reflections")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5, "warmup_steps": 2},
+                 sockets, (vae, 0), "zimage_sdit", True)
+    return wf.to_json()
+
+
+def qwen_image_sdit(info: dict) -> dict:
+    """Qwen-Image: diffusion model, Qwen2.5-VL text encoder, its VAE + SDiT Sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "qwen_image_fp8_e4m3fn.safetensors", "weight_dtype": "default"})
+    clip = wf.add("CLIPLoader", {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "type": "qwen_image"},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "qwen_image_vae.safetensors"}, pos=(0, 350))
+    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 3.1}, {"model": (unet, 0)}, pos=(350, 0))
+    positive, negative = text_pair(wf, (clip, 0), 'a bakery shop window with a sign that says "Fresh Bread", morning light')
+    latent = wf.add("EmptySD3LatentImage", {"width": 1328, "height": 1328, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "qwen_image_sdit", True)
+    return wf.to_json()
+
+
+def flux2_ras(info: dict) -> dict:
+    """Flux 2 dev: diffusion model, Mistral text encoder (flux2 type), its VAE + FluxGuidance + RAS Sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "flux2_dev_fp8mixed.safetensors", "weight_dtype": "default"})
+    clip = wf.add("CLIPLoader", {"clip_name": "mistral_3_small_flux2_fp8.safetensors", "type": "flux2"}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "flux2-vae.safetensors"}, pos=(0, 350))
+    positive, negative = text_pair(wf, (clip, 0), "a macro photo of a dew-covered spider web at sunrise")
+    guided = wf.add("FluxGuidance", {"guidance": 4.0}, {"conditioning": positive}, pos=(700, 100))
+    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (unet, 0), "positive": (guided, 0), "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "flux2_ras", True)
+    return wf.to_json()
+
+
+EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
+            "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
+            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras}
 
 
 def main() -> None:

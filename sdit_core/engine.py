@@ -78,7 +78,8 @@ class ForwardCall:
     def image_index(self, total_tokens: int, device: torch.device) -> torch.Tensor:
         """Rows of the image sequence that run: active grid tokens, then every extra token
         (e.g. Flux Kontext reference tokens appended after the grid), which always run."""
-        if self._image_index is None or self._image_index.device != device:
+        if (self._image_index is None or self._image_index.device != device
+                or self._image_index.shape[1] != self.grid_index.shape[1] + total_tokens - self.grid_tokens):
             extra = total_tokens - self.grid_tokens
             if extra < 0:
                 raise ValueError(f"image sequence of {total_tokens} tokens is shorter than the grid ({self.grid_tokens})")

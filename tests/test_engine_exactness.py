@@ -200,9 +200,9 @@ def engine_forward(patched, run, sigma, stream="s"):
 
 def _forward(patched, run, x, sigma, stream, **kwargs):
     call = run.open_forward(x.shape, sigma, None, stream)
+    options = dict(patched.model_options["transformer_options"], wrappers=patched.wrappers)  # as sampling does
     try:
-        out = patched.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options=dict(
-            patched.model_options["transformer_options"]), **kwargs)
+        out = patched.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options=options, **kwargs)
     finally:
         run.close_forward(call, True)
     return out
@@ -238,3 +238,51 @@ def test_controlnet_residuals_and_reference_tokens_are_gathered():
     no_control = dict(kwargs, control=None)
     assert (model.model.diffusion_model(x, torch.full((1,), 0.7), transformer_options={}, **no_control)
             - plain).abs().max().item() > 1e-3
+
+
+def _dense_sparse_plain(model, x, sigma, n_active, **kwargs):
+    """One dense then one sparse forward through the engine on the same input, and the plain forward."""
+    grid = (x.shape[-2] // 2) * (x.shape[-1] // 2)
+    patched, slot, policy = patch(model, [None, random_active(x.shape[0], grid, n_active, seed=4)])
+    run = SparseRun(policy, x.shape, patch_size=2)
+    slot.run = run
+    try:
+        with engine_forward(patched, run, sigma) as forward:
+            dense = forward(x, **kwargs)
+            sparse = forward(x, **kwargs)
+    finally:
+        slot.run = None
+    plain = model.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options={}, **kwargs)
+    return dense, sparse, plain, run
+
+
+def test_sd3_controlnet_residuals_are_gathered():
+    model = FAMILIES["sd35"].build(seed=11)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 16, 8, 12, generator=g)
+    tokens = 4 * 6
+    control = {"output": [0.1 * torch.randn(1, tokens, 128, generator=g), None]}
+    kwargs = dict(context=torch.randn(1, 5, 32, generator=g), y=torch.randn(1, 32, generator=g), control=control)
+    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    assert run.evals[1].calls[0].attention_image_rows == [10] * 3
+    no_control = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
+                                             **dict(kwargs, control=None))
+    assert (no_control - plain).abs().max().item() > 1e-3, "the residuals count"
+
+
+def test_qwen_image_reference_latents_and_controlnet_residuals():
+    model = FAMILIES["qwen_image"].build(seed=12)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, 1, 8, 12, generator=g)
+    tokens, reference_tokens = 4 * 6, 4 * 4
+    control = {"input": [0.1 * torch.randn(1, tokens, 64, generator=g)]}
+    kwargs = dict(context=torch.randn(1, 5, 32, generator=g), ref_latents=[torch.randn(1, 16, 1, 8, 8, generator=g)],
+                  control=control)
+    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    # the sparse forward ran 10 grid tokens plus every reference token through both blocks
+    assert run.evals[1].calls[0].attention_image_rows == [10 + reference_tokens] * 2
+    for changed in (dict(kwargs, control=None), dict(kwargs, ref_latents=None)):
+        other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **changed)
+        assert (other - plain).abs().max().item() > 1e-3
