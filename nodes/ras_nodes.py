@@ -4,8 +4,9 @@ from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.trace import trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
-from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
+from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
+from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
 
 RAS_DEFAULTS = RASConfig()
 
@@ -53,9 +54,11 @@ def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_sc
                      dynamic_spread=dynamic_spread)
 
 
-def patch_ras(model, config: RASConfig, node: str):
-    """Clone of `model` that samples with RAS; returns (patched, slot)."""
-    return patch_region_adaptive(model, lambda run: RASPolicy(config, run.patch_size), node)
+def patch_ras(model, config: RASConfig, node: str, node_id=None):
+    """Clone of `model` that samples with RAS; returns (patched, slot). With a node id, live maps and
+    the run summary go to that node in the UI."""
+    return patch_region_adaptive(model, lambda run: RASPolicy(config, run.patch_size), node,
+                                 ProgressReporter(node_id, "RAS"))
 
 
 class RASSampler:
@@ -81,7 +84,7 @@ class RASSampler:
                             dynamic_spread)
         adapter = adapter_for(model, node)
         check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
-        patched, slot = patch_ras(model, config, node)
+        patched, slot = patch_ras(model, config, node, unique_id)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
@@ -99,12 +102,13 @@ class RASModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **ras_inputs()}, "optional": ras_optional_inputs()}
+        return {"required": {"model": ksampler_inputs()["model"], **ras_inputs()}, "optional": ras_optional_inputs(),
+                "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def patch(self, model, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-              dynamic_spread=RAS_DEFAULTS.dynamic_spread):
+              dynamic_spread=RAS_DEFAULTS.dynamic_spread, unique_id=None):
         node = "RAS Model Patch"
         config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
                             dynamic_spread)
-        patched, _ = patch_ras(model, config, node)
+        patched, _ = patch_ras(model, config, node, unique_id)
         return (patched,)

@@ -4,10 +4,13 @@ On top of the token-sparse engine (sparse_patch.py) it adds a post-CFG hook that
 each evaluation's output: x, x_pred (denoised) and eps, converted with the model's own
 `model_sampling`, so it is right for flow and eps models alike.
 """
+from typing import Optional
+
 import torch
 
 from ..sdit_core.policy import StepOutput
 from ..sdit_core.tokens import image_view
+from .live_progress import ProgressReporter
 from .sparse_patch import apply_token_sparse
 
 
@@ -17,9 +20,11 @@ def predicted_noise(model_sampling, x: torch.Tensor, x_pred: torch.Tensor, sigma
     return (x - clean_part) / sigma.reshape(-1, *([1] * (x.ndim - 1))).clamp_min(1e-8)
 
 
-def patch_region_adaptive(model, make_policy, node: str):
-    """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start."""
-    patched, slot = apply_token_sparse(model, make_policy, node)
+def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[ProgressReporter] = None):
+    """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start. The reporter
+    (if any) sends live maps and the run summary to the node in the UI."""
+    patched, slot = apply_token_sparse(model, make_policy, node,
+                                       on_run_end=reporter.run_done if reporter is not None else None)
 
     def observe_post_cfg(args):
         run = slot.run
@@ -28,6 +33,8 @@ def patch_region_adaptive(model, make_policy, node: str):
             noise = predicted_noise(args["model"].model_sampling, x, x_pred, sigma)
             run.policy.observe(StepOutput(x=image_view(x), denoised=image_view(x_pred), noise=image_view(noise),
                                           sigma=sigma))
+            if reporter is not None:
+                reporter.evaluation_done(run)
         return args["denoised"]
 
     patched.set_model_sampler_post_cfg_function(observe_post_cfg)

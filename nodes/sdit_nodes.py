@@ -6,6 +6,7 @@ from ..sdit_core.segmentation import BACKENDS
 from ..sdit_core.trace import trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
+from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
 from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
 
@@ -79,8 +80,9 @@ def sdit_config(node: str, values: dict) -> SDiTConfig:
     return SDiTConfig(**fields).validate()
 
 
-def patch_sdit(model, config: SDiTConfig, node: str):
-    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size), node)
+def patch_sdit(model, config: SDiTConfig, node: str, node_id=None):
+    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size), node,
+                                 ProgressReporter(node_id, "SDiT"))
 
 
 def sdit_trace(run, config: SDiTConfig):
@@ -110,7 +112,7 @@ class SDiTSampler:
         config = sdit_config(node, sdit_values)
         adapter = adapter_for(model, node)
         check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
-        patched, slot = patch_sdit(model, config, node)
+        patched, slot = patch_sdit(model, config, node, unique_id)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         return (latent, sdit_trace(slot.last_run, config))
 
@@ -125,9 +127,9 @@ class SDiTModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}}
+        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def patch(self, model, **sdit_values):
+    def patch(self, model, unique_id=None, **sdit_values):
         node = "SDiT Model Patch"
-        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node)
+        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node, unique_id)
         return (patched,)

@@ -8,6 +8,7 @@
 - the family adapter's object patch: gathers active tokens and scatters the output.
 The model passed in is never modified: everything is installed on a clone.
 """
+import time
 from typing import Callable, Optional
 
 import comfy.patcher_extension as patcher_extension
@@ -42,8 +43,10 @@ def _stream_key(transformer_options: dict):
     return tuple(transformer_options.get("cond_or_uncond", ()))
 
 
-def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str):
-    """Returns (patched clone, slot). `make_policy(run_shape_info)` is called at every sampling start."""
+def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
+                       on_run_end: Optional[Callable[[SparseRun, float], None]] = None):
+    """Returns (patched clone, slot). `make_policy(run)` is called at every sampling start;
+    `on_run_end(run, seconds)` after every completed sampling run."""
     adapter = adapter_for(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     patched = model.clone()
@@ -56,8 +59,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write)
         run.policy = make_policy(run)
         slot.run = run
+        started = time.monotonic()
         try:
-            return executor(*args, **kwargs)
+            result = executor(*args, **kwargs)
+            if on_run_end is not None:
+                on_run_end(run, time.monotonic() - started)
+            return result
         finally:
             run.release()
             slot.run = None

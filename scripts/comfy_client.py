@@ -99,7 +99,8 @@ class ComfyServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
+                body = response.read()
+                return json.loads(body) if body.strip() else None
         except urllib.error.HTTPError as error:
             raise RuntimeError(f"POST {path} failed ({error.code}): {error.read().decode(errors='replace')}") from None
 

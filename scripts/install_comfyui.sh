@@ -12,6 +12,18 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+install_chromium() {  # the browser test's browser, from Debian; skipped (test skips too) where that cannot work
+  command -v chromium >/dev/null && return 0
+  command -v apt-get >/dev/null || { echo "note: no apt-get; the browser test will be skipped" >&2; return 0; }
+  local sudo=()
+  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo=(sudo -n); } || {
+    echo "note: cannot install chromium without root; the browser test will be skipped" >&2; return 0; }
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { "${sudo[@]}" apt-get update -q >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "note: chromium could not be installed; the browser test will be skipped" >&2
+}
+
 link_pack_into() {  # $1 = ComfyUI root
   mkdir -p "$1/custom_nodes"
   local target="$1/custom_nodes/comfyui-sdit"
@@ -23,12 +35,13 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
     echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI folder (no comfy/model_management.py)" >&2; exit 1; }
   "${PYTHON:-python3}" -m pip install --disable-pip-version-check -q -r "$repo_root/requirements-dev.txt"
   link_pack_into "$COMFYUI_PATH"
+  install_chromium
   exit 0
 fi
 
 venv="$repo_root/.venv"
 comfy_dir="$repo_root/.comfyui"
-stamp="$venv/.sdit-installed-v1"
+stamp="$venv/.sdit-installed-v2"
 python_bin="${PYTHON:-python3.11}"
 command -v "$python_bin" >/dev/null || python_bin=python3
 
@@ -49,3 +62,4 @@ if [ ! -f "$stamp" ] || [ ! -f "$comfy_dir/main.py" ]; then
   touch "$stamp"
 fi
 link_pack_into "$comfy_dir"
+install_chromium

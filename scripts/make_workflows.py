@@ -62,17 +62,18 @@ def demo(info: dict) -> dict:
     latent = wf.add("EmptySD3LatentImage", {"width": 256, "height": 256, "batch_size": 1}, pos=(0, 250))
     common = {"seed": 7, "steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
     sockets = {"model": (loader, 0), "positive": (loader, 1), "negative": (loader, 2), "latent_image": (latent, 0)}
-    full = wf.add("KSampler", common, dict(sockets), pos=(400, 0), title="Full sampling")
-    ras = wf.add("RASSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, 350))
-    sdit = wf.add("SDiTSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, 700))
+    rows = (0, 400, 1000)      # room for the live map and run summary the UI draws under each sampler
+    full = wf.add("KSampler", common, dict(sockets), pos=(400, rows[0]), title="Full sampling")
+    ras = wf.add("RASSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, rows[1]))
+    sdit = wf.add("SDiTSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, rows[2]))
     decoded = {}
-    for i, (sampler, prefix) in enumerate(((full, "demo_full"), (ras, "demo_ras"), (sdit, "demo_sdit"))):
-        decoded[prefix] = wf.add("SDiTDemoDecode", {}, {"samples": (sampler, 0)}, pos=(800, 350 * i))
-        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decoded[prefix], 0)}, pos=(1100, 350 * i))
+    for row, (sampler, prefix) in zip(rows, ((full, "demo_full"), (ras, "demo_ras"), (sdit, "demo_sdit"))):
+        decoded[prefix] = wf.add("SDiTDemoDecode", {}, {"samples": (sampler, 0)}, pos=(800, row))
+        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decoded[prefix], 0)}, pos=(1100, row))
     regions = wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decoded["demo_sdit"], 0)},
-                     pos=(1100, 1050))
-    wf.add("SaveImage", {"filename_prefix": "demo_sdit_regions"}, {"images": (regions, 0)}, pos=(1450, 1050))
-    wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1100, 1400))
+                     pos=(1500, rows[2]))
+    wf.add("SaveImage", {"filename_prefix": "demo_sdit_regions"}, {"images": (regions, 0)}, pos=(1900, rows[2]))
+    wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1500, rows[2] + 450))
     return wf.to_json()
 
 

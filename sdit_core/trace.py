@@ -66,7 +66,7 @@ class RegionTrace:
         return f"RegionTrace({self.summary()})"
 
 
-def _evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
+def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
     rows = sum(c.rows for c in record.calls)
     if rows == 0:
         return num_tokens, True
@@ -81,7 +81,7 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}))
     for record in run.evals:
-        tokens, dense = _evaluation_tokens(record, h * w)
+        tokens, dense = evaluation_tokens(record, h * w)
         if dense or record.active is None:
             active = torch.ones(run.batch, h, w, dtype=torch.bool)
         else:

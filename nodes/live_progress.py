@@ -1,0 +1,98 @@
+"""Live region maps and the after-run summary, sent to the sampler's node in ComfyUI's UI.
+
+While a region-adaptive run samples, every evaluation can send `sdit.live` (step, tokens computed,
+a small PNG of the update counts so far with the latest active tokens tinted); sends are throttled
+to one per `min_interval` seconds (plus the last evaluation), so they never slow sampling
+measurably. When the run ends, `sdit.summary` carries the token-work fraction vs dense, dense and
+sparse evaluation counts and the wall time. web/sdit.js draws both on the node. Outside a running
+ComfyUI server nothing is sent.
+"""
+import base64
+import io
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..sdit_core.tokens import index_to_mask
+from ..sdit_core.trace import evaluation_tokens
+
+LIVE_EVENT = "sdit.live"
+SUMMARY_EVENT = "sdit.summary"
+ACTIVE_TINT = np.array([255, 140, 0], dtype=np.float32)   # latest active tokens, over the count heatmap
+
+
+def server_send(event: str, data: dict) -> None:
+    """PromptServer.send_sync when a ComfyUI server runs in this process; otherwise nothing."""
+    server_module = sys.modules.get("server")
+    instance = getattr(getattr(server_module, "PromptServer", None), "instance", None)
+    if instance is not None:
+        instance.send_sync(event, data)
+
+
+def _active_masks(run, image: int = 0):
+    """Per evaluation: the (h, w) bool mask of computed tokens of one image."""
+    h, w = run.grid
+    for record in run.evals:
+        if record.active is None or evaluation_tokens(record, h * w)[1]:
+            yield torch.ones(h, w, dtype=torch.bool)
+        else:
+            yield index_to_mask(record.active[image: image + 1], h * w).view(h, w)
+
+
+def map_png(run) -> str:
+    """Update counts so far (grey levels) with the latest evaluation's active tokens tinted, as a data URL."""
+    masks = list(_active_masks(run))
+    counts = torch.stack(masks).sum(dim=0).float().numpy()
+    grey = 40 + 180 * counts / max(1.0, float(len(masks)))
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    latest = masks[-1].numpy()
+    rgb[latest] = 0.45 * rgb[latest] + 0.55 * ACTIVE_TINT
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def live_payload(run, node_id: str, method: str) -> dict:
+    record = run.evals[-1]
+    total = run.grid[0] * run.grid[1]
+    tokens, dense = evaluation_tokens(record, total)
+    return {"node": str(node_id), "method": method, "evaluation": record.info.index, "step": record.info.step,
+            "steps": record.info.steps, "dense": dense, "tokens": tokens, "total": total, "map": map_png(run)}
+
+
+def summary_payload(run, node_id: str, method: str, seconds: float) -> dict:
+    total = run.grid[0] * run.grid[1]
+    per_eval = [evaluation_tokens(record, total) for record in run.evals]
+    dense = sum(1 for _, is_dense in per_eval if is_dense)
+    work = sum(tokens for tokens, _ in per_eval) / max(1, len(per_eval) * total)
+    return {"node": str(node_id), "method": method, "work_fraction": round(work, 4), "dense": dense,
+            "sparse": len(per_eval) - dense, "evaluations": len(per_eval), "seconds": round(seconds, 2)}
+
+
+class ProgressReporter:
+    def __init__(self, node_id, method: str, min_interval: float = 0.25,
+                 send: Callable[[str, dict], None] = server_send):
+        self.node_id = None if node_id is None else str(node_id)
+        self.method = method
+        self.min_interval = min_interval
+        self.send = send
+        self._last_sent: Optional[float] = None
+
+    def evaluation_done(self, run) -> None:
+        if self.node_id is None or not run.evals:
+            return
+        now = time.monotonic()
+        info = run.evals[-1].info
+        last = info.step >= info.steps - 1
+        if self._last_sent is not None and now - self._last_sent < self.min_interval and not last:
+            return
+        self._last_sent = now
+        self.send(LIVE_EVENT, live_payload(run, self.node_id, self.method))
+
+    def run_done(self, run, seconds: float) -> None:
+        if self.node_id is not None and run.evals:
+            self.send(SUMMARY_EVENT, summary_payload(run, self.node_id, self.method, seconds))

@@ -1,0 +1,142 @@
+"""The pack inside ComfyUI's real browser UI: Debian's chromium driven by playwright against the project's
+ComfyUI host (127.0.0.1, --cpu). Skipped when chromium or playwright is missing (the install step installs
+both where it can). A screenshot of each finished graph is saved under test_artifacts/."""
+import json
+import os
+import pathlib
+import sys
+import time
+
+import pytest
+
+from conftest import COMFYUI_ROOT, REPO_ROOT
+from test_workflows import OUR_NODES
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from comfy_client import ComfyServer  # noqa: E402
+
+CHROMIUM = pathlib.Path(os.environ.get("SDIT_CHROMIUM", "/usr/bin/chromium"))
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no chromium at {CHROMIUM}")
+
+ARTIFACTS = REPO_ROOT / "test_artifacts"
+EXTENSION = "comfyui-sdit.region-maps"
+DEMO_WORKFLOWS = [p for p in sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+                  if any(n["type"] == "SDiTDemoModelLoader" for n in json.loads(p.read_text())["nodes"])]
+SAMPLERS = ("RASSampler", "SDiTSampler")
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def finished(server, prompt_id: str):
+    """The prompt's history entry once it succeeded or failed, else None."""
+    entry = server.get(f"/history/{prompt_id}").get(prompt_id, {})
+    status = entry.get("status", {})
+    return entry if status.get("completed") or status.get("status_str") == "error" else None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ComfyServer(COMFYUI_ROOT, tmp_path_factory.mktemp("browser-output")) as running:
+        running.post("/settings", {"Comfy.TutorialCompleted": True})   # no templates dialog on first load
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.sdit_errors = []
+            page.on("pageerror", lambda error: page.sdit_errors.append(f"{error}\n{error.stack or ''}"))
+            page.on("console", lambda message: page.sdit_errors.append(message.text)
+                    if message.type == "error" and "sdit" in message.text.lower() else None)
+            page.goto(server.url)
+            page.wait_for_function("window.app?.graph && window.LiteGraph?.registered_node_types", timeout=180_000)
+            page.keyboard.press("Escape")
+            yield page
+        finally:
+            browser.close()
+
+
+def our_errors(page) -> list:
+    return [e for e in page.sdit_errors if "sdit" in e.lower()]
+
+
+def test_ui_registers_our_nodes_and_runs_our_extension(page):
+    registered = page.evaluate("Object.keys(LiteGraph.registered_node_types)")
+    assert set(OUR_NODES) <= set(registered)
+    assert EXTENSION in page.evaluate("app.extensions.map(e => e.name)")
+    assert our_errors(page) == []
+
+
+@pytest.mark.parametrize("path", DEMO_WORKFLOWS, ids=[p.name for p in DEMO_WORKFLOWS])
+def test_example_workflow_queued_from_the_ui_finishes_with_maps_on_the_nodes(page, server, path):
+    before = set(server.get("/history"))
+    page.evaluate("workflow => app.loadGraphData(workflow)", json.loads(path.read_text()))
+    page.evaluate("app.queuePrompt(0, 1)")                                   # the UI's own queue path
+    prompt_id = wait_until(lambda: next(iter(set(server.get("/history")) - before), None), 900, "the prompt")
+    entry = wait_until(lambda: finished(server, prompt_id), 900, "the prompt to finish")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+
+    graph_nodes = page.evaluate("app.graph._nodes.map(n => ({id: String(n.id), type: n.type}))")
+    types = {n["id"]: n["type"] for n in graph_nodes}
+    outputs = entry["outputs"]
+    saved = [i for node, out in outputs.items() if types.get(node) == "SaveImage" for i in out.get("images", [])]
+    assert saved and all((server.output_dir / i.get("subfolder", "") / i["filename"]).is_file() for i in saved)
+    regions = [node for node, out in outputs.items() if types.get(node) == "RegionVisualizer" and out.get("images")]
+    assert regions, "the Region Visualizer's previews came back"
+
+    samplers = [n["id"] for n in graph_nodes if n["type"] in SAMPLERS]
+    assert samplers
+    for node_id in samplers:
+        state = page.wait_for_function(
+            """id => { const n = app.graph.getNodeById(Number(id));
+                       return n?.sditSummary && n?.sditLive?.image?.naturalWidth > 0 &&
+                              {summary: n.sditSummary.text, work: n.sditSummary.work, live: n.sditLive.text,
+                               steps: n.sditLive.steps, step: n.sditLive.step}; }""", arg=node_id, timeout=60_000
+        ).json_value()
+        assert 0 < state["work"] < 1 and "% of dense token work" in state["summary"]
+        assert state["step"] == state["steps"] - 1, "the last evaluation's map arrived"
+
+    page.keyboard.press(".")                                                  # fit the graph into view
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser_{path.stem}.png"))
+    assert our_errors(page) == []
+
+
+BAD_MESSAGES = [
+    None,
+    {"node": "1"},
+    {"node": "1", "method": "RAS", "step": 1, "steps": 2, "tokens": 3, "total": 4, "dense": False,
+     "map": "<img src=x onerror=alert(1)>"},
+    {"node": "1", "method": "<b>RAS</b>", "work_fraction": 0.5, "dense": 1, "sparse": 1, "evaluations": 2, "seconds": 1},
+    {"node": {"id": 1}, "method": "SDiT", "work_fraction": "half", "dense": -1, "sparse": 1, "evaluations": 2,
+     "seconds": 1},
+    {"node": "99999", "method": "SDiT", "work_fraction": 0.5, "dense": 1, "sparse": 1, "evaluations": 2, "seconds": 1},
+]
+
+
+def test_missing_or_malformed_messages_are_ignored(page):
+    page.evaluate("""() => { const n = LiteGraph.createNode("RASSampler"); n.id = 1; app.graph.clear(); app.graph.add(n);
+                            n.id = 1; }""")
+    before = page.evaluate("() => { const n = app.graph.getNodeById(1); return [!!n, n?.sditLive ?? null, n?.sditSummary ?? null]; }")
+    assert before[0]
+    for message in BAD_MESSAGES:
+        for event in ("sdit.live", "sdit.summary"):
+            page.evaluate("([event, detail]) => window.comfyAPI.api.api.dispatchEvent(new CustomEvent(event, {detail}))",
+                          [event, message])
+    # two animation frames: any draw a bad message could trigger has happened
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    after = page.evaluate("() => { const n = app.graph.getNodeById(1); return [!!n, n?.sditLive ?? null, n?.sditSummary ?? null]; }")
+    assert after == before, "nothing malformed reached the node"
+    assert our_errors(page) == [] and not [e for e in page.sdit_errors if "alert" in e]
