@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..sdit_core import profiling
 from ..sdit_core.policy import StepOutput
 from ..sdit_core.tokens import image_view
 from .live_progress import ProgressReporter
@@ -31,8 +32,9 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
         if run is not None:
             x, x_pred, sigma = args["input"], args["denoised"], args["sigma"]
             noise = predicted_noise(args["model"].model_sampling, x, x_pred, sigma)
-            run.policy.observe(StepOutput(x=image_view(x), denoised=image_view(x_pred), noise=image_view(noise),
-                                          sigma=sigma))
+            with profiling.span(profiling.OBSERVE):
+                run.policy.observe(StepOutput(x=image_view(x), denoised=image_view(x_pred), noise=image_view(noise),
+                                              sigma=sigma))
             if reporter is not None:
                 reporter.evaluation_done(run)
         return args["denoised"]

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 
 from .kv_cache import JointKVCache, RowWriter, write_rows_reference
+from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
 from .tokens import gather_rows, is_image_shape, scatter_rows_, validate_active_index
@@ -99,7 +100,8 @@ class ForwardCall:
             return tokens
         index = self.image_index(tokens.shape[1], tokens.device)
         self.image_rows = index.shape[1]
-        return gather_rows(tokens, index)
+        with profiling.span(profiling.GATHER):
+            return gather_rows(tokens, index)
 
     def gather_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Gathers a tensor that covers the grid tokens (or a prefix of the image sequence, as
@@ -119,7 +121,8 @@ class ForwardCall:
             index = self.image_index(fill.shape[1], output.device)
             if output.shape[1] != index.shape[1]:
                 raise ValueError(f"model returned {output.shape[1]} tokens, {index.shape[1]} were sent in")
-            full = scatter_rows_(fill.to(output.device, output.dtype, copy=True), index, output)
+            with profiling.span(profiling.SCATTER):
+                full = scatter_rows_(fill.to(output.device, output.dtype, copy=True), index, output)
         self.stream.last_output = full.detach().clone()
         self.run.policy.on_output(self.stream.key, self.info, self.stream.last_output,
                                   None if self.dense else self.grid_index)
@@ -145,7 +148,8 @@ class ForwardCall:
             self.stream.kv.store_dense(layer, k, v)
             return attend(q, k, v, heads, **kwargs)
         rows = self.joint_rows(k.device, prefix)
-        k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
+        with profiling.span(profiling.KV_WRITE):
+            k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
             kwargs = dict(kwargs, mask=self._gather_mask_queries(mask, rows, k_full.shape[seq_dim]))
@@ -205,7 +209,8 @@ class SparseRun:
         step = step_of_sigma(sample_sigmas, sigma) if sample_sigmas is not None else len(self.evals)
         info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,
                         grid=self.grid, batch=self.batch)
-        active = self.policy.plan(info)
+        with profiling.span(profiling.PLAN):
+            active = self.policy.plan(info)
         if active is not None:
             active = validate_active_index(active, self.batch, info.num_tokens)
         record = EvalRecord(info, None if active is None else active.cpu())

@@ -12,6 +12,7 @@ from typing import Dict, Hashable, List, Optional, Sequence
 
 import torch
 
+from . import profiling
 from .complexity import region_scores, token_complexity
 from .extrapolation import OutputHistory, relative_error
 from .policy import EvalInfo, StepOutput, TokenPolicy
@@ -118,7 +119,8 @@ class SDiTPolicy(TokenPolicy):
         c = self.config
         features = token_features(step.denoised, step.noise, self.patch_size)     # (B, h, w, 2C)
         params = c.quickshift()
-        labels = torch.stack([segment(features[b], params, c.backend) for b in range(features.shape[0])])
+        with profiling.span(profiling.SEGMENT):
+            labels = torch.stack([segment(features[b], params, c.backend) for b in range(features.shape[0])])
         complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta)
         self._labels = labels
         self._complexity = complexity

@@ -5,9 +5,7 @@ layer (`img_in`) is per-token, so gathering the active rows of `img` and `img_id
 before it is exact; its output comes back per token and is scattered to full size after it.
 Attention is joint over [txt | img] everywhere, with txt first.
 """
-import inspect
-
-from .base import FamilyAdapter, gather_control
+from .base import FamilyAdapter, gather_control, patch_method
 
 
 class FluxFamily(FamilyAdapter):
@@ -25,21 +23,10 @@ class FluxFamily(FamilyAdapter):
         return int(diffusion_model.patch_size)
 
     def install(self, patcher, slot) -> None:
-        diffusion_model = patcher.model.diffusion_model
-        original = patcher.get_model_object("diffusion_model.forward_orig")  # may be another node's patch
-        # Bind arguments by the model's own signature, whatever wraps it.
-        signature = inspect.signature(type(diffusion_model).forward_orig.__get__(diffusion_model))
-
-        def sparse_forward_orig(*args, **kwargs):
-            call = slot.current_call()
-            if call is None:
-                return original(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            arguments = bound.arguments
+        def gather_image(call, arguments):
             arguments["img"] = call.gather(arguments["img"])          # dense: unchanged, but counted
-            arguments["img_ids"] = call.gather(arguments["img_ids"])
-            if arguments.get("control") is not None and not call.dense:
-                arguments["control"] = gather_control(call, arguments["control"])
-            return call.scatter(original(*bound.args, **bound.kwargs))
+            arguments["img_ids"] = call.gather(arguments["img_ids"])   # RoPE positions follow their tokens
+            arguments["control"] = gather_control(call, arguments.get("control"))
 
-        patcher.add_object_patch("diffusion_model.forward_orig", sparse_forward_orig)
+        patch_method(patcher, slot, "diffusion_model.forward_orig", before=gather_image,
+                     after=lambda call, out: call.scatter(out))

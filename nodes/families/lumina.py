@@ -9,11 +9,9 @@ The adapter hooks layers, never that function's code:
 - `unpatchify` scatters the image part of the final layer's output back to the full grid.
 Attention before the first gather (the caption refiner) passes through untouched.
 """
-import inspect
-
 import torch
 
-from .base import FamilyAdapter
+from .base import FamilyAdapter, patch_method
 
 
 def _gathered_freqs(call, freqs: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -41,51 +39,32 @@ class LuminaFamily(FamilyAdapter):
         if len(diffusion_model.noise_refiner) == 0:
             raise ValueError("Lumina 2 model without noise-refiner layers is not supported")
         for i in range(len(diffusion_model.noise_refiner)):
-            self._patch_layer(patcher, slot, f"diffusion_model.noise_refiner.{i}", gathers_tokens=i == 0)
+            patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
+                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs)
         for i in range(len(diffusion_model.layers)):
-            self._patch_layer(patcher, slot, f"diffusion_model.layers.{i}", gathers_tokens=False)
-        self._patch_unpatchify(patcher, slot)
+            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs)
+        patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
 
-    @staticmethod
-    def _patch_layer(patcher, slot, path: str, gathers_tokens: bool) -> None:
-        original = patcher.get_model_object(path + ".forward")
-        signature = inspect.signature(type(patcher.get_model_object(path)).forward)
 
-        def sparse_layer(*args, **kwargs):
-            call = slot.current_call()
-            if call is None or call.dense and not gathers_tokens:
-                return original(*args, **kwargs)
-            bound = signature.bind(None, *args, **kwargs)       # None stands in for self
-            arguments = bound.arguments
-            if gathers_tokens:
-                arguments["x"] = call.gather(arguments["x"])   # dense: unchanged, but counted
-                mask = arguments.get("x_mask")
-                if mask is not None and not call.dense:
-                    arguments["x_mask"] = call.gather(mask)
-            freqs = arguments["freqs_cis"]
-            if not call.dense and freqs.shape[1] != arguments["x"].shape[1]:
-                prefix = arguments["x"].shape[1] - call.image_rows
-                arguments["freqs_cis"] = _gathered_freqs(call, freqs, prefix)
-            return original(*bound.args[1:], **bound.kwargs)
+def _gather_tokens_and_freqs(call, arguments) -> None:
+    """First noise-refiner layer: the image tokens (and their padding mask, if any) enter sparse here."""
+    arguments["x"] = call.gather(arguments["x"])           # dense: unchanged, but counted
+    if arguments.get("x_mask") is not None and not call.dense:
+        arguments["x_mask"] = call.gather(arguments["x_mask"])
+    _gather_freqs(call, arguments)
 
-        patcher.add_object_patch(path + ".forward", sparse_layer)
 
-    @staticmethod
-    def _patch_unpatchify(patcher, slot) -> None:
-        diffusion_model = patcher.model.diffusion_model
-        original = patcher.get_model_object("diffusion_model.unpatchify")
-        signature = inspect.signature(type(diffusion_model).unpatchify.__get__(diffusion_model))
+def _gather_freqs(call, arguments) -> None:
+    freqs = arguments["freqs_cis"]
+    if not call.dense and call.image_rows is not None and freqs.shape[1] != arguments["x"].shape[1]:
+        prefix = arguments["x"].shape[1] - call.image_rows
+        arguments["freqs_cis"] = _gathered_freqs(call, freqs, prefix)
 
-        def sparse_unpatchify(*args, **kwargs):
-            call = slot.current_call()
-            if call is None:
-                return original(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            x, cap_size = bound.arguments["x"], bound.arguments["cap_size"]
-            prefix = int(cap_size[0])
-            if any(int(c) != prefix for c in cap_size):
-                raise ValueError("caption lengths differ within the batch")
-            bound.arguments["x"] = torch.cat([x[:, :prefix], call.scatter(x[:, prefix:])], dim=1)
-            return original(*bound.args, **bound.kwargs)
 
-        patcher.add_object_patch("diffusion_model.unpatchify", sparse_unpatchify)
+def _scatter_image_part(call, arguments) -> None:
+    """unpatchify's input is [caption | image]: the image part goes back to the full grid."""
+    x, cap_size = arguments["x"], arguments["cap_size"]
+    prefix = int(cap_size[0])
+    if any(int(c) != prefix for c in cap_size):
+        raise ValueError("caption lengths differ within the batch")
+    arguments["x"] = torch.cat([x[:, :prefix], call.scatter(x[:, prefix:])], dim=1)

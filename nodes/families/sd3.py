@@ -7,9 +7,7 @@ unpatchify. Attention is joint over [registers | context | x] (QK-norm applied b
 the cache holds normed keys); SD3.5's second, image-only attention (`x_block_self_attn`) has no
 prefix and gets its own cache layer.
 """
-import inspect
-
-from .base import FamilyAdapter, gather_control
+from .base import FamilyAdapter, gather_control, patch_method
 
 
 class SD3Family(FamilyAdapter):
@@ -23,18 +21,9 @@ class SD3Family(FamilyAdapter):
         return int(diffusion_model.patch_size)
 
     def install(self, patcher, slot) -> None:
-        diffusion_model = patcher.model.diffusion_model
-        original = patcher.get_model_object("diffusion_model.forward_core_with_concat")
-        signature = inspect.signature(type(diffusion_model).forward_core_with_concat.__get__(diffusion_model))
-
-        def sparse_forward_core(*args, **kwargs):
-            call = slot.current_call()
-            if call is None:
-                return original(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            arguments = bound.arguments
+        def gather_image(call, arguments):
             arguments["x"] = call.gather(arguments["x"])
             arguments["control"] = gather_control(call, arguments.get("control"))
-            return call.scatter(original(*bound.args, **bound.kwargs))
 
-        patcher.add_object_patch("diffusion_model.forward_core_with_concat", sparse_forward_core)
+        patch_method(patcher, slot, "diffusion_model.forward_core_with_concat", before=gather_image,
+                     after=lambda call, out: call.scatter(out))

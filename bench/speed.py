@@ -1,0 +1,211 @@
+"""End-to-end sampling speed at real sizes: ComfyUI's real model classes with random bf16 weights, full
+sampling vs RAS and SDiT, batch 2 (cond + uncond, CFG), through ComfyUI's own sampling.
+
+    python3 bench/speed.py --models flux-dev sd35-medium sd35-large lumina2 --res 1024 2048   # GPU
+    .venv/bin/python bench/speed.py --smoke                                                   # CI, CPU
+
+Per model, resolution, method and ratio: wall time of the whole sampling run and its speedup over full
+sampling; the schedule's FLOP-ideal speedup (every evaluation costs in proportion to the rows that run,
+T + n, so ideal = sum(T + N) / sum(T + n_e) over evaluations, from the REGION_TRACE); achieved / ideal;
+peak memory over full sampling next to the K/V cache's own size (attention layers x 2 x rows x
+(T + N) x hidden x bytes); and a per-step breakdown from the profiler's named ranges
+(sdit_core/profiling.py): segmentation, policy (scores, selection, extrapolation), gather/scatter,
+cache writes; the rest is the transformer.
+"""
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from pack_host import import_comfyui, load_pack  # noqa: E402
+
+# name: (supported_models class, unet config, context dim, pooled dim or None, guidance, attention layers)
+MODELS = {
+    "flux-dev": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                              hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                              axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+                 4096, 768, 3.5, 57),
+    "sd35-medium": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
+                                adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
+                                    "in_features": 4096, "out_features": 1536}}, num_patches=147456,
+                                pos_embed_max_size=384, pos_embed_scaling_factor=None, qk_norm="rms",
+                                x_block_self_attn_layers=list(range(13))), 4096, 2048, None, 24 + 13),
+    "sd35-large": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None,
+                               adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
+                                   "in_features": 4096, "out_features": 2432}}, num_patches=36864,
+                               pos_embed_max_size=192, pos_embed_scaling_factor=None, qk_norm="rms",
+                               x_block_self_attn_layers=[]), 4096, 2048, None, 38),
+    "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304,
+                                n_layers=26, n_refiner_layers=2, qk_norm=True, n_heads=24, n_kv_heads=8,
+                                axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
+                                ffn_dim_multiplier=4.0), 2304, None, None, 28),
+    "tiny-flux": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
+                               hidden_size=128, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2,
+                               axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+                  64, 32, 3.5, 4),
+}
+
+
+def build(name: str, device, dtype):
+    import comfy.model_patcher
+    import comfy.supported_models
+    class_name, config, *_ = MODELS[name]
+    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
+        for buffer_name, buffer in model.diffusion_model.named_buffers():
+            if buffer_name.endswith("pos_embed"):
+                buffer.normal_(0.0, 0.5, generator=generator)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def conditioning(name: str, text: int, seed: int):
+    _, _, context_dim, pooled_dim, guidance, _ = MODELS[name]
+    g = torch.Generator().manual_seed(seed)
+    extra = {}
+    if pooled_dim:
+        extra["pooled_output"] = torch.randn(1, pooled_dim, generator=g)
+    if guidance:
+        extra["guidance"] = guidance
+    return [[torch.randn(1, text, context_dim, generator=g), extra]]
+
+
+def breakdown(prof, device) -> dict:
+    """Milliseconds spent in each of the pack's named ranges (device time on the GPU)."""
+    from comfyui_sdit.sdit_core import profiling
+    totals = {}
+    for event in prof.key_averages():
+        if event.key in profiling.RANGES:
+            micros = getattr(event, "device_time_total", 0) if device.type == "cuda" else event.cpu_time_total
+            totals[event.key] = round(micros / 1000, 3)
+    return totals
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    import_comfyui(cpu=device.type == "cpu")
+    load_pack()
+    import comfy.sample
+    from comfyui_sdit.nodes.ras_nodes import patch_ras
+    from comfyui_sdit.nodes.sdit_nodes import patch_sdit, sdit_trace
+    from comfyui_sdit.sdit_core import profiling
+    from comfyui_sdit.sdit_core.ras import RASConfig
+    from comfyui_sdit.sdit_core.sdit import SDiTConfig
+    from comfyui_sdit.sdit_core.trace import trace_from_run
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "steps": args.steps,
+               "text_tokens": args.text, "rows": []}
+    for name in args.models:
+        model = build(name, device, dtype)
+        hidden = model.model.diffusion_model.hidden_size if hasattr(model.model.diffusion_model, "hidden_size") \
+            else MODELS[name][1].get("dim")
+        layers = MODELS[name][5]
+        positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
+        for res in args.res:
+            latent = torch.zeros(1, 16, res // 8, res // 8)
+            tokens = (res // 16) ** 2
+            noise = comfy.sample.prepare_noise(latent, 0)
+
+            def sample(m):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                started = time.perf_counter()
+                comfy.sample.sample(m, noise, args.steps, args.cfg, "euler", "simple", positive, negative, latent,
+                                    seed=0, disable_pbar=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0.0
+                return time.perf_counter() - started, peak
+
+            sample(model)                                               # load, warm up kernels
+            dense = [sample(model) for _ in range(args.repeats)]
+            dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
+            kv_gib = layers * 2 * 2 * (args.text + tokens) * hidden * (2 if dtype == torch.bfloat16 else 4) / 2 ** 30
+            base = {"model": name, "res": res, "image_tokens": tokens}
+            results["rows"].append(dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,
+                                        peak_gib=dense_peak, kv_cache_gib=kv_gib))
+            for method in args.methods:
+                for ratio in args.ratios:
+                    if method == "RAS":
+                        patched, slot = patch_ras(model, RASConfig(sample_ratio=ratio), "bench")
+                        trace_of = lambda run: trace_from_run(run, "RAS")  # noqa: E731
+                    else:
+                        config = SDiTConfig(sample_ratio=ratio)
+                        patched, slot = patch_sdit(model, config, "bench")
+                        trace_of = lambda run, c=config: sdit_trace(run, c)  # noqa: E731
+                    sample(patched)                                     # warm-up (segmentation kernels, caches)
+                    timings = [sample(patched) for _ in range(args.repeats)]
+                    seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
+                    trace = trace_of(slot.last_run)
+                    ideal = sum(args.text + tokens for _ in trace.steps) / sum(args.text + t for t in trace.tokens_per_step)
+                    profiling.ENABLED = True
+                    try:
+                        from torch.profiler import ProfilerActivity, profile
+                        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+                        with profile(activities=activities) as prof:
+                            sample(patched)
+                    finally:
+                        profiling.ENABLED = False
+                    per_step = {k: round(v / len(trace.steps), 3) for k, v in breakdown(prof, device).items()}
+                    results["rows"].append(dict(
+                        base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
+                        of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
+                        peak_over_dense_gib=peak - dense_peak, kv_cache_gib=kv_gib,
+                        step_ms=1000 * seconds / len(trace.steps), per_step_ms=per_step))
+                    print(json.dumps(results["rows"][-1]), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| model | res | method | ratio | s | speedup | ideal | achieved/ideal | peak GiB (+ over full) | "
+             "K/V cache GiB | per step ms: segmentation / policy / gather+scatter / cache writes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        b = r.get("per_step_ms", {})
+        parts = " / ".join(f"{b.get(k, 0):.2f}" for k in ("sdit.segmentation", "sdit.observe")) + \
+            f" / {b.get('sdit.gather', 0) + b.get('sdit.scatter', 0):.2f} / {b.get('sdit.kv_write', 0):.2f}"
+        lines.append(f"| {r['model']} | {r['res']} | {r['method']} | {r['ratio']} | {r['seconds']:.2f} | "
+                     f"{r['speedup']:.2f}x | {r['ideal']:.2f}x | {r.get('of_ideal', 1.0) * 100:.0f}% | "
+                     f"{r['peak_gib']:.1f} (+{r.get('peak_over_dense_gib', 0.0):.2f}) | {r['kv_cache_gib']:.2f} | "
+                     f"{parts if b else '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["flux-dev"], choices=sorted(MODELS))
+    parser.add_argument("--res", type=int, nargs="+", default=[1024])
+    parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "SDiT"])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--cfg", type=float, default=3.5)
+    parser.add_argument("--text", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 4 steps, one ratio (CI)")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    if args.smoke:
+        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
+    results = run(args)
+    print(table(results))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Every benchmark in bench/ runs end to end at a tiny size (seconds; no timing claims are checked here:
+speed and fidelity numbers come from the full runs recorded in docs/BENCHMARKS.md)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+SMOKE_RUNS = {
+    "fidelity": ["bench/fidelity.py", "--smoke"],
+    "speed": ["bench/speed.py", "--smoke", "--device", "cpu"],
+    "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
+                      "--iters", "1", "--warmup", "0", "--device", "cpu"],
+    "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
+def test_benchmark_runs(name, tmp_path):
+    out = tmp_path / f"{name}.json"
+    result = subprocess.run([sys.executable, *SMOKE_RUNS[name], "--json", str(out)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["rows"], "results recorded"
