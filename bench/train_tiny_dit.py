@@ -28,7 +28,9 @@ from pack_host import import_comfyui, load_pack  # noqa: E402
 
 
 def fit_codec(generator: torch.Generator, size: int, images: int = 256):
-    """PCA of 8x8 RGB patches: the 16 leading components, scaled so every latent channel has unit variance."""
+    """PCA of 8x8 RGB patches: the 16 leading components, all scaled by one factor so the channels' mean
+    variance is 1. (Whitening each channel would blow the model's small errors in the weak components
+    up into blocky, saturated patches when decoding.)"""
     from comfyui_sdit.nodes.demo.codec import CHANNELS, PATCH, PatchCodec
     from demo_data import render_batch
     batch, _, _ = render_batch(generator, images, size)
@@ -38,7 +40,8 @@ def fit_codec(generator: torch.Generator, size: int, images: int = 256):
     components = vectors[:CHANNELS]
     std = singular[:CHANNELS] / math.sqrt(patches.shape[0] - 1)
     explained = float((singular[:CHANNELS] ** 2).sum() / (singular ** 2).sum())
-    return PatchCodec(mean, components, 1.0 / std, torch.zeros(CHANNELS)), explained
+    scale = 1.0 / std.pow(2).mean().sqrt()
+    return PatchCodec(mean, components, scale.expand(CHANNELS).clone(), torch.zeros(CHANNELS)), explained
 
 
 def model_config(hidden: int, double: int, single: int) -> dict:

@@ -32,36 +32,33 @@ def server_send(event: str, data: dict) -> None:
         instance.send_sync(event, data)
 
 
-def _active_masks(run, image: int = 0):
-    """Per evaluation: the (h, w) bool mask of computed tokens of one image."""
+def active_mask(run, record, image: int = 0) -> torch.Tensor:
+    """The (h, w) bool mask of the tokens one evaluation computed for one image."""
     h, w = run.grid
-    for record in run.evals:
-        if record.active is None or evaluation_tokens(record, h * w)[1]:
-            yield torch.ones(h, w, dtype=torch.bool)
-        else:
-            yield index_to_mask(record.active[image: image + 1], h * w).view(h, w)
+    if record.active is None or evaluation_tokens(record, h * w)[1]:
+        return torch.ones(h, w, dtype=torch.bool)
+    return index_to_mask(record.active[image: image + 1], h * w).view(h, w)
 
 
-def map_png(run) -> str:
-    """Update counts so far (grey levels) with the latest evaluation's active tokens tinted, as a data URL."""
-    masks = list(_active_masks(run))
-    counts = torch.stack(masks).sum(dim=0).float().numpy()
-    grey = 40 + 180 * counts / max(1.0, float(len(masks)))
+def map_png(counts: torch.Tensor, latest: torch.Tensor, evaluations: int) -> str:
+    """Update counts (grey levels) with the latest evaluation's active tokens tinted, as a PNG data URL."""
+    grey = 40 + 180 * counts.float().numpy() / max(1, evaluations)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    latest = masks[-1].numpy()
-    rgb[latest] = 0.45 * rgb[latest] + 0.55 * ACTIVE_TINT
+    mask = latest.numpy()
+    rgb[mask] = 0.45 * rgb[mask] + 0.55 * ACTIVE_TINT
     from PIL import Image
     buffer = io.BytesIO()
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def live_payload(run, node_id: str, method: str) -> dict:
+def live_payload(run, node_id: str, method: str, counts: torch.Tensor, latest: torch.Tensor) -> dict:
     record = run.evals[-1]
     total = run.grid[0] * run.grid[1]
     tokens, dense = evaluation_tokens(record, total)
     return {"node": str(node_id), "method": method, "evaluation": record.info.index, "step": record.info.step,
-            "steps": record.info.steps, "dense": dense, "tokens": tokens, "total": total, "map": map_png(run)}
+            "steps": record.info.steps, "dense": dense, "tokens": tokens, "total": total,
+            "map": map_png(counts, latest, len(run.evals))}
 
 
 def summary_payload(run, node_id: str, method: str, seconds: float) -> dict:
@@ -74,24 +71,34 @@ def summary_payload(run, node_id: str, method: str, seconds: float) -> dict:
 
 
 class ProgressReporter:
-    def __init__(self, node_id, method: str, min_interval: float = 0.25,
+    def __init__(self, node_id, method: str, min_interval: float = 0.5,
                  send: Callable[[str, dict], None] = server_send):
         self.node_id = None if node_id is None else str(node_id)
         self.method = method
         self.min_interval = min_interval
         self.send = send
         self._last_sent: Optional[float] = None
+        self._run, self._seen = None, 0
+        self._counts: Optional[torch.Tensor] = None     # (h, w) evaluations that computed each token (image 0)
+        self._latest: Optional[torch.Tensor] = None     # (h, w) the latest evaluation's tokens
 
     def evaluation_done(self, run) -> None:
         if self.node_id is None or not run.evals:
             return
+        # counts are kept up to date every evaluation (cheap); the PNG is made only when sent
+        if self._run is not run:
+            self._run, self._seen, self._counts = run, 0, torch.zeros(run.grid, dtype=torch.int32)
+        for record in run.evals[self._seen:]:
+            self._latest = active_mask(run, record)
+            self._counts += self._latest
+        self._seen = len(run.evals)
         now = time.monotonic()
         info = run.evals[-1].info
         last = info.step >= info.steps - 1
         if self._last_sent is not None and now - self._last_sent < self.min_interval and not last:
             return
         self._last_sent = now
-        self.send(LIVE_EVENT, live_payload(run, self.node_id, self.method))
+        self.send(LIVE_EVENT, live_payload(run, self.node_id, self.method, self._counts, self._latest))
 
     def run_done(self, run, seconds: float) -> None:
         if self.node_id is not None and run.evals:

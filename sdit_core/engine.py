@@ -70,6 +70,7 @@ class ForwardCall:
         self.shared_index = shared_index  # every row has the same active tokens (known on the CPU)
         self.image_rows: Optional[int] = None   # image-sequence tokens that entered the blocks (None: not yet)
         self._image_index: Optional[torch.Tensor] = None   # grid index + always-active extra tokens
+        self._image_index_key: Optional[Tuple[int, torch.device]] = None   # (image sequence length, device)
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self._attention_calls = 0
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
@@ -79,8 +80,7 @@ class ForwardCall:
     def image_index(self, total_tokens: int, device: torch.device) -> torch.Tensor:
         """Rows of the image sequence that run: active grid tokens, then every extra token
         (e.g. Flux Kontext reference tokens appended after the grid), which always run."""
-        if (self._image_index is None or self._image_index.device != device
-                or self._image_index.shape[1] != self.grid_index.shape[1] + total_tokens - self.grid_tokens):
+        if self._image_index_key != (total_tokens, device):
             extra = total_tokens - self.grid_tokens
             if extra < 0:
                 raise ValueError(f"image sequence of {total_tokens} tokens is shorter than the grid ({self.grid_tokens})")
@@ -88,7 +88,7 @@ class ForwardCall:
             if extra:
                 tail = torch.arange(self.grid_tokens, total_tokens, device=device).expand(index.shape[0], -1)
                 index = torch.cat([index, tail], dim=1)
-            self._image_index = index
+            self._image_index, self._image_index_key = index, (total_tokens, device)
         return self._image_index
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,4 @@
+"""Interface of a model-family adapter, and the patching helpers every adapter shares."""
 import inspect
 from typing import Callable, Optional, Tuple
 

@@ -1,0 +1,36 @@
+"""The shipped demo model is trained: its metadata says how, and full sampling draws the prompted object
+(a saturated object of the prompt's colour on a desaturated background)."""
+import importlib
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.demo.model import WEIGHTS, load_demo_model
+from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
+
+comfy_nodes = importlib.import_module("nodes")
+EXPECTED_RGB = {"red": (0.90, 0.15, 0.15), "blue": (0.15, 0.30, 0.90), "yellow": (0.95, 0.85, 0.15)}
+
+
+def test_weights_are_shipped_with_their_training_command():
+    import safetensors
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size <= 30e6
+    with safetensors.safe_open(str(WEIGHTS), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["command"].startswith("python bench/train_tiny_dit.py")
+    assert int(metadata["steps"]) >= 1000 and "hidden_size" in metadata["config"]
+    assert load_demo_model().trained
+
+
+@pytest.mark.parametrize("colour", sorted(EXPECTED_RGB))
+def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
+    model, positive, negative = SDiTDemoModelLoader().load(f"a {colour} circle")
+    latent = {"samples": torch.zeros(1, 16, 32, 32)}
+    sampled = comfy_nodes.KSampler().sample(model, 11, 20, 3.0, "euler", "simple", positive, negative, latent)[0]
+    image = SDiTDemoDecode().decode(sampled)[0][0]                       # (256, 256, 3)
+    saturation = image.max(dim=-1).values - image.min(dim=-1).values
+    object_pixels = saturation > 0.45                                   # backgrounds are desaturated
+    fraction = object_pixels.float().mean().item()
+    assert 0.02 < fraction < 0.6, f"object covers {fraction:.3f} of the image"
+    mean_rgb = image[object_pixels].mean(dim=0)
+    assert torch.dist(mean_rgb, torch.tensor(EXPECTED_RGB[colour])).item() < 0.3, mean_rgb
