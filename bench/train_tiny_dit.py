@@ -27,10 +27,12 @@ sys.path.insert(0, str(REPO / "bench"))
 from pack_host import import_comfyui, load_pack  # noqa: E402
 
 
-def fit_codec(generator: torch.Generator, size: int, images: int = 256):
-    """PCA of 8x8 RGB patches: the 16 leading components, all scaled by one factor so the channels' mean
-    variance is 1. (Whitening each channel would blow the model's small errors in the weak components
-    up into blocky, saturated patches when decoding.)"""
+def fit_codec(generator: torch.Generator, size: int, latent_format, images: int = 256):
+    """PCA of 8x8 RGB patches: the 16 leading components, all scaled by one factor so that, in the model's
+    space (after ComfyUI's `latent_format.process_in`), the channels' mean variance is 1. The codec itself
+    works in ComfyUI's LATENT space, which is what samplers return and SDiT Demo Decode receives.
+    (Whitening each channel would blow the model's small errors in the weak components up into blocky,
+    saturated patches when decoding.)"""
     from comfyui_sdit.nodes.demo.codec import CHANNELS, PATCH, PatchCodec
     from demo_data import render_batch
     batch, _, _ = render_batch(generator, images, size)
@@ -40,8 +42,11 @@ def fit_codec(generator: torch.Generator, size: int, images: int = 256):
     components = vectors[:CHANNELS]
     std = singular[:CHANNELS] / math.sqrt(patches.shape[0] - 1)
     explained = float((singular[:CHANNELS] ** 2).sum() / (singular ** 2).sum())
-    scale = 1.0 / std.pow(2).mean().sqrt()
-    return PatchCodec(mean, components, scale.expand(CHANNELS).clone(), torch.zeros(CHANNELS)), explained
+    model_scale = 1.0 / std.pow(2).mean().sqrt()
+    # LATENT = model space / scale_factor + shift_factor, so process_in(LATENT) = coefficients x model_scale
+    scale = (model_scale / latent_format.scale_factor).expand(CHANNELS).clone()
+    shift = torch.full((CHANNELS,), float(latent_format.shift_factor))
+    return PatchCodec(mean, components, scale, shift), explained
 
 
 def model_config(hidden: int, double: int, single: int) -> dict:
@@ -89,16 +94,20 @@ def make_trainable_(diffusion_model: torch.nn.Module) -> None:
                 setattr(block, name, _CloneInput(getattr(block, name)))
 
 
-def save(args, config, ema_model, ema_words, codec, explained, step, losses) -> None:
+def save(args, config, ema_model, ema_words, codec, explained, step, losses, previous=None) -> None:
+    """Writes the EMA weights; `previous` is the metadata of the weights training continued from."""
     from safetensors.torch import save_file
     state = {"diffusion_model." + k: v.detach().to(torch.float16).cpu().contiguous()
              for k, v in ema_model.state_dict().items()}
     state.update({k: v.contiguous() for k, v in codec.state_dict().items()})
     state["text.word_embedding"] = ema_words.float().cpu().contiguous()
-    metadata = {"config": json.dumps(config), "image_size": str(args.size), "steps": str(step),
+    previous = previous or {}
+    command = "python bench/train_tiny_dit.py " + " ".join(sys.argv[1:])
+    metadata = {"config": json.dumps(config), "image_size": str(args.size),
+                "steps": str(step + int(previous.get("steps", 0))),
                 "final_loss": f"{sum(losses[-100:]) / max(1, len(losses[-100:])):.4f}",
-                "codec_explained_variance": f"{explained:.4f}",
-                "command": "python bench/train_tiny_dit.py " + " ".join(sys.argv[1:]),
+                "codec_explained_variance": previous.get("codec_explained_variance", f"{explained:.4f}"),
+                "command": f"{previous['command']}; then {command}" if "command" in previous else command,
                 "trained_on": f"{args.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}",
                 "date": datetime.date.today().isoformat()}
     out = pathlib.Path(args.out)
@@ -120,26 +129,39 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "models" / "sdit_demo_flux.safetensors"))
+    parser.add_argument("--init-from", default="", help="continue training from these weights")
     args = parser.parse_args()
 
     import_comfyui(cpu=args.device == "cpu")
     load_pack()
     import comfy.supported_models
-    import comfy.utils  # noqa: F401
+    import comfy.utils
     from comfyui_sdit.nodes.demo.vocabulary import COLOURS, NULL_TOKEN, WORDS
     from demo_data import render_batch
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device)
-    codec, explained = fit_codec(generator, args.size)
-    print(f"codec: 16 PCA components explain {explained:.4f} of the patch variance")
-
     config = model_config(args.hidden, args.double, args.single)
-    diffusion_model = comfy.supported_models.FluxSchnell(dict(config)).get_model({}).diffusion_model
+    model_config_ = comfy.supported_models.FluxSchnell(dict(config))
+    latent_format = model_config_.latent_format
+    diffusion_model = model_config_.get_model({}).diffusion_model
     initialise_(diffusion_model, generator)
+    words = torch.nn.Parameter(torch.randn(len(WORDS), config["context_in_dim"], generator=generator))
+    if args.init_from:                                  # continue from earlier weights (and their codec)
+        from comfyui_sdit.nodes.demo.codec import PatchCodec
+        state, previous = comfy.utils.load_torch_file(args.init_from, safe_load=True, return_metadata=True)
+        diffusion_model.load_state_dict({k[len("diffusion_model."):]: v.float() for k, v in state.items()
+                                         if k.startswith("diffusion_model.")})
+        with torch.no_grad():
+            words.copy_(state["text.word_embedding"])
+        codec, explained = PatchCodec.from_state_dict(state), float("nan")
+    else:
+        codec, explained = fit_codec(generator, args.size, latent_format)
+        previous = {}
+    print(f"codec: 16 PCA components explain {explained:.4f} of the patch variance")
     diffusion_model.to(device).train()
-    words = torch.nn.Parameter(torch.randn(len(WORDS), config["context_in_dim"], generator=generator).to(device))
+    words = torch.nn.Parameter(words.detach().to(device))
     parameters = list(diffusion_model.parameters()) + [words]
     print(f"model: {sum(p.numel() for p in parameters) / 1e6:.2f}M parameters, config {config}")
     optimiser = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -152,7 +174,7 @@ def main() -> None:
     budget = args.minutes * 60
     while step < args.max_steps and time.monotonic() - started < budget:
         images, colours, shapes = render_batch(generator, args.batch, args.size)
-        x0 = codec.encode(images).to(device)
+        x0 = latent_format.process_in(codec.encode(images)).to(device)      # the model's own space
         tokens = torch.stack([1 + colours, 1 + len(COLOURS) + shapes], dim=1)     # indices into WORDS
         drop = torch.rand(args.batch, generator=generator) < 0.1
         tokens[drop] = NULL_TOKEN
@@ -179,12 +201,12 @@ def main() -> None:
         losses.append(float(loss.detach()))
         step += 1
         if step % 1000 == 0:          # a session can end at any time: keep what is trained so far
-            save(args, config, ema_model, ema_words, codec, explained, step, losses)
+            save(args, config, ema_model, ema_words, codec, explained, step, losses, previous)
         if step % 50 == 0:
             print(f"step {step}  loss {sum(losses[-50:]) / 50:.4f}  lr {lr:.2e}  "
                   f"{(time.monotonic() - started) / step:.2f}s/step", flush=True)
 
-    save(args, config, ema_model, ema_words, codec, explained, step, losses)
+    save(args, config, ema_model, ema_words, codec, explained, step, losses, previous)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
     sampled = comfy_nodes.KSampler().sample(model, 11, 20, 3.0, "euler", "simple", positive, negative, latent)[0]
     image = SDiTDemoDecode().decode(sampled)[0][0]                       # (256, 256, 3)
     saturation = image.max(dim=-1).values - image.min(dim=-1).values
-    object_pixels = saturation > 0.45                                   # backgrounds are desaturated
+    object_pixels = saturation > 0.35                     # backgrounds are desaturated (at most 0.3)
     fraction = object_pixels.float().mean().item()
     assert 0.02 < fraction < 0.6, f"object covers {fraction:.3f} of the image"
     mean_rgb = image[object_pixels].mean(dim=0)
