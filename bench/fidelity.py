@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="simple")
     parser.add_argument("--weights", default="", help="demo model weights (default: the pack's)")
+    parser.add_argument("--sdit-order", type=int, default=None, help="SDiT extrapolation order (default: the node's)")
     parser.add_argument("--smoke", action="store_true", help="one image, few steps, one ratio (CI)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -120,6 +121,8 @@ def main() -> None:
     for ratio in ratios:
         ras_config = RASConfig(sample_ratio=ratio)
         sdit_config = SDiTConfig(sample_ratio=ratio)
+        if args.sdit_order is not None:
+            sdit_config.order = args.sdit_order
         for job in jobs:
             patched, slot = patch_ras(demo.patcher, ras_config, "bench")
             image, seconds = runner.sample(patched, *job)

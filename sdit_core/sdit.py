@@ -40,7 +40,7 @@ class SDiTConfig:
     top_q: float = 0.2                 # Eq. 6: mean of each region's top 20% tokens
     dilation: int = 1                  # Eq. 7: r
     dilation_mode: str = "inside"      # dilation counted inside the budget, or on top of it
-    order: int = 1                     # Newton extrapolation order (0 = RAS reuse)
+    order: int = 0                     # Newton extrapolation order (0 = reuse; measured best, docs/BENCHMARKS.md)
     decay: float = 1.0                 # lambda of Eq. 12
     warmup_steps: int = 3
     cooldown_steps: int = 1
