@@ -132,6 +132,19 @@ def text_pair(wf: "Workflow", clip, prompt: str, negative: str = "", node: str =
     return (positive, 0), (negative, 0)
 
 
+def separate_loaders(wf: "Workflow", unet_name: str, clip_name: str, clip_type: str, vae_name: str,
+                     shift: float = None) -> tuple:
+    """Diffusion model, text encoder and VAE from their own files (optionally with a flow shift):
+    the model, CLIP and VAE sockets."""
+    unet = wf.add("UNETLoader", {"unet_name": unet_name, "weight_dtype": "default"})
+    clip = wf.add("CLIPLoader", {"clip_name": clip_name, "type": clip_type}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": vae_name}, pos=(0, 350))
+    model = (unet, 0)
+    if shift is not None:
+        model = (wf.add("ModelSamplingAuraFlow", {"shift": shift}, {"model": model}, pos=(350, 0)), 0)
+    return model, (clip, 0), (vae, 0)
+
+
 def sd35_sdit(info: dict) -> dict:
     """SD3.5 medium (checkpoint with its text encoders) + SDiT Sampler."""
     wf = Workflow(info)
@@ -164,47 +177,41 @@ def lumina2_ras(info: dict) -> dict:
 def zimage_sdit(info: dict) -> dict:
     """Z-Image Turbo: diffusion model, Qwen3 text encoder (lumina2 type) and Flux VAE + SDiT Sampler."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"})
-    clip = wf.add("CLIPLoader", {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}, pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
-    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 3.0}, {"model": (unet, 0)}, pos=(350, 0))
-    positive, negative = text_pair(wf, (clip, 0), "a street market in the rain at dusk, neon reflections")
+    model, clip, vae = separate_loaders(wf, "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+                                        "ae.safetensors", shift=3.0)
+    positive, negative = text_pair(wf, clip, "a street market in the rain at dusk, neon reflections")
     latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
                                      "scheduler": "simple", "sample_ratio": 0.5, "warmup_steps": 2},
-                 sockets, (vae, 0), "zimage_sdit", True)
+                 sockets, vae, "zimage_sdit", True)
     return wf.to_json()
 
 
 def qwen_image_sdit(info: dict) -> dict:
     """Qwen-Image: diffusion model, Qwen2.5-VL text encoder, its VAE + SDiT Sampler."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "qwen_image_fp8_e4m3fn.safetensors", "weight_dtype": "default"})
-    clip = wf.add("CLIPLoader", {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "type": "qwen_image"},
-                  pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "qwen_image_vae.safetensors"}, pos=(0, 350))
-    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 3.1}, {"model": (unet, 0)}, pos=(350, 0))
-    positive, negative = text_pair(wf, (clip, 0), 'a bakery shop window with a sign that says "Fresh Bread", morning light')
+    model, clip, vae = separate_loaders(wf, "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                        "qwen_image", "qwen_image_vae.safetensors", shift=3.1)
+    positive, negative = text_pair(wf, clip, 'a bakery shop window with a sign that says "Fresh Bread", morning light')
     latent = wf.add("EmptySD3LatentImage", {"width": 1328, "height": 1328, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler",
-                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "qwen_image_sdit", True)
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "qwen_image_sdit", True)
     return wf.to_json()
 
 
 def flux2_ras(info: dict) -> dict:
     """Flux 2 dev: diffusion model, Mistral text encoder (flux2 type), its VAE + FluxGuidance + RAS Sampler."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "flux2_dev_fp8mixed.safetensors", "weight_dtype": "default"})
-    clip = wf.add("CLIPLoader", {"clip_name": "mistral_3_small_flux2_fp8.safetensors", "type": "flux2"}, pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "flux2-vae.safetensors"}, pos=(0, 350))
-    positive, negative = text_pair(wf, (clip, 0), "a macro photo of a dew-covered spider web at sunrise")
+    model, clip, vae = separate_loaders(wf, "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
+                                        "flux2", "flux2-vae.safetensors")
+    positive, negative = text_pair(wf, clip, "a macro photo of a dew-covered spider web at sunrise")
     guided = wf.add("FluxGuidance", {"guidance": 4.0}, {"conditioning": positive}, pos=(700, 100))
     latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": (unet, 0), "positive": (guided, 0), "negative": negative, "latent_image": (latent, 0)}
+    sockets = {"model": model, "positive": (guided, 0), "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "flux2_ras", True)
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "flux2_ras", True)
     return wf.to_json()
 
 
