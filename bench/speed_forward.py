@@ -19,31 +19,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
 import torch  # noqa: E402
 
 from pack_host import import_comfyui, load_pack  # noqa: E402
+from speed import MODELS, build  # noqa: E402
 
-SIZES = {
-    # Flux.1-dev: hidden 3072, 24 heads, 19 double + 38 single blocks, T5 context 4096, CLIP pooled 768
-    "flux-dev": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                     hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
-                     axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
-    "tiny": dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
-                 hidden_size=128, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2,
-                 axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
-}
-
-
-def build_model(config: dict, device, dtype):
-    import comfy.model_patcher
-    import comfy.supported_models
-    model_config = comfy.supported_models.Flux(dict(config))
-    model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=device)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5)
-            else:
-                p.normal_(0.0, 0.02)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+# --size names -> bench/speed.py's model table (one place for the real-size configs and their builder)
+SIZES = {"flux-dev": "flux-dev", "tiny": "tiny-flux"}
 
 
 class ConstantPlan:
@@ -101,9 +80,9 @@ def run(args) -> dict:
     from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
     from comfyui_sdit.sdit_core.engine import SparseRun
     from comfyui_sdit.kernels.kv_write import kv_write
-    config = SIZES[args.size]
+    config = MODELS[SIZES[args.size]][1]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build_model(config, device, dtype)
+    model = build(SIZES[args.size], device, dtype)
     dm = model.model.diffusion_model
     h = w = args.res // 8
     grid = (h // 2) * (w // 2)

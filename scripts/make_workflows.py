@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from comfy_client import ComfyServer, SEED_CONTROL_VALUES, _input_specs, _is_widget  # noqa: E402
+from comfy_client import ComfyServer, _input_specs, _is_widget  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,6 +77,20 @@ def demo(info: dict) -> dict:
     return wf.to_json()
 
 
+def sampler_tail(wf: "Workflow", sampler_type: str, widgets: dict, sockets: dict, vae, prefix: str,
+                 regions: bool) -> None:
+    """Sampler -> VAE decode -> save (prefix None: preview only); optionally the Region Visualizer
+    over the decoded image."""
+    sampler = wf.add(sampler_type, widgets, sockets, pos=(1000, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
+    if prefix is None:
+        wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
+    else:
+        wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)}, pos=(1650, 100))
+    if regions:
+        wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1), "image": (decode, 0)}, pos=(1650, 450))
+
+
 def flux_loaders(wf: "Workflow", prompt: str) -> dict:
     """Standard Flux dev loaders: returns the sockets a sampler needs, plus the VAE."""
     unet = wf.add("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, pos=(0, 0))
@@ -96,10 +110,8 @@ def ras_flux(info: dict) -> dict:
     wf = Workflow(info)
     sockets = flux_loaders(wf, "a red fox in a snowy forest, detailed fur, soft morning light")
     vae = sockets.pop("vae")
-    ras = wf.add("RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                "sample_ratio": 0.5}, sockets, pos=(1000, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (ras, 0), "vae": vae}, pos=(1400, 100))
-    wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, None, False)
     return wf.to_json()
 
 
@@ -108,22 +120,9 @@ def sdit_flux(info: dict) -> dict:
     wf = Workflow(info)
     sockets = flux_loaders(wf, "a lighthouse on a rocky coast at dusk, crashing waves, clear sky")
     vae = sockets.pop("vae")
-    sdit = wf.add("SDiTSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                  "sample_ratio": 0.4}, sockets, pos=(1000, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (sdit, 0), "vae": vae}, pos=(1400, 100))
-    wf.add("PreviewImage", {}, {"images": (decode, 0)}, pos=(1650, 100))
-    wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decode, 0)}, pos=(1650, 450))
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.4}, sockets, vae, None, True)
     return wf.to_json()
-
-
-def sampler_tail(wf: "Workflow", sampler_type: str, widgets: dict, sockets: dict, vae, prefix: str,
-                 regions: bool) -> None:
-    """Sampler -> VAE decode -> save; optionally the Region Visualizer over the decoded image."""
-    sampler = wf.add(sampler_type, widgets, sockets, pos=(1000, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
-    wf.add("SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)}, pos=(1650, 100))
-    if regions:
-        wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1), "image": (decode, 0)}, pos=(1650, 450))
 
 
 def text_pair(wf: "Workflow", clip, prompt: str, negative: str = "", node: str = "CLIPTextEncode") -> tuple:

@@ -3,7 +3,7 @@
 After each evaluation the post-CFG model output gives every token a score (Eq. 1); the next
 evaluation computes the tokens the model focuses on, the others reuse their cached output.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import torch

@@ -1,5 +1,4 @@
 """Quickshift backends on synthetic feature maps with known regions, and against each other."""
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """The pack inside a running ComfyUI server: node registration, example workflows, a real run."""
 import json
-import pathlib
 import sys
 
 import pytest
