@@ -2,6 +2,7 @@
 sampling vs RAS and SDiT, batch 2 (cond + uncond, CFG), through ComfyUI's own sampling.
 
     python3 bench/speed.py --models flux-dev sd35-medium sd35-large lumina2 --res 1024 2048   # GPU
+    python3 bench/speed.py --models flux-dev --res 1024 --methods RAS --cuda-graphs          # graph replay
     .venv/bin/python bench/speed.py --smoke                                                   # CI, CPU
 
 Per model, resolution, method and ratio: wall time of the whole sampling run and its speedup over full
@@ -14,6 +15,7 @@ cache writes; the rest is the transformer.
 """
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -196,12 +198,17 @@ def main() -> None:
     parser.add_argument("--text", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
     parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 4 steps, one ratio (CI)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
+    if args.cuda_graphs:
+        os.environ["SDIT_CUDA_GRAPHS"] = "1"
     results = run(args)
+    results["cuda_graphs"] = args.cuda_graphs
     print(table(results))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -1,6 +1,7 @@
 """One transformer forward, dense vs token-sparse, on ComfyUI's real Flux class with random weights.
 
     python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2        # GPU, bf16
+    python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs   # + graph replay
     python bench/speed_forward.py --size tiny --res 256 --iters 2               # CPU smoke (CI)
 
 For each batch size: the unpatched dense forward, the engine's dense forward (refreshes the K/V
@@ -80,6 +81,7 @@ def run(args) -> dict:
     from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
     from comfyui_sdit.sdit_core.engine import SparseRun
     from comfyui_sdit.kernels.kv_write import kv_write
+    from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
     config = MODELS[SIZES[args.size]][1]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = build(SIZES[args.size], device, dtype)
@@ -109,37 +111,43 @@ def run(args) -> dict:
             if args.shared_index:
                 active = active[:1].expand(batch, -1).contiguous()
             active = active.sort(dim=1).values
-            patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
-            run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write)
-            slot.run = run_state
-            options = patched.model_options["transformer_options"]
-            patched.patch_model(load_weights=False)
-            try:
-                def forward(dense: bool):
-                    call = run_state.open_forward(x.shape, 0.6, None, "bench")
-                    call.dense = dense or call.dense
-                    try:
-                        with torch.no_grad():
-                            dm(x, t, context, y, guidance, transformer_options=dict(options))
-                    finally:
-                        run_state.close_forward(call, True)
-                forward(True)                      # primes the caches
-                if ratio == args.ratios[0]:
-                    engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
-                    results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
-                                            "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
-                sparse_ms = timed(lambda: forward(False), args.iters, args.warmup, device)
-                if args.profile and ratio == args.ratios[-1]:
-                    print(profile(lambda: forward(False), device, f"batch {batch}, ratio {ratio}"))
-            finally:
-                patched.unpatch_model(unpatch_weights=False)
-                slot.run = None
-                run_state.release()
             ideal = (args.text + grid) / (args.text + n)
-            results["rows"].append({"batch": batch, "mode": "sparse", "ratio": ratio, "ms": sparse_ms, "ideal": ideal,
-                                    "speedup": dense_ms / sparse_ms, "of_ideal": dense_ms / sparse_ms / ideal})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for graphed in ([False, True] if args.cuda_graphs else [False]):
+                backend = CudaGraphBackend() if graphed else None
+                patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
+                run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write,
+                                      graph_backend=backend)
+                slot.run = run_state
+                options = patched.model_options["transformer_options"]
+                patched.patch_model(load_weights=False)
+                try:
+                    def forward(dense: bool):
+                        call = run_state.open_forward(x.shape, 0.6, None, "bench")
+                        call.dense = dense or call.dense
+                        try:
+                            with torch.no_grad():
+                                dm(x, t, context, y, guidance, transformer_options=dict(options))
+                        finally:
+                            run_state.close_forward(call, True)
+                    forward(True)                      # primes the caches
+                    if ratio == args.ratios[0] and not graphed:
+                        engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
+                        results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
+                                                "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
+                    # warm-up: the first sparse forward runs eagerly, the second is captured (with graphs)
+                    sparse_ms = timed(lambda: forward(False), args.iters, max(args.warmup, 2), device)
+                    if args.profile and ratio == args.ratios[-1]:
+                        print(profile(lambda: forward(False), device, f"batch {batch}, ratio {ratio}, graphs {graphed}"))
+                    replays = next(iter(run_state.streams.values())).graphs.replays if graphed else 0
+                finally:
+                    patched.unpatch_model(unpatch_weights=False)
+                    slot.run = None
+                    run_state.release()
+                results["rows"].append({"batch": batch, "mode": "sparse (CUDA graph)" if graphed else "sparse",
+                                        "ratio": ratio, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
+                                        "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return results
 
 
@@ -160,6 +168,8 @@ def main():
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time sparse forwards replayed from CUDA graphs (GPU; on the CPU they run eagerly)")
     parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write results here")

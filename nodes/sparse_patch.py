@@ -9,12 +9,13 @@
 The model passed in is never modified: everything is installed on a clone.
 """
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import comfy.patcher_extension as patcher_extension
 
 from ..kernels.kv_write import kv_write
 from ..sdit_core.engine import ForwardCall, SparseRun
+from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
 from ..sdit_core.tokens import is_image_shape
 from .families import adapter_for
@@ -44,9 +45,11 @@ def _stream_key(transformer_options: dict):
 
 
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
-                       on_run_end: Optional[Callable[[SparseRun, float], None]] = None):
+                       on_run_end: Optional[Callable[[SparseRun, float], None]] = None,
+                       graph_backend: Callable[[], Any] = default_backend):
     """Returns (patched clone, slot). `make_policy(run)` is called at every sampling start;
-    `on_run_end(run, seconds)` after every completed sampling run."""
+    `on_run_end(run, seconds)` after every completed sampling run. `graph_backend()` gives each run
+    its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS)."""
     adapter = adapter_for(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     patched = model.clone()
@@ -56,7 +59,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
         check_latent({"samples": noise}, patch_size, node)
-        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write)
+        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend())
         run.policy = make_policy(run)
         slot.run = run
         started = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
+from .forward_graphs import GraphedForwards
 from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
@@ -48,9 +49,11 @@ class EvalRecord:
 
 
 class Stream:
-    def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference):
+    def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference, graph_backend=None):
         self.key = key
         self.kv = JointKVCache(write_rows)
+        # captured sparse forwards (forward_graphs.py); None: every forward runs eagerly
+        self.graphs = GraphedForwards(graph_backend) if graph_backend is not None else None
         self.last_output: Optional[torch.Tensor] = None
         self.primed = False             # a dense forward completed: caches hold every token
 
@@ -102,6 +105,21 @@ class ForwardCall:
         self.image_rows = index.shape[1]
         with profiling.span(profiling.GATHER):
             return gather_rows(tokens, index)
+
+    def image_index_now(self) -> Optional[torch.Tensor]:
+        """The index the last gather used (None before the first gather)."""
+        return self._image_index
+
+    def use_static_index(self, buffer: torch.Tensor) -> None:
+        """From now on read the image index from `buffer` (a CUDA graph's static copy of it)."""
+        self._image_index = buffer
+
+    def forget_derived(self) -> None:
+        """Drops what attention derived from the index (joint rows, adapters' memos): a graphed
+        forward computes them again from the static index buffer."""
+        self._joint_rows.clear()
+        self.scratch.clear()
+        self._attention_calls = 0
 
     def gather_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Gathers a tensor that covers the grid tokens (or a prefix of the image sequence, as
@@ -186,13 +204,14 @@ class SparseRun:
     """State of one sampling run: the policy, per-stream caches and the record of every evaluation."""
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
-                 write_rows: RowWriter = write_rows_reference):
+                 write_rows: RowWriter = write_rows_reference, graph_backend=None):
         if not is_image_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])
         self.patch_size = int(patch_size)
         self.write_rows = write_rows
+        self.graph_backend = graph_backend
         self.grid = self.grid_of(latent_shape)
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
@@ -233,7 +252,7 @@ class SparseRun:
         record = self.evals[-1]
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = Stream(key, self.write_rows)
+            stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend)
         # Dense when planned, when this stream's caches are not complete yet, or when the call does
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)

@@ -33,6 +33,7 @@ class JointKVCache:
     def __init__(self, write_rows: RowWriter = write_rows_reference) -> None:
         self._layers: Dict[Hashable, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._write_rows = write_rows
+        self.generation = 0     # bumped when a buffer is (re)allocated: captured graphs hold the old addresses
 
     def __contains__(self, layer: Hashable) -> bool:
         return layer in self._layers
@@ -51,6 +52,7 @@ class JointKVCache:
             entry[1].copy_(v)
         else:
             self._layers[layer] = (k.contiguous().clone(), v.contiguous().clone())
+            self.generation += 1
 
     def write_sparse(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,
                      seq_dim: int, shared: bool) -> Tuple[torch.Tensor, torch.Tensor]:

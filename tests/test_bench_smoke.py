@@ -12,7 +12,7 @@ SMOKE_RUNS = {
     "fidelity": ["bench/fidelity.py", "--smoke"],
     "speed": ["bench/speed.py", "--smoke", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
-                      "--iters", "1", "--warmup", "0", "--device", "cpu"],
+                      "--iters", "1", "--warmup", "0", "--device", "cpu", "--cuda-graphs"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
 }
 

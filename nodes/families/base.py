@@ -5,11 +5,14 @@ from typing import Callable, Optional, Tuple
 import torch
 
 
-def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None) -> None:
+def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
+                 graph: bool = False) -> None:
     """Object-patches the method at `path` (e.g. "diffusion_model.forward_orig") through the ModelPatcher.
     While a forward of the engine is open, `before(call, arguments)` edits the arguments (bound by the
     method's own signature, whatever wraps it) and `after(call, result)` maps the result; otherwise the
-    method runs unchanged. It calls through to whatever was installed before (another node's patch)."""
+    method runs unchanged. It calls through to whatever was installed before (another node's patch).
+    `graph`: the method is the whole token-sparse part of the forward (between gather and scatter), so
+    its sparse calls may be replayed from CUDA graphs when the run has them on (forward_graphs.py)."""
     owner_path, name = path.rsplit(".", 1)
     owner = patcher.get_model_object(owner_path)
     original = patcher.get_model_object(path)
@@ -22,10 +25,32 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         bound = signature.bind(*args, **kwargs)
         if before is not None:
             before(call, bound.arguments)
-        result = original(*bound.args, **bound.kwargs)
+        if graph and _may_graph(patcher, call, bound.arguments):
+            def forward(arguments):
+                rebound = inspect.BoundArguments(signature, dict(arguments))
+                return original(*rebound.args, **rebound.kwargs)
+            result = call.stream.graphs.run(call, dict(bound.arguments), forward)
+        else:
+            result = original(*bound.args, **bound.kwargs)
         return after(call, result) if after is not None else result
 
     patcher.add_object_patch(path, patched)
+
+
+def _may_graph(patcher, call, arguments: dict) -> bool:
+    """A sparse call may replay from a graph when the run captures them, its tensors live where the
+    graphs do, every weight is on the device (low-VRAM mode streams weights in during the forward)
+    and no other node patches the blocks (their Python code would run only at capture)."""
+    graphs = call.stream.graphs
+    if graphs is None or call.dense or not graphs.enabled:
+        return False
+    tensors = [value for value in arguments.values() if torch.is_tensor(value)]
+    if not tensors or not all(graphs.backend.supports(t) for t in tensors):
+        return False
+    if getattr(patcher.model, "model_lowvram", False):
+        return False
+    options = arguments.get("transformer_options") or {}
+    return not options.get("patches") and not options.get("patches_replace")
 
 
 def gather_control(call, control: dict) -> dict:

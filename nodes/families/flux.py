@@ -29,4 +29,4 @@ class FluxFamily(FamilyAdapter):
             arguments["control"] = gather_control(call, arguments.get("control"))
 
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=gather_image,
-                     after=lambda call, out: call.scatter(out))
+                     after=lambda call, out: call.scatter(out), graph=True)

@@ -26,4 +26,4 @@ class SD3Family(FamilyAdapter):
             arguments["control"] = gather_control(call, arguments.get("control"))
 
         patch_method(patcher, slot, "diffusion_model.forward_core_with_concat", before=gather_image,
-                     after=lambda call, out: call.scatter(out))
+                     after=lambda call, out: call.scatter(out), graph=True)

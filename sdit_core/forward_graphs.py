@@ -1,0 +1,158 @@
+"""Replays token-sparse forwards from CUDA graphs (opt-in: SDIT_CUDA_GRAPHS=1).
+
+At batch 1 and low ratios a sparse forward is bound by the CPU launching the model's kernels, not by
+the GPU (docs/BENCHMARKS.md): ComfyUI's Flux launches about 5,300 kernels per forward whatever the
+token count. A CUDA graph records those launches once and replays them with one call.
+
+A replayed forward may depend only on
+- its static input buffers: every tensor argument of the graphed method, copied in before a replay;
+- the static index buffer: the forward's active rows of the image sequence (`ForwardCall`);
+- the stream's K/V cache buffers (fixed addresses; a reallocation changes the cache's generation,
+  which is part of the graph key) and the weights (fixed while a sampling run lasts).
+Everything derived from these (the joint K/V rows, gathered RoPE) is computed inside the graph.
+
+Policy: a forward signature (argument shapes, active-set size, index kind, cache generation) seen the
+first time runs eagerly, which also warms up cuBLAS and compiles Triton kernels; the second time it is
+captured, then replayed from then on. Schedules whose token count changes every step (SDiT's cosine
+budget) mostly run eagerly; fixed ratios (RAS) replay almost every step. A capture that fails turns
+graphs off for that stream, which then runs eagerly.
+"""
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+
+import torch
+
+ENV_FLAG = "SDIT_CUDA_GRAPHS"
+
+
+def graphs_requested() -> bool:
+    return os.environ.get(ENV_FLAG, "0") == "1"
+
+
+class CudaGraphBackend:
+    """Captures with torch.cuda.CUDAGraph; the graphs of one run share one memory pool (they are
+    replayed one at a time, and every replay's output is copied out before the next)."""
+
+    def __init__(self):
+        self._pool = None
+
+    def supports(self, tensor: torch.Tensor) -> bool:
+        return tensor.is_cuda
+
+    def capture(self, body: Callable[[], torch.Tensor]):
+        """Returns (replay, static output). Capture records kernels without running them, so the
+        caller replays once to compute the first output."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # PyTorch's recipe: one warm-up on a side stream first (lazy per-stream state such as cuBLAS
+        # workspaces must not be created during capture). Its K/V writes repeat the eager ones.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            output = body()
+        return graph.replay, output
+
+
+def default_backend():
+    return CudaGraphBackend() if graphs_requested() else None
+
+
+def _signature(value: Any) -> Hashable:
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), value.dtype, value.device, value.stride())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(type(value).__name__)
+
+
+@dataclass
+class _Graph:
+    replay: Callable[[], None]
+    output: torch.Tensor
+    static_args: Dict[str, torch.Tensor]      # argument name -> its static buffer
+    static_index: torch.Tensor
+    attention_image_rows: List[int] = field(default_factory=list)
+
+
+class GraphedForwards:
+    """The captured forwards of one stream (owned by the stream, dropped with its caches)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.enabled = True
+        self._graphs: Dict[Hashable, _Graph] = {}
+        self._sightings: Counter = Counter()
+        self.replays = 0                        # forwards replayed from a graph (for tests and benchmarks)
+        self.captures = 0
+
+    def key(self, call, arguments: Dict[str, Any], passthrough: Tuple[str, ...]) -> Optional[Hashable]:
+        """The graph key of this forward, or None when it cannot be graphed."""
+        try:
+            args = tuple((name, _signature(value)) for name, value in arguments.items() if name not in passthrough)
+        except TypeError:
+            return None                         # e.g. ControlNet residuals in a dict: run eagerly
+        index = call.image_index_now()
+        if index is None:
+            return None
+        return args, tuple(index.shape), index.device, call.shared_index, call.stream.kv.generation
+
+    def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor],
+            passthrough: Tuple[str, ...] = ("transformer_options",)) -> torch.Tensor:
+        """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay."""
+        key = self.key(call, arguments, passthrough) if self.enabled else None
+        if key is None:
+            return forward(arguments)
+        graph = self._graphs.get(key)
+        if graph is None:
+            self._sightings[key] += 1
+            if self._sightings[key] < 2:
+                return forward(arguments)
+            try:
+                graph = self._capture(key, call, arguments, forward, passthrough)
+            except RuntimeError as error:       # CUDA refused an operation (an interrupt still propagates)
+                logging.warning("SDiT: CUDA graph capture failed (%s); this run continues without graphs", error)
+                self.enabled = False
+                return forward(arguments)
+        for name, buffer in graph.static_args.items():
+            buffer.copy_(arguments[name])
+        graph.static_index.copy_(call.image_index_now())
+        graph.replay()
+        self.replays += 1
+        call.record.attention_image_rows.extend(graph.attention_image_rows)
+        return graph.output.clone()
+
+    def _capture(self, key, call, arguments, forward, passthrough) -> _Graph:
+        static_args = {name: value.clone() for name, value in arguments.items()
+                       if torch.is_tensor(value) and name not in passthrough}
+        static_index = call.image_index_now().clone()
+        call.use_static_index(static_index)
+        capture_arguments = dict(arguments, **static_args)
+        recorded: List[int] = []
+
+        def body() -> torch.Tensor:
+            # Runs once, at capture, as this call. (A stand-in backend that replays by running it
+            # again still sees only the capture's call and buffers, as a CUDA graph does.)
+            call.forget_derived()               # recomputed from the static buffers, inside the graph
+            rows = call.record.attention_image_rows
+            start, current = len(rows), call.run.current
+            call.run.current = call
+            try:
+                output = forward(capture_arguments)
+            finally:
+                call.run.current = current
+            recorded[:] = rows[start:]          # what a replay adds to its call's record
+            del rows[start:]
+            return output
+
+        replay, output = self.backend.capture(body)
+        graph = _Graph(replay, output, static_args, static_index, recorded)
+        self._graphs[key] = graph
+        self.captures += 1
+        return graph

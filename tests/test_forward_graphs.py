@@ -1,0 +1,160 @@
+"""Sparse forwards replayed from graphs (sdit_core/forward_graphs.py), on the CPU.
+
+CUDA graphs need a GPU, so these tests capture with a stand-in that has the property that matters: a
+replay sees only what the capture saw. It replays by running the captured forward again with the
+capture-time call object, its arguments and its index taken from the static buffers; anything the
+forward reads from the new call, or from a tensor that is not a static buffer, comes out stale, and
+the sampled result differs from eager sampling. (tests/test_forward_graphs.py's negative control shows
+that it does.) bench/speed_forward.py --cuda-graphs checks the real thing on a GPU.
+"""
+import logging
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core import engine
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import FAMILIES, ksample
+
+
+class ReplayByRerun:
+    """Graph backend stand-in: capture runs the body once; replay runs it again and copies the result
+    into the static output (what a CUDA graph's replay leaves in the captured output tensor)."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.captures = 0
+        self.replays = 0
+
+    def supports(self, tensor):
+        return True
+
+    def capture(self, body):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+        output = body()
+
+        def replay():
+            self.replays += 1
+            output.copy_(body())
+        return replay, output
+
+
+def random_active(batch, tokens, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(tokens, generator=g)[:n] for _ in range(batch)]).sort(dim=1).values
+
+
+def collecting(backends: list, **options):
+    """A graph-backend factory that keeps every backend it makes (one per sampling run)."""
+    def make():
+        backends.append(ReplayByRerun(**options))
+        return backends[-1]
+    return make
+
+
+def sample(model, family, plans, make_backend=None, steps=6, batch=2, size=(16, 16), cfg=3.0):
+    spec = FAMILIES[family]
+    patched, slot = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
+                                       graph_backend=make_backend or (lambda: None))
+    latent = spec.latent(batch, *size)
+    out = ksample(patched, latent, seed=5, steps=steps, cfg=cfg, positive=spec.positive(), negative=spec.negative())
+    return out, slot.last_run
+
+
+def plans_for(family, batch=2, size=(16, 16), ratio=0.25, evals=6, shared=False):
+    tokens = FAMILIES[family].tokens(*size)
+    n = int(tokens * ratio)
+    plans = [None]
+    for e in range(1, evals):
+        active = random_active(batch, tokens, n, seed=e)
+        plans.append(active[:1].expand(batch, -1).contiguous() if shared else active)
+    return plans
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image-sets", "shared-set"])
+def test_replayed_forwards_equal_eager_ones(family, shared):
+    model = FAMILIES[family].build(seed=2)
+    plans = plans_for(family, shared=shared)
+    eager, eager_run = sample(model, family, plans)
+    backends = []
+    graphed, graphed_run = sample(model, family, plans, collecting(backends))
+    assert torch.equal(graphed, eager)
+    # first sparse forward eager (warm-up), second captured, then replayed: 4 replays of 5 sparse forwards
+    assert [b.captures for b in backends] == [1]
+    assert backends[0].replays == 4
+    assert ([c.attention_image_rows for e in graphed_run.evals for c in e.calls]
+            == [c.attention_image_rows for e in eager_run.evals for c in e.calls])
+
+
+def test_a_forward_reading_a_non_static_index_is_caught(monkeypatch):
+    """Negative control: without the static index buffer the replays use the capture's active set."""
+    model = FAMILIES["flux"].build(seed=2)
+    plans = plans_for("flux")
+    eager, _ = sample(model, "flux", plans)
+    monkeypatch.setattr(engine.ForwardCall, "use_static_index", lambda self, buffer: None)
+    graphed, _ = sample(model, "flux", plans, collecting([]))
+    assert not torch.equal(graphed, eager)
+
+
+def test_every_token_count_gets_its_own_graph():
+    model = FAMILIES["flux"].build(seed=2)
+    tokens = FAMILIES["flux"].tokens(16, 16)
+    small = [random_active(2, tokens, tokens // 4, seed=e) for e in range(3)]
+    large = [random_active(2, tokens, tokens // 2, seed=e) for e in range(3)]
+    plans = [None, small[0], large[0], small[1], large[1], small[2], large[2]]
+    eager, _ = sample(model, "flux", plans, steps=7)
+    backends = []
+    graphed, _ = sample(model, "flux", plans, collecting(backends), steps=7)
+    assert torch.equal(graphed, eager)
+    assert backends[0].captures == 2 and backends[0].replays == 4
+
+
+def test_cache_reallocation_drops_the_graphs():
+    """A dense step that has to reallocate the K/V buffers changes their generation: recapture."""
+    model = FAMILIES["flux"].build(seed=2)
+    plans = plans_for("flux", evals=7)
+    plans[4] = None
+    original = engine.JointKVCache.store_dense
+
+    def reallocating(self, layer, k, v):
+        self._layers.pop(layer, None)            # as if the shapes had changed
+        original(self, layer, k, v)
+    eager, _ = sample(model, "flux", plans, steps=7)
+    backends = []
+    engine.JointKVCache.store_dense = reallocating
+    try:
+        graphed, _ = sample(model, "flux", plans, collecting(backends), steps=7)
+    finally:
+        engine.JointKVCache.store_dense = original
+    assert torch.equal(graphed, eager)
+    # before the dense step: eager, capture (+replay), replay; after it: eager, capture (+replay)
+    assert backends[0].captures == 2 and backends[0].replays == 3
+
+
+def test_block_patches_of_other_nodes_keep_forwards_eager():
+    model = FAMILIES["flux"].build(seed=2)
+    calls = []
+
+    def block_replace(args, extra):
+        calls.append(1)
+        return extra["original_block"](args)
+    model = model.clone()
+    model.set_model_patch_replace(block_replace, "dit", "double_block", 0)
+    backends = []
+    sample(model, "flux", plans_for("flux"), collecting(backends))
+    assert backends[0].captures == 0 and len(calls) == 6       # the replacement ran in every forward
+
+
+def test_a_failed_capture_falls_back_to_eager(caplog):
+    model = FAMILIES["flux"].build(seed=2)
+    plans = plans_for("flux")
+    eager, _ = sample(model, "flux", plans)
+    backends = []
+    with caplog.at_level(logging.WARNING):
+        graphed, _ = sample(model, "flux", plans, collecting(backends, fail=True))
+    assert torch.equal(graphed, eager)
+    assert "CUDA graph capture failed" in caplog.text
