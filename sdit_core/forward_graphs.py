@@ -114,11 +114,14 @@ class GraphedForwards:
             self._sightings[key] += 1
             if self._sightings[key] < 2:
                 return forward(arguments)
+            recorded_before = len(call.record.attention_image_rows)
             try:
                 graph = self._capture(key, call, arguments, forward, passthrough)
             except RuntimeError as error:       # CUDA refused an operation (an interrupt still propagates)
                 logging.warning("SDiT: CUDA graph capture failed (%s); this run continues without graphs", error)
                 self.enabled = False
+                del call.record.attention_image_rows[recorded_before:]
+                call.forget_derived()           # what the failed capture derived is not to be trusted
                 return forward(arguments)
         for name, buffer in graph.static_args.items():
             buffer.copy_(arguments[name])
