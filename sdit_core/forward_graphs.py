@@ -20,12 +20,14 @@ graphs off for that stream, which then runs eagerly.
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Hashable, List, Optional
 
 import torch
 
 ENV_FLAG = "SDIT_CUDA_GRAPHS"
+# Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
+PASSTHROUGH = ("transformer_options",)
 
 
 def graphs_requested() -> bool:
@@ -78,7 +80,7 @@ class _Graph:
     output: torch.Tensor
     static_args: Dict[str, torch.Tensor]      # argument name -> its static buffer
     static_index: torch.Tensor
-    attention_image_rows: List[int] = field(default_factory=list)
+    attention_image_rows: List[int]
 
 
 class GraphedForwards:
@@ -89,13 +91,12 @@ class GraphedForwards:
         self.enabled = True
         self._graphs: Dict[Hashable, _Graph] = {}
         self._sightings: Counter = Counter()
-        self.replays = 0                        # forwards replayed from a graph (for tests and benchmarks)
-        self.captures = 0
+        self.replays = 0                        # forwards replayed from a graph (for benchmarks)
 
-    def key(self, call, arguments: Dict[str, Any], passthrough: Tuple[str, ...]) -> Optional[Hashable]:
+    def key(self, call, arguments: Dict[str, Any]) -> Optional[Hashable]:
         """The graph key of this forward, or None when it cannot be graphed."""
         try:
-            args = tuple((name, _signature(value)) for name, value in arguments.items() if name not in passthrough)
+            args = tuple((name, _signature(value)) for name, value in arguments.items() if name not in PASSTHROUGH)
         except TypeError:
             return None                         # e.g. ControlNet residuals in a dict: run eagerly
         index = call.image_index_now()
@@ -103,10 +104,9 @@ class GraphedForwards:
             return None
         return args, tuple(index.shape), index.device, call.shared_index, call.stream.kv.generation
 
-    def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor],
-            passthrough: Tuple[str, ...] = ("transformer_options",)) -> torch.Tensor:
+    def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor]) -> torch.Tensor:
         """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay."""
-        key = self.key(call, arguments, passthrough) if self.enabled else None
+        key = self.key(call, arguments) if self.enabled else None
         if key is None:
             return forward(arguments)
         graph = self._graphs.get(key)
@@ -116,7 +116,7 @@ class GraphedForwards:
                 return forward(arguments)
             recorded_before = len(call.record.attention_image_rows)
             try:
-                graph = self._capture(key, call, arguments, forward, passthrough)
+                graph = self._capture(key, call, arguments, forward)
             except RuntimeError as error:       # CUDA refused an operation (an interrupt still propagates)
                 logging.warning("SDiT: CUDA graph capture failed (%s); this run continues without graphs", error)
                 self.enabled = False
@@ -131,9 +131,9 @@ class GraphedForwards:
         call.record.attention_image_rows.extend(graph.attention_image_rows)
         return graph.output.clone()
 
-    def _capture(self, key, call, arguments, forward, passthrough) -> _Graph:
+    def _capture(self, key, call, arguments, forward) -> _Graph:
         static_args = {name: value.clone() for name, value in arguments.items()
-                       if torch.is_tensor(value) and name not in passthrough}
+                       if torch.is_tensor(value) and name not in PASSTHROUGH}
         static_index = call.image_index_now().clone()
         call.use_static_index(static_index)
         capture_arguments = dict(arguments, **static_args)
@@ -157,5 +157,4 @@ class GraphedForwards:
         replay, output = self.backend.capture(body)
         graph = _Graph(replay, output, static_args, static_index, recorded)
         self._graphs[key] = graph
-        self.captures += 1
         return graph

@@ -48,6 +48,12 @@ def flux_conditioning(seed: int, text_tokens: int = 7, context_dim: int = 32, po
     return [[cond, {"pooled_output": pooled, "guidance": guidance}]]
 
 
+def random_active(batch: int, num_tokens: int, n: int, seed: int) -> torch.Tensor:
+    """(batch, n) seeded random active token sets, different per image, in random order."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
+
+
 def noise_like(latent: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
 

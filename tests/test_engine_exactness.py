@@ -12,7 +12,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import FAMILIES, flux_conditioning, ksample, sample_with, tiny_flux
+from sdit_testkit import FAMILIES, flux_conditioning, ksample, random_active, sample_with, tiny_flux
 
 TOL = 1e-5
 
@@ -26,11 +26,6 @@ class RecordingPolicy(FixedPlanPolicy):
 
     def on_output(self, stream, info, output, computed):
         self.outputs.append((info.index, stream, output.clone(), computed))
-
-
-def random_active(batch, num_tokens, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
 
 
 def patch(model, plans):

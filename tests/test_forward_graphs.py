@@ -18,7 +18,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core import engine
 from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import FAMILIES, ksample
+from sdit_testkit import FAMILIES, ksample, random_active
 
 
 class ReplayByRerun:
@@ -45,11 +45,6 @@ class ReplayByRerun:
         return replay, output
 
 
-def random_active(batch, tokens, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(tokens, generator=g)[:n] for _ in range(batch)]).sort(dim=1).values
-
-
 def collecting(backends: list, backend=None, **options):
     """A graph-backend factory that keeps every backend it makes (one per sampling run)."""
     def make():
@@ -72,7 +67,7 @@ def plans_for(family, batch=2, size=(16, 16), ratio=0.25, evals=6, shared=False)
     n = int(tokens * ratio)
     plans = [None]
     for e in range(1, evals):
-        active = random_active(batch, tokens, n, seed=e)
+        active = random_active(batch, tokens, n, seed=e).sort(dim=1).values
         plans.append(active[:1].expand(batch, -1).contiguous() if shared else active)
     return plans
 
@@ -134,8 +129,8 @@ def test_a_forward_reading_a_non_static_index_is_caught(monkeypatch):
 def test_every_token_count_gets_its_own_graph():
     model = FAMILIES["flux"].build(seed=2)
     tokens = FAMILIES["flux"].tokens(16, 16)
-    small = [random_active(2, tokens, tokens // 4, seed=e) for e in range(3)]
-    large = [random_active(2, tokens, tokens // 2, seed=e) for e in range(3)]
+    small = [random_active(2, tokens, tokens // 4, seed=e).sort(dim=1).values for e in range(3)]
+    large = [random_active(2, tokens, tokens // 2, seed=e).sort(dim=1).values for e in range(3)]
     plans = [None, small[0], large[0], small[1], large[1], small[2], large[2]]
     eager, _ = sample(model, "flux", plans, steps=7)
     backends = []

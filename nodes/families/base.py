@@ -42,7 +42,7 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     graphs do, every weight is on the device (low-VRAM mode streams weights in during the forward)
     and no other node patches the blocks (their Python code would run only at capture)."""
     graphs = call.stream.graphs
-    if graphs is None or call.dense or not graphs.enabled:
+    if graphs is None or call.dense:
         return False
     tensors = [value for value in arguments.values() if torch.is_tensor(value)]
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):
