@@ -1,9 +1,14 @@
 """The shipped demo model is trained: its metadata says how, and full sampling draws the prompted object
 (a saturated object of the prompt's colour on a desaturated background)."""
 import importlib
+import pathlib
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from shape_metrics import OUTLINE_SHAPES, OutlineClassifier, object_mask, rendered_outlines  # noqa: E402
 
 from comfyui_sdit.nodes.demo.model import WEIGHTS, load_demo_model
 from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
@@ -22,11 +27,6 @@ def test_weights_are_shipped_with_their_training_command():
     assert load_demo_model().trained
 
 
-def object_pixels(image: torch.Tensor) -> torch.Tensor:
-    saturation = image.max(dim=-1).values - image.min(dim=-1).values
-    return saturation > 0.35                              # backgrounds are desaturated (at most 0.3)
-
-
 @pytest.mark.parametrize("colour", sorted(EXPECTED_RGB))
 def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
     """A small CPU-trained model misses now and then: two of three seeds must show the object."""
@@ -35,8 +35,21 @@ def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
     sampled = comfy_nodes.KSampler().sample(model, 11, 20, 3.0, "euler", "simple", positive, negative, latent)[0]
     good = []
     for image in SDiTDemoDecode().decode(sampled)[0]:                   # (256, 256, 3) each
-        mask = object_pixels(image)
+        mask = torch.from_numpy(object_mask(image))
         fraction = mask.float().mean().item()
         close = fraction > 0.02 and torch.dist(image[mask].mean(dim=0), torch.tensor(EXPECTED_RGB[colour])) < 0.3
         good.append(bool(fraction < 0.6 and close))
     assert sum(good) >= 2, good
+
+
+@pytest.fixture(scope="module")
+def outline_classifier():
+    return OutlineClassifier.fit()
+
+
+def test_outline_classifier_names_held_out_training_images(outline_classifier):
+    """The yardstick of "recognisable": it names the outline of training images it was not fitted on, and
+    names nothing on a plain background."""
+    for shape in OUTLINE_SHAPES:
+        assert [outline_classifier.classify(image) for image in rendered_outlines(shape, 4, 256, 777)] == [shape] * 4
+    assert outline_classifier.classify(torch.full((256, 256, 3), 0.5)) is None

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
+# (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
+# Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
+#   check      CUDA-graph and kernel tests on the GPU, Quickshift timing         (~3 min)
+#   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed   (~4 min)
+#   speed1024  end-to-end sampling, Flux-dev 1024², CUDA graphs                  (~5 min)
+#   speed2048  the same at 2048²                                                 (~8 min)
+#   train      the demo model at 512² (8 minutes of training)                    (~9 min)
+#   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site COMFYUI_PATH=$PWD/.dev/comfyui PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_runbook}
+mkdir -p "$out"
+day=$(date +%F)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/machine.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/machine.txt"
+
+for part in "$@"; do
+  echo "=== $part"
+  case $part in
+    check)
+      SDIT_TESTS_ON_GPU=1 python3 -m pytest -q tests/test_forward_graphs.py tests/test_kernels.py 2>&1 | tee "$out/check.log"
+      python3 bench/segmentation.py --device cuda --json "$out/segmentation_cuda_$day.json" 2>&1 | tee -a "$out/check.log" ;;
+    forward)
+      python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --json "$out/forward_eager_$day.json" 2>&1 | tee "$out/forward.log"
+      python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs \
+        --json "$out/forward_graphs_$day.json" 2>&1 | tee -a "$out/forward.log" ;;
+    speed1024|speed2048)
+      python3 bench/speed.py --models flux-dev --res "${part#speed}" --cuda-graphs \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    train)
+      python3 bench/train_tiny_dit.py --device cuda --size 512 --hidden 384 --batch 32 --minutes 8 --seed 21 \
+        --out "$out/sdit_demo_flux_512.safetensors" 2>&1 | tail -n 60 | tee "$out/train.log" ;;
+    fidelity)
+      python3 bench/fidelity.py --device cuda --seeds 8 --classes 8 --json "$out/fidelity_cuda_n64_$day.json" 2>&1 \
+        | tee "$out/fidelity.log" ;;
+    *) echo "unknown part '$part'"; exit 2 ;;
+  esac
+done

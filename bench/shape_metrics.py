@@ -1,0 +1,76 @@
+"""Shape measurements of demo images (H, W, 3) in [0, 1]: which pixels are the object, how whole it is, and
+which outline it has.
+
+Object pixels are the saturated ones (the data's backgrounds are desaturated, at most 0.3), closed by two
+pixels so that the dark strokes of textured shapes do not split them. The outline classifier is a nearest
+centroid over four area ratios of the largest piece, fitted on rendered training images: a generated object
+whose outline it names is a recognisable shape. Stripes and glyphs are square panels told apart by their
+texture, so only the six outline shapes are classified.
+"""
+import numpy as np
+import torch
+
+OUTLINE_SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
+
+
+def object_mask(image: torch.Tensor) -> np.ndarray:
+    from scipy import ndimage
+    saturated = (image.max(dim=-1).values - image.min(dim=-1).values) > 0.35
+    return ndimage.binary_closing(saturated.numpy(), iterations=2)
+
+
+def _pieces(mask: np.ndarray):
+    from scipy import ndimage
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    return labels, np.bincount(labels.ravel())[1:] if count else np.zeros(0, dtype=np.int64)
+
+
+def largest_piece_share(image: torch.Tensor) -> float:
+    """Share of object pixels in the largest 8-connected piece (1.0: one solid object; 0: no object)."""
+    _, sizes = _pieces(object_mask(image))
+    return float(sizes.max() / sizes.sum()) if sizes.size else 0.0
+
+
+def outline_features(image: torch.Tensor):
+    """Area ratios of the largest piece, all scale-free: solidity (area / convex hull), extent (area /
+    bounding box), hole share (holes / filled area) and disc fill (area / disc of its longest diameter).
+    None when there is no object of at least 64 pixels."""
+    from skimage.measure import regionprops
+    labels, sizes = _pieces(object_mask(image))
+    if not sizes.size or sizes.max() < 64:
+        return None
+    piece = regionprops((labels == 1 + int(sizes.argmax())).astype(np.uint8))[0]
+    disc = np.pi * (piece.feret_diameter_max / 2) ** 2
+    return np.array([piece.solidity, piece.extent, 1 - piece.area / piece.area_filled, piece.area / disc])
+
+
+class OutlineClassifier:
+    """Nearest centroid, in units of each feature's spread, over rendered images of the six outlines."""
+
+    def __init__(self, centroids: np.ndarray, spread: np.ndarray):
+        self.centroids, self.spread = centroids, spread
+
+    @classmethod
+    def fit(cls, images_per_shape: int = 12, size: int = 256, seed: int = 1234) -> "OutlineClassifier":
+        features = np.stack([[outline_features(image) for image in rendered_outlines(shape, images_per_shape,
+                                                                                     size, seed)]
+                             for shape in OUTLINE_SHAPES])            # (shapes, images, 4)
+        spread = features.reshape(-1, features.shape[-1]).std(axis=0) + 1e-6
+        return cls(features.mean(axis=1), spread)
+
+    def classify(self, image: torch.Tensor):
+        """The outline's name, or None when the image shows no object."""
+        features = outline_features(image)
+        if features is None:
+            return None
+        distances = np.linalg.norm((self.centroids - features) / self.spread, axis=1)
+        return OUTLINE_SHAPES[int(distances.argmin())]
+
+
+def rendered_outlines(shape: str, count: int, size: int, seed: int):
+    """Training-data images of one outline shape in red (H, W, 3), from bench/demo_data.py."""
+    from comfyui_sdit.nodes.demo.vocabulary import COLOURS, SHAPES
+    from demo_data import render
+    generator = torch.Generator().manual_seed(seed + SHAPES.index(shape))
+    return [render(generator, COLOURS.index("red"), SHAPES.index(shape), size).permute(1, 2, 0)
+            for _ in range(count)]
