@@ -170,6 +170,10 @@ def main() -> None:
     for p in ema_model.parameters():
         p.requires_grad_(False)
 
+    # Noise levels as ComfyUI's sampler visits them: its steps are uniform in u and shifted by the model's
+    # sampling shift (Flux: logit(sigma) = shift + logit(u)). Logit-normal times centred on 0 barely trained
+    # the first, noisiest steps, where the model then committed to blobs that later steps only sharpened.
+    shift = model_config_.sampling_settings.get("shift", 0.0)
     started, step, losses = time.monotonic(), 0, []
     budget = args.minutes * 60
     while step < args.max_steps and time.monotonic() - started < budget:
@@ -180,7 +184,8 @@ def main() -> None:
         tokens[drop] = NULL_TOKEN
         context = words[tokens.to(device)]                                  # (B, 2, dim)
         pooled = context.mean(dim=1)
-        t = torch.sigmoid(torch.randn(args.batch, generator=generator)).to(device)   # logit-normal times
+        u = torch.rand(args.batch, generator=generator).clamp(1e-4, 1 - 1e-4)
+        t = torch.sigmoid(torch.logit(u) + shift).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         prediction = diffusion_model(xt, t, context, y=pooled, transformer_options={})
