@@ -79,10 +79,10 @@ def render(g: torch.Generator, colour: int, shape: int, size: int) -> torch.Tens
     # the object, placed at random
     cx, cy = _uniform(g, 2, -0.35, 0.35).tolist()
     r = float(_uniform(g, 1, 0.3, 0.5))
-    spin = UPRIGHT.get(SHAPES[shape], 0.0) + float(_uniform(g, 1, -0.15, 0.15))
+    name = SHAPES[shape]
+    spin = UPRIGHT.get(name, 0.0) + float(_uniform(g, 1, -0.15, 0.15))
     ox, oy = x - cx, y - cy
     ux, uy = ox * math.cos(spin) + oy * math.sin(spin), -ox * math.sin(spin) + oy * math.cos(spin)
-    name = SHAPES[shape]
     inside = (0.5 - _signed_distance(name, ux, uy, r, g) * size / 2).clamp(0, 1)   # ~1 pixel anti-aliasing
     brightness = float(_uniform(g, 1, 0.85, 1.1))
     rgb = (COLOUR_RGB[colour] * brightness).clamp(0, 1)[:, None, None]

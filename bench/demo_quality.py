@@ -37,7 +37,6 @@ def main() -> None:
     from comfyui_sdit.nodes.demo.vocabulary import SHAPES
     from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
     import shape_metrics
-    from shape_metrics import OUTLINE_SHAPES
     comfy_nodes = importlib.import_module("nodes")
     comfy.utils.PROGRESS_BAR_ENABLED = False
     if args.weights:
@@ -51,7 +50,7 @@ def main() -> None:
                                                 positive, negative, latent)[0]
         images = SDiTDemoDecode().decode(sampled)[0]
         shares = [shape_metrics.largest_piece_share(image) for image in images]
-        named = [classifier.classify(image) for image in images] if shape in OUTLINE_SHAPES else []
+        named = [classifier.classify(image) for image in images] if shape in shape_metrics.OUTLINE_SHAPES else []
         rows.append({"shape": shape, "largest_piece_share": shares, "mean": statistics.mean(shares), "named": named,
                      "recognised": sum(n == shape for n in named) / len(named) if named else None})
         recognised = "" if not named else f"{rows[-1]['recognised']:.2f}"

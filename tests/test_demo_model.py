@@ -42,14 +42,10 @@ def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
     assert sum(good) >= 2, good
 
 
-@pytest.fixture(scope="module")
-def outline_classifier():
-    return OutlineClassifier.fit()
-
-
-def test_outline_classifier_names_held_out_training_images(outline_classifier):
+def test_outline_classifier_names_held_out_training_images():
     """The yardstick of "recognisable": it names the outline of training images it was not fitted on, and
     names nothing on a plain background."""
+    outline_classifier = OutlineClassifier.fit()
     for shape in OUTLINE_SHAPES:
         assert [outline_classifier.classify(image) for image in rendered_outlines(shape, 4, 256, 777)] == [shape] * 4
     assert outline_classifier.classify(torch.full((256, 256, 3), 0.5)) is None
