@@ -21,6 +21,22 @@ sys.path.insert(0, str(REPO / "bench"))
 from pack_host import import_comfyui, load_pack  # noqa: E402
 
 
+def measure_shape(shape: str, seeds: int, steps: int, cfg: float, classifier, seed: int = 5) -> dict:
+    """Full sampling of "a red <shape>" on `seeds` noises: each image's largest-piece share and, for outline
+    shapes, the outline the classifier names."""
+    from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
+    import shape_metrics
+    comfy_nodes = importlib.import_module("nodes")
+    model, positive, negative = SDiTDemoModelLoader().load(f"a red {shape}")
+    latent = {"samples": torch.zeros(seeds, 16, 32, 32)}
+    sampled = comfy_nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent)[0]
+    images = SDiTDemoDecode().decode(sampled)[0]
+    shares = [shape_metrics.largest_piece_share(image) for image in images]
+    named = [classifier.classify(image) for image in images] if shape in shape_metrics.OUTLINE_SHAPES else []
+    return {"shape": shape, "largest_piece_share": shares, "mean": statistics.mean(shares), "named": named,
+            "recognised": sum(n == shape for n in named) / len(named) if named else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="", help="demo model weights (default: the pack's)")
@@ -35,24 +51,15 @@ def main() -> None:
     import comfy.utils
     import comfyui_sdit.nodes.demo.model as demo_model
     from comfyui_sdit.nodes.demo.vocabulary import SHAPES
-    from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
     import shape_metrics
-    comfy_nodes = importlib.import_module("nodes")
     comfy.utils.PROGRESS_BAR_ENABLED = False
     if args.weights:
         demo_model.WEIGHTS = pathlib.Path(args.weights)
     classifier = shape_metrics.OutlineClassifier.fit()
     rows = []
     for shape in SHAPES[:args.shapes]:
-        model, positive, negative = SDiTDemoModelLoader().load(f"a red {shape}")
-        latent = {"samples": torch.zeros(args.seeds, 16, 32, 32)}
-        sampled = comfy_nodes.KSampler().sample(model, 5, args.steps, args.cfg, "euler", "simple",
-                                                positive, negative, latent)[0]
-        images = SDiTDemoDecode().decode(sampled)[0]
-        shares = [shape_metrics.largest_piece_share(image) for image in images]
-        named = [classifier.classify(image) for image in images] if shape in shape_metrics.OUTLINE_SHAPES else []
-        rows.append({"shape": shape, "largest_piece_share": shares, "mean": statistics.mean(shares), "named": named,
-                     "recognised": sum(n == shape for n in named) / len(named) if named else None})
+        rows.append(measure_shape(shape, args.seeds, args.steps, args.cfg, classifier))
+        named, shares = rows[-1]["named"], rows[-1]["largest_piece_share"]
         recognised = "" if not named else f"{rows[-1]['recognised']:.2f}"
         print(f"| {shape} | {rows[-1]['mean']:.2f} | {recognised} | {' '.join(f'{s:.2f}' for s in shares)} | "
               f"{' '.join(str(n) for n in named)} |", flush=True)

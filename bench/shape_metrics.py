@@ -3,9 +3,9 @@ which outline it has.
 
 Object pixels are the saturated ones (the data's backgrounds are desaturated, at most 0.3), closed by two
 pixels so that the dark strokes of textured shapes do not split them. The outline classifier is a nearest
-centroid over four area ratios of the largest piece, fitted on rendered training images: a generated object
-whose outline it names is a recognisable shape. Stripes and glyphs are square panels told apart by their
-texture, so only the six outline shapes are classified.
+centroid over six scale-free measures of the largest piece (area ratios, rotational symmetry), fitted on
+rendered training images: a generated object whose outline it names is a recognisable shape. Stripes and
+glyphs are square panels told apart by their texture, so only the six outline shapes are classified.
 """
 import numpy as np
 import torch
@@ -31,17 +31,32 @@ def largest_piece_share(image: torch.Tensor) -> float:
     return float(sizes.max() / sizes.sum()) if sizes.size else 0.0
 
 
+def _rotation_overlap(piece: np.ndarray, degrees: float) -> float:
+    """Intersection over union of a piece with itself turned by `degrees` about its centroid: near 1 for
+    outlines with that rotational symmetry (a cross at 90, a star at 72 degrees)."""
+    from scipy import ndimage
+    rows, cols = np.nonzero(piece)
+    half = int(np.ceil(np.hypot(rows - rows.mean(), cols - cols.mean()).max())) + 2
+    centred = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
+    centred[rows - int(round(rows.mean())) + half, cols - int(round(cols.mean())) + half] = 1
+    turned = ndimage.rotate(centred, degrees, reshape=False, order=1) > 0.5
+    return float((turned & (centred > 0)).sum() / max(1, (turned | (centred > 0)).sum()))
+
+
 def outline_features(image: torch.Tensor):
-    """Area ratios of the largest piece, all scale-free: solidity (area / convex hull), extent (area /
-    bounding box), hole share (holes / filled area) and disc fill (area / disc of its longest diameter).
-    None when there is no object of at least 64 pixels."""
+    """Scale-free measures of the largest piece: solidity (area / convex hull), extent (area / bounding box),
+    hole share (holes / filled area), disc fill (area / disc of its longest diameter), and its overlap with
+    itself turned by 90 and by 72 degrees (4- and 5-fold symmetry). None when there is no object of at
+    least 64 pixels."""
     from skimage.measure import regionprops
     labels, sizes = _pieces(object_mask(image))
     if not sizes.size or sizes.max() < 64:
         return None
-    piece = regionprops((labels == 1 + int(sizes.argmax())).astype(np.uint8))[0]
+    mask = labels == 1 + int(sizes.argmax())
+    piece = regionprops(mask.astype(np.uint8))[0]
     disc = np.pi * (piece.feret_diameter_max / 2) ** 2
-    return np.array([piece.solidity, piece.extent, 1 - piece.area / piece.area_filled, piece.area / disc])
+    return np.array([piece.solidity, piece.extent, 1 - piece.area / piece.area_filled, piece.area / disc,
+                     _rotation_overlap(mask, 90), _rotation_overlap(mask, 72)])
 
 
 class OutlineClassifier:
@@ -54,7 +69,7 @@ class OutlineClassifier:
     def fit(cls, images_per_shape: int = 12, size: int = 256, seed: int = 1234) -> "OutlineClassifier":
         features = np.stack([[outline_features(image) for image in rendered_outlines(shape, images_per_shape,
                                                                                      size, seed)]
-                             for shape in OUTLINE_SHAPES])            # (shapes, images, 4)
+                             for shape in OUTLINE_SHAPES])            # (shapes, images, features)
         spread = features.reshape(-1, features.shape[-1]).std(axis=0) + 1e-6
         return cls(features.mean(axis=1), spread)
 
