@@ -52,6 +52,12 @@ def counting_forwards(model):
     return counted, calls
 
 
+def class_prompts(count: int):
+    """`count` class prompts spread over colours x shapes (every third shape, so neighbours differ in both)."""
+    from comfyui_sdit.nodes.demo.vocabulary import COLOURS, SHAPES
+    return [f"a {COLOURS[i % len(COLOURS)]} {SHAPES[(i * 3) % len(SHAPES)]}" for i in range(count)]
+
+
 class Runner:
     def __init__(self, demo, steps: int, cfg: float, size: int, sampler: str, scheduler: str):
         self.demo, self.steps, self.cfg = demo, steps, cfg
@@ -92,7 +98,6 @@ def main() -> None:
     load_pack()
     from comfy_extras.nodes_easycache import EasyCacheNode
     from comfyui_sdit.nodes.demo.model import load_demo_model
-    from comfyui_sdit.nodes.demo.vocabulary import COLOURS, SHAPES
     from comfyui_sdit.nodes.ras_nodes import patch_ras
     from comfyui_sdit.nodes.sdit_nodes import patch_sdit, sdit_trace
     from comfyui_sdit.sdit_core.ras import RASConfig
@@ -103,8 +108,7 @@ def main() -> None:
     if not demo.trained:
         print("warning: no trained demo weights; fidelity numbers are meaningless", file=sys.stderr)
     runner = Runner(demo, args.steps, args.cfg, args.size, args.sampler, args.scheduler)
-    prompts = [f"a {COLOURS[i % len(COLOURS)]} {SHAPES[(i * 3) % len(SHAPES)]}" for i in range(args.classes)]
-    jobs = [(prompt, 1000 + seed) for prompt in prompts for seed in range(args.seeds)]
+    jobs = [(prompt, 1000 + seed) for prompt in class_prompts(args.classes) for seed in range(args.seeds)]
     ratios = RATIOS[:1] if args.smoke else RATIOS
 
     for warm_up in (demo.patcher, patch_ras(demo.patcher, RASConfig(), "bench")[0],

@@ -45,7 +45,9 @@ class SDiTConfig:
     warmup_steps: int = 3
     cooldown_steps: int = 1
     reset_steps: Sequence[float] = ()  # fixed dense resets (fractions or step numbers)
-    drift_threshold: float = 0.5       # error reset when the extrapolator's relative error exceeds this (0: off)
+    # error reset when the extrapolator's relative error exceeds this (0: off); 0.1 chosen on the demo
+    # model (docs/BENCHMARKS.md): +1.5-2.6 dB for 1-4% more token work, where 0.5 never fired
+    drift_threshold: float = 0.1
 
     def validate(self) -> "SDiTConfig":
         checks = [
