@@ -14,7 +14,7 @@ from comfyui_sdit.nodes.demo.model import WEIGHTS, load_demo_model
 from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
 
 comfy_nodes = importlib.import_module("nodes")
-RECOGNISED_AT_LEAST = 0.5                 # the shipped weights: 0.81 over 36 images in docs/BENCHMARKS.md
+RECOGNISED_AT_LEAST = 0.5       # shipped weights: 0.81 on demo_quality's 36 images (BENCHMARKS), 0.67 on these 24
 EXPECTED_RGB = {"red": (0.90, 0.15, 0.15), "blue": (0.15, 0.30, 0.90), "yellow": (0.95, 0.85, 0.15)}
 
 
@@ -54,10 +54,9 @@ def test_outline_classifier_names_held_out_training_images():
 
 def test_full_sampling_draws_recognisable_outlines():
     """The issue's bar for the demo model: full sampling at 20 steps draws the prompted outline. Four noises
-    per outline shape; the classifier must name the prompted outline in most of them (chance: 1/6)."""
+    per outline shape; the classifier must name the prompted outline in at least half of them (chance: 1/6)."""
     from demo_quality import measure_shape
     classifier = OutlineClassifier.fit()
     named = {shape: measure_shape(shape, 4, 20, 3.0, classifier, seed=21)["named"] for shape in OUTLINE_SHAPES}
     recognised = sum(name == shape for shape, names in named.items() for name in names) / (4 * len(OUTLINE_SHAPES))
-    print(f"recognised {recognised:.2f}: {named}")
-    assert recognised >= RECOGNISED_AT_LEAST, named
+    assert recognised >= RECOGNISED_AT_LEAST, (recognised, named)
