@@ -37,10 +37,10 @@ def _rotation_overlap(piece: np.ndarray, degrees: float) -> float:
     from scipy import ndimage
     rows, cols = np.nonzero(piece)
     half = int(np.ceil(np.hypot(rows - rows.mean(), cols - cols.mean()).max())) + 2
-    centred = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
-    centred[rows - int(round(rows.mean())) + half, cols - int(round(cols.mean())) + half] = 1
-    turned = ndimage.rotate(centred, degrees, reshape=False, order=1) > 0.5
-    return float((turned & (centred > 0)).sum() / max(1, (turned | (centred > 0)).sum()))
+    centred = np.zeros((2 * half + 1, 2 * half + 1), dtype=bool)
+    centred[rows - int(round(rows.mean())) + half, cols - int(round(cols.mean())) + half] = True
+    turned = ndimage.rotate(centred.astype(np.float32), degrees, reshape=False, order=1) > 0.5
+    return float((turned & centred).sum() / max(1, (turned | centred).sum()))
 
 
 def outline_features(image: torch.Tensor):
