@@ -91,9 +91,14 @@ def render(g: torch.Generator, colour: int, shape: int, size: int) -> torch.Tens
     return (image * (1 - inside) + fill * inside).clamp(0, 1)
 
 
-def render_batch(g: torch.Generator, batch: int, size: int):
-    """Random classes: (images (B, 3, S, S), colour indices, shape indices) into COLOURS / SHAPES."""
+def render_batch(g: torch.Generator, batch: int, size: int, shape_weights=None):
+    """Random classes: (images (B, 3, S, S), colour indices, shape indices) into COLOURS / SHAPES.
+    `shape_weights` (one per shape, default all equal) makes some shapes more frequent."""
     colours = torch.randint(len(COLOURS), (batch,), generator=g)
-    shapes = torch.randint(len(SHAPES), (batch,), generator=g)
+    if shape_weights is None:
+        shapes = torch.randint(len(SHAPES), (batch,), generator=g)
+    else:
+        shapes = torch.multinomial(torch.as_tensor(shape_weights, dtype=torch.float), batch, replacement=True,
+                                   generator=g)
     images = torch.stack([render(g, int(c), int(s), size) for c, s in zip(colours, shapes)])
     return images, colours, shapes

@@ -24,11 +24,12 @@ from pack_host import import_comfyui, load_pack  # noqa: E402
 def measure_shape(shape: str, seeds: int, steps: int, cfg: float, classifier, seed: int = 5) -> dict:
     """Full sampling of "a red <shape>" on `seeds` noises: each image's largest-piece share and, for outline
     shapes, the outline the classifier names."""
+    from comfyui_sdit.nodes.demo.model import load_demo_model
     from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
     import shape_metrics
     comfy_nodes = importlib.import_module("nodes")
     model, positive, negative = SDiTDemoModelLoader().load(f"a red {shape}")
-    latent = {"samples": torch.zeros(seeds, 16, 32, 32)}
+    latent = {"samples": load_demo_model().empty_latent(seeds)}
     sampled = comfy_nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent)[0]
     images = SDiTDemoDecode().decode(sampled)[0]
     shares = [shape_metrics.largest_piece_share(image) for image in images]

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one image, few steps, two thresholds (CI)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    size, thresholds = 256, THRESHOLDS
+    size, thresholds = 0, THRESHOLDS                 # size 0: the model's own
     if args.smoke:
         args.seeds, args.classes, args.steps, args.ratios, size, thresholds = 1, 1, 6, [0.5], 128, THRESHOLDS[:2]
 
@@ -46,6 +46,7 @@ def main() -> None:
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
 
     demo = load_demo_model()
+    size = size or demo.image_size
     runner = Runner(demo, args.steps, args.cfg, size, "euler", "simple")
     jobs = [(prompt, 1000 + seed) for prompt in class_prompts(args.classes) for seed in range(args.seeds)]
     references = {job: runner.sample(demo.patcher, *job)[0] for job in jobs}

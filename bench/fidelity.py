@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=8, help="class prompts, spread over colours x shapes")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=3.0)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=0, help="image size in pixels (default: the model's own)")
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="simple")
     parser.add_argument("--weights", default="", help="demo model weights (default: the pack's)")
@@ -105,6 +105,7 @@ def main() -> None:
     from comfyui_sdit.sdit_core.trace import trace_from_run
 
     demo = load_demo_model(pathlib.Path(args.weights) if args.weights else None)
+    args.size = args.size or demo.image_size
     if not demo.trained:
         print("warning: no trained demo weights; fidelity numbers are meaningless", file=sys.stderr)
     runner = Runner(demo, args.steps, args.cfg, args.size, args.sampler, args.scheduler)

@@ -49,6 +49,17 @@ def fit_codec(generator: torch.Generator, size: int, latent_format, images: int 
     return PatchCodec(mean, components, scale, shift), explained
 
 
+def parse_oversample(text: str):
+    """'star=3' -> per-shape sampling weights (None: all shapes equally often)."""
+    if not text:
+        return None
+    from comfyui_sdit.nodes.demo.vocabulary import SHAPES
+    shape, _, weight = text.partition("=")
+    if shape not in SHAPES or not weight:
+        raise SystemExit(f"--oversample takes SHAPE=WEIGHT with SHAPE one of {', '.join(SHAPES)}; got '{text}'")
+    return [float(weight) if s == shape else 1.0 for s in SHAPES]
+
+
 def model_config(hidden: int, double: int, single: int) -> dict:
     heads = hidden // 64
     return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=64, context_in_dim=64,
@@ -130,6 +141,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "models" / "sdit_demo_flux.safetensors"))
     parser.add_argument("--init-from", default="", help="continue training from these weights")
+    parser.add_argument("--oversample", default="", metavar="SHAPE=WEIGHT",
+                        help="draw this shape WEIGHT times as often as each other shape, e.g. star=3")
     args = parser.parse_args()
 
     import_comfyui(cpu=args.device == "cpu")
@@ -138,6 +151,7 @@ def main() -> None:
     import comfy.utils
     from comfyui_sdit.nodes.demo.vocabulary import COLOURS, NULL_TOKEN, WORDS
     from demo_data import render_batch
+    shape_weights = parse_oversample(args.oversample)
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -177,7 +191,7 @@ def main() -> None:
     started, step, losses = time.monotonic(), 0, []
     budget = args.minutes * 60
     while step < args.max_steps and time.monotonic() - started < budget:
-        images, colours, shapes = render_batch(generator, args.batch, args.size)
+        images, colours, shapes = render_batch(generator, args.batch, args.size, shape_weights)
         x0 = latent_format.process_in(codec.encode(images)).to(device)      # the model's own space
         tokens = torch.stack([1 + colours, 1 + len(COLOURS) + shapes], dim=1)     # indices into WORDS
         drop = torch.rand(args.batch, generator=generator) < 0.1

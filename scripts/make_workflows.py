@@ -15,6 +15,13 @@ from comfy_client import ComfyServer, _input_specs, _is_widget  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def demo_image_size() -> int:
+    """The size the shipped demo weights were trained at (their metadata), which the demo workflow samples."""
+    import safetensors
+    with safetensors.safe_open(str(REPO / "models" / "sdit_demo_flux.safetensors"), "pt") as f:
+        return int((f.metadata() or {}).get("image_size", 256))
+
+
 class Workflow:
     def __init__(self, object_info: dict):
         self.info = object_info
@@ -59,7 +66,8 @@ def demo(info: dict) -> dict:
     """The demo model sampled fully, with RAS and with SDiT at ratio 0.5; the SDiT run's regions drawn."""
     wf = Workflow(info)
     loader = wf.add("SDiTDemoModelLoader", {"prompt": "a red star"}, pos=(0, 0))
-    latent = wf.add("EmptySD3LatentImage", {"width": 256, "height": 256, "batch_size": 1}, pos=(0, 250))
+    size = demo_image_size()
+    latent = wf.add("EmptySD3LatentImage", {"width": size, "height": size, "batch_size": 1}, pos=(0, 250))
     common = {"seed": 7, "steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
     sockets = {"model": (loader, 0), "positive": (loader, 1), "negative": (loader, 2), "latent_image": (latent, 0)}
     rows = (0, 400, 1000)      # room for the live map and run summary the UI draws under each sampler

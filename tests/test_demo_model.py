@@ -33,10 +33,10 @@ def test_weights_are_shipped_with_their_training_command():
 def test_full_sampling_draws_an_object_of_the_prompted_colour(colour):
     """A small CPU-trained model misses now and then: two of three seeds must show the object."""
     model, positive, negative = SDiTDemoModelLoader().load(f"a {colour} circle")
-    latent = {"samples": torch.zeros(3, 16, 32, 32)}                     # three different noises
+    latent = {"samples": load_demo_model().empty_latent(3)}             # three different noises
     sampled = comfy_nodes.KSampler().sample(model, 11, 20, 3.0, "euler", "simple", positive, negative, latent)[0]
     good = []
-    for image in SDiTDemoDecode().decode(sampled)[0]:                   # (256, 256, 3) each
+    for image in SDiTDemoDecode().decode(sampled)[0]:                   # (H, W, 3) each
         mask = torch.from_numpy(object_mask(image))
         fraction = mask.float().mean().item()
         close = fraction > 0.02 and torch.dist(image[mask].mean(dim=0), torch.tensor(EXPECTED_RGB[colour])) < 0.3

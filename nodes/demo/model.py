@@ -22,12 +22,22 @@ DEMO_FLUX_CONFIG = dict(image_model="flux", in_channels=16, out_channels=16, vec
                         axes_dim=[8, 28, 28], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
 
 
+DEFAULT_IMAGE_SIZE = 256                     # what the CPU-trained weights were trained at
+
+
 class DemoModel:
-    def __init__(self, patcher, codec: PatchCodec, word_embedding: torch.Tensor, trained: bool):
+    def __init__(self, patcher, codec: PatchCodec, word_embedding: torch.Tensor, trained: bool,
+                 image_size: int = DEFAULT_IMAGE_SIZE):
         self.patcher = patcher
         self.codec = codec
         self.word_embedding = word_embedding       # (len(WORDS), context_dim)
         self.trained = trained
+        self.image_size = image_size               # pixels; the latent is image_size / 8 on each side
+
+    def empty_latent(self, batch: int = 1) -> torch.Tensor:
+        """Zeros of the size the model was trained at (ComfyUI samplers add the noise)."""
+        side = self.image_size // 8
+        return torch.zeros(batch, 16, side, side)
 
     def conditioning(self, prompt: str):
         """ComfyUI CONDITIONING for a class prompt: the word vectors as "text" tokens, their mean pooled."""
@@ -67,16 +77,17 @@ def load_demo_model(path: Optional[pathlib.Path] = None) -> DemoModel:
     if path.is_file():
         sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
         config = json.loads((metadata or {}).get("config", "null")) or DEMO_FLUX_CONFIG
-        trained = True
+        trained, image_size = True, int((metadata or {}).get("image_size", DEFAULT_IMAGE_SIZE))
     else:
         logging.warning("SDiT demo model: %s not found, using untrained placeholder weights", path)
         config, sd, trained = DEMO_FLUX_CONFIG, placeholder_state(DEMO_FLUX_CONFIG), False
+        image_size = DEFAULT_IMAGE_SIZE
     model = build_flux(config)
     diffusion_sd = {k[len("diffusion_model."):]: v for k, v in sd.items() if k.startswith("diffusion_model.")}
     model.diffusion_model.load_state_dict(diffusion_sd, strict=True)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
-    demo = DemoModel(patcher, PatchCodec.from_state_dict(sd), sd["text.word_embedding"].float(), trained)
+    demo = DemoModel(patcher, PatchCodec.from_state_dict(sd), sd["text.word_embedding"].float(), trained, image_size)
     _CACHE[key] = demo
     return demo
 
