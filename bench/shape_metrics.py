@@ -3,7 +3,7 @@ which outline it has.
 
 Object pixels are the saturated ones (the data's backgrounds are desaturated, at most 0.3), closed by two
 pixels so that the dark strokes of textured shapes do not split them. The outline classifier is a nearest
-centroid over six scale-free measures of the largest piece (area ratios, rotational symmetry), fitted on
+centroid over seven scale-free measures of the largest piece (area ratios, outline harmonics), fitted on
 rendered training images: a generated object whose outline it names is a recognisable shape. Stripes and
 glyphs are square panels told apart by their texture, so only the six outline shapes are classified.
 """
@@ -31,23 +31,24 @@ def largest_piece_share(image: torch.Tensor) -> float:
     return float(sizes.max() / sizes.sum()) if sizes.size else 0.0
 
 
-def _rotation_overlap(piece: np.ndarray, degrees: float) -> float:
-    """Intersection over union of a piece with itself turned by `degrees` about its centroid: near 1 for
-    outlines with that rotational symmetry (a cross at 90, a star at 72 degrees)."""
-    from scipy import ndimage
+def _outline_harmonics(piece: np.ndarray, bins: int = 90) -> np.ndarray:
+    """Strength of 3-, 4- and 5-fold outlines: the piece's radius (farthest pixel from its centroid) per
+    angle, and the amplitudes of that profile's 3rd, 4th and 5th harmonics relative to its mean radius.
+    A triangle rings at 3, a square and (more) a cross at 4, a star at 5; discs, rings and round blobs at
+    none. Unlike a rotated copy's overlap, a bumpy blob cannot pass for a star this way."""
     rows, cols = np.nonzero(piece)
-    half = int(np.ceil(np.hypot(rows - rows.mean(), cols - cols.mean()).max())) + 2
-    centred = np.zeros((2 * half + 1, 2 * half + 1), dtype=bool)
-    centred[rows - int(round(rows.mean())) + half, cols - int(round(cols.mean())) + half] = True
-    turned = ndimage.rotate(centred.astype(np.float32), degrees, reshape=False, order=1) > 0.5
-    return float((turned & centred).sum() / max(1, (turned | centred).sum()))
+    dy, dx = rows - rows.mean(), cols - cols.mean()
+    angle_bin = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    profile = np.zeros(bins)
+    np.maximum.at(profile, angle_bin, np.hypot(dy, dx))
+    spectrum = np.abs(np.fft.rfft(profile))
+    return spectrum[3:6] * 2 / spectrum[0]
 
 
 def outline_features(image: torch.Tensor):
     """Scale-free measures of the largest piece: solidity (area / convex hull), extent (area / bounding box),
-    hole share (holes / filled area), disc fill (area / disc of its longest diameter), and its overlap with
-    itself turned by 90 and by 72 degrees (4- and 5-fold symmetry). None when there is no object of at
-    least 64 pixels."""
+    hole share (holes / filled area), disc fill (area / disc of its longest diameter), and the strength of
+    its 3-, 4- and 5-fold outline. None when there is no object of at least 64 pixels."""
     from skimage.measure import regionprops
     labels, sizes = _pieces(object_mask(image))
     if not sizes.size or sizes.max() < 64:
@@ -55,12 +56,15 @@ def outline_features(image: torch.Tensor):
     mask = labels == 1 + int(sizes.argmax())
     piece = regionprops(mask.astype(np.uint8))[0]
     disc = np.pi * (piece.feret_diameter_max / 2) ** 2
-    return np.array([piece.solidity, piece.extent, 1 - piece.area / piece.area_filled, piece.area / disc,
-                     _rotation_overlap(mask, 90), _rotation_overlap(mask, 72)])
+    return np.concatenate([[piece.solidity, piece.extent, 1 - piece.area / piece.area_filled, piece.area / disc],
+                           _outline_harmonics(mask)])
 
 
 class OutlineClassifier:
-    """Nearest centroid, in units of each feature's spread, over rendered images of the six outlines."""
+    """Nearest centroid, in units of each feature's spread, over rendered images of the six outlines, with a
+    reject option: an object about as near to two outlines (a blob between a circle and a star) is none."""
+
+    CLEAR_MARGIN = 1.25       # the second-nearest outline must be at least this much farther than the nearest
 
     def __init__(self, centroids: np.ndarray, spread: np.ndarray):
         self.centroids, self.spread = centroids, spread
@@ -74,12 +78,13 @@ class OutlineClassifier:
         return cls(features.mean(axis=1), spread)
 
     def classify(self, image: torch.Tensor):
-        """The outline's name, or None when the image shows no object."""
+        """The outline's name, or None when the image shows no object or no clear outline."""
         features = outline_features(image)
         if features is None:
             return None
         distances = np.linalg.norm((self.centroids - features) / self.spread, axis=1)
-        return OUTLINE_SHAPES[int(distances.argmin())]
+        nearest, second = np.sort(distances)[:2]
+        return OUTLINE_SHAPES[int(distances.argmin())] if second >= self.CLEAR_MARGIN * nearest else None
 
 
 def rendered_outlines(shape: str, count: int, size: int, seed: int):
