@@ -15,7 +15,8 @@ from comfyui_sdit.nodes.demo.model import WEIGHTS, load_demo_model
 from comfyui_sdit.nodes.demo_nodes import SDiTDemoDecode, SDiTDemoModelLoader
 
 comfy_nodes = importlib.import_module("nodes")
-RECOGNISED_AT_LEAST = 0.5       # shipped weights: 0.81 on demo_quality's 36 images (BENCHMARKS), 0.67 on these 24
+RECOGNISED_AT_LEAST = 0.75      # shipped weights: 1.00 on demo_quality's 36 images (BENCHMARKS), 0.92 on these 24
+EACH_SHAPE_AT_LEAST = 0.5       # every outline, stars included, in at least 2 of its 4 images (measured: 0.75 or more)
 EXPECTED_RGB = {"red": (0.90, 0.15, 0.15), "blue": (0.15, 0.30, 0.90), "yellow": (0.95, 0.85, 0.15)}
 
 
@@ -59,8 +60,10 @@ def test_outline_classifier_names_held_out_training_images(outline_classifier):
 
 def test_full_sampling_draws_recognisable_outlines(outline_classifier):
     """The issue's bar for the demo model: full sampling at 20 steps draws the prompted outline. Four noises
-    per outline shape; the classifier must name the prompted outline in at least half of them (chance: 1/6)."""
+    per outline shape; the classifier must clearly name the prompted outline in three of four images overall
+    and in at least half of each shape's (chance: 1/6)."""
     from demo_quality import measure_shape
     rows = [measure_shape(shape, 4, 20, 3.0, outline_classifier, seed=21) for shape in OUTLINE_SHAPES]
-    recognised = statistics.mean(row["recognised"] for row in rows)
-    assert recognised >= RECOGNISED_AT_LEAST, (recognised, [row["named"] for row in rows])
+    named = {row["shape"]: row["named"] for row in rows}
+    assert statistics.mean(row["recognised"] for row in rows) >= RECOGNISED_AT_LEAST, named
+    assert min(row["recognised"] for row in rows) >= EACH_SHAPE_AT_LEAST, named
