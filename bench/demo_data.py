@@ -37,8 +37,8 @@ def _signed_distance(shape: str, x, y, r, g):
         k = math.sqrt(3.0)
         return torch.maximum(x.abs() * k / 2 + y / 2, -y) - 0.5 * r
     if shape == "star":
-        # five straight-sided points (inner radius half the outer): a 16x16-token model drew the thin petals
-        # of a cosine star as scattered bits
+        # five fat points, the radius running linearly with the angle from half the outer radius up to it
+        # (slightly concave sides): a 16x16-token model drew the thin petals of a cosine star as scattered bits
         tip = 1 - (torch.remainder(angle * 5 / (2 * math.pi), 1.0) - 0.5).abs() * 2    # 1 at a point, 0 between
         return radius - r * (0.5 + 0.5 * tip)
     if shape == "ring":
