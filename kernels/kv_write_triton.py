@@ -23,8 +23,9 @@ def _kv_write_kernel(src_k, src_v, dst_k, dst_v, rows, heads, length, dim,
 
 
 def kv_write_triton(cache_k, cache_v, k, v, rows, seq_dim: int) -> None:
-    if seq_dim == 1:   # (B, L, C) -> (B, 1, L, C)
-        cache_k, cache_v, k, v = (t.unsqueeze(1) for t in (cache_k, cache_v, k, v))
+    if seq_dim == 1:   # (B, L, ...) -> (B, 1, L, C): SD3 hands V over as (B, L, H, D), K as (B, L, H*D)
+        k, v = (t.reshape(t.shape[0], 1, t.shape[1], -1) for t in (k, v))
+        cache_k, cache_v = (t.view(t.shape[0], 1, t.shape[1], -1) for t in (cache_k, cache_v))   # in place
     batch, heads, length, dim = k.shape
     block_l = 32
     block_d = triton.next_power_of_2(dim)

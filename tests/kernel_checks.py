@@ -22,7 +22,7 @@ def check_kv_write(device: str) -> None:
     ref = load("kv_cache", REPO_ROOT / "sdit_core" / "kv_cache.py")
     g = torch.Generator().manual_seed(0)
     for layout, (batch, heads, total, dim, text, n) in [("BHLD", (2, 3, 40, 16, 5, 11)), ("BHLD", (1, 2, 70, 24, 0, 70)),
-                                                        ("BLC", (2, 1, 33, 48, 4, 9))]:
+                                                        ("BLC", (2, 1, 33, 48, 4, 9)), ("BLHD", (2, 3, 33, 16, 4, 9))]:
         for shared in (False, True):
             rows = [torch.cat([torch.arange(text), text + torch.randperm(total - text, generator=g)[:n]])
                     for _ in range(batch)]
@@ -31,12 +31,17 @@ def check_kv_write(device: str) -> None:
                 cache_shape, src = (batch, heads, total, dim), torch.randn(3, batch, text + n, heads, dim, generator=g)
                 k, v = src[1].permute(0, 2, 1, 3).to(device), src[2].permute(0, 2, 1, 3).to(device)  # strided views
                 seq_dim = 2
-            else:
+            elif layout == "BLC":
                 cache_shape, k, v = (batch, total, dim), torch.randn(batch, text + n, dim, generator=g).to(device), \
                     torch.randn(batch, text + n, dim, generator=g).to(device)
                 seq_dim = 1
+            else:   # SD3: K flattened to (B, L, H*D), V left as (B, L, H, D); each cache as its tensor came
+                k = torch.randn(batch, text + n, heads * dim, generator=g).to(device)
+                v = torch.randn(batch, text + n, heads, dim, generator=g).to(device)
+                cache_shape, seq_dim = (batch, total, heads * dim), 1
+            v_shape = (batch, total, heads, dim) if layout == "BLHD" else cache_shape
             poison_k = torch.randn(cache_shape, generator=g).to(device)
-            poison_v = torch.randn(cache_shape, generator=g).to(device)
+            poison_v = torch.randn(v_shape, generator=g).to(device)
             expect_k, expect_v = poison_k.clone(), poison_v.clone()
             ref.write_rows_reference(expect_k, expect_v, k, v, rows, seq_dim, shared)
             got_k, got_v = poison_k.clone(), poison_v.clone()
