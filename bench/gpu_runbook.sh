@@ -2,10 +2,13 @@
 # The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
 # (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
-#   check      CUDA-graph and kernel tests on the GPU, Quickshift timing         (~3 min)
-#   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed   (~4 min)
-#   speed1024  end-to-end sampling, Flux-dev 1024², CUDA graphs                  (~5 min)
-#   speed2048  the same at 2048²                                                 (~8 min)
+#   check      CUDA-graph and kernel tests on the GPU, Quickshift timing (64², 128²)  (~1 min)
+#   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
+#   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
+#              active-token error vs dense                                        (~3 min)
+#   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 and 1, CUDA graphs     (~3 min)
+#   models1024 the same for SD3.5-large and Lumina 2                               (~4 min)
+#   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 set -uo pipefail
@@ -23,13 +26,28 @@ for part in "$@"; do
   case $part in
     check)
       SDIT_TESTS_ON_GPU=1 python3 -m pytest -q tests/test_forward_graphs.py tests/test_kernels.py 2>&1 | tee "$out/check.log"
-      python3 bench/segmentation.py --device cuda --json "$out/segmentation_cuda_$day.json" 2>&1 | tee -a "$out/check.log" ;;
+      python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernel, on the GPU
+      for grid in 64 128; do
+        python3 bench/segmentation.py --device cuda --backends torch --grid $grid \
+          --json "$out/segmentation_cuda_${grid}_$day.json" 2>&1 | tee -a "$out/check.log"
+      done ;;
     forward)
       python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --json "$out/forward_eager_$day.json" 2>&1 | tee "$out/forward.log"
       python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs \
         --json "$out/forward_graphs_$day.json" 2>&1 | tee -a "$out/forward.log" ;;
-    speed1024|speed2048)
-      python3 bench/speed.py --models flux-dev --res "${part#speed}" --cuda-graphs \
+    agreement)
+      for cache in "model dtype" fp8_e4m3; do
+        python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 5 --warmup 2 \
+          --kv-cache "$cache" --json "$out/agreement_${cache// /_}_$day.json" 2>&1 | tee -a "$out/agreement.log"
+      done ;;
+    speed1024)
+      python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --cuda-graphs \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    models1024)
+      python3 bench/speed.py --models sd35-large lumina2 --res 1024 --cfg 3.5 1 --cuda-graphs \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    speed2048)
+      python3 bench/speed.py --models flux-dev --res 2048 --cuda-graphs --profile-ratios 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     train)
       python3 bench/train_tiny_dit.py --device cuda --size 512 --hidden 384 --batch 32 --minutes 8 --seed 21 \

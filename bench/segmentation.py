@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backends", nargs="+", default=None, help="default: every backend")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     import_comfyui(cpu=args.device == "cpu")
@@ -68,7 +69,7 @@ def main() -> None:
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
     params = SDiTConfig().quickshift()             # the SDiT node's defaults
     rows = []
-    for backend in seg.BACKENDS:
+    for backend in args.backends or seg.BACKENDS:
         device = args.device if backend == "torch" else "cpu"
         scores, counts, millis = [], [], []
         for seed in range(args.seeds):

@@ -5,13 +5,16 @@ sampling vs RAS and SDiT, batch 2 (cond + uncond, CFG), through ComfyUI's own sa
     python3 bench/speed.py --models flux-dev --res 1024 --methods RAS --cuda-graphs          # graph replay
     .venv/bin/python bench/speed.py --smoke                                                   # CI, CPU
 
-Per model, resolution, method and ratio: wall time of the whole sampling run and its speedup over full
+cfg 1 samples the cond pass alone (batch 1), cfg > 1 cond + uncond (batch 2). Per model, resolution,
+cfg, method and ratio: wall time of the whole sampling run and its speedup over full
 sampling; the schedule's FLOP-ideal speedup (every evaluation costs in proportion to the rows that run,
 T + n, so ideal = sum(T + N) / sum(T + n_e) over evaluations, from the REGION_TRACE); achieved / ideal;
 peak memory over full sampling next to the K/V cache's own size (attention layers x 2 x rows x
 (T + N) x hidden x bytes); and a per-step breakdown from the profiler's named ranges
-(sdit_core/profiling.py): segmentation, policy (scores, selection, extrapolation), gather/scatter,
-cache writes; the rest is the transformer.
+(sdit_core/profiling.py): policy (plan + observe, which includes the segmentation), gather/scatter,
+cache writes; the rest is the transformer. On a GPU every forward is also timed with CUDA events
+(median dense and sparse forward, and the sum of all forwards: the rest of the wall time is the
+sampler and the policy between forwards).
 """
 import argparse
 import json
@@ -93,6 +96,37 @@ def breakdown(prof, device) -> dict:
     return totals
 
 
+class ForwardTimer:
+    """Times every model forward of a sampling run with CUDA events (no sync until the run ends): an
+    APPLY_MODEL wrapper added after the pack's, so it runs inside the engine's forward call."""
+
+    def __init__(self, slot=None):
+        self.slot, self.events = slot, []
+
+    def install(self, model):
+        import comfy.patcher_extension as patcher_extension
+        timed = model.clone()
+
+        def wrapper(executor, *args, **kwargs):
+            call = self.slot.current_call() if self.slot is not None else None
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = executor(*args, **kwargs)
+            end.record()
+            self.events.append((call is None or call.dense, start, end))
+            return out
+        timed.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, "bench_forward_timer", wrapper)
+        return timed
+
+    def summary(self) -> dict:
+        """Median forward ms of dense and sparse forwards, and their sum (after a synchronize)."""
+        dense = [s.elapsed_time(e) for d, s, e in self.events if d]
+        sparse = [s.elapsed_time(e) for d, s, e in self.events if not d]
+        return {"dense_forward_ms": round(statistics.median(dense), 2) if dense else None,
+                "sparse_forward_ms": round(statistics.median(sparse), 2) if sparse else None,
+                "forwards_ms": round(sum(dense) + sum(sparse), 1), "sparse_forwards": len(sparse)}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     import_comfyui(cpu=device.type == "cpu")
@@ -105,8 +139,9 @@ def run(args) -> dict:
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
     from comfyui_sdit.sdit_core.trace import trace_from_run
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "steps": args.steps,
-               "text_tokens": args.text, "rows": []}
+    cuda = device.type == "cuda"
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
     for name in args.models:
         model = build(name, device, dtype)
         hidden = model.model.diffusion_model.hidden_size if hasattr(model.model.diffusion_model, "hidden_size") \
@@ -117,73 +152,96 @@ def run(args) -> dict:
             latent = torch.zeros(1, 16, res // 8, res // 8)
             tokens = (res // 16) ** 2
             noise = comfy.sample.prepare_noise(latent, 0)
+            for cfg in args.cfg:
+                batch = 1 if cfg == 1.0 else 2          # ComfyUI skips the uncond pass at cfg 1
 
-            def sample(m):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                started = time.perf_counter()
-                comfy.sample.sample(m, noise, args.steps, args.cfg, "euler", "simple", positive, negative, latent,
-                                    seed=0, disable_pbar=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0.0
-                return time.perf_counter() - started, peak
+                def sample(m, steps=args.steps, timer=None):
+                    if cuda:
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                    started = time.perf_counter()
+                    comfy.sample.sample(timer.install(m) if timer and cuda else m, noise, steps, cfg, "euler",
+                                        "simple", positive, negative, latent, seed=0, disable_pbar=True)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0
+                    return time.perf_counter() - started, peak
 
-            sample(model)                                               # load, warm up kernels
-            dense = [sample(model) for _ in range(args.repeats)]
-            dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
-            kv_gib = layers * 2 * 2 * (args.text + tokens) * hidden * (2 if dtype == torch.bfloat16 else 4) / 2 ** 30
-            base = {"model": name, "res": res, "image_tokens": tokens}
-            results["rows"].append(dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,
-                                        peak_gib=dense_peak, kv_cache_gib=kv_gib))
-            for method in args.methods:
-                for ratio in args.ratios:
-                    if method == "RAS":
-                        patched, slot = patch_ras(model, RASConfig(sample_ratio=ratio), "bench")
-                        trace_of = lambda run: trace_from_run(run, "RAS")  # noqa: E731
-                    else:
-                        config = SDiTConfig(sample_ratio=ratio)
-                        patched, slot = patch_sdit(model, config, "bench")
-                        trace_of = lambda run, c=config: sdit_trace(run, c)  # noqa: E731
-                    sample(patched)                                     # warm-up (segmentation kernels, caches)
-                    timings = [sample(patched) for _ in range(args.repeats)]
-                    seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
-                    trace = trace_of(slot.last_run)
-                    ideal = sum(args.text + tokens for _ in trace.steps) / sum(args.text + t for t in trace.tokens_per_step)
-                    profiling.ENABLED = True
-                    try:
-                        from torch.profiler import ProfilerActivity, profile
-                        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-                        with profile(activities=activities) as prof:
-                            sample(patched)
-                    finally:
-                        profiling.ENABLED = False
-                    per_step = {k: round(v / len(trace.steps), 3) for k, v in breakdown(prof, device).items()}
-                    results["rows"].append(dict(
-                        base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
-                        of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
-                        peak_over_dense_gib=peak - dense_peak, kv_cache_gib=kv_gib,
-                        step_ms=1000 * seconds / len(trace.steps), per_step_ms=per_step))
-                    print(json.dumps(results["rows"][-1]), flush=True)
+                sample(model, steps=3)                                  # load, warm up kernels
+                dense_timer = ForwardTimer()
+                dense = [sample(model, timer=dense_timer if i == 0 else None) for i in range(args.repeats)]
+                dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
+                kv_bytes = 1 if args.kv_cache == "fp8_e4m3" else (2 if dtype == torch.bfloat16 else 4)
+                kv_gib = layers * 2 * batch * (args.text + tokens) * hidden * kv_bytes / 2 ** 30
+                base = {"model": name, "res": res, "cfg": cfg, "batch": batch, "image_tokens": tokens}
+                dense_row = dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,
+                                 peak_gib=dense_peak, kv_cache_gib=kv_gib, step_ms=1000 * dense_s / args.steps)
+                if cuda:
+                    dense_row.update(dense_timer.summary())
+                results["rows"].append(dense_row)
+                print(json.dumps(dense_row), flush=True)
+                for method in args.methods:
+                    for ratio in args.ratios:
+                        if method == "RAS":
+                            patched, slot = patch_ras(model, RASConfig(sample_ratio=ratio), "bench",
+                                                      kv_cache=args.kv_cache)
+                            trace_of = lambda run: trace_from_run(run, "RAS")  # noqa: E731
+                        else:
+                            config = SDiTConfig(sample_ratio=ratio)
+                            patched, slot = patch_sdit(model, config, "bench", kv_cache=args.kv_cache)
+                            trace_of = lambda run, c=config: sdit_trace(run, c)  # noqa: E731
+                        per_step = {}
+                        if ratio in args.profile_ratios:
+                            # also the warm-up: the profiled run compiles what a first run compiles
+                            profiling.ENABLED = True
+                            try:
+                                from torch.profiler import ProfilerActivity, profile
+                                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                                with profile(activities=activities) as prof:
+                                    sample(patched)
+                            finally:
+                                profiling.ENABLED = False
+                            per_step = {k: round(v / args.steps, 3) for k, v in breakdown(prof, device).items()}
+                        else:
+                            sample(patched, steps=3)                    # warm-up (segmentation kernels)
+                        timer = ForwardTimer(slot)
+                        timings = [sample(patched, timer=timer if i == 0 else None) for i in range(args.repeats)]
+                        seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
+                        run_state = slot.last_run
+                        trace = trace_of(run_state)
+                        ideal = sum(args.text + tokens for _ in trace.steps) / sum(args.text + t for t in trace.tokens_per_step)
+                        row = dict(
+                            base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
+                            of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
+                            peak_over_dense_gib=peak - dense_peak, kv_cache_gib=kv_gib,
+                            step_ms=1000 * seconds / len(trace.steps), per_step_ms=per_step,
+                            graph_captures=run_state.graph_captures, graph_replays=run_state.graph_replays)
+                        if cuda:
+                            row.update(timer.summary())
+                        results["rows"].append(row)
+                        print(json.dumps(row), flush=True)
+                        if args.json:       # partial results survive a time limit
+                            pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         del model
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| model | res | method | ratio | s | speedup | ideal | achieved/ideal | peak GiB (+ over full) | "
-             "K/V cache GiB | per step ms: segmentation / policy / gather+scatter / cache writes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | res | batch | method | ratio | s | speedup | ideal | achieved/ideal | peak GiB (+ over full) | "
+             "K/V cache GiB | graphs captured/replayed | per step ms: policy (of it segmentation) / gather+scatter / "
+             "cache writes |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         b = r.get("per_step_ms", {})
-        parts = " / ".join(f"{b.get(k, 0):.2f}" for k in ("sdit.segmentation", "sdit.observe")) + \
-            f" / {b.get('sdit.gather', 0) + b.get('sdit.scatter', 0):.2f} / {b.get('sdit.kv_write', 0):.2f}"
-        lines.append(f"| {r['model']} | {r['res']} | {r['method']} | {r['ratio']} | {r['seconds']:.2f} | "
-                     f"{r['speedup']:.2f}x | {r['ideal']:.2f}x | {r.get('of_ideal', 1.0) * 100:.0f}% | "
+        policy = b.get("sdit.plan", 0) + b.get("sdit.observe", 0)
+        parts = f"{policy:.2f} ({b.get('sdit.segmentation', 0):.2f}) / " \
+            f"{b.get('sdit.gather', 0) + b.get('sdit.scatter', 0):.2f} / {b.get('sdit.kv_write', 0):.2f}"
+        graphs = f"{r['graph_captures']}/{r['graph_replays']}" if "graph_captures" in r else "-"
+        lines.append(f"| {r['model']} | {r['res']} | {r.get('batch', 2)} | {r['method']} | {r['ratio']} | "
+                     f"{r['seconds']:.2f} | {r['speedup']:.2f}x | {r['ideal']:.2f}x | {r.get('of_ideal', 1.0) * 100:.0f}% | "
                      f"{r['peak_gib']:.1f} (+{r.get('peak_over_dense_gib', 0.0):.2f}) | {r['kv_cache_gib']:.2f} | "
-                     f"{parts if b else '-'} |")
+                     f"{graphs} | {parts if b else '-'} |")
     return "\n".join(lines)
 
 
@@ -194,9 +252,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "SDiT"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--cfg", type=float, default=3.5)
+    parser.add_argument("--cfg", type=float, nargs="+", default=[3.5],
+                        help="1 runs the cond pass alone (batch 1), above 1 cond + uncond (batch 2)")
     parser.add_argument("--text", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--profile-ratios", type=float, nargs="+", default=None,
+                        help="ratios whose runs are also profiled for the per-step breakdown (default: all)")
+    parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
@@ -205,6 +267,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
+    if args.profile_ratios is None:
+        args.profile_ratios = args.ratios
     if args.cuda_graphs:
         os.environ["SDIT_CUDA_GRAPHS"] = "1"
     results = run(args)

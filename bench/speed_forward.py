@@ -62,6 +62,17 @@ def timed(fn, iters: int, warmup: int, device) -> float:
     return statistics.median(samples)
 
 
+def active_token_error(sparse: torch.Tensor, dense: torch.Tensor, active: torch.Tensor, patch: int = 2) -> float:
+    """||sparse - dense|| / ||dense|| over the active tokens' patches of two (B, C, H, W) outputs."""
+    def tokens(out):
+        b, c, h, w = out.shape
+        out = out.view(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+        return out.reshape(b, (h // patch) * (w // patch), -1)
+    index = active.to(dense.device)[..., None].expand(-1, -1, tokens(dense).shape[-1])
+    s, d = torch.gather(tokens(sparse), 1, index), torch.gather(tokens(dense), 1, index)
+    return float((s - d).norm() / d.norm())
+
+
 def profile(fn, device, title: str) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -90,7 +101,7 @@ def run(args) -> dict:
     grid = (h // 2) * (w // 2)
     results = {"size": args.size, "res": args.res, "text_tokens": args.text, "image_tokens": grid,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "dtype": str(dtype), "rows": []}
+               "dtype": str(dtype), "torch": torch.__version__, "kv_cache": args.kv_cache, "rows": []}
     for batch in args.batch:
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(batch, 16, h, w, device=device, dtype=dtype, generator=g)
@@ -116,7 +127,7 @@ def run(args) -> dict:
                 backend = CudaGraphBackend() if graphed else None
                 patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
                 run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write,
-                                      graph_backend=backend)
+                                      graph_backend=backend, kv_store=args.kv_cache)
                 slot.run = run_state
                 options = patched.model_options["transformer_options"]
                 patched.patch_model(load_weights=False)
@@ -126,10 +137,11 @@ def run(args) -> dict:
                         call.dense = dense or call.dense
                         try:
                             with torch.no_grad():
-                                dm(x, t, context, y, guidance, transformer_options=dict(options))
+                                return dm(x, t, context, y, guidance, transformer_options=dict(options))
                         finally:
                             run_state.close_forward(call, True)
                     forward(True)                      # primes the caches
+                    cache_gib = next(iter(run_state.streams.values())).kv.nbytes() / 2 ** 30
                     if ratio == args.ratios[0] and not graphed:
                         engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
                         results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
@@ -139,23 +151,33 @@ def run(args) -> dict:
                     if args.profile and ratio == args.ratios[-1]:
                         print(profile(lambda: forward(False), device, f"batch {batch}, ratio {ratio}, graphs {graphed}"))
                     replays = next(iter(run_state.streams.values())).graphs.replays if graphed else 0
+                    # agreement: a sparse forward right after a dense one on the same input equals it on
+                    # the active tokens up to rounding (bf16 matmuls of other shapes; fp8 stale K/V)
+                    dense_out = forward(True).float()
+                    sparse_out = forward(False).float()
+                    agreement = active_token_error(sparse_out, dense_out, active)
                 finally:
                     patched.unpatch_model(unpatch_weights=False)
                     slot.run = None
                     run_state.release()
                 results["rows"].append({"batch": batch, "mode": "sparse (CUDA graph)" if graphed else "sparse",
                                         "ratio": ratio, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
-                                        "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays})
+                                        "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays,
+                                        "active_rel_error": agreement, "kv_cache_gib": cache_gib})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| batch | mode | ratio | ms | speedup | FLOP ideal | achieved / ideal |", "|---|---|---|---|---|---|---|"]
+    lines = [f"K/V cache: {results['kv_cache'] or 'model dtype'}",
+             "| batch | mode | ratio | ms | speedup | FLOP ideal | achieved / ideal | K/V cache GiB | "
+             "active-token rel. error vs dense |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
+        error = f"{r['active_rel_error']:.2e}" if "active_rel_error" in r else "-"
+        cache = f"{r['kv_cache_gib']:.2f}" if "kv_cache_gib" in r else "-"
         lines.append(f"| {r['batch']} | {r['mode']} | {r['ratio']} | {r['ms']:.1f} | {r['speedup']:.2f}x | "
-                     f"{r['ideal']:.2f}x | {r.get('of_ideal', r['speedup']) * 100:.0f}% |")
+                     f"{r['ideal']:.2f}x | {r.get('of_ideal', r['speedup']) * 100:.0f}% | {cache} | {error} |")
     return "\n".join(lines)
 
 
@@ -170,6 +192,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time sparse forwards replayed from CUDA graphs (GPU; on the CPU they run eagerly)")
+    parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write results here")

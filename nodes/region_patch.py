@@ -21,11 +21,13 @@ def predicted_noise(model_sampling, x: torch.Tensor, x_pred: torch.Tensor, sigma
     return (x - clean_part) / sigma.reshape(-1, *([1] * (x.ndim - 1))).clamp_min(1e-8)
 
 
-def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[ProgressReporter] = None):
+def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[ProgressReporter] = None,
+                          kv_cache: Optional[str] = None):
     """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start. The reporter
     (if any) sends live maps and the run summary to the node in the UI."""
     patched, slot = apply_token_sparse(model, make_policy, node,
-                                       on_run_end=reporter.run_done if reporter is not None else None)
+                                       on_run_end=reporter.run_done if reporter is not None else None,
+                                       kv_cache=kv_cache)
 
     def observe_post_cfg(args):
         run = slot.run

@@ -80,9 +80,9 @@ def sdit_config(node: str, values: dict) -> SDiTConfig:
     return SDiTConfig(**fields).validate()
 
 
-def patch_sdit(model, config: SDiTConfig, node: str, node_id=None):
+def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None):
     return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size), node,
-                                 ProgressReporter(node_id, "SDiT"))
+                                 ProgressReporter(node_id, "SDiT"), kv_cache)
 
 
 def sdit_trace(run, config: SDiTConfig):

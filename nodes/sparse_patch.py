@@ -46,10 +46,11 @@ def _stream_key(transformer_options: dict):
 
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
                        on_run_end: Optional[Callable[[SparseRun, float], None]] = None,
-                       graph_backend: Callable[[], Any] = default_backend):
+                       graph_backend: Callable[[], Any] = default_backend, kv_cache: Optional[str] = None):
     """Returns (patched clone, slot). `make_policy(run)` is called at every sampling start;
     `on_run_end(run, seconds)` after every completed sampling run. `graph_backend()` gives each run
-    its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS)."""
+    its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS).
+    `kv_cache`: how the K/V cache stores its rows (kv_cache.STORES; None: the model's dtype)."""
     adapter = adapter_for(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     patched = model.clone()
@@ -59,7 +60,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
         check_latent({"samples": noise}, patch_size, node)
-        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend())
+        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
+                        kv_store=kv_cache)
         run.policy = make_policy(run)
         slot.run = run
         started = time.monotonic()

@@ -49,9 +49,10 @@ class EvalRecord:
 
 
 class Stream:
-    def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference, graph_backend=None):
+    def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference, graph_backend=None,
+                 kv_store: Optional[str] = None):
         self.key = key
-        self.kv = JointKVCache(write_rows)
+        self.kv = JointKVCache(write_rows, kv_store)
         # captured sparse forwards (forward_graphs.py); None: every forward runs eagerly
         self.graphs = GraphedForwards(graph_backend) if graph_backend is not None else None
         self.last_output: Optional[torch.Tensor] = None
@@ -163,7 +164,7 @@ class ForwardCall:
         self._attention_calls += 1
         self.record.attention_image_rows.append(self.image_rows)
         if self.dense:
-            self.stream.kv.store_dense(layer, k, v)
+            self.stream.kv.store_dense(layer, k, v, seq_dim)
             return attend(q, k, v, heads, **kwargs)
         rows = self.joint_rows(k.device, prefix)
         with profiling.span(profiling.KV_WRITE):
@@ -204,7 +205,7 @@ class SparseRun:
     """State of one sampling run: the policy, per-stream caches and the record of every evaluation."""
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
-                 write_rows: RowWriter = write_rows_reference, graph_backend=None):
+                 write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None):
         if not is_image_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
         self.policy = policy
@@ -212,6 +213,8 @@ class SparseRun:
         self.patch_size = int(patch_size)
         self.write_rows = write_rows
         self.graph_backend = graph_backend
+        self.graph_captures = self.graph_replays = 0     # CUDA-graph counts of released streams
+        self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
@@ -252,7 +255,7 @@ class SparseRun:
         record = self.evals[-1]
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend)
+            stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store)
         # Dense when planned, when this stream's caches are not complete yet, or when the call does
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
@@ -272,6 +275,10 @@ class SparseRun:
                 call.stream.primed = True
 
     def release(self) -> None:
-        """Frees every cache; the run's record stays."""
+        """Frees every cache; the run's record stays (with how many forwards were captured and replayed)."""
+        for stream in self.streams.values():
+            if stream.graphs is not None:
+                self.graph_captures += stream.graphs.captures
+                self.graph_replays += stream.graphs.replays
         self.streams.clear()
         self.current = None

@@ -92,6 +92,7 @@ class GraphedForwards:
         self._graphs: Dict[Hashable, _Graph] = {}
         self._sightings: Counter = Counter()
         self.replays = 0                        # forwards replayed from a graph (for benchmarks)
+        self.captures = 0
 
     def key(self, call, arguments: Dict[str, Any]) -> Optional[Hashable]:
         """The graph key of this forward, or None when it cannot be graphed."""
@@ -157,4 +158,5 @@ class GraphedForwards:
         replay, output = self.backend.capture(body)
         graph = _Graph(replay, output, static_args, static_index, recorded)
         self._graphs[key] = graph
+        self.captures += 1
         return graph

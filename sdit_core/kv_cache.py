@@ -4,10 +4,18 @@ Each layer keeps one K and one V buffer shaped like a dense step's K/V (after Ro
 the attention function receives them). A sparse step writes the fresh text rows and the active image
 rows into the buffers in place, then attends against the whole buffer: the context stays complete
 without a per-layer `torch.cat` (RAS Eq. 2).
+
+With `store="fp8_e4m3"` the buffers hold float8 (e4m3) values scaled per batch row and channel
+(amax of the dense step / 448), half the memory of bf16. A sparse step then attends against a
+dequantized copy of the layer in which the rows it just computed are exact: only the stale rows
+carry fp8 rounding (docs/BENCHMARKS.md measures its effect on agreement with dense).
 """
-from typing import Callable, Dict, Hashable, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
+
+STORES = ("model dtype", "fp8_e4m3")
+FP8_MAX = 448.0             # largest finite float8_e4m3fn value
 
 
 def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: int, shared: bool) -> None:
@@ -29,23 +37,54 @@ def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: in
 RowWriter = Callable[..., None]
 
 
+class _Fp8Layer:
+    """One layer's K or V in float8 with its per-(row, channel) scale, kept as uint8 bits so any row
+    writer (index_copy_, the Triton kernel) can write it."""
+
+    def __init__(self, dense: torch.Tensor, seq_dim: int):
+        self.seq_dim = seq_dim
+        self.scale = (dense.abs().amax(dim=seq_dim, keepdim=True).float() / FP8_MAX).clamp_min(1e-12)
+        self.bits = self.quantize(dense)
+        self.shape, self.dtype, self.device = dense.shape, dense.dtype, dense.device
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        # clamp: a value past the dense step's amax would turn into NaN in e4m3
+        scaled = (values.float() / self.scale).clamp_(-FP8_MAX, FP8_MAX)
+        return scaled.to(torch.float8_e4m3fn).view(torch.uint8)
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.bits.view(torch.float8_e4m3fn).float() * self.scale).to(self.dtype)
+
+    def nbytes(self) -> int:
+        return self.bits.numel() + self.scale.numel() * self.scale.element_size()
+
+
 class JointKVCache:
-    def __init__(self, write_rows: RowWriter = write_rows_reference) -> None:
+    def __init__(self, write_rows: RowWriter = write_rows_reference, store: Optional[str] = None) -> None:
+        if store not in (None,) + STORES:
+            raise ValueError(f"K/V cache store '{store}' is not one of {', '.join(STORES)}")
         self._layers: Dict[Hashable, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fp8: Dict[Hashable, Tuple[_Fp8Layer, _Fp8Layer]] = {}
         self._write_rows = write_rows
+        self.fp8 = store == "fp8_e4m3"
         self.generation = 0     # bumped when a buffer is (re)allocated: captured graphs hold the old addresses
 
     def __contains__(self, layer: Hashable) -> bool:
-        return layer in self._layers
+        return layer in self._layers or layer in self._fp8
 
     def __len__(self) -> int:
-        return len(self._layers)
+        return len(self._layers) + len(self._fp8)
 
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._layers.values())
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._layers.values()) \
+            + sum(k.nbytes() + v.nbytes() for k, v in self._fp8.values())
 
-    def store_dense(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor) -> None:
+    def store_dense(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, seq_dim: int = 1) -> None:
         """A dense step refreshes the whole layer cache (reusing its buffers when shapes match)."""
+        if self.fp8:
+            self._fp8[layer] = (_Fp8Layer(k, seq_dim), _Fp8Layer(v, seq_dim))
+            self.generation += 1
+            return
         entry = self._layers.get(layer)
         if entry is not None and entry[0].shape == k.shape and entry[0].dtype == k.dtype and entry[0].device == k.device:
             entry[0].copy_(k)
@@ -58,6 +97,8 @@ class JointKVCache:
                      seq_dim: int, shared: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """k, v hold the rows that ran (text, then active image tokens) along seq_dim; rows (B, L)
         are their rows in the full joint sequence. Returns the refreshed full K and V."""
+        if self.fp8:
+            return self._write_sparse_fp8(layer, k, v, rows, seq_dim, shared)
         if layer not in self._layers:
             raise KeyError(f"no dense K/V cached for layer {layer!r}; a dense step must come first")
         cache_k, cache_v = self._layers[layer]
@@ -65,3 +106,14 @@ class JointKVCache:
             raise ValueError(f"layer {layer!r}: sequence of {k.shape[seq_dim]} rows, {rows.shape[1]} expected")
         self._write_rows(cache_k, cache_v, k, v, rows, seq_dim, shared)
         return cache_k, cache_v
+
+    def _write_sparse_fp8(self, layer, k, v, rows, seq_dim, shared):
+        if layer not in self._fp8:
+            raise KeyError(f"no dense K/V cached for layer {layer!r}; a dense step must come first")
+        cache_k, cache_v = self._fp8[layer]
+        if k.shape[seq_dim] != rows.shape[1]:
+            raise ValueError(f"layer {layer!r}: sequence of {k.shape[seq_dim]} rows, {rows.shape[1]} expected")
+        self._write_rows(cache_k.bits, cache_v.bits, cache_k.quantize(k), cache_v.quantize(v), rows, seq_dim, shared)
+        full_k, full_v = cache_k.dequantize(), cache_v.dequantize()
+        self._write_rows(full_k, full_v, k, v, rows, seq_dim, shared)     # the rows that ran stay exact
+        return full_k, full_v

@@ -146,9 +146,9 @@ def test_cache_reallocation_drops_the_graphs():
     plans[4] = None
     original = engine.JointKVCache.store_dense
 
-    def reallocating(self, layer, k, v):
+    def reallocating(self, layer, k, v, seq_dim=1):
         self._layers.pop(layer, None)            # as if the shapes had changed
-        original(self, layer, k, v)
+        original(self, layer, k, v, seq_dim)
     eager, _ = sample(model, "flux", plans, steps=7)
     backends = []
     engine.JointKVCache.store_dense = reallocating
