@@ -7,7 +7,9 @@
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
 #   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 and 1, CUDA graphs     (~3 min)
-#   models1024 the same for SD3.5-large and Lumina 2                               (~4 min)
+#   graphs1024 Flux-dev 1024² RAS at 0.125, static vs dynamic ratio: what graphs give end to end (~2 min)
+#   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
+#   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
@@ -37,11 +39,17 @@ for part in "$@"; do
         --json "$out/forward_graphs_$day.json" 2>&1 | tee -a "$out/forward.log" ;;
     agreement)
       for cache in "model dtype" fp8_e4m3; do
-        python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 5 --warmup 2 \
+        timeout 150 python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 3 --warmup 2 \
           --kv-cache "$cache" --json "$out/agreement_${cache// /_}_$day.json" 2>&1 | tee -a "$out/agreement.log"
       done ;;
     speed1024)
       python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --cuda-graphs \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    graphs1024)      # what CUDA graphs give end to end: one token count (static RAS) vs the default schedules
+      timeout 200 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
+        --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
+      timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     models1024)
       python3 bench/speed.py --models sd35-large lumina2 --res 1024 --cfg 3.5 1 --cuda-graphs \

@@ -182,8 +182,9 @@ def run(args) -> dict:
                 print(json.dumps(dense_row), flush=True)
                 for method in args.methods:
                     for ratio in args.ratios:
-                        if method == "RAS":
-                            patched, slot = patch_ras(model, RASConfig(sample_ratio=ratio), "bench",
+                        if method in ("RAS", "RAS-static"):
+                            patched, slot = patch_ras(model, RASConfig(sample_ratio=ratio,
+                                                                       dynamic_ratio=method == "RAS"), "bench",
                                                       kv_cache=args.kv_cache)
                             trace_of = lambda run: trace_from_run(run, "RAS")  # noqa: E731
                         else:
@@ -249,14 +250,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["flux-dev"], choices=sorted(MODELS))
     parser.add_argument("--res", type=int, nargs="+", default=[1024])
-    parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "SDiT"])
+    parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "RAS-static", "SDiT"],
+                        help="RAS-static: RAS with dynamic_ratio off (one token count: CUDA graphs replay)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--cfg", type=float, nargs="+", default=[3.5],
                         help="1 runs the cond pass alone (batch 1), above 1 cond + uncond (batch 2)")
     parser.add_argument("--text", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--profile-ratios", type=float, nargs="+", default=None,
+    parser.add_argument("--profile-ratios", type=float, nargs="*", default=None,
                         help="ratios whose runs are also profiled for the per-step breakdown (default: all)")
     parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -40,6 +40,7 @@ class CudaGraphBackend:
 
     def __init__(self):
         self._pool = None
+        self._warmed_up = False
 
     def supports(self, tensor: torch.Tensor) -> bool:
         return tensor.is_cuda
@@ -49,13 +50,17 @@ class CudaGraphBackend:
         caller replays once to compute the first output."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        # PyTorch's recipe: one warm-up on a side stream first (lazy per-stream state such as cuBLAS
-        # workspaces must not be created during capture). Its K/V writes repeat the eager ones.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            body()
-        torch.cuda.current_stream().wait_stream(side)
+        if not self._warmed_up:
+            # PyTorch's recipe: one warm-up on a side stream before capturing (lazy per-stream state
+            # such as cuBLAS workspaces must not be created during capture). Once per run is enough:
+            # the key's first sighting already ran eagerly, and each warm-up costs a whole forward.
+            # Its K/V writes repeat the eager ones.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                body()
+            torch.cuda.current_stream().wait_stream(side)
+            self._warmed_up = True
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = body()
