@@ -271,8 +271,7 @@ def main() -> None:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
-    if args.cuda_graphs:
-        os.environ["SDIT_CUDA_GRAPHS"] = "1"
+    os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way
     results = run(args)
     results["cuda_graphs"] = args.cuda_graphs
     print(table(results))

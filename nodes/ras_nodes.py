@@ -6,7 +6,8 @@ from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
-from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
+from .sampling import (CATEGORY, check_kv_cache, check_latent, check_range, ksampler_inputs, kv_cache_input,
+                       run_ksampler)
 
 RAS_DEFAULTS = RASConfig()
 
@@ -33,6 +34,7 @@ def ras_optional_inputs() -> dict:
     return {
         "dynamic_spread": ("FLOAT", {"default": RAS_DEFAULTS.dynamic_spread, "min": 0.0, "max": 1.0, "step": 0.05,
                                      "tooltip": "With dynamic_ratio: the ratio falls linearly from (1+spread) to (1-spread) x sample_ratio over the sparse steps."}),
+        **kv_cache_input(),
     }
 
 
@@ -78,13 +80,13 @@ class RASSampler:
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-               dynamic_spread=RAS_DEFAULTS.dynamic_spread, unique_id=None):
+               dynamic_spread=RAS_DEFAULTS.dynamic_spread, kv_cache="model dtype", unique_id=None):
         node = "RAS Sampler"
         config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
                             dynamic_spread)
         adapter = adapter_for(model, node)
         check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
-        patched, slot = patch_ras(model, config, node, unique_id)
+        patched, slot = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
@@ -106,9 +108,9 @@ class RASModelPatch:
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def patch(self, model, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-              dynamic_spread=RAS_DEFAULTS.dynamic_spread, unique_id=None):
+              dynamic_spread=RAS_DEFAULTS.dynamic_spread, kv_cache="model dtype", unique_id=None):
         node = "RAS Model Patch"
         config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
                             dynamic_spread)
-        patched, _ = patch_ras(model, config, node, unique_id)
+        patched, _ = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         return (patched,)

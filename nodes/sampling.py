@@ -4,6 +4,7 @@ import importlib
 
 import comfy.samplers
 
+from ..sdit_core.kv_cache import STORES as KV_CACHE_STORES
 from ..sdit_core.tokens import is_image_shape
 from .errors import SDiTInputError
 
@@ -26,6 +27,20 @@ def ksampler_inputs() -> dict:
         "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "Amount of denoising, as in KSampler (below 1 for img2img)."}),
     }
+
+
+def kv_cache_input() -> dict:
+    return {"kv_cache": (list(KV_CACHE_STORES), {
+        "default": KV_CACHE_STORES[0],
+        "tooltip": "How the key/value cache of every token is kept: in the model's dtype (sparse steps exact), or "
+                   "fp8 e4m3 at half the memory of bf16 (on an H200 at Flux-dev size: active tokens 1.2% off "
+                   "dense per step, and slower; docs/BENCHMARKS.md). For when memory, not time, is short."})}
+
+
+def check_kv_cache(value, node: str) -> str:
+    if value not in KV_CACHE_STORES:
+        raise SDiTInputError(node, "kv_cache", f"'{value}' is not one of {', '.join(KV_CACHE_STORES)}")
+    return value
 
 
 def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image") -> None:

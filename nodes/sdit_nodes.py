@@ -8,7 +8,8 @@ from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
-from .sampling import CATEGORY, check_latent, check_range, ksampler_inputs, run_ksampler
+from .sampling import (CATEGORY, check_kv_cache, check_latent, check_range, ksampler_inputs, kv_cache_input,
+                       run_ksampler)
 
 D = SDiTConfig()
 
@@ -104,15 +105,16 @@ class SDiTSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**ksampler_inputs(), **sdit_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {**ksampler_inputs(), **sdit_inputs()}, "optional": kv_cache_input(),
+                "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               unique_id=None, **sdit_values):
+               unique_id=None, kv_cache="model dtype", **sdit_values):
         node = "SDiT Sampler"
         config = sdit_config(node, sdit_values)
         adapter = adapter_for(model, node)
         check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
-        patched, slot = patch_sdit(model, config, node, unique_id)
+        patched, slot = patch_sdit(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         return (latent, sdit_trace(slot.last_run, config))
 
@@ -127,9 +129,10 @@ class SDiTModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}, "optional": kv_cache_input(),
+                "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def patch(self, model, unique_id=None, **sdit_values):
+    def patch(self, model, unique_id=None, kv_cache="model dtype", **sdit_values):
         node = "SDiT Model Patch"
-        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node, unique_id)
+        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node, unique_id, check_kv_cache(kv_cache, node))
         return (patched,)

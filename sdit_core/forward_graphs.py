@@ -1,4 +1,5 @@
-"""Replays token-sparse forwards from CUDA graphs (opt-in: SDIT_CUDA_GRAPHS=1).
+"""Replays token-sparse forwards from CUDA graphs (on by default where CUDA is; SDIT_CUDA_GRAPHS=0 turns
+it off). Validated on an H200 (graph == eager tests, docs/BENCHMARKS.md).
 
 At batch 1 and low ratios a sparse forward is bound by the CPU launching the model's kernels, not by
 the GPU (docs/BENCHMARKS.md): ComfyUI's Flux launches about 5,300 kernels per forward whatever the
@@ -13,9 +14,10 @@ Everything derived from these (the joint K/V rows, gathered RoPE) is computed in
 
 Policy: a forward signature (argument shapes, active-set size, index kind, cache generation) seen the
 first time runs eagerly, which also warms up cuBLAS and compiles Triton kernels; the second time it is
-captured, then replayed from then on. Schedules whose token count changes every step (SDiT's cosine
-budget) mostly run eagerly; fixed ratios (RAS) replay almost every step. A capture that fails turns
-graphs off for that stream, which then runs eagerly.
+captured, then replayed from then on. Schedules whose token count changes every step (RAS's dynamic
+ratio, SDiT's cosine budget: the defaults) run eagerly and pay nothing for it; a fixed count (RAS with
+dynamic_ratio off) replays every sparse step after the second. A capture that fails turns graphs off
+for that stream, which then runs eagerly.
 """
 import logging
 import os
@@ -31,7 +33,7 @@ PASSTHROUGH = ("transformer_options",)
 
 
 def graphs_requested() -> bool:
-    return os.environ.get(ENV_FLAG, "0") == "1"
+    return os.environ.get(ENV_FLAG, "1") != "0" and torch.cuda.is_available()
 
 
 class CudaGraphBackend:

@@ -39,21 +39,19 @@ RowWriter = Callable[..., None]
 
 class _Fp8Layer:
     """One layer's K or V in float8 with its per-(row, channel) scale, kept as uint8 bits so any row
-    writer (index_copy_, the Triton kernel) can write it."""
+    writer (index_copy_, the Triton kernel) can write it. Arithmetic stays in the model's dtype: no
+    float32 temporaries, as the dequantized copy is made for every sparse attention call."""
 
     def __init__(self, dense: torch.Tensor, seq_dim: int):
-        self.seq_dim = seq_dim
-        self.scale = (dense.abs().amax(dim=seq_dim, keepdim=True).float() / FP8_MAX).clamp_min(1e-12)
+        self.scale = (dense.abs().amax(dim=seq_dim, keepdim=True) / FP8_MAX).clamp_min(1e-12)
         self.bits = self.quantize(dense)
-        self.shape, self.dtype, self.device = dense.shape, dense.dtype, dense.device
 
     def quantize(self, values: torch.Tensor) -> torch.Tensor:
         # clamp: a value past the dense step's amax would turn into NaN in e4m3
-        scaled = (values.float() / self.scale).clamp_(-FP8_MAX, FP8_MAX)
-        return scaled.to(torch.float8_e4m3fn).view(torch.uint8)
+        return (values / self.scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
 
     def dequantize(self) -> torch.Tensor:
-        return (self.bits.view(torch.float8_e4m3fn).float() * self.scale).to(self.dtype)
+        return self.bits.view(torch.float8_e4m3fn).to(self.scale.dtype).mul_(self.scale)
 
     def nbytes(self) -> int:
         return self.bits.numel() + self.scale.numel() * self.scale.element_size()

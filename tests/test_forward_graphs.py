@@ -11,11 +11,13 @@ bench/speed_forward.py --cuda-graphs times it.
 import logging
 
 import comfy.model_management
+import comfy.model_patcher
 import pytest
 import torch
 
+from comfyui_sdit.nodes.comfy_compat import weights_may_move
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core import engine
+from comfyui_sdit.sdit_core import engine, forward_graphs
 from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import FAMILIES, ksample, random_active
@@ -186,3 +188,53 @@ def test_a_failed_capture_falls_back_to_eager(caplog):
     assert "CUDA graph capture failed" in caplog.text
     assert [c.attention_image_rows for e in graphed_run.evals for c in e.calls] == \
         [c.attention_image_rows for e in eager_run.evals for c in e.calls]
+
+
+def test_graphs_are_on_by_default_where_cuda_is(monkeypatch):
+    monkeypatch.delenv(forward_graphs.ENV_FLAG, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert isinstance(forward_graphs.default_backend(), CudaGraphBackend)
+    monkeypatch.setenv(forward_graphs.ENV_FLAG, "0")               # the eager fallback, by choice
+    assert forward_graphs.default_backend() is None
+    monkeypatch.delenv(forward_graphs.ENV_FLAG)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert forward_graphs.default_backend() is None
+
+
+class DynamicPatcher(comfy.model_patcher.ModelPatcher):
+    """What newer ComfyUI's ModelPatcherDynamic reports: weights staged on demand, model_lowvram unset."""
+
+    def is_dynamic(self):
+        return True
+
+    def clone(self, *args, **kwargs):
+        cloned = super().clone(*args, **kwargs)
+        cloned.__class__ = DynamicPatcher
+        return cloned
+
+
+def test_forwards_stay_eager_under_dynamic_vram():
+    model = FAMILIES["flux"].build(seed=2).clone()
+    model.__class__ = DynamicPatcher
+    backends = []
+    eager, _ = sample(model, "flux", plans_for("flux"))
+    graphed, _ = sample(model, "flux", plans_for("flux"), collecting(backends))
+    assert backends[0].captures == 0
+    assert torch.equal(graphed, eager)
+
+
+def test_weights_may_move_probe():
+    class Model:
+        model_lowvram = False
+
+    class Patcher:                     # ComfyUI before dynamic VRAM: no is_dynamic at all
+        model = Model()
+    patcher = Patcher()
+    assert not weights_may_move(patcher)
+    patcher.model.model_lowvram = True
+    assert weights_may_move(patcher)
+    patcher.model.model_lowvram = False
+    patcher.is_dynamic = lambda: True
+    assert weights_may_move(patcher)
+    patcher.is_dynamic = lambda: False
+    assert not weights_may_move(patcher)

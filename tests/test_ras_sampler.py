@@ -144,3 +144,14 @@ def test_dynamic_spread_input_shapes_the_schedule():
     assert sum(steep.tokens_per_step[2:]) == 32 * 6
     with pytest.raises(SDiTInputError, match="dynamic_spread"):
         RASSampler().sample(model, latent_image=latent(), dynamic_spread=1.5, **a)
+
+
+def test_kv_cache_input_fp8_samples_close_and_a_bad_value_is_named():
+    model = tiny_flux(seed=11)
+    a = ras_args(cfg=3.5)
+    exact, _ = RASSampler().sample(model, latent_image=latent(1), **a)
+    fp8, trace = RASSampler().sample(model, latent_image=latent(1), kv_cache="fp8_e4m3", **a)
+    error = ((fp8["samples"] - exact["samples"]).norm() / exact["samples"].norm()).item()
+    assert 0 < error < 5e-2, error
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'kv_cache': 'int8' is not one of model dtype, fp8_e4m3"):
+        RASSampler().sample(model, latent_image=latent(1), kv_cache="int8", **a)

@@ -103,6 +103,8 @@ def test_clear_errors():
         run(model, top_q=0.0)
     with pytest.raises(SDiTInputError, match=r"input 'latent_image'.*multiple"):
         run(model, h=15)
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'kv_cache'.*not one of"):
+        run(model, kv_cache="fp16")
 
 
 def test_region_visualizer_and_complexity_map():

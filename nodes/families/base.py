@@ -4,6 +4,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from ..comfy_compat import weights_may_move
+
 
 def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
                  graph: bool = False) -> None:
@@ -39,15 +41,15 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
 
 def _may_graph(patcher, call, arguments: dict) -> bool:
     """A sparse call may replay from a graph when the run captures them, its tensors live where the
-    graphs do, every weight is on the device (low-VRAM mode streams weights in during the forward)
-    and no other node patches the blocks (their Python code would run only at capture)."""
+    graphs do, the weights stay where they are (comfy_compat.weights_may_move) and no other node
+    patches the blocks (their Python code would run only at capture)."""
     graphs = call.stream.graphs
     if graphs is None or call.dense:
         return False
     tensors = [value for value in arguments.values() if torch.is_tensor(value)]
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):
         return False
-    if getattr(patcher.model, "model_lowvram", False):
+    if weights_may_move(patcher):
         return False
     options = arguments.get("transformer_options") or {}
     return not options.get("patches") and not options.get("patches_replace")
