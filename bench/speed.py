@@ -61,7 +61,9 @@ def build(name: str, device, dtype):
     import comfy.model_patcher
     import comfy.supported_models
     class_name, config, *_ = MODELS[name]
-    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+    model_config = getattr(comfy.supported_models, class_name)(
+        flux_unet_config(config) if class_name in ("Flux", "FluxSchnell", "Flux2", "Chroma") else dict(config))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     generator = torch.Generator(device=device).manual_seed(0)

@@ -149,6 +149,7 @@ def main() -> None:
     load_pack()
     import comfy.supported_models
     import comfy.utils
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config, load_state_dict_strictly
     from comfyui_sdit.nodes.demo.vocabulary import COLOURS, NULL_TOKEN, WORDS
     from demo_data import render_batch
     shape_weights = parse_oversample(args.oversample)
@@ -157,7 +158,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device)
     config = model_config(args.hidden, args.double, args.single)
-    model_config_ = comfy.supported_models.FluxSchnell(dict(config))
+    model_config_ = comfy.supported_models.FluxSchnell(flux_unet_config(config))
     latent_format = model_config_.latent_format
     diffusion_model = model_config_.get_model({}).diffusion_model
     initialise_(diffusion_model, generator)
@@ -165,8 +166,8 @@ def main() -> None:
     if args.init_from:                                  # continue from earlier weights (and their codec)
         from comfyui_sdit.nodes.demo.codec import PatchCodec
         state, previous = comfy.utils.load_torch_file(args.init_from, safe_load=True, return_metadata=True)
-        diffusion_model.load_state_dict({k[len("diffusion_model."):]: v.float() for k, v in state.items()
-                                         if k.startswith("diffusion_model.")})
+        load_state_dict_strictly(diffusion_model, {k[len("diffusion_model."):]: v.float() for k, v in state.items()
+                                                   if k.startswith("diffusion_model.")})
         with torch.no_grad():
             words.copy_(state["text.word_embedding"])
         codec, explained = PatchCodec.from_state_dict(state), float("nan")

@@ -1,5 +1,6 @@
 """Every place where the pack adapts to what the running ComfyUI has: feature probes, never version
 numbers, gathered here so the differences we handle can be read in one place."""
+import dataclasses
 
 
 def weights_may_move(patcher) -> bool:
@@ -10,3 +11,47 @@ def weights_may_move(patcher) -> bool:
         return True
     is_dynamic = getattr(patcher, "is_dynamic", None)
     return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+# Fields that newer ComfyUI requires in the Flux-family params, with the value that keeps the behaviour
+# of the versions before them: no text position ids along any RoPE axis; no pooled-vector input.
+_FLUX_FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None}
+
+
+def flux_unet_config(config: dict) -> dict:
+    """A Flux / Flux 2 / Chroma unet config that the running ComfyUI's params dataclass accepts: required
+    fields it has and the config lacks are filled with their neutral value (read off the dataclass)."""
+    import comfy.ldm.chroma.model
+    import comfy.ldm.flux.model
+    params = comfy.ldm.chroma.model.ChromaParams if config.get("image_model") == "chroma" \
+        else comfy.ldm.flux.model.FluxParams
+    completed = dict(config)
+    for field in dataclasses.fields(params):
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if required and field.name not in completed:
+            if field.name not in _FLUX_FIELDS_ADDED_LATER:
+                raise TypeError(f"{params.__name__} requires '{field.name}', which this pack does not know a "
+                                f"neutral value for")
+            completed[field.name] = _FLUX_FIELDS_ADDED_LATER[field.name]
+    return completed
+
+
+# Parameter names that changed between ComfyUI versions: RMSNorm's gain is `scale` in older Flux code
+# and `weight` in newer (ComfyUI's own RMSNorm op).
+_RENAMED_SUFFIXES = ((".scale", ".weight"), (".weight", ".scale"))
+
+
+def load_state_dict_strictly(module, state: dict) -> None:
+    """Loads `state` into `module` after mapping renamed keys to the names the running ComfyUI uses;
+    then strictly, so anything else that does not match is an error."""
+    expected = set(module.state_dict())
+    mapped = {}
+    for key, value in state.items():
+        if key not in expected:
+            for old, new in _RENAMED_SUFFIXES:
+                renamed = key[:-len(old)] + new
+                if key.endswith(old) and renamed in expected and renamed not in state:
+                    key = renamed
+                    break
+        mapped[key] = value
+    module.load_state_dict(mapped, strict=True)

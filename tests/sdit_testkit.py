@@ -9,6 +9,8 @@ import comfy.sample
 import comfy.samplers
 import comfy.supported_models
 
+from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+
 TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
                  hidden_size=64, mlp_ratio=2.0, num_heads=4, depth=2, depth_single_blocks=2,
                  axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
@@ -36,7 +38,7 @@ def make_patcher(model) -> comfy.model_patcher.ModelPatcher:
 
 def tiny_flux(seed: int = 0, **overrides) -> comfy.model_patcher.ModelPatcher:
     config = dict(TINY_FLUX, **overrides)
-    model = comfy.supported_models.Flux(config).get_model({})
+    model = comfy.supported_models.Flux(flux_unet_config(config)).get_model({})
     init_weights_(model.diffusion_model, seed)
     return make_patcher(model)
 
@@ -95,7 +97,7 @@ TINY_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, contex
 
 
 def tiny_chroma(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    model = comfy.supported_models.Chroma(dict(TINY_CHROMA)).get_model({})
+    model = comfy.supported_models.Chroma(flux_unet_config(TINY_CHROMA)).get_model({})
     init_weights_(model.diffusion_model, seed)
     return make_patcher(model)
 
@@ -157,7 +159,7 @@ def tiny_qwen_image(seed: int = 0):
 
 
 def tiny_flux2(seed: int = 0):
-    return build_tiny(comfy.supported_models.Flux2, TINY_FLUX2, seed)
+    return build_tiny(comfy.supported_models.Flux2, flux_unet_config(TINY_FLUX2), seed)
 
 
 def text_conditioning(seed: int, text_tokens: int, context_dim: int = 32, **extra):

@@ -71,17 +71,15 @@ def test_ratio_one_through_the_nodes_equals_ksampler(family):
 
 
 def test_lumina2_prompt_padding_mask_stays_correct():
-    """A padded prompt: the caption refiner attends under the mask (ComfyUI's CPU attention takes such a
-    mask at batch 1 only), the image tokens run sparse, all-active equals KSampler."""
+    """A padded prompt: the image tokens run sparse, all-active equals KSampler with the same prompt.
+    ComfyUI 0.3.x attends the caption refiner under the mask (its CPU attention takes such a mask at
+    batch 1 only); newer ComfyUI drops the caption mask. Either way the result must match KSampler's."""
     spec = FAMILIES["lumina2"]
     model = spec.build(seed=33)
     padded = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
     positive = [[spec.positive()[0][0], {"attention_mask": padded}]]
     latent = {"samples": spec.latent(1, 8, 12)}
     reference = comfy_nodes.KSampler().sample(model, 4, 5, 1.0, "euler", "simple", positive, positive, latent)[0]
-    unmasked = comfy_nodes.KSampler().sample(model, 4, 5, 1.0, "euler", "simple", spec.positive(), spec.positive(),
-                                             latent)[0]
-    assert (reference["samples"] - unmasked["samples"]).abs().max().item() > 1e-4, "the mask matters"
     common = (4, 5, 1.0, "euler", "simple", positive, positive, latent, 1.0)
     everything, trace = RASSampler().sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
     assert (everything["samples"] - reference["samples"]).abs().max().item() <= 1e-5

@@ -11,6 +11,7 @@ import comfy.model_patcher
 import comfy.supported_models
 import comfy.utils
 
+from ..comfy_compat import flux_unet_config, load_state_dict_strictly
 from .codec import PatchCodec
 from .vocabulary import PROMPT_TOKENS, WORDS, parse_prompt
 
@@ -47,17 +48,18 @@ class DemoModel:
 
 
 def build_flux(config: dict):
-    return comfy.supported_models.FluxSchnell(dict(config)).get_model({})
+    return comfy.supported_models.FluxSchnell(flux_unet_config(config)).get_model({})
 
 
 def placeholder_state(config: dict, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     model = build_flux(config)
     sd = {}
+    norms = {name for name, module in model.diffusion_model.named_modules() if "RMSNorm" in type(module).__name__}
     for name, p in model.diffusion_model.named_parameters():
         if p.ndim >= 2:
             sd["diffusion_model." + name] = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
-        elif name.endswith("scale"):
+        elif name.endswith("scale") or name.rsplit(".", 1)[0] in norms:
             sd["diffusion_model." + name] = torch.ones(p.shape)
         else:
             sd["diffusion_model." + name] = torch.zeros(p.shape)
@@ -84,7 +86,7 @@ def load_demo_model(path: Optional[pathlib.Path] = None) -> DemoModel:
         image_size = DEFAULT_IMAGE_SIZE
     model = build_flux(config)
     diffusion_sd = {k[len("diffusion_model."):]: v for k, v in sd.items() if k.startswith("diffusion_model.")}
-    model.diffusion_model.load_state_dict(diffusion_sd, strict=True)
+    load_state_dict_strictly(model.diffusion_model, diffusion_sd)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                offload_device=comfy.model_management.unet_offload_device())
     demo = DemoModel(patcher, PatchCodec.from_state_dict(sd), sd["text.word_embedding"].float(), trained, image_size)

@@ -8,6 +8,11 @@ The adapter hooks layers, never that function's code:
   and, like every later layer, the image part of its RoPE frequencies;
 - `unpatchify` scatters the image part of the final layer's output back to the full grid.
 Attention before the first gather (the caption refiner) passes through untouched.
+
+What differs between ComfyUI versions is read off the call, never assumed: RoPE frequencies may be
+built for one image and broadcast (newer) or per image (older), and the caption length handed to
+`unpatchify` may be derived from the dense image length (newer), so the adapter takes the caption
+part as "everything before the image rows that ran".
 """
 import torch
 
@@ -16,9 +21,14 @@ from .base import FamilyAdapter, patch_method
 
 def _gathered_freqs(call, freqs: torch.Tensor, prefix: int) -> torch.Tensor:
     """RoPE frequencies of [prefix | full image sequence] -> [prefix | running image tokens],
-    computed once per forward (every layer gets views of the same tensor)."""
+    computed once per forward (every layer gets views of the same tensor). Frequencies built for one
+    image and broadcast over the batch are expanded to the batch first (a view), since each image
+    may run other tokens."""
     key = ("freqs", freqs.data_ptr(), tuple(freqs.shape), prefix)
     if key not in call.scratch:
+        rows = call.image_index_now().shape[0]
+        if freqs.shape[0] == 1 and rows > 1:
+            freqs = freqs.expand(rows, *freqs.shape[1:])
         image = call.gather(freqs[:, prefix:])
         call.scratch[key] = torch.cat([freqs[:, :prefix], image], dim=1) if prefix else image
     return call.scratch[key]
@@ -29,7 +39,13 @@ class LuminaFamily(FamilyAdapter):
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.lumina.model
-        return isinstance(diffusion_model, comfy.ldm.lumina.model.NextDiT)
+        next_dit = comfy.ldm.lumina.model.NextDiT
+        if not isinstance(diffusion_model, next_dit):
+            return False
+        # A subclass with a forward of its own (Z-Image pixel space: a decoder over a fixed dense token
+        # count) is another model: not covered, it gets the "not supported" error.
+        return all(getattr(type(diffusion_model), name) is getattr(next_dit, name)
+                   for name in ("forward", "_forward") if hasattr(next_dit, name))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
@@ -48,6 +64,10 @@ class LuminaFamily(FamilyAdapter):
 
 def _gather_tokens_and_freqs(call, arguments) -> None:
     """First noise-refiner layer: the image tokens (and their padding mask, if any) enter sparse here."""
+    if arguments.get("timestep_zero_index") is not None:
+        # Z-Image Omni (reference images): their tokens precede the image's in this sequence
+        raise NotImplementedError("Lumina 2 / Z-Image with reference images (Omni) is not supported by "
+                                  "region-adaptive sampling; sample it with KSampler")
     arguments["x"] = call.gather(arguments["x"])           # dense: unchanged, but counted
     if arguments.get("x_mask") is not None and not call.dense:
         arguments["x_mask"] = call.gather(arguments["x_mask"])
@@ -62,9 +82,9 @@ def _gather_freqs(call, arguments) -> None:
 
 
 def _scatter_image_part(call, arguments) -> None:
-    """unpatchify's input is [caption | image]: the image part goes back to the full grid."""
-    x, cap_size = arguments["x"], arguments["cap_size"]
-    prefix = int(cap_size[0])
-    if any(int(c) != prefix for c in cap_size):
-        raise ValueError("caption lengths differ within the batch")
+    """unpatchify's input is [caption | image]: the image part goes back to the full grid, and
+    unpatchify is told where it starts (the caption is whatever precedes the image rows that ran)."""
+    x = arguments["x"]
+    prefix = x.shape[1] - call.image_rows
     arguments["x"] = torch.cat([x[:, :prefix], call.scatter(x[:, prefix:])], dim=1)
+    arguments["cap_size"] = [prefix] * x.shape[0]
