@@ -107,6 +107,18 @@ class ForwardCall:
         with profiling.span(profiling.GATHER):
             return gather_rows(tokens, index)
 
+    def position_after_gather(self, position: int) -> int:
+        """Where `position` of the full image sequence sits in the gathered one: for a position at or
+        after the grid (reference tokens and other always-running extras, which follow the active grid
+        tokens in the same order). Models that mark reference tokens by position (Flux 2 / Qwen-Image
+        edit with `index_timestep_zero`) need it."""
+        if self.dense:
+            return position
+        if position < self.grid_tokens:
+            raise NotImplementedError(f"a position inside the image grid ({position} < {self.grid_tokens}) "
+                                      "cannot be mapped to a token-sparse sequence")
+        return position - self.grid_tokens + int(self.grid_index.shape[1])
+
     def image_index_now(self) -> Optional[torch.Tensor]:
         """The index the last gather used (None before the first gather)."""
         return self._image_index
@@ -171,7 +183,7 @@ class ForwardCall:
             k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
-            kwargs = dict(kwargs, mask=self._gather_mask_queries(mask, rows, k_full.shape[seq_dim]))
+            kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, prefix, k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
 
     def joint_rows(self, device: torch.device, prefix: int) -> torch.Tensor:
@@ -186,10 +198,41 @@ class ForwardCall:
             self._joint_rows[key] = torch.cat([text, image + prefix], dim=1)
         return self._joint_rows[key]
 
+    def _fit_mask(self, mask: torch.Tensor, rows: torch.Tensor, prefix: int, full_len: int) -> torch.Tensor:
+        """An attention mask as the model built it, fitted to the sparse call: queries are the rows that
+        ran, keys the whole cache. A mask built for the dense sequence (older ComfyUI) keeps its active
+        query rows; one built for the sequence that ran (newer ComfyUI builds it from the tensors it
+        sees) gets its key columns spread over the cache."""
+        sparse_len = rows.shape[1]
+        if mask.shape[-1] == sparse_len != full_len:
+            mask = self._spread_mask_keys(mask, rows, prefix, full_len)
+        elif mask.shape[-1] != full_len:
+            raise ValueError(f"attention mask over {mask.shape[-1]} keys, expected {sparse_len} or {full_len}")
+        if mask.shape[-2] in (1, sparse_len):
+            return mask
+        return self._gather_mask_queries(mask, rows, full_len)
+
+    def _spread_mask_keys(self, mask: torch.Tensor, rows: torch.Tensor, prefix: int, full_len: int) -> torch.Tensor:
+        """Key columns of a mask over [prefix | image rows that ran] -> over [prefix | every image token].
+        The image tokens that did not run take the value the image columns share; a mask that tells image
+        tokens apart cannot be extended (checked on the forward's first masked call: one host sync)."""
+        image = mask[..., prefix:]
+        if "mask_checked" not in self.scratch:
+            if not bool((image == image[..., :1]).all()):
+                raise NotImplementedError("an attention mask that differs between image tokens cannot be used "
+                                          "with region-adaptive sampling")
+            self.scratch["mask_checked"] = True
+        batch = rows.shape[0]
+        m = mask if mask.ndim > 2 else mask[None]                    # (rows|1, [heads,] Lq, Ls)
+        if m.shape[0] != batch:
+            m = m.expand(batch, *m.shape[1:])
+        full = m[..., prefix:prefix + 1].expand(*m.shape[:-1], full_len).clone()
+        index = rows.to(mask.device).view(batch, *([1] * (m.ndim - 2)), -1).expand(*m.shape)
+        full.scatter_(-1, index, m)
+        return full[0] if mask.ndim == 2 and batch == 1 else full
+
     def _gather_mask_queries(self, mask: torch.Tensor, query_rows: torch.Tensor, full_len: int) -> torch.Tensor:
         """An attention mask built for the dense sequence covers all query rows; keep the active ones."""
-        if mask.shape[-2] == 1:
-            return mask
         if mask.shape[-2] != full_len:
             raise ValueError(f"attention mask with {mask.shape[-2]} query rows, expected 1 or {full_len}")
         rows = query_rows.shape[0]

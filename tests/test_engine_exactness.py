@@ -281,3 +281,68 @@ def test_qwen_image_reference_latents_and_controlnet_residuals():
     for changed in (dict(kwargs, control=None), dict(kwargs, ref_latents=None)):
         other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **changed)
         assert (other - plain).abs().max().item() > 1e-3
+
+
+def knows_reference_method(module, method: str) -> bool:
+    """Does the running ComfyUI's model code handle this ref_latents_method? (newer ComfyUI only)"""
+    import inspect
+    return method in inspect.getsource(module)
+
+
+def test_flux2_reference_tokens_that_take_timestep_zero():
+    """Flux 2 edit (`ref_latents_method="index_timestep_zero"`): reference tokens are marked by their
+    position in the full image sequence; the sparse forward must map them (it was 1e-1 off)."""
+    import comfy.ldm.flux.model
+    if not knows_reference_method(comfy.ldm.flux.model, "index_timestep_zero"):
+        pytest.skip("this ComfyUI has no index_timestep_zero reference method")
+    model = FAMILIES["flux2"].build(seed=13)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 128, 6, 8, generator=g)
+    kwargs = dict(context=torch.randn(1, 7, 32, generator=g), guidance=torch.tensor([3.5]),
+                  ref_latents=[torch.randn(1, 128, 4, 4, generator=g)], ref_latents_method="index_timestep_zero")
+    grid = 6 * 8
+    patched, slot, policy = patch(model, [None, random_active(1, grid, 20, seed=4)])
+    run = SparseRun(policy, x.shape, patch_size=1)
+    slot.run = run
+    try:
+        with engine_forward(patched, run, 0.6) as forward:
+            dense = forward(x, **kwargs)
+            sparse = forward(x, **kwargs)
+    finally:
+        slot.run = None
+    plain = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    assert run.evals[1].calls[0].attention_image_rows == [20 + 16] * 4
+    other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
+                                        **dict(kwargs, ref_latents_method="index"))
+    assert (other - plain).abs().max().item() > 1e-3, "timestep zero matters"
+
+
+def test_qwen_image_edit_references_that_take_timestep_zero():
+    """Qwen-Image-Edit-2511: references start at `timestep_zero_index` (the dense grid size); it was 8e-2 off."""
+    import comfy.ldm.qwen_image.model
+    if not knows_reference_method(comfy.ldm.qwen_image.model, "index_timestep_zero"):
+        pytest.skip("this ComfyUI has no index_timestep_zero reference method")
+    model = FAMILIES["qwen_image"].build(seed=14)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 1, 8, 12, generator=g)
+    kwargs = dict(context=torch.randn(1, 5, 32, generator=g), ref_latents=[torch.randn(1, 16, 1, 8, 8, generator=g)],
+                  ref_latents_method="index_timestep_zero")
+    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
+                                        **dict(kwargs, ref_latents_method="index"))
+    assert (other - plain).abs().max().item() > 1e-3, "timestep zero matters"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_qwen_image_prompt_attention_mask(batch):
+    """A padded prompt's mask: newer ComfyUI passes it to attention, built over the tokens that ran; the
+    engine spreads it over the whole K/V cache (it failed with a size mismatch)."""
+    model = FAMILIES["qwen_image"].build(seed=15)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(batch, 16, 1, 8, 12, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0]]).expand(batch, -1)
+    kwargs = dict(context=torch.randn(batch, 5, 32, generator=g), attention_mask=mask)
+    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL

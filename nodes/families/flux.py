@@ -3,7 +3,9 @@
 `forward_orig(img, img_ids, txt, txt_ids, ...)` sits between patchify and unpatchify. Its first
 layer (`img_in`) is per-token, so gathering the active rows of `img` and `img_ids` (RoPE positions)
 before it is exact; its output comes back per token and is scattered to full size after it.
-Attention is joint over [txt | img] everywhere, with txt first.
+Attention is joint over [txt | img] everywhere, with txt first. Reference tokens (Kontext, Flux 2 edit)
+follow the grid and always run; where they are marked by position (`timestep_zero_index`, newer ComfyUI)
+the positions are mapped to the gathered sequence.
 """
 from .base import FamilyAdapter, gather_control, patch_method
 
@@ -27,6 +29,10 @@ class FluxFamily(FamilyAdapter):
             arguments["img"] = call.gather(arguments["img"])          # dense: unchanged, but counted
             arguments["img_ids"] = call.gather(arguments["img_ids"])   # RoPE positions follow their tokens
             arguments["control"] = gather_control(call, arguments.get("control"))
+            # newer ComfyUI marks reference tokens that take timestep 0 by [start, end) in the image sequence
+            if arguments.get("timestep_zero_index") is not None:
+                arguments["timestep_zero_index"] = [[call.position_after_gather(start), call.position_after_gather(end)]
+                                                    for start, end in arguments["timestep_zero_index"]]
 
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=gather_image,
                      after=lambda call, out: call.scatter(out), graph=True)

@@ -7,11 +7,12 @@ the per-token `proj_out`. The adapter hooks those three per-token modules (never
 - a DIFFUSION_MODEL wrapper notes the text length and gathers ControlNet residuals;
 - `pe_embedder` gets the image part of its ids gathered, `img_in` the image tokens;
 - `proj_out`'s output is scattered back to the full grid.
-Reference tokens follow the grid and always run.
+Reference tokens follow the grid and always run; where newer ComfyUI marks them by position
+(`timestep_zero_index`, Qwen-Image-Edit-2511), each block gets that position in the gathered sequence.
 """
 import comfy.patcher_extension as patcher_extension
 
-from .base import FamilyAdapter, gather_control
+from .base import FamilyAdapter, gather_control, patch_method
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
@@ -38,6 +39,14 @@ class QwenImageFamily(FamilyAdapter):
         self._wrap_module(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
         self._wrap_module(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
         self._wrap_module(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
+        # newer ComfyUI: edit references that take timestep 0 start at `timestep_zero_index` (the dense grid size)
+        for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=self._map_reference_start)
+
+    @staticmethod
+    def _map_reference_start(call, arguments):
+        if arguments.get("timestep_zero_index") is not None:
+            arguments["timestep_zero_index"] = call.position_after_gather(int(arguments["timestep_zero_index"]))
 
     @staticmethod
     def _gather_image_ids(call, ids):
