@@ -13,6 +13,11 @@ def weights_may_move(patcher) -> bool:
     return bool(is_dynamic()) if callable(is_dynamic) else False
 
 
+def on_multigpu_thread(transformer_options: dict) -> bool:
+    """Is this forward one of several that newer ComfyUI runs at once on several GPUs (a thread each)?"""
+    return transformer_options.get("multigpu_thread_device") is not None
+
+
 # Fields that newer ComfyUI requires in the Flux-family params, with the value that keeps the behaviour
 # of the versions before them: no text position ids along any RoPE axis; no pooled-vector input.
 _FLUX_FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None}

@@ -79,8 +79,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         run = slot.run
         if run is None or not is_image_shape(x.shape):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
+        # uncond on different devices)
         call = run.open_forward(x.shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
-                                _stream_key(transformer_options))
+                                (_stream_key(transformer_options), str(x.device)))
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

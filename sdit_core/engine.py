@@ -12,7 +12,12 @@ Data flow of one model forward (a model adapter drives it; see docs/ARCHITECTURE
 Forwards are grouped into *streams*: the rows of one forward call (e.g. cond+uncond batched, or
 cond alone when ComfyUI splits them). Each stream owns its K/V cache and last output. A stream that
 has not yet run densely is run densely, so the caches are always complete.
+
+Forwards of one evaluation may run at once in several threads (newer ComfyUI runs cond and uncond on
+two GPUs in a thread pool): the forward in progress is kept per thread, and the run's bookkeeping is
+under a lock.
 """
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
@@ -79,6 +84,7 @@ class ForwardCall:
         self._attention_calls = 0
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
+        self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
 
     # ---- gather / scatter -------------------------------------------------------------------
     def image_index(self, total_tokens: int, device: torch.device) -> torch.Tensor:
@@ -261,9 +267,19 @@ class SparseRun:
         self.grid = self.grid_of(latent_shape)
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
-        self.current: Optional[ForwardCall] = None
         self._sigma: Optional[float] = None
         self._streams_in_eval: set = set()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def current(self) -> Optional["ForwardCall"]:
+        """The forward in progress in this thread."""
+        return getattr(self._local, "call", None)
+
+    @current.setter
+    def current(self, call: Optional["ForwardCall"]) -> None:
+        self._local.call = call
 
     def grid_of(self, latent_shape) -> Tuple[int, int]:
         p = self.patch_size
@@ -289,16 +305,17 @@ class SparseRun:
         rows = int(latent_shape[0])
         grid = self.grid_of(latent_shape)
         key = (stream_key, rows, grid)
-        # A new evaluation starts when sigma moves, or when a stream comes back at the same sigma
-        # (within one evaluation every stream runs once).
-        if self._sigma is None or sigma != self._sigma or key in self._streams_in_eval:
-            self._begin_eval(sigma, sample_sigmas)
-            self._streams_in_eval = set()
-        self._streams_in_eval.add(key)
-        record = self.evals[-1]
-        stream = self.streams.get(key)
-        if stream is None:
-            stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store)
+        with self._lock:
+            # A new evaluation starts when sigma moves, or when a stream comes back at the same sigma
+            # (within one evaluation every stream runs once).
+            if self._sigma is None or sigma != self._sigma or key in self._streams_in_eval:
+                self._begin_eval(sigma, sample_sigmas)
+                self._streams_in_eval = set()
+            self._streams_in_eval.add(key)
+            record = self.evals[-1]
+            stream = self.streams.get(key)
+            if stream is None:
+                stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store)
         # Dense when planned, when this stream's caches are not complete yet, or when the call does
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
@@ -306,6 +323,7 @@ class SparseRun:
         call = ForwardCall(self, stream, record.info, dense, grid_index, grid[0] * grid[1],
                            shared_index=record.shared)
         call.record.rows = rows
+        call.eval_record = record
         self.current = call
         return call
 
@@ -313,9 +331,10 @@ class SparseRun:
         if self.current is call:
             self.current = None
         if completed:
-            self.evals[-1].calls.append(call.record)
-            if call.dense:
-                call.stream.primed = True
+            with self._lock:
+                call.eval_record.calls.append(call.record)
+                if call.dense:
+                    call.stream.primed = True
 
     def release(self) -> None:
         """Frees every cache; the run's record stays (with how many forwards were captured and replayed)."""

@@ -4,7 +4,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..comfy_compat import weights_may_move
+from ..comfy_compat import on_multigpu_thread, weights_may_move
 
 
 def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
@@ -52,6 +52,8 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     if weights_may_move(patcher):
         return False
     options = arguments.get("transformer_options") or {}
+    if on_multigpu_thread(options):      # one graph pool per run, but the threads' devices differ
+        return False
     return not options.get("patches") and not options.get("patches_replace")
 
 
