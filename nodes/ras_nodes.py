@@ -1,7 +1,7 @@
 """`RAS Sampler` and `RAS Model Patch` nodes."""
 from ..sdit_core.ras import RASConfig, RASPolicy
 from ..sdit_core.refresh_schedule import parse_step_list
-from ..sdit_core.trace import trace_from_run
+from ..sdit_core.trace import empty_trace, trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
@@ -85,10 +85,13 @@ class RASSampler:
         config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
                             dynamic_spread)
         adapter = adapter_for(model, node)
-        check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
+        patch_size = adapter.patch_size(model.model.diffusion_model)
+        check_latent(latent_image, patch_size, node)
         patched, slot = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
+        if run is None:       # nothing was sampled (denoise 0): the latent as KSampler returns it
+            return (latent, empty_trace("RAS", latent_image["samples"].shape, patch_size, vars(config)))
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
                                reasons=run.policy.reasons)
         return (latent, trace)

@@ -41,5 +41,8 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
                 reporter.evaluation_done(run)
         return args["denoised"]
 
+    observe_post_cfg.sdit_observer = True
+    earlier = patched.model_options.get("sampler_post_cfg_function", [])
+    patched.model_options["sampler_post_cfg_function"] = [f for f in earlier if not hasattr(f, "sdit_observer")]
     patched.set_model_sampler_post_cfg_function(observe_post_cfg)
     return patched, slot

@@ -3,7 +3,7 @@ from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.region_select import DILATION_MODES
 from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
 from ..sdit_core.segmentation import BACKENDS
-from ..sdit_core.trace import trace_from_run
+from ..sdit_core.trace import empty_trace, trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
@@ -113,9 +113,12 @@ class SDiTSampler:
         node = "SDiT Sampler"
         config = sdit_config(node, sdit_values)
         adapter = adapter_for(model, node)
-        check_latent(latent_image, adapter.patch_size(model.model.diffusion_model), node)
+        patch_size = adapter.patch_size(model.model.diffusion_model)
+        check_latent(latent_image, patch_size, node)
         patched, slot = patch_sdit(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+        if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it
+            return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config)))
         return (latent, sdit_trace(slot.last_run, config))
 
 

@@ -19,6 +19,8 @@ from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
 from ..sdit_core.tokens import is_image_shape
 from .families import adapter_for
+from .families.base import unwrap_ours
+from .neighbours import check_neighbours
 from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
@@ -52,6 +54,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS).
     `kv_cache`: how the K/V cache stores its rows (kv_cache.STORES; None: the model's dtype)."""
     adapter = adapter_for(model, node)
+    check_neighbours(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     patched = model.clone()
     slot = RunSlot()
@@ -60,6 +63,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         noise = args[0] if args else kwargs["noise"]
         check_latent({"samples": noise}, patch_size, node)
+        guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
+        check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache)
         run.policy = make_policy(run)
@@ -92,7 +97,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run.close_forward(call, completed)
 
     transformer_options = patched.model_options.setdefault("transformer_options", {})
-    previous_override = transformer_options.get("optimized_attention_override")
+    previous_override = unwrap_ours(transformer_options.get("optimized_attention_override"))
 
     def attention_override(func, *args, **kwargs):
         if previous_override is None:
@@ -110,7 +115,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             kwargs[name] = value
         return call.attention(attend, q, k, v, heads, kwargs)
 
+    attention_override.sdit_wraps = previous_override
     transformer_options["optimized_attention_override"] = attention_override
-    patched.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
-    patched.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)
+    for kind, wrapper in ((patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample),
+                          (patcher_extension.WrappersMP.APPLY_MODEL, apply_model)):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)        # an earlier patch of ours: the last one wins
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     return patched, slot

@@ -14,8 +14,11 @@ LATENT_TO_PIXELS = 8   # the VAEs of the supported families downscale by 8
 
 
 def _check_trace(trace, node: str) -> RegionTrace:
-    if not isinstance(trace, RegionTrace) or not trace.steps:
+    if not isinstance(trace, RegionTrace):
         raise SDiTInputError(node, "region_trace", "expected the REGION_TRACE output of an SDiT or RAS Sampler run")
+    if not trace.steps:
+        raise SDiTInputError(node, "region_trace", "the trace holds no evaluations: its sampler sampled nothing "
+                                                   "(denoise 0)")
     return trace
 
 

@@ -176,6 +176,10 @@ class ForwardCall:
         # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
         # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix.
         prefix = q.shape[seq_dim] - self.image_rows
+        if k.shape[seq_dim] != q.shape[seq_dim]:
+            raise NotImplementedError(
+                f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
+                "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot follow")
         if prefix < 0:
             raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image tokens")
         layer = self._attention_calls
@@ -331,6 +335,8 @@ class SparseRun:
         if self.current is call:
             self.current = None
         if completed:
+            if call.image_rows is None:     # the model body never ran (e.g. EasyCache skipped the step)
+                call.record.image_tokens = 0
             with self._lock:
                 call.eval_record.calls.append(call.record)
                 if call.dense:

@@ -66,6 +66,13 @@ class RegionTrace:
         return f"RegionTrace({self.summary()})"
 
 
+def empty_trace(method: str, latent_shape, patch_size: int, settings=None) -> RegionTrace:
+    """The trace of a run that sampled nothing (denoise 0: the latent comes back unchanged)."""
+    grid = (-(-int(latent_shape[-2]) // patch_size), -(-int(latent_shape[-1]) // patch_size))
+    return RegionTrace(method=method, grid=grid, batch=int(latent_shape[0]), patch_size=patch_size,
+                       settings=dict(settings or {}))
+
+
 def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
     rows = sum(c.rows for c in record.calls)
     if rows == 0:

@@ -17,7 +17,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     its sparse calls may be replayed from CUDA graphs when the run has them on (forward_graphs.py)."""
     owner_path, name = path.rsplit(".", 1)
     owner = patcher.get_model_object(owner_path)
-    original = patcher.get_model_object(path)
+    original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(getattr(type(owner), name).__get__(owner))
 
     def patched(*args, **kwargs):
@@ -36,7 +36,16 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
             result = original(*bound.args, **bound.kwargs)
         return after(call, result) if after is not None else result
 
+    patched.sdit_wraps = original
     patcher.add_object_patch(path, patched)
+
+
+def unwrap_ours(function):
+    """What a function installed by an earlier region-adaptive patch on this model wraps: patching a
+    patched model again replaces the earlier patch (the last one wins) instead of stacking on it."""
+    while hasattr(function, "sdit_wraps"):
+        function = function.sdit_wraps
+    return function
 
 
 def _may_graph(patcher, call, arguments: dict) -> bool:

@@ -12,7 +12,7 @@ Reference tokens follow the grid and always run; where newer ComfyUI marks them 
 """
 import comfy.patcher_extension as patcher_extension
 
-from .base import FamilyAdapter, gather_control, patch_method
+from .base import FamilyAdapter, gather_control, patch_method, unwrap_ours
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
@@ -35,6 +35,7 @@ class QwenImageFamily(FamilyAdapter):
                 kwargs["control"] = gather_control(call, kwargs.get("control"))
             return executor(x, timestep, context, *args, **kwargs)
 
+        patcher.remove_wrappers_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)   # last patch wins
         patcher.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, note_text_and_control)
         self._wrap_module(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
         self._wrap_module(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
@@ -56,7 +57,7 @@ class QwenImageFamily(FamilyAdapter):
 
     @staticmethod
     def _wrap_module(patcher, slot, path: str, before=None, after=None) -> None:
-        original = patcher.get_model_object(path + ".forward")
+        original = unwrap_ours(patcher.get_model_object(path + ".forward"))
 
         def forward(x, *args, **kwargs):
             call = slot.current_call()
@@ -65,4 +66,5 @@ class QwenImageFamily(FamilyAdapter):
             out = original(before(call, x) if before else x, *args, **kwargs)
             return after(call, out) if after else out
 
+        forward.sdit_wraps = original
         patcher.add_object_patch(path + ".forward", forward)

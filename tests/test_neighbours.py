@@ -1,0 +1,131 @@
+"""Other nodes on the same MODEL, and our own patches applied twice: a correct result or a clear error
+naming both nodes, never a shape error deep in the engine (nodes/neighbours.py)."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.patcher_extension as patcher_extension
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
+from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTSampler
+from comfyui_sdit.nodes.visual_nodes import RegionVisualizer
+from test_ras_sampler import latent, plain_ksampler, ras_args
+from test_sdit_sampler import defaults
+from sdit_testkit import flux_conditioning, tiny_flux
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+RAS_VALUES = ("sample_ratio", "warmup_steps", "reset_steps", "starvation_scale", "metric", "dynamic_ratio")
+
+
+def ras_patch(model, **overrides):
+    a = ras_args(**overrides)
+    return RASModelPatch().patch(model, *(a[k] for k in RAS_VALUES))[0]
+
+
+def ksampler(model, a, lat):
+    return comfy_nodes.KSampler().sample(model, a["seed"], a["steps"], a["cfg"], a["sampler_name"], a["scheduler"],
+                                         a["positive"], a["negative"], lat, denoise=a["denoise"])[0]["samples"]
+
+
+def test_a_second_model_patch_replaces_the_first():
+    model = tiny_flux(seed=40)
+    a, lat = ras_args(cfg=3.0), latent(1)
+    alone = ksampler(ras_patch(model, sample_ratio=0.25), a, lat)
+    stacked = ksampler(ras_patch(ras_patch(model, sample_ratio=0.6), sample_ratio=0.25), a, lat)
+    assert torch.equal(stacked, alone)
+    sdit_over_ras = SDiTModelPatch().patch(ras_patch(model, sample_ratio=0.6), **defaults(sample_ratio=0.3))[0]
+    sdit_alone = SDiTModelPatch().patch(model, **defaults(sample_ratio=0.3))[0]
+    assert torch.equal(ksampler(sdit_over_ras, a, lat), ksampler(sdit_alone, a, lat))
+
+
+def test_a_model_patch_into_a_sampler_node_gives_the_sampler_alone():
+    model = tiny_flux(seed=41)
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    alone, trace = RASSampler().sample(model, latent_image=lat, **a)
+    patched_first, patched_trace = RASSampler().sample(ras_patch(model, sample_ratio=0.6), latent_image=lat, **a)
+    assert torch.equal(patched_first["samples"], alone["samples"])
+    assert patched_trace.tokens_per_step == trace.tokens_per_step
+
+
+def test_denoise_zero_returns_the_input_like_ksampler():
+    model = tiny_flux(seed=42)
+    lat = {"samples": torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(3))}
+    a = ras_args(denoise=0.0)
+    reference = plain_ksampler(model, a, lat)
+    out, trace = RASSampler().sample(model, latent_image=lat, **a)
+    assert torch.equal(out["samples"], reference) and not trace.steps
+    out, trace = SDiTSampler().sample(model, 3, 8, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+                                      lat, 0.0, **defaults())
+    assert torch.equal(out["samples"], reference) and not trace.steps
+    with pytest.raises(SDiTInputError, match="sampled nothing"):
+        RegionVisualizer().draw(trace, -1, 0, 0.6)
+
+
+def with_block_sparse_attention_footprint(model):
+    """What ComfyUI's "Model Sparse Attention" node (newer than the ComfyUI this runs on, and CUDA-only)
+    leaves on a MODEL: an attention override it puts back on top at every step, computing attention
+    itself. This stand-in computes it with the plain function, over the keys it is handed."""
+    m = model.clone()
+
+    def install(model_patcher, timestep, model_options):
+        options = model_options["transformer_options"]
+        if not getattr(options.get("optimized_attention_override"), "stand_in", False):
+            def override(func, *args, **kwargs):
+                return func(*args, **kwargs)
+            override.stand_in = True
+            options["optimized_attention_override"] = override
+    m.add_callback_with_key(patcher_extension.CallbacksMP.ON_PREPARE_STATE, "block_sparse_attention", install)
+    return m
+
+
+@pytest.mark.parametrize("order", ["sparse attention first", "sparse attention last"])
+def test_model_sparse_attention_is_named_in_a_clear_error(order):
+    model = tiny_flux(seed=43)
+    a, lat = ras_args(cfg=3.0), latent(1)
+    if order == "sparse attention first":
+        with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Model Sparse Attention'"):
+            ras_patch(with_block_sparse_attention_footprint(model))
+        with pytest.raises(SDiTInputError, match="RAS Sampler.*'Model Sparse Attention'"):
+            RASSampler().sample(with_block_sparse_attention_footprint(model), latent_image=lat, **a)
+    else:
+        patched = with_block_sparse_attention_footprint(ras_patch(model))
+        with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Model Sparse Attention'"):
+            ksampler(patched, a, lat)
+
+
+def test_flux_kv_cache_is_named_in_a_clear_error():
+    flux_nodes = importlib.import_module("comfy_extras.nodes_flux")
+    if not hasattr(flux_nodes, "FluxKVCache"):
+        pytest.skip("this ComfyUI has no Flux KV Cache node")
+    model = tiny_flux(seed=44)
+    cached = flux_nodes.FluxKVCache.execute(model)[0]
+    a, lat = ras_args(cfg=3.0), latent(1)
+    with pytest.raises(SDiTInputError, match="RAS Sampler.*'Flux KV Cache'"):
+        RASSampler().sample(cached, latent_image=lat, **a)
+    with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Flux KV Cache'"):
+        ksampler(flux_nodes.FluxKVCache.execute(ras_patch(model))[0], a, lat)
+
+
+@pytest.mark.parametrize("node", ["EasyCacheNode", "LazyCacheNode"])
+def test_easycache_and_lazycache_with_every_token_active_equal_them_alone(node):
+    """Orthogonal: they skip whole steps, we skip tokens within a step. With every token active our
+    patch must not change what they produce; with fewer tokens the run completes and counts no work for
+    the steps they skipped."""
+    cache_nodes = importlib.import_module("comfy_extras.nodes_easycache")
+    cache = getattr(cache_nodes, node)
+    model = tiny_flux(seed=45)
+    a, lat = dict(ras_args(cfg=1.0), steps=12), latent(1)
+
+    def cached(m):
+        return cache.execute(m, 0.2, 0.15, 0.95, False)[0]
+    reference = ksampler(cached(model), a, lat)
+    everything = ksampler(cached(ras_patch(model, sample_ratio=1.0, warmup_steps=1)), a, lat)
+    assert (everything - reference).abs().max().item() <= 1e-5
+    out, trace = RASSampler().sample(cached(model), latent_image=lat, **dict(a, sample_ratio=0.5))
+    assert torch.isfinite(out["samples"]).all()
+    # EasyCache skips inside the model call (an evaluation with no token work), LazyCache the whole
+    # prediction (no evaluation at all)
+    skipped = (a["steps"] - len(trace.steps)) + sum(1 for s in trace.steps if s.tokens == 0)
+    assert skipped > 0, "the cache skipped steps, and they count no token work"
