@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A Python environment for a ComfyUI source tree other than the vendored 0.3.75 (e.g. the newest one), so
+# the suite can run on it:
+#
+#   scripts/comfyui_tree_env.sh /path/to/ComfyUI /path/to/venv
+#   COMFYUI_PATH=/path/to/ComfyUI PYTHON=/path/to/venv/bin/python make test
+#
+# Installs the torch pins of scripts/install_comfyui.sh, the tree's requirements (minus torch, torchvision,
+# torchaudio) and the newest frontend. ComfyUI imports torchaudio at start-up; where no torchaudio wheel
+# matches this torch, a stub package that fails on use stands in (nothing the pack or its tests run uses it).
+set -euo pipefail
+tree=${1:?usage: $0 COMFYUI_TREE VENV}
+venv=${2:?usage: $0 COMFYUI_TREE VENV}
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ -f "$tree/comfy/model_management.py" ] || { echo "$tree is not a ComfyUI tree" >&2; exit 1; }
+[ -x "$venv/bin/python" ] || "${PYTHON:-python3.11}" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+"${pip[@]}" torch==2.14.1 torchvision==0.29.1
+grep -viE '^(torch|torchaudio|torchvision)([<>=~! ].*)?$' "$tree/requirements.txt" > "$venv/tree-requirements.txt"
+"${pip[@]}" -r "$venv/tree-requirements.txt" -r "$repo_root/requirements-dev.txt" torch==2.14.1 torchvision==0.29.1
+"${pip[@]}" --upgrade comfyui-frontend-package
+if ! "$venv/bin/python" -c "import torchaudio" 2>/dev/null; then
+  site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  mkdir -p "$site/torchaudio"
+  for module in __init__ functional transforms; do
+    printf '"""Stub (scripts/comfyui_tree_env.sh): no torchaudio wheel matches this torch."""\n\n\ndef __getattr__(name):\n    raise ImportError(f"torchaudio stub: {name} is not available")\n' \
+      > "$site/torchaudio/$module.py"
+  done
+  echo "note: torchaudio stub installed (no wheel matches torch 2.14)" >&2
+fi
+echo "ready: COMFYUI_PATH=$tree PYTHON=$venv/bin/python make test"
