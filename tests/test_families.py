@@ -124,3 +124,25 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
 
 def test_supported_family_names_list_every_family():
     assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image"
+
+
+def test_lumina_subclass_with_its_own_forward_is_not_matched():
+    """Z-Image pixel space (newer ComfyUI's NextDiTPixelSpace) subclasses NextDiT with a forward of its own
+    that decodes a fixed dense token count: it must get the "not supported" error, not a wrong image."""
+    import types
+
+    import comfy.ldm.lumina.model
+    from comfyui_sdit.nodes.families import adapter_for
+
+    pixel_space = getattr(comfy.ldm.lumina.model, "NextDiTPixelSpace", None)
+    if pixel_space is None:
+        class PixelSpace(comfy.ldm.lumina.model.NextDiT):
+            def _forward(self, *args, **kwargs):
+                raise AssertionError("never called")
+        pixel_space = PixelSpace
+    patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(pixel_space)))
+    with pytest.raises(SDiTInputError, match="not supported"):
+        adapter_for(patcher, "SDiT Sampler")
+    plain = types.SimpleNamespace(model=types.SimpleNamespace(
+        diffusion_model=object.__new__(comfy.ldm.lumina.model.NextDiT)))
+    assert adapter_for(plain, "SDiT Sampler").names == ("Lumina 2", "Z-Image")

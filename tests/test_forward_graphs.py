@@ -238,3 +238,12 @@ def test_weights_may_move_probe():
     assert weights_may_move(patcher)
     patcher.is_dynamic = lambda: False
     assert not weights_may_move(patcher)
+
+
+def test_forwards_stay_eager_on_multigpu_threads():
+    """Newer ComfyUI marks forwards it runs in a per-GPU thread: one run's graph pool cannot serve two devices."""
+    model = FAMILIES["flux"].build(seed=2).clone()
+    model.model_options.setdefault("transformer_options", {})["multigpu_thread_device"] = torch.device("cpu")
+    backends = []
+    sample(model, "flux", plans_for("flux"), collecting(backends))
+    assert backends[0].captures == 0
