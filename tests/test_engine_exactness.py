@@ -235,11 +235,11 @@ def test_controlnet_residuals_and_reference_tokens_are_gathered():
             - plain).abs().max().item() > 1e-3
 
 
-def _dense_sparse_plain(model, x, sigma, n_active, **kwargs):
+def _dense_sparse_plain(model, x, sigma, n_active, patch_size=2, **kwargs):
     """One dense then one sparse forward through the engine on the same input, and the plain forward."""
-    grid = (x.shape[-2] // 2) * (x.shape[-1] // 2)
+    grid = (x.shape[-2] // patch_size) * (x.shape[-1] // patch_size)
     patched, slot, policy = patch(model, [None, random_active(x.shape[0], grid, n_active, seed=4)])
-    run = SparseRun(policy, x.shape, patch_size=2)
+    run = SparseRun(policy, x.shape, patch_size=patch_size)
     slot.run = run
     try:
         with engine_forward(patched, run, sigma) as forward:
@@ -300,17 +300,7 @@ def test_flux2_reference_tokens_that_take_timestep_zero():
     x = torch.randn(1, 128, 6, 8, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g), guidance=torch.tensor([3.5]),
                   ref_latents=[torch.randn(1, 128, 4, 4, generator=g)], ref_latents_method="index_timestep_zero")
-    grid = 6 * 8
-    patched, slot, policy = patch(model, [None, random_active(1, grid, 20, seed=4)])
-    run = SparseRun(policy, x.shape, patch_size=1)
-    slot.run = run
-    try:
-        with engine_forward(patched, run, 0.6) as forward:
-            dense = forward(x, **kwargs)
-            sparse = forward(x, **kwargs)
-    finally:
-        slot.run = None
-    plain = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **kwargs)
+    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 20, patch_size=1, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     assert run.evals[1].calls[0].attention_image_rows == [20 + 16] * 4
     other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
