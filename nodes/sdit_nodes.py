@@ -54,6 +54,14 @@ SDIT_INPUTS = {
                                      "tooltip": "Newton extrapolation order for skipped tokens (Eq. 9-14): 0 = reuse the last output, as RAS; 1-2 extrapolate, which drifted on tokens skipped for long stretches in our fidelity benchmark at low ratios."}), "order"),
     "extrapolation_decay": (("FLOAT", {"default": D.decay, "min": 0.0, "max": 100.0, "step": 0.1,
                                        "tooltip": "lambda of Eq. 12: damps higher-order terms over large sigma gaps."}), "decay"),
+    "extrapolation_horizon": (("FLOAT", {"default": D.horizon, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                         "tooltip": "lambda_h: higher-order terms fade with exp(-lambda_h x how far ahead the prediction reaches in sigma), so tokens skipped long fall back to reuse. 0 disables."}), "horizon"),
+    "max_skip_age": (("INT", {"default": D.max_skip_age, "min": 0, "max": 10000,
+                              "tooltip": "A token skipped this many evaluations in a row is computed the next one, budget or not (no starved regions). 0: no bound."}), "max_skip_age"),
+    "skip_age_weight": (("FLOAT", {"default": D.age_weight, "min": 0.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "A region's score is multiplied by 1 + weight x the mean number of evaluations its tokens have been skipped."}), "age_weight"),
+    "drift_probes": (("FLOAT", {"default": D.probe_fraction, "min": 0.0, "max": 0.5, "step": 0.01,
+                                "tooltip": "Fraction of tokens drawn from the skipped ones and computed each sparse step, to measure the extrapolation's error where it matters (drift_threshold acts on it). 0: measure on the selected tokens."}), "probe_fraction"),
 }
 
 
@@ -89,7 +97,8 @@ def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None
 def sdit_trace(run, config: SDiTConfig):
     policy = run.policy
     return trace_from_run(run, "SDiT", metric_maps=policy.complexity_maps, label_maps=policy.label_maps,
-                          settings=vars(config), reasons=policy.reasons, drift=policy.drift)
+                          settings=vars(config), reasons=policy.reasons, drift=policy.drift,
+                          probes=policy.probe_counts)
 
 
 class SDiTSampler:

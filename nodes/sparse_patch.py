@@ -8,6 +8,7 @@
 - the family adapter's object patch: gathers active tokens and scatters the output.
 The model passed in is never modified: everything is installed on a clone.
 """
+import inspect
 import time
 from typing import Any, Callable, Optional
 
@@ -17,7 +18,7 @@ from ..kernels.kv_write import kv_write
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
-from ..sdit_core.tokens import is_image_shape
+from ..sdit_core.tokens import image_view, is_image_shape, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
@@ -61,13 +62,17 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     adapter.install(patched, slot)
 
     def outer_sample(executor, *args, **kwargs):
-        noise = args[0] if args else kwargs["noise"]
+        arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
+        noise = arguments["noise"]
         check_latent({"samples": noise}, patch_size, node)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache)
         run.policy = make_policy(run)
+        if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
+            run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape[-2:],
+                                                  patch_size, noise.shape[0])
         slot.run = run
         started = time.monotonic()
         try:

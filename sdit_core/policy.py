@@ -34,6 +34,18 @@ class EvalInfo:
 class TokenPolicy:
     """Base policy: dense everywhere, inactive tokens reuse their last computed output (RAS)."""
 
+    # (B, N) bool: the only tokens sparse steps may pick, or None for all (inpainting: inside the mask,
+    # set by the engine's host when sampling starts). Outside, the sampler discards the model's output.
+    selectable: Optional[torch.Tensor] = None
+
+    def budget(self, count: int, num_tokens: int) -> int:
+        """A schedule's token count for the whole grid, scaled to the selectable region (the largest one
+        in the batch): a mask over a quarter of the image costs a quarter of the sparse-step work."""
+        if self.selectable is None:
+            return count
+        region = int(self.selectable.sum(dim=1).max())
+        return max(1, min(region, int(round(count * region / num_tokens))))
+
     def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
         """Active image tokens for this evaluation: (batch, n) token indices, or None for a dense step."""
         return None

@@ -90,7 +90,9 @@ class RASPolicy(TokenPolicy):
         if self.drop_count is None:
             self.drop_count = torch.zeros_like(self._metric, dtype=torch.int32)
         priority = selection_priority(self._metric, self.drop_count, self.config.metric, self.config.starvation_scale)
-        active = select_tokens(priority, count)
+        if self.selectable is not None:        # inpainting: tokens outside the mask are never picked
+            priority = priority.masked_fill(~self.selectable.to(priority.device), float("-inf"))
+        active = select_tokens(priority, self.budget(count, info.num_tokens))
         dropped = torch.ones_like(self.drop_count, dtype=torch.bool).scatter_(1, active, False)
         self.drop_count += dropped.int()
         return active

@@ -34,11 +34,13 @@ def fill_order(priority: torch.Tensor, complexity: torch.Tensor) -> torch.Tensor
 
 
 def select_regions(labels: torch.Tensor, scores, complexity: torch.Tensor, budget: int, dilation: int = 1,
-                   mode: str = "inside") -> torch.Tensor:
+                   mode: str = "inside", forced: torch.Tensor = None, selectable: torch.Tensor = None) -> torch.Tensor:
     """labels (B, h, w); scores: list of (K_b,) per image; complexity (B, h, w) -> (B, n) sorted token
     indices. mode "inside": exactly `budget` tokens, dilation included. mode "on_top": the budget's
-    regions plus their dilation; every image gets as many tokens as the largest such set (rectangular
-    batch), topped up in fill order."""
+    regions plus their dilation. `forced` (B, h*w) bool: tokens that run whatever their region (skipped
+    too long), beyond the budget if need be. `selectable` (B, h*w) bool: the only tokens that may be
+    picked (inpainting: inside the mask). Every image gets as many tokens as the largest set (a
+    rectangular batch), topped up in fill order: forced, chosen regions, the rest, unselectable last."""
     if mode not in DILATION_MODES:
         raise ValueError(f"dilation mode '{mode}' is not one of {DILATION_MODES}")
     batch, h, w = labels.shape
@@ -47,17 +49,24 @@ def select_regions(labels: torch.Tensor, scores, complexity: torch.Tensor, budge
     orders, sizes = [], []
     for b in range(batch):
         rank = region_rank_map(labels[b], scores[b])
-        dilated = dilate_min(rank, dilation)
+        dilated = dilate_min(rank, dilation).reshape(-1)
+        allowed = selectable[b] if selectable is not None else torch.ones(n, dtype=torch.bool, device=labels.device)
+        must = forced[b] & allowed if forced is not None else torch.zeros_like(allowed)
         if mode == "inside":
-            orders.append(fill_order(dilated, complexity[b]))
-            sizes.append(budget)
-            continue
-        chosen = torch.zeros(n, dtype=torch.bool, device=labels.device)
-        chosen[fill_order(rank, complexity[b])[:budget]] = True
-        grown = F.max_pool2d(chosen.view(1, 1, h, w).float(), 2 * dilation + 1, 1, dilation)[0, 0] > 0 \
-            if dilation > 0 else chosen.view(h, w)
-        priority = torch.where(grown.reshape(-1), torch.zeros_like(dilated.reshape(-1)), dilated.reshape(-1) + 1)
+            priority, size = dilated, budget
+        else:
+            chosen = torch.zeros(n, dtype=torch.bool, device=labels.device)
+            outside = torch.where(allowed, rank.reshape(-1), rank.reshape(-1) + n)    # regions' own tokens first
+            chosen[fill_order(outside, complexity[b])[:budget]] = True
+            chosen &= allowed
+            grown = F.max_pool2d(chosen.view(1, 1, h, w).float(), 2 * dilation + 1, 1, dilation)[0, 0] > 0 \
+                if dilation > 0 else chosen.view(h, w)
+            grown = grown.reshape(-1) & allowed
+            priority = torch.where(grown, torch.zeros_like(dilated), dilated + 1)
+            size = int((grown | must).sum())
+        priority = torch.where(must, torch.full_like(priority, -1), priority)
+        priority = torch.where(allowed, priority, priority + 2 * n + 2)                 # never before allowed ones
         orders.append(fill_order(priority, complexity[b]))
-        sizes.append(int(grown.sum()))
+        sizes.append(max(min(size, int(allowed.sum())), int(must.sum()), 1))
     count = max(sizes)
     return torch.stack([order[:count] for order in orders]).sort(dim=1).values

@@ -3,9 +3,12 @@
 After each evaluation: Quickshift segments the token grid by [x_pred || eps] (Eq. 3-4), Eq. 5
 scores every token's complexity and Eq. 6 every region's. The next evaluation computes the top
 regions, dilated by r tokens (Eq. 7-8), up to the SSD schedule's budget (Eq. 15). Skipped tokens
-take a Newton extrapolation of their own output history (Eq. 9-14). Dense refresh steps: warm-up,
-cool-down, optional fixed resets, and an error reset whenever the extrapolator's relative error
-on the tokens just computed (the drift) exceeds a threshold.
+take a Newton extrapolation of their own output history (Eq. 9-14), faded into reuse as the skip
+grows. Dense refresh steps: warm-up, cool-down, optional fixed resets, and an error reset whenever
+the extrapolation's relative error on a few probe tokens drawn from the skipped ones (the drift)
+exceeds a threshold. No region starves: a region's score grows with how long its tokens have waited,
+and a token skipped `max_skip_age` evaluations in a row runs. With an inpainting mask only tokens
+inside it are picked, and the budget is scaled to the mask's area.
 """
 from dataclasses import dataclass
 from typing import Dict, Hashable, List, Optional, Sequence
@@ -39,9 +42,14 @@ class SDiTConfig:
     beta: float = 0.25                 # ... residual noise
     top_q: float = 0.2                 # Eq. 6: mean of each region's top 20% tokens
     dilation: int = 1                  # Eq. 7: r
-    dilation_mode: str = "inside"      # dilation counted inside the budget, or on top of it
+    dilation_mode: str = "on_top"      # dilation on top of the budget, as the paper's Table 5 counts it
     order: int = 0                     # Newton extrapolation order (0 = reuse; measured best, docs/BENCHMARKS.md)
     decay: float = 1.0                 # lambda of Eq. 12
+    horizon: float = 20.0              # lambda_h: higher terms fade with exp(-lambda_h |sigma - s_0|)
+    age_weight: float = 0.25           # region score x (1 + w x mean evaluations its tokens were skipped)
+    max_skip_age: int = 6              # a token skipped this many evaluations in a row runs (0: no bound)
+    probe_fraction: float = 0.02       # skipped tokens computed each sparse step to measure the drift
+    probe_seed: int = 0
     warmup_steps: int = 3
     cooldown_steps: int = 1
     reset_steps: Sequence[float] = ()  # fixed dense resets (fractions or step numbers)
@@ -60,6 +68,10 @@ class SDiTConfig:
             (self.dilation_mode in DILATION_MODES, f"dilation_mode must be one of {DILATION_MODES}"),
             (self.order >= 0, "order must be >= 0"),
             (self.decay >= 0, "decay must be >= 0"),
+            (self.horizon >= 0, "horizon must be >= 0"),
+            (self.age_weight >= 0, "age_weight must be >= 0"),
+            (self.max_skip_age >= 0, "max_skip_age must be >= 0"),
+            (0.0 <= self.probe_fraction < 1.0, "probe_fraction outside [0, 1)"),
             (self.warmup_steps >= 0 and self.cooldown_steps >= 0, "warm-up/cool-down steps must be >= 0"),
             (self.drift_threshold >= 0, "drift_threshold must be >= 0"),
         ]
@@ -82,12 +94,16 @@ class SDiTPolicy(TokenPolicy):
         self._labels: Optional[torch.Tensor] = None          # (B, h, w) from the latest evaluation
         self._complexity: Optional[torch.Tensor] = None      # (B, h, w)
         self._scores: Optional[List[torch.Tensor]] = None    # per image (K_b,)
+        self._age: Optional[torch.Tensor] = None             # (B, N) evaluations since each token last ran
+        self._probes: Dict[int, torch.Tensor] = {}           # eval index -> (B, p) probe tokens (CPU)
+        self._generator = torch.Generator().manual_seed(config.probe_seed)
         self._reset_pending = False
         self._last_info: Optional[EvalInfo] = None
         self.histories: Dict[Hashable, OutputHistory] = {}
         self.label_maps: Dict[int, torch.Tensor] = {}        # eval index -> (B, h, w) int32, CPU
         self.complexity_maps: Dict[int, torch.Tensor] = {}   # eval index -> (B, h, w) fp16, CPU
-        self.drift: Dict[int, float] = {}                    # eval index -> extrapolator relative error
+        self.drift: Dict[int, float] = {}                    # eval index -> extrapolation error on skipped tokens
+        self.probe_counts: Dict[int, int] = {}               # eval index -> probe tokens per image
         self.reasons: Dict[int, str] = {}                    # eval index -> why it ran the way it did
 
     # ---- which tokens -----------------------------------------------------------------------
@@ -102,19 +118,55 @@ class SDiTPolicy(TokenPolicy):
         if self._dense is None:
             self._schedule(info)
         count = self._counts.get(info.step)
-        if count is None:
-            self.reasons[info.index] = "refresh"
+        reason = ("refresh" if count is None else "no segmentation yet" if self._labels is None
+                  else "drift reset" if self._reset_pending else "sparse")
+        self.reasons[info.index] = reason
+        if reason != "sparse":
+            self._reset_pending = False        # any dense evaluation is the reset a pending one asked for
+            self._age = None                   # every token runs
             return None
-        if self._labels is None:
-            self.reasons[info.index] = "no segmentation yet"
-            return None
-        if self._reset_pending:
-            self._reset_pending = False
-            self.reasons[info.index] = "drift reset"
-            return None
-        self.reasons[info.index] = "sparse"
-        return select_regions(self._labels, self._scores, self._complexity, count,
-                              self.config.dilation, self.config.dilation_mode)
+        batch, n = self._labels.shape[0], info.num_tokens
+        age = self._age if self._age is not None else torch.zeros(batch, n, dtype=torch.int64)
+        forced = age >= self.config.max_skip_age if self.config.max_skip_age > 0 else None
+        selected = select_regions(self._labels, self._aged_scores(age), self._complexity, self.budget(count, n),
+                                  self.config.dilation, self.config.dilation_mode, forced=forced,
+                                  selectable=self.selectable)
+        active = self._with_probes(info, selected.cpu(), n)
+        ran = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, active, True)
+        self._age = torch.where(ran, torch.zeros_like(age), age + 1)
+        return active
+
+    def _aged_scores(self, age: torch.Tensor) -> List[torch.Tensor]:
+        """Eq. 6 scores raised by how long a region has waited: score x (1 + w x mean age of its tokens),
+        so regions that are never the most complex still get their turn (no starved regions)."""
+        weight = self.config.age_weight
+        if weight <= 0:
+            return self._scores
+        aged = []
+        for b, scores in enumerate(self._scores):
+            labels = self._labels[b].reshape(-1).cpu()
+            sizes = torch.bincount(labels, minlength=scores.numel()).clamp_min(1)
+            mean_age = torch.bincount(labels, weights=age[b].double(), minlength=scores.numel()) / sizes
+            aged.append(scores * (1 + weight * mean_age.to(scores.device, scores.dtype)))
+        return aged
+
+    def _with_probes(self, info: EvalInfo, selected: torch.Tensor, n: int) -> torch.Tensor:
+        """A few tokens drawn at random from the skipped ones are computed too: comparing them with what
+        the extrapolation predicted for them gives the drift where it matters (on skipped tokens)."""
+        count = min(int(round(self.config.probe_fraction * n)), n - selected.shape[1])
+        if self.config.probe_fraction <= 0 or count <= 0:
+            return selected
+        skipped = torch.ones(selected.shape[0], n, dtype=torch.bool).scatter_(1, selected, False)
+        if self.selectable is not None:
+            skipped &= self.selectable.cpu()
+        keys = torch.rand(selected.shape[0], n, generator=self._generator).masked_fill_(~skipped, 2.0)
+        count = min(count, int(skipped.sum(dim=1).min()))
+        if count <= 0:
+            return selected
+        probes = keys.topk(count, dim=1, largest=False).indices
+        self._probes[info.index] = probes
+        self.probe_counts[info.index] = count
+        return torch.cat([selected, probes], dim=1).sort(dim=1).values
 
     def observe(self, step: StepOutput) -> None:
         """Segments and scores this evaluation's output for the next evaluation's choice."""
@@ -132,19 +184,26 @@ class SDiTPolicy(TokenPolicy):
             self.complexity_maps[self._last_info.index] = complexity.to("cpu", torch.float16)
 
     # ---- what skipped tokens take ---------------------------------------------------------------
+    def _predict(self, history: OutputHistory, sigma: float) -> torch.Tensor:
+        return history.predict(sigma, self.config.decay, horizon=self.config.horizon)
+
     def inactive_output(self, stream: Hashable, info: EvalInfo, last_output: torch.Tensor) -> torch.Tensor:
         history = self.histories.get(stream)
         if history is None or history.values is None or self.config.order == 0:
             return last_output
-        return history.predict(info.sigma, self.config.decay).to(last_output.dtype)
+        return self._predict(history, info.sigma).to(last_output.dtype)
 
     def on_output(self, stream: Hashable, info: EvalInfo, output: torch.Tensor,
                   computed: Optional[torch.Tensor]) -> None:
         history = self.histories.setdefault(stream, OutputHistory(self.config.order))
         if computed is not None and history.values is not None:
-            # drift: how well the extrapolator predicted the tokens that were just computed
-            predicted = gather_rows(history.predict(info.sigma, self.config.decay), computed.to(output.device))
-            error = relative_error(predicted, gather_rows(output, computed.to(output.device)))
+            # drift: how well the skipped tokens' prediction matches them, measured on the probes (or,
+            # without probes, on the tokens just computed)
+            probes = self._probes.get(info.index)
+            where = computed if probes is None else probes.repeat(output.shape[0] // probes.shape[0], 1)
+            where = where.to(output.device)
+            predicted = gather_rows(self._predict(history, info.sigma), where)
+            error = relative_error(predicted, gather_rows(output, where))
             self.drift[info.index] = max(error, self.drift.get(info.index, 0.0))
             if self.config.drift_threshold > 0 and error > self.config.drift_threshold:
                 self._reset_pending = True

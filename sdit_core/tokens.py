@@ -1,5 +1,6 @@
 """Gathering and scattering rows of token sequences with a per-batch-row index."""
 import torch
+import torch.nn.functional as F
 
 
 def is_image_shape(shape) -> bool:
@@ -56,3 +57,15 @@ def index_to_mask(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
     mask = torch.zeros(index.shape[0], num_tokens, dtype=torch.bool, device=index.device)
     mask.scatter_(1, index, True)
     return mask
+
+
+def tokens_inside(mask: torch.Tensor, latent_hw, patch_size: int, batch: int) -> torch.Tensor:
+    """An inpainting mask (any leading dims, then H x W at any resolution; > 0 = repaint) -> (batch, N)
+    bool: the tokens whose patch has any repainted latent pixel. The mask is brought to the latent size
+    as the sampler does (bilinear), so a token on the mask's edge counts as inside."""
+    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+    m = F.interpolate(m, size=tuple(latent_hw), mode="bilinear")
+    inside = (F.max_pool2d(m, patch_size, ceil_mode=True) > 0).flatten(1)
+    if inside.shape[0] != batch:
+        inside = inside[:1].expand(batch, -1) if inside.shape[0] == 1 else inside[:batch]
+    return inside

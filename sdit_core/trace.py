@@ -19,7 +19,8 @@ class StepTrace:
     metric: Optional[torch.Tensor] = None   # (B, h, w) fp16 score map from this evaluation's output
     labels: Optional[torch.Tensor] = None   # (B, h, w) int32 region labels (SDiT)
     reason: str = ""                        # why the evaluation ran dense or sparse
-    drift: Optional[float] = None           # SDiT: extrapolator's relative error on computed tokens
+    drift: Optional[float] = None           # SDiT: extrapolation's relative error on skipped (probe) tokens
+    probes: int = 0                         # SDiT: of `tokens`, drawn from the skipped ones to measure drift
 
 
 @dataclass
@@ -83,7 +84,8 @@ def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
 
 def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, torch.Tensor]] = None,
                    label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
-                   reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None) -> RegionTrace:
+                   reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None,
+                   probes: Optional[Dict[int, int]] = None) -> RegionTrace:
     h, w = run.grid
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}))
@@ -97,5 +99,6 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
         trace.steps.append(StepTrace(
             eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,
             tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index),
-            reason=(reasons or {}).get(index, "dense" if dense else "sparse"), drift=(drift or {}).get(index)))
+            reason=(reasons or {}).get(index, "dense" if dense else "sparse"), drift=(drift or {}).get(index),
+            probes=0 if dense else (probes or {}).get(index, 0)))
     return trace

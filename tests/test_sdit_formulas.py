@@ -117,6 +117,26 @@ def test_decay_weights_higher_orders_by_hand():
     assert got.item() == pytest.approx(expected, abs=1e-9)
 
 
+def test_horizon_fades_every_higher_term_with_the_distance_ahead():
+    s0, s1, s2 = 0.5, 0.8, 0.9
+    vals = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64).view(3, 1, 1, 1)
+    sig = torch.tensor([s0, s1, s2], dtype=torch.float64).view(3, 1, 1)
+    lam, horizon = 2.0, 20.0
+    d01 = (1.0 - 2.0) / (s0 - s1)
+    d012 = (d01 - (2.0 - 4.0) / (s1 - s2)) / (s0 - s2)
+    for target in (0.45, 0.3):
+        fade = math.exp(-horizon * abs(target - s0))
+        expected = (1.0 + fade * math.exp(-lam * abs(s0 - s1)) * (target - s0) * d01
+                    + fade * math.exp(-lam * abs(s0 - s2)) * (target - s0) * (target - s1) * d012)
+        got = newton_extrapolate(vals, sig, torch.tensor([[3]]), target, lam, horizon)
+        assert got.item() == pytest.approx(expected, abs=1e-9)
+    # far ahead it is reuse; a bf16 output is kept in float32
+    assert newton_extrapolate(vals, sig, torch.tensor([[3]]), -5.0, lam, horizon).item() == pytest.approx(1.0)
+    history = OutputHistory(order=1)
+    history.record(torch.ones(1, 2, 3, dtype=torch.bfloat16), 0.9, None)
+    assert history.values.dtype == torch.float32
+
+
 def test_history_per_token_and_missing_samples():
     history = OutputHistory(order=1)
     history.record(torch.tensor([[[1.0], [10.0]]]), 0.9, None)              # both tokens at 0.9

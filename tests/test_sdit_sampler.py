@@ -38,7 +38,8 @@ def test_ratio_one_reproduces_plain_ksampler():
 
 def test_trace_token_counts_follow_the_ssd_schedule_exactly():
     model = tiny_flux(seed=22)
-    _, trace = run(model, steps=12, drift_threshold=0.0, warmup_steps=2, cooldown_steps=1)
+    _, trace = run(model, steps=12, drift_threshold=0.0, warmup_steps=2, cooldown_steps=1, dilation_mode="inside",
+                   drift_probes=0.0, max_skip_age=0)
     dense = {0, 1, 11}
     expected_sparse = ssd_counts([s for s in range(12) if s not in dense], 12, 64, 0.5, 0.5)
     expected = [64 if s in dense else expected_sparse[s] for s in range(12)]
@@ -129,3 +130,54 @@ def test_region_visualizer_and_complexity_map():
         RegionVisualizer().draw(trace, 99, 0, 0.5)
     with pytest.raises(SDiTInputError, match="Complexity Map: input 'region_trace'"):
         ComplexityMap().compute(out, 2, 0.5, 1.0, 0.5, -1, 0, region_trace="not a trace")
+
+
+def longest_skip(trace) -> int:
+    """Longest run of consecutive evaluations in which some token was not computed."""
+    streak = torch.zeros_like(trace.steps[0].active, dtype=torch.int64)
+    longest = 0
+    for s in trace.steps:
+        streak = torch.where(s.active, torch.zeros_like(streak), streak + 1)
+        longest = max(longest, int(streak.max()))
+    return longest
+
+
+def test_no_token_is_skipped_longer_than_max_skip_age():
+    model = tiny_flux(seed=29)
+    common = dict(steps=20, warmup_steps=2, cooldown_steps=0, drift_threshold=0.0, sample_ratio=0.125,
+                  dilation=0, drift_probes=0.0)
+    _, unbounded = run(model, max_skip_age=0, skip_age_weight=0.0, **common)
+    assert longest_skip(unbounded) > 4, "the control starves some tokens"
+    _, bounded = run(model, max_skip_age=4, **common)
+    assert longest_skip(bounded) <= 4
+
+
+def test_a_dense_evaluation_clears_a_pending_reset():
+    """A drift reset asked for just before a scheduled dense step is that dense step: no second one."""
+    from comfyui_sdit.sdit_core.policy import EvalInfo
+    from comfyui_sdit.sdit_core.sdit import SDiTConfig, SDiTPolicy
+    policy = SDiTPolicy(SDiTConfig(warmup_steps=0, cooldown_steps=0, reset_steps=(3,)), patch_size=2)
+    policy._labels = torch.zeros(1, 4, 4, dtype=torch.int64)
+    policy._complexity = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
+    policy._scores = [torch.ones(1)]
+
+    def info(step):
+        return EvalInfo(index=step, step=step, steps=6, sigma=1.0 - step / 6, grid=(4, 4), batch=1)
+    assert policy.plan(info(2)) is not None
+    policy._reset_pending = True                   # the drift of step 2 asked for a reset
+    assert policy.plan(info(3)) is None and policy.reasons[3] == "refresh"
+    assert policy.plan(info(4)) is not None and policy.reasons[4] == "sparse"
+
+
+def test_drift_is_measured_on_probe_tokens_drawn_from_the_skipped_ones():
+    model = tiny_flux(seed=30)
+    exact = dict(steps=10, warmup_steps=2, cooldown_steps=0, drift_threshold=0.0, sample_ratio=0.25,
+                 dilation_mode="inside", max_skip_age=0)
+    _, trace = run(model, drift_probes=0.1, **exact)
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and all(s.probes == 6 for s in sparse)              # 10% of 64 tokens, computed
+    assert all(s.drift is not None and s.drift > 0 for s in sparse[1:])
+    _, without = run(model, drift_probes=0.0, **exact)
+    work = [s.tokens for s in trace.steps if not s.dense]
+    assert all(w - p == o for w, p, o in zip(work, (s.probes for s in sparse), (s.tokens for s in without.steps
+                                                                               if not s.dense)))
