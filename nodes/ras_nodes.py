@@ -16,7 +16,7 @@ def ras_inputs() -> dict:
     d = RAS_DEFAULTS
     return {
         "sample_ratio": ("FLOAT", {"default": d.sample_ratio, "min": 0.01, "max": 1.0, "step": 0.01,
-                                   "tooltip": "Average fraction of image tokens computed in sparse steps (0.5 ~ 1.7x, 0.25 ~ 2.5x faster on Flux). 1.0 reproduces KSampler."}),
+                                   "tooltip": "Average fraction of image tokens computed in sparse steps (Flux-dev 1024², 28 steps, cfg 3.5 on an H200: 0.5 ~ 1.5x, 0.25 ~ 2.1x, 0.125 ~ 2.6x faster end to end). 1.0 reproduces KSampler."}),
         "warmup_steps": ("INT", {"default": d.warmup_steps, "min": 0, "max": 10000,
                                  "tooltip": "Dense steps at the start, which lay out the image (paper: 4 of 28-30)."}),
         "reset_steps": ("STRING", {"default": ", ".join(str(s) for s in d.reset_steps),

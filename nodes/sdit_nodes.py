@@ -16,7 +16,7 @@ D = SDiTConfig()
 # input name -> (widget spec, SDiTConfig field); ranges here are also what the node enforces
 SDIT_INPUTS = {
     "sample_ratio": (("FLOAT", {"default": D.sample_ratio, "min": 0.01, "max": 1.0, "step": 0.01,
-                                "tooltip": "Average fraction of image tokens computed in sparse steps (0.5 ~ 1.7x, 0.25 ~ 2.3x faster). 1.0 reproduces KSampler."}), "sample_ratio"),
+                                "tooltip": "Average fraction of image tokens selected in sparse steps; border tokens (dilation on_top), probes and long-skipped tokens come on top, and refresh steps run dense: the after-run line reports the real work. 1.0 reproduces KSampler."}), "sample_ratio"),
     "ratio_spread": (("FLOAT", {"default": D.ratio_spread, "min": 0.0, "max": 1.0, "step": 0.05,
                                 "tooltip": "SSD cosine schedule (Eq. 15): p_max = ratio x (1 + spread) at the start and end, p_min = ratio x (1 - spread) in the middle; same average."}), "ratio_spread"),
     "tau1": (("FLOAT", {"default": D.tau1, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -49,9 +49,9 @@ SDIT_INPUTS = {
     "dilation": (("INT", {"default": D.dilation, "min": 0, "max": 8,
                           "tooltip": "Grow chosen regions by this many tokens (8-connected) so both sides of a boundary update."}), "dilation"),
     "dilation_mode": ((list(DILATION_MODES), {"default": D.dilation_mode,
-                                              "tooltip": "inside: the dilated tokens count toward the ratio (exact speed); on_top: added beyond it (the trace reports the real fraction)."}), "dilation_mode"),
+                                              "tooltip": "on_top (default, as the paper counts it): the border tokens are added beyond sample_ratio, so a run computes more than the ratio says (the trace and the after-run line report the real work); inside: they count toward the ratio (speed as set)."}), "dilation_mode"),
     "extrapolation_order": (("INT", {"default": D.order, "min": 0, "max": 4,
-                                     "tooltip": "Newton extrapolation order for skipped tokens (Eq. 9-14): 0 = reuse the last output, as RAS; 1-2 extrapolate, which drifted on tokens skipped for long stretches in our fidelity benchmark at low ratios."}), "order"),
+                                     "tooltip": "Newton extrapolation order for skipped tokens (Eq. 9-14): 0 = reuse the last output, as RAS; 1 = linear (default: with the horizon fade it beat reuse at every ratio in our benchmark); 2+ overshoot."}), "order"),
     "extrapolation_decay": (("FLOAT", {"default": D.decay, "min": 0.0, "max": 100.0, "step": 0.1,
                                        "tooltip": "lambda of Eq. 12: damps higher-order terms over large sigma gaps."}), "decay"),
     "extrapolation_horizon": (("FLOAT", {"default": D.horizon, "min": 0.0, "max": 1000.0, "step": 1.0,

@@ -38,7 +38,7 @@ def select_regions(labels: torch.Tensor, scores, complexity: torch.Tensor, budge
     """labels (B, h, w); scores: list of (K_b,) per image; complexity (B, h, w) -> (B, n) sorted token
     indices. mode "inside": exactly `budget` tokens, dilation included. mode "on_top": the budget's
     regions plus their dilation. `forced` (B, h*w) bool: tokens that run whatever their region (skipped
-    too long), beyond the budget if need be. `selectable` (B, h*w) bool: the only tokens that may be
+    too long); they take part of the budget, and go beyond it only when they are more. `selectable` (B, h*w) bool: the only tokens that may be
     picked (inpainting: inside the mask). Every image gets as many tokens as the largest set (a
     rectangular batch), topped up in fill order: forced, chosen regions, the rest, unselectable last."""
     if mode not in DILATION_MODES:
@@ -57,7 +57,7 @@ def select_regions(labels: torch.Tensor, scores, complexity: torch.Tensor, budge
         else:
             chosen = torch.zeros(n, dtype=torch.bool, device=labels.device)
             outside = torch.where(allowed, rank.reshape(-1), rank.reshape(-1) + n)    # regions' own tokens first
-            chosen[fill_order(outside, complexity[b])[:budget]] = True
+            chosen[fill_order(outside, complexity[b])[:max(budget - int(must.sum()), 0)]] = True   # forced: inside
             chosen &= allowed
             grown = F.max_pool2d(chosen.view(1, 1, h, w).float(), 2 * dilation + 1, 1, dilation)[0, 0] > 0 \
                 if dilation > 0 else chosen.view(h, w)

@@ -43,9 +43,11 @@ class SDiTConfig:
     top_q: float = 0.2                 # Eq. 6: mean of each region's top 20% tokens
     dilation: int = 1                  # Eq. 7: r
     dilation_mode: str = "on_top"      # dilation on top of the budget, as the paper's Table 5 counts it
-    order: int = 0                     # Newton extrapolation order (0 = reuse; measured best, docs/BENCHMARKS.md)
+    # Newton extrapolation order (0 = reuse). With the horizon fade, order 1 beats reuse at every ratio on
+    # the demo model (+0.5 to +1.0 dB, bench/sdit_sweep.py, docs/BENCHMARKS.md); order 2 does not.
+    order: int = 1
     decay: float = 1.0                 # lambda of Eq. 12
-    horizon: float = 20.0              # lambda_h: higher terms fade with exp(-lambda_h |sigma - s_0|)
+    horizon: float = 10.0              # lambda_h: higher terms fade with exp(-lambda_h |sigma - s_0|) (calibrated)
     age_weight: float = 0.25           # region score x (1 + w x mean evaluations its tokens were skipped)
     max_skip_age: int = 6              # a token skipped this many evaluations in a row runs (0: no bound)
     probe_fraction: float = 0.02       # skipped tokens computed each sparse step to measure the drift

@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 
 SMOKE_RUNS = {
     "demo_quality": ["bench/demo_quality.py", "--seeds", "1", "--shapes", "1", "--steps", "4"],
-    "drift_calibration": ["bench/drift_calibration.py", "--smoke"],
+    "sdit_sweep": ["bench/sdit_sweep.py", "--smoke"],
     "fidelity": ["bench/fidelity.py", "--smoke"],
     "speed": ["bench/speed.py", "--smoke", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
