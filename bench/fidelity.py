@@ -91,8 +91,9 @@ class Runner:
         positive, negative = self.demo.conditioning(prompt), self.demo.conditioning("")
         noise = comfy.sample.prepare_noise(self.latent, seed)
         started = time.perf_counter()
-        latent = comfy.sample.sample(model, noise, steps or self.steps, self.cfg, self.sampler, self.scheduler,
-                                     positive, negative, self.latent, seed=seed, disable_pbar=True)
+        with torch.inference_mode():      # as ComfyUI runs nodes (some samplers leave autograd on otherwise)
+            latent = comfy.sample.sample(model, noise, steps or self.steps, self.cfg, self.sampler, self.scheduler,
+                                         positive, negative, self.latent, seed=seed, disable_pbar=True)
         seconds = time.perf_counter() - started
         image = self.demo.codec.decode(latent.float())[0].permute(1, 2, 0).numpy()
         return image, seconds

@@ -29,6 +29,7 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
                                        on_run_end=reporter.run_done if reporter is not None else None,
                                        kv_cache=kv_cache)
 
+    @torch.no_grad()
     def observe_post_cfg(args):
         run = slot.run
         if run is not None:

@@ -79,6 +79,7 @@ class JointKVCache:
 
     def store_dense(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, seq_dim: int = 1) -> None:
         """A dense step refreshes the whole layer cache (reusing its buffers when shapes match)."""
+        k, v = k.detach(), v.detach()       # a cache never holds an autograd graph (some samplers leave it on)
         if self.fp8:
             self._fp8[layer] = (_Fp8Layer(k, seq_dim), _Fp8Layer(v, seq_dim))
             self.generation += 1
@@ -95,6 +96,7 @@ class JointKVCache:
                      seq_dim: int, shared: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """k, v hold the rows that ran (text, then active image tokens) along seq_dim; rows (B, L)
         are their rows in the full joint sequence. Returns the refreshed full K and V."""
+        k, v = k.detach(), v.detach()       # a cache never holds an autograd graph
         if self.fp8:
             return self._write_sparse_fp8(layer, k, v, rows, seq_dim, shared)
         if layer not in self._layers:
