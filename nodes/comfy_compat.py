@@ -18,6 +18,13 @@ def on_multigpu_thread(transformer_options: dict) -> bool:
     return transformer_options.get("multigpu_thread_device") is not None
 
 
+def sampler_name(sampler) -> str:
+    """The k-diffusion name of a KSAMPLER ("euler_ancestral", "lcm", ...), read off its function
+    ("sample_euler_ancestral"); '' when it cannot be told."""
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", "") or ""
+    return name[len("sample_"):] if name.startswith("sample_") else name
+
+
 # Fields that newer ComfyUI requires in the Flux-family params, with the value that keeps the behaviour
 # of the versions before them: no text position ids along any RoPE axis; no pooled-vector input.
 _FLUX_FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None}

@@ -67,16 +67,17 @@ def summary_payload(run, node_id: str, method: str, seconds: float) -> dict:
     dense = sum(1 for _, is_dense in per_eval if is_dense)
     work = sum(tokens for tokens, _ in per_eval) / max(1, len(per_eval) * total)
     return {"node": str(node_id), "method": method, "work_fraction": round(work, 4), "dense": dense,
-            "sparse": len(per_eval) - dense, "evaluations": len(per_eval), "seconds": round(seconds, 2)}
+            "sparse": len(per_eval) - dense, "evaluations": len(per_eval), "seconds": round(seconds, 2),
+            "note": run.note}
 
 
 class ProgressReporter:
     def __init__(self, node_id, method: str, min_interval: float = 0.5,
-                 send: Callable[[str, dict], None] = server_send):
+                 send: Optional[Callable[[str, dict], None]] = None):
         self.node_id = None if node_id is None else str(node_id)
         self.method = method
         self.min_interval = min_interval
-        self.send = send
+        self.send = send or (lambda event, data: server_send(event, data))   # looked up when sending
         self._last_sent: Optional[float] = None
         self._run, self._seen = None, 0
         self._counts: Optional[torch.Tensor] = None     # (h, w) evaluations that computed each token (image 0)

@@ -27,7 +27,7 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
     (if any) sends live maps and the run summary to the node in the UI."""
     patched, slot = apply_token_sparse(model, make_policy, node,
                                        on_run_end=reporter.run_done if reporter is not None else None,
-                                       kv_cache=kv_cache)
+                                       kv_cache=kv_cache, method=reporter.method if reporter is not None else "RAS/SDiT")
 
     @torch.no_grad()
     def observe_post_cfg(args):

@@ -22,6 +22,7 @@ from ..sdit_core.tokens import image_view, is_image_shape, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
+from .sampler_support import dense_reason, warn
 from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
@@ -49,7 +50,8 @@ def _stream_key(transformer_options: dict):
 
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
                        on_run_end: Optional[Callable[[SparseRun, float], None]] = None,
-                       graph_backend: Callable[[], Any] = default_backend, kv_cache: Optional[str] = None):
+                       graph_backend: Callable[[], Any] = default_backend, kv_cache: Optional[str] = None,
+                       method: str = "region-adaptive sampling"):
     """Returns (patched clone, slot). `make_policy(run)` is called at every sampling start;
     `on_run_end(run, seconds)` after every completed sampling run. `graph_backend()` gives each run
     its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS).
@@ -70,6 +72,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache)
         run.policy = make_policy(run)
+        reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
+        if reason:
+            run.dense_only, run.note = True, reason
+            warn(reason, node)
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
             run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape[-2:],
                                                   patch_size, noise.shape[0])

@@ -267,6 +267,8 @@ class SparseRun:
         self.write_rows = write_rows
         self.graph_backend = graph_backend
         self.graph_captures = self.graph_replays = 0     # CUDA-graph counts of released streams
+        self.dense_only = False         # run every evaluation dense (a sampler the policy cannot follow)
+        self.note = ""                  # said in the after-run line (e.g. why the run was dense)
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
         self.streams: Dict[Hashable, Stream] = {}
@@ -295,7 +297,7 @@ class SparseRun:
         info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,
                         grid=self.grid, batch=self.batch)
         with profiling.span(profiling.PLAN):
-            active = self.policy.plan(info)
+            active = None if self.dense_only else self.policy.plan(info)
         if active is not None:
             active = validate_active_index(active, self.batch, info.num_tokens)
         record = EvalRecord(info, None if active is None else active.cpu())

@@ -37,6 +37,9 @@ class TokenPolicy:
     # (B, N) bool: the only tokens sparse steps may pick, or None for all (inpainting: inside the mask,
     # set by the engine's host when sampling starts). Outside, the sampler discards the model's output.
     selectable: Optional[torch.Tensor] = None
+    # does the policy measure its own error on skipped tokens and refresh (it can follow samplers that
+    # add fresh noise every step)?
+    follows_fresh_noise = False
 
     def budget(self, count: int, num_tokens: int) -> int:
         """A schedule's token count for the whole grid, scaled to the selectable region (the largest one

@@ -88,6 +88,8 @@ class SDiTConfig:
 
 
 class SDiTPolicy(TokenPolicy):
+    follows_fresh_noise = True         # drift probes see reused outputs go stale and ask for refreshes
+
     def __init__(self, config: SDiTConfig, patch_size: int):
         self.config = config.validate()
         self.patch_size = patch_size

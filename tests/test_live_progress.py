@@ -33,7 +33,7 @@ def test_every_evaluation_reported_without_throttle_and_summary_matches_the_trac
     assert [d["dense"] for d in live] == [True, True] + [False] * 6
     (result,) = summary
     assert result == {"node": "7", "method": "RAS", "work_fraction": round(trace.work_fraction, 4), "dense": 2,
-                      "sparse": 6, "evaluations": 8, "seconds": result["seconds"]}
+                      "sparse": 6, "evaluations": 8, "seconds": result["seconds"], "note": ""}
     assert 0 < result["seconds"] < 600
     # the map: update counts with the latest active tokens tinted, as a PNG data URL of the token grid
     prefix = "data:image/png;base64,"

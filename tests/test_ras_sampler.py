@@ -78,10 +78,9 @@ def test_cfg_batch_two_masks_differ_per_image():
     assert all(int(s.active[0].sum()) == int(s.active[1].sum()) for s in sparse)
 
 
-@pytest.mark.parametrize("sampler,scheduler", [("heun", "normal"), ("dpmpp_2m", "karras"),
-                                               ("dpmpp_2s_ancestral", "beta"), ("uni_pc", "sgm_uniform"),
-                                               ("lcm", "simple"), ("dpmpp_sde", "exponential")])
-def test_runs_with_any_sampler_and_scheduler(sampler, scheduler):
+@pytest.mark.parametrize("sampler,scheduler", [("heun", "normal"), ("dpmpp_2m", "karras"), ("uni_pc", "sgm_uniform"),
+                                               ("deis", "beta"), ("res_multistep", "exponential")])
+def test_runs_with_any_deterministic_sampler_and_scheduler(sampler, scheduler):
     model = tiny_flux(seed=15)
     out, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16),
                                      **ras_args(sampler_name=sampler, scheduler=scheduler, steps=6))
@@ -155,3 +154,28 @@ def test_kv_cache_input_fp8_samples_close_and_a_bad_value_is_named():
     assert 0 < error < 5e-2, error
     with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'kv_cache': 'int8' is not one of model dtype, fp8_e4m3"):
         RASSampler().sample(model, latent_image=latent(1), kv_cache="int8", **a)
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde", "lcm"])
+def test_samplers_that_add_fresh_noise_run_dense_and_say_so(sampler, caplog, monkeypatch):
+    """RAS's reused outputs cannot follow a sampler that adds fresh noise every step (15-29 dB measured):
+    the run is dense, equal to KSampler, and the log and the after-run line say why."""
+    from comfyui_sdit.nodes import live_progress
+    model = tiny_flux(seed=17)
+    a = ras_args(sampler_name=sampler)
+    lat = latent(1)
+    sent = []
+    monkeypatch.setattr(live_progress, "server_send", lambda event, data: sent.append((event, data)))
+    with caplog.at_level("WARNING"):
+        out, trace = RASSampler().sample(model, latent_image=lat, unique_id="7", **a)
+    assert all(s.dense for s in trace.steps)
+    assert (out["samples"] - plain_ksampler(model, a, lat)).abs().max().item() <= TOL
+    assert f"sampler {sampler} adds fresh noise" in caplog.text
+    summaries = [d for e, d in sent if e == live_progress.SUMMARY_EVENT]
+    assert summaries and "ran dense" in summaries[-1]["note"]
+
+
+def test_deterministic_samplers_still_run_sparse():
+    model = tiny_flux(seed=18)
+    _, trace = RASSampler().sample(model, latent_image=latent(1), **ras_args(sampler_name="dpmpp_2m"))
+    assert any(not s.dense for s in trace.steps)

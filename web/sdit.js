@@ -36,7 +36,8 @@ function parseLive(d) {
 function parseSummary(d) {
   if (!d || typeof d !== "object" || !isMethod(d.method)) return null;
   if (![d.dense, d.sparse, d.evaluations].every(isCount) || !isNumber(d.work_fraction) || !isNumber(d.seconds)) return null;
-  return { method: d.method, work: d.work_fraction, dense: d.dense, sparse: d.sparse, seconds: d.seconds };
+  const note = typeof d.note === "string" ? d.note.slice(0, 200) : "";
+  return { method: d.method, work: d.work_fraction, dense: d.dense, sparse: d.sparse, seconds: d.seconds, note };
 }
 
 function liveText(live) {
@@ -51,7 +52,7 @@ function summaryText(s) {
 
 // Grow the node so the map and text fit under its widgets.
 function makeRoom(node) {
-  const extra = (node.sditLive ? MAP_SIZE + 8 : 0) + 2 * LINE_HEIGHT + 8;
+  const extra = (node.sditLive ? MAP_SIZE + 8 : 0) + (node.sditSummary?.note ? 3 : 2) * LINE_HEIGHT + 8;
   const base = node.computeSize?.()[1] ?? node.size[1];
   if (node.size[1] < base + extra) node.setSize?.([node.size[0], base + extra]);
   app.graph?.setDirtyCanvas?.(true, true);
@@ -77,7 +78,7 @@ function onSummary(event) {
 }
 
 function drawRegionInfo(node, ctx) {
-  const lines = [node.sditLive?.text, node.sditSummary?.text].filter(Boolean);
+  const lines = [node.sditLive?.text, node.sditSummary?.text, node.sditSummary?.note].filter(Boolean);
   if (!lines.length) return;
   let y = node.size[1] - lines.length * LINE_HEIGHT - 4;
   const image = node.sditLive?.image;

@@ -1,0 +1,28 @@
+"""Which samplers region-adaptive sampling can follow. Measured on the demo model at ratio 0.25, PSNR
+against full sampling with the same sampler (docs/BENCHMARKS.md, "Samplers"): deterministic samplers
+keep 35-47 dB with RAS and SDiT. Samplers that add fresh noise at every step (ancestral, SDE, LCM) break
+RAS's reuse (15-29 dB, SSIM down to 0.18): a reused output belongs to the state before the new noise.
+SDiT's drift probes notice and refresh (44-54 dB, at 0.8 of the work), except with LCM (32 dB).
+Where a sampler cannot be followed the run is dense, and the log and the after-run line say why."""
+import logging
+from typing import Optional
+
+from .comfy_compat import sampler_name
+
+_FRESH_NOISE = ("ancestral", "sde", "seeds", "ddpm", "sa_solver")
+_NEVER = ("lcm",)
+
+
+def dense_reason(sampler, follows_fresh_noise: bool, method: str) -> Optional[str]:
+    """Why this run must be dense with this sampler, or None. `follows_fresh_noise`: the policy
+    measures its own error on skipped tokens and refreshes (SDiT)."""
+    name = sampler_name(sampler)
+    if any(part in name for part in _NEVER) or (any(part in name for part in _FRESH_NOISE)
+                                                 and not follows_fresh_noise):
+        return f"ran dense: sampler {name} adds fresh noise every step, which {method} cannot follow"
+    return None
+
+
+def warn(reason: str, node: str) -> None:
+    logging.warning("%s: %s (no speed-up; a deterministic sampler such as euler or dpmpp_2m can be sped up)",
+                    node, reason)
