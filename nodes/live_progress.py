@@ -8,6 +8,7 @@ sparse evaluation counts and the wall time. web/sdit.js draws both on the node. 
 ComfyUI server nothing is sent.
 """
 import base64
+import math
 import io
 import sys
 import time
@@ -32,16 +33,33 @@ def server_send(event: str, data: dict) -> None:
         instance.send_sync(event, data)
 
 
+MAX_FRAMES = 8      # a video's live map shows at most this many of its frames, side by side
+
+
 def active_mask(run, record, image: int = 0) -> torch.Tensor:
-    """The (h, w) bool mask of the tokens one evaluation computed for one image."""
-    h, w = run.grid
-    if record.active is None or evaluation_tokens(record, h * w)[1]:
-        return torch.ones(h, w, dtype=torch.bool)
-    return index_to_mask(record.active[image: image + 1], h * w).view(h, w)
+    """The (*grid) bool mask of the tokens one evaluation computed for one image (or video)."""
+    total = math.prod(run.grid)
+    if record.active is None or evaluation_tokens(record, total)[1]:
+        return torch.ones(run.grid, dtype=torch.bool)
+    return index_to_mask(record.active[image: image + 1], total).view(run.grid)
+
+
+def frame_strip(grid_map: torch.Tensor) -> torch.Tensor:
+    """(h, w) unchanged; (t, h, w) -> up to MAX_FRAMES evenly spaced frames side by side, a 1-token gap."""
+    if grid_map.ndim == 2:
+        return grid_map
+    frames = torch.linspace(0, grid_map.shape[0] - 1, min(MAX_FRAMES, grid_map.shape[0])).round().long()
+    gap = torch.zeros(grid_map.shape[1], 1, dtype=grid_map.dtype)
+    parts = []
+    for i, f in enumerate(frames.tolist()):
+        parts += ([gap] if i else []) + [grid_map[f]]
+    return torch.cat(parts, dim=1)
 
 
 def map_png(counts: torch.Tensor, latest: torch.Tensor, evaluations: int) -> str:
-    """Update counts (grey levels) with the latest evaluation's active tokens tinted, as a PNG data URL."""
+    """Update counts (grey levels) with the latest evaluation's active tokens tinted, as a PNG data URL
+    (a video: a strip of its frames)."""
+    counts, latest = frame_strip(counts), frame_strip(latest)
     grey = 40 + 180 * counts.float().numpy() / max(1, evaluations)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     mask = latest.numpy()
@@ -54,7 +72,7 @@ def map_png(counts: torch.Tensor, latest: torch.Tensor, evaluations: int) -> str
 
 def live_payload(run, node_id: str, method: str, counts: torch.Tensor, latest: torch.Tensor) -> dict:
     record = run.evals[-1]
-    total = run.grid[0] * run.grid[1]
+    total = math.prod(run.grid)
     tokens, dense = evaluation_tokens(record, total)
     return {"node": str(node_id), "method": method, "evaluation": record.info.index, "step": record.info.step,
             "steps": record.info.steps, "dense": dense, "tokens": tokens, "total": total,
@@ -62,7 +80,7 @@ def live_payload(run, node_id: str, method: str, counts: torch.Tensor, latest: t
 
 
 def summary_payload(run, node_id: str, method: str, seconds: float) -> dict:
-    total = run.grid[0] * run.grid[1]
+    total = math.prod(run.grid)
     per_eval = [evaluation_tokens(record, total) for record in run.evals]
     dense = sum(1 for _, is_dense in per_eval if is_dense)
     work = sum(tokens for tokens, _ in per_eval) / max(1, len(per_eval) * total)
@@ -80,8 +98,8 @@ class ProgressReporter:
         self.send = send or (lambda event, data: server_send(event, data))   # looked up when sending
         self._last_sent: Optional[float] = None
         self._run, self._seen = None, 0
-        self._counts: Optional[torch.Tensor] = None     # (h, w) evaluations that computed each token (image 0)
-        self._latest: Optional[torch.Tensor] = None     # (h, w) the latest evaluation's tokens
+        self._counts: Optional[torch.Tensor] = None     # (*grid) evaluations that computed each token (image 0)
+        self._latest: Optional[torch.Tensor] = None     # (*grid) the latest evaluation's tokens
 
     def evaluation_done(self, run) -> None:
         if self.node_id is None or not run.evals:

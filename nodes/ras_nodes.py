@@ -86,12 +86,13 @@ class RASSampler:
                             dynamic_spread)
         adapter = adapter_for(model, node)
         patch_size = adapter.patch_size(model.model.diffusion_model)
-        check_latent(latent_image, patch_size, node)
+        check_latent(latent_image, patch_size, node, video=adapter.video)
         patched, slot = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
         if run is None:       # nothing was sampled (denoise 0): the latent as KSampler returns it
-            return (latent, empty_trace("RAS", latent_image["samples"].shape, patch_size, vars(config)))
+            return (latent, empty_trace("RAS", latent_image["samples"].shape, patch_size, vars(config),
+                                        adapter.temporal_patch(model.model.diffusion_model)))
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
                                reasons=run.policy.reasons)
         return (latent, trace)

@@ -5,7 +5,7 @@ import importlib
 import comfy.samplers
 
 from ..sdit_core.kv_cache import STORES as KV_CACHE_STORES
-from ..sdit_core.tokens import is_image_shape
+from ..sdit_core.tokens import is_image_shape, is_latent_shape
 from .errors import SDiTInputError
 
 CATEGORY = "sampling/region adaptive"
@@ -43,11 +43,14 @@ def check_kv_cache(value, node: str) -> str:
     return value
 
 
-def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image") -> None:
+def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False) -> None:
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or not hasattr(samples, "shape") or not is_image_shape(samples.shape):
+    accepted = is_latent_shape if video else is_image_shape
+    if samples is None or not hasattr(samples, "shape") or not accepted(samples.shape):
         shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
-        raise SDiTInputError(node, input_name, f"expected an image latent (batch, channels, height, width), got shape {shape}")
+        expected = ("an image or video latent (batch, channels, [frames,] height, width)" if video else
+                    "an image latent (batch, channels, height, width); video latents need a video model (Wan)")
+        raise SDiTInputError(node, input_name, f"expected {expected}, got shape {shape}")
     height, width = samples.shape[-2:]
     if height % patch_size or width % patch_size:
         raise SDiTInputError(

@@ -48,6 +48,12 @@ SDIT_INPUTS = {
                          "tooltip": "A region's score is the mean of its top q fraction of token complexities (Eq. 6)."}), "top_q"),
     "dilation": (("INT", {"default": D.dilation, "min": 0, "max": 8,
                           "tooltip": "Grow chosen regions by this many tokens (8-connected) so both sides of a boundary update."}), "dilation"),
+    "video_dilation": ((["26", "6"], {"default": str(D.connectivity),
+                                      "tooltip": "Videos: dilation over the 26 neighbours of a token (the cube around it) or the 6 it shares a face with."}), "connectivity"),
+    "frame_scale": (("FLOAT", {"default": D.frame_scale, "min": 0.05, "max": 100.0, "step": 0.05,
+                               "tooltip": "Videos: how far apart neighbouring frames are for the segmentation, in tokens: larger = regions keep to fewer frames."}), "frame_scale"),
+    "temporal_complexity": (("FLOAT", {"default": D.temporal_weight, "min": 0.0, "max": 10.0, "step": 0.05,
+                                       "tooltip": "Videos: complexity weight of motion, the predicted image's difference to the neighbouring frames."}), "temporal_weight"),
     "dilation_mode": ((list(DILATION_MODES), {"default": D.dilation_mode,
                                               "tooltip": "on_top (default, as the paper counts it): the border tokens are added beyond sample_ratio, so a run computes more than the ratio says (the trace and the after-run line report the real work); inside: they count toward the ratio (speed as set)."}), "dilation_mode"),
     "extrapolation_order": (("INT", {"default": D.order, "min": 0, "max": 4,
@@ -78,6 +84,8 @@ def sdit_config(node: str, values: dict) -> SDiTConfig:
             check_range(value, options["min"], options["max"], node, name)
         elif isinstance(kind, list) and value not in kind:
             raise SDiTInputError(node, name, f"'{value}' is not one of {', '.join(kind)}")
+        if name == "video_dilation":
+            value = int(value)
         if name == "reset_steps":
             try:
                 value = tuple(parse_step_list(value))
@@ -123,11 +131,12 @@ class SDiTSampler:
         config = sdit_config(node, sdit_values)
         adapter = adapter_for(model, node)
         patch_size = adapter.patch_size(model.model.diffusion_model)
-        check_latent(latent_image, patch_size, node)
+        check_latent(latent_image, patch_size, node, video=adapter.video)
         patched, slot = patch_sdit(model, config, node, unique_id, check_kv_cache(kv_cache, node))
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it
-            return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config)))
+            return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config),
+                                        adapter.temporal_patch(model.model.diffusion_model)))
         return (latent, sdit_trace(slot.last_run, config))
 
 

@@ -18,7 +18,7 @@ from ..kernels.kv_write import kv_write
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
-from ..sdit_core.tokens import image_view, is_image_shape, tokens_inside
+from ..sdit_core.tokens import image_view, is_latent_shape, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
@@ -59,6 +59,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     adapter = adapter_for(model, node)
     check_neighbours(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
+    temporal_patch = adapter.temporal_patch(model.model.diffusion_model)
     patched = model.clone()
     slot = RunSlot()
     adapter.install(patched, slot)
@@ -66,19 +67,19 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
         noise = arguments["noise"]
-        check_latent({"samples": noise}, patch_size, node)
+        check_latent({"samples": noise}, patch_size, node, video=adapter.video)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
-                        kv_store=kv_cache)
+                        kv_store=kv_cache, temporal_patch=temporal_patch)
         run.policy = make_policy(run)
         reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
         if reason:
             run.dense_only, run.note = True, reason
             warn(reason, node)
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
-            run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape[-2:],
-                                                  patch_size, noise.shape[0])
+            run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape, patch_size,
+                                                  temporal_patch)
         slot.run = run
         started = time.monotonic()
         try:
@@ -93,7 +94,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
 
     def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         run = slot.run
-        if run is None or not is_image_shape(x.shape):
+        if run is None or not is_latent_shape(x.shape):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)

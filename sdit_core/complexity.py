@@ -23,9 +23,25 @@ def pixel_complexity(x_t: torch.Tensor, x_pred: torch.Tensor, alpha: float, gamm
     return score.mean(dim=1)
 
 
-def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.25) -> torch.Tensor:
-    """Eq. 5 averaged over each token's patch: (B, h, w)."""
-    return patch_average(pixel_complexity(x_t, x_pred, alpha, gamma, beta), patch_size)
+def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.25, temporal=0.0) -> torch.Tensor:
+    """Eq. 5 averaged over each token's patch: (B, h, w), or for a video (B, C, T, H, W) -> (B, T, h, w),
+    each frame's spatial terms plus `temporal` x the mean |x_pred| difference to its neighbouring frames
+    (motion: what changes from frame to frame needs computing)."""
+    if x_pred.ndim == 4:
+        return patch_average(pixel_complexity(x_t, x_pred, alpha, gamma, beta), patch_size)
+    b, c, t, h, w = x_pred.shape
+    frames = lambda v: v.transpose(1, 2).reshape(b * t, c, h, w)    # noqa: E731  frames as images
+    score = pixel_complexity(frames(x_t), frames(x_pred), alpha, gamma, beta).view(b, t, h, w)
+    if temporal > 0 and t > 1:
+        step = (x_pred[:, :, 1:] - x_pred[:, :, :-1]).float().abs().mean(dim=1)          # (B, T-1, H, W)
+        motion = torch.zeros(b, t, h, w, dtype=step.dtype, device=step.device)
+        count = torch.zeros(1, t, 1, 1, dtype=step.dtype, device=step.device)
+        motion[:, 1:] += step
+        motion[:, :-1] += step
+        count[:, 1:] += 1
+        count[:, :-1] += 1
+        score = score + temporal * motion / count
+    return patch_average(score, patch_size)
 
 
 def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float) -> torch.Tensor:

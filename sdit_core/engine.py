@@ -17,6 +17,7 @@ Forwards of one evaluation may run at once in several threads (newer ComfyUI run
 two GPUs in a thread pool): the forward in progress is kept per thread, and the run's bookkeeping is
 under a lock.
 """
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
@@ -28,7 +29,7 @@ from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
-from .tokens import gather_rows, is_image_shape, scatter_rows_, validate_active_index
+from .tokens import gather_rows, is_latent_shape, scatter_rows_, token_grid, validate_active_index
 
 
 @dataclass
@@ -82,6 +83,7 @@ class ForwardCall:
         self._image_index_key: Optional[Tuple[int, torch.device]] = None   # (image sequence length, device)
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self._attention_calls = 0
+        self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
@@ -170,7 +172,7 @@ class ForwardCall:
                   heads: int, kwargs: dict) -> torch.Tensor:
         """Runs one attention call of the forward. `attend(q, k, v, heads, **kwargs)` is the
         attention implementation ComfyUI chose (or an override another node installed)."""
-        if self.image_rows is None:       # no image tokens in this sequence yet (text-only layers)
+        if self.image_rows is None or self.passthrough:   # text-only layers, cross-attention to the context
             return attend(q, k, v, heads, **kwargs)
         seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
         # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
@@ -258,12 +260,15 @@ class SparseRun:
     """State of one sampling run: the policy, per-stream caches and the record of every evaluation."""
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
-                 write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None):
-        if not is_image_shape(latent_shape):
-            raise ValueError(f"expected a (batch, channels, height, width) latent, got shape {tuple(latent_shape)}")
+                 write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None,
+                 temporal_patch: int = 1):
+        if not is_latent_shape(latent_shape):
+            raise ValueError(f"expected a (batch, channels, [frames,] height, width) latent, got shape "
+                             f"{tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])
         self.patch_size = int(patch_size)
+        self.temporal_patch = int(temporal_patch)
         self.write_rows = write_rows
         self.graph_backend = graph_backend
         self.graph_captures = self.graph_replays = 0     # CUDA-graph counts of released streams
@@ -287,9 +292,9 @@ class SparseRun:
     def current(self, call: Optional["ForwardCall"]) -> None:
         self._local.call = call
 
-    def grid_of(self, latent_shape) -> Tuple[int, int]:
-        p = self.patch_size
-        return (-(-int(latent_shape[-2]) // p), -(-int(latent_shape[-1]) // p))
+    def grid_of(self, latent_shape) -> Tuple[int, ...]:
+        """(rows, cols), or (frames, rows, cols) for a video (sdit_core/tokens.py token_grid)."""
+        return token_grid(latent_shape, self.patch_size, self.temporal_patch)
 
     def _begin_eval(self, sigma: float, sample_sigmas: Optional[torch.Tensor]) -> EvalRecord:
         steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
@@ -326,7 +331,7 @@ class SparseRun:
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
         grid_index = None if dense else record.active.repeat(rows // self.batch, 1)
-        call = ForwardCall(self, stream, record.info, dense, grid_index, grid[0] * grid[1],
+        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid),
                            shared_index=record.shared)
         call.record.rows = rows
         call.eval_record = record

@@ -1,4 +1,5 @@
 """What a token-selection policy (RAS, SDiT, ...) tells the engine, and what it is told."""
+import math
 from dataclasses import dataclass
 from typing import Hashable, Optional, Tuple
 
@@ -23,12 +24,12 @@ class EvalInfo:
     step: int                   # the sampling step this evaluation belongs to
     steps: int                  # steps in the run's schedule
     sigma: float
-    grid: Tuple[int, int]       # image token grid (rows, cols)
-    batch: int                  # images in the latent batch
+    grid: Tuple[int, ...]       # token grid: (rows, cols), or (frames, rows, cols) for a video
+    batch: int                  # images (videos) in the latent batch
 
     @property
     def num_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return math.prod(self.grid)
 
 
 class TokenPolicy:

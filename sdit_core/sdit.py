@@ -21,7 +21,7 @@ from .extrapolation import OutputHistory, relative_error
 from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import ssd_counts
 from .refresh_schedule import dense_steps
-from .region_select import DILATION_MODES, select_regions
+from .region_select import CONNECTIVITIES, DILATION_MODES, select_regions
 from .segmentation import BACKENDS, QuickshiftParams, segment
 from .tokens import gather_rows
 from .token_features import token_features
@@ -40,6 +40,9 @@ class SDiTConfig:
     alpha: float = 1.0                 # Eq. 5 weights: edges, ...
     gamma: float = 0.5                 # ... fine detail (Laplacian), ...
     beta: float = 0.25                 # ... residual noise
+    temporal_weight: float = 0.5       # video: + motion, the x_pred difference to the neighbouring frames
+    frame_scale: float = 1.0           # video: Quickshift distance between neighbouring frames, in tokens
+    connectivity: int = 26             # video: dilation over the 26 (cube) or 6 (faces) neighbours
     top_q: float = 0.2                 # Eq. 6: mean of each region's top 20% tokens
     dilation: int = 1                  # Eq. 7: r
     dilation_mode: str = "on_top"      # dilation on top of the budget, as the paper's Table 5 counts it
@@ -68,6 +71,8 @@ class SDiTConfig:
             (0.0 < self.top_q <= 1.0, "top_q outside (0, 1]"),
             (self.dilation >= 0, "dilation must be >= 0"),
             (self.dilation_mode in DILATION_MODES, f"dilation_mode must be one of {DILATION_MODES}"),
+            (self.connectivity in CONNECTIVITIES, f"connectivity must be one of {CONNECTIVITIES}"),
+            (self.temporal_weight >= 0 and self.frame_scale > 0, "temporal_weight >= 0, frame_scale > 0"),
             (self.order >= 0, "order must be >= 0"),
             (self.decay >= 0, "decay must be >= 0"),
             (self.horizon >= 0, "horizon must be >= 0"),
@@ -95,8 +100,8 @@ class SDiTPolicy(TokenPolicy):
         self.patch_size = patch_size
         self._dense: Optional[set] = None
         self._counts: Dict[int, int] = {}
-        self._labels: Optional[torch.Tensor] = None          # (B, h, w) from the latest evaluation
-        self._complexity: Optional[torch.Tensor] = None      # (B, h, w)
+        self._labels: Optional[torch.Tensor] = None          # (B, *grid) from the latest evaluation
+        self._complexity: Optional[torch.Tensor] = None      # (B, *grid)
         self._scores: Optional[List[torch.Tensor]] = None    # per image (K_b,)
         self._age: Optional[torch.Tensor] = None             # (B, N) evaluations since each token last ran
         self._probes: Dict[int, torch.Tensor] = {}           # eval index -> (B, p) probe tokens (CPU)
@@ -104,8 +109,8 @@ class SDiTPolicy(TokenPolicy):
         self._reset_pending = False
         self._last_info: Optional[EvalInfo] = None
         self.histories: Dict[Hashable, OutputHistory] = {}
-        self.label_maps: Dict[int, torch.Tensor] = {}        # eval index -> (B, h, w) int32, CPU
-        self.complexity_maps: Dict[int, torch.Tensor] = {}   # eval index -> (B, h, w) fp16, CPU
+        self.label_maps: Dict[int, torch.Tensor] = {}        # eval index -> (B, *grid) int32, CPU
+        self.complexity_maps: Dict[int, torch.Tensor] = {}   # eval index -> (B, *grid) fp16, CPU
         self.drift: Dict[int, float] = {}                    # eval index -> extrapolation error on skipped tokens
         self.probe_counts: Dict[int, int] = {}               # eval index -> probe tokens per image
         self.reasons: Dict[int, str] = {}                    # eval index -> why it ran the way it did
@@ -134,7 +139,7 @@ class SDiTPolicy(TokenPolicy):
         forced = age >= self.config.max_skip_age if self.config.max_skip_age > 0 else None
         selected = select_regions(self._labels, self._aged_scores(age), self._complexity, self.budget(count, n),
                                   self.config.dilation, self.config.dilation_mode, forced=forced,
-                                  selectable=self.selectable)
+                                  selectable=self.selectable, connectivity=self.config.connectivity)
         active = self._with_probes(info, selected.cpu(), n)
         ran = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, active, True)
         self._age = torch.where(ran, torch.zeros_like(age), age + 1)
@@ -178,8 +183,10 @@ class SDiTPolicy(TokenPolicy):
         features = token_features(step.denoised, step.noise, self.patch_size)     # (B, h, w, 2C)
         params = c.quickshift()
         with profiling.span(profiling.SEGMENT):
-            labels = torch.stack([segment(features[b], params, c.backend) for b in range(features.shape[0])])
-        complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta)
+            labels = torch.stack([segment(features[b], params, c.backend, c.frame_scale)
+                                  for b in range(features.shape[0])])
+        complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta,
+                                      c.temporal_weight)
         self._labels = labels
         self._complexity = complexity
         self._scores = [region_scores(labels[b], complexity[b], c.top_q) for b in range(labels.shape[0])]

@@ -12,17 +12,19 @@ def noise_prediction(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tenso
 
 
 def patch_average(values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, H, W) per latent pixel -> (B, h, w) per token (a patch_size x patch_size patch)."""
+    """(B, [T,] H, W) per latent pixel -> (B, [T,] h, w) per token (a patch_size x patch_size patch of
+    each frame; video families here have one latent frame per token)."""
     p = patch_size
     pad_h, pad_w = (-values.shape[-2]) % p, (-values.shape[-1]) % p
-    v = values[:, None]
+    v = values.reshape(-1, 1, *values.shape[-2:])
     if pad_h or pad_w:
         v = F.pad(v, (0, pad_w, 0, pad_h), mode="replicate")
-    return F.avg_pool2d(v, p)[:, 0]
+    pooled = F.avg_pool2d(v, p)[:, 0]
+    return pooled.view(*values.shape[:-2], *pooled.shape[-2:])
 
 
 def token_metric(output: torch.Tensor, patch_size: int, kind: str = "std") -> torch.Tensor:
-    """output (B, C, H, W) -> (B, h, w): std (or l2 norm) over channels, averaged over each patch."""
+    """output (B, C, [T,] H, W) -> (B, [T,] h, w): std (or l2 norm) over channels, averaged over each patch."""
     output = output.float()
     if kind == "std":
         per_pixel = output.std(dim=1)

@@ -9,9 +9,24 @@ def is_image_shape(shape) -> bool:
     return len(shape) == 4 or (len(shape) == 5 and int(shape[2]) == 1)
 
 
+def is_latent_shape(shape) -> bool:
+    """An image latent, or a video latent (batch, channels, frames, height, width)."""
+    return len(shape) in (4, 5)
+
+
+def token_grid(shape, patch_size: int, temporal_patch: int = 1):
+    """The token grid of a latent: (rows, cols) for an image or a single frame, (frames, rows, cols)
+    for a video of more than one frame. Tokens are numbered in raster order over that grid."""
+    p = int(patch_size)
+    rows, cols = -(-int(shape[-2]) // p), -(-int(shape[-1]) // p)
+    if len(shape) == 5 and int(shape[2]) > 1:
+        return (-(-int(shape[2]) // int(temporal_patch)), rows, cols)
+    return (rows, cols)
+
+
 def image_view(x: torch.Tensor) -> torch.Tensor:
-    """A single-frame 5-D latent as (batch, channels, height, width); 4-D unchanged."""
-    return x[:, :, 0] if x.ndim == 5 else x
+    """A single-frame 5-D latent as (batch, channels, height, width); 4-D and videos unchanged."""
+    return x[:, :, 0] if x.ndim == 5 and x.shape[2] == 1 else x
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -59,13 +74,26 @@ def index_to_mask(index: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return mask
 
 
-def tokens_inside(mask: torch.Tensor, latent_hw, patch_size: int, batch: int) -> torch.Tensor:
-    """An inpainting mask (any leading dims, then H x W at any resolution; > 0 = repaint) -> (batch, N)
-    bool: the tokens whose patch has any repainted latent pixel. The mask is brought to the latent size
-    as the sampler does (bilinear), so a token on the mask's edge counts as inside."""
-    m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
-    m = F.interpolate(m, size=tuple(latent_hw), mode="bilinear")
-    inside = (F.max_pool2d(m, patch_size, ceil_mode=True) > 0).flatten(1)
+def tokens_inside(mask: torch.Tensor, latent_shape, patch_size: int, temporal_patch: int = 1) -> torch.Tensor:
+    """An inpainting mask (batch, [channels, [frames,]] H x W at any resolution; > 0 = repaint) ->
+    (batch, N) bool over the latent's token grid: the tokens whose patch has any repainted latent
+    pixel. The mask is brought to the latent size as the sampler does (bilinear), so a token on the
+    mask's edge counts as inside. A video mask without a frame axis applies to every frame."""
+    batch, grid = int(latent_shape[0]), token_grid(latent_shape, patch_size, temporal_patch)
+    frames = int(latent_shape[2]) if len(grid) == 3 else 1
+    if len(grid) == 3 and mask.ndim == 5:
+        m = mask.amax(dim=1).float()                                         # (B', T', H, W)
+        m = F.interpolate(m[:, None], size=(frames,) + tuple(latent_shape[-2:]), mode="trilinear")[:, 0]
+    else:
+        m = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
+        m = F.interpolate(m[:, None], size=tuple(latent_shape[-2:]), mode="bilinear")[:, 0]
+        if len(grid) == 3:
+            m = m[:, None].expand(-1, frames, -1, -1)
+    pooled = F.max_pool2d(m.reshape(-1, 1, *m.shape[-2:]), patch_size, ceil_mode=True)   # (B' [x T], 1, h, w)
+    if len(grid) == 3:                   # frames -> token frames (temporal patch)
+        pooled = F.max_pool3d(pooled.view(m.shape[0], 1, frames, *pooled.shape[-2:]), (temporal_patch, 1, 1),
+                              ceil_mode=True)
+    inside = (pooled > 0).reshape(m.shape[0], -1)
     if inside.shape[0] != batch:
         inside = inside[:1].expand(batch, -1) if inside.shape[0] == 1 else inside[:batch]
     return inside

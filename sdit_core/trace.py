@@ -1,11 +1,12 @@
 """REGION_TRACE: what a region-adaptive run did, step by step; compact and on the CPU."""
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from .engine import EvalRecord, SparseRun
-from .tokens import index_to_mask
+from .tokens import index_to_mask, token_grid
 
 
 @dataclass
@@ -14,10 +15,10 @@ class StepTrace:
     step: int
     sigma: float
     dense: bool
-    active: torch.Tensor                 # (B, h, w) bool: tokens computed this evaluation
+    active: torch.Tensor                 # (B, *grid) bool: tokens computed this evaluation (grid: (h, w) or (t, h, w))
     tokens: int                          # image tokens computed per image (row-weighted over calls)
-    metric: Optional[torch.Tensor] = None   # (B, h, w) fp16 score map from this evaluation's output
-    labels: Optional[torch.Tensor] = None   # (B, h, w) int32 region labels (SDiT)
+    metric: Optional[torch.Tensor] = None   # (B, *grid) fp16 score map from this evaluation's output
+    labels: Optional[torch.Tensor] = None   # (B, *grid) int32 region labels (SDiT)
     reason: str = ""                        # why the evaluation ran dense or sparse
     drift: Optional[float] = None           # SDiT: extrapolation's relative error on skipped (probe) tokens
     probes: int = 0                         # SDiT: of `tokens`, drawn from the skipped ones to measure drift
@@ -34,7 +35,7 @@ class RegionTrace:
 
     @property
     def num_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return math.prod(self.grid)
 
     @property
     def update_count(self) -> torch.Tensor:
@@ -67,9 +68,9 @@ class RegionTrace:
         return f"RegionTrace({self.summary()})"
 
 
-def empty_trace(method: str, latent_shape, patch_size: int, settings=None) -> RegionTrace:
+def empty_trace(method: str, latent_shape, patch_size: int, settings=None, temporal_patch: int = 1) -> RegionTrace:
     """The trace of a run that sampled nothing (denoise 0: the latent comes back unchanged)."""
-    grid = (-(-int(latent_shape[-2]) // patch_size), -(-int(latent_shape[-1]) // patch_size))
+    grid = token_grid(latent_shape, patch_size, temporal_patch)
     return RegionTrace(method=method, grid=grid, batch=int(latent_shape[0]), patch_size=patch_size,
                        settings=dict(settings or {}))
 
@@ -86,15 +87,14 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
                    label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
                    reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None,
                    probes: Optional[Dict[int, int]] = None) -> RegionTrace:
-    h, w = run.grid
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}))
     for record in run.evals:
-        tokens, dense = evaluation_tokens(record, h * w)
+        tokens, dense = evaluation_tokens(record, math.prod(run.grid))
         if dense or record.active is None:
-            active = torch.ones(run.batch, h, w, dtype=torch.bool)
+            active = torch.ones(run.batch, *run.grid, dtype=torch.bool)
         else:
-            active = index_to_mask(record.active, h * w).view(run.batch, h, w)
+            active = index_to_mask(record.active, math.prod(run.grid)).view(run.batch, *run.grid)
         index = record.info.index
         trace.steps.append(StepTrace(
             eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,

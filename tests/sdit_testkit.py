@@ -217,3 +217,22 @@ FAMILIES = {
     "qwen_image": TinyFamily(tiny_qwen_image, lambda: text_conditioning(1, 7), lambda: text_conditioning(2, 7),
                              frames=True, attention_layers=2),
 }
+
+
+# ---- video ----------------------------------------------------------------------------------------
+TINY_WAN = dict(image_model="wan2.1", model_type="t2v", dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=16,
+                out_dim=16, text_dim=32, freq_dim=32, eps=1e-6)
+TINY_WAN_I2V = dict(TINY_WAN, model_type="i2v", in_dim=36)
+TINY_WAN22_TI2V = dict(TINY_WAN, in_dim=48, out_dim=48)
+
+
+def tiny_wan(seed: int = 0):
+    return build_tiny(comfy.supported_models.WAN21_T2V, TINY_WAN, seed)
+
+
+def tiny_wan_i2v(seed: int = 0):
+    return build_tiny(comfy.supported_models.WAN21_I2V, TINY_WAN_I2V, seed)
+
+
+def tiny_wan22_ti2v(seed: int = 0):
+    return build_tiny(comfy.supported_models.WAN22_T2V, TINY_WAN22_TI2V, seed)

@@ -41,7 +41,7 @@ def test_only_tokens_inside_the_mask_run_and_outside_equals_ksampler(node):
                                               latent)[0]["samples"]
     outside = mask[0] == 0
     assert torch.equal(out["samples"][..., outside], reference[..., outside])
-    inside_tokens = tokens_inside(mask, (16, 16), 2, 1)[0].view(8, 8)
+    inside_tokens = tokens_inside(mask, (1, 16, 16, 16), 2)[0].view(8, 8)
     assert int(inside_tokens.sum()) == 16
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse
@@ -57,7 +57,7 @@ def test_only_tokens_inside_the_mask_run_and_outside_equals_ksampler(node):
 def test_tokens_inside_takes_masks_at_any_resolution():
     pixel_mask = torch.zeros(1, 128, 128)
     pixel_mask[:, 64:, 64:] = 1.0                  # bottom-right quarter, at image resolution
-    inside = tokens_inside(pixel_mask, (16, 16), 2, 2)
+    inside = tokens_inside(pixel_mask, (2, 16, 16, 16), 2)
     assert inside.shape == (2, 64) and torch.equal(inside[0], inside[1])
     grid = inside[0].view(8, 8)
     assert grid[4:, 4:].all() and not grid[:3, :].any() and not grid[:, :3].any()

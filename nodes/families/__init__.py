@@ -11,8 +11,9 @@ from .flux import FluxFamily
 from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
+from .wan import WanFamily
 
-FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily()]
+FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily()]
 
 
 def supported_family_names() -> str:

@@ -48,6 +48,41 @@ def unwrap_ours(function):
     return function
 
 
+def passthrough_method(patcher, slot, path: str) -> None:
+    """Object-patches a method whose attention calls are not over the image tokens (cross-attention of
+    the image queries to text or image context): while it runs, attention passes the engine's K/V
+    cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are."""
+    original = unwrap_ours(patcher.get_model_object(path))
+
+    def patched(*args, **kwargs):
+        call = slot.current_call()
+        if call is None:
+            return original(*args, **kwargs)
+        call.passthrough += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            call.passthrough -= 1
+
+    patched.sdit_wraps = original
+    patcher.add_object_patch(path, patched)
+
+
+def gathered_freqs(call, freqs: torch.Tensor, prefix: int) -> torch.Tensor:
+    """RoPE frequencies of [prefix | full image sequence] (sequence on dim 1) -> [prefix | running image
+    tokens], computed once per forward (every layer gets the same tensor). Frequencies built for one
+    image and broadcast over the batch are expanded to the batch first (a view): each image may run
+    other tokens."""
+    key = ("freqs", freqs.data_ptr(), tuple(freqs.shape), prefix)
+    if key not in call.scratch:
+        rows = call.image_index_now().shape[0]
+        if freqs.shape[0] == 1 and rows > 1:
+            freqs = freqs.expand(rows, *freqs.shape[1:])
+        image = call.gather(freqs[:, prefix:])
+        call.scratch[key] = torch.cat([freqs[:, :prefix], image], dim=1) if prefix else image
+    return call.scratch[key]
+
+
 def _may_graph(patcher, call, arguments: dict) -> bool:
     """A sparse call may replay from a graph when the run captures them, its tensors live where the
     graphs do, the weights stay where they are (comfy_compat.weights_may_move) and no other node
@@ -82,6 +117,11 @@ def gather_control(call, control: dict) -> dict:
 class FamilyAdapter:
     """Interface of a model-family adapter."""
     names: Tuple[str, ...] = ()
+    video = False               # takes video latents (batch, channels, frames, height, width)
+
+    def temporal_patch(self, diffusion_model) -> int:
+        """Latent frames per token (video families)."""
+        return 1
 
     def matches(self, diffusion_model) -> bool:
         raise NotImplementedError

@@ -16,22 +16,7 @@ part as "everything before the image rows that ran".
 """
 import torch
 
-from .base import FamilyAdapter, patch_method
-
-
-def _gathered_freqs(call, freqs: torch.Tensor, prefix: int) -> torch.Tensor:
-    """RoPE frequencies of [prefix | full image sequence] -> [prefix | running image tokens],
-    computed once per forward (every layer gets views of the same tensor). Frequencies built for one
-    image and broadcast over the batch are expanded to the batch first (a view), since each image
-    may run other tokens."""
-    key = ("freqs", freqs.data_ptr(), tuple(freqs.shape), prefix)
-    if key not in call.scratch:
-        rows = call.image_index_now().shape[0]
-        if freqs.shape[0] == 1 and rows > 1:
-            freqs = freqs.expand(rows, *freqs.shape[1:])
-        image = call.gather(freqs[:, prefix:])
-        call.scratch[key] = torch.cat([freqs[:, :prefix], image], dim=1) if prefix else image
-    return call.scratch[key]
+from .base import FamilyAdapter, gathered_freqs, patch_method
 
 
 class LuminaFamily(FamilyAdapter):
@@ -78,7 +63,7 @@ def _gather_freqs(call, arguments) -> None:
     freqs = arguments["freqs_cis"]
     if not call.dense and call.image_rows is not None and freqs.shape[1] != arguments["x"].shape[1]:
         prefix = arguments["x"].shape[1] - call.image_rows
-        arguments["freqs_cis"] = _gathered_freqs(call, freqs, prefix)
+        arguments["freqs_cis"] = gathered_freqs(call, freqs, prefix)
 
 
 def _scatter_image_part(call, arguments) -> None:

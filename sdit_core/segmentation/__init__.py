@@ -4,6 +4,8 @@
 
 features: (H, W, F) token features; labels: (H, W) int64 in 0..K-1, every region spatially
 contiguous (4-connected: disconnected parts of one Quickshift tree become separate regions).
+A video's features (T, H, W, F) are segmented as a 3-D grid (quickshift_video.py, the torch backend;
+regions 6-connected), the frame index a third coordinate scaled by `frame_scale`.
 """
 from dataclasses import dataclass
 
@@ -34,10 +36,16 @@ def tie_noise(height: int, width: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(scale=0.00001, size=(height, width)))
 
 
-def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(), backend: str = "torch") -> torch.Tensor:
+def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(), backend: str = "torch",
+            frame_scale: float = 1.0) -> torch.Tensor:
     params.validate()
+    if features.ndim == 4:
+        if backend != "torch":
+            raise ValueError(f"segmentation backend '{backend}' is 2-D only; videos are segmented by 'torch'")
+        from .quickshift_video import quickshift_video
+        return split_disconnected(quickshift_video(features, params, frame_scale))
     if features.ndim != 3:
-        raise ValueError(f"features must be (H, W, F), got {tuple(features.shape)}")
+        raise ValueError(f"features must be (H, W, F) or (T, H, W, F), got {tuple(features.shape)}")
     if backend == "torch":
         from .quickshift_torch import quickshift_torch as run
     elif backend == "hnsw":

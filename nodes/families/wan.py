@@ -1,0 +1,79 @@
+"""Wan 2.1 / 2.2 (comfy/ldm/wan/model.py, WanModel): text-to-video, image-to-video, TI2V 5B.
+
+`forward_orig` embeds the video with a 3-D patch convolution into tokens numbered over (frames, rows,
+cols), runs the blocks (self-attention over the video tokens with 3-D RoPE, cross-attention of the
+video tokens to the text and CLIP-image context, a feed-forward) and a per-token head. The adapter
+hooks modules, never that function's code:
+- the first block gathers the video tokens; every block gets the running tokens' RoPE frequencies
+  and, where the timestep is per frame or per token (Wan 2.2 TI2V), their modulation;
+- cross-attention passes the K/V cache by (its keys are the context, complete as they are);
+- the head gets the running tokens' modulation and its output is scattered back to every token.
+Self-attention has no text prefix: the K/V cache holds the video tokens alone.
+Variants with a forward of their own (VACE, Camera, S2V, Animate, ...) are other models: not covered.
+"""
+import torch
+
+from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method
+
+
+class WanFamily(FamilyAdapter):
+    names = ("Wan 2.1", "Wan 2.2")
+    video = True
+
+    def matches(self, diffusion_model) -> bool:
+        import comfy.ldm.wan.model as wan
+        if not isinstance(diffusion_model, wan.WanModel):
+            return False
+        return all(getattr(type(diffusion_model), name) is getattr(wan.WanModel, name)
+                   for name in ("forward_orig", "_forward", "forward") if hasattr(wan.WanModel, name))
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[-1])
+
+    def temporal_patch(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[0])
+
+    def install(self, patcher, slot) -> None:
+        blocks = len(patcher.model.diffusion_model.blocks)
+        for i in range(blocks):
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward",
+                         before=_gather_tokens if i == 0 else _gather_positions_and_modulation)
+            passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
+        patch_method(patcher, slot, "diffusion_model.head.forward", before=_gather_head_modulation,
+                     after=lambda call, out: call.scatter(out))
+
+
+def _gather_tokens(call, arguments) -> None:
+    x = arguments["x"]
+    if x.shape[1] != call.grid_tokens:
+        # a reference latent (ref_conv) or frames concatenated in time precede or follow the video
+        raise NotImplementedError(f"Wan with {x.shape[1] - call.grid_tokens} tokens beyond the latent's "
+                                  f"{call.grid_tokens} (a reference latent or extra frames) is not supported by "
+                                  "region-adaptive sampling; sample it with KSampler")
+    arguments["x"] = call.gather(x)                  # dense: unchanged, but counted
+    _gather_positions_and_modulation(call, arguments)
+
+
+def _gather_positions_and_modulation(call, arguments) -> None:
+    if call.dense:
+        return
+    arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
+    arguments["e"] = _gathered_modulation(call, arguments["e"])
+
+
+def _gather_head_modulation(call, arguments) -> None:
+    if not call.dense:
+        arguments["e"] = _gathered_modulation(call, arguments["e"])
+
+
+def _gathered_modulation(call, e: torch.Tensor) -> torch.Tensor:
+    """Modulation per video (dim 1 of size 1) stays; per frame or per token (Wan 2.2 TI2V's per-token
+    timestep) it is spread over every token as the model's own `repeat_e` spreads it, then gathered."""
+    if e.shape[1] == 1:
+        return e
+    key = ("modulation", e.data_ptr(), tuple(e.shape))
+    if key not in call.scratch:
+        from comfy.ldm.wan.model import repeat_e
+        every_token = e.new_empty(e.shape[0], call.grid_tokens, 0)     # only its length is read
+        call.scratch[key] = call.gather_grid(repeat_e(e, every_token))
+    return call.scratch[key]

@@ -1,0 +1,184 @@
+"""Video DiTs (Wan 2.1 / 2.2) on tiny random-weight instances of ComfyUI's real classes (CPU, fp32): the
+same exactness set as the image families, over a 3-D token grid (frames, rows, cols)."""
+import importlib
+import types
+
+import pytest
+import torch
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
+from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTSampler
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.engine import SparseRun
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from comfyui_sdit.sdit_core.tokens import index_to_mask
+from sdit_testkit import (build_tiny, ksample, random_active, sample_with, text_conditioning, tiny_wan, tiny_wan22_ti2v,
+                          tiny_wan_i2v)
+from test_ras_sampler import ras_args
+from test_sdit_sampler import defaults as sdit_defaults
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+TOL = 1e-5
+FRAMES, HEIGHT, WIDTH = 5, 8, 12                   # an odd frame count, non-square frames
+TOKENS = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
+
+
+def video_latent(batch=1, channels=16, frames=FRAMES, height=HEIGHT, width=WIDTH):
+    return torch.zeros(batch, channels, frames, height, width)
+
+
+def conds(**extra):
+    return dict(positive=text_conditioning(1, 7, **extra), negative=text_conditioning(2, 5, **extra))
+
+
+def i2v_conds():
+    g = torch.Generator().manual_seed(9)
+    extra = dict(concat_latent_image=torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g),
+                 concat_mask=torch.ones(1, 1, FRAMES, HEIGHT, WIDTH),
+                 clip_vision_output=types.SimpleNamespace(penultimate_hidden_states=torch.randn(1, 257, 1280,
+                                                                                               generator=g)))
+    return conds(**extra)
+
+
+VARIANTS = {"t2v": (tiny_wan, 16, conds), "i2v": (tiny_wan_i2v, 16, i2v_conds)}
+
+
+class RecordingPolicy(FixedPlanPolicy):
+    def __init__(self, plans):
+        super().__init__(plans)
+        self.outputs = []
+
+    def on_output(self, stream, info, output, computed):
+        self.outputs.append((stream, output.clone(), computed))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_all_tokens_active_equals_unpatched(variant, batch, cfg):
+    build, channels, make_conds = VARIANTS[variant]
+    model = build(seed=3)
+    latent = video_latent(batch, channels)
+    reference = ksample(model, latent, seed=5, steps=5, cfg=cfg, **make_conds())
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 4)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    sparse = ksample(patched, latent, seed=5, steps=5, cfg=cfg, **make_conds())
+    assert (sparse - reference).abs().max().item() <= TOL
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False, False]
+    assert slot.last_run.grid == (FRAMES, HEIGHT // 2, WIDTH // 2)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_dense_then_sparse_matches_dense_on_active_tokens(variant, batch, cfg):
+    build, channels, make_conds = VARIANTS[variant]
+    model = build(seed=4)
+    latent = video_latent(batch, channels)
+    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
+    if batch > 1:
+        assert not torch.equal(active[0].sort().values, active[1].sort().values)
+    policy = RecordingPolicy([None, active])
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for _ in range(2):
+            model(x, sigmas[0] * s_in, **extra_args)
+        return x
+    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **make_conds())
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    assert by_stream
+    for (dense, _), (sparse, computed) in by_stream.values():
+        mask = index_to_mask(computed, TOKENS)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+        assert torch.equal(sparse[~mask], dense[~mask])
+
+
+def test_per_frame_timesteps_of_wan22_ti2v():
+    """Wan 2.2 TI2V 5B: with a first-frame image the timestep is per frame, so the modulation is per token
+    and is gathered with the tokens; the kept first frame is never picked (it is not repainted)."""
+    model = tiny_wan22_ti2v(seed=6)
+    samples = torch.randn(1, 48, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(1, 1, FRAMES, HEIGHT, WIDTH)
+    mask[:, :, 0] = 0.0                                        # frame 0 is the given image
+    latent = {"samples": samples, "noise_mask": mask}
+    a = ras_args(steps=6, sample_ratio=0.5, warmup_steps=1, reset_steps="", **conds())
+    reference = comfy_nodes.KSampler().sample(model, a["seed"], 6, 1.0, "euler", "simple", a["positive"],
+                                              a["negative"], latent)[0]["samples"]
+    # every token through the sparse path (per-token modulation gathered) == KSampler
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 5)
+    everything = comfy_nodes.KSampler().sample(apply_token_sparse(model, lambda run: policy, node="test")[0],
+                                               a["seed"], 6, 1.0, "euler", "simple", a["positive"], a["negative"],
+                                               latent)[0]["samples"]
+    assert (everything - reference).abs().max().item() <= TOL
+    out, trace = RASSampler().sample(model, latent_image=latent, **a)
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and torch.isfinite(out["samples"]).all()
+    for s in sparse:
+        assert s.active.shape == (1, FRAMES, HEIGHT // 2, WIDTH // 2)
+        assert not s.active[0, 0].any(), "the given first frame is never computed on sparse steps"
+    assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method):
+    model = tiny_wan(seed=7)
+    latent = {"samples": video_latent(2)}
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **conds())
+    before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                           latent)[0]["samples"]
+    if method == "RAS":
+        out, trace = RASSampler().sample(model, latent_image=latent, **a)
+        (patched,) = RASModelPatch().patch(model, 0.3, 2, "", 0.1, "std", True)
+    else:
+        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+        out, trace = SDiTSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                          latent, 1.0, **values)
+        (patched,) = SDiTModelPatch().patch(model, **values)
+        assert trace.steps[-1].labels.shape == (2, FRAMES, HEIGHT // 2, WIDTH // 2)
+    after = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                          latent)[0]["samples"]
+    assert torch.equal(before, after), "the model passed in is unchanged"
+    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2) and trace.batch == 2
+    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
+    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
+    via_patch = comfy_nodes.KSampler().sample(patched, a["seed"], 6, 2.5, "euler", "simple", a["positive"],
+                                              a["negative"], latent)[0]["samples"]
+    assert torch.isfinite(via_patch).all()
+
+
+def test_two_experts_each_start_with_a_dense_step():
+    """Wan 2.2 A14B: a high-noise and a low-noise expert share one run through two KSamplerAdvanced; each
+    is its own patched model, and the second starts with a dense step (its caches are new)."""
+    high, low = tiny_wan(seed=8), tiny_wan(seed=9)
+    a = dict(ras_args(), **conds())
+    latent = {"samples": video_latent()}
+
+    def two_stage(first, second):
+        advanced = comfy_nodes.KSamplerAdvanced()
+        mid = advanced.sample(first, "enable", 3, 8, 1.0, "euler", "simple", a["positive"], a["negative"], latent,
+                              0, 4, "enable")[0]
+        return advanced.sample(second, "disable", 3, 8, 1.0, "euler", "simple", a["positive"], a["negative"], mid,
+                               4, 10000, "disable")[0]["samples"]
+    reference = two_stage(high, low)
+    patched = [RASModelPatch().patch(m, 1.0, 1, "", 0.1, "std", False)[0] for m in (high, low)]
+    assert (two_stage(*patched) - reference).abs().max().item() <= TOL
+    patched = [RASModelPatch().patch(m, 0.4, 1, "", 0.1, "std", False)[0] for m in (high, low)]
+    out = two_stage(*patched)
+    assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
+
+
+def test_video_variants_with_their_own_forward_get_the_not_supported_error():
+    import comfy.supported_models
+    from sdit_testkit import TINY_WAN
+    vace = build_tiny(comfy.supported_models.WAN21_Vace, dict(TINY_WAN, vace_layers=1, vace_in_dim=96), seed=0)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*VaceWanModel.*not supported.*Wan"):
+        RASSampler().sample(vace, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
+
+
+def test_image_models_refuse_video_latents_clearly():
+    from sdit_testkit import tiny_flux
+    with pytest.raises(SDiTInputError, match=r"latent_image.*video latents need a video model"):
+        RASSampler().sample(tiny_flux(seed=1), latent_image={"samples": video_latent()}, **ras_args())
