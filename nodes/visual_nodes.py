@@ -8,7 +8,8 @@ from ..sdit_core.complexity import token_complexity
 from ..sdit_core.trace import RegionTrace
 from .errors import SDiTInputError
 from .sampling import CATEGORY
-from .visualize import blend, heatmap, labels_image, mask_image, to_image_batch, upsample_nearest, with_legend
+from .visualize import (blend, heatmap, labels_image, mask_image, render, to_image_batch, upsample_nearest,
+                        with_legend)
 
 LATENT_TO_PIXELS = 8   # the VAEs of the supported families downscale by 8
 
@@ -33,10 +34,38 @@ def _pick_step(trace: RegionTrace, step: int, node: str):
 
 
 def _output_size(trace: RegionTrace, image) -> tuple:
+    """Pixels of one image (one frame of a video)."""
     if image is not None:
         return int(image.shape[1]), int(image.shape[2])
     scale = trace.patch_size * LATENT_TO_PIXELS
-    return trace.grid[0] * scale, trace.grid[1] * scale
+    return trace.grid[-2] * scale, trace.grid[-1] * scale
+
+
+def _base_of(trace: RegionTrace, image, batch_index: int):
+    """frame (None for an image) -> the decoded picture to draw over, or None without one. A video's
+    decoded frames are matched to its latent frames evenly (first to first, last to last)."""
+    if image is None:
+        return lambda frame: None
+    pictures = image.cpu().numpy().astype(np.float32)
+    if len(trace.grid) == 2:
+        return lambda frame: pictures[min(batch_index, pictures.shape[0] - 1)]
+    frames = trace.grid[0]
+    return lambda frame: pictures[round(frame * (pictures.shape[0] - 1) / max(frames - 1, 1))]
+
+
+def _animated_preview(labels: np.ndarray, size, prefix: str) -> dict:
+    """A video's region map, frame by frame, as an animated WEBP in ComfyUI's temp folder."""
+    import os
+
+    import folder_paths
+    from PIL import Image
+    frames = [Image.fromarray((labels_image(labels[f], size) * 255).astype(np.uint8)) for f in range(labels.shape[0])]
+    folder = folder_paths.get_temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    name = f"{prefix}_{os.getpid()}_{id(labels)}.webp"
+    frames[0].save(os.path.join(folder, name), save_all=True, append_images=frames[1:], duration=250, loop=0,
+                   lossless=True)
+    return {"images": [{"filename": name, "subfolder": "", "type": "temp"}], "animated": (True,)}
 
 
 def _preview(images: torch.Tensor, prefix: str) -> dict:
@@ -69,21 +98,27 @@ class RegionVisualizer:
         if batch_index >= trace.batch:
             raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the trace's batch of {trace.batch}")
         size = _output_size(trace, image)
-        base = None
-        if image is not None:
-            base = image[min(batch_index, image.shape[0] - 1)].cpu().numpy().astype(np.float32)
+        base_of = _base_of(trace, image, batch_index)
         chosen = _pick_step(trace, step, node)
         if chosen.labels is not None:
-            regions = blend(labels_image(chosen.labels[batch_index].numpy(), size), base, opacity)
+            regions = render(chosen.labels[batch_index].numpy(),
+                             lambda m, s, base: blend(labels_image(m, s), base, opacity), size, base_of)
         else:   # RAS has no regions: show its metric map instead
             metric = chosen.metric if chosen.metric is not None else chosen.active.float()
-            regions = blend(heatmap(metric[batch_index].float().numpy(), size), base, opacity)
+            values = metric[batch_index].float().numpy()
+            regions = render(values, lambda m, s, base: blend(heatmap(m, s, float(values.min()), float(values.max())),
+                                                               base, opacity), size, base_of)
         counts = trace.update_count[batch_index].numpy()
-        count_map = with_legend(blend(heatmap(counts, size, 0, len(trace.steps)), base, opacity),
+        count_map = with_legend(render(counts, lambda m, s, base: blend(heatmap(m, s, 0, len(trace.steps)), base,
+                                                                         opacity), size, base_of),
                                 0, len(trace.steps), "updates")
-        masks = [blend(mask_image(s.active[batch_index].numpy(), size), base, opacity) for s in trace.steps]
+        masks = [render(s.active[batch_index].numpy(), lambda m, s_, base: blend(mask_image(m, s_), base, opacity),
+                        size, base_of) for s in trace.steps]
         images = to_image_batch([regions, count_map] + masks)
-        return {"ui": _preview(images, "sdit_regions"), "result": (images,)}
+        ui = _preview(images, "sdit_regions")
+        if len(trace.grid) == 3 and chosen.labels is not None:     # a video: its regions, animated
+            ui = _animated_preview(chosen.labels[batch_index].numpy(), size, "sdit_regions")
+        return {"ui": ui, "result": (images,)}
 
 
 class ComplexityMap:
@@ -112,8 +147,9 @@ class ComplexityMap:
     def compute(self, latent, patch_size, mask_quantile, alpha, gamma, step, batch_index, region_trace=None):
         node = "Complexity Map"
         samples = latent.get("samples") if isinstance(latent, dict) else None
-        if samples is None or samples.ndim != 4:
-            raise SDiTInputError(node, "latent", "expected an image latent (batch, channels, height, width)")
+        if samples is None or samples.ndim not in (4, 5):
+            raise SDiTInputError(node, "latent", "expected an image or video latent (batch, channels, [frames,] "
+                                                 "height, width)")
         if batch_index >= samples.shape[0]:
             raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the latent's batch of {samples.shape[0]}")
         size = (samples.shape[-2] * LATENT_TO_PIXELS, samples.shape[-1] * LATENT_TO_PIXELS)
@@ -129,6 +165,10 @@ class ComplexityMap:
             values = token_complexity(x, x, patch_size, alpha=alpha, gamma=gamma, beta=0.0)[0].numpy()
             mask = values >= np.quantile(values, mask_quantile)
         vmin, vmax = float(values.min()), float(values.max())
-        image = to_image_batch([with_legend(heatmap(values, size, vmin, vmax), vmin, vmax, "complexity")])
-        mask_pixels = torch.from_numpy(upsample_nearest(mask.astype(np.float32), size))[None]
+        strip = render(values, lambda m, s, base: heatmap(m, s, vmin, vmax), size)
+        image = to_image_batch([with_legend(strip, vmin, vmax, "complexity")])
+        if values.ndim == 3:      # a video: one mask per latent frame
+            mask_pixels = torch.from_numpy(np.stack([upsample_nearest(f.astype(np.float32), size) for f in mask]))
+        else:
+            mask_pixels = torch.from_numpy(upsample_nearest(mask.astype(np.float32), size))[None]
         return {"ui": _preview(image, "sdit_complexity"), "result": (image, mask_pixels)}

@@ -83,3 +83,30 @@ def to_image_batch(images) -> torch.Tensor:
     width = max(i.shape[1] for i in images)
     padded = [np.pad(i, ((0, height - i.shape[0]), (0, width - i.shape[1]), (0, 0))) for i in images]
     return torch.from_numpy(np.stack(padded)).clamp(0, 1)
+
+
+MAX_FRAMES = 8          # a video map shows at most this many of its frames, side by side
+FRAME_GAP = 4           # pixels between frames
+
+
+def shown_frames(frames: int) -> list:
+    """Up to MAX_FRAMES evenly spaced frame indices, first and last included."""
+    return sorted(set(np.linspace(0, frames - 1, min(MAX_FRAMES, frames)).round().astype(int).tolist()))
+
+
+def frame_strip(images) -> np.ndarray:
+    """(H, W, 3) images of frames -> one image, side by side with a dark gap between them."""
+    gap = np.full((images[0].shape[0], FRAME_GAP, 3), 0.1, dtype=np.float32)
+    parts = []
+    for i, image in enumerate(images):
+        parts += ([gap] if i else []) + [image]
+    return np.concatenate(parts, axis=1)
+
+
+def render(grid_map: np.ndarray, draw, size: Size, base_of=None) -> np.ndarray:
+    """Draws a (h, w) map with draw(map, size, base), or a video's (t, h, w) map frame by frame into a
+    strip; base_of(frame) gives the image to draw a frame over (None: no image)."""
+    base_of = base_of or (lambda frame: None)
+    if grid_map.ndim == 2:
+        return draw(grid_map, size, base_of(None))
+    return frame_strip([draw(grid_map[f], size, base_of(f)) for f in shown_frames(grid_map.shape[0])])

@@ -77,3 +77,36 @@ def test_regions_are_contiguous():
         features, _ = piecewise_constant(7)
         labels = segment(features, QuickshiftParams(kernel_size=1.0, max_dist=3.0, ratio=1.0), backend)
         assert torch.equal(split_disconnected(labels), labels)
+
+
+def test_video_quickshift_of_one_frame_is_the_image_quickshift():
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(12, 14, 6, generator=g)
+    params = QuickshiftParams(kernel_size=1.5, max_dist=4.0, ratio=2.0)
+    assert torch.equal(segment(features[None], params, "torch")[0], segment(features, params, "torch"))
+
+
+def test_video_quickshift_links_a_still_object_across_frames_and_scales_time():
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment
+    frame = torch.zeros(10, 10, 2)
+    frame[3:7, 3:7] = torch.tensor([3.0, -3.0])                  # a square on a flat background
+    video = frame[None].repeat(4, 1, 1, 1) + 0.01 * torch.randn(4, 10, 10, 2, generator=torch.Generator().manual_seed(1))
+    params = QuickshiftParams(kernel_size=1.0, max_dist=3.0, ratio=1.0)
+    labels = segment(video, params, "torch", frame_scale=1.0)
+    square = labels[:, 3:7, 3:7]
+    assert torch.unique(square).numel() == 1, "the still square is one region over every frame"
+    assert not (labels[:, 0, 0] == square[0, 0, 0]).any()
+    far = segment(video, params, "torch", frame_scale=50.0)         # frames too far apart to link
+    assert torch.unique(far[:, 4, 4]).numel() == 4
+    with pytest.raises(ValueError, match="2-D only"):
+        segment(video, params, "skimage")
+
+
+def test_video_dilation_26_and_6_connected():
+    from comfyui_sdit.sdit_core.region_select import dilate_mask
+    point = torch.zeros(5, 5, 5, dtype=torch.bool)
+    point[2, 2, 2] = True
+    assert int(dilate_mask(point, 1, 26).sum()) == 27
+    assert int(dilate_mask(point, 1, 6).sum()) == 7
+    assert int(dilate_mask(point, 2, 6).sum()) == 25           # the octahedron of radius 2

@@ -182,3 +182,35 @@ def test_image_models_refuse_video_latents_clearly():
     from sdit_testkit import tiny_flux
     with pytest.raises(SDiTInputError, match=r"latent_image.*video latents need a video model"):
         RASSampler().sample(tiny_flux(seed=1), latent_image={"samples": video_latent()}, **ras_args())
+
+
+def test_region_visualizer_and_complexity_map_take_videos():
+    from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
+    model = tiny_wan(seed=10)
+    latent = {"samples": video_latent()}
+    values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+    out, trace = SDiTSampler().sample(model, 3, 5, 1.0, "euler", "simple", conds()["positive"], conds()["negative"],
+                                      latent, 1.0, **values)
+    result = RegionVisualizer().draw(trace, -1, 0, 0.6)
+    images = result["result"][0]
+    frame_px, gap = 2 * 8, 4                                   # a token is 16 px; frames side by side
+    strip_width = FRAMES * (WIDTH // 2) * frame_px + (FRAMES - 1) * gap
+    assert images.shape[0] == 2 + len(trace.steps) and images.shape[1] == (HEIGHT // 2) * frame_px
+    assert images.shape[2] >= strip_width
+    assert result["ui"]["animated"] == (True,) and result["ui"]["images"][0]["filename"].endswith(".webp")
+    # each frame of a mask strip shows exactly that frame's active tokens
+    step = trace.steps[-1]
+    mask = images[2 + len(trace.steps) - 1]
+    for f in range(FRAMES):
+        left = f * ((WIDTH // 2) * frame_px + gap)
+        drawn = mask[::frame_px, left: left + (WIDTH // 2) * frame_px: frame_px, 0] > 0.5
+        assert torch.equal(drawn, step.active[0, f])
+    image, masks = ComplexityMap().compute({"samples": out["samples"]}, 2, 0.5, 1.0, 0.5, -1, 0)["result"]
+    assert image.shape[0] == 1 and masks.shape == (FRAMES, HEIGHT * 8, WIDTH * 8)
+
+
+def test_a_single_frame_video_selects_as_the_image_does():
+    """The 2-D path is unchanged: a 1-frame 5-D latent has the image's token grid."""
+    from comfyui_sdit.sdit_core.tokens import token_grid
+    assert token_grid((1, 16, 1, 8, 12), 2) == token_grid((1, 16, 8, 12), 2) == (4, 6)
+    assert token_grid((1, 16, 5, 8, 12), 2) == (5, 4, 6)
