@@ -25,27 +25,39 @@ def sampler_name(sampler) -> str:
     return name[len("sample_"):] if name.startswith("sample_") else name
 
 
-# Fields that newer ComfyUI requires in the Flux-family params, with the value that keeps the behaviour
-# of the versions before them: no text position ids along any RoPE axis; no pooled-vector input.
-_FLUX_FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None}
+# Fields that newer ComfyUI requires in a model's params dataclass, with the value that keeps the
+# behaviour of the versions before them (Flux family: no text position ids, no pooled-vector input;
+# HunyuanVideo: the 1.5 additions off).
+_FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None, "byt5": False, "meanflow": False,
+                       "use_cond_type_embedding": False, "vision_in_dim": None}
 
 
-def flux_unet_config(config: dict) -> dict:
-    """A Flux / Flux 2 / Chroma unet config that the running ComfyUI's params dataclass accepts: required
-    fields it has and the config lacks are filled with their neutral value (read off the dataclass)."""
-    import comfy.ldm.chroma.model
-    import comfy.ldm.flux.model
-    params = comfy.ldm.chroma.model.ChromaParams if config.get("image_model") == "chroma" \
-        else comfy.ldm.flux.model.FluxParams
+def complete_params(params, config: dict) -> dict:
+    """`config` with every field `params` (a dataclass) requires and `config` lacks set to its neutral
+    value, so a config written for one ComfyUI builds the model on another."""
     completed = dict(config)
     for field in dataclasses.fields(params):
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         if required and field.name not in completed:
-            if field.name not in _FLUX_FIELDS_ADDED_LATER:
+            if field.name not in _FIELDS_ADDED_LATER:
                 raise TypeError(f"{params.__name__} requires '{field.name}', which this pack does not know a "
                                 f"neutral value for")
-            completed[field.name] = _FLUX_FIELDS_ADDED_LATER[field.name]
+            completed[field.name] = _FIELDS_ADDED_LATER[field.name]
     return completed
+
+
+def flux_unet_config(config: dict) -> dict:
+    """A Flux / Flux 2 / Chroma unet config that the running ComfyUI's params dataclass accepts."""
+    import comfy.ldm.chroma.model
+    import comfy.ldm.flux.model
+    params = comfy.ldm.chroma.model.ChromaParams if config.get("image_model") == "chroma" \
+        else comfy.ldm.flux.model.FluxParams
+    return complete_params(params, config)
+
+
+def hunyuan_video_unet_config(config: dict) -> dict:
+    import comfy.ldm.hunyuan_video.model
+    return complete_params(comfy.ldm.hunyuan_video.model.HunyuanVideoParams, config)
 
 
 # Parameter names that changed between ComfyUI versions: RMSNorm's gain is `scale` in older Flux code

@@ -84,6 +84,7 @@ class ForwardCall:
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self._attention_calls = 0
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
+        self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
@@ -176,13 +177,14 @@ class ForwardCall:
             return attend(q, k, v, heads, **kwargs)
         seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
         # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
-        # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix.
-        prefix = q.shape[seq_dim] - self.image_rows
+        # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix. Families that put
+        # the image first (HunyuanVideo) have the text as a suffix instead.
+        others = q.shape[seq_dim] - self.image_rows
         if k.shape[seq_dim] != q.shape[seq_dim]:
             raise NotImplementedError(
                 f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
                 "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot follow")
-        if prefix < 0:
+        if others < 0:
             raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image tokens")
         layer = self._attention_calls
         self._attention_calls += 1
@@ -190,45 +192,52 @@ class ForwardCall:
         if self.dense:
             self.stream.kv.store_dense(layer, k, v, seq_dim)
             return attend(q, k, v, heads, **kwargs)
-        rows = self.joint_rows(k.device, prefix)
+        rows = self.joint_rows(k.device, others)
         with profiling.span(profiling.KV_WRITE):
             k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
-            kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, prefix, k_full.shape[seq_dim]))
+            image_start = 0 if self.image_first else others
+            kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, image_start, k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
 
-    def joint_rows(self, device: torch.device, prefix: int) -> torch.Tensor:
-        """(rows, prefix + n): where each row that runs sits in the full [prefix | image] sequence;
-        computed once per forward and prefix, so attention layers launch no index arithmetic."""
-        key = (prefix, device)
+    def joint_rows(self, device: torch.device, others: int) -> torch.Tensor:
+        """(rows, others + n): where each row that runs sits in the full joint sequence, [others | image]
+        or, image first, [image | others] (the whole image sequence before the others); computed once
+        per forward, so attention layers launch no index arithmetic."""
+        key = (others, device)
         if key not in self._joint_rows:
             if self._image_index is None:
                 raise RuntimeError("attention ran before the image tokens were gathered")
             image = self._image_index.to(device)
-            text = torch.arange(prefix, device=device).expand(image.shape[0], -1)
-            self._joint_rows[key] = torch.cat([text, image + prefix], dim=1)
+            if self.image_first:
+                image_total = self._image_index_key[0]
+                text = torch.arange(image_total, image_total + others, device=device).expand(image.shape[0], -1)
+                self._joint_rows[key] = torch.cat([image, text], dim=1)
+            else:
+                text = torch.arange(others, device=device).expand(image.shape[0], -1)
+                self._joint_rows[key] = torch.cat([text, image + others], dim=1)
         return self._joint_rows[key]
 
-    def _fit_mask(self, mask: torch.Tensor, rows: torch.Tensor, prefix: int, full_len: int) -> torch.Tensor:
+    def _fit_mask(self, mask: torch.Tensor, rows: torch.Tensor, image_start: int, full_len: int) -> torch.Tensor:
         """An attention mask as the model built it, fitted to the sparse call: queries are the rows that
         ran, keys the whole cache. A mask built for the dense sequence (older ComfyUI) keeps its active
         query rows; one built for the sequence that ran (newer ComfyUI builds it from the tensors it
         sees) gets its key columns spread over the cache."""
         sparse_len = rows.shape[1]
         if mask.shape[-1] == sparse_len != full_len:
-            mask = self._spread_mask_keys(mask, rows, prefix, full_len)
+            mask = self._spread_mask_keys(mask, rows, image_start, full_len)
         elif mask.shape[-1] != full_len:
             raise ValueError(f"attention mask over {mask.shape[-1]} keys, expected {sparse_len} or {full_len}")
         if mask.shape[-2] in (1, sparse_len):
             return mask
         return self._gather_mask_queries(mask, rows, full_len)
 
-    def _spread_mask_keys(self, mask: torch.Tensor, rows: torch.Tensor, prefix: int, full_len: int) -> torch.Tensor:
-        """Key columns of a mask over [prefix | image rows that ran] -> over [prefix | every image token].
-        The image tokens that did not run take the value the image columns share; a mask that tells image
-        tokens apart cannot be extended (checked on the forward's first masked call: one host sync)."""
-        image = mask[..., prefix:]
+    def _spread_mask_keys(self, mask: torch.Tensor, rows: torch.Tensor, image_start: int, full_len: int) -> torch.Tensor:
+        """Key columns of a mask over the rows that ran -> over the whole joint sequence. The image tokens
+        that did not run take the value the image columns share; a mask that tells image tokens apart
+        cannot be extended (checked on the forward's first masked call: one host sync)."""
+        image = mask[..., image_start: image_start + self.image_rows]
         if "mask_checked" not in self.scratch:
             if not bool((image == image[..., :1]).all()):
                 raise NotImplementedError("an attention mask that differs between image tokens cannot be used "
@@ -238,7 +247,7 @@ class ForwardCall:
         m = mask if mask.ndim > 2 else mask[None]                    # (rows|1, [heads,] Lq, Ls)
         if m.shape[0] != batch:
             m = m.expand(batch, *m.shape[1:])
-        full = m[..., prefix:prefix + 1].expand(*m.shape[:-1], full_len).clone()
+        full = m[..., image_start:image_start + 1].expand(*m.shape[:-1], full_len).clone()
         index = rows.to(mask.device).view(batch, *([1] * (m.ndim - 2)), -1).expand(*m.shape)
         full.scatter_(-1, index, m)
         return full[0] if mask.ndim == 2 and batch == 1 else full

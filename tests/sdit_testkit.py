@@ -236,3 +236,13 @@ def tiny_wan_i2v(seed: int = 0):
 
 def tiny_wan22_ti2v(seed: int = 0):
     return build_tiny(comfy.supported_models.WAN22_T2V, TINY_WAN22_TI2V, seed)
+
+
+TINY_HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
+                          hidden_size=64, mlp_ratio=2.0, num_heads=4, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
+                          theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True)
+
+
+def tiny_hunyuan_video(seed: int = 0):
+    from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
+    return build_tiny(comfy.supported_models.HunyuanVideo, hunyuan_video_unet_config(TINY_HUNYUAN_VIDEO), seed)

@@ -13,8 +13,8 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import (build_tiny, ksample, random_active, sample_with, text_conditioning, tiny_wan, tiny_wan22_ti2v,
-                          tiny_wan_i2v)
+from sdit_testkit import (build_tiny, ksample, random_active, sample_with, text_conditioning, tiny_hunyuan_video,
+                          tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
 
@@ -41,7 +41,19 @@ def i2v_conds():
     return conds(**extra)
 
 
-VARIANTS = {"t2v": (tiny_wan, 16, conds), "i2v": (tiny_wan_i2v, 16, i2v_conds)}
+def hunyuan_conds(**extra):
+    g = torch.Generator().manual_seed(11)
+    return dict(positive=text_conditioning(1, 7, pooled_output=torch.randn(1, 32, generator=g), guidance=3.5, **extra),
+                negative=text_conditioning(2, 5, pooled_output=torch.randn(1, 32, generator=g), guidance=3.5, **extra))
+
+
+def hunyuan_replace_conds():
+    """HunyuanVideo image-to-video by token replacement: the first frame's tokens are modulated apart."""
+    return hunyuan_conds(guiding_frame_index=0)
+
+
+VARIANTS = {"wan-t2v": (tiny_wan, 16, conds), "wan-i2v": (tiny_wan_i2v, 16, i2v_conds),
+            "hunyuan-t2v": (tiny_hunyuan_video, 16, hunyuan_conds)}
 
 
 class RecordingPolicy(FixedPlanPolicy):
@@ -122,11 +134,13 @@ def test_per_frame_timesteps_of_wan22_ti2v():
     assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
 
 
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
-def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method):
-    model = tiny_wan(seed=7)
+def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):
+    model = (tiny_wan if family == "wan" else tiny_hunyuan_video)(seed=7)
     latent = {"samples": video_latent(2)}
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **conds())
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""),
+             **(conds() if family == "wan" else hunyuan_conds()))
     before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                            latent)[0]["samples"]
     if method == "RAS":
@@ -214,3 +228,31 @@ def test_a_single_frame_video_selects_as_the_image_does():
     from comfyui_sdit.sdit_core.tokens import token_grid
     assert token_grid((1, 16, 1, 8, 12), 2) == token_grid((1, 16, 8, 12), 2) == (4, 6)
     assert token_grid((1, 16, 5, 8, 12), 2) == (5, 4, 6)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_hunyuan_token_replace_modulates_the_first_frame_apart(cfg):
+    """Image-to-video by token replacement: the first frame's tokens get their own modulation, by position;
+    the sparse forward maps those positions to the gathered sequence (ComfyUI runs it one video at a time;
+    cond and uncond share the video's tokens)."""
+    model = tiny_hunyuan_video(seed=12)
+    latent = video_latent(1)
+    active = random_active(1, TOKENS, TOKENS // 3, seed=2)
+    policy = RecordingPolicy([None, active])
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for _ in range(2):
+            model(x, sigmas[0] * s_in, **extra_args)
+        return x
+    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **hunyuan_replace_conds())
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    for (dense, _), (sparse, computed) in by_stream.values():
+        mask = index_to_mask(computed, TOKENS)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+    plain = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_conds())
+    replaced = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_replace_conds())
+    assert (plain - replaced).abs().max().item() > 1e-4, "the replacement matters"

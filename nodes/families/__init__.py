@@ -8,12 +8,14 @@ from typing import List
 from ..errors import SDiTInputError
 from .base import FamilyAdapter
 from .flux import FluxFamily
+from .hunyuan_video import HunyuanVideoFamily
 from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
 
-FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily()]
+FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
+                               HunyuanVideoFamily()]
 
 
 def supported_family_names() -> str:

@@ -48,6 +48,22 @@ def unwrap_ours(function):
     return function
 
 
+def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> None:
+    """Object-patches a module's forward whose first argument is the token tensor: while a forward of the
+    engine is open, `before(call, x)` maps the input and `after(call, out)` the output."""
+    original = unwrap_ours(patcher.get_model_object(path + ".forward"))
+
+    def forward(x, *args, **kwargs):
+        call = slot.current_call()
+        if call is None:
+            return original(x, *args, **kwargs)
+        out = original(before(call, x) if before else x, *args, **kwargs)
+        return after(call, out) if after else out
+
+    forward.sdit_wraps = original
+    patcher.add_object_patch(path + ".forward", forward)
+
+
 def passthrough_method(patcher, slot, path: str) -> None:
     """Object-patches a method whose attention calls are not over the image tokens (cross-attention of
     the image queries to text or image context): while it runs, attention passes the engine's K/V

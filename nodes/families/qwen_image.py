@@ -12,7 +12,7 @@ Reference tokens follow the grid and always run; where newer ComfyUI marks them 
 """
 import comfy.patcher_extension as patcher_extension
 
-from .base import FamilyAdapter, gather_control, patch_method, unwrap_ours
+from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
@@ -37,9 +37,9 @@ class QwenImageFamily(FamilyAdapter):
 
         patcher.remove_wrappers_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)   # last patch wins
         patcher.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, note_text_and_control)
-        self._wrap_module(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
-        self._wrap_module(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
-        self._wrap_module(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
+        patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
+        patch_module_forward(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
+        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
         # newer ComfyUI: edit references that take timestep 0 start at `timestep_zero_index` (the dense grid size)
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=self._map_reference_start)
@@ -54,17 +54,3 @@ class QwenImageFamily(FamilyAdapter):
         import torch
         text = call.text_len
         return torch.cat([ids[:, :text], call.gather(ids[:, text:])], dim=1)
-
-    @staticmethod
-    def _wrap_module(patcher, slot, path: str, before=None, after=None) -> None:
-        original = unwrap_ours(patcher.get_model_object(path + ".forward"))
-
-        def forward(x, *args, **kwargs):
-            call = slot.current_call()
-            if call is None:
-                return original(x, *args, **kwargs)
-            out = original(before(call, x) if before else x, *args, **kwargs)
-            return after(call, out) if after else out
-
-        forward.sdit_wraps = original
-        patcher.add_object_patch(path + ".forward", forward)

@@ -1,0 +1,84 @@
+"""HunyuanVideo (comfy/ldm/hunyuan_video/model.py): text-to-video and image-to-video.
+
+`forward_orig(img, img_ids, txt, ...)` embeds the video with a 3-D patch embedding (`img_in`) into
+tokens numbered over (frames, rows, cols), runs Flux-style double blocks with joint attention over
+[video | text] (the video first) and single blocks over the same concatenation, and a per-token final
+layer. The adapter hooks, never that function's code:
+- `forward_orig`'s arguments: the running tokens' positions (`img_ids`, for RoPE) and ControlNet
+  residuals are gathered; the engine is told the video comes first in attention;
+- `img_in`'s output: the video tokens are gathered;
+- image-to-video by token replacement (`guiding_frame_index`) modulates the first frame's tokens apart
+  by position: each block and the final layer get those positions in the gathered sequence;
+- the text refiner's attention (text alone, after the video was gathered) passes the K/V cache by;
+- the final layer's output is scattered back to every token.
+A reference latent (`ref_latent`) puts tokens before the video: not covered (a clear error).
+"""
+from .base import FamilyAdapter, gather_control, passthrough_method, patch_method, patch_module_forward
+
+
+class HunyuanVideoFamily(FamilyAdapter):
+    names = ("HunyuanVideo",)
+    video = True
+
+    def matches(self, diffusion_model) -> bool:
+        import comfy.ldm.hunyuan_video.model as hunyuan
+        if not isinstance(diffusion_model, hunyuan.HunyuanVideo):
+            return False
+        return all(getattr(type(diffusion_model), name) is getattr(hunyuan.HunyuanVideo, name)
+                   for name in ("forward_orig", "_forward", "forward") if hasattr(hunyuan.HunyuanVideo, name))
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[-1])
+
+    def temporal_patch(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[0]) if len(diffusion_model.patch_size) == 3 else 1
+
+    def install(self, patcher, slot) -> None:
+        dm = patcher.model.diffusion_model
+        patch_method(patcher, slot, "diffusion_model.forward_orig", before=_prepare)
+        patch_module_forward(patcher, slot, "diffusion_model.img_in", after=lambda call, out: call.gather(out))
+        passthrough_method(patcher, slot, "diffusion_model.txt_in.forward")      # the text refiner: text alone
+        for i in range(len(dm.double_blocks)):
+            patch_method(patcher, slot, f"diffusion_model.double_blocks.{i}.forward",
+                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims_img"))
+        for i in range(len(dm.single_blocks)):
+            patch_method(patcher, slot, f"diffusion_model.single_blocks.{i}.forward",
+                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"))
+        patch_method(patcher, slot, "diffusion_model.final_layer.forward",
+                     before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"),
+                     after=lambda call, out: call.scatter(out))
+
+
+def _prepare(call, arguments) -> None:
+    if arguments.get("ref_latent") is not None:
+        raise NotImplementedError("HunyuanVideo with a reference latent is not supported by region-adaptive "
+                                  "sampling; sample it with KSampler")
+    call.image_first = True
+    arguments["img_ids"] = call.gather(arguments["img_ids"])
+    arguments["control"] = gather_control(call, arguments.get("control"))
+
+
+def _map_modulation_dims(call, arguments, name: str) -> None:
+    """[(start, end, which), ...] over the dense sequence -> the same spans over the gathered one. The
+    running tokens keep their order, so a span boundary p becomes the number of running tokens before
+    p; it must be the same for every row (one span list serves the batch)."""
+    dims = arguments.get(name)
+    if dims is None or call.dense:
+        return
+    key = ("modulation_dims", tuple(dims))
+    if key in call.scratch:                 # once per forward: it reads the index on the host
+        arguments[name] = call.scratch[key]
+        return
+    index = call.image_index_now()
+
+    def position(p):
+        if p is None:
+            return None
+        before = (index < p).sum(dim=1) if p <= call.grid_tokens else None
+        if before is None:
+            return index.shape[1] + (p - call.grid_tokens)
+        if bool((before != before[0]).any()):
+            raise NotImplementedError("HunyuanVideo image-to-video (token replace) with a different number of "
+                                      "first-frame tokens per video is not supported; use batch 1")
+        return int(before[0])
+    arguments[name] = call.scratch[key] = [(position(start), position(end), which) for start, end, which in dims]
