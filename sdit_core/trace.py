@@ -21,6 +21,7 @@ class StepTrace:
     labels: Optional[torch.Tensor] = None   # (B, *grid) int32 region labels (SDiT)
     reason: str = ""                        # why the evaluation ran dense or sparse
     drift: Optional[float] = None           # SDiT: extrapolation's relative error on skipped (probe) tokens
+    drift_computed: Optional[float] = None  # SDiT: ... on the computed tokens (what error resets act on)
     probes: int = 0                         # SDiT: of `tokens`, drawn from the skipped ones to measure drift
 
 
@@ -86,7 +87,8 @@ def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
 def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, torch.Tensor]] = None,
                    label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
                    reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None,
-                   probes: Optional[Dict[int, int]] = None) -> RegionTrace:
+                   probes: Optional[Dict[int, int]] = None,
+                   drift_computed: Optional[Dict[int, float]] = None) -> RegionTrace:
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}))
     for record in run.evals:
@@ -100,5 +102,6 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
             eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,
             tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index),
             reason=(reasons or {}).get(index, "dense" if dense else "sparse"), drift=(drift or {}).get(index),
+            drift_computed=(drift_computed or {}).get(index),
             probes=0 if dense else (probes or {}).get(index, 0)))
     return trace

@@ -77,7 +77,7 @@ def test_drift_reset_makes_the_next_evaluation_dense():
     assert "drift reset" in reasons
     for previous, current in zip(trace.steps, trace.steps[1:]):
         if current.reason == "drift reset":
-            assert previous.drift is not None and previous.drift > 1e-6 and current.dense
+            assert previous.drift_computed is not None and previous.drift_computed > 1e-6 and current.dense
 
 
 def test_batch_two_with_cfg_and_model_patch():
