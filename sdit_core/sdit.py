@@ -51,7 +51,7 @@ class SDiTConfig:
     order: int = 1
     decay: float = 1.0                 # lambda of Eq. 12
     horizon: float = 10.0              # lambda_h: higher terms fade with exp(-lambda_h |sigma - s_0|) (calibrated)
-    age_weight: float = 0.25           # region score x (1 + w x mean evaluations its tokens were skipped)
+    age_weight: float = 0.5            # region score x (1 + w x mean evaluations its tokens were skipped)
     max_skip_age: int = 6              # a token skipped this many evaluations in a row runs (0: no bound)
     probe_fraction: float = 0.02       # skipped tokens computed each sparse step to report their drift
     probe_seed: int = 0
