@@ -48,6 +48,7 @@ class ComfyServer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         user_dir = self._scratch / "user"
         user_dir.mkdir()
+        (self._scratch / "input").mkdir()      # nodes that list input files (LoadImage) need it to exist
         args = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--output-directory", str(self.output_dir.resolve()), "--user-directory", str(user_dir),
                 "--temp-directory", str(self._scratch), "--input-directory", str(self._scratch / "input"),

@@ -222,9 +222,89 @@ def flux2_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def video_tail(wf: "Workflow", latent_socket, vae, prefix: str, fps: float, x: int = 1400) -> None:
+    """Latent video -> VAE decode -> animated WEBP (ComfyUI's own nodes)."""
+    decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(x, 100))
+    wf.add("SaveAnimatedWEBP", {"filename_prefix": prefix, "fps": fps}, {"images": (decode, 0)}, pos=(x + 250, 100))
+
+
+def wan22_t2v_two_experts_ras(info: dict) -> dict:
+    """Wan 2.2 A14B text-to-video: the high-noise and the low-noise expert, each with RAS Model Patch, through
+    two KSamplerAdvanced (the second expert's run starts with a dense step)."""
+    wf = Workflow(info)
+    clip = wf.add("CLIPLoader", {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan"}, pos=(0, 300))
+    vae = wf.add("VAELoader", {"vae_name": "wan_2.1_vae.safetensors"}, pos=(0, 500))
+    positive, negative = text_pair(wf, (clip, 0), "a red fox trotting through fresh snow, slow camera pan",
+                                   "blurry, static, low quality")
+    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1},
+                    pos=(350, 500))
+    experts = []
+    for row, name in ((0, "high"), (700, "low")):
+        unet = wf.add("UNETLoader", {"unet_name": f"wan2.2_t2v_{name}_noise_14B_fp8_scaled.safetensors",
+                                     "weight_dtype": "default"}, pos=(0, row), title=f"{name}-noise expert")
+        shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": (unet, 0)}, pos=(350, row))
+        experts.append(wf.add("RASModelPatch", {"sample_ratio": 0.4}, {"model": (shifted, 0)}, pos=(700, row)))
+    common = {"noise_seed": 42, "steps": 20, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple"}
+    first = wf.add("KSamplerAdvanced", dict(common, add_noise="enable", start_at_step=0, end_at_step=10,
+                                            return_with_leftover_noise="enable"),
+                   {"model": (experts[0], 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                   pos=(1050, 0), title="High-noise steps")
+    second = wf.add("KSamplerAdvanced", dict(common, add_noise="disable", start_at_step=10, end_at_step=10000,
+                                             return_with_leftover_noise="disable"),
+                    {"model": (experts[1], 0), "positive": positive, "negative": negative, "latent_image": (first, 0)},
+                    pos=(1050, 700), title="Low-noise steps")
+    video_tail(wf, (second, 0), (vae, 0), "wan22_t2v_ras", 16.0, x=1450)
+    return wf.to_json()
+
+
+def wan22_ti2v_5b_sdit(info: dict) -> dict:
+    """Wan 2.2 TI2V 5B image-to-video: the start image's frame is kept (never computed on sparse steps), the
+    per-frame timestep's modulation follows the tokens; SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan2.2_vae.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "the kite rises into a windy blue sky, ribbons fluttering")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(350, 500), title="Start image")
+    latent = wf.add("Wan22ImageToVideoLatent", {"width": 1280, "height": 704, "length": 121, "batch_size": 1},
+                    {"vae": vae, "start_image": (image, 0)}, pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                                     "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "wan22_ti2v_sdit", 24.0)
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
+    return wf.to_json()
+
+
+def hunyuan_video_ras(info: dict) -> dict:
+    """HunyuanVideo text-to-video: its diffusion model, the CLIP-L + LLaVA text encoders, its VAE + RAS Sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "hunyuan_video_t2v_720p_bf16.safetensors", "weight_dtype": "default"})
+    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors",
+                                     "clip_name2": "llava_llama3_fp8_scaled.safetensors", "type": "hunyuan_video"},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "hunyuan_video_vae_bf16.safetensors"}, pos=(0, 350))
+    shifted = wf.add("ModelSamplingSD3", {"shift": 7.0}, {"model": (unet, 0)}, pos=(350, 0))
+    text = wf.add("CLIPTextEncode", {"text": "a paper boat drifting down a rain-soaked street, reflections"},
+                  {"clip": (clip, 0)}, pos=(350, 150), title="Prompt")
+    negative = wf.add("CLIPTextEncode", {"text": ""}, {"clip": (clip, 0)}, pos=(350, 350), title="Negative (unused at cfg 1)")
+    guided = wf.add("FluxGuidance", {"guidance": 6.0}, {"conditioning": (text, 0)}, pos=(700, 100))
+    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 848, "height": 480, "length": 73, "batch_size": 1},
+                    pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (negative, 0),
+                      "latent_image": (latent, 0)}, pos=(1050, 100))
+    video_tail(wf, (sampler, 0), (vae, 0), "hunyuan_video_ras", 24.0)
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
-            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras}
+            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras,
+            "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
+            "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "hunyuan_video_ras.json": hunyuan_video_ras}
 
 
 def main() -> None:
