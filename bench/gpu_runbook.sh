@@ -11,6 +11,9 @@
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
+#   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
+#   video480   Wan 2.1 14B and HunyuanVideo, 480p x 81 frames, cfg 5 (batch 2), 28 steps, RAS and SDiT  (~2 x 10 min:
+#              one model per call: VIDEO_MODEL=hunyuan-video for the second)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 set -uo pipefail
@@ -57,6 +60,12 @@ for part in "$@"; do
     speed2048)
       python3 bench/speed.py --models flux-dev --res 2048 --cuda-graphs --profile-ratios 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    video480q)
+      timeout 170 python3 bench/speed.py --models wan21-14b --res 480 --frames 81 --cfg 1 --steps 8 --text 512 \
+        --methods RAS-static --ratios 0.25 --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    video480)
+      timeout 570 python3 bench/speed.py --models "${VIDEO_MODEL:-wan21-14b}" --res 480 --frames 81 --cfg 5 --text 512 \
+        --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     train)
       python3 bench/train_tiny_dit.py --device cuda --size 512 --hidden 384 --batch 32 --minutes 8 --seed 21 \
         --out "$out/sdit_demo_flux_512.safetensors" 2>&1 | tail -n 60 | tee "$out/train.log" ;;

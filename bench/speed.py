@@ -23,6 +23,7 @@ import pathlib
 import statistics
 import sys
 import time
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -30,40 +31,122 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from pack_host import import_comfyui, load_pack  # noqa: E402
 
-# name: (supported_models class, unet config, context dim, pooled dim or None, guidance, attention layers)
+class Spec(NamedTuple):
+    """A benchmark model: ComfyUI's supported_models class and unet config, its conditioning, and what the
+    FLOP model needs (hidden size, MLP ratio, attention layers; joint: text tokens run in self-attention,
+    else they enter by cross-attention)."""
+    cls: str
+    config: dict
+    context_dim: int
+    pooled_dim: Optional[int]
+    guidance: Optional[float]
+    attention_layers: int
+    hidden: int
+    mlp_ratio: float = 4.0
+    joint: bool = True
+    video: bool = False
+
+
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+TINY_FLUX = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=64, hidden_size=128, num_heads=4, depth=2,
+                 depth_single_blocks=2, axes_dim=[8, 12, 12])
+WAN21_14B = dict(image_model="wan2.1", model_type="t2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40,
+                 in_dim=16, out_dim=16, text_dim=4096, freq_dim=256, eps=1e-6)
+TINY_WAN = dict(WAN21_14B, dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=64, freq_dim=32)
+HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
+                     context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=20,
+                     depth_single_blocks=40, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
+                     guidance_embed=True)
+TINY_HUNYUAN_VIDEO = dict(HUNYUAN_VIDEO, vec_in_dim=32, context_in_dim=64, hidden_size=64, num_heads=4, depth=1,
+                          depth_single_blocks=1, axes_dim=[4, 6, 6])
+
 MODELS = {
-    "flux-dev": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                              hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
-                              axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
-                 4096, 768, 3.5, 57),
-    "sd35-medium": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
-                                adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
-                                    "in_features": 4096, "out_features": 1536}}, num_patches=147456,
-                                pos_embed_max_size=384, pos_embed_scaling_factor=None, qk_norm="rms",
-                                x_block_self_attn_layers=list(range(13))), 4096, 2048, None, 24 + 13),
-    "sd35-large": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None,
-                               adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
-                                   "in_features": 4096, "out_features": 2432}}, num_patches=36864,
-                               pos_embed_max_size=192, pos_embed_scaling_factor=None, qk_norm="rms",
-                               x_block_self_attn_layers=[]), 4096, 2048, None, 38),
-    "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304,
-                                n_layers=26, n_refiner_layers=2, qk_norm=True, n_heads=24, n_kv_heads=8,
-                                axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
-                                ffn_dim_multiplier=4.0), 2304, None, None, 28),
-    "tiny-flux": ("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64,
-                               hidden_size=128, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2,
-                               axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
-                  64, 32, 3.5, 4),
+    "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
+    "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
+                                    adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
+                                        "in_features": 4096, "out_features": 1536}}, num_patches=147456,
+                                    pos_embed_max_size=384, pos_embed_scaling_factor=None, qk_norm="rms",
+                                    x_block_self_attn_layers=list(range(13))), 4096, 2048, None, 24 + 13, 1536),
+    "sd35-large": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None,
+                                   adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
+                                       "in_features": 4096, "out_features": 2432}}, num_patches=36864,
+                                   pos_embed_max_size=192, pos_embed_scaling_factor=None, qk_norm="rms",
+                                   x_block_self_attn_layers=[]), 4096, 2048, None, 38, 2432),
+    "lumina2": Spec("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304,
+                                    n_layers=26, n_refiner_layers=2, qk_norm=True, n_heads=24, n_kv_heads=8,
+                                    axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
+                                    ffn_dim_multiplier=4.0), 2304, None, None, 28, 2304),
+    "tiny-flux": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128),
+    # video: --res is the frame height (480 -> 832 x 480, 720 -> 1280 x 720), --frames the pixel frames
+    "wan21-14b": Spec("WAN21_T2V", WAN21_14B, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True),
+    "hunyuan-video": Spec("HunyuanVideo", HUNYUAN_VIDEO, 4096, 768, 6.0, 60, 3072, video=True),
+    "tiny-wan": Spec("WAN21_T2V", TINY_WAN, 64, None, None, 2, 64, 2.0, joint=False, video=True),
+    "tiny-hunyuan-video": Spec("HunyuanVideo", TINY_HUNYUAN_VIDEO, 64, 32, 6.0, 2, 64, video=True),
 }
+VIDEO_WIDTH = {480: 832, 720: 1280}          # the families' standard 16:9 sizes (smaller heights: square)
+
+
+def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
+    """The empty latent for a sampling run: 8x spatial compression; video VAEs (Wan, HunyuanVideo) also
+    compress time 4x, keeping the first frame: 81 frames -> 21 latent frames."""
+    if not spec.video:
+        return (1, 16, res // 8, res // 8)
+    return (1, 16, (frames - 1) // 4 + 1, res // 8, VIDEO_WIDTH.get(res, res) // 8)
+
+
+def image_tokens(shape: tuple, patch: int = 2) -> int:
+    """Tokens of a latent: patch x patch per token in space, one latent frame per token in time."""
+    frames = shape[2] if len(shape) == 5 else 1
+    return frames * (shape[-2] // patch) * (shape[-1] // patch)
+
+
+def forward_flops(spec: Spec, running: int, tokens: int, text: int) -> float:
+    """FLOPs of one forward per batch row with `running` of `tokens` video/image tokens computed and `text`
+    prompt tokens, summed over the attention layers (multiply-add = 2):
+    - projections (q, k, v, out: 4 d^2) and MLP (2 r d^2) over every row that runs;
+    - attention of the running queries against every key, 2 x 2d per query-key pair (scores and values):
+      quadratic in the tokens when all run, running x all when sparse (the K/V cache holds the rest);
+    - joint families run the text rows in self-attention too; cross-attention families (Wan) add q/out
+      projections per running row, the text's k/v projections once, and running x text pairs.
+    Embedding, modulation and the head are left out (a few per mille)."""
+    d, r = spec.hidden, spec.mlp_ratio
+    if spec.joint:
+        rows, keys = text + running, text + tokens
+        per_layer = rows * (4 + 2 * r) * d * d * 2 + rows * keys * 4 * d
+    else:
+        self_attention = running * (4 + 2 * r) * d * d * 2 + running * tokens * 4 * d
+        cross_attention = (running * 2 + text * 2) * d * d * 2 + running * text * 4 * d
+        per_layer = self_attention + cross_attention
+    return spec.attention_layers * per_layer
+
+
+def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int) -> float:
+    """The schedule's FLOP-ideal speedup: full sampling's FLOPs over the run's (one entry per evaluation)."""
+    full = forward_flops(spec, tokens, tokens, text) * len(tokens_per_evaluation)
+    return full / sum(forward_flops(spec, n, tokens, text) for n in tokens_per_evaluation)
+
+
+def attention_share(spec: Spec, tokens: int, text: int) -> float:
+    """The part of a dense forward's FLOPs that is attention scores and values (grows with the tokens)."""
+    d = spec.hidden
+    keys = text + tokens if spec.joint else tokens
+    rows = keys
+    pairs = rows * keys + (0 if spec.joint else tokens * text)
+    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text)
 
 
 def build(name: str, device, dtype):
     import comfy.model_patcher
     import comfy.supported_models
-    class_name, config, *_ = MODELS[name]
-    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
-    model_config = getattr(comfy.supported_models, class_name)(
-        flux_unet_config(config) if class_name in ("Flux", "FluxSchnell", "Flux2", "Chroma") else dict(config))
+    class_name, config = MODELS[name].cls, MODELS[name].config
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config, hunyuan_video_unet_config
+    if class_name in ("Flux", "FluxSchnell", "Flux2", "Chroma"):
+        config = flux_unet_config(config)
+    elif class_name == "HunyuanVideo":
+        config = hunyuan_video_unet_config(config)
+    model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -77,7 +160,8 @@ def build(name: str, device, dtype):
 
 
 def conditioning(name: str, text: int, seed: int):
-    _, _, context_dim, pooled_dim, guidance, _ = MODELS[name]
+    spec = MODELS[name]
+    context_dim, pooled_dim, guidance = spec.context_dim, spec.pooled_dim, spec.guidance
     g = torch.Generator().manual_seed(seed)
     extra = {}
     if pooled_dim:
@@ -146,13 +230,11 @@ def run(args) -> dict:
                "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
     for name in args.models:
         model = build(name, device, dtype)
-        hidden = model.model.diffusion_model.hidden_size if hasattr(model.model.diffusion_model, "hidden_size") \
-            else MODELS[name][1].get("dim")
-        layers = MODELS[name][5]
+        spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
-            latent = torch.zeros(1, 16, res // 8, res // 8)
-            tokens = (res // 16) ** 2
+            latent = torch.zeros(latent_shape(spec, res, args.frames))
+            tokens = image_tokens(latent.shape)
             noise = comfy.sample.prepare_noise(latent, 0)
             for cfg in args.cfg:
                 batch = 1 if cfg == 1.0 else 2          # ComfyUI skips the uncond pass at cfg 1
@@ -174,8 +256,10 @@ def run(args) -> dict:
                 dense = [sample(model, timer=dense_timer if i == 0 else None) for i in range(args.repeats)]
                 dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
                 kv_bytes = 1 if args.kv_cache == "fp8_e4m3" else (2 if dtype == torch.bfloat16 else 4)
-                kv_gib = layers * 2 * batch * (args.text + tokens) * hidden * kv_bytes / 2 ** 30
-                base = {"model": name, "res": res, "cfg": cfg, "batch": batch, "image_tokens": tokens}
+                cached_rows = (args.text if spec.joint else 0) + tokens
+                kv_gib = spec.attention_layers * 2 * batch * cached_rows * spec.hidden * kv_bytes / 2 ** 30
+                base = {"model": name, "res": res, "latent": list(latent.shape), "cfg": cfg, "batch": batch,
+                        "image_tokens": tokens, "attention_share": round(attention_share(spec, tokens, args.text), 3)}
                 dense_row = dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,
                                  peak_gib=dense_peak, kv_cache_gib=kv_gib, step_ms=1000 * dense_s / args.steps)
                 if cuda:
@@ -212,7 +296,7 @@ def run(args) -> dict:
                         seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
                         run_state = slot.last_run
                         trace = trace_of(run_state)
-                        ideal = sum(args.text + tokens for _ in trace.steps) / sum(args.text + t for t in trace.tokens_per_step)
+                        ideal = flop_ideal(spec, trace.tokens_per_step, tokens, args.text)
                         row = dict(
                             base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
                             of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
@@ -229,6 +313,22 @@ def run(args) -> dict:
         if cuda:
             torch.cuda.empty_cache()
     return results
+
+
+def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
+    """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
+    schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
+    rows = []
+    for name, res, frames in [("flux-dev", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
+                              ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81)]:
+        spec = MODELS[name]
+        tokens = image_tokens(latent_shape(spec, res, frames))
+        rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "text": text,
+                     "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text) / 1e12, 1),
+                     "attention_share": round(attention_share(spec, tokens, text), 3),
+                     **{f"ideal_{r}": round(flop_ideal(spec, [max(1, round(r * tokens))], tokens, text), 3)
+                        for r in ratios}})
+    return rows
 
 
 def table(results: dict) -> str:
@@ -251,7 +351,9 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["flux-dev"], choices=sorted(MODELS))
-    parser.add_argument("--res", type=int, nargs="+", default=[1024])
+    parser.add_argument("--res", type=int, nargs="+", default=[1024],
+                        help="image side, or for video models the frame height (480: 832 x 480, 720: 1280 x 720)")
+    parser.add_argument("--frames", type=int, default=81, help="video models: pixel frames (81 -> 21 latent frames)")
     parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "RAS-static", "SDiT"],
                         help="RAS-static: RAS with dynamic_ratio off (one token count: CUDA graphs replay)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.25, 0.125])
@@ -267,10 +369,20 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
     parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 4 steps, one ratio (CI)")
+    parser.add_argument("--smoke-video", action="store_true",
+                        help="tiny Wan and HunyuanVideo, 128 px x 9 frames, 4 steps, one ratio (CI)")
+    parser.add_argument("--ideals", action="store_true",
+                        help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    if args.ideals:
+        print(json.dumps(ideal_table(), indent=1))
+        return
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
+    if args.smoke_video:
+        args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
+            ["tiny-wan", "tiny-hunyuan-video"], [128], 9, 4, [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way

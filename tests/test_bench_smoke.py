@@ -13,6 +13,7 @@ SMOKE_RUNS = {
     "sdit_sweep": ["bench/sdit_sweep.py", "--smoke"],
     "fidelity": ["bench/fidelity.py", "--smoke"],
     "speed": ["bench/speed.py", "--smoke", "--device", "cpu"],
+    "speed_video": ["bench/speed.py", "--smoke-video", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
                       "--iters", "1", "--warmup", "0", "--device", "cpu", "--cuda-graphs"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],

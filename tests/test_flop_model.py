@@ -1,0 +1,48 @@
+"""The FLOP model behind the benchmarks' ideals (bench/speed.py): hand-computed expectations."""
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def speed():
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO_ROOT / "bench" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_joint_attention_ideal_is_rows_over_running_rows(speed):
+    """Joint attention (Flux): every term is (T + n) x something fixed, so the ideal is (T + N) / (T + n)."""
+    flux = speed.MODELS["flux-dev"]
+    for n in (2048, 1024, 512):
+        assert speed.flop_ideal(flux, [n], 4096, 512) == pytest.approx((512 + 4096) / (512 + n), rel=1e-12)
+
+
+def test_cross_attention_forward_flops_by_hand(speed):
+    """Wan: self-attention over the video tokens, cross-attention to the text (its k/v projected once)."""
+    wan = speed.MODELS["wan21-14b"]
+    d, r, layers, n, N, T = 5120, 13824 / 5120, 40, 1000, 32760, 512
+    per_layer = (n * (4 + 2 * r) * d * d * 2 + n * N * 4 * d
+                 + (2 * n + 2 * T) * d * d * 2 + n * T * 4 * d)
+    assert speed.forward_flops(wan, n, N, T) == pytest.approx(layers * per_layer, rel=1e-12)
+    # the text's k/v projections do not shrink with the running tokens: the ideal stays under N / n
+    ideal = speed.flop_ideal(wan, [N // 8], N, T)
+    assert 7.5 < ideal < 8.0
+
+
+def test_video_latents_and_tokens(speed):
+    wan = speed.MODELS["wan21-14b"]
+    shape = speed.latent_shape(wan, 480, 81)
+    assert shape == (1, 16, 21, 60, 104) and speed.image_tokens(shape) == 21 * 30 * 52 == 32760
+    assert speed.image_tokens(speed.latent_shape(wan, 720, 81)) == 21 * 45 * 80
+
+
+def test_attention_share_grows_with_tokens(speed):
+    wan = speed.MODELS["wan21-14b"]
+    small, large = speed.attention_share(wan, 4096, 512), speed.attention_share(wan, 75600, 512)
+    assert 0 < small < large < 1
