@@ -6,17 +6,23 @@ from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
-from .sampling import (CATEGORY, check_kv_cache, check_latent, check_range, ksampler_inputs, kv_cache_input,
-                       run_ksampler)
+from .sampling import (CATEGORY, RATIO_MAX, RATIO_MIN, MethodOptions, check_kv_cache, check_latent,
+                       check_no_moved_inputs, check_range, check_ratio, ksampler_inputs, kv_cache_input, options_input,
+                       options_values, run_ksampler)
 
 RAS_DEFAULTS = RASConfig()
 
 
-def ras_inputs() -> dict:
+SAMPLE_RATIO_INPUT = {
+    "sample_ratio": ("FLOAT", {"default": RAS_DEFAULTS.sample_ratio, "min": RATIO_MIN, "max": RATIO_MAX, "step": 0.01,
+                               "tooltip": "Average fraction of image tokens computed in sparse steps (Flux-dev 1024², 28 steps, cfg 3.5 on an H200: 0.5 ~ 1.5x, 0.25 ~ 2.1x, 0.125 ~ 2.6x faster end to end). 1.0 reproduces KSampler."})}
+
+
+def ras_options_inputs() -> dict:
+    """RAS Options' inputs, in the order the sampler showed them before they moved there (old workflows'
+    widget values map onto them in this order)."""
     d = RAS_DEFAULTS
     return {
-        "sample_ratio": ("FLOAT", {"default": d.sample_ratio, "min": 0.01, "max": 1.0, "step": 0.01,
-                                   "tooltip": "Average fraction of image tokens computed in sparse steps (Flux-dev 1024², 28 steps, cfg 3.5 on an H200: 0.5 ~ 1.5x, 0.25 ~ 2.1x, 0.125 ~ 2.6x faster end to end). 1.0 reproduces KSampler."}),
         "warmup_steps": ("INT", {"default": d.warmup_steps, "min": 0, "max": 10000,
                                  "tooltip": "Dense steps at the start, which lay out the image (paper: 4 of 28-30)."}),
         "reset_steps": ("STRING", {"default": ", ".join(str(s) for s in d.reset_steps),
@@ -27,33 +33,38 @@ def ras_inputs() -> dict:
                                        "tooltip": "How the model's focus is found: std over channels of the model output (paper) or its l2 norm (supplement)."}),
         "dynamic_ratio": ("BOOLEAN", {"default": d.dynamic_ratio,
                                       "tooltip": "Start above sample_ratio and end below it (same average): early steps need more tokens."}),
-    }
-
-
-def ras_optional_inputs() -> dict:
-    return {
-        "dynamic_spread": ("FLOAT", {"default": RAS_DEFAULTS.dynamic_spread, "min": 0.0, "max": 1.0, "step": 0.05,
+        "dynamic_spread": ("FLOAT", {"default": d.dynamic_spread, "min": 0.0, "max": 1.0, "step": 0.05,
                                      "tooltip": "With dynamic_ratio: the ratio falls linearly from (1+spread) to (1-spread) x sample_ratio over the sparse steps."}),
         **kv_cache_input(),
     }
 
 
-def ras_config(node: str, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-               dynamic_spread=RAS_DEFAULTS.dynamic_spread) -> RASConfig:
-    check_range(sample_ratio, 0.0, 1.0, node, "sample_ratio", low_open=True)
-    check_range(dynamic_spread, 0.0, 1.0, node, "dynamic_spread")
-    check_range(starvation_scale, 0.0, 10.0, node, "starvation_scale")
-    if warmup_steps < 0:
-        raise SDiTInputError(node, "warmup_steps", f"{warmup_steps} is negative")
-    if metric not in ("std", "l2norm"):
-        raise SDiTInputError(node, "metric", f"'{metric}' is not one of std, l2norm")
+DEFAULT_OPTIONS = {name: spec[1]["default"] for name, spec in ras_options_inputs().items()}
+
+
+def check_ras_options(node: str, values: dict) -> dict:
+    check_range(values["dynamic_spread"], 0.0, 1.0, node, "dynamic_spread")
+    check_range(values["starvation_scale"], 0.0, 10.0, node, "starvation_scale")
+    if values["warmup_steps"] < 0:
+        raise SDiTInputError(node, "warmup_steps", f"{values['warmup_steps']} is negative")
+    if values["metric"] not in ("std", "l2norm"):
+        raise SDiTInputError(node, "metric", f"'{values['metric']}' is not one of std, l2norm")
     try:
-        resets = parse_step_list(reset_steps)
+        parse_step_list(values["reset_steps"])
     except ValueError as error:
         raise SDiTInputError(node, "reset_steps", str(error)) from None
-    return RASConfig(sample_ratio=sample_ratio, warmup_steps=warmup_steps, reset_steps=tuple(resets),
-                     starvation_scale=starvation_scale, metric=metric, dynamic_ratio=bool(dynamic_ratio),
-                     dynamic_spread=dynamic_spread)
+    check_kv_cache(values["kv_cache"], node)
+    return values
+
+
+def ras_config(node: str, sample_ratio: float, options=None) -> tuple:
+    """(RASConfig, kv_cache) of a sampler or patch node: its ratio and its Options node's values."""
+    check_ratio(sample_ratio, node)
+    v = check_ras_options(node, options_values(options, "RAS", DEFAULT_OPTIONS, node))
+    config = RASConfig(sample_ratio=sample_ratio, warmup_steps=v["warmup_steps"],
+                       reset_steps=tuple(parse_step_list(v["reset_steps"])), starvation_scale=v["starvation_scale"],
+                       metric=v["metric"], dynamic_ratio=bool(v["dynamic_ratio"]), dynamic_spread=v["dynamic_spread"])
+    return config, v["kv_cache"]
 
 
 def patch_ras(model, config: RASConfig, node: str, node_id=None, kv_cache=None):
@@ -63,10 +74,27 @@ def patch_ras(model, config: RASConfig, node: str, node_id=None, kv_cache=None):
                                  ProgressReporter(node_id, "RAS"), kv_cache)
 
 
+class RASOptions:
+    DESCRIPTION = ("Every RAS setting besides sample_ratio, for RAS Sampler and RAS Model Patch: warm-up, resets, "
+                   "starvation prevention, metric, dynamic ratio, K/V cache. Its defaults are the samplers' defaults.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("RAS_OPTIONS",)
+    RETURN_NAMES = ("options",)
+    OUTPUT_TOOLTIPS = ("Plug into a RAS Sampler's or RAS Model Patch's options input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": ras_options_inputs()}
+
+    def build(self, **values):
+        return (MethodOptions("RAS", check_ras_options("RAS Options", dict(DEFAULT_OPTIONS, **values))),)
+
+
 class RASSampler:
     DESCRIPTION = ("KSampler with Region-Adaptive Sampling: after warm-up, each step runs only the image tokens the "
                    "model focuses on (std of its output), the rest reuse their cached output; keys/values of every "
-                   "token stay in a cache so attention sees the whole image.")
+                   "token stay in a cache so attention sees the whole image. Every other setting: a RAS Options node.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "REGION_TRACE")
@@ -75,19 +103,18 @@ class RASSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**ksampler_inputs(), **ras_inputs()}, "optional": ras_optional_inputs(),
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {**ksampler_inputs(), **SAMPLE_RATIO_INPUT}, "optional": options_input("RAS"),
+                "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-               dynamic_spread=RAS_DEFAULTS.dynamic_spread, kv_cache="model dtype", unique_id=None):
+               sample_ratio, options=None, unique_id=None, prompt=None):
         node = "RAS Sampler"
-        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-                            dynamic_spread)
+        check_no_moved_inputs(prompt, unique_id, DEFAULT_OPTIONS, node, "RAS")
+        config, kv_cache = ras_config(node, sample_ratio, options)
         adapter = adapter_for(model, node)
         patch_size = adapter.patch_size(model.model.diffusion_model)
         check_latent(latent_image, patch_size, node, video=adapter.video)
-        patched, slot = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
+        patched, slot = patch_ras(model, config, node, unique_id, kv_cache)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         run = slot.last_run
         if run is None:       # nothing was sampled (denoise 0): the latent as KSampler returns it
@@ -100,7 +127,8 @@ class RASSampler:
 
 class RASModelPatch:
     DESCRIPTION = ("Applies Region-Adaptive Sampling to a MODEL so any sampler node (KSampler, KSamplerAdvanced, "
-                   "SamplerCustomAdvanced) samples with it. Use RAS Sampler to also get the region trace.")
+                   "SamplerCustomAdvanced) samples with it. Use RAS Sampler to also get the region trace; a RAS "
+                   "Options node for every other setting.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -108,13 +136,12 @@ class RASModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **ras_inputs()}, "optional": ras_optional_inputs(),
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {"model": ksampler_inputs()["model"], **SAMPLE_RATIO_INPUT},
+                "optional": options_input("RAS"), "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def patch(self, model, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-              dynamic_spread=RAS_DEFAULTS.dynamic_spread, kv_cache="model dtype", unique_id=None):
+    def patch(self, model, sample_ratio, options=None, unique_id=None, prompt=None):
         node = "RAS Model Patch"
-        config = ras_config(node, sample_ratio, warmup_steps, reset_steps, starvation_scale, metric, dynamic_ratio,
-                            dynamic_spread)
-        patched, _ = patch_ras(model, config, node, unique_id, check_kv_cache(kv_cache, node))
+        check_no_moved_inputs(prompt, unique_id, DEFAULT_OPTIONS, node, "RAS")
+        config, kv_cache = ras_config(node, sample_ratio, options)
+        patched, _ = patch_ras(model, config, node, unique_id, kv_cache)
         return (patched,)

@@ -37,6 +37,40 @@ def kv_cache_input() -> dict:
                    "dense per step, and slower; docs/BENCHMARKS.md). For when memory, not time, is short."})}
 
 
+class MethodOptions:
+    """What an `SDiT Options` / `RAS Options` node outputs: its checked input values, by input name."""
+
+    def __init__(self, method: str, values: dict):
+        self.method, self.values = method, dict(values)
+
+
+def options_values(options, method: str, defaults: dict, node: str) -> dict:
+    """The option values a sampler or patch node uses: the connected Options node's, else the defaults."""
+    if options is None:
+        return dict(defaults)
+    if not isinstance(options, MethodOptions) or options.method != method:
+        got = f"{options.method} Options" if isinstance(options, MethodOptions) else type(options).__name__
+        raise SDiTInputError(node, "options", f"expected the output of a {method} Options node, got {got}")
+    return dict(defaults, **options.values)
+
+
+def check_no_moved_inputs(prompt, node_id, option_names, node: str, method: str) -> None:
+    """An API-format prompt written for the nodes before the settings moved to the Options nodes names
+    those settings as the sampler's inputs; ComfyUI drops undeclared inputs, so say so instead of
+    silently sampling with the defaults."""
+    inputs = ((prompt or {}).get(str(node_id)) or {}).get("inputs") or {}
+    moved = [name for name in inputs if name in option_names]
+    if moved:
+        raise SDiTInputError(node, moved[0], f"moved to the {method} Options node ({', '.join(moved)}): add one with "
+                                             f"these values and connect it to the 'options' input")
+
+
+def options_input(method: str) -> dict:
+    return {"options": (f"{method.upper()}_OPTIONS", {
+        "tooltip": f"Optional: a {method} Options node with every other setting. Without it, the defaults "
+                   f"(which the Options node also starts from)."})}
+
+
 def check_kv_cache(value, node: str) -> str:
     if value not in KV_CACHE_STORES:
         raise SDiTInputError(node, "kv_cache", f"'{value}' is not one of {', '.join(KV_CACHE_STORES)}")
@@ -57,6 +91,14 @@ def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "la
             node, input_name,
             f"latent size {height}x{width} is not a multiple of the model's patch size {patch_size}; "
             f"use an image size that is a multiple of {8 * patch_size} pixels")
+
+
+# sample_ratio's range, the same in every node (its widget's min and max, and the error's words)
+RATIO_MIN, RATIO_MAX = 0.01, 1.0
+
+
+def check_ratio(value: float, node: str, input_name: str = "sample_ratio") -> None:
+    check_range(value, RATIO_MIN, RATIO_MAX, node, input_name)
 
 
 def check_range(value: float, low: float, high: float, node: str, input_name: str, low_open: bool = False) -> None:

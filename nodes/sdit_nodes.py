@@ -8,15 +8,20 @@ from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
-from .sampling import (CATEGORY, check_kv_cache, check_latent, check_range, ksampler_inputs, kv_cache_input,
-                       run_ksampler)
+from .sampling import (CATEGORY, RATIO_MAX, RATIO_MIN, MethodOptions, check_kv_cache, check_latent,
+                       check_no_moved_inputs, check_range, check_ratio, ksampler_inputs, kv_cache_input, options_input,
+                       options_values, run_ksampler)
 
 D = SDiTConfig()
 
-# input name -> (widget spec, SDiTConfig field); ranges here are also what the node enforces
-SDIT_INPUTS = {
-    "sample_ratio": (("FLOAT", {"default": D.sample_ratio, "min": 0.01, "max": 1.0, "step": 0.01,
-                                "tooltip": "Average fraction of image tokens selected in sparse steps; border tokens (dilation on_top), probes and long-skipped tokens come on top, and refresh steps run dense: the after-run line reports the real work. 1.0 reproduces KSampler."}), "sample_ratio"),
+SAMPLE_RATIO_INPUT = {
+    "sample_ratio": ("FLOAT", {"default": D.sample_ratio, "min": RATIO_MIN, "max": RATIO_MAX, "step": 0.01,
+                               "tooltip": "Average fraction of image tokens selected in sparse steps; border tokens (dilation on_top), probes and long-skipped tokens come on top, and refresh steps run dense: the after-run line reports the real work. 1.0 reproduces KSampler."})}
+
+# SDiT Options' inputs, in the order the sampler showed them before they moved there (old workflows'
+# widget values map onto them in this order): input name -> (widget spec, SDiTConfig field); the ranges
+# here are also what the node enforces.
+SDIT_OPTIONS = {
     "ratio_spread": (("FLOAT", {"default": D.ratio_spread, "min": 0.0, "max": 1.0, "step": 0.05,
                                 "tooltip": "SSD cosine schedule (Eq. 15): p_max = ratio x (1 + spread) at the start and end, p_min = ratio x (1 - spread) in the middle; same average."}), "ratio_spread"),
     "tau1": (("FLOAT", {"default": D.tau1, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -71,30 +76,42 @@ SDIT_INPUTS = {
 }
 
 
-def sdit_inputs() -> dict:
-    return {name: spec for name, (spec, _) in SDIT_INPUTS.items()}
+SDIT_OPTIONS["kv_cache"] = (kv_cache_input()["kv_cache"], None)     # how the engine keeps the cache
+DEFAULT_OPTIONS = {name: spec[1]["default"] for name, (spec, _) in SDIT_OPTIONS.items()}
 
 
-def sdit_config(node: str, values: dict) -> SDiTConfig:
-    fields = {}
-    for name, (spec, field) in SDIT_INPUTS.items():
+def check_sdit_options(node: str, values: dict) -> dict:
+    """SDiT Options' values checked against their widgets' ranges and choices, in input-name form."""
+    checked = {}
+    for name, (spec, _) in SDIT_OPTIONS.items():
         value = values[name]
         kind, options = spec
         if kind in ("FLOAT", "INT"):
             check_range(value, options["min"], options["max"], node, name)
         elif isinstance(kind, list) and value not in kind:
             raise SDiTInputError(node, name, f"'{value}' is not one of {', '.join(kind)}")
-        if name == "video_dilation":
-            value = int(value)
         if name == "reset_steps":
             try:
-                value = tuple(parse_step_list(value))
+                parse_step_list(value)
             except ValueError as error:
                 raise SDiTInputError(node, name, str(error)) from None
-        fields[field] = value
-    if not fields["tau1"] < fields["tau2"]:
-        raise SDiTInputError(node, "tau2", f"{fields['tau2']} must be larger than tau1 ({fields['tau1']})")
-    return SDiTConfig(**fields).validate()
+        checked[name] = value
+    if not checked["tau1"] < checked["tau2"]:
+        raise SDiTInputError(node, "tau2", f"{checked['tau2']} must be larger than tau1 ({checked['tau1']})")
+    return checked
+
+
+def sdit_config(node: str, sample_ratio: float, options=None) -> tuple:
+    """(SDiTConfig, kv_cache) of a sampler or patch node: its ratio and its Options node's values."""
+    check_ratio(sample_ratio, node)
+    values = check_sdit_options(node, options_values(options, "SDiT", DEFAULT_OPTIONS, node))
+    fields = {"sample_ratio": sample_ratio}
+    for name, (_, field) in SDIT_OPTIONS.items():
+        if field is not None:
+            fields[field] = values[name]
+    fields["connectivity"] = int(fields["connectivity"])
+    fields["reset_steps"] = tuple(parse_step_list(fields["reset_steps"]))
+    return SDiTConfig(**fields).validate(), check_kv_cache(values["kv_cache"], node)
 
 
 def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None):
@@ -109,10 +126,28 @@ def sdit_trace(run, config: SDiTConfig):
                           probes=policy.probe_counts, drift_computed=policy.drift_computed)
 
 
+class SDiTOptions:
+    DESCRIPTION = ("Every SDiT setting besides sample_ratio, for SDiT Sampler and SDiT Model Patch: the schedule, "
+                   "segmentation, complexity, extrapolation and refreshes. Its defaults are the samplers' defaults.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("SDIT_OPTIONS",)
+    RETURN_NAMES = ("options",)
+    OUTPUT_TOOLTIPS = ("Plug into an SDiT Sampler's or SDiT Model Patch's options input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {name: spec for name, (spec, _) in SDIT_OPTIONS.items()}}
+
+    def build(self, **values):
+        return (MethodOptions("SDiT", check_sdit_options("SDiT Options", dict(DEFAULT_OPTIONS, **values))),)
+
+
 class SDiTSampler:
     DESCRIPTION = ("KSampler with SDiT: each step segments the image into semantic regions (Quickshift on the "
                    "predicted image and noise), computes only the most complex regions plus a one-token border, "
-                   "and extrapolates the rest from their own history. A key/value cache keeps every token in attention.")
+                   "and extrapolates the rest from their own history. A key/value cache keeps every token in "
+                   "attention. Every other setting: an SDiT Options node.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "REGION_TRACE")
@@ -122,17 +157,18 @@ class SDiTSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {**ksampler_inputs(), **sdit_inputs()}, "optional": kv_cache_input(),
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {**ksampler_inputs(), **SAMPLE_RATIO_INPUT}, "optional": options_input("SDiT"),
+                "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               unique_id=None, kv_cache="model dtype", **sdit_values):
+               sample_ratio, options=None, unique_id=None, prompt=None):
         node = "SDiT Sampler"
-        config = sdit_config(node, sdit_values)
+        check_no_moved_inputs(prompt, unique_id, SDIT_OPTIONS, node, "SDiT")
+        config, kv_cache = sdit_config(node, sample_ratio, options)
         adapter = adapter_for(model, node)
         patch_size = adapter.patch_size(model.model.diffusion_model)
         check_latent(latent_image, patch_size, node, video=adapter.video)
-        patched, slot = patch_sdit(model, config, node, unique_id, check_kv_cache(kv_cache, node))
+        patched, slot = patch_sdit(model, config, node, unique_id, kv_cache)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it
             return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config),
@@ -142,7 +178,7 @@ class SDiTSampler:
 
 class SDiTModelPatch:
     DESCRIPTION = ("Applies SDiT region-adaptive sampling to a MODEL so any sampler node samples with it. "
-                   "Use SDiT Sampler to also get the region trace.")
+                   "Use SDiT Sampler to also get the region trace; an SDiT Options node for every other setting.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -150,10 +186,12 @@ class SDiTModelPatch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ksampler_inputs()["model"], **sdit_inputs()}, "optional": kv_cache_input(),
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+        return {"required": {"model": ksampler_inputs()["model"], **SAMPLE_RATIO_INPUT},
+                "optional": options_input("SDiT"), "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def patch(self, model, unique_id=None, kv_cache="model dtype", **sdit_values):
+    def patch(self, model, sample_ratio, options=None, unique_id=None, prompt=None):
         node = "SDiT Model Patch"
-        patched, _ = patch_sdit(model, sdit_config(node, sdit_values), node, unique_id, check_kv_cache(kv_cache, node))
+        check_no_moved_inputs(prompt, unique_id, SDIT_OPTIONS, node, "SDiT")
+        config, kv_cache = sdit_config(node, sample_ratio, options)
+        patched, _ = patch_sdit(model, config, node, unique_id, kv_cache)
         return (patched,)

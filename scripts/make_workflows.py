@@ -13,6 +13,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from comfy_client import ComfyServer, _input_specs, _is_widget  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# settings beyond sample_ratio live on an Options node plugged into the sampler's `options` input
+OPTIONS_NODE = {"SDiTSampler": "SDiTOptions", "SDiTModelPatch": "SDiTOptions", "RASSampler": "RASOptions",
+                "RASModelPatch": "RASOptions"}
 
 
 def demo_image_size() -> int:
@@ -30,6 +33,12 @@ class Workflow:
     def add(self, node_type: str, widgets: dict = None, inputs: dict = None, pos=(0, 0), title: str = None):
         widgets, inputs = dict(widgets or {}), dict(inputs or {})
         info = self.info[node_type]
+        if node_type in OPTIONS_NODE:      # widgets the sampler does not have go to its Options node
+            own = _input_specs(info)
+            moved = {name: widgets.pop(name) for name in list(widgets) if name not in own}
+            if moved:
+                options = self.add(OPTIONS_NODE[node_type], moved, pos=(pos[0] - 380, pos[1] + 420))
+                inputs["options"] = (options, 0)
         node_id = len(self.nodes) + 1
         node = {"id": node_id, "type": node_type, "pos": list(pos), "size": [320, 120], "flags": {},
                 "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [],

@@ -246,3 +246,44 @@ TINY_HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_chann
 def tiny_hunyuan_video(seed: int = 0):
     from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
     return build_tiny(comfy.supported_models.HunyuanVideo, hunyuan_video_unet_config(TINY_HUNYUAN_VIDEO), seed)
+
+
+# ---- the sampler nodes with their Options nodes ------------------------------------------------------
+SAMPLER_ARGS = ("seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise")
+
+
+def split_options(options_node, values: dict) -> dict:
+    """Node kwargs with every value the Options node takes moved into one built Options output (what a
+    workflow with an Options node plugged into the sampler passes)."""
+    names = options_node.INPUT_TYPES()["required"]
+    moved = {name: values.pop(name) for name in list(values) if name in names}
+    if moved:
+        values["options"] = options_node().build(**moved)[0]
+    return values
+
+
+def _positional(options_node, args: tuple, kwargs: dict) -> dict:
+    """Positional values after the model, in the order sample_ratio, then the Options node's inputs."""
+    names = ["sample_ratio", *options_node.INPUT_TYPES()["required"]]
+    return dict(zip(names, args), **kwargs)
+
+
+def ras_sample(model, *args, **kwargs):
+    from comfyui_sdit.nodes.ras_nodes import RASOptions, RASSampler
+    return RASSampler().sample(model, **split_options(RASOptions, dict(zip(SAMPLER_ARGS, args), **kwargs)))
+
+
+def ras_model_patch(model, *args, **kwargs):
+    from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASOptions
+    return RASModelPatch().patch(model, **split_options(RASOptions, _positional(RASOptions, args, kwargs)))
+
+
+
+def sdit_sample(model, *args, **kwargs):
+    from comfyui_sdit.nodes.sdit_nodes import SDiTOptions, SDiTSampler
+    return SDiTSampler().sample(model, **split_options(SDiTOptions, dict(zip(SAMPLER_ARGS, args), **kwargs)))
+
+
+def sdit_model_patch(model, *args, **kwargs):
+    from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTOptions
+    return SDiTModelPatch().patch(model, **split_options(SDiTOptions, _positional(SDiTOptions, args, kwargs)))

@@ -140,3 +140,33 @@ def test_missing_or_malformed_messages_are_ignored(page):
     after = page.evaluate("() => { const n = app.graph.getNodeById(1); return [!!n, n?.sditLive ?? null, n?.sditSummary ?? null]; }")
     assert after == before, "nothing malformed reached the node"
     assert our_errors(page) == [] and not [e for e in page.sdit_errors if "alert" in e]
+
+
+LEGACY_SETTINGS = {"RASSampler": ("RASOptions", {"warmup_steps": 3, "dynamic_spread": 0.3, "reset_steps": "0.4, 0.67"}),
+                   "SDiTSampler": ("SDiTOptions", {"tau1": 0.2, "dilation_mode": "inside", "drift_probes": 0.0,
+                                                   "tau2": 0.95, "kv_cache": "model dtype"})}
+
+
+def test_a_workflow_saved_before_the_options_nodes_keeps_its_settings(page, server):
+    """The samplers' settings moved to Options nodes: a workflow saved before that gets an Options node per
+    sampler with its saved values (not silently the defaults), and it runs."""
+    workflow = json.loads((REPO_ROOT / "tests" / "data" / "legacy_sdit_demo.json").read_text())
+    page.evaluate("workflow => app.loadGraphData(workflow)", workflow)
+    found = page.evaluate("""() => app.graph._nodes.filter(n => n.type.endsWith("Sampler") && n.type !== "KSampler")
+        .map(n => { const slot = n.findInputSlot("options"); const link = app.graph.links[n.inputs[slot].link];
+                    const options = link && app.graph.getNodeById(link.origin_id);
+                    return {type: n.type, sampler: Object.fromEntries(n.widgets.map(w => [w.name, w.value])),
+                            options: options && {type: options.type,
+                                                 values: Object.fromEntries(options.widgets.map(w => [w.name, w.value]))}}; })""")
+    assert sorted(f["type"] for f in found) == sorted(LEGACY_SETTINGS)
+    for entry in found:
+        options_type, expected = LEGACY_SETTINGS[entry["type"]]
+        assert entry["options"] and entry["options"]["type"] == options_type
+        assert {k: entry["options"]["values"][k] for k in expected} == expected
+        assert entry["sampler"]["sample_ratio"] == 0.5 and entry["sampler"]["steps"] == 20
+    before = set(server.get("/history"))
+    page.evaluate("app.queuePrompt(0, 1)")
+    prompt_id = wait_until(lambda: next(iter(set(server.get("/history")) - before), None), 900, "the prompt")
+    entry = wait_until(lambda: finished(server, prompt_id), 900, "the prompt to finish")
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    assert our_errors(page) == []

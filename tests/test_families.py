@@ -9,15 +9,15 @@ import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import supported_family_names
-from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
-from comfyui_sdit.nodes.sdit_nodes import SDIT_INPUTS, SDiTModelPatch, SDiTSampler
-from sdit_testkit import FAMILIES, build_tiny, tiny_sd15
+from comfyui_sdit.nodes.sdit_nodes import SAMPLE_RATIO_INPUT, SDIT_OPTIONS
+from sdit_testkit import FAMILIES, build_tiny, ras_model_patch, ras_sample, sdit_model_patch, sdit_sample, tiny_sd15
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 
 
 def sdit_defaults(**overrides):
-    values = {name: spec[1].get("default") for name, (spec, _) in SDIT_INPUTS.items()}
+    values = {"sample_ratio": SAMPLE_RATIO_INPUT["sample_ratio"][1]["default"],
+              **{name: spec[1].get("default") for name, (spec, _) in SDIT_OPTIONS.items()}}
     values.update(overrides)
     return values
 
@@ -44,8 +44,8 @@ def test_ras_and_sdit_samplers_run_and_leave_the_model_untouched(family):
     steps, cfg = 6, 2.5
     before = plain(model, spec, latent, steps, cfg)
     common = (4, steps, cfg, "euler", "simple", spec.positive(), spec.negative(), latent, 1.0)
-    ras_out, ras_trace = RASSampler().sample(model, *common, **ras_values())
-    sdit_out, sdit_trace = SDiTSampler().sample(model, *common, **sdit_defaults(warmup_steps=2, drift_threshold=0.0, sample_ratio=0.25))
+    ras_out, ras_trace = ras_sample(model, *common, **ras_values())
+    sdit_out, sdit_trace = sdit_sample(model, *common, **sdit_defaults(warmup_steps=2, drift_threshold=0.0, sample_ratio=0.25))
     after = plain(model, spec, latent, steps, cfg)
     assert torch.equal(before, after), "the model passed in is unchanged"
     for out, trace in ((ras_out, ras_trace), (sdit_out, sdit_trace)):
@@ -63,8 +63,8 @@ def test_ratio_one_through_the_nodes_equals_ksampler(family):
     latent = {"samples": spec.latent(1, *spec.same_grid((8, 12)))}
     common = (4, 5, 2.0, "euler", "simple", spec.positive(), spec.negative(), latent, 1.0)
     reference = plain(model, spec, latent, 5, 2.0)
-    ras_out, _ = RASSampler().sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
-    sdit_out, _ = SDiTSampler().sample(model, *common, **sdit_defaults(sample_ratio=1.0, warmup_steps=1,
+    ras_out, _ = ras_sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
+    sdit_out, _ = sdit_sample(model, *common, **sdit_defaults(sample_ratio=1.0, warmup_steps=1,
                                                                         drift_threshold=0.0))
     assert (ras_out["samples"] - reference).abs().max().item() <= 1e-5
     assert (sdit_out["samples"] - reference).abs().max().item() <= 1e-5
@@ -81,10 +81,10 @@ def test_lumina2_prompt_padding_mask_stays_correct():
     latent = {"samples": spec.latent(1, 8, 12)}
     reference = comfy_nodes.KSampler().sample(model, 4, 5, 1.0, "euler", "simple", positive, positive, latent)[0]
     common = (4, 5, 1.0, "euler", "simple", positive, positive, latent, 1.0)
-    everything, trace = RASSampler().sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
+    everything, trace = ras_sample(model, *common, **ras_values(sample_ratio=1.0, warmup_steps=1))
     assert (everything["samples"] - reference["samples"]).abs().max().item() <= 1e-5
     assert not all(s.dense for s in trace.steps)
-    half, _ = RASSampler().sample(model, *common, **ras_values())
+    half, _ = ras_sample(model, *common, **ras_values())
     assert torch.isfinite(half["samples"]).all()
 
 
@@ -110,10 +110,10 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     conditioning = [[torch.zeros(1, 4, 32), {}]]
     common = (0, 4, 1.0, "euler", "simple", conditioning, conditioning, latent, 1.0)
-    calls = {"RAS Sampler": lambda: RASSampler().sample(model, *common, **ras_values()),
-             "RAS Model Patch": lambda: RASModelPatch().patch(model, **ras_values()),
-             "SDiT Sampler": lambda: SDiTSampler().sample(model, *common, **sdit_defaults()),
-             "SDiT Model Patch": lambda: SDiTModelPatch().patch(model, **sdit_defaults())}
+    calls = {"RAS Sampler": lambda: ras_sample(model, *common, **ras_values()),
+             "RAS Model Patch": lambda: ras_model_patch(model, **ras_values()),
+             "SDiT Sampler": lambda: sdit_sample(model, *common, **sdit_defaults()),
+             "SDiT Model Patch": lambda: sdit_model_patch(model, **sdit_defaults())}
     for node, call in calls.items():
         with pytest.raises(SDiTInputError) as error:
             call()

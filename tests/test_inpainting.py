@@ -6,12 +6,10 @@ import importlib
 import pytest
 import torch
 
-from comfyui_sdit.nodes.ras_nodes import RASSampler
-from comfyui_sdit.nodes.sdit_nodes import SDiTSampler
 from comfyui_sdit.sdit_core.tokens import tokens_inside
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults
-from sdit_testkit import flux_conditioning, tiny_flux
+from sdit_testkit import flux_conditioning, ras_sample, sdit_sample, tiny_flux
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 
@@ -26,8 +24,8 @@ def inpaint_latent():
 
 def sample(node, model, latent):
     if node == "RAS":
-        return RASSampler().sample(model, latent_image=latent, **ras_args(steps=12, sample_ratio=0.5, reset_steps=""))
-    return SDiTSampler().sample(model, 3, 12, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+        return ras_sample(model, latent_image=latent, **ras_args(steps=12, sample_ratio=0.5, reset_steps=""))
+    return sdit_sample(model, 3, 12, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
                                 latent, 1.0, **defaults(sample_ratio=0.5, drift_threshold=0.0))
 
 

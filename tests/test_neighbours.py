@@ -8,12 +8,10 @@ import torch
 import comfy.patcher_extension as patcher_extension
 
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
-from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTSampler
 from comfyui_sdit.nodes.visual_nodes import RegionVisualizer
 from test_ras_sampler import latent, plain_ksampler, ras_args
 from test_sdit_sampler import defaults
-from sdit_testkit import flux_conditioning, tiny_flux
+from sdit_testkit import flux_conditioning, ras_model_patch, ras_sample, sdit_model_patch, sdit_sample, tiny_flux
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 RAS_VALUES = ("sample_ratio", "warmup_steps", "reset_steps", "starvation_scale", "metric", "dynamic_ratio")
@@ -21,7 +19,7 @@ RAS_VALUES = ("sample_ratio", "warmup_steps", "reset_steps", "starvation_scale",
 
 def ras_patch(model, **overrides):
     a = ras_args(**overrides)
-    return RASModelPatch().patch(model, *(a[k] for k in RAS_VALUES))[0]
+    return ras_model_patch(model, **{k: a[k] for k in RAS_VALUES})[0]
 
 
 def ksampler(model, a, lat):
@@ -35,16 +33,16 @@ def test_a_second_model_patch_replaces_the_first():
     alone = ksampler(ras_patch(model, sample_ratio=0.25), a, lat)
     stacked = ksampler(ras_patch(ras_patch(model, sample_ratio=0.6), sample_ratio=0.25), a, lat)
     assert torch.equal(stacked, alone)
-    sdit_over_ras = SDiTModelPatch().patch(ras_patch(model, sample_ratio=0.6), **defaults(sample_ratio=0.3))[0]
-    sdit_alone = SDiTModelPatch().patch(model, **defaults(sample_ratio=0.3))[0]
+    sdit_over_ras = sdit_model_patch(ras_patch(model, sample_ratio=0.6), **defaults(sample_ratio=0.3))[0]
+    sdit_alone = sdit_model_patch(model, **defaults(sample_ratio=0.3))[0]
     assert torch.equal(ksampler(sdit_over_ras, a, lat), ksampler(sdit_alone, a, lat))
 
 
 def test_a_model_patch_into_a_sampler_node_gives_the_sampler_alone():
     model = tiny_flux(seed=41)
     a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
-    alone, trace = RASSampler().sample(model, latent_image=lat, **a)
-    patched_first, patched_trace = RASSampler().sample(ras_patch(model, sample_ratio=0.6), latent_image=lat, **a)
+    alone, trace = ras_sample(model, latent_image=lat, **a)
+    patched_first, patched_trace = ras_sample(ras_patch(model, sample_ratio=0.6), latent_image=lat, **a)
     assert torch.equal(patched_first["samples"], alone["samples"])
     assert patched_trace.tokens_per_step == trace.tokens_per_step
 
@@ -54,9 +52,9 @@ def test_denoise_zero_returns_the_input_like_ksampler():
     lat = {"samples": torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(3))}
     a = ras_args(denoise=0.0)
     reference = plain_ksampler(model, a, lat)
-    out, trace = RASSampler().sample(model, latent_image=lat, **a)
+    out, trace = ras_sample(model, latent_image=lat, **a)
     assert torch.equal(out["samples"], reference) and not trace.steps
-    out, trace = SDiTSampler().sample(model, 3, 8, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+    out, trace = sdit_sample(model, 3, 8, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
                                       lat, 0.0, **defaults())
     assert torch.equal(out["samples"], reference) and not trace.steps
     with pytest.raises(SDiTInputError, match="sampled nothing"):
@@ -88,7 +86,7 @@ def test_model_sparse_attention_is_named_in_a_clear_error(order):
         with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Model Sparse Attention'"):
             ras_patch(with_block_sparse_attention_footprint(model))
         with pytest.raises(SDiTInputError, match="RAS Sampler.*'Model Sparse Attention'"):
-            RASSampler().sample(with_block_sparse_attention_footprint(model), latent_image=lat, **a)
+            ras_sample(with_block_sparse_attention_footprint(model), latent_image=lat, **a)
     else:
         patched = with_block_sparse_attention_footprint(ras_patch(model))
         with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Model Sparse Attention'"):
@@ -103,7 +101,7 @@ def test_flux_kv_cache_is_named_in_a_clear_error():
     cached = flux_nodes.FluxKVCache.execute(model)[0]
     a, lat = ras_args(cfg=3.0), latent(1)
     with pytest.raises(SDiTInputError, match="RAS Sampler.*'Flux KV Cache'"):
-        RASSampler().sample(cached, latent_image=lat, **a)
+        ras_sample(cached, latent_image=lat, **a)
     with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Flux KV Cache'"):
         ksampler(flux_nodes.FluxKVCache.execute(ras_patch(model))[0], a, lat)
 
@@ -123,7 +121,7 @@ def test_easycache_and_lazycache_with_every_token_active_equal_them_alone(node):
     reference = ksampler(cached(model), a, lat)
     everything = ksampler(cached(ras_patch(model, sample_ratio=1.0, warmup_steps=1)), a, lat)
     assert (everything - reference).abs().max().item() <= 1e-5
-    out, trace = RASSampler().sample(cached(model), latent_image=lat, **dict(a, sample_ratio=0.5))
+    out, trace = ras_sample(cached(model), latent_image=lat, **dict(a, sample_ratio=0.5))
     assert torch.isfinite(out["samples"]).all()
     # EasyCache skips inside the model call (an evaluation with no token work), LazyCache the whole
     # prediction (no evaluation at all)

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
-from sdit_testkit import flux_conditioning, tiny_flux, tiny_sd15
+from sdit_testkit import flux_conditioning, ras_model_patch, ras_sample, tiny_flux, tiny_sd15
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 
@@ -36,7 +35,7 @@ def test_ratio_one_reproduces_plain_ksampler(cfg, batch):
     model = tiny_flux(seed=11)
     a = ras_args(cfg=cfg, sample_ratio=1.0)
     lat = latent(batch, 16, 24)
-    out, trace = RASSampler().sample(model, latent_image=lat, **a)
+    out, trace = ras_sample(model, latent_image=lat, **a)
     reference = plain_ksampler(model, a, lat)
     assert (out["samples"] - reference).abs().max().item() <= TOL
     assert trace.tokens_per_step == [8 * 12] * 8
@@ -44,7 +43,7 @@ def test_ratio_one_reproduces_plain_ksampler(cfg, batch):
 
 def test_half_ratio_trace_counts_tokens_exactly():
     model = tiny_flux(seed=12)
-    out, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16), **ras_args())
+    out, trace = ras_sample(model, latent_image=latent(1, 16, 16), **ras_args())
     n_tokens = 64
     expected = [64 if step in (0, 1, 5) else 32 for step in range(8)]
     assert trace.tokens_per_step == expected
@@ -60,7 +59,7 @@ def test_half_ratio_trace_counts_tokens_exactly():
 def test_temporal_continuity_uses_previous_output_metric():
     """The set computed at step t+1 is the top of the score map from step t's output."""
     model = tiny_flux(seed=13)
-    _, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16), **ras_args(starvation_scale=0.0))
+    _, trace = ras_sample(model, latent_image=latent(1, 16, 16), **ras_args(starvation_scale=0.0))
     for prev, step in zip(trace.steps, trace.steps[1:]):
         if step.dense:
             continue
@@ -71,7 +70,7 @@ def test_temporal_continuity_uses_previous_output_metric():
 
 def test_cfg_batch_two_masks_differ_per_image():
     model = tiny_flux(seed=14)
-    out, trace = RASSampler().sample(model, latent_image=latent(2, 16, 16), **ras_args(cfg=4.0, dynamic_ratio=True))
+    out, trace = ras_sample(model, latent_image=latent(2, 16, 16), **ras_args(cfg=4.0, dynamic_ratio=True))
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and all(s.active.shape == (2, 8, 8) for s in sparse)
     assert any(not torch.equal(s.active[0], s.active[1]) for s in sparse)
@@ -82,7 +81,7 @@ def test_cfg_batch_two_masks_differ_per_image():
                                                ("deis", "beta"), ("res_multistep", "exponential")])
 def test_runs_with_any_deterministic_sampler_and_scheduler(sampler, scheduler):
     model = tiny_flux(seed=15)
-    out, trace = RASSampler().sample(model, latent_image=latent(1, 16, 16),
+    out, trace = ras_sample(model, latent_image=latent(1, 16, 16),
                                      **ras_args(sampler_name=sampler, scheduler=scheduler, steps=6))
     assert torch.isfinite(out["samples"]).all()
     assert any(not s.dense for s in trace.steps) and trace.work_fraction < 1.0
@@ -91,7 +90,7 @@ def test_runs_with_any_deterministic_sampler_and_scheduler(sampler, scheduler):
 def test_model_patch_with_ksampler_advanced_and_custom_sampling():
     model = tiny_flux(seed=16)
     a = ras_args(sample_ratio=1.0)
-    (patched,) = RASModelPatch().patch(model, 1.0, 2, "5", 0.1, "std", False)
+    (patched,) = ras_model_patch(model, 1.0, 2, "5", 0.1, "std", False)
     lat = latent(1, 16, 16)
     advanced = comfy_nodes.KSamplerAdvanced().sample(
         patched, "enable", a["seed"], 8, 1.0, "euler", "simple", a["positive"], a["negative"], lat, 0, 10000, "disable")[0]
@@ -99,7 +98,7 @@ def test_model_patch_with_ksampler_advanced_and_custom_sampling():
     assert (advanced["samples"] - reference).abs().max().item() <= TOL
     # sparse (0.5) through SamplerCustomAdvanced completes
     custom = importlib.import_module("comfy_extras.nodes_custom_sampler")
-    (patched_half,) = RASModelPatch().patch(model, 0.5, 2, "", 0.1, "std", True)
+    (patched_half,) = ras_model_patch(model, 0.5, 2, "", 0.1, "std", True)
     guider = custom.BasicGuider.execute(patched_half, a["positive"])[0]
     sampler = custom.KSamplerSelect.execute("euler")[0]
     sigmas = custom.BasicScheduler.execute(patched_half, "simple", 8, 1.0)[0]
@@ -113,22 +112,22 @@ def test_original_model_untouched_by_the_node():
     a = ras_args(cfg=2.0)
     lat = latent(1, 16, 16)
     before = plain_ksampler(model, a, lat)
-    RASSampler().sample(model, latent_image=lat, **a)
+    ras_sample(model, latent_image=lat, **a)
     after = plain_ksampler(model, a, lat)
     assert torch.equal(before, after)
 
 
 def test_clear_errors():
     model = tiny_flux(seed=18)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'sample_ratio'.*outside \(0.0, 1.0\]"):
-        RASSampler().sample(model, latent_image=latent(), **ras_args(sample_ratio=0.0))
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'sample_ratio'.*outside \[0.01, 1.0\]"):
+        ras_sample(model, latent_image=latent(), **ras_args(sample_ratio=0.0))
     with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'latent_image'.*multiple of the model's patch size 2"):
-        RASSampler().sample(model, latent_image=latent(1, 15, 16), **ras_args())
-    with pytest.raises(SDiTInputError, match=r"input 'reset_steps'"):
-        RASSampler().sample(model, latent_image=latent(), **ras_args(reset_steps="soon"))
+        ras_sample(model, latent_image=latent(1, 15, 16), **ras_args())
+    with pytest.raises(SDiTInputError, match=r"RAS Options: input 'reset_steps'"):
+        ras_sample(model, latent_image=latent(), **ras_args(reset_steps="soon"))
     unet = tiny_sd15()
-    for call in (lambda: RASSampler().sample(unet, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, **ras_args()),
-                 lambda: RASModelPatch().patch(unet, 0.5, 4, "", 0.1, "std", True)):
+    for call in (lambda: ras_sample(unet, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, **ras_args()),
+                 lambda: ras_model_patch(unet, 0.5, 4, "", 0.1, "std", True)):
         with pytest.raises(SDiTInputError, match=r"UNetModel.*not supported.*Flux"):
             call()
 
@@ -136,24 +135,24 @@ def test_clear_errors():
 def test_dynamic_spread_input_shapes_the_schedule():
     model = tiny_flux(seed=19)
     a = ras_args(dynamic_ratio=True, reset_steps="", steps=8, warmup_steps=2)
-    _, flat = RASSampler().sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.0, **a)
-    _, steep = RASSampler().sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.5, **a)
+    _, flat = ras_sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.0, **a)
+    _, steep = ras_sample(model, latent_image=latent(1, 16, 16), dynamic_spread=0.5, **a)
     assert flat.tokens_per_step[2:] == [32] * 6
     assert steep.tokens_per_step[2] == 48 and steep.tokens_per_step[-1] == 16
     assert sum(steep.tokens_per_step[2:]) == 32 * 6
     with pytest.raises(SDiTInputError, match="dynamic_spread"):
-        RASSampler().sample(model, latent_image=latent(), dynamic_spread=1.5, **a)
+        ras_sample(model, latent_image=latent(), dynamic_spread=1.5, **a)
 
 
 def test_kv_cache_input_fp8_samples_close_and_a_bad_value_is_named():
     model = tiny_flux(seed=11)
     a = ras_args(cfg=3.5)
-    exact, _ = RASSampler().sample(model, latent_image=latent(1), **a)
-    fp8, trace = RASSampler().sample(model, latent_image=latent(1), kv_cache="fp8_e4m3", **a)
+    exact, _ = ras_sample(model, latent_image=latent(1), **a)
+    fp8, trace = ras_sample(model, latent_image=latent(1), kv_cache="fp8_e4m3", **a)
     error = ((fp8["samples"] - exact["samples"]).norm() / exact["samples"].norm()).item()
     assert 0 < error < 5e-2, error
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'kv_cache': 'int8' is not one of model dtype, fp8_e4m3"):
-        RASSampler().sample(model, latent_image=latent(1), kv_cache="int8", **a)
+    with pytest.raises(SDiTInputError, match=r"RAS Options: input 'kv_cache': 'int8' is not one of model dtype, fp8_e4m3"):
+        ras_sample(model, latent_image=latent(1), kv_cache="int8", **a)
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde", "lcm"])
@@ -167,7 +166,7 @@ def test_samplers_that_add_fresh_noise_run_dense_and_say_so(sampler, caplog, mon
     sent = []
     monkeypatch.setattr(live_progress, "server_send", lambda event, data: sent.append((event, data)))
     with caplog.at_level("WARNING"):
-        out, trace = RASSampler().sample(model, latent_image=lat, unique_id="7", **a)
+        out, trace = ras_sample(model, latent_image=lat, unique_id="7", **a)
     assert all(s.dense for s in trace.steps)
     assert (out["samples"] - plain_ksampler(model, a, lat)).abs().max().item() <= TOL
     assert f"sampler {sampler} adds fresh noise" in caplog.text
@@ -177,5 +176,49 @@ def test_samplers_that_add_fresh_noise_run_dense_and_say_so(sampler, caplog, mon
 
 def test_deterministic_samplers_still_run_sparse():
     model = tiny_flux(seed=18)
-    _, trace = RASSampler().sample(model, latent_image=latent(1), **ras_args(sampler_name="dpmpp_2m"))
+    _, trace = ras_sample(model, latent_image=latent(1), **ras_args(sampler_name="dpmpp_2m"))
     assert any(not s.dense for s in trace.steps)
+
+
+def test_every_node_states_the_same_ratio_range_and_widget_range():
+    """sample_ratio: one range in the widgets and in the error of every node (0.005 is below all of them)."""
+    from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
+    from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTSampler
+    from sdit_testkit import sdit_model_patch, sdit_sample
+    model = tiny_flux(seed=18)
+    for cls in (RASSampler, RASModelPatch, SDiTSampler, SDiTModelPatch):
+        spec = cls.INPUT_TYPES()["required"]["sample_ratio"][1]
+        assert (spec["min"], spec["max"]) == (0.01, 1.0)
+    a = ras_args(sample_ratio=0.005)
+    calls = {"RAS Sampler": lambda: ras_sample(model, latent_image=latent(), **a),
+             "RAS Model Patch": lambda: ras_model_patch(model, 0.005),
+             "SDiT Sampler": lambda: sdit_sample(model, 0, 4, 1.0, "euler", "simple", a["positive"], a["negative"],
+                                                 latent(), 1.0, sample_ratio=0.005),
+             "SDiT Model Patch": lambda: sdit_model_patch(model, 0.005)}
+    for node, call in calls.items():
+        with pytest.raises(SDiTInputError) as error:
+            call()
+        assert str(error.value) == f"{node}: input 'sample_ratio': 0.005 is outside [0.01, 1.0]"
+
+
+def test_options_node_of_the_other_method_is_refused_by_name():
+    from comfyui_sdit.nodes.ras_nodes import RASSampler
+    from comfyui_sdit.nodes.sdit_nodes import SDiTOptions
+    a = ras_args()
+    a = {k: a[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "denoise")}
+    sdit_options = SDiTOptions().build(**{})[0]
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'options': expected the output of a RAS Options "
+                                             r"node, got SDiT Options"):
+        RASSampler().sample(tiny_flux(seed=18), latent_image=latent(), sample_ratio=0.5, options=sdit_options, **a)
+
+
+def test_options_node_defaults_equal_the_samplers_defaults():
+    """A sampler without an Options node and one with a default Options node configure the same run."""
+    from comfyui_sdit.nodes.ras_nodes import RASOptions, ras_config
+    from comfyui_sdit.nodes.sdit_nodes import SDiTOptions, sdit_config
+    from comfyui_sdit.sdit_core.ras import RASConfig
+    from comfyui_sdit.sdit_core.sdit import SDiTConfig
+    assert ras_config("RAS Sampler", 0.3, None) == ras_config("RAS Sampler", 0.3, RASOptions().build()[0])
+    assert ras_config("RAS Sampler", 0.3, None)[0] == RASConfig(sample_ratio=0.3)
+    assert sdit_config("SDiT Sampler", 0.3, None) == sdit_config("SDiT Sampler", 0.3, SDiTOptions().build()[0])
+    assert sdit_config("SDiT Sampler", 0.3, None)[0] == SDiTConfig(sample_ratio=0.3)

@@ -5,25 +5,26 @@ import pytest
 import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.sdit_nodes import SDIT_INPUTS, SDiTModelPatch, SDiTSampler
+from comfyui_sdit.nodes.sdit_nodes import SAMPLE_RATIO_INPUT, SDIT_OPTIONS
 from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
 from comfyui_sdit.sdit_core.ratio_schedule import ssd_counts
 from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
-from sdit_testkit import flux_conditioning, tiny_flux
+from sdit_testkit import flux_conditioning, sdit_model_patch, sdit_sample, tiny_flux
 
 comfy_nodes = importlib.import_module("nodes")
 TOL = 1e-5
 
 
 def defaults(**overrides):
-    values = {name: spec[1].get("default") for name, (spec, _) in SDIT_INPUTS.items()}
+    values = {"sample_ratio": SAMPLE_RATIO_INPUT["sample_ratio"][1]["default"],
+              **{name: spec[1].get("default") for name, (spec, _) in SDIT_OPTIONS.items()}}
     values.update(overrides)
     return values
 
 
 def run(model, batch=1, h=16, w=16, steps=10, cfg=1.0, seed=2, **overrides):
     latent = {"samples": torch.zeros(batch, 16, h, w)}
-    return SDiTSampler().sample(model, seed, steps, cfg, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+    return sdit_sample(model, seed, steps, cfg, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
                                 latent, 1.0, **defaults(**overrides))
 
 
@@ -86,7 +87,7 @@ def test_batch_two_with_cfg_and_model_patch():
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and all(s.active.shape == (2, 8, 8) for s in sparse)
     assert any(not torch.equal(s.active[0], s.active[1]) for s in sparse)
-    (patched,) = SDiTModelPatch().patch(model, **defaults(sample_ratio=1.0, drift_threshold=0.0))
+    (patched,) = sdit_model_patch(model, **defaults(sample_ratio=1.0, drift_threshold=0.0))
     a = comfy_nodes.KSampler().sample(patched, 3, 6, 1.0, "dpmpp_2m", "karras", flux_conditioning(1),
                                       flux_conditioning(2), {"samples": torch.zeros(1, 16, 16, 16)})[0]["samples"]
     b = comfy_nodes.KSampler().sample(model, 3, 6, 1.0, "dpmpp_2m", "karras", flux_conditioning(1),
@@ -96,15 +97,15 @@ def test_batch_two_with_cfg_and_model_patch():
 
 def test_clear_errors():
     model = tiny_flux(seed=27)
-    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'tau2'"):
+    with pytest.raises(SDiTInputError, match=r"SDiT Options: input 'tau2'"):
         run(model, tau1=0.6, tau2=0.5)
-    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'segmentation_backend'"):
+    with pytest.raises(SDiTInputError, match=r"SDiT Options: input 'segmentation_backend'"):
         run(model, segmentation_backend="kmeans")
-    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'top_q'"):
+    with pytest.raises(SDiTInputError, match=r"SDiT Options: input 'top_q'"):
         run(model, top_q=0.0)
     with pytest.raises(SDiTInputError, match=r"input 'latent_image'.*multiple"):
         run(model, h=15)
-    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'kv_cache'.*not one of"):
+    with pytest.raises(SDiTInputError, match=r"SDiT Options: input 'kv_cache'.*not one of"):
         run(model, kv_cache="fp16")
 
 
@@ -189,9 +190,9 @@ def test_sdit_follows_samplers_that_add_fresh_noise_but_not_lcm():
     model = tiny_flux(seed=31)
     latent = {"samples": torch.zeros(1, 16, 16, 16)}
     common = (3, 10, 1.0)
-    _, ancestral = SDiTSampler().sample(model, *common, "euler_ancestral", "simple", flux_conditioning(1),
+    _, ancestral = sdit_sample(model, *common, "euler_ancestral", "simple", flux_conditioning(1),
                                         flux_conditioning(2), latent, 1.0, **defaults())
     assert any(not s.dense for s in ancestral.steps)
-    _, lcm = SDiTSampler().sample(model, *common, "lcm", "simple", flux_conditioning(1), flux_conditioning(2),
+    _, lcm = sdit_sample(model, *common, "lcm", "simple", flux_conditioning(1), flux_conditioning(2),
                                   latent, 1.0, **defaults())
     assert all(s.dense for s in lcm.steps)

@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.ras_nodes import RASModelPatch, RASSampler
-from comfyui_sdit.nodes.sdit_nodes import SDiTModelPatch, SDiTSampler
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import (build_tiny, ksample, random_active, sample_with, text_conditioning, tiny_hunyuan_video,
-                          tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
+from sdit_testkit import (build_tiny, ksample, random_active, ras_model_patch, ras_sample, sample_with, sdit_model_patch,
+                          sdit_sample, text_conditioning, tiny_hunyuan_video, tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
 
@@ -125,7 +123,7 @@ def test_per_frame_timesteps_of_wan22_ti2v():
                                                a["seed"], 6, 1.0, "euler", "simple", a["positive"], a["negative"],
                                                latent)[0]["samples"]
     assert (everything - reference).abs().max().item() <= TOL
-    out, trace = RASSampler().sample(model, latent_image=latent, **a)
+    out, trace = ras_sample(model, latent_image=latent, **a)
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and torch.isfinite(out["samples"]).all()
     for s in sparse:
@@ -144,13 +142,13 @@ def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, fa
     before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                            latent)[0]["samples"]
     if method == "RAS":
-        out, trace = RASSampler().sample(model, latent_image=latent, **a)
-        (patched,) = RASModelPatch().patch(model, 0.3, 2, "", 0.1, "std", True)
+        out, trace = ras_sample(model, latent_image=latent, **a)
+        (patched,) = ras_model_patch(model, 0.3, 2, "", 0.1, "std", True)
     else:
         values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
-        out, trace = SDiTSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                           latent, 1.0, **values)
-        (patched,) = SDiTModelPatch().patch(model, **values)
+        (patched,) = sdit_model_patch(model, **values)
         assert trace.steps[-1].labels.shape == (2, FRAMES, HEIGHT // 2, WIDTH // 2)
     after = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                           latent)[0]["samples"]
@@ -177,9 +175,9 @@ def test_two_experts_each_start_with_a_dense_step():
         return advanced.sample(second, "disable", 3, 8, 1.0, "euler", "simple", a["positive"], a["negative"], mid,
                                4, 10000, "disable")[0]["samples"]
     reference = two_stage(high, low)
-    patched = [RASModelPatch().patch(m, 1.0, 1, "", 0.1, "std", False)[0] for m in (high, low)]
+    patched = [ras_model_patch(m, 1.0, 1, "", 0.1, "std", False)[0] for m in (high, low)]
     assert (two_stage(*patched) - reference).abs().max().item() <= TOL
-    patched = [RASModelPatch().patch(m, 0.4, 1, "", 0.1, "std", False)[0] for m in (high, low)]
+    patched = [ras_model_patch(m, 0.4, 1, "", 0.1, "std", False)[0] for m in (high, low)]
     out = two_stage(*patched)
     assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
 
@@ -189,13 +187,13 @@ def test_video_variants_with_their_own_forward_get_the_not_supported_error():
     from sdit_testkit import TINY_WAN
     vace = build_tiny(comfy.supported_models.WAN21_Vace, dict(TINY_WAN, vace_layers=1, vace_in_dim=96), seed=0)
     with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*VaceWanModel.*not supported.*Wan"):
-        RASSampler().sample(vace, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
+        ras_sample(vace, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
 
 
 def test_image_models_refuse_video_latents_clearly():
     from sdit_testkit import tiny_flux
     with pytest.raises(SDiTInputError, match=r"latent_image.*video latents need a video model"):
-        RASSampler().sample(tiny_flux(seed=1), latent_image={"samples": video_latent()}, **ras_args())
+        ras_sample(tiny_flux(seed=1), latent_image={"samples": video_latent()}, **ras_args())
 
 
 def test_region_visualizer_and_complexity_map_take_videos():
@@ -203,7 +201,7 @@ def test_region_visualizer_and_complexity_map_take_videos():
     model = tiny_wan(seed=10)
     latent = {"samples": video_latent()}
     values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
-    out, trace = SDiTSampler().sample(model, 3, 5, 1.0, "euler", "simple", conds()["positive"], conds()["negative"],
+    out, trace = sdit_sample(model, 3, 5, 1.0, "euler", "simple", conds()["positive"], conds()["negative"],
                                       latent, 1.0, **values)
     result = RegionVisualizer().draw(trace, -1, 0, 0.6)
     images = result["result"][0]

@@ -12,6 +12,7 @@ from comfy_client import ComfyServer, output_images, validate_workflow, workflow
 WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 OUR_NODES = {"RASSampler": "RAS Sampler", "RASModelPatch": "RAS Model Patch",
              "SDiTSampler": "SDiT Sampler", "SDiTModelPatch": "SDiT Model Patch",
+             "SDiTOptions": "SDiT Options", "RASOptions": "RAS Options",
              "RegionVisualizer": "Region Visualizer", "ComplexityMap": "Complexity Map",
              "SDiTDemoModelLoader": "SDiT Demo Model Loader", "SDiTDemoDecode": "SDiT Demo Decode"}
 
@@ -71,10 +72,37 @@ def test_demo_workflow_runs_and_writes_images(server, object_info):
         assert (server.output_dir / image.get("subfolder", "") / image["filename"]).stat().st_size > 1000
 
 
-def test_server_reports_a_clear_error_for_a_bad_ratio(server, object_info):
+def test_server_reports_a_clear_error_for_a_bad_setting(server, object_info):
     workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     prompt = workflow_to_prompt(workflow, object_info)
     ras = next(k for k, v in prompt.items() if v["class_type"] == "RASSampler")
-    prompt[ras]["inputs"]["reset_steps"] = "later"
-    with pytest.raises(RuntimeError, match=r"RAS Sampler: input 'reset_steps'"):
+    defaults = {name: spec[1]["default"] for name, spec in object_info["RASOptions"]["input"]["required"].items()}
+    prompt["900"] = {"class_type": "RASOptions", "inputs": dict(defaults, reset_steps="later")}
+    prompt[ras]["inputs"]["options"] = ["900", 0]
+    with pytest.raises(RuntimeError, match=r"RAS Options: input 'reset_steps'"):
         server.run_prompt(prompt)
+
+
+def test_an_api_prompt_with_the_settings_on_the_sampler_is_told_where_they_went(server, object_info):
+    """API-format prompts written before the Options nodes: ComfyUI drops inputs a node does not declare,
+    so the sampler itself says where they went instead of sampling with the defaults."""
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
+    prompt = workflow_to_prompt(workflow, object_info)
+    sdit = next(k for k, v in prompt.items() if v["class_type"] == "SDiTSampler")
+    prompt[sdit]["inputs"].update(tau1=0.2, drift_probes=0.0)
+    with pytest.raises(RuntimeError, match=r"SDiT Sampler: input 'tau1': moved to the SDiT Options node "
+                                           r"\(tau1, drift_probes\)"):
+        server.run_prompt(prompt)
+
+
+def test_samplers_show_ksampler_inputs_plus_the_ratio_and_options(object_info):
+    """Simple by default: every other setting lives on the Options nodes."""
+    ksampler = set(object_info["KSampler"]["input"]["required"])
+    for node_type, options_type in (("RASSampler", "RAS_OPTIONS"), ("SDiTSampler", "SDIT_OPTIONS")):
+        inputs = object_info[node_type]["input"]
+        assert set(inputs["required"]) == ksampler | {"sample_ratio"}
+        assert {name: spec[0] for name, spec in inputs["optional"].items()} == {"options": options_type}
+    for node_type in ("RASModelPatch", "SDiTModelPatch"):
+        assert set(object_info[node_type]["input"]["required"]) == {"model", "sample_ratio"}
+    assert object_info["SDiTOptions"]["output"] == ["SDIT_OPTIONS"]
+    assert object_info["RASOptions"]["output"] == ["RAS_OPTIONS"]
