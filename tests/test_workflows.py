@@ -106,3 +106,17 @@ def test_samplers_show_ksampler_inputs_plus_the_ratio_and_options(object_info):
         assert set(object_info[node_type]["input"]["required"]) == {"model", "sample_ratio"}
     assert object_info["SDiTOptions"]["output"] == ["SDIT_OPTIONS"]
     assert object_info["RASOptions"]["output"] == ["RAS_OPTIONS"]
+
+
+def test_readme_node_table_lists_every_input(object_info):
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("| node | inputs |"):readme.index("Every input has a tooltip.")]
+    for node_type, display in OUR_NODES.items():
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        row = next((r for r in rows if display in r.split("|")[1]), None) or \
+            next((r for r in rows if display.rsplit(" ", 1)[0] in r.split("|")[1]), None)  # "Loader / Decode"
+        assert row, f"{display} has no row"
+        inputs = object_info[node_type]["input"]
+        for name in [*inputs.get("required", {}), *inputs.get("optional", {})]:
+            assert f"`{name}`" in row or (name in object_info["KSampler"]["input"]["required"] and "KSampler's" in row), \
+                f"{display}: `{name}` missing from the README's node table"
