@@ -153,11 +153,21 @@ class ComplexityMap:
         if batch_index >= samples.shape[0]:
             raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the latent's batch of {samples.shape[0]}")
         size = (samples.shape[-2] * LATENT_TO_PIXELS, samples.shape[-1] * LATENT_TO_PIXELS)
+        height, width = samples.shape[-2:]
+        if region_trace is None and (height % patch_size or width % patch_size):
+            raise SDiTInputError(node, "patch_size", f"{patch_size} does not divide the latent's {height}x{width}; "
+                                                     f"use the model's patch size (2 for Flux, SD3, Lumina, Wan)")
         if region_trace is not None:
             trace = _check_trace(region_trace, node)
             chosen = _pick_step(trace, step, node)
             if chosen.metric is None:
                 raise SDiTInputError(node, "region_trace", "the trace holds no score map for that step")
+            grid = tuple(chosen.metric.shape[-2:])
+            expected = (height // trace.patch_size, width // trace.patch_size)
+            if grid != expected:
+                raise SDiTInputError(node, "region_trace", f"the step's token grid {grid[0]}x{grid[1]} is not the "
+                                                           f"latent's {expected[0]}x{expected[1]}: connect the latent "
+                                                           f"of the same sampler run")
             values = chosen.metric[min(batch_index, trace.batch - 1)].float().numpy()
             mask = chosen.active[min(batch_index, trace.batch - 1)].numpy()
         else:

@@ -131,6 +131,12 @@ def test_region_visualizer_and_complexity_map():
         RegionVisualizer().draw(trace, 99, 0, 0.5)
     with pytest.raises(SDiTInputError, match="Complexity Map: input 'region_trace'"):
         ComplexityMap().compute(out, 2, 0.5, 1.0, 0.5, -1, 0, region_trace="not a trace")
+    with pytest.raises(SDiTInputError, match=r"Complexity Map: input 'patch_size': 3 does not divide the latent's 16x16"):
+        ComplexityMap().compute(out, 3, 0.5, 1.0, 0.5, -1, 0)
+    other = {"samples": torch.zeros(1, 16, 16, 24)}
+    with pytest.raises(SDiTInputError, match=r"Complexity Map: input 'region_trace': the step's token grid 8x8 is not "
+                                             r"the latent's 8x12"):
+        ComplexityMap().compute(other, 2, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)
 
 
 def longest_skip(trace) -> int:
