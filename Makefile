@@ -14,7 +14,8 @@ DEMO_OUT ?= demo_output
 install:
 	scripts/install_comfyui.sh
 
-test: install
+test:
+	scripts/install_comfyui.sh --with-browser
 	$(PY) -m pytest -q tests
 
 demo: install
