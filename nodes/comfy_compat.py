@@ -29,7 +29,8 @@ def sampler_name(sampler) -> str:
 # behaviour of the versions before them (Flux family: no text position ids, no pooled-vector input;
 # HunyuanVideo: the 1.5 additions off).
 _FIELDS_ADDED_LATER = {"txt_ids_dims": [], "vec_in_dim": None, "byt5": False, "meanflow": False,
-                       "use_cond_type_embedding": False, "vision_in_dim": None}
+                       "use_cond_type_embedding": False, "vision_in_dim": None,
+                       "meanflow_sum": False}     # HunyuanVideo: only read when meanflow is on
 
 
 def complete_params(params, config: dict) -> dict:

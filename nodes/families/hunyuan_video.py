@@ -2,10 +2,13 @@
 
 `forward_orig(img, img_ids, txt, ...)` embeds the video with a 3-D patch embedding (`img_in`) into
 tokens numbered over (frames, rows, cols), runs Flux-style double blocks with joint attention over
-[video | text] (the video first) and single blocks over the same concatenation, and a per-token final
-layer. The adapter hooks, never that function's code:
+the video and the text and single blocks over their concatenation, and a per-token final layer. The
+order of that concatenation changed between ComfyUI versions ([video | text] in 0.3.x, [text | video]
+later): the adapter reads it from the positions the model embeds. It hooks, never that function's code:
 - `forward_orig`'s arguments: the running tokens' positions (`img_ids`, for RoPE) and ControlNet
-  residuals are gathered; the engine is told the video comes first in attention;
+  residuals are gathered;
+- `pe_embedder`'s input (text and video positions, concatenated as the blocks will be) tells the engine
+  which comes first;
 - `img_in`'s output: the video tokens are gathered;
 - image-to-video by token replacement (`guiding_frame_index`) modulates the first frame's tokens apart
   by position: each block and the final layer get those positions in the gathered sequence;
@@ -13,6 +16,8 @@ layer. The adapter hooks, never that function's code:
 - the final layer's output is scattered back to every token.
 A reference latent (`ref_latent`) puts tokens before the video: not covered (a clear error).
 """
+import torch
+
 from .base import FamilyAdapter, gather_control, passthrough_method, patch_method, patch_module_forward
 
 
@@ -36,6 +41,7 @@ class HunyuanVideoFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         dm = patcher.model.diffusion_model
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=_prepare)
+        patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", before=_read_layout)
         patch_module_forward(patcher, slot, "diffusion_model.img_in", after=lambda call, out: call.gather(out))
         passthrough_method(patcher, slot, "diffusion_model.txt_in.forward")      # the text refiner: text alone
         for i in range(len(dm.double_blocks)):
@@ -43,7 +49,7 @@ class HunyuanVideoFamily(FamilyAdapter):
                          before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims_img"))
         for i in range(len(dm.single_blocks)):
             patch_method(patcher, slot, f"diffusion_model.single_blocks.{i}.forward",
-                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"))
+                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims", joint="x"))
         patch_method(patcher, slot, "diffusion_model.final_layer.forward",
                      before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"),
                      after=lambda call, out: call.scatter(out))
@@ -53,32 +59,70 @@ def _prepare(call, arguments) -> None:
     if arguments.get("ref_latent") is not None:
         raise NotImplementedError("HunyuanVideo with a reference latent is not supported by region-adaptive "
                                   "sampling; sample it with KSampler")
-    call.image_first = True
-    arguments["img_ids"] = call.gather(arguments["img_ids"])
+    arguments["img_ids"] = call.scratch["img_ids"] = call.gather(arguments["img_ids"])
     arguments["control"] = gather_control(call, arguments.get("control"))
 
 
-def _map_modulation_dims(call, arguments, name: str) -> None:
+def _read_layout(call, ids):
+    """Which comes first in joint attention: the (gathered) video positions at the start of the embedded
+    positions, or at their end."""
+    video = call.scratch.get("img_ids")
+    n = 0 if video is None else video.shape[1]
+    if video is not None and ids.shape[1] > n and torch.equal(ids[:, :n], video):
+        call.image_first = True
+    elif video is not None and ids.shape[1] > n and torch.equal(ids[:, -n:], video):
+        call.image_first = False
+    else:
+        raise NotImplementedError("HunyuanVideo: this ComfyUI orders the text and video positions in a way the "
+                                  "pack does not know; sample it with KSampler")
+    return ids
+
+
+def _map_modulation_dims(call, arguments, name: str, joint: str = None) -> None:
     """[(start, end, which), ...] over the dense sequence -> the same spans over the gathered one. The
     running tokens keep their order, so a span boundary p becomes the number of running tokens before
-    p; it must be the same for every row (one span list serves the batch)."""
+    p; it must be the same for every row (one span list serves the batch). `joint`: the argument holding
+    the [text | video] concatenation when the text comes first (single blocks): the spans count the text."""
     dims = arguments.get(name)
     if dims is None or call.dense:
+        return
+    if joint is not None and not call.image_first:
+        text = arguments[joint].shape[1] - call.image_index_now().shape[1]
+        key = ("modulation_dims", "text first", tuple(dims))
+        if key not in call.scratch:
+            video = _video_positions(call)
+            shifted = [(_shift(start, text, video), _shift(end, text, video), which) for start, end, which in dims]
+            call.scratch[key] = shifted
+        arguments[name] = call.scratch[key]
         return
     key = ("modulation_dims", tuple(dims))
     if key in call.scratch:                 # once per forward: it reads the index on the host
         arguments[name] = call.scratch[key]
         return
+    video = _video_positions(call)
+
+    def position(p):
+        return None if p is None else video(p)
+    arguments[name] = call.scratch[key] = [(position(start), position(end), which) for start, end, which in dims]
+
+
+def _video_positions(call):
+    """p (a position among the dense video tokens) -> its position among the running ones."""
     index = call.image_index_now()
 
     def position(p):
-        if p is None:
-            return None
-        before = (index < p).sum(dim=1) if p <= call.grid_tokens else None
-        if before is None:
+        if p > call.grid_tokens:
             return index.shape[1] + (p - call.grid_tokens)
+        before = (index < p).sum(dim=1)
         if bool((before != before[0]).any()):
             raise NotImplementedError("HunyuanVideo image-to-video (token replace) with a different number of "
                                       "first-frame tokens per video is not supported; use batch 1")
         return int(before[0])
-    arguments[name] = call.scratch[key] = [(position(start), position(end), which) for start, end, which in dims]
+    return position
+
+
+def _shift(p, text: int, video_position):
+    """A boundary in [text | video] (dense) -> the same boundary in [text | running video]."""
+    if p is None or p <= text:
+        return p
+    return text + video_position(p - text)
