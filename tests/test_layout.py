@@ -35,8 +35,9 @@ def test_top_level_layout_and_metadata():
         assert (REPO_ROOT / name).exists(), name
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     deps = " ".join(project["project"]["dependencies"])
-    for dep in ("torch", "numpy", "scikit-image", "hnswlib", "opencv-python"):
+    for dep in ("numpy", "scikit-image", "hnswlib", "opencv-python-headless"):
         assert dep in deps
+    assert "torch" not in deps.split(), "torch comes with ComfyUI: never re-resolved by an install of the pack"
     assert "triton" in " ".join(project["project"]["optional-dependencies"]["triton"])
     comfy = project["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
