@@ -48,15 +48,6 @@ def parse_assignments(items, many: bool):
     return result
 
 
-def longest_skip(trace) -> int:
-    streak = torch.zeros_like(trace.steps[0].active, dtype=torch.int64)
-    longest = 0
-    for s in trace.steps:
-        streak = torch.where(s.active, torch.zeros_like(streak), streak + 1)
-        longest = max(longest, int(streak.max()))
-    return longest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
@@ -83,7 +74,7 @@ def main() -> None:
     from comfyui_sdit.nodes.sdit_nodes import patch_sdit, sdit_trace
     from comfyui_sdit.sdit_core.ras import RASConfig
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
-    from comfyui_sdit.sdit_core.trace import trace_from_run
+    from comfyui_sdit.sdit_core.trace import longest_skip, trace_from_run
 
     demo = load_demo_model()
     size = size or demo.image_size

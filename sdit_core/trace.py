@@ -105,3 +105,13 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
             drift_computed=(drift_computed or {}).get(index),
             probes=0 if dense else (probes or {}).get(index, 0)))
     return trace
+
+
+def longest_skip(trace) -> int:
+    """Longest run of consecutive evaluations in which some token was not computed."""
+    streak = torch.zeros_like(trace.steps[0].active, dtype=torch.int64)
+    longest = 0
+    for s in trace.steps:
+        streak = torch.where(s.active, torch.zeros_like(streak), streak + 1)
+        longest = max(longest, int(streak.max()))
+    return longest

@@ -7,6 +7,7 @@ import torch
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sdit_nodes import SAMPLE_RATIO_INPUT, SDIT_OPTIONS
 from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
+from comfyui_sdit.sdit_core.trace import longest_skip
 from comfyui_sdit.sdit_core.ratio_schedule import ssd_counts
 from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
 from sdit_testkit import flux_conditioning, sdit_model_patch, sdit_sample, tiny_flux
@@ -137,16 +138,6 @@ def test_region_visualizer_and_complexity_map():
     with pytest.raises(SDiTInputError, match=r"Complexity Map: input 'region_trace': the step's token grid 8x8 is not "
                                              r"the latent's 8x12"):
         ComplexityMap().compute(other, 2, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)
-
-
-def longest_skip(trace) -> int:
-    """Longest run of consecutive evaluations in which some token was not computed."""
-    streak = torch.zeros_like(trace.steps[0].active, dtype=torch.int64)
-    longest = 0
-    for s in trace.steps:
-        streak = torch.where(s.active, torch.zeros_like(streak), streak + 1)
-        longest = max(longest, int(streak.max()))
-    return longest
 
 
 def test_no_token_is_skipped_longer_than_max_skip_age():

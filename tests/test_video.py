@@ -63,6 +63,24 @@ class RecordingPolicy(FixedPlanPolicy):
         self.outputs.append((stream, output.clone(), computed))
 
 
+def dense_then_sparse(model, latent, active, cfg, conds) -> dict:
+    """One dense and then one sparse forward on the same input, through ComfyUI's sampling (CFG and all):
+    per stream, [(dense output, computed), (sparse output, computed)]."""
+    policy = RecordingPolicy([None, active])
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for _ in range(2):
+            model(x, sigmas[0] * s_in, **extra_args)
+        return x
+    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **conds)
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    return by_stream
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(variant, batch, cfg):
@@ -87,18 +105,7 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(variant, batch, cfg):
     active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
     if batch > 1:
         assert not torch.equal(active[0].sort().values, active[1].sort().values)
-    policy = RecordingPolicy([None, active])
-    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
-
-    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        s_in = x.new_ones([x.shape[0]])
-        for _ in range(2):
-            model(x, sigmas[0] * s_in, **extra_args)
-        return x
-    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **make_conds())
-    by_stream = {}
-    for stream, out, computed in policy.outputs:
-        by_stream.setdefault(stream, []).append((out, computed))
+    by_stream = dense_then_sparse(model, latent, active, cfg, make_conds())
     assert by_stream
     for (dense, _), (sparse, computed) in by_stream.values():
         mask = index_to_mask(computed, TOKENS)
@@ -236,18 +243,7 @@ def test_hunyuan_token_replace_modulates_the_first_frame_apart(cfg):
     model = tiny_hunyuan_video(seed=12)
     latent = video_latent(1)
     active = random_active(1, TOKENS, TOKENS // 3, seed=2)
-    policy = RecordingPolicy([None, active])
-    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
-
-    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        s_in = x.new_ones([x.shape[0]])
-        for _ in range(2):
-            model(x, sigmas[0] * s_in, **extra_args)
-        return x
-    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **hunyuan_replace_conds())
-    by_stream = {}
-    for stream, out, computed in policy.outputs:
-        by_stream.setdefault(stream, []).append((out, computed))
+    by_stream = dense_then_sparse(model, latent, active, cfg, hunyuan_replace_conds())
     for (dense, _), (sparse, computed) in by_stream.values():
         mask = index_to_mask(computed, TOKENS)
         assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
