@@ -23,3 +23,4 @@ demo: install
 
 workflows: install
 	$(PY) scripts/make_workflows.py
+	$(PY) scripts/make_thumbnails.py

@@ -8,8 +8,8 @@ from ..sdit_core.complexity import token_complexity
 from ..sdit_core.trace import RegionTrace
 from .errors import SDiTInputError
 from .sampling import CATEGORY
-from .visualize import (blend, heatmap, labels_image, mask_image, render, to_image_batch, upsample_nearest,
-                        with_legend)
+from .visualize import (MASK_LEGEND, beside, blend, colour_bar, colour_bar_width, heatmap, labels_image, mask_image,
+                        render, text_panel, text_panel_width, to_image_batch, upsample_nearest, with_legend)
 
 LATENT_TO_PIXELS = 8   # the VAEs of the supported families downscale by 8
 
@@ -73,8 +73,10 @@ def _preview(images: torch.Tensor, prefix: str) -> dict:
 
 
 class RegionVisualizer:
-    DESCRIPTION = ("Draws a REGION_TRACE: the regions of one step coloured with their boundaries, how often each token "
-                   "was computed (heatmap with legend), and the active tokens of every evaluation; optionally over the image.")
+    DESCRIPTION = ("Draws a REGION_TRACE: the regions of one step coloured with their boundaries (and how many), how often "
+                   "each token was computed (heatmap with legend), and the tokens every evaluation computed (white) or "
+                   "skipped (dark), each frame captioned with its step, sigma and why it ran dense or how many tokens it "
+                   "computed; optionally over the image.")
     CATEGORY = CATEGORY
     FUNCTION = "draw"
     OUTPUT_NODE = True
@@ -100,25 +102,47 @@ class RegionVisualizer:
         size = _output_size(trace, image)
         base_of = _base_of(trace, image, batch_index)
         chosen = _pick_step(trace, step, node)
+        steps = max(s.step for s in trace.steps) + 1
+        maps, panels = [], []      # each map gets a side panel; all panels get the widest one's width
         if chosen.labels is not None:
-            regions = render(chosen.labels[batch_index].numpy(),
-                             lambda m, s, base: blend(labels_image(m, s), base, opacity), size, base_of)
+            labels = chosen.labels[batch_index].numpy()
+            maps.append(render(labels, lambda m, s, base: blend(labels_image(m, s), base, opacity), size, base_of))
+            regions = len(np.unique(labels))
+            panels.append(("text", [(None, f"{regions} region{'s' if regions != 1 else ''}"),
+                                    (None, f"at step {chosen.step + 1}/{steps}")]))
         else:   # RAS has no regions: show its metric map instead
             metric = chosen.metric if chosen.metric is not None else chosen.active.float()
             values = metric[batch_index].float().numpy()
-            regions = render(values, lambda m, s, base: blend(heatmap(m, s, float(values.min()), float(values.max())),
-                                                               base, opacity), size, base_of)
+            vmin, vmax = float(values.min()), float(values.max())
+            maps.append(render(values, lambda m, s, base: blend(heatmap(m, s, vmin, vmax), base, opacity), size, base_of))
+            panels.append(("bar", (vmin, vmax, f"metric, step {chosen.step + 1}")))
         counts = trace.update_count[batch_index].numpy()
-        count_map = with_legend(render(counts, lambda m, s, base: blend(heatmap(m, s, 0, len(trace.steps)), base,
-                                                                         opacity), size, base_of),
-                                0, len(trace.steps), "updates")
-        masks = [render(s.active[batch_index].numpy(), lambda m, s_, base: blend(mask_image(m, s_), base, opacity),
-                        size, base_of) for s in trace.steps]
-        images = to_image_batch([regions, count_map] + masks)
+        maps.append(render(counts, lambda m, s, base: blend(heatmap(m, s, 0, len(trace.steps)), base, opacity),
+                           size, base_of))
+        panels.append(("bar", (0, len(trace.steps), "updates")))
+        for s in trace.steps:
+            maps.append(render(s.active[batch_index].numpy(),
+                               lambda m, s_, base: blend(mask_image(m, s_), base, opacity), size, base_of))
+            panels.append(("text", _mask_caption(s, steps, trace.num_tokens)))
+        height = maps[0].shape[0]
+        width = max(colour_bar_width(height, *spec) if kind == "bar" else text_panel_width(height, spec)
+                    for kind, spec in panels)
+        images = to_image_batch([beside(m, colour_bar(height, width, *spec) if kind == "bar"
+                                        else text_panel(height, width, spec)) for m, (kind, spec) in zip(maps, panels)])
         ui = _preview(images, "sdit_regions")
         if len(trace.grid) == 3 and chosen.labels is not None:     # a video: its regions, animated
             ui = _animated_preview(chosen.labels[batch_index].numpy(), size, "sdit_regions")
         return {"ui": ui, "result": (images,)}
+
+
+DENSE_REASONS = {"drift reset": "drift", "no segmentation yet": "no regions yet", "no metric yet": "no metric yet",
+                 "warm-up": "warm-up", "cool-down": "cool-down", "reset": "reset"}
+
+
+def _mask_caption(s, steps: int, total: int) -> list:
+    """Legend of one mask frame: its step and sigma, why it ran dense or how many tokens it computed."""
+    work = f"dense: {DENSE_REASONS.get(s.reason, 'all tokens')}" if s.dense else f"{s.tokens}/{total} tokens"
+    return [(None, f"step {s.step + 1}/{steps}"), (None, f"sigma {s.sigma:.3g}"), (None, work), *MASK_LEGEND]
 
 
 class ComplexityMap:

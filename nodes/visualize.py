@@ -23,21 +23,76 @@ def heatmap(values: np.ndarray, size: Size, vmin: float = None, vmax: float = No
     return upsample_nearest(colours, size).astype(np.float32) / 255.0
 
 
+# ---- side panels: legends and captions beside a map, sized to fit their text ---------------------
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MARGIN = 8
+BAR = 16                 # colour bar width
+SWATCH = 12              # legend swatch side
+COMPUTED_GREY = 1.0      # mask_image: computed tokens are white ...
+SKIPPED_GREY = 0.15      # ... skipped ones dark
+
+
+def text_scale(height: int) -> float:
+    return float(np.clip(height / 640, 0.4, 0.7))
+
+
+def line_height(height: int) -> int:
+    return int(round(30 * text_scale(height)))
+
+
+def text_width(text: str, height: int) -> int:
+    return cv2.getTextSize(text, FONT, text_scale(height), 1)[0][0]
+
+
+def colour_bar_width(height: int, vmin: float, vmax: float, title: str) -> int:
+    """Width a colour bar panel needs so its range and title are not clipped."""
+    return MARGIN + BAR + MARGIN + max(text_width(t, height) for t in (_fmt(vmin), _fmt(vmax), title)) + MARGIN
+
+
+def colour_bar(height: int, width: int, vmin: float, vmax: float, title: str) -> np.ndarray:
+    """A vertical viridis bar (top: vmax) with its range and title beside it."""
+    panel = np.zeros((height, width, 3), dtype=np.uint8)
+    ramp = np.linspace(1, 0, height, dtype=np.float32)[:, None].repeat(BAR, axis=1)
+    panel[:, MARGIN:MARGIN + BAR] = cv2.applyColorMap((ramp * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+    x, scale, rows = MARGIN + BAR + MARGIN, text_scale(height), line_height(height)
+    for text, y, shade in ((_fmt(vmax), rows, 255), (title, height // 2 + rows // 3, 220), (_fmt(vmin), height - MARGIN, 255)):
+        cv2.putText(panel, text, (x, y), FONT, scale, (shade,) * 3, 1, cv2.LINE_AA)
+    return panel.astype(np.float32) / 255.0
+
+
+def text_panel_width(height: int, lines) -> int:
+    """lines: (grey level or None, text); a grey level draws a legend swatch before the text."""
+    return max(MARGIN + (SWATCH + 6 if swatch is not None else 0) + text_width(text, height) + MARGIN
+               for swatch, text in lines)
+
+
+def text_panel(height: int, width: int, lines) -> np.ndarray:
+    panel = np.zeros((height, width, 3), dtype=np.uint8)
+    scale, rows = text_scale(height), line_height(height)
+    for i, (swatch, text) in enumerate(lines):
+        y = MARGIN + (i + 1) * rows
+        x = MARGIN
+        if swatch is not None:
+            grey = int(round(255 * swatch))
+            cv2.rectangle(panel, (x, y - SWATCH), (x + SWATCH, y), (grey,) * 3, thickness=-1)
+            cv2.rectangle(panel, (x, y - SWATCH), (x + SWATCH, y), (128,) * 3, thickness=1)
+            x += SWATCH + 6
+        cv2.putText(panel, text, (x, y), FONT, scale, (235, 235, 235), 1, cv2.LINE_AA)
+    return panel.astype(np.float32) / 255.0
+
+
+MASK_LEGEND = ((COMPUTED_GREY, "computed"), (SKIPPED_GREY, "skipped"))
+
+
+def beside(image: np.ndarray, panel: np.ndarray) -> np.ndarray:
+    return np.concatenate([image, panel], axis=1)
+
+
 def with_legend(image: np.ndarray, vmin: float, vmax: float, title: str) -> np.ndarray:
-    """Appends a vertical viridis colour bar with its range and title on the right."""
+    """Appends a colour bar with its range and title on the right, wide enough for its text."""
     height = image.shape[0]
-    bar_width = max(64, height // 5)
-    bar = np.zeros((height, bar_width, 3), dtype=np.float32)
-    ramp = np.linspace(1, 0, height, dtype=np.float32)[:, None].repeat(bar_width // 3, axis=1)
-    colours = cv2.applyColorMap((ramp * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1] / 255.0
-    bar[:, 4:4 + colours.shape[1]] = colours
-    canvas = (bar * 255).astype(np.uint8).copy()
-    scale = max(0.3, height / 600)
-    x = bar_width // 3 + 8
-    for text, y in ((_fmt(vmax), int(14 * scale) + 4), (_fmt(vmin), height - 6)):
-        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.putText(canvas, title, (x, height // 2), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, (220, 220, 220), 1, cv2.LINE_AA)
-    return np.concatenate([image, canvas.astype(np.float32) / 255.0], axis=1)
+    return beside(image, colour_bar(height, colour_bar_width(height, vmin, vmax, title), vmin, vmax, title))
 
 
 def _fmt(value: float) -> str:
@@ -69,7 +124,8 @@ def labels_image(labels: np.ndarray, size: Size) -> np.ndarray:
 
 def mask_image(mask: np.ndarray, size: Size) -> np.ndarray:
     big = upsample_nearest(mask.astype(np.uint8), size).astype(np.float32)
-    return np.repeat((0.15 + 0.85 * big)[..., None], 3, axis=-1)
+    grey = SKIPPED_GREY + (COMPUTED_GREY - SKIPPED_GREY) * big
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def blend(overlay: np.ndarray, base: np.ndarray, opacity: float) -> np.ndarray:

@@ -67,8 +67,9 @@ class ComfyServer:
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.5)
+        log = self.log()
         self.stop()
-        raise TimeoutError(f"ComfyUI did not answer within {timeout}s:\n{self.log()[-4000:]}")
+        raise TimeoutError(f"ComfyUI did not answer within {timeout}s:\n{log[-4000:]}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -80,7 +81,7 @@ class ComfyServer:
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
-        shutil.rmtree(self._scratch / "input", ignore_errors=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)     # user, input and temp folders (and a log kept there)
 
     def __enter__(self):
         return self.start()

@@ -90,7 +90,9 @@ def demo(info: dict) -> dict:
     regions = wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decoded["demo_sdit"], 0)},
                      pos=(1500, rows[2]))
     wf.add("SaveImage", {"filename_prefix": "demo_sdit_regions"}, {"images": (regions, 0)}, pos=(1900, rows[2]))
-    wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1500, rows[2] + 450))
+    complexity = wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1500, rows[2] + 450))
+    wf.add("SaveImage", {"filename_prefix": "demo_sdit_complexity"}, {"images": (complexity, 0)},
+           pos=(1900, rows[2] + 450))
     return wf.to_json()
 
 

@@ -3,6 +3,8 @@
     .venv/bin/python scripts/run_demo.py [--out demo_output] [--workflow example_workflows/sdit_demo.json]
 
 The workflow goes through ComfyUI's own server (`/prompt` on 127.0.0.1), exactly as if queued from the UI.
+Images of an earlier run of the same workflow are removed first, so a second run replaces them (SaveImage
+would otherwise number them _00002_, ...); ComfyUI's temporary folders are removed when it stops.
 """
 import argparse
 import json
@@ -17,6 +19,15 @@ from comfy_client import ComfyServer, output_images, validate_workflow, workflow
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def remove_earlier_images(workflow: dict, out: pathlib.Path) -> None:
+    """SaveImage writes <prefix>_<5 digits>_.png: drop those of this workflow's prefixes."""
+    for node in workflow["nodes"]:
+        if node["type"] == "SaveImage":
+            prefix = node["widgets_values"][0]
+            for old in out.glob(f"{prefix}_[0-9][0-9][0-9][0-9][0-9]_.png"):
+                old.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "demo_output"), help="folder for the images")
@@ -25,6 +36,7 @@ def main() -> int:
     comfy = pathlib.Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
     out = pathlib.Path(args.out).resolve()
     workflow = json.loads(pathlib.Path(args.workflow).read_text())
+    remove_earlier_images(workflow, out)
     with ComfyServer(comfy, out, log_path=out / "comfyui.log") as server:
         info = server.get("/object_info")
         problems = validate_workflow(workflow, info)

@@ -10,7 +10,7 @@ import torch
 
 from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import dynamic_counts, static_counts
-from .refresh_schedule import dense_steps
+from .refresh_schedule import dense_step_reasons
 from .token_metrics import METRICS, noise_prediction, token_metric
 
 
@@ -57,7 +57,7 @@ class RASSchedule:
     """Per step: None for a dense step, else the number of image tokens to compute."""
 
     def __init__(self, config: RASConfig, steps: int, num_tokens: int):
-        self.dense = dense_steps(steps, config.warmup_steps, config.reset_steps)
+        self.dense = dense_step_reasons(steps, config.warmup_steps, config.reset_steps)   # step -> why
         sparse = [s for s in range(steps) if s not in self.dense]
         make = dynamic_counts if config.dynamic_ratio else static_counts
         extra = {"spread": config.dynamic_spread} if config.dynamic_ratio else {}
@@ -84,7 +84,7 @@ class RASPolicy(TokenPolicy):
             self._schedule = RASSchedule(self.config, info.steps, info.num_tokens)
         count = self._schedule.count(info.step)
         if count is None or self._metric is None:
-            self.reasons[info.index] = "refresh" if count is None else "no metric yet"
+            self.reasons[info.index] = self._schedule.dense.get(info.step, "dense") if count is None else "no metric yet"
             return None
         self.reasons[info.index] = "sparse"
         if self.drop_count is None:

@@ -1,5 +1,5 @@
 """Which sampling steps run densely: warm-up, error resets, cool-down (RAS Sec. 3.3, SDiT Sec. 4)."""
-from typing import Iterable, List, Sequence, Set
+from typing import Dict, Iterable, List, Sequence, Set
 
 
 def parse_step_list(spec: str) -> List[float]:
@@ -32,11 +32,16 @@ def resolve_steps(values: Iterable[float], steps: int) -> Set[int]:
     return resolved
 
 
-def dense_steps(steps: int, warmup: int, resets: Sequence[float] = (), cooldown: int = 0) -> Set[int]:
-    """The set of step indices that run every token."""
+def dense_step_reasons(steps: int, warmup: int, resets: Sequence[float] = (), cooldown: int = 0) -> Dict[int, str]:
+    """Step index -> why that step runs every token: 'warm-up', 'cool-down' or 'reset'."""
     if warmup < 0 or cooldown < 0:
         raise ValueError("warm-up and cool-down step counts must be >= 0")
-    dense = set(range(min(warmup, steps)))
-    dense |= resolve_steps(resets, steps)
-    dense |= set(range(max(steps - cooldown, 0), steps))
-    return dense
+    reasons = {step: "reset" for step in resolve_steps(resets, steps)}
+    reasons.update({step: "cool-down" for step in range(max(steps - cooldown, 0), steps)})
+    reasons.update({step: "warm-up" for step in range(min(warmup, steps))})
+    return reasons
+
+
+def dense_steps(steps: int, warmup: int, resets: Sequence[float] = (), cooldown: int = 0) -> Set[int]:
+    """The set of step indices that run every token."""
+    return set(dense_step_reasons(steps, warmup, resets, cooldown))

@@ -20,7 +20,7 @@ from .complexity import region_scores, token_complexity
 from .extrapolation import OutputHistory, relative_error
 from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import ssd_counts
-from .refresh_schedule import dense_steps
+from .refresh_schedule import dense_step_reasons
 from .region_select import CONNECTIVITIES, DILATION_MODES, select_regions
 from .segmentation import BACKENDS, QuickshiftParams, segment
 from .tokens import gather_rows
@@ -98,7 +98,7 @@ class SDiTPolicy(TokenPolicy):
     def __init__(self, config: SDiTConfig, patch_size: int):
         self.config = config.validate()
         self.patch_size = patch_size
-        self._dense: Optional[set] = None
+        self._dense: Optional[Dict[int, str]] = None     # dense step -> why (warm-up, reset, cool-down)
         self._counts: Dict[int, int] = {}
         self._labels: Optional[torch.Tensor] = None          # (B, *grid) from the latest evaluation
         self._complexity: Optional[torch.Tensor] = None      # (B, *grid)
@@ -119,7 +119,7 @@ class SDiTPolicy(TokenPolicy):
     # ---- which tokens -----------------------------------------------------------------------
     def _schedule(self, info: EvalInfo) -> None:
         c = self.config
-        self._dense = dense_steps(info.steps, c.warmup_steps, c.reset_steps, c.cooldown_steps)
+        self._dense = dense_step_reasons(info.steps, c.warmup_steps, c.reset_steps, c.cooldown_steps)
         sparse = [s for s in range(info.steps) if s not in self._dense]
         self._counts = ssd_counts(sparse, info.steps, info.num_tokens, c.sample_ratio, c.ratio_spread, c.tau1, c.tau2)
 
@@ -128,7 +128,7 @@ class SDiTPolicy(TokenPolicy):
         if self._dense is None:
             self._schedule(info)
         count = self._counts.get(info.step)
-        reason = ("refresh" if count is None else "no segmentation yet" if self._labels is None
+        reason = (self._dense.get(info.step, "dense") if count is None else "no segmentation yet" if self._labels is None
                   else "drift reset" if self._reset_pending else "sparse")
         self.reasons[info.index] = reason
         if reason != "sparse":

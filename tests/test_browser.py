@@ -1,6 +1,8 @@
 """The pack inside ComfyUI's real browser UI: Debian's chromium driven by playwright against the project's
-ComfyUI host (127.0.0.1, --cpu). Skipped when chromium or playwright is missing (the install step installs
-both where it can). A screenshot of each finished graph is saved under test_artifacts/."""
+ComfyUI host (127.0.0.1, --cpu). Every test runs on ComfyUI's bundled frontend and on the newest one from PyPI
+(the install step puts it under .frontends/newest; served with --front-end-root), each in the classic canvas
+and in Nodes 2.0 (Vue nodes). Skipped when chromium or playwright is missing (the install step installs both
+where it can). A screenshot of each finished graph is saved under test_artifacts/."""
 import json
 import os
 import pathlib
@@ -24,6 +26,9 @@ EXTENSION = "comfyui-sdit.region-maps"
 DEMO_WORKFLOWS = [p for p in sorted((REPO_ROOT / "example_workflows").glob("*.json"))
                   if any(n["type"] == "SDiTDemoModelLoader" for n in json.loads(p.read_text())["nodes"])]
 SAMPLERS = ("RASSampler", "SDiTSampler")
+NEWEST_FRONTEND = REPO_ROOT / ".frontends" / "newest" / "comfyui_frontend_package" / "static"
+FRONTENDS = ("bundled", "newest")
+MODES = ("classic", "nodes2")       # Nodes 2.0 is the setting Comfy.VueNodes.Enabled
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
@@ -43,26 +48,40 @@ def finished(server, prompt_id: str):
     return entry if status.get("completed") or status.get("status_str") == "error" else None
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with ComfyServer(COMFYUI_ROOT, tmp_path_factory.mktemp("browser-output")) as running:
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    extra = []
+    if request.param == "newest":
+        if not NEWEST_FRONTEND.is_dir():
+            pytest.skip(f"no newest frontend at {NEWEST_FRONTEND} (make test installs it)")
+        extra = ["--front-end-root", str(NEWEST_FRONTEND)]
+    with ComfyServer(COMFYUI_ROOT, tmp_path_factory.mktemp("browser-output"), extra_args=extra) as running:
         running.post("/settings", {"Comfy.TutorialCompleted": True})   # no templates dialog on first load
+        running.frontend = request.param
         yield running
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@pytest.fixture(scope="module", params=MODES)
+def page(request, server):
+    nodes2 = request.param == "nodes2"
+    server.post("/settings", {"Comfy.VueNodes.Enabled": nodes2})
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.sdit_errors = []
+            page.sdit_case = f"{server.frontend}-{request.param}"
+            page.sdit_nodes2 = nodes2
             page.on("pageerror", lambda error: page.sdit_errors.append(f"{error}\n{error.stack or ''}"))
             page.on("console", lambda message: page.sdit_errors.append(message.text)
                     if message.type == "error" and "sdit" in message.text.lower() else None)
             page.goto(server.url)
             page.wait_for_function("window.app?.graph && window.LiteGraph?.registered_node_types", timeout=180_000)
             page.keyboard.press("Escape")
+            page.evaluate(f"() => {{ window.sditNodes2 = {str(nodes2).lower()}; }}")
+            mode = page.evaluate("() => app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled') ?? null")
+            if nodes2 and mode is not True:
+                pytest.skip(f"the {server.frontend} frontend has no Nodes 2.0 mode")
             yield page
         finally:
             browser.close()
@@ -82,7 +101,10 @@ def test_ui_registers_our_nodes_and_runs_our_extension(page):
 @pytest.mark.parametrize("path", DEMO_WORKFLOWS, ids=[p.name for p in DEMO_WORKFLOWS])
 def test_example_workflow_queued_from_the_ui_finishes_with_maps_on_the_nodes(page, server, path):
     before = set(server.get("/history"))
-    page.evaluate("workflow => app.loadGraphData(workflow)", json.loads(path.read_text()))
+    workflow = json.loads(path.read_text())
+    page.evaluate("workflow => app.loadGraphData(workflow)", workflow)
+    loaded = page.evaluate("() => app.graph._nodes.map(n => n.type)")
+    assert sorted(loaded) == sorted(n["type"] for n in workflow["nodes"]), "a current workflow loads as saved"
     page.evaluate("app.queuePrompt(0, 1)")                                   # the UI's own queue path
     prompt_id = wait_until(lambda: next(iter(set(server.get("/history")) - before), None), 900, "the prompt")
     entry = wait_until(lambda: finished(server, prompt_id), 900, "the prompt to finish")
@@ -98,20 +120,55 @@ def test_example_workflow_queued_from_the_ui_finishes_with_maps_on_the_nodes(pag
 
     samplers = [n["id"] for n in graph_nodes if n["type"] in SAMPLERS]
     assert samplers
-    for node_id in samplers:
+    for node_id in samplers:                  # every message arrived (the last evaluation's map included)
         state = page.wait_for_function(
             """id => { const n = app.graph.getNodeById(Number(id));
-                       return n?.sditSummary && n?.sditLive?.image?.naturalWidth > 0 &&
-                              {summary: n.sditSummary.text, work: n.sditSummary.work, live: n.sditLive.text,
-                               steps: n.sditLive.steps, step: n.sditLive.step}; }""", arg=node_id, timeout=60_000
-        ).json_value()
+                       return n?.sditSummary && n?.sditLive && {summary: n.sditSummary.text, work: n.sditSummary.work,
+                              live: n.sditLive.text, steps: n.sditLive.steps, step: n.sditLive.step}; }""",
+            arg=node_id, timeout=60_000).json_value()
         assert 0 < state["work"] < 1 and "% of dense token work" in state["summary"]
         assert state["step"] == state["steps"] - 1, "the last evaluation's map arrived"
 
     page.keyboard.press(".")                                                  # fit the graph into view
+    page.evaluate("() => new Promise(done => setTimeout(done, 500))")
+    for node_id in samplers:                  # ... and the user sees them: the map and both lines, on the node
+        shown = page.wait_for_function(SHOWN_ON_NODE, arg=node_id, timeout=20_000).json_value()
+        assert shown["map"] and "% of dense token work" in shown["text"] and "tokens" in shown["text"], shown
+    assert overlapping_nodes(page) == [], "a node grew over its neighbour"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"browser_{path.stem}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"browser_{page.sdit_case}_{path.stem}.png"))
     assert our_errors(page) == []
+
+
+# The node's info widget is in the document, rendered (not display:none, not zero-sized), inside the node's
+# own element in Nodes 2.0, with its map image decoded and drawn, and its text lines.
+SHOWN_ON_NODE = """id => {
+    const n = app.graph.getNodeById(Number(id));
+    const root = n?.widgets?.find(w => w.name === "sdit_region_info")?.element;
+    if (!root?.isConnected) return null;
+    const box = root.getBoundingClientRect();
+    const image = root.querySelector("img");
+    const imageBox = image?.getBoundingClientRect();
+    const vueNode = document.querySelector(`[data-node-id="${id}"]`);
+    const visible = (root.checkVisibility ? root.checkVisibility() : true) && box.width > 0 && box.height > 0;
+    const inNode = !window.sditNodes2 || (vueNode !== null && vueNode.contains(root));
+    const map = !!image && image.complete && image.naturalWidth > 0 && imageBox.width > 0 && imageBox.height > 0;
+    return visible && inNode && map && {map, text: root.textContent}; }"""
+
+
+def overlapping_nodes(page) -> list:
+    """Pairs of nodes whose on-screen boxes intersect (Nodes 2.0: their elements; classic: their bounds)."""
+    boxes = page.evaluate("""() => app.graph._nodes.map(n => {
+        const el = document.querySelector(`[data-node-id="${n.id}"]`);
+        if (window.sditNodes2 && el) { const r = el.getBoundingClientRect(); return [String(n.id), r.x, r.y, r.width, r.height]; }
+        const b = n.getBounding ? n.getBounding() : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
+        return [String(n.id), b[0], b[1], b[2], b[3]]; })""")
+    pairs = []
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1:]:
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                pairs.append((a, b))
+    return pairs
 
 
 BAD_MESSAGES = [

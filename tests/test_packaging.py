@@ -72,3 +72,14 @@ def test_comfy_node_validate_passes():
     result = subprocess.run(["comfy", "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+CLAIM = re.compile(r"\b\d+(?:\.\d+)?(?:x\b| dB\b| ms\b)")
+
+
+def test_every_number_readme_and_pyproject_claim_is_in_the_benchmarks():
+    """Speedups, dB and ms quoted to users come from a row of docs/BENCHMARKS.md (which says how and where)."""
+    benchmarks = (REPO_ROOT / "docs" / "BENCHMARKS.md").read_text()
+    claimed = CLAIM.findall((REPO_ROOT / "README.md").read_text()) + CLAIM.findall(pyproject()["project"]["description"])
+    assert len(claimed) > 10
+    assert [c for c in claimed if c not in benchmarks] == []

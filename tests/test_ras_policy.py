@@ -7,7 +7,7 @@ import torch
 from comfyui_sdit.sdit_core.policy import EvalInfo, StepOutput
 from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy, RASSchedule, select_tokens, selection_priority
 from comfyui_sdit.sdit_core.ratio_schedule import dynamic_counts, static_counts
-from comfyui_sdit.sdit_core.refresh_schedule import dense_steps, parse_step_list
+from comfyui_sdit.sdit_core.refresh_schedule import dense_step_reasons, dense_steps, parse_step_list
 from comfyui_sdit.sdit_core.token_metrics import noise_prediction, patch_average, token_metric
 
 
@@ -106,6 +106,8 @@ def test_parse_and_dense_steps_scale_with_step_count():
     assert dense_steps(60, 4, [0.4, 0.67]) == {0, 1, 2, 3, 24, 40}
     assert dense_steps(28, 4, [12, 20], cooldown=2) == {0, 1, 2, 3, 12, 20, 26, 27}
     assert dense_steps(3, 4, [12]) == {0, 1, 2}
+    assert dense_step_reasons(10, 2, [0.5, 0.1], cooldown=2) == {0: "warm-up", 1: "warm-up", 5: "reset",
+                                                                 8: "cool-down", 9: "cool-down"}
 
 
 def test_static_and_dynamic_ratio_schedules():

@@ -1,12 +1,14 @@
 """SDiT end-to-end on ComfyUI's real Flux class (tiny, random weights), and the visualisation nodes."""
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sdit_nodes import SAMPLE_RATIO_INPUT, SDIT_OPTIONS
-from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
+from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer, _mask_caption
+from comfyui_sdit.nodes.visualize import with_legend
 from comfyui_sdit.sdit_core.trace import longest_skip
 from comfyui_sdit.sdit_core.ratio_schedule import ssd_counts
 from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
@@ -52,7 +54,8 @@ def test_trace_token_counts_follow_the_ssd_schedule_exactly():
         assert s.labels is not None and s.labels.shape == (1, 8, 8)
         assert torch.equal(split_disconnected(s.labels[0].long()), s.labels[0].long())
         assert s.metric is not None and s.metric.shape == (1, 8, 8)
-    assert [s.reason for s in trace.steps][:3] == ["refresh", "refresh", "sparse"]
+    assert [s.reason for s in trace.steps][:3] == ["warm-up", "warm-up", "sparse"]
+    assert trace.steps[-1].reason == "cool-down"
 
 
 @pytest.mark.parametrize("backend", ["hnsw", "skimage"])
@@ -122,10 +125,24 @@ def test_region_visualizer_and_complexity_map():
     mask = images[2 + 2][:128, :128, 0]
     active = trace.steps[2].active[0].repeat_interleave(16, 0).repeat_interleave(16, 1)
     assert torch.equal(mask > 0.5, active)
+    # every image is its map plus a side panel (legend / caption) of one width: no empty padding strip
+    for picture in images:
+        panel = picture[:, 128:]
+        assert panel.shape[1] > 40 and panel.max() > 0.5, "each image's panel says something"
+        assert picture[:, -2:].max() == 0, "nothing runs off the right edge"
+    captions = [_mask_caption(s, 6, 64) for s in trace.steps]
+    assert captions[0][:3] == [(None, "step 1/6"), (None, f"sigma {trace.steps[0].sigma:.3g}"),
+                               (None, "dense: warm-up")]
+    assert captions[-1][2] == (None, "dense: cool-down")
+    sparse = next(i for i, s in enumerate(trace.steps) if not s.dense)
+    assert captions[sparse][2] == (None, f"{trace.steps[sparse].tokens}/64 tokens")
+    assert all(c[-2:] == [(1.0, "computed"), (0.15, "skipped")] for c in captions)
     over = RegionVisualizer().draw(trace, 0, 0, 0.5, image=torch.zeros(1, 64, 96, 3))["result"][0]
     assert over.shape[1:3] == (64, 96 + 64) or over.shape[1] == 64
     heat, mask = ComplexityMap().compute(out, 2, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)["result"]
     assert heat.shape[0] == 1 and mask.shape == (1, 128, 128)
+    legend = with_legend(np.zeros((128, 128, 3), np.float32), 0.00123, 0.0707, "complexity")
+    assert legend[:, -3:].max() == 0, "the legend's numbers and title fit inside it"
     heat, mask = ComplexityMap().compute(out, 2, 0.75, 1.0, 0.5, -1, 0)["result"]
     assert mask.mean().item() == pytest.approx(0.25, abs=0.05)
     with pytest.raises(SDiTInputError, match="Region Visualizer: input 'step'"):
@@ -163,7 +180,7 @@ def test_a_dense_evaluation_clears_a_pending_reset():
         return EvalInfo(index=step, step=step, steps=6, sigma=1.0 - step / 6, grid=(4, 4), batch=1)
     assert policy.plan(info(2)) is not None
     policy._reset_pending = True                   # the drift of step 2 asked for a reset
-    assert policy.plan(info(3)) is None and policy.reasons[3] == "refresh"
+    assert policy.plan(info(3)) is None and policy.reasons[3] == "reset"
     assert policy.plan(info(4)) is not None and policy.reasons[4] == "sparse"
 
 

@@ -1,6 +1,8 @@
 """The pack inside a running ComfyUI server: node registration, example workflows, a real run."""
+import io
 import json
 import sys
+import urllib.request
 
 import pytest
 
@@ -50,6 +52,20 @@ def test_example_workflow_matches_object_info(path, object_info):
     assert workflow_to_prompt(workflow, object_info)
 
 
+def test_templates_menu_lists_every_example_workflow_with_its_thumbnail(server):
+    """ComfyUI lists a pack's example_workflows/*.json as templates and serves a .jpg beside one as its card."""
+    from PIL import Image
+    listed = server.get("/workflow_templates")
+    module = next(name for name, templates in listed.items() if "sdit_demo" in templates)
+    assert sorted(listed[module]) == sorted(p.stem for p in WORKFLOWS)
+    for path in WORKFLOWS:
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{module}/{path.stem}.jpg") as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            thumbnail = Image.open(io.BytesIO(response.read()))
+        assert thumbnail.size == (512, 384), path.name
+        assert thumbnail.convert("L").getextrema()[1] > 100, f"{path.name}: the thumbnail shows nothing"
+
+
 def test_validation_catches_a_broken_link(object_info):
     workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     workflow["links"][0][5] = "IMAGE"
@@ -63,7 +79,7 @@ def test_demo_workflow_runs_and_writes_images(server, object_info):
     entry = server.run_prompt(workflow_to_prompt(workflow, object_info))
     images = [i for i in output_images(entry) if i["type"] == "output"]
     assert sorted({i["filename"].split("_0")[0] for i in images}) == ["demo_full", "demo_ras", "demo_sdit",
-                                                                     "demo_sdit_regions"]
+                                                                     "demo_sdit_complexity", "demo_sdit_regions"]
     regions = [i for i in images if i["filename"].startswith("demo_sdit_regions")]
     assert len(regions) > 3   # regions, update counts, one mask per evaluation
     previews = [i for i in output_images(entry) if i["type"] == "temp"]

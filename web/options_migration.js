@@ -2,12 +2,29 @@
 // setting as a widget value of the sampler or patch node. The sampler's own widgets (KSampler's plus
 // sample_ratio) keep their positions, so the values left over are, in order, the Options node's
 // widgets: on load they go to a new Options node plugged into the sampler, and a toast says so.
+// How many values are the node's own is counted from its definition (a widget per widget input, plus
+// the seed's control_after_generate), not from node.widgets: frontends differ in which widgets they
+// create (Nodes 2.0 draws the seed control as a button; the pack adds a display-only widget).
 import { app } from "../../scripts/app.js";
 
 const OPTIONS_OF = {
   SDiTSampler: "SDiTOptions", SDiTModelPatch: "SDiTOptions",
   RASSampler: "RASOptions", RASModelPatch: "RASOptions",
 };
+
+const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
+
+function savedValueCount(nodeData) {
+  let count = 0;
+  for (const section of ["required", "optional"]) {
+    for (const spec of Object.values(nodeData?.input?.[section] ?? {})) {
+      const [type, options] = Array.isArray(spec) ? spec : [];
+      if (options?.forceInput || !(Array.isArray(type) || WIDGET_TYPES.has(type))) continue;
+      count += options?.control_after_generate ? 2 : 1;
+    }
+  }
+  return count;
+}
 
 function moveLegacyValues(node) {
   const values = node.sditLegacyOptions;
@@ -30,11 +47,11 @@ app.registerExtension({
   name: "comfyui-sdit.options-migration",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!(nodeData?.name in OPTIONS_OF)) return;
+    const own = savedValueCount(nodeData);
     const onConfigure = nodeType.prototype.onConfigure;
     nodeType.prototype.onConfigure = function (info) {
       const result = onConfigure?.apply(this, arguments);
       const saved = info?.widgets_values;
-      const own = this.widgets?.length ?? 0;
       if (Array.isArray(saved) && saved.length > own) this.sditLegacyOptions = saved.slice(own);
       return result;
     };

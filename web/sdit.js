@@ -1,18 +1,24 @@
 // ComfyUI frontend extension of the SDiT/RAS pack.
 // - one colour for every node of the pack, so its nodes read as a group in the graph;
 // - while a region-adaptive run samples, the backend sends `sdit.live` (step, tokens, a small map of
-//   how often each token was computed, latest active tokens tinted): drawn at the bottom of the node;
-// - when it ends, `sdit.summary` (token work vs dense, dense/sparse steps, wall time): a line of text.
-// Messages are validated field by field; anything missing or malformed is ignored. Text is drawn on
-// the canvas and the map is only ever a PNG data URL, so nothing from a message becomes HTML.
+//   how often each token was computed, latest active tokens tinted); when it ends, `sdit.summary`
+//   (token work vs dense, dense/sparse steps, wall time). Both are shown in a DOM widget on the node
+//   that ran them, which the classic canvas and Nodes 2.0 (Vue nodes) both render; the node grows to
+//   fit it, so nothing is drawn over its neighbours.
+// Messages are validated field by field; anything missing or malformed is ignored. Text goes in with
+// textContent and the map is only ever a PNG data URL, so nothing from a message becomes HTML.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const PACK_CATEGORY = "sampling/region adaptive";
+const LIVE_NODES = new Set(["RASSampler", "SDiTSampler", "RASModelPatch", "SDiTModelPatch"]);
+const INFO_WIDGET = "sdit_region_info";
 const NODE_COLOR = "#3a3320";
 const NODE_BGCOLOR = "#4d4326";
 const MAP_SIZE = 96;
 const LINE_HEIGHT = 16;
+const FONT = "12px sans-serif";
+const PADDING = 8;
 const PNG_PREFIX = "data:image/png;base64,";
 
 const isCount = (v) => Number.isInteger(v) && v >= 0;
@@ -50,11 +56,67 @@ function summaryText(s) {
   return `${s.method}: ${work}% of dense token work, ${s.dense} dense + ${s.sparse} sparse, ${s.seconds.toFixed(1)} s`;
 }
 
-// Grow the node so the map and text fit under its widgets.
-function makeRoom(node) {
-  const extra = (node.sditLive ? MAP_SIZE + 8 : 0) + (node.sditSummary?.note ? 3 : 2) * LINE_HEIGHT + 8;
-  const base = node.computeSize?.()[1] ?? node.size[1];
-  if (node.size[1] < base + extra) node.setSize?.([node.size[0], base + extra]);
+// ---- the info widget: map + lines, plain DOM ----------------------------------------------------
+
+let measureContext = null;
+function textRows(text, width) {   // how many wrapped rows a line takes at the widget's width
+  measureContext ??= document.createElement("canvas").getContext("2d");
+  if (!measureContext) return 1;
+  measureContext.font = FONT;
+  return Math.max(1, Math.ceil(measureContext.measureText(text).width / Math.max(40, width - 2 * PADDING)));
+}
+
+function infoLines(node) {
+  return [node.sditLive?.text, node.sditSummary?.text, node.sditSummary?.note].filter(Boolean);
+}
+
+function infoHeight(node) {
+  const lines = infoLines(node);
+  if (!lines.length) return 0;
+  const rows = lines.reduce((sum, line) => sum + textRows(line, node.size?.[0] ?? 300), 0);
+  return PADDING + (node.sditLive ? MAP_SIZE + 4 : 0) + rows * LINE_HEIGHT + PADDING;
+}
+
+function createInfoWidget(node) {
+  if (typeof node.addDOMWidget !== "function") return null;
+  const root = document.createElement("div");
+  root.className = "sdit-region-info";
+  Object.assign(root.style, { display: "none", flexDirection: "column", alignItems: "stretch", gap: "0",
+                              padding: `${PADDING}px`, boxSizing: "border-box", font: FONT, color: "#ddd",
+                              lineHeight: `${LINE_HEIGHT}px`, overflow: "hidden", pointerEvents: "none" });
+  const map = document.createElement("img");
+  map.alt = "";
+  Object.assign(map.style, { display: "none", height: `${MAP_SIZE}px`, maxWidth: "100%", objectFit: "contain",
+                             imageRendering: "pixelated", alignSelf: "center", marginBottom: "4px" });
+  const lines = [0, 1, 2].map(() => {
+    const line = document.createElement("div");
+    Object.assign(line.style, { whiteSpace: "normal", overflowWrap: "anywhere" });
+    return line;
+  });
+  root.append(map, ...lines);
+  const widget = node.addDOMWidget(INFO_WIDGET, "sdit-region-info", root, {
+    serialize: false, hideOnZoom: false,
+    getValue: () => undefined, setValue: () => {},
+    getMinHeight: () => infoHeight(node), getMaxHeight: () => infoHeight(node) || 1,
+  });
+  widget.serialize = false;            // never part of the saved widget values or the prompt
+  return { root, map, lines };
+}
+
+// Show the node's latest state in its widget and grow the node so the widget fits under the others.
+function refresh(node) {
+  const info = node.sditInfo;
+  if (!info) return;
+  const texts = infoLines(node);
+  info.root.style.display = texts.length ? "flex" : "none";
+  if (node.sditLive && info.map.getAttribute("src") !== node.sditLive.map) info.map.src = node.sditLive.map;
+  info.map.style.display = node.sditLive ? "block" : "none";
+  info.lines.forEach((line, i) => {
+    line.textContent = texts[i] ?? "";
+    line.style.display = texts[i] ? "block" : "none";
+  });
+  const needed = node.computeSize?.()[1];
+  if (isNumber(needed) && node.size[1] < needed) node.setSize?.([node.size[0], needed]);
   app.graph?.setDirtyCanvas?.(true, true);
 }
 
@@ -62,11 +124,8 @@ function onLive(event) {
   const live = parseLive(event?.detail);
   const node = live && findNode(event.detail.node);
   if (!node) return;
-  const image = new Image();
-  image.onload = () => app.graph?.setDirtyCanvas?.(true, false);
-  image.src = live.map;
-  node.sditLive = { ...live, image, text: liveText(live) };
-  makeRoom(node);
+  node.sditLive = { ...live, text: liveText(live) };
+  refresh(node);
 }
 
 function onSummary(event) {
@@ -74,31 +133,7 @@ function onSummary(event) {
   const node = summary && findNode(event.detail.node);
   if (!node) return;
   node.sditSummary = { ...summary, text: summaryText(summary) };
-  makeRoom(node);
-}
-
-function drawRegionInfo(node, ctx) {
-  const lines = [node.sditLive?.text, node.sditSummary?.text, node.sditSummary?.note].filter(Boolean);
-  if (!lines.length) return;
-  let y = node.size[1] - lines.length * LINE_HEIGHT - 4;
-  const image = node.sditLive?.image;
-  if (image?.complete && image.naturalWidth > 0) {
-    const scale = MAP_SIZE / Math.max(image.naturalWidth, image.naturalHeight);
-    const w = image.naturalWidth * scale, h = image.naturalHeight * scale;
-    ctx.save();
-    ctx.imageSmoothingEnabled = false;   // tokens stay crisp squares
-    ctx.drawImage(image, (node.size[0] - w) / 2, y - h - 6, w, h);
-    ctx.restore();
-  }
-  ctx.save();
-  ctx.font = "12px sans-serif";
-  ctx.fillStyle = "#ddd";
-  ctx.textAlign = "left";
-  for (const line of lines) {
-    y += LINE_HEIGHT;
-    ctx.fillText(line, 8, y - 4, node.size[0] - 16);
-  }
-  ctx.restore();
+  refresh(node);
 }
 
 function guarded(handler) {
@@ -119,17 +154,13 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.category?.startsWith(PACK_CATEGORY)) return;
+    const showsRuns = LIVE_NODES.has(nodeData.name);
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
       this.color ??= NODE_COLOR;
       this.bgcolor ??= NODE_BGCOLOR;
-      return result;
-    };
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const result = onDrawForeground?.apply(this, arguments);
-      if (!this.flags?.collapsed) guarded(drawRegionInfo)(this, ctx);
+      if (showsRuns) this.sditInfo = guarded(createInfoWidget)(this) ?? undefined;
       return result;
     };
   },
