@@ -67,8 +67,44 @@ class Workflow:
         return node
 
     def to_json(self) -> dict:
+        lay_out(self.nodes, self.links, self.info)
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+# ---- layout: the intended columns and rows, with room for every node as frontends draw it ----
+
+NODE_WIDTH = 320
+COLUMN_GAP, ROW_GAP = 80, 50
+SHOWS_RUNS = {"RASSampler", "SDiTSampler", "RASModelPatch", "SDiTModelPatch"}   # the pack's live map + summary
+SHOWS_IMAGES = {"SaveImage", "PreviewImage", "RegionVisualizer", "ComplexityMap", "SaveAnimatedWEBP", "LoadImage"}
+
+
+def node_height(node: dict, info: dict) -> int:
+    """Generous: Nodes 2.0 draws widgets taller than the classic canvas; images and maps appear after a run."""
+    specs = _input_specs(info[node["type"]])
+    sockets = sum(1 for spec in specs.values() if not _is_widget(spec))
+    slots = max(sockets, len(info[node["type"]]["output"]))
+    multiline = sum(1 for spec in specs.values()
+                    if _is_widget(spec) and len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
+    height = 50 + 26 * slots + 38 * len(node["widgets_values"]) + 90 * multiline
+    height += 200 if node["type"] in SHOWS_RUNS else 0
+    height += 300 if node["type"] in SHOWS_IMAGES else 0
+    return height
+
+
+def lay_out(nodes: list, links: list, info: dict) -> None:
+    """The positions given when building are the intent: nodes with the same x form a column (columns spaced
+    for their width), and within a column each node keeps its y unless the node above reaches it, then it
+    moves down just below that one."""
+    columns = sorted({node["pos"][0] for node in nodes})
+    for index, x in enumerate(columns):
+        bottom = None
+        for node in sorted((n for n in nodes if n["pos"][0] == x), key=lambda n: (n["pos"][1], n["id"])):
+            node["size"] = [NODE_WIDTH, node_height(node, info)]
+            y = node["pos"][1] if bottom is None else max(node["pos"][1], bottom + ROW_GAP)
+            node["pos"] = [index * (NODE_WIDTH + COLUMN_GAP), y]
+            bottom = y + node["size"][1]
 
 
 def demo(info: dict) -> dict:
@@ -79,7 +115,7 @@ def demo(info: dict) -> dict:
     latent = wf.add("EmptySD3LatentImage", {"width": size, "height": size, "batch_size": 1}, pos=(0, 250))
     common = {"seed": 7, "steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
     sockets = {"model": (loader, 0), "positive": (loader, 1), "negative": (loader, 2), "latent_image": (latent, 0)}
-    rows = (0, 400, 1000)      # room for the live map and run summary the UI draws under each sampler
+    rows = (0, 560, 1350)      # room for the live map and run summary the UI shows under each sampler
     full = wf.add("KSampler", common, dict(sockets), pos=(400, rows[0]), title="Full sampling")
     ras = wf.add("RASSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, rows[1]))
     sdit = wf.add("SDiTSampler", dict(common, sample_ratio=0.5), dict(sockets), pos=(400, rows[2]))
@@ -90,9 +126,9 @@ def demo(info: dict) -> dict:
     regions = wf.add("RegionVisualizer", {}, {"region_trace": (sdit, 1), "image": (decoded["demo_sdit"], 0)},
                      pos=(1500, rows[2]))
     wf.add("SaveImage", {"filename_prefix": "demo_sdit_regions"}, {"images": (regions, 0)}, pos=(1900, rows[2]))
-    complexity = wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1500, rows[2] + 450))
+    complexity = wf.add("ComplexityMap", {}, {"latent": (sdit, 0), "region_trace": (sdit, 1)}, pos=(1500, rows[2] + 700))
     wf.add("SaveImage", {"filename_prefix": "demo_sdit_complexity"}, {"images": (complexity, 0)},
-           pos=(1900, rows[2] + 450))
+           pos=(1900, rows[2] + 700))
     return wf.to_json()
 
 
