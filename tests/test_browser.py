@@ -110,6 +110,7 @@ def test_example_workflow_queued_from_the_ui_finishes_with_maps_on_the_nodes(pag
     page.evaluate("workflow => app.loadGraphData(workflow)", workflow)
     loaded = page.evaluate("() => app.graph._nodes.map(n => n.type)")
     assert sorted(loaded) == sorted(n["type"] for n in workflow["nodes"]), "a current workflow loads as saved"
+    server.post("/free", {"free_memory": True})       # no cached outputs from another case: everything runs
     page.evaluate("app.queuePrompt(0, 1)")                                   # the UI's own queue path
     prompt_id = wait_until(lambda: next(iter(set(server.get("/history")) - before), None), 900, "the prompt")
     entry = wait_until(lambda: finished(server, prompt_id), 900, "the prompt to finish")
@@ -142,6 +143,11 @@ def test_example_workflow_queued_from_the_ui_finishes_with_maps_on_the_nodes(pag
     assert overlapping_nodes(page) == [], "a node grew over its neighbour"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"browser_{page.sdit_case}_{path.stem}.png"))
+    page.evaluate("""id => { const node = app.graph.getNodeById(Number(id));       // the sampler at 100%
+                             app.canvas.ds.scale = 1; app.canvas.centerOnNode(node); app.canvas.setDirty(true, true); }""",
+                  samplers[-1])
+    page.evaluate("() => new Promise(done => setTimeout(done, 500))")
+    page.screenshot(path=str(ARTIFACTS / f"browser_{page.sdit_case}_{path.stem}_sampler.png"))
     assert our_errors(page) == []
 
 
