@@ -19,13 +19,5 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 grep -viE '^(torch|torchaudio|torchvision)([<>=~! ].*)?$' "$tree/requirements.txt" > "$venv/tree-requirements.txt"
 "${pip[@]}" -r "$venv/tree-requirements.txt" -r "$repo_root/requirements-dev.txt" torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" --upgrade comfyui-frontend-package
-if ! "$venv/bin/python" -c "import torchaudio" 2>/dev/null; then
-  site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  mkdir -p "$site/torchaudio"
-  for module in __init__ functional transforms; do
-    printf '"""Stub (scripts/comfyui_tree_env.sh): no torchaudio wheel matches this torch."""\n\n\ndef __getattr__(name):\n    raise ImportError(f"torchaudio stub: {name} is not available")\n' \
-      > "$site/torchaudio/$module.py"
-  done
-  echo "note: torchaudio stub installed (no wheel matches torch 2.14)" >&2
-fi
+"$repo_root/scripts/torchaudio_stub.sh" "$venv/bin/python"
 echo "ready: COMFYUI_PATH=$tree PYTHON=$venv/bin/python make test"

@@ -107,6 +107,7 @@ if [ ! -f "$stamp" ] || [ ! -f "$comfy_dir/main.py" ]; then
   touch "$stamp"
   step "done"
 fi
+"$repo_root/scripts/torchaudio_stub.sh" "$venv/bin/python"     # ComfyUI's audio nodes import it at start-up
 link_pack_into "$comfy_dir"
 install_chromium
 install_newest_frontend
