@@ -269,6 +269,22 @@ def flux2_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def chroma_ras(info: dict) -> dict:
+    """Chroma: diffusion model, T5-XXL text encoder (chroma type, padding kept short as Chroma expects), Flux VAE
+    + RAS Sampler with real CFG (cond and uncond of different lengths run as separate calls)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "Chroma1-HD.safetensors", "t5xxl_fp16.safetensors", "chroma",
+                                        "ae.safetensors")
+    tokens = wf.add("T5TokenizerOptions", {"min_padding": 1, "min_length": 0}, {"clip": clip}, pos=(175, 150))
+    positive, negative = text_pair(wf, (tokens, 0), "an old lighthouse keeper's desk, brass instruments, warm lamp",
+                                   "low quality, blurry")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 26, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "beta", "sample_ratio": 0.5}, sockets, vae, "chroma_ras", True)
+    return wf.to_json()
+
+
 def video_tail(wf: "Workflow", latent_socket, vae, prefix: str, fps: float, x: int = 1400) -> None:
     """Latent video -> VAE decode -> animated WEBP (ComfyUI's own nodes)."""
     decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(x, 100))
@@ -349,7 +365,7 @@ def hunyuan_video_ras(info: dict) -> dict:
 
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
-            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras,
+            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "hunyuan_video_ras.json": hunyuan_video_ras}
 

@@ -136,3 +136,22 @@ def test_readme_node_table_lists_every_input(object_info):
         for name in [*inputs.get("required", {}), *inputs.get("optional", {})]:
             assert f"`{name}`" in row or (name in object_info["KSampler"]["input"]["required"] and "KSampler's" in row), \
                 f"{display}: `{name}` missing from the README's node table"
+
+
+FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["flux2_ras.json"],
+                    "Chroma": ["chroma_ras.json"], "SD3": ["sd35_sdit.json"],
+                    "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json"],
+                    "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json"],
+                    "HunyuanVideo": ["hunyuan_video_ras.json"]}
+
+
+def test_every_supported_family_has_an_example_workflow():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("| family | ComfyUI class |"):readme.index("Other video models")]
+    families = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    assert families
+    for family in families:
+        key = next((k for k in FAMILY_WORKFLOWS if family.startswith(k)), None)
+        assert key, f"README family '{family}' has no example workflow"
+        for name in FAMILY_WORKFLOWS[key]:
+            assert (REPO_ROOT / "example_workflows" / name).is_file() and f"`{name}`" in readme
