@@ -33,7 +33,7 @@ for part in "$@"; do
       SDIT_TESTS_ON_GPU=1 python3 -m pytest -q tests/test_forward_graphs.py tests/test_kernels.py 2>&1 | tee "$out/check.log"
       python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernel, on the GPU
       for grid in 64 128; do
-        python3 bench/segmentation.py --device cuda --backends torch --grid $grid \
+        python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \
           --json "$out/segmentation_cuda_${grid}_$day.json" 2>&1 | tee -a "$out/check.log"
       done ;;
     forward)

@@ -2,6 +2,7 @@
 
     python bench/segmentation.py                      # CPU (all three backends)
     python bench/segmentation.py --device cuda        # GPU timing of the torch backend
+    python bench/segmentation.py --backends torch --batch 2   # + a batch of 2 in one pass vs one by one
 
 Features are what SDiT segments: the token descriptors [x_pred || eps] (32 channels, standardised)
 of a synthetic latent with a smooth background, a few objects and white noise. Agreement is the adjusted Rand index (ARI) of each backend
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=None, help="default: every backend")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="torch backend: also time segment_batch on this many images against a loop")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     import_comfyui(cpu=args.device == "cpu")
@@ -87,6 +90,17 @@ def main() -> None:
                      "ari_vs_skimage_mean": round(statistics.mean(scores), 4)})
         print(f"{backend:8s} {device:5s} {rows[-1]['ms']:9.3f} ms  regions {rows[-1]['regions']:6.1f}  "
               f"ARI vs skimage: mean {rows[-1]['ari_vs_skimage_mean']:.4f} min {rows[-1]['ari_vs_skimage_min']:.4f}")
+        if backend == "torch" and args.batch > 1:      # what one SDiT step of a batch costs, both ways
+            batch = torch.stack([synthetic_features(seed, args.grid) for seed in range(args.batch)]).to(device)
+            assert torch.equal(seg.segment_batch(batch, params, backend),
+                               torch.stack([seg.segment(item, params, backend) for item in batch]))
+            rows[-1]["batch"] = args.batch
+            rows[-1]["batch_one_pass_ms"] = round(time_call(lambda: seg.segment_batch(batch, params, backend),
+                                                            device, args.repeats), 3)
+            rows[-1]["batch_one_by_one_ms"] = round(time_call(
+                lambda: [seg.segment(item, params, backend) for item in batch], device, args.repeats), 3)
+            print(f"         batch of {args.batch}: one pass {rows[-1]['batch_one_pass_ms']:.3f} ms, "
+                  f"one by one {rows[-1]['batch_one_by_one_ms']:.3f} ms")
     result = {"grid": args.grid, "seeds": args.seeds, "params": vars(params), "rows": rows,
               "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

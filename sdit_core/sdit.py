@@ -22,7 +22,7 @@ from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import ssd_counts
 from .refresh_schedule import dense_step_reasons
 from .region_select import CONNECTIVITIES, DILATION_MODES, select_regions
-from .segmentation import BACKENDS, QuickshiftParams, segment
+from .segmentation import BACKENDS, QuickshiftParams, segment_batch
 from .tokens import gather_rows
 from .token_features import token_features
 
@@ -184,8 +184,7 @@ class SDiTPolicy(TokenPolicy):
         features = token_features(step.denoised, step.noise, self.patch_size)     # (B, h, w, 2C)
         params = c.quickshift()
         with profiling.span(profiling.SEGMENT):
-            labels = torch.stack([segment(features[b], params, c.backend, c.frame_scale)
-                                  for b in range(features.shape[0])])
+            labels = segment_batch(features, params, c.backend, c.frame_scale)
         complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta,
                                       c.temporal_weight)
         self._labels = labels

@@ -54,8 +54,23 @@ def test_torch_backend_matches_skimage_on_the_same_parameters():
 
 def test_window_distances_agree_between_the_gpu_and_cpu_formulations():
     from comfyui_sdit.sdit_core.segmentation.quickshift_torch import _window_sq_dist
-    x = torch.randn(5, 9, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 5, 9, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(_window_sq_dist(x, 3, unfold=True), _window_sq_dist(x, 3, unfold=False), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_segments_exactly_as_its_images_one_by_one(backend):
+    """segment_batch (one pass for the whole batch with the torch backend) == segment() of each image."""
+    from comfyui_sdit.sdit_core.segmentation import segment_batch
+    images = [piecewise_constant(seed)[0] for seed in (0, 1, 2)]
+    images[1] = images[1].flip(0)                                   # items that differ in layout too
+    params = QuickshiftParams(kernel_size=1.5, max_dist=4.0, ratio=3.0)
+    batch = segment_batch(torch.stack(images), params, backend)
+    assert batch.shape == (3, 24, 32) and batch.dtype == torch.int64
+    for item, image in zip(batch, images):
+        assert torch.equal(item, segment(image, params, backend))
+    split = split_disconnected(torch.stack([torch.zeros(2, 3, dtype=torch.int64)] * 2), batch_dims=1)
+    assert split.tolist() == [[[0] * 3] * 2] * 2, "nothing connects across the batch; each item starts at 0"
 
 
 def test_region_count_follows_the_parameters():

@@ -1,13 +1,17 @@
 """Makes every region spatially contiguous: 4-connected (video: 6-connected) components of equal labels
 get their own label."""
+import math
+
 import torch
 
 ROUNDS_PER_CHECK = 4
 
 
-def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000) -> torch.Tensor:
+def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000, batch_dims: int = 0) -> torch.Tensor:
     """(H, W) or (T, H, W) labels -> labels 0..K-1 of 4- (6-) connected components, numbered in raster
-    order of their first token. Runs on the labels' device (min-label propagation with shortcutting)."""
+    order of their first token. Runs on the labels' device (min-label propagation with shortcutting).
+    The first `batch_dims` axes are a batch: nothing connects across them, and each item's labels
+    start at 0."""
     shape = labels.shape
     n = labels.numel()
     flat = labels.reshape(-1)
@@ -15,7 +19,7 @@ def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000) -> torch.
     idx = comp.view(shape)
     # pairs of neighbours along each axis with equal labels
     pairs = []
-    for axis in range(len(shape)):
+    for axis in range(batch_dims, len(shape)):
         a = idx.narrow(axis, 0, shape[axis] - 1).reshape(-1)
         b = idx.narrow(axis, 1, shape[axis] - 1).reshape(-1)
         same = flat[a] == flat[b]
@@ -30,6 +34,10 @@ def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000) -> torch.
             comp = comp[comp]                  # shortcut: jump to the representative's representative
         if torch.equal(comp, previous):        # a host sync on the GPU: once per ROUNDS_PER_CHECK rounds
             break
-    return torch.unique(comp, return_inverse=True)[1].view(shape)
+    labels = torch.unique(comp, return_inverse=True)[1].view(shape)
+    if batch_dims:      # raster order numbers each item's components after the previous item's
+        items = labels.reshape(math.prod(shape[:batch_dims]), -1)
+        labels = (items - items.min(dim=1, keepdim=True).values).view(shape)
+    return labels
 
 

@@ -14,49 +14,57 @@ from . import QuickshiftParams, tie_noise
 
 
 def _window(x: torch.Tensor, half: int, pad_value: float) -> torch.Tensor:
-    """(C, H, W) -> (C, O, H*W): every pixel's (2 half + 1)^2 window, padded with pad_value."""
-    c, h, w = x.shape
-    padded = F.pad(x[None], (half, half, half, half), value=pad_value)
-    return F.unfold(padded, 2 * half + 1).view(c, (2 * half + 1) ** 2, h * w)
+    """(B, C, H, W) -> (B, C, O, H*W): every pixel's (2 half + 1)^2 window, padded with pad_value."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (half, half, half, half), value=pad_value)
+    return F.unfold(padded, 2 * half + 1).view(b, c, (2 * half + 1) ** 2, h * w)
 
 
 def _window_sq_dist(x: torch.Tensor, half: int, unfold: bool = None) -> torch.Tensor:
-    """(C, H, W) -> (O, H*W): squared feature distance of every pixel to each pixel of its window
+    """(B, C, H, W) -> (B, O, H*W): squared feature distance of every pixel to each pixel of its window
     (zero padding outside the grid; callers mask those). On the GPU one unfold is fastest; on the CPU
-    the unfolded (C, O, HW) tensor is memory-bound and a loop over the window offsets is ~10x faster."""
-    c, h, w = x.shape
+    the unfolded (B, C, O, HW) tensor is memory-bound and a loop over the window offsets is ~10x faster."""
+    b, c, h, w = x.shape
     if unfold if unfold is not None else x.device.type != "cpu":
-        return ((_window(x, half, 0.0) - x.view(c, 1, h * w)) ** 2).sum(0)
+        return ((_window(x, half, 0.0) - x.view(b, c, 1, h * w)) ** 2).sum(1)
     padded = F.pad(x, (half, half, half, half))
     k = 2 * half + 1
-    out = torch.empty(k * k, h * w, dtype=x.dtype)
+    out = torch.empty(b, k * k, h * w, dtype=x.dtype)
     for o in range(k * k):
         dy, dx = divmod(o, k)
-        out[o] = ((padded[:, dy: dy + h, dx: dx + w] - x) ** 2).sum(0).view(-1)
+        out[:, o] = ((padded[:, :, dy: dy + h, dx: dx + w] - x) ** 2).sum(1).view(b, -1)
     return out
 
 
-def quickshift_torch(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
-    h, w, _ = features.shape
+def quickshift_roots(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
+    """(B, H, W, F) -> (B, H, W): each token's tree root (a flat index into its own image). One pass for
+    the whole batch: a sampler step segments every image of its batch with the same kernels."""
+    batch, h, w, _ = features.shape
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
-    x = (features.to(dtype) * params.ratio).permute(2, 0, 1).contiguous()            # (F, H, W)
+    x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()         # (B, F, H, W)
     half = int(math.ceil(3 * params.kernel_size))
     offsets = torch.arange(-half, half + 1, device=x.device)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     spatial = (dy * dy + dx * dx).reshape(-1, 1).to(dtype)                            # (O, 1)
     linear = (dy * w + dx).reshape(-1)                                                # (O,) index offset
 
-    d2 = _window_sq_dist(x, half) + spatial                                           # (O, HW)
-    inside = _window(torch.ones(1, h, w, dtype=dtype, device=x.device), half, 0.0)[0] > 0
-    density = torch.where(inside, torch.exp(d2 * (-0.5 / params.kernel_size ** 2)), 0).sum(0)
-    density = density + tie_noise(h, w, params.seed).to(x.device, dtype).reshape(-1)
+    d2 = _window_sq_dist(x, half) + spatial                                           # (B, O, HW)
+    inside = _window(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), half, 0.0)[0, 0] > 0   # (O, HW)
+    density = torch.where(inside, torch.exp(d2 * (-0.5 / params.kernel_size ** 2)), 0).sum(1)      # (B, HW)
+    density = density + tie_noise(h, w, params.seed).to(x.device, dtype).reshape(1, -1)
 
-    neighbour_density = _window(density.view(1, h, w), half, float("-inf"))[0]       # (O, HW)
-    candidate = torch.where(inside & (neighbour_density > density[None]), d2, math.inf)
-    closest, best = candidate.min(0)
-    index = torch.arange(h * w, device=x.device)
+    neighbour_density = _window(density.view(batch, 1, h, w), half, float("-inf"))[:, 0]          # (B, O, HW)
+    candidate = torch.where(inside & (neighbour_density > density[:, None]), d2, math.inf)
+    closest, best = candidate.min(1)                                                  # (B, HW)
+    index = torch.arange(h * w, device=x.device).expand(batch, -1)
     parent = torch.where(closest <= params.max_dist ** 2, index + linear[best], index)
 
     for _ in range(max(1, math.ceil(math.log2(h * w))) + 1):   # depth <= HW: log2(HW) jumps reach the roots
-        parent = parent[parent]
-    return torch.unique(parent, return_inverse=True)[1].view(h, w)
+        parent = parent.gather(1, parent)
+    return parent.view(batch, h, w)
+
+
+def quickshift_torch(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
+    """(H, W, F) -> (H, W) labels 0..K-1."""
+    roots = quickshift_roots(features[None], params)[0]
+    return torch.unique(roots, return_inverse=True)[1]
