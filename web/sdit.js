@@ -25,11 +25,18 @@ const isCount = (v) => Number.isInteger(v) && v >= 0;
 const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
 const isMethod = (v) => v === "RAS" || v === "SDiT";
 
+// The backend names a node by its execution id: "7", or "3:7" for node 7 inside the subgraph of node 3.
 function findNode(id) {
   if (typeof id !== "string" && typeof id !== "number") return null;
-  const graph = app.graph;
-  if (!graph?.getNodeById) return null;
-  return graph.getNodeById(id) ?? graph.getNodeById(Number(id)) ?? null;
+  let graph = app.graph;
+  let node = null;
+  for (const part of String(id).split(":")) {
+    if (!graph?.getNodeById) return null;
+    node = graph.getNodeById(part) ?? graph.getNodeById(Number(part)) ?? null;
+    if (!node) return null;
+    graph = node.subgraph;
+  }
+  return node;
 }
 
 function parseLive(d) {
