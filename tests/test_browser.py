@@ -238,24 +238,19 @@ def test_missing_or_malformed_messages_are_ignored(page):
     assert our_errors(page) == [] and not [e for e in page.sdit_errors if "alert" in e]
 
 
-TINY_PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
-
-
-def test_a_sampler_inside_a_subgraph_shows_its_run(page):
+def test_a_sampler_inside_a_subgraph_shows_its_run(page, server):
     """The backend names a node in a subgraph by its execution id, "<subgraph node>:<node>"."""
-    inner = page.evaluate("""() => { app.graph.clear(); const n = LiteGraph.createNode("RASSampler"); app.graph.add(n);
-        const {node} = app.graph.convertToSubgraph(new Set([n]));
-        const inside = (node.subgraph.nodes ?? node.subgraph._nodes)[0];
-        window.sditSubgraphNode = inside; return `${node.id}:${inside.id}`; }""")
-    live = {"node": inner, "method": "RAS", "step": 3, "steps": 4, "tokens": 8, "total": 16, "dense": False,
-            "map": TINY_PNG}
-    summary = {"node": inner, "method": "RAS", "work_fraction": 0.5, "dense": 1, "sparse": 3, "evaluations": 4,
-               "seconds": 1.5}
-    for event, detail in (("sdit.live", live), ("sdit.summary", summary)):
-        page.evaluate("([event, detail]) => window.comfyAPI.api.api.dispatchEvent(new CustomEvent(event, {detail}))",
-                      [event, detail])
-    shown = page.evaluate("() => [window.sditSubgraphNode.sditLive?.text, window.sditSubgraphNode.sditSummary?.text]")
-    assert shown == ["RAS step 4/4: 8/16 tokens (sparse)", "RAS: 50% of dense token work, 1 dense + 3 sparse, 1.5 s"]
+    page.evaluate("workflow => app.loadGraphData(workflow)", json.loads((REPO_ROOT / "example_workflows" /
+                                                                          "sdit_demo.json").read_text()))
+    page.evaluate("""() => { const sampler = app.graph._nodes.find(n => n.type === "RASSampler");
+        const {node} = app.graph.convertToSubgraph(new Set([sampler]));
+        window.sditInner = (node.subgraph.nodes ?? node.subgraph._nodes).find(n => n.type === "RASSampler"); }""")
+    server.post("/free", {"free_memory": True})
+    page.evaluate("app.queuePrompt(0, 1)")
+    state = page.wait_for_function("""() => window.sditInner.sditSummary && window.sditInner.sditLive &&
+        {summary: window.sditInner.sditSummary.text, step: window.sditInner.sditLive.step,
+         steps: window.sditInner.sditLive.steps}""", timeout=120_000).json_value()
+    assert "% of dense token work" in state["summary"] and state["step"] == state["steps"] - 1
     assert our_errors(page) == []
 
 
