@@ -67,7 +67,7 @@ class Workflow:
         return node
 
     def to_json(self) -> dict:
-        lay_out(self.nodes, self.links, self.info)
+        lay_out(self.nodes, self.info)
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
@@ -93,7 +93,7 @@ def node_height(node: dict, info: dict) -> int:
     return height
 
 
-def lay_out(nodes: list, links: list, info: dict) -> None:
+def lay_out(nodes: list, info: dict) -> None:
     """The positions given when building are the intent: nodes with the same x form a column (columns spaced
     for their width), and within a column each node keeps its y unless the node above reaches it, then it
     moves down just below that one."""

@@ -47,9 +47,9 @@ def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(
         return split_disconnected(quickshift_video(features, params, frame_scale))
     if features.ndim != 3:
         raise ValueError(f"features must be (H, W, F) or (T, H, W, F), got {tuple(features.shape)}")
-    if backend == "torch":
-        from .quickshift_torch import quickshift_torch as run
-    elif backend == "hnsw":
+    if backend == "torch":          # one code path for images: a batch of one
+        return segment_batch(features[None], params, backend)[0]
+    if backend == "hnsw":
         from .quickshift_hnsw import quickshift_hnsw as run
     elif backend == "skimage":
         from .quickshift_skimage import quickshift_skimage as run

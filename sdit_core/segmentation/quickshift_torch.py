@@ -63,8 +63,3 @@ def quickshift_roots(features: torch.Tensor, params: QuickshiftParams) -> torch.
         parent = parent.gather(1, parent)
     return parent.view(batch, h, w)
 
-
-def quickshift_torch(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
-    """(H, W, F) -> (H, W) labels 0..K-1."""
-    roots = quickshift_roots(features[None], params)[0]
-    return torch.unique(roots, return_inverse=True)[1]
