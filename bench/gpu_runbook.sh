@@ -2,7 +2,7 @@
 # The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
 # (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
-#   check      CUDA-graph and kernel tests on the GPU, Quickshift timing (64², 128²)  (~1 min)
+#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128²)  (~1 min)
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
@@ -30,7 +30,8 @@ for part in "$@"; do
   echo "=== $part"
   case $part in
     check)
-      SDIT_TESTS_ON_GPU=1 python3 -m pytest -q tests/test_forward_graphs.py tests/test_kernels.py 2>&1 | tee "$out/check.log"
+      SDIT_TESTS_ON_GPU=1 python3 -m pytest -q tests/test_forward_graphs.py tests/test_kernels.py \
+        tests/test_policies_on_device.py 2>&1 | tee "$out/check.log"
       python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernel, on the GPU
       for grid in 64 128; do
         python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \

@@ -44,13 +44,13 @@ def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.
     return patch_average(score, patch_size)
 
 
-def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float) -> torch.Tensor:
+def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float, regions: int = 0) -> torch.Tensor:
     """Eq. 6 for one image: labels (N,) in 0..K-1, complexity (N,) -> (K,) the mean of each region's
     top q fraction of token complexities (at least one token), so thin sharp structures are not
-    diluted by the smooth area around them."""
+    diluted by the smooth area around them. `regions` > 0 fixes K (labels absent score 0)."""
     labels = labels.reshape(-1)
     complexity = complexity.reshape(-1).float()
-    k = int(labels.max()) + 1
+    k = regions if regions > 0 else int(labels.max()) + 1
     by_value = torch.sort(complexity, descending=True, stable=True).indices
     order = by_value[torch.sort(labels[by_value], stable=True).indices]      # grouped by label, high first
     sizes = torch.bincount(labels, minlength=k)
@@ -63,3 +63,19 @@ def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float) 
     return sums / keep_count
 
 
+def batch_region_labels(labels: torch.Tensor, regions: int) -> torch.Tensor:
+    """(B, *grid) labels 0..regions-1 per image -> (B * N,) labels that no two images share (image b's
+    region r is b * regions + r), so one pass over the batch treats every image's regions apart."""
+    offsets = torch.arange(labels.shape[0], device=labels.device) * regions
+    return (labels.reshape(labels.shape[0], -1) + offsets[:, None]).reshape(-1)
+
+
+def region_scores_batch(labels: torch.Tensor, complexity: torch.Tensor, top_q: float) -> torch.Tensor:
+    """Eq. 6 for a batch in one pass (one host sync for the whole batch, not one per image): labels and
+    complexity (B, *grid) -> (B, K), K the most regions of any image. Regions an image does not have
+    score 0 (scores are >= 0) and have the highest labels, so a stable ranking puts them after all of
+    its own: each image's ranking is the one it has alone."""
+    batch = labels.shape[0]
+    regions = int(labels.max()) + 1
+    flat = batch_region_labels(labels, regions)
+    return region_scores(flat, complexity.reshape(-1), top_q, regions=batch * regions).view(batch, regions)

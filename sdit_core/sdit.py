@@ -11,12 +11,12 @@ and a token skipped `max_skip_age` evaluations in a row runs. With an inpainting
 inside it are picked, and the budget is scaled to the mask's area.
 """
 from dataclasses import dataclass
-from typing import Dict, Hashable, List, Optional, Sequence
+from typing import Dict, Hashable, Optional, Sequence
 
 import torch
 
 from . import profiling
-from .complexity import region_scores, token_complexity
+from .complexity import batch_region_labels, region_scores_batch, token_complexity
 from .extrapolation import OutputHistory, relative_error
 from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import ssd_counts
@@ -102,7 +102,7 @@ class SDiTPolicy(TokenPolicy):
         self._counts: Dict[int, int] = {}
         self._labels: Optional[torch.Tensor] = None          # (B, *grid) from the latest evaluation
         self._complexity: Optional[torch.Tensor] = None      # (B, *grid)
-        self._scores: Optional[List[torch.Tensor]] = None    # per image (K_b,)
+        self._scores: Optional[torch.Tensor] = None          # (B, K) region scores (Eq. 6)
         self._age: Optional[torch.Tensor] = None             # (B, N) evaluations since each token last ran
         self._probes: Dict[int, torch.Tensor] = {}           # eval index -> (B, p) probe tokens (CPU)
         self._generator = torch.Generator().manual_seed(config.probe_seed)
@@ -146,19 +146,19 @@ class SDiTPolicy(TokenPolicy):
         self._age = torch.where(ran, torch.zeros_like(age), age + 1)
         return active
 
-    def _aged_scores(self, age: torch.Tensor) -> List[torch.Tensor]:
+    def _aged_scores(self, age: torch.Tensor) -> torch.Tensor:
         """Eq. 6 scores raised by how long a region has waited: score x (1 + w x mean age of its tokens),
-        so regions that are never the most complex still get their turn (no starved regions)."""
+        so regions that are never the most complex still get their turn (no starved regions). One pass
+        over the batch, on the scores' device."""
         weight = self.config.age_weight
         if weight <= 0:
             return self._scores
-        aged = []
-        for b, scores in enumerate(self._scores):
-            labels = self._labels[b].reshape(-1).cpu()
-            sizes = torch.bincount(labels, minlength=scores.numel()).clamp_min(1)
-            mean_age = torch.bincount(labels, weights=age[b].double(), minlength=scores.numel()) / sizes
-            aged.append(scores * (1 + weight * mean_age.to(scores.device, scores.dtype)))
-        return aged
+        batch, regions = self._scores.shape
+        labels = batch_region_labels(self._labels, regions)
+        sizes = torch.bincount(labels, minlength=batch * regions).clamp_min(1)
+        waited = torch.bincount(labels, weights=age.to(labels.device).reshape(-1).double(), minlength=batch * regions)
+        mean_age = (waited / sizes).view(batch, regions)
+        return self._scores * (1 + weight * mean_age.to(self._scores.dtype))
 
     def _with_probes(self, info: EvalInfo, selected: torch.Tensor, n: int) -> torch.Tensor:
         """A few tokens drawn at random from the skipped ones are computed too: comparing them with what
@@ -189,7 +189,7 @@ class SDiTPolicy(TokenPolicy):
                                       c.temporal_weight)
         self._labels = labels
         self._complexity = complexity
-        self._scores = [region_scores(labels[b], complexity[b], c.top_q) for b in range(labels.shape[0])]
+        self._scores = region_scores_batch(labels, complexity, c.top_q)
         if self._last_info is not None:
             self.label_maps[self._last_info.index] = labels.to("cpu", torch.int32)
             self.complexity_maps[self._last_info.index] = complexity.to("cpu", torch.float16)

@@ -174,7 +174,7 @@ def test_a_dense_evaluation_clears_a_pending_reset():
     policy = SDiTPolicy(SDiTConfig(warmup_steps=0, cooldown_steps=0, reset_steps=(3,)), patch_size=2)
     policy._labels = torch.zeros(1, 4, 4, dtype=torch.int64)
     policy._complexity = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
-    policy._scores = [torch.ones(1)]
+    policy._scores = torch.ones(1, 1)
 
     def info(step):
         return EvalInfo(index=step, step=step, steps=6, sigma=1.0 - step / 6, grid=(4, 4), batch=1)
