@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ..sdit_core import profiling
+from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import StepOutput
 from ..sdit_core.tokens import image_view
 from .live_progress import ProgressReporter
@@ -22,10 +23,11 @@ def predicted_noise(model_sampling, x: torch.Tensor, x_pred: torch.Tensor, sigma
 
 
 def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[ProgressReporter] = None,
-                          kv_cache: Optional[str] = None):
+                          kv_cache: Optional[str] = None, graph_backend=default_backend):
     """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start. The reporter
-    (if any) sends live maps and the run summary to the node in the UI."""
-    patched, slot = apply_token_sparse(model, make_policy, node,
+    (if any) sends live maps and the run summary to the node in the UI. `graph_backend`: as for
+    apply_token_sparse."""
+    patched, slot = apply_token_sparse(model, make_policy, node, graph_backend=graph_backend,
                                        on_run_end=reporter.run_done if reporter is not None else None,
                                        kv_cache=kv_cache, method=reporter.method if reporter is not None else "RAS/SDiT")
 

@@ -9,12 +9,14 @@
 The model passed in is never modified: everything is installed on a clone.
 """
 import inspect
+import math
 import time
 from typing import Any, Callable, Optional
 
 import comfy.patcher_extension as patcher_extension
 
 from ..kernels.kv_write import kv_write
+from ..sdit_core.count_grid import count_grid
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
@@ -72,6 +74,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache, temporal_patch=temporal_patch)
+        # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
+        run.count_grid = count_grid(getattr(patched.load_device, "type", "cpu"), math.prod(run.grid))
         run.policy = make_policy(run)
         reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
         if reason:

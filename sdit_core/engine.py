@@ -24,6 +24,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
+from .count_grid import round_up_count
 from .forward_graphs import GraphedForwards
 from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from . import profiling
@@ -270,7 +271,7 @@ class SparseRun:
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
                  write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None,
-                 temporal_patch: int = 1):
+                 temporal_patch: int = 1, count_grid: int = 1):
         if not is_latent_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, [frames,] height, width) latent, got shape "
                              f"{tuple(latent_shape)}")
@@ -285,6 +286,8 @@ class SparseRun:
         self.note = ""                  # said in the after-run line (e.g. why the run was dense)
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
+        self.count_grid = int(count_grid)   # sparse counts rounded up to a multiple of this (count_grid.py)
+        self._waited: Optional[torch.Tensor] = None      # (batch, N) evaluations since each token last ran
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
         self._sigma: Optional[float] = None
@@ -309,16 +312,25 @@ class SparseRun:
         steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
         step = step_of_sigma(sample_sigmas, sigma) if sample_sigmas is not None else len(self.evals)
         info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,
-                        grid=self.grid, batch=self.batch)
+                        grid=self.grid, batch=self.batch, count_grid=self.count_grid)
         with profiling.span(profiling.PLAN):
             active = None if self.dense_only else self.policy.plan(info)
         if active is not None:
-            active = validate_active_index(active, self.batch, info.num_tokens)
-        record = EvalRecord(info, None if active is None else active.cpu())
+            active = validate_active_index(active, self.batch, info.num_tokens).cpu()
+            active = round_up_count(active, self._waited, self.count_grid, info.num_tokens, self.policy.selectable)
+        self._note_ran(active, info.num_tokens)
+        record = EvalRecord(info, active)
         record.shared = active is None or bool((record.active == record.active[:1]).all())
         self.evals.append(record)
         self._sigma = sigma
         return record
+
+    def _note_ran(self, active: Optional[torch.Tensor], num_tokens: int) -> None:
+        if active is None or self._waited is None:
+            self._waited = torch.zeros(self.batch, num_tokens, dtype=torch.int64)
+        if active is not None:
+            self._waited += 1
+            self._waited.scatter_(1, active, 0)
 
     def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
                      sample_sigmas: Optional[torch.Tensor], stream_key: Hashable) -> ForwardCall:

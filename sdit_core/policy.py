@@ -26,6 +26,7 @@ class EvalInfo:
     sigma: float
     grid: Tuple[int, ...]       # token grid: (rows, cols), or (frames, rows, cols) for a video
     batch: int                  # images (videos) in the latent batch
+    count_grid: int = 1         # the engine rounds sparse counts up to a multiple of this (count_grid.py)
 
     @property
     def num_tokens(self) -> int:

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .policy import EvalInfo, StepOutput, TokenPolicy
-from .ratio_schedule import dynamic_counts, static_counts
+from .ratio_schedule import dynamic_counts, on_count_grid, static_counts
 from .refresh_schedule import dense_step_reasons
 from .token_metrics import METRICS, noise_prediction, token_metric
 
@@ -56,12 +56,13 @@ def select_tokens(priority: torch.Tensor, count: int) -> torch.Tensor:
 class RASSchedule:
     """Per step: None for a dense step, else the number of image tokens to compute."""
 
-    def __init__(self, config: RASConfig, steps: int, num_tokens: int):
+    def __init__(self, config: RASConfig, steps: int, num_tokens: int, count_grid: int = 1):
         self.dense = dense_step_reasons(steps, config.warmup_steps, config.reset_steps)   # step -> why
         sparse = [s for s in range(steps) if s not in self.dense]
         make = dynamic_counts if config.dynamic_ratio else static_counts
         extra = {"spread": config.dynamic_spread} if config.dynamic_ratio else {}
-        self.counts: Dict[int, int] = make(sparse, num_tokens, config.sample_ratio, **extra)
+        counts = make(sparse, num_tokens, config.sample_ratio, **extra)
+        self.counts: Dict[int, int] = on_count_grid(counts, count_grid, num_tokens)
 
     def count(self, step: int) -> Optional[int]:
         return self.counts.get(step)
@@ -81,7 +82,7 @@ class RASPolicy(TokenPolicy):
     def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
         self._last_info = info
         if self._schedule is None:
-            self._schedule = RASSchedule(self.config, info.steps, info.num_tokens)
+            self._schedule = RASSchedule(self.config, info.steps, info.num_tokens, info.count_grid)
         count = self._schedule.count(info.step)
         if count is None or self._metric is None:
             self.reasons[info.index] = self._schedule.dense.get(info.step, "dense") if count is None else "no metric yet"

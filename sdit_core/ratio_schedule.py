@@ -52,6 +52,18 @@ def _round_to_total(values: List[float], total: int, lo: int, hi: int) -> List[i
     return floors
 
 
+def on_count_grid(counts: Dict[int, int], grid: int, num_tokens: int) -> Dict[int, int]:
+    """The counts as multiples of `grid` (count_grid.py: few distinct shapes on a GPU) with the same
+    total to within half a grid step: rounded in grid units by largest remainders, so the schedule's
+    shape and its average work stay, and the engine has nothing to pad."""
+    if grid <= 1 or not counts:
+        return dict(counts)
+    steps = list(counts)
+    units = _round_to_total([counts[s] / grid for s in steps], int(round(sum(counts.values()) / grid)),
+                            lo=1, hi=max(1, num_tokens // grid))
+    return {s: min(num_tokens, u * grid) for s, u in zip(steps, units)}
+
+
 def ssd_fraction(progress: float, p_max: float, p_min: float, tau1: float = 0.1, tau2: float = 0.95) -> float:
     """SDiT Eq. 15, the Structure-Stable-Detail cosine schedule at progress t/T."""
     if progress < tau1 or progress > tau2:
