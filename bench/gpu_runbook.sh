@@ -8,6 +8,7 @@
 #              active-token error vs dense                                        (~3 min)
 #   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 and 1, CUDA graphs     (~3 min)
 #   graphs1024 Flux-dev 1024² RAS at 0.125, static vs dynamic ratio: what graphs give end to end (~2 min)
+#   grid1024   Flux-dev 1024² RAS and SDiT at 0.125, timed on a new seed: token grid 64 (default) vs off (~6 min)
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
@@ -52,6 +53,11 @@ for part in "$@"; do
     graphs1024)      # what CUDA graphs give end to end: one token count (static RAS) vs the default schedules
       timeout 200 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
         --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    grid1024)        # what the token-count grid gives a user's next seed (new counts cost attention plans)
+      for grid in 64 1; do
+        timeout 280 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.125 --cuda-graphs \
+          --profile-ratios --fresh-seed --token-grid $grid --json "$out/${part}_grid${grid}_$day.json" 2>&1 | tee -a "$out/$part.log"
+      done ;;
     models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
       timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;

@@ -236,10 +236,13 @@ def run(args) -> dict:
             latent = torch.zeros(latent_shape(spec, res, args.frames))
             tokens = image_tokens(latent.shape)
             noise = comfy.sample.prepare_noise(latent, 0)
+            # --fresh-seed: timed runs sample other noise than the warm-up (a user's next seed: SDiT's
+            # token counts change with the image, so attention meets counts the warm-up did not)
+            timed_noise = comfy.sample.prepare_noise(latent, 1) if args.fresh_seed else noise
             for cfg in args.cfg:
                 batch = 1 if cfg == 1.0 else 2          # ComfyUI skips the uncond pass at cfg 1
 
-                def sample(m, steps=args.steps, timer=None):
+                def sample(m, steps=args.steps, timer=None, noise=noise):
                     if cuda:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
@@ -253,7 +256,8 @@ def run(args) -> dict:
 
                 sample(model, steps=3)                                  # load, warm up kernels
                 dense_timer = ForwardTimer()
-                dense = [sample(model, timer=dense_timer if i == 0 else None) for i in range(args.repeats)]
+                dense = [sample(model, timer=dense_timer if i == 0 else None, noise=timed_noise)
+                         for i in range(args.repeats)]
                 dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
                 kv_bytes = 1 if args.kv_cache == "fp8_e4m3" else (2 if dtype == torch.bfloat16 else 4)
                 cached_rows = (args.text if spec.joint else 0) + tokens
@@ -292,7 +296,8 @@ def run(args) -> dict:
                         else:
                             sample(patched, steps=3)                    # warm-up (segmentation kernels)
                         timer = ForwardTimer(slot)
-                        timings = [sample(patched, timer=timer if i == 0 else None) for i in range(args.repeats)]
+                        timings = [sample(patched, timer=timer if i == 0 else None, noise=timed_noise)
+                                   for i in range(args.repeats)]
                         seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
                         run_state = slot.last_run
                         trace = trace_of(run_state)
@@ -302,7 +307,8 @@ def run(args) -> dict:
                             of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
                             peak_over_dense_gib=peak - dense_peak, kv_cache_gib=kv_gib,
                             step_ms=1000 * seconds / len(trace.steps), per_step_ms=per_step,
-                            graph_captures=run_state.graph_captures, graph_replays=run_state.graph_replays)
+                            graph_captures=run_state.graph_captures, graph_replays=run_state.graph_replays,
+                            token_counts=sorted(set(trace.tokens_per_step)))   # the shapes attention met
                         if cuda:
                             row.update(timer.summary())
                         results["rows"].append(row)
@@ -368,18 +374,25 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
-    parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 4 steps, one ratio (CI)")
+    parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
                         help="tiny Wan and HunyuanVideo, 128 px x 9 frames, 4 steps, one ratio (CI)")
     parser.add_argument("--ideals", action="store_true",
                         help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
+    parser.add_argument("--fresh-seed", action="store_true",
+                        help="time runs with other noise than their warm-up (what a user's next seed costs)")
+    parser.add_argument("--token-grid", type=int, default=None,
+                        help="sparse token counts on a grid of this many tokens (SDIT_TOKEN_GRID; 1: off; "
+                             "default: 64 on a GPU)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    if args.token_grid is not None:
+        os.environ["SDIT_TOKEN_GRID"] = str(args.token_grid)
     if args.ideals:
         print(json.dumps(ideal_table(), indent=1))
         return
     if args.smoke:
-        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 4, [0.5], 16
+        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
             ["tiny-wan", "tiny-hunyuan-video"], [128], 9, 4, [0.5], 16
@@ -388,6 +401,8 @@ def main() -> None:
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way
     results = run(args)
     results["cuda_graphs"] = args.cuda_graphs
+    results["token_grid"] = os.environ.get("SDIT_TOKEN_GRID", "default")
+    results["fresh_seed"] = args.fresh_seed
     print(table(results))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -14,10 +14,11 @@ Everything derived from these (the joint K/V rows, gathered RoPE) is computed in
 
 Policy: a forward signature (argument shapes, active-set size, index kind, cache generation) seen the
 first time runs eagerly, which also warms up cuBLAS and compiles Triton kernels; the second time it is
-captured, then replayed from then on. Schedules whose token count changes every step (RAS's dynamic
-ratio, SDiT's cosine budget: the defaults) run eagerly and pay nothing for it; a fixed count (RAS with
-dynamic_ratio off) replays every sparse step after the second. A capture that fails turns graphs off
-for that stream, which then runs eagerly.
+captured, then replayed from then on. On a GPU the token counts lie on a grid (count_grid.py), so
+the default schedules repeat counts: at low ratios a count holds for a few steps and replays from its
+third; a fixed count (RAS with dynamic_ratio off) replays every sparse step after the second. A count
+met once runs eagerly and pays nothing for the graphs. A capture that fails turns graphs off for that
+stream, which then runs eagerly.
 """
 import logging
 import os

@@ -12,7 +12,7 @@ SMOKE_RUNS = {
     "demo_quality": ["bench/demo_quality.py", "--seeds", "1", "--shapes", "1", "--steps", "4"],
     "sdit_sweep": ["bench/sdit_sweep.py", "--smoke"],
     "fidelity": ["bench/fidelity.py", "--smoke"],
-    "speed": ["bench/speed.py", "--smoke", "--device", "cpu"],
+    "speed": ["bench/speed.py", "--smoke", "--device", "cpu", "--fresh-seed", "--token-grid", "4"],
     "speed_video": ["bench/speed.py", "--smoke-video", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
                       "--iters", "1", "--warmup", "0", "--device", "cpu", "--cuda-graphs"],
@@ -28,3 +28,8 @@ def test_benchmark_runs(name, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["rows"], "results recorded"
+    if name == "speed":             # the token grid reached the engine: every sparse count is on it
+        sparse = [r for r in data["rows"] if r["method"] != "full"]
+        assert data["token_grid"] == "4" and sparse
+        assert all(t % 4 == 0 for r in sparse for t in r["token_counts"] if t < r["image_tokens"])
+        assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
