@@ -26,11 +26,14 @@ ACTIVE_TINT = np.array([255, 140, 0], dtype=np.float32)   # latest active tokens
 
 
 def server_send(event: str, data: dict) -> None:
-    """PromptServer.send_sync when a ComfyUI server runs in this process; otherwise nothing."""
+    """PromptServer.send_sync when a ComfyUI server runs in this process; otherwise nothing. Sent to the
+    client that queued the running prompt, as ComfyUI sends its own progress (other browser tabs and
+    users have other graphs, where the node id means another node); to everyone when the prompt came
+    without a client id."""
     server_module = sys.modules.get("server")
     instance = getattr(getattr(server_module, "PromptServer", None), "instance", None)
     if instance is not None:
-        instance.send_sync(event, data)
+        instance.send_sync(event, data, getattr(instance, "client_id", None))
 
 
 MAX_FRAMES = 8      # a video's live map shows at most this many of its frames, side by side

@@ -57,3 +57,24 @@ def test_nothing_is_sent_without_a_node_id_or_a_server():
     sample_with_reporter(ProgressReporter(None, "RAS", send=lambda event, data: sent.append(event)))
     assert sent == []
     sample_with_reporter(ProgressReporter("5", "RAS", min_interval=0.0))   # no PromptServer here: a no-op
+
+
+def test_messages_go_to_the_client_that_queued_the_prompt(monkeypatch):
+    """Other tabs and users have other graphs (the node id means another node there): ComfyUI's own
+    progress goes to the prompt's client, and so do ours; a prompt without a client id reaches all."""
+    import sys
+    import types
+    from comfyui_sdit.nodes.live_progress import server_send
+    sent = []
+
+    class Server:
+        client_id = "tab-1"
+
+        def send_sync(self, event, data, sid=None):
+            sent.append((event, sid))
+    fake = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=Server()))
+    monkeypatch.setitem(sys.modules, "server", fake)
+    server_send(LIVE_EVENT, {})
+    fake.PromptServer.instance.client_id = None
+    server_send(SUMMARY_EVENT, {})
+    assert sent == [(LIVE_EVENT, "tab-1"), (SUMMARY_EVENT, None)]
