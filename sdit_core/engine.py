@@ -271,7 +271,7 @@ class SparseRun:
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
                  write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None,
-                 temporal_patch: int = 1, count_grid: int = 1):
+                 temporal_patch: int = 1):
         if not is_latent_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, [frames,] height, width) latent, got shape "
                              f"{tuple(latent_shape)}")
@@ -286,7 +286,7 @@ class SparseRun:
         self.note = ""                  # said in the after-run line (e.g. why the run was dense)
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
-        self.count_grid = int(count_grid)   # sparse counts rounded up to a multiple of this (count_grid.py)
+        self.count_grid = 1                 # sparse counts rounded up to a multiple of this (count_grid.py; the host sets it)
         self._waited: Optional[torch.Tensor] = None      # (batch, N) evaluations since each token last ran
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []

@@ -7,11 +7,11 @@ from comfyui_sdit.nodes.region_patch import patch_region_adaptive
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core import count_grid as grid_module
 from comfyui_sdit.sdit_core.count_grid import count_grid, round_up_count
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy
 from comfyui_sdit.sdit_core.ratio_schedule import dynamic_counts, on_count_grid
 from comfyui_sdit.sdit_core.tokens import index_to_mask
 from sdit_testkit import FAMILIES, ksample, sample_with
+from test_engine_exactness import RecordingPolicy
 from test_forward_graphs import ReplayByRerun
 
 
@@ -45,15 +45,6 @@ def test_round_up_adds_the_tokens_that_waited_longest():
     assert round_up_count(active, waited, 4, 10, inside).tolist() == [[0, 1, 5, 6], [0, 1, 2, 3]]
 
 
-class RecordingPolicy(FixedPlanPolicy):
-    def __init__(self, plans):
-        super().__init__(plans)
-        self.outputs = []
-
-    def on_output(self, stream, info, output, computed):
-        self.outputs.append((info.index, output.clone(), computed))
-
-
 def test_padded_tokens_are_computed_exactly(monkeypatch):
     """Dense, then the same input sparse with 5 planned tokens on a grid of 8: 8 tokens run (the 5 and
     3 more), each equal to the dense output; the rest keep their cached output."""
@@ -71,7 +62,7 @@ def test_padded_tokens_are_computed_exactly(monkeypatch):
         return x
     sample_with(patched, spec.latent(1, 16, 16), sampler, torch.tensor([0.8, 0.0]), positive=spec.positive(),
                 negative=spec.negative())
-    (_, dense, _), (_, sparse, computed) = policy.outputs
+    (_, _, dense, _), (_, _, sparse, computed) = policy.outputs
     assert computed.shape == (1, 8) and set(planned[0].tolist()) <= set(computed[0].tolist())
     ran = index_to_mask(computed, tokens)
     assert (sparse - dense)[ran].abs().max().item() <= 1e-5
