@@ -129,6 +129,11 @@ class ForwardCall:
                                       "cannot be mapped to a token-sparse sequence")
         return position - self.grid_tokens + int(self.grid_index.shape[1])
 
+    @property
+    def image_sequence_length(self) -> int:
+        """Tokens of the whole image sequence (grid, then extra tokens) as the last gather saw it."""
+        return self._image_index_key[0] if self._image_index_key is not None else self.grid_tokens
+
     def image_index_now(self) -> Optional[torch.Tensor]:
         """The index the last gather used (None before the first gather)."""
         return self._image_index
@@ -212,7 +217,7 @@ class ForwardCall:
                 raise RuntimeError("attention ran before the image tokens were gathered")
             image = self._image_index.to(device)
             if self.image_first:
-                image_total = self._image_index_key[0]
+                image_total = self.image_sequence_length
                 text = torch.arange(image_total, image_total + others, device=device).expand(image.shape[0], -1)
                 self._joint_rows[key] = torch.cat([image, text], dim=1)
             else:

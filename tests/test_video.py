@@ -139,13 +139,19 @@ def test_per_frame_timesteps_of_wan22_ti2v():
     assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def phantom_conds():
+    """Wan Phantom: subject images concatenated in time after the video's frames (both prompts)."""
+    subject = torch.randn(1, 16, 2, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(10))
+    return conds(time_dim_concat=subject)
+
+
+@pytest.mark.parametrize("family", ["wan", "wan-phantom", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):
-    model = (tiny_wan if family == "wan" else tiny_hunyuan_video)(seed=7)
+    model = (tiny_hunyuan_video if family == "hunyuan" else tiny_wan)(seed=7)
     latent = {"samples": video_latent(2)}
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""),
-             **(conds() if family == "wan" else hunyuan_conds()))
+    make_conds = {"wan": conds, "wan-phantom": phantom_conds, "hunyuan": hunyuan_conds}[family]
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **make_conds())
     before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                            latent)[0]["samples"]
     if method == "RAS":
@@ -250,3 +256,68 @@ def test_hunyuan_token_replace_modulates_the_first_frame_apart(cfg):
     plain = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_conds())
     replaced = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_replace_conds())
     assert (plain - replaced).abs().max().item() > 1e-4, "the replacement matters"
+
+
+def wan_dense_sparse_plain(model, x, n_active, **kwargs):
+    """One dense then one sparse forward of a Wan model through the engine on the same input, and the
+    plain forward (the sparse one keeps the dense output on the tokens it skips, so all three agree)."""
+    from test_engine_exactness import engine_forward, patch
+    sigma = 0.6
+    patched, slot, policy = patch(model, [None, random_active(x.shape[0], TOKENS, n_active, seed=4)])
+    run = SparseRun(policy, x.shape, patch_size=2)
+    slot.run = run
+    try:
+        with engine_forward(patched, run, sigma) as forward:
+            dense, sparse = forward(x, **kwargs), forward(x, **kwargs)
+    finally:
+        slot.run = None
+    plain = model.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options={}, **kwargs)
+    return dense, sparse, plain, run
+
+
+def test_wan_phantom_subject_frames_run_on_every_step():
+    """Wan Phantom concatenates its subject images in time after the video's frames: their tokens follow
+    the grid and run on every sparse step, as Flux Kontext's references do."""
+    model = tiny_wan(seed=13)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
+    subject = torch.randn(1, 16, 2, HEIGHT, WIDTH, generator=g)
+    kwargs = dict(context=torch.randn(1, 7, 32, generator=g), time_dim_concat=subject)
+    dense, sparse, plain, run = wan_dense_sparse_plain(model, x, 20, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    subject_tokens = 2 * (HEIGHT // 2) * (WIDTH // 2)
+    assert run.evals[1].calls[0].attention_image_rows == [20 + subject_tokens] * 2
+    without = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
+                                          **dict(kwargs, time_dim_concat=None))
+    assert (without - plain).abs().max().item() > 1e-3, "the subject frames count"
+
+
+def test_wan_in_context_latents_run_on_every_step():
+    """Newer ComfyUI's in-context references (`context_latents`) are embedded after the video's tokens."""
+    import inspect
+    import comfy.ldm.wan.model
+    if "context_latents" not in inspect.getsource(comfy.ldm.wan.model.WanModel.forward_orig):
+        pytest.skip("this ComfyUI's Wan has no in-context references")
+    model = tiny_wan(seed=14)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
+    kwargs = dict(context=torch.randn(1, 7, 32, generator=g),
+                  context_latents=[torch.randn(1, 16, 1, HEIGHT, 8, generator=g)])
+    dense, sparse, plain, run = wan_dense_sparse_plain(model, x, 20, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    assert run.evals[1].calls[0].attention_image_rows == [20 + (HEIGHT // 2) * 4] * 2
+
+
+def test_wan_reference_latent_before_the_video_is_refused():
+    """Wan Fun's reference latent (`ref_conv`) puts its tokens before the video's: a clear error."""
+    import comfy.supported_models
+    from sdit_testkit import TINY_WAN
+    model = build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, in_dim_ref_conv=16), seed=15)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
+    kwargs = dict(context=torch.randn(1, 7, 32, generator=g), reference_latent=torch.randn(1, 16, HEIGHT, WIDTH, generator=g))
+    with pytest.raises(NotImplementedError, match="reference latent.*not supported.*KSampler"):
+        wan_dense_sparse_plain(model, x, 20, **kwargs)
+    # without a reference latent the same model samples sparsely
+    dense, sparse, plain, _ = wan_dense_sparse_plain(model, x, 20, context=kwargs["context"])
+    assert (sparse - plain).abs().max().item() <= TOL

@@ -8,12 +8,15 @@ hooks modules, never that function's code:
   and, where the timestep is per frame or per token (Wan 2.2 TI2V), their modulation;
 - cross-attention passes the K/V cache by (its keys are the context, complete as they are);
 - the head gets the running tokens' modulation and its output is scattered back to every token.
-Self-attention has no text prefix: the K/V cache holds the video tokens alone.
+Self-attention has no text prefix: the K/V cache holds the video tokens alone. Tokens that follow the
+latent's (Phantom's subject frames concatenated in time, newer ComfyUI's in-context `context_latents`)
+run on every step, like Flux Kontext's references; a reference latent embedded before the video
+(`ref_conv`, Wan Fun) is refused when it runs.
 Variants with a forward of their own (VACE, Camera, S2V, Animate, ...) are other models: not covered.
 """
 import torch
 
-from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method
+from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
 
 
 class WanFamily(FamilyAdapter):
@@ -41,16 +44,18 @@ class WanFamily(FamilyAdapter):
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_method(patcher, slot, "diffusion_model.head.forward", before=_gather_head_modulation,
                      after=lambda call, out: call.scatter(out))
+        if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
+            patch_module_forward(patcher, slot, "diffusion_model.ref_conv", before=_refuse_leading_reference)
+
+
+def _refuse_leading_reference(call, reference):
+    # its tokens precede the video's in the sequence, where the engine keeps nothing but the grid
+    raise NotImplementedError("Wan with a reference latent (ref_conv, e.g. Wan Fun) is not supported by "
+                              "region-adaptive sampling; sample it with KSampler")
 
 
 def _gather_tokens(call, arguments) -> None:
-    x = arguments["x"]
-    if x.shape[1] != call.grid_tokens:
-        # a reference latent (ref_conv) or frames concatenated in time precede or follow the video
-        raise NotImplementedError(f"Wan with {x.shape[1] - call.grid_tokens} tokens beyond the latent's "
-                                  f"{call.grid_tokens} (a reference latent or extra frames) is not supported by "
-                                  "region-adaptive sampling; sample it with KSampler")
-    arguments["x"] = call.gather(x)                  # dense: unchanged, but counted
+    arguments["x"] = call.gather(arguments["x"])     # dense: unchanged, but counted; extra tokens follow the grid
     _gather_positions_and_modulation(call, arguments)
 
 
@@ -74,6 +79,6 @@ def _gathered_modulation(call, e: torch.Tensor) -> torch.Tensor:
     key = ("modulation", e.data_ptr(), tuple(e.shape))
     if key not in call.scratch:
         from comfy.ldm.wan.model import repeat_e
-        every_token = e.new_empty(e.shape[0], call.grid_tokens, 0)     # only its length is read
+        every_token = e.new_empty(e.shape[0], call.image_sequence_length, 0)   # only its length is read
         call.scratch[key] = call.gather_grid(repeat_e(e, every_token))
     return call.scratch[key]
