@@ -321,7 +321,8 @@ class SparseRun:
         with profiling.span(profiling.PLAN):
             active = None if self.dense_only else self.policy.plan(info)
         if active is not None:
-            active = validate_active_index(active, self.batch, info.num_tokens).cpu()
+            # checked on a host copy: one copy per evaluation instead of a GPU read per check
+            active = validate_active_index(active.cpu(), self.batch, info.num_tokens)
             active = round_up_count(active, self._waited, self.count_grid, info.num_tokens, self.policy.selectable)
         self._note_ran(active, info.num_tokens)
         record = EvalRecord(info, active)
