@@ -25,7 +25,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 
 from .count_grid import round_up_count
-from .forward_graphs import GraphedForwards
+from .forward_graphs import GraphedForwards, capturing_graph
 from .kv_cache import JointKVCache, RowWriter, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
@@ -83,7 +83,7 @@ class ForwardCall:
         self._image_index: Optional[torch.Tensor] = None   # grid index + always-active extra tokens
         self._image_index_key: Optional[Tuple[int, torch.device]] = None   # (image sequence length, device)
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
-        self._attention_calls = 0
+        self.attention_calls = 0          # attention calls over the image tokens so far: the next one's K/V layer
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
@@ -147,7 +147,6 @@ class ForwardCall:
         forward computes them again from the static index buffer."""
         self._joint_rows.clear()
         self.scratch.clear()
-        self._attention_calls = 0
 
     def gather_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Gathers a tensor that covers the grid tokens (or a prefix of the image sequence, as
@@ -192,8 +191,8 @@ class ForwardCall:
                 "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot follow")
         if others < 0:
             raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image tokens")
-        layer = self._attention_calls
-        self._attention_calls += 1
+        layer = self.attention_calls
+        self.attention_calls += 1
         self.record.attention_image_rows.append(self.image_rows)
         if self.dense:
             self.stream.kv.store_dense(layer, k, v, seq_dim)
@@ -244,7 +243,8 @@ class ForwardCall:
         that did not run take the value the image columns share; a mask that tells image tokens apart
         cannot be extended (checked on the forward's first masked call: one host sync)."""
         image = mask[..., image_start: image_start + self.image_rows]
-        if "mask_checked" not in self.scratch:
+        # (not while a CUDA graph is captured: the eager forward before the capture checked it)
+        if "mask_checked" not in self.scratch and not capturing_graph(mask):
             if not bool((image == image[..., :1]).all()):
                 raise NotImplementedError("an attention mask that differs between image tokens cannot be used "
                                           "with region-adaptive sampling")

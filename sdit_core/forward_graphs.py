@@ -5,6 +5,12 @@ At batch 1 and low ratios a sparse forward is bound by the CPU launching the mod
 the GPU (docs/BENCHMARKS.md): ComfyUI's Flux launches about 5,300 kernels per forward whatever the
 token count. A CUDA graph records those launches once and replays them with one call.
 
+What is graphed is a method an adapter marks: the whole token-sparse part of the forward where one
+method spans it (Flux, SD3), else each layer (Lumina 2 / Z-Image, whose sparse part starts inside
+`patchify_and_embed`): one graph per layer, each writing its own layer's K/V, keyed by where it sits.
+Static buffers are the stream's, shared by every graph of the same signature (replays run one at a
+time and copy their inputs in first), so graphing 30 layers does not hold 30 copies of the hidden state.
+
 A replayed forward may depend only on
 - its static input buffers: every tensor argument of the graphed method, copied in before a replay;
 - the static index buffer: the forward's active rows of the image sequence (`ForwardCall`);
@@ -31,6 +37,11 @@ import torch
 ENV_FLAG = "SDIT_CUDA_GRAPHS"
 # Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
 PASSTHROUGH = ("transformer_options",)
+
+
+def capturing_graph(tensor: torch.Tensor) -> bool:
+    """Is a CUDA graph being captured on the current stream (host reads of `tensor` would fail)?"""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def graphs_requested() -> bool:
@@ -89,6 +100,7 @@ class _Graph:
     static_args: Dict[str, torch.Tensor]      # argument name -> its static buffer
     static_index: torch.Tensor
     attention_image_rows: List[int]
+    attention_calls: int                      # the forward's attention calls the graph makes
 
 
 class GraphedForwards:
@@ -99,11 +111,15 @@ class GraphedForwards:
         self.enabled = True
         self._graphs: Dict[Hashable, _Graph] = {}
         self._sightings: Counter = Counter()
+        # Static buffers by (role, signature), shared by the graphs of this stream: graphs replay one
+        # at a time and each copies its inputs in first, so the layers of a per-layer forward need
+        # one set of inputs and one output between them, not one per layer.
+        self._buffers: Dict[Hashable, torch.Tensor] = {}
         self.replays = 0                        # forwards replayed from a graph (for benchmarks)
         self.captures = 0
 
-    def key(self, call, arguments: Dict[str, Any]) -> Optional[Hashable]:
-        """The graph key of this forward, or None when it cannot be graphed."""
+    def key(self, call, arguments: Dict[str, Any], site: str = "") -> Optional[Hashable]:
+        """The graph key of this forward (of the part of it at `site`), or None when it cannot be graphed."""
         try:
             args = tuple((name, _signature(value)) for name, value in arguments.items() if name not in PASSTHROUGH)
         except TypeError:
@@ -111,11 +127,15 @@ class GraphedForwards:
         index = call.image_index_now()
         if index is None:
             return None
-        return args, tuple(index.shape), index.device, call.shared_index, call.stream.kv.generation
+        return (site, call.attention_calls, args, tuple(index.shape), index.device, call.shared_index,
+                call.stream.kv.generation)
 
-    def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor]) -> torch.Tensor:
-        """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay."""
-        key = self.key(call, arguments) if self.enabled else None
+    def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor],
+            site: str = "") -> torch.Tensor:
+        """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay.
+        `site` names the graphed part of the forward: the whole token-sparse part (Flux, SD3), or one
+        layer of it (Lumina 2: a graph per layer, each writing its own layer's K/V)."""
+        key = self.key(call, arguments, site) if self.enabled else None
         if key is None:
             return forward(arguments)
         graph = self._graphs.get(key)
@@ -124,6 +144,7 @@ class GraphedForwards:
             if self._sightings[key] < 2:
                 return forward(arguments)
             recorded_before = len(call.record.attention_image_rows)
+            attention_before = call.attention_calls
             try:
                 graph = self._capture(key, call, arguments, forward)
             except RuntimeError as error:       # CUDA refused an operation (an interrupt still propagates)
@@ -131,27 +152,46 @@ class GraphedForwards:
                 self.enabled = False
                 del call.record.attention_image_rows[recorded_before:]
                 call.forget_derived()           # what the failed capture derived is not to be trusted
+                call.attention_calls = attention_before
                 return forward(arguments)
         for name, buffer in graph.static_args.items():
             buffer.copy_(arguments[name])
         graph.static_index.copy_(call.image_index_now())
+        first_layer = call.attention_calls
         graph.replay()
         self.replays += 1
         call.record.attention_image_rows.extend(graph.attention_image_rows)
+        call.attention_calls = first_layer + graph.attention_calls
         return graph.output.clone()
 
+    def _buffer(self, role: str, like: torch.Tensor) -> torch.Tensor:
+        """The stream's static buffer for `role` and `like`'s signature, holding `like`'s values."""
+        key = (role, _signature(like))
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty_like(like)
+        return self._buffers[key].copy_(like)
+
+    def _shared_output(self, output: torch.Tensor) -> torch.Tensor:
+        key = ("output", _signature(output))
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty_like(output)
+        return self._buffers[key]
+
     def _capture(self, key, call, arguments, forward) -> _Graph:
-        static_args = {name: value.clone() for name, value in arguments.items()
+        static_args = {name: self._buffer("argument " + name, value) for name, value in arguments.items()
                        if torch.is_tensor(value) and name not in PASSTHROUGH}
-        static_index = call.image_index_now().clone()
-        call.use_static_index(static_index)
+        static_index = self._buffer("index", call.image_index_now())
         capture_arguments = dict(arguments, **static_args)
         recorded: List[int] = []
+        first_layer = call.attention_calls
+        made = [0]                              # attention calls the graphed part makes
 
         def body() -> torch.Tensor:
             # Runs once, at capture, as this call. (A stand-in backend that replays by running it
             # again still sees only the capture's call and buffers, as a CUDA graph does.)
+            call.use_static_index(static_index)  # this graph's own index buffer (one graph per layer: several)
             call.forget_derived()               # recomputed from the static buffers, inside the graph
+            call.attention_calls = first_layer  # each run of the body writes the same layers' K/V
             rows = call.record.attention_image_rows
             start, current = len(rows), call.run.current
             call.run.current = call
@@ -161,10 +201,14 @@ class GraphedForwards:
                 call.run.current = current
             recorded[:] = rows[start:]          # what a replay adds to its call's record
             del rows[start:]
-            return output
+            made[0] = call.attention_calls - first_layer
+            # into the stream's shared output buffer (allocated in the graphs' pool at the first capture
+            # and kept), so the output the capture allocated goes back to the pool
+            return self._shared_output(output).copy_(output)
 
         replay, output = self.backend.capture(body)
-        graph = _Graph(replay, output, static_args, static_index, recorded)
+        call.attention_calls = first_layer      # the replay that follows the capture moves it on
+        graph = _Graph(replay, output, static_args, static_index, recorded, made[0])
         self._graphs[key] = graph
         self.captures += 1
         return graph

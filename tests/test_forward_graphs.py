@@ -98,8 +98,13 @@ BACKENDS = [pytest.param(ReplayByRerun, id="stand-in"),
                 not on_gpu, reason="CUDA graphs need a GPU: SDIT_TESTS_ON_GPU=1 on a GPU machine"))]
 
 
+# graphed parts of one forward: Flux and SD3 the whole sparse part; Lumina 2 / Z-Image each of their
+# 2 noise-refiner and 2 joint layers
+GRAPHS_PER_FORWARD = {"flux": 1, "sd3": 1, "lumina2": 4, "zimage": 4}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", sorted(GRAPHS_PER_FORWARD))
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image-sets", "shared-set"])
 def test_replayed_forwards_equal_eager_ones(family, shared, backend):
     model = FAMILIES[family].build(seed=2)
@@ -112,10 +117,29 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
     else:   # the same kernels; cuBLAS may pick another algorithm on the capture stream
         assert (graphed - eager).abs().max().item() <= 1e-4 * eager.abs().max().item()
     # first sparse forward eager (warm-up), second captured, then replayed: 4 replays of 5 sparse forwards
-    assert [b.captures for b in backends] == [1]
-    assert backends[0].replays == 4
+    graphs = GRAPHS_PER_FORWARD[family]
+    assert [b.captures for b in backends] == [graphs]
+    assert backends[0].replays == 4 * graphs
     assert ([c.attention_image_rows for e in graphed_run.evals for c in e.calls]
             == [c.attention_image_rows for e in eager_run.evals for c in e.calls])
+
+
+def test_layer_graphs_share_their_static_buffers(monkeypatch):
+    """Lumina 2 graphs each layer; the layers of one signature share the stream's input, index and output
+    buffers (one set per token count, not one per layer: these are as wide as the hidden state)."""
+    graphs = []
+    capture = forward_graphs.GraphedForwards._capture
+
+    def keeping(self, *args):
+        graphs.append(capture(self, *args))
+        return graphs[-1]
+    monkeypatch.setattr(forward_graphs.GraphedForwards, "_capture", keeping)
+    model = FAMILIES["lumina2"].build(seed=2)
+    sample(model, "lumina2", plans_for("lumina2", shared=True), collecting([]))
+    joint = graphs[-2:]                        # the two joint layers ([caption | image] rows)
+    assert joint[0].static_args["x"] is joint[1].static_args["x"]
+    assert joint[0].output is joint[1].output and joint[0].static_index is joint[1].static_index
+    assert len({id(g.static_args["x"]) for g in graphs}) == 2      # noise refiner (image rows), joint layers
 
 
 def test_a_forward_reading_a_non_static_index_is_caught(monkeypatch):

@@ -128,3 +128,16 @@ def test_the_pack_adds_no_host_sync_per_layer(family):
     # per forward: none, but HunyuanVideo's check of which comes first, text or video (one or two
     # torch.equal, by the ComfyUI version's order)
     assert deep <= (2 if family == "hunyuan_video" else 0), ops_deep
+
+
+def test_segmentation_reads_back_only_its_convergence_checks_and_the_region_count():
+    """SDiT segments every step: Quickshift has no data-dependent shapes; the contiguity pass reads back
+    once per few rounds (converged?) and once for the region count (torch.unique)."""
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment_batch
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 32, 32, 8, generator=g).cumsum(1).cumsum(2) * 0.05      # smooth: a few regions
+    with SyncCounter() as counter:
+        labels = segment_batch(features, QuickshiftParams(kernel_size=2.0, max_dist=6.0, ratio=4.0))
+    assert 1 < int(labels.max()) < 32 * 32 // 4
+    assert counter.ops.count("aten::_unique2") == 1
+    assert set(counter.ops) <= {"aten::_unique2", "aten::equal"}, counter.ops

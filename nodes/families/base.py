@@ -13,8 +13,9 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     While a forward of the engine is open, `before(call, arguments)` edits the arguments (bound by the
     method's own signature, whatever wraps it) and `after(call, result)` maps the result; otherwise the
     method runs unchanged. It calls through to whatever was installed before (another node's patch).
-    `graph`: the method is the whole token-sparse part of the forward (between gather and scatter), so
-    its sparse calls may be replayed from CUDA graphs when the run has them on (forward_graphs.py)."""
+    `graph`: the method's sparse calls may be replayed from CUDA graphs when the run has them on
+    (forward_graphs.py): the method is the whole token-sparse part of the forward (between gather and
+    scatter), or one layer of it that reads nothing but its arguments, the index and the K/V cache."""
     owner_path, name = path.rsplit(".", 1)
     owner = patcher.get_model_object(owner_path)
     original = unwrap_ours(patcher.get_model_object(path))
@@ -31,7 +32,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
             def forward(arguments):
                 rebound = inspect.BoundArguments(signature, dict(arguments))
                 return original(*rebound.args, **rebound.kwargs)
-            result = call.stream.graphs.run(call, dict(bound.arguments), forward)
+            result = call.stream.graphs.run(call, dict(bound.arguments), forward, site=path)
         else:
             result = original(*bound.args, **bound.kwargs)
         return after(call, result) if after is not None else result

@@ -7,6 +7,7 @@ The adapter hooks layers, never that function's code:
 - the first noise-refiner layer gathers the image tokens (grid tokens; padding tokens always run)
   and, like every later layer, the image part of its RoPE frequencies;
 - `unpatchify` scatters the image part of the final layer's output back to the full grid.
+Each layer's sparse calls may replay from a CUDA graph of that layer (forward_graphs.py).
 Attention before the first gather (the caption refiner) passes through untouched.
 
 What differs between ComfyUI versions is read off the call, never assumed: RoPE frequencies may be
@@ -39,11 +40,12 @@ class LuminaFamily(FamilyAdapter):
         diffusion_model = patcher.model.diffusion_model
         if len(diffusion_model.noise_refiner) == 0:
             raise ValueError("Lumina 2 model without noise-refiner layers is not supported")
+        # no method spans the sparse part alone (it starts inside patchify_and_embed): a graph per layer
         for i in range(len(diffusion_model.noise_refiner)):
             patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
-                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs)
+                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
         for i in range(len(diffusion_model.layers)):
-            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs)
+            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs, graph=True)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
 
 

@@ -17,19 +17,19 @@ def split_disconnected(labels: torch.Tensor, max_rounds: int = 10_000, batch_dim
     flat = labels.reshape(-1)
     comp = torch.arange(n, device=labels.device)
     idx = comp.view(shape)
-    # pairs of neighbours along each axis with equal labels
+    # every pair of neighbours along each axis, both ways; only pairs with equal labels connect (kept
+    # as a mask, not selected: selecting has a data-dependent size, a host sync on the GPU)
     pairs = []
     for axis in range(batch_dims, len(shape)):
-        a = idx.narrow(axis, 0, shape[axis] - 1).reshape(-1)
-        b = idx.narrow(axis, 1, shape[axis] - 1).reshape(-1)
-        same = flat[a] == flat[b]
-        pairs.append((a[same], b[same]))
+        pairs.append((idx.narrow(axis, 0, shape[axis] - 1).reshape(-1), idx.narrow(axis, 1, shape[axis] - 1).reshape(-1)))
     src = torch.cat([p[0] for p in pairs] + [p[1] for p in pairs])
     dst = torch.cat([p[1] for p in pairs] + [p[0] for p in pairs])
+    connected = flat[src] == flat[dst]
     for _ in range(0, max_rounds, ROUNDS_PER_CHECK):
         previous = comp
         for _ in range(ROUNDS_PER_CHECK):      # converged rounds change nothing, so check only now and then
-            neighbour_min = comp.clone().scatter_reduce_(0, dst, comp[src], reduce="amin")
+            offered = torch.where(connected, comp[src], n)      # across a region border: nothing
+            neighbour_min = comp.clone().scatter_reduce_(0, dst, offered, reduce="amin")
             comp = torch.minimum(comp, neighbour_min)
             comp = comp[comp]                  # shortcut: jump to the representative's representative
         if torch.equal(comp, previous):        # a host sync on the GPU: once per ROUNDS_PER_CHECK rounds
