@@ -7,8 +7,9 @@ sampling vs RAS and SDiT, batch 2 (cond + uncond, CFG), through ComfyUI's own sa
 
 cfg 1 samples the cond pass alone (batch 1), cfg > 1 cond + uncond (batch 2). Per model, resolution,
 cfg, method and ratio: wall time of the whole sampling run and its speedup over full
-sampling; the schedule's FLOP-ideal speedup (every evaluation costs in proportion to the rows that run,
-T + n, so ideal = sum(T + N) / sum(T + n_e) over evaluations, from the REGION_TRACE); achieved / ideal;
+sampling; the schedule's FLOP-ideal speedup (full sampling's FLOPs over the run's, `forward_flops` per
+evaluation from the REGION_TRACE's token counts: for joint attention that is sum(T + N) / sum(T + n_e),
+as sparse queries attend to every key; cross-attention families differ slightly); achieved / ideal;
 peak memory over full sampling next to the K/V cache's own size (attention layers x 2 x rows x
 (T + N) x hidden x bytes); and a per-step breakdown from the profiler's named ranges
 (sdit_core/profiling.py): policy (plan + observe, which includes the segmentation), gather/scatter,
