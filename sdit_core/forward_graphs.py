@@ -20,11 +20,13 @@ Everything derived from these (the joint K/V rows, gathered RoPE) is computed in
 
 Policy: a forward signature (argument shapes, active-set size, index kind, cache generation) seen the
 first time runs eagerly, which also warms up cuBLAS and compiles Triton kernels; the second time it is
-captured, then replayed from then on. On a GPU the token counts lie on a grid (count_grid.py), so
-the default schedules repeat counts: at low ratios a count holds for a few steps and replays from its
-third; a fixed count (RAS with dynamic_ratio off) replays every sparse step after the second. A count
-met once runs eagerly and pays nothing for the graphs. A capture that fails turns graphs off for that
-stream, which then runs eagerly.
+captured, then replayed from then on, if the token policy plans that count for at least MIN_USES more
+evaluations (a capture costs about three eager forwards, a replay saves a fraction of one; RAS with
+`dynamic_ratio` off plans one count for every sparse step; counts that follow the image, as SDiT's, are
+never captured). The default dynamic
+schedules hold a count for 2-3 steps even on the token grid (count_grid.py): too few to repay a capture,
+so they run eagerly. A count met once runs eagerly and pays nothing for the graphs. A capture that fails
+turns graphs off for that stream, which then runs eagerly.
 """
 import logging
 import os
@@ -35,6 +37,13 @@ from typing import Any, Callable, Dict, Hashable, List, Optional
 import torch
 
 ENV_FLAG = "SDIT_CUDA_GRAPHS"
+# A count is captured only when the policy plans it for at least this many more evaluations. From the
+# H200 runs (docs/BENCHMARKS.md, Flux-dev 1024², 0.125): the forward that captures costs ~130 ms more
+# than an eager one at batch 1 (~200 ms at batch 2: the warm-up, the recording with the GPU idle,
+# instantiation), a replay saves ~9 ms of 45 at batch 1 (~3-8 ms at batch 2), so a capture pays after
+# ~15 replays: 17 uses with the eager first sighting and the capture itself.
+MIN_USES_FLAG = "SDIT_GRAPH_MIN_USES"
+MIN_USES = 17
 # Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
 PASSTHROUGH = ("transformer_options",)
 
@@ -42,6 +51,10 @@ PASSTHROUGH = ("transformer_options",)
 def capturing_graph(tensor: torch.Tensor) -> bool:
     """Is a CUDA graph being captured on the current stream (host reads of `tensor` would fail)?"""
     return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def min_uses() -> int:
+    return int(os.environ.get(MIN_USES_FLAG, MIN_USES))
 
 
 def graphs_requested() -> bool:
@@ -141,7 +154,7 @@ class GraphedForwards:
         graph = self._graphs.get(key)
         if graph is None:
             self._sightings[key] += 1
-            if self._sightings[key] < 2:
+            if self._sightings[key] < 2 or not self._capture_pays(call):
                 return forward(arguments)
             recorded_before = len(call.record.attention_image_rows)
             attention_before = call.attention_calls
@@ -163,6 +176,12 @@ class GraphedForwards:
         call.record.attention_image_rows.extend(graph.attention_image_rows)
         call.attention_calls = first_layer + graph.attention_calls
         return graph.output.clone()
+
+    @staticmethod
+    def _capture_pays(call) -> bool:
+        """Will this count come back often enough to repay a capture? Only the policy knows its plan."""
+        uses = call.run.policy.planned_uses(call.info, int(call.grid_index.shape[1]))
+        return uses is not None and uses >= min_uses()
 
     def _buffer(self, role: str, like: torch.Tensor) -> torch.Tensor:
         """The stream's static buffer for `role` and `like`'s signature, holding `like`'s values."""

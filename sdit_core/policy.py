@@ -55,6 +55,12 @@ class TokenPolicy:
         """Active image tokens for this evaluation: (batch, n) token indices, or None for a dense step."""
         return None
 
+    def planned_uses(self, info: EvalInfo, count: int) -> Optional[int]:
+        """How many evaluations of the run, this one included, the policy plans with `count` active
+        tokens per image; None when it cannot tell (counts that follow the image). A CUDA graph is
+        captured only for a count that comes back often enough to pay for its capture (forward_graphs.py)."""
+        return None
+
     def inactive_output(self, stream: Hashable, info: EvalInfo, last_output: torch.Tensor) -> torch.Tensor:
         """Token-space model output (rows, tokens, channels) that inactive tokens take this evaluation."""
         return last_output
@@ -76,3 +82,6 @@ class FixedPlanPolicy(TokenPolicy):
 
     def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
         return self.plans[info.index] if info.index < len(self.plans) else None
+
+    def planned_uses(self, info: EvalInfo, count: int) -> Optional[int]:
+        return sum(1 for p in self.plans[info.index:] if p is not None and p.shape[1] == count)

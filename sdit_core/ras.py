@@ -98,6 +98,14 @@ class RASPolicy(TokenPolicy):
         self.drop_count += dropped.int()
         return active
 
+    def planned_uses(self, info: EvalInfo, count: int) -> Optional[int]:
+        """Sparse steps from this one on whose schedule count is `count` (one evaluation per step: a
+        multi-stage sampler's extra evaluations only add uses, so this never overstates them)."""
+        if self._schedule is None:
+            return None
+        return sum(1 for step, n in self._schedule.counts.items()
+                   if step >= info.step and self.budget(n, info.num_tokens) == count)
+
     def observe(self, step: StepOutput) -> None:
         """Scores tokens from this evaluation's post-CFG output for the next evaluation."""
         output = noise_prediction(step.x, step.denoised, step.sigma)      # the model-output space (Eq. 1's N)

@@ -5,7 +5,7 @@ import torch
 
 from comfyui_sdit.nodes.region_patch import patch_region_adaptive
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core import count_grid as grid_module
+from comfyui_sdit.sdit_core import count_grid as grid_module, forward_graphs
 from comfyui_sdit.sdit_core.count_grid import count_grid, round_up_count
 from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy
 from comfyui_sdit.sdit_core.ratio_schedule import dynamic_counts, on_count_grid
@@ -70,11 +70,17 @@ def test_padded_tokens_are_computed_exactly(monkeypatch):
     assert slot.last_run.evals[1].calls[0].image_tokens == 8
 
 
-@pytest.mark.parametrize("grid,replayed", [(1, False), (32, True)])
-def test_a_grid_lets_the_default_ras_schedule_replay_graphs(monkeypatch, grid, replayed):
+@pytest.mark.parametrize("grid,min_uses,replayed", [(1, "1", False), (32, "1", True), (32, None, False)])
+def test_a_grid_lets_the_default_ras_schedule_replay_graphs(monkeypatch, grid, min_uses, replayed):
     """RAS's dynamic ratio changes the count every sparse step: no count repeats, so no forward is
-    replayed from a graph; on a grid the counts repeat and most sparse forwards replay."""
+    replayed from a graph; on a grid the counts repeat and most sparse forwards replay, when graphs are
+    captured for any repeated count. By default a count must come back often enough to repay its capture
+    (forward_graphs.MIN_USES), which a dynamic schedule's counts do not."""
     monkeypatch.setenv(grid_module.ENV_FLAG, str(grid))
+    if min_uses is None:
+        monkeypatch.delenv(forward_graphs.MIN_USES_FLAG, raising=False)
+    else:
+        monkeypatch.setenv(forward_graphs.MIN_USES_FLAG, min_uses)
     spec = FAMILIES["flux"]
     backends = []
 
@@ -92,8 +98,10 @@ def test_a_grid_lets_the_default_ras_schedule_replay_graphs(monkeypatch, grid, r
     assert counts == list(schedule.values()), "RAS's schedule is on the grid: the engine pads nothing"
     if replayed:
         assert len(set(counts)) <= 4 and backends[0].replays >= 14 - 2 * len(set(counts))
-    else:
+    elif grid == 1:
         assert len(set(counts)) == len(counts) and backends[0].replays == 0
+    else:
+        assert max(counts.count(c) for c in counts) < forward_graphs.MIN_USES and backends[0].captures == 0
 
 
 def test_schedules_on_the_grid_keep_their_shape_and_total():

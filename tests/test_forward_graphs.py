@@ -23,6 +23,13 @@ from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import FAMILIES, ksample, random_active
 
 
+@pytest.fixture(autouse=True)
+def capture_any_repeated_count(monkeypatch):
+    """These tests check what a replay computes, on plans of a few evaluations: capture every count
+    that comes back (by default only one planned often enough to repay a capture is)."""
+    monkeypatch.setenv(forward_graphs.MIN_USES_FLAG, "1")
+
+
 class ReplayByRerun:
     """Graph backend stand-in: capture runs the body once; replay runs it again and copies the result
     into the static output (what a CUDA graph's replay leaves in the captured output tensor)."""
@@ -271,3 +278,53 @@ def test_forwards_stay_eager_on_multigpu_threads():
     backends = []
     sample(model, "flux", plans_for("flux"), collecting(backends))
     assert backends[0].captures == 0
+
+
+@pytest.mark.parametrize("sparse_evals,captured", [(5, False), (forward_graphs.MIN_USES + 1, True)])
+def test_a_count_is_captured_only_when_planned_often_enough(monkeypatch, sparse_evals, captured):
+    """By default a count is captured only if the policy plans it for MIN_USES more evaluations (a
+    capture costs about three eager forwards on an H200; a replay saves a fraction of one)."""
+    monkeypatch.delenv(forward_graphs.MIN_USES_FLAG)
+    model = FAMILIES["flux"].build(seed=2)
+    tokens = FAMILIES["flux"].tokens(16, 16)
+    active = random_active(2, tokens, tokens // 4, seed=1).sort(dim=1).values
+    plans = [None] + [active] * sparse_evals
+    backends = []
+    eager, _ = sample(model, "flux", plans, steps=len(plans))
+    graphed, _ = sample(model, "flux", plans, collecting(backends), steps=len(plans))
+    assert torch.equal(graphed, eager)
+    # at the second sighting sparse_evals - 1 evaluations remain at that count, this one included
+    assert backends[0].captures == (1 if captured else 0)
+    assert backends[0].replays == (sparse_evals - 1 if captured else 0)
+
+
+def test_a_policy_that_cannot_tell_its_counts_never_captures():
+    """SDiT's counts follow the image: it cannot say how often one comes back, so nothing is captured."""
+    from comfyui_sdit.sdit_core.policy import TokenPolicy
+    model = FAMILIES["flux"].build(seed=2)
+    plans = plans_for("flux", shared=True)
+
+    class Unplanned(TokenPolicy):
+        def plan(self, info):
+            return plans[info.index] if info.index < len(plans) else None
+    backends = []
+    patched, _ = apply_token_sparse(model, lambda run: Unplanned(), node="test", graph_backend=collecting(backends))
+    spec = FAMILIES["flux"]
+    ksample(patched, spec.latent(2, 16, 16), seed=5, steps=6, cfg=3.0, positive=spec.positive(), negative=spec.negative())
+    assert backends[0].captures == 0
+
+
+def test_ras_plans_its_counts():
+    """RAS knows its schedule: a static ratio plans one count for every sparse step, a dynamic one each
+    count for a few steps."""
+    from comfyui_sdit.sdit_core.policy import EvalInfo
+    from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy
+    for dynamic, most in ((False, 22), (True, 3)):
+        policy = RASPolicy(RASConfig(sample_ratio=0.125, dynamic_ratio=dynamic), 2)
+        info = EvalInfo(index=0, step=0, steps=28, sigma=1.0, grid=(64, 64), batch=1, count_grid=64)
+        assert policy.planned_uses(info, 512) is None            # no schedule before the first plan
+        policy.plan(info)
+        counts = set(policy._schedule.counts.values())
+        assert max(policy.planned_uses(info, c) for c in counts) == most
+        late = EvalInfo(index=20, step=20, steps=28, sigma=0.3, grid=(64, 64), batch=1, count_grid=64)
+        assert sum(policy.planned_uses(late, c) for c in counts) == sum(1 for s in policy._schedule.counts if s >= 20)
