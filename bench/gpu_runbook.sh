@@ -10,6 +10,7 @@
 #   graphs1024 Flux-dev 1024² RAS at 0.125, static vs dynamic ratio: what graphs give end to end (~2 min)
 #   grid1024   Flux-dev 1024² RAS and SDiT at 0.125, timed on a new seed: token grid 64 (default) vs off (~6 min)
 #   grid128    the same at 0.125 with a grid of 128 tokens (whole 128-row GEMM tiles with a 256-token prompt) (~3 min)
+#   lumina0125 Lumina 2 at 1024², 0.125, static RAS (per-layer graphs captured) vs dynamic (eager) (~3 min)
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
@@ -62,6 +63,9 @@ for part in "$@"; do
     grid128)         # does a coarser grid pay? counts at odd multiples of 64 leave half a GEMM tile idle
       timeout 280 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.125 --cuda-graphs \
         --profile-ratios --fresh-seed --token-grid 128 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    lumina0125)      # Lumina's per-layer CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
+      timeout 280 python3 bench/speed.py --models lumina2 --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
+        --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
       timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
