@@ -93,6 +93,18 @@ def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "la
             f"use an image size that is a multiple of {8 * patch_size} pixels")
 
 
+def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size: int, node: str) -> None:
+    """Before a sampler node samples: the latent fits the model, and neither prompt carries what the
+    model's adapter refuses (e.g. a reference latent before a video's tokens)."""
+    check_latent(latent_image, patch_size, node, video=adapter.video)
+    for input_name, conditioning in (("positive", positive), ("negative", negative)):
+        for entry in conditioning or []:
+            values = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict) else {}
+            reason = adapter.refused_conditioning(model.model.diffusion_model, values)
+            if reason:
+                raise SDiTInputError(node, input_name, reason)
+
+
 # sample_ratio's range, the same in every node (its widget's min and max, and the error's words)
 RATIO_MIN, RATIO_MAX = 0.01, 1.0
 

@@ -8,7 +8,7 @@ from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
 from .region_patch import patch_region_adaptive
-from .sampling import (CATEGORY, RATIO_MAX, RATIO_MIN, MethodOptions, check_kv_cache, check_latent,
+from .sampling import (CATEGORY, RATIO_MAX, RATIO_MIN, MethodOptions, check_kv_cache, check_sampler_inputs,
                        check_no_moved_inputs, check_range, check_ratio, ksampler_inputs, kv_cache_input, options_input,
                        options_values, run_ksampler)
 
@@ -167,7 +167,7 @@ class SDiTSampler:
         config, kv_cache = sdit_config(node, sample_ratio, options)
         adapter = adapter_for(model, node)
         patch_size = adapter.patch_size(model.model.diffusion_model)
-        check_latent(latent_image, patch_size, node, video=adapter.video)
+        check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size, node)
         patched, slot = patch_sdit(model, config, node, unique_id, kv_cache)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it

@@ -321,3 +321,28 @@ def test_wan_reference_latent_before_the_video_is_refused():
     # without a reference latent the same model samples sparsely
     dense, sparse, plain, _ = wan_dense_sparse_plain(model, x, 20, context=kwargs["context"])
     assert (sparse - plain).abs().max().item() <= TOL
+
+
+def test_reference_latents_before_the_video_are_refused_before_sampling():
+    """Wan Fun's reference latent and HunyuanVideo's `ref_latent` reach the model through the prompt: the
+    sampler nodes name the input before anything is sampled."""
+    import comfy.supported_models
+    from sdit_testkit import TINY_WAN
+    wan_fun = build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, in_dim_ref_conv=16), seed=15)
+    reference = torch.zeros(1, 16, 1, HEIGHT, WIDTH)
+    cases = [(wan_fun, conds(), dict(positive=text_conditioning(1, 7, reference_latents=[reference])), "positive",
+              "Wan with a reference latent"),
+             (tiny_hunyuan_video(seed=16), hunyuan_conds(), dict(negative=hunyuan_conds(ref_latent=reference)["negative"]),
+              "negative", "HunyuanVideo with a reference latent")]
+    for model, prompts, refused, input_name, message in cases:
+        a = dict(ras_args(steps=2), **dict(prompts, **refused))
+        with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input '{input_name}': {message}"):
+            ras_sample(model, latent_image={"samples": video_latent()}, **a)
+        values = sdit_defaults(sample_ratio=0.3)
+        with pytest.raises(SDiTInputError, match=rf"SDiT Sampler: input '{input_name}': {message}"):
+            sdit_sample(model, 1, 2, 1.0, "euler", "simple", a["positive"], a["negative"], {"samples": video_latent()},
+                        1.0, **values)
+    # the same prompt without the reference samples (a model without ref_conv ignores reference_latents)
+    out, _ = ras_sample(tiny_wan(seed=15), latent_image={"samples": video_latent()},
+                        **dict(ras_args(steps=2), **conds(reference_latents=[reference])))
+    assert torch.isfinite(out["samples"]).all()

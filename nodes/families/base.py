@@ -149,3 +149,9 @@ class FamilyAdapter:
     def install(self, patcher, slot) -> None:
         """Adds the object patches that gather image tokens and scatter the output."""
         raise NotImplementedError
+
+    def refused_conditioning(self, diffusion_model, values: dict) -> Optional[str]:
+        """Why a conditioning entry's values (its dict) cannot be sampled region-adaptively with this
+        model, or None. The sampler nodes ask before sampling; the adapter's patches still refuse at
+        the first forward what reaches the model another way (a Model Patch node under KSampler)."""
+        return None

@@ -55,10 +55,16 @@ class HunyuanVideoFamily(FamilyAdapter):
                      after=lambda call, out: call.scatter(out))
 
 
+    def refused_conditioning(self, diffusion_model, values: dict):
+        return REFERENCE if values.get("ref_latent") is not None else None
+
+
+REFERENCE = "HunyuanVideo with a reference latent is not supported by region-adaptive sampling; sample it with KSampler"
+
+
 def _prepare(call, arguments) -> None:
     if arguments.get("ref_latent") is not None:
-        raise NotImplementedError("HunyuanVideo with a reference latent is not supported by region-adaptive "
-                                  "sampling; sample it with KSampler")
+        raise NotImplementedError(REFERENCE)
     arguments["img_ids"] = call.scratch["img_ids"] = call.gather(arguments["img_ids"])
     arguments["control"] = gather_control(call, arguments.get("control"))
 

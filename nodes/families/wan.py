@@ -48,10 +48,20 @@ class WanFamily(FamilyAdapter):
             patch_module_forward(patcher, slot, "diffusion_model.ref_conv", before=_refuse_leading_reference)
 
 
+    def refused_conditioning(self, diffusion_model, values: dict):
+        # ComfyUI hands `reference_latents` to a model with ref_conv as its leading reference latent
+        if getattr(diffusion_model, "ref_conv", None) is not None and values.get("reference_latents") is not None:
+            return LEADING_REFERENCE
+        return None
+
+
+LEADING_REFERENCE = ("Wan with a reference latent (ref_conv, e.g. Wan Fun) is not supported by region-adaptive "
+                     "sampling; sample it with KSampler")
+
+
 def _refuse_leading_reference(call, reference):
     # its tokens precede the video's in the sequence, where the engine keeps nothing but the grid
-    raise NotImplementedError("Wan with a reference latent (ref_conv, e.g. Wan Fun) is not supported by "
-                              "region-adaptive sampling; sample it with KSampler")
+    raise NotImplementedError(LEADING_REFERENCE)
 
 
 def _gather_tokens(call, arguments) -> None:
