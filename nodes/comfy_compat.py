@@ -18,6 +18,14 @@ def on_multigpu_thread(transformer_options: dict) -> bool:
     return transformer_options.get("multigpu_thread_device") is not None
 
 
+def takes_reference_latents(diffusion_model) -> bool:
+    """Does this model's forward take reference latents (`ref_latents`: newer ComfyUI's Lumina 2 /
+    Z-Image Omni), which ComfyUI fills from a prompt's `reference_latents`? Older ones ignore them."""
+    import inspect
+    forward = getattr(type(diffusion_model), "_forward", None)
+    return forward is not None and "ref_latents" in inspect.signature(forward).parameters
+
+
 def sampler_name(sampler) -> str:
     """The k-diffusion name of a KSAMPLER ("euler_ancestral", "lcm", ...), read off its function
     ("sample_euler_ancestral"); '' when it cannot be told."""

@@ -148,3 +148,21 @@ def test_lumina_subclass_with_its_own_forward_is_not_matched():
     plain = types.SimpleNamespace(model=types.SimpleNamespace(
         diffusion_model=object.__new__(comfy.ldm.lumina.model.NextDiT)))
     assert adapter_for(plain, "SDiT Sampler").names == ("Lumina 2", "Z-Image")
+
+
+def test_z_image_omni_references_are_refused_before_sampling():
+    """Where the model takes reference latents (newer ComfyUI's Z-Image Omni), a prompt carrying them is
+    refused by the sampler node, naming the input; where it ignores them (older ComfyUI), it samples."""
+    from comfyui_sdit.nodes.comfy_compat import takes_reference_latents
+    from sdit_testkit import text_conditioning
+    spec = FAMILIES["zimage"]
+    model = spec.build(seed=32)
+    latent = {"samples": spec.latent(1, 8, 8)}
+    positive = text_conditioning(1, 7, reference_latents=[torch.zeros(1, 16, 8, 8)])
+    common = (4, 3, 1.0, "euler", "simple", positive, spec.negative(), latent, 1.0)
+    if takes_reference_latents(model.model.diffusion_model):
+        with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'positive': .*Omni.*not supported"):
+            ras_sample(model, *common, **ras_values())
+    else:
+        out, _ = ras_sample(model, *common, **ras_values())
+        assert torch.isfinite(out["samples"]).all()

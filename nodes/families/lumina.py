@@ -17,6 +17,7 @@ part as "everything before the image rows that ran".
 """
 import torch
 
+from ..comfy_compat import takes_reference_latents
 from .base import FamilyAdapter, gathered_freqs, patch_method
 
 
@@ -49,12 +50,21 @@ class LuminaFamily(FamilyAdapter):
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
 
 
+    def refused_conditioning(self, diffusion_model, values: dict):
+        if values.get("reference_latents") is not None and takes_reference_latents(diffusion_model):
+            return OMNI
+        return None
+
+
+OMNI = ("Lumina 2 / Z-Image with reference images (Omni) is not supported by region-adaptive sampling; "
+        "sample it with KSampler")
+
+
 def _gather_tokens_and_freqs(call, arguments) -> None:
     """First noise-refiner layer: the image tokens (and their padding mask, if any) enter sparse here."""
     if arguments.get("timestep_zero_index") is not None:
         # Z-Image Omni (reference images): their tokens precede the image's in this sequence
-        raise NotImplementedError("Lumina 2 / Z-Image with reference images (Omni) is not supported by "
-                                  "region-adaptive sampling; sample it with KSampler")
+        raise NotImplementedError(OMNI)
     arguments["x"] = call.gather(arguments["x"])           # dense: unchanged, but counted
     if arguments.get("x_mask") is not None and not call.dense:
         arguments["x_mask"] = call.gather(arguments["x_mask"])
