@@ -21,12 +21,11 @@ Everything derived from these (the joint K/V rows, gathered RoPE) is computed in
 Policy: a forward signature (argument shapes, active-set size, index kind, cache generation) seen the
 first time runs eagerly, which also warms up cuBLAS and compiles Triton kernels; the second time it is
 captured, then replayed from then on, if the token policy plans that count for at least MIN_USES more
-evaluations (a capture costs about three eager forwards, a replay saves a fraction of one; RAS with
-`dynamic_ratio` off plans one count for every sparse step; counts that follow the image, as SDiT's, are
-never captured). The default dynamic
-schedules hold a count for 2-3 steps even on the token grid (count_grid.py): too few to repay a capture,
-so they run eagerly. A count met once runs eagerly and pays nothing for the graphs. A capture that fails
-turns graphs off for that stream, which then runs eagerly.
+evaluations: a capture costs about three eager forwards, a replay saves a fraction of one. RAS with
+`dynamic_ratio` off plans one count for every sparse step; the default dynamic schedules hold a count for
+2-3 steps even on the token grid (count_grid.py), too few to repay a capture, so they run eagerly, as do
+policies whose counts follow the image (SDiT). A capture that fails turns graphs off for that stream,
+which then runs eagerly.
 """
 import logging
 import os
