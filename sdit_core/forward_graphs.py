@@ -189,12 +189,6 @@ class GraphedForwards:
             self._buffers[key] = torch.empty_like(like)
         return self._buffers[key].copy_(like)
 
-    def _shared_output(self, output: torch.Tensor) -> torch.Tensor:
-        key = ("output", _signature(output))
-        if key not in self._buffers:
-            self._buffers[key] = torch.empty_like(output)
-        return self._buffers[key]
-
     def _capture(self, key, call, arguments, forward) -> _Graph:
         static_args = {name: self._buffer("argument " + name, value) for name, value in arguments.items()
                        if torch.is_tensor(value) and name not in PASSTHROUGH}
@@ -222,7 +216,7 @@ class GraphedForwards:
             made[0] = call.attention_calls - first_layer
             # into the stream's shared output buffer (allocated in the graphs' pool at the first capture
             # and kept), so the output the capture allocated goes back to the pool
-            return self._shared_output(output).copy_(output)
+            return self._buffer("output", output)
 
         replay, output = self.backend.capture(body)
         call.attention_calls = first_layer      # the replay that follows the capture moves it on

@@ -4,6 +4,7 @@ Every supported family (tests/sdit_testkit.py FAMILIES). Flux runs cond and unco
 (one stream); Chroma gets prompts of different lengths, which ComfyUI runs as separate calls (two
 streams per evaluation)."""
 import contextlib
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from comfyui_sdit.sdit_core.tokens import index_to_mask
+from comfyui_sdit.sdit_core.tokens import index_to_mask, token_grid
 from sdit_testkit import FAMILIES, flux_conditioning, ksample, random_active, sample_with, tiny_flux
 
 TOL = 1e-5
@@ -235,9 +236,9 @@ def test_controlnet_residuals_and_reference_tokens_are_gathered():
             - plain).abs().max().item() > 1e-3
 
 
-def _dense_sparse_plain(model, x, sigma, n_active, patch_size=2, **kwargs):
+def dense_sparse_plain(model, x, sigma, n_active, patch_size=2, **kwargs):
     """One dense then one sparse forward through the engine on the same input, and the plain forward."""
-    grid = (x.shape[-2] // patch_size) * (x.shape[-1] // patch_size)
+    grid = math.prod(token_grid(x.shape, patch_size))          # (frames x) rows x cols
     patched, slot, policy = patch(model, [None, random_active(x.shape[0], grid, n_active, seed=4)])
     run = SparseRun(policy, x.shape, patch_size=patch_size)
     slot.run = run
@@ -258,7 +259,7 @@ def test_sd3_controlnet_residuals_are_gathered():
     tokens = 4 * 6
     control = {"output": [0.1 * torch.randn(1, tokens, 128, generator=g), None]}
     kwargs = dict(context=torch.randn(1, 5, 32, generator=g), y=torch.randn(1, 32, generator=g), control=control)
-    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     assert run.evals[1].calls[0].attention_image_rows == [10] * 3
     no_control = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
@@ -274,7 +275,7 @@ def test_qwen_image_reference_latents_and_controlnet_residuals():
     control = {"input": [0.1 * torch.randn(1, tokens, 64, generator=g)]}
     kwargs = dict(context=torch.randn(1, 5, 32, generator=g), ref_latents=[torch.randn(1, 16, 1, 8, 8, generator=g)],
                   control=control)
-    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     # the sparse forward ran 10 grid tokens plus every reference token through both blocks
     assert run.evals[1].calls[0].attention_image_rows == [10 + reference_tokens] * 2
@@ -300,7 +301,7 @@ def test_flux2_reference_tokens_that_take_timestep_zero():
     x = torch.randn(1, 128, 6, 8, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g), guidance=torch.tensor([3.5]),
                   ref_latents=[torch.randn(1, 128, 4, 4, generator=g)], ref_latents_method="index_timestep_zero")
-    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 20, patch_size=1, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 20, patch_size=1, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     assert run.evals[1].calls[0].attention_image_rows == [20 + 16] * 4
     other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
@@ -318,7 +319,7 @@ def test_qwen_image_edit_references_that_take_timestep_zero():
     x = torch.randn(1, 16, 1, 8, 12, generator=g)
     kwargs = dict(context=torch.randn(1, 5, 32, generator=g), ref_latents=[torch.randn(1, 16, 1, 8, 8, generator=g)],
                   ref_latents_method="index_timestep_zero")
-    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     other = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
                                         **dict(kwargs, ref_latents_method="index"))
@@ -334,5 +335,5 @@ def test_qwen_image_prompt_attention_mask(batch):
     x = torch.randn(batch, 16, 1, 8, 12, generator=g)
     mask = torch.tensor([[1, 1, 1, 0, 0]]).expand(batch, -1)
     kwargs = dict(context=torch.randn(batch, 5, 32, generator=g), attention_mask=mask)
-    dense, sparse, plain, run = _dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL

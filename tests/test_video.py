@@ -13,6 +13,7 @@ from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
 from sdit_testkit import (build_tiny, ksample, random_active, ras_model_patch, ras_sample, sample_with, sdit_model_patch,
                           sdit_sample, text_conditioning, tiny_hunyuan_video, tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
+from test_engine_exactness import dense_sparse_plain
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
 
@@ -258,23 +259,6 @@ def test_hunyuan_token_replace_modulates_the_first_frame_apart(cfg):
     assert (plain - replaced).abs().max().item() > 1e-4, "the replacement matters"
 
 
-def wan_dense_sparse_plain(model, x, n_active, **kwargs):
-    """One dense then one sparse forward of a Wan model through the engine on the same input, and the
-    plain forward (the sparse one keeps the dense output on the tokens it skips, so all three agree)."""
-    from test_engine_exactness import engine_forward, patch
-    sigma = 0.6
-    patched, slot, policy = patch(model, [None, random_active(x.shape[0], TOKENS, n_active, seed=4)])
-    run = SparseRun(policy, x.shape, patch_size=2)
-    slot.run = run
-    try:
-        with engine_forward(patched, run, sigma) as forward:
-            dense, sparse = forward(x, **kwargs), forward(x, **kwargs)
-    finally:
-        slot.run = None
-    plain = model.model.diffusion_model(x, torch.full((x.shape[0],), sigma), transformer_options={}, **kwargs)
-    return dense, sparse, plain, run
-
-
 def test_wan_phantom_subject_frames_run_on_every_step():
     """Wan Phantom concatenates its subject images in time after the video's frames: their tokens follow
     the grid and run on every sparse step, as Flux Kontext's references do."""
@@ -283,7 +267,7 @@ def test_wan_phantom_subject_frames_run_on_every_step():
     x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
     subject = torch.randn(1, 16, 2, HEIGHT, WIDTH, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g), time_dim_concat=subject)
-    dense, sparse, plain, run = wan_dense_sparse_plain(model, x, 20, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 20, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     subject_tokens = 2 * (HEIGHT // 2) * (WIDTH // 2)
     assert run.evals[1].calls[0].attention_image_rows == [20 + subject_tokens] * 2
@@ -303,7 +287,7 @@ def test_wan_in_context_latents_run_on_every_step():
     x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g),
                   context_latents=[torch.randn(1, 16, 1, HEIGHT, 8, generator=g)])
-    dense, sparse, plain, run = wan_dense_sparse_plain(model, x, 20, **kwargs)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 20, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
     assert run.evals[1].calls[0].attention_image_rows == [20 + (HEIGHT // 2) * 4] * 2
 
@@ -317,9 +301,9 @@ def test_wan_reference_latent_before_the_video_is_refused():
     x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g), reference_latent=torch.randn(1, 16, HEIGHT, WIDTH, generator=g))
     with pytest.raises(NotImplementedError, match="reference latent.*not supported.*KSampler"):
-        wan_dense_sparse_plain(model, x, 20, **kwargs)
+        dense_sparse_plain(model, x, 0.6, 20, **kwargs)
     # without a reference latent the same model samples sparsely
-    dense, sparse, plain, _ = wan_dense_sparse_plain(model, x, 20, context=kwargs["context"])
+    dense, sparse, plain, _ = dense_sparse_plain(model, x, 0.6, 20, context=kwargs["context"])
     assert (sparse - plain).abs().max().item() <= TOL
 
 
