@@ -40,7 +40,8 @@ ENV_FLAG = "SDIT_CUDA_GRAPHS"
 # H200 runs (docs/BENCHMARKS.md, Flux-dev 1024², 0.125): the forward that captures costs ~130 ms more
 # than an eager one at batch 1 (~200 ms at batch 2: the warm-up, the recording with the GPU idle,
 # instantiation), a replay saves ~9 ms of 45 at batch 1 (~3-8 ms at batch 2), so a capture pays after
-# ~15 replays: 17 uses with the eager first sighting and the capture itself.
+# ~15 replays: 17 uses with the eager first sighting and the capture itself. (The warm-up, one forward
+# of that, now runs once per process: to be measured again, runbook part `graphs1024`.)
 MIN_USES_FLAG = "SDIT_GRAPH_MIN_USES"
 MIN_USES = 17
 # Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
@@ -66,7 +67,6 @@ class CudaGraphBackend:
 
     def __init__(self):
         self._pool = None
-        self._warmed_up = False
 
     def supports(self, tensor: torch.Tensor) -> bool:
         return tensor.is_cuda
@@ -76,21 +76,31 @@ class CudaGraphBackend:
         caller replays once to compute the first output."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        if not self._warmed_up:
-            # PyTorch's recipe: one warm-up on a side stream before capturing (lazy per-stream state
-            # such as cuBLAS workspaces must not be created during capture). Once per run is enough:
-            # the key's first sighting already ran eagerly, and each warm-up costs a whole forward.
-            # Its K/V writes repeat the eager ones.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                body()
-            torch.cuda.current_stream().wait_stream(side)
-            self._warmed_up = True
+        stream = _capture_stream(body)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
             output = body()
         return graph.replay, output
+
+
+# The stream every capture of the process runs on, per device. Lazy per-stream state (cuBLAS handles
+# and workspaces) must not be created during a capture, so PyTorch's recipe warms up first, on the
+# stream that then captures (a warm-up on another stream leaves the capture stream cold). One warm-up
+# per process, not per run: each costs a whole forward, and a key's first sighting already ran eagerly
+# (plans and Triton kernels exist); its K/V writes repeat the eager ones.
+_CAPTURE_STREAMS: Dict[int, Any] = {}
+
+
+def _capture_stream(warm_up: Callable[[], Any]):
+    device = torch.cuda.current_device()
+    if device not in _CAPTURE_STREAMS:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            warm_up()
+        torch.cuda.current_stream().wait_stream(stream)
+        _CAPTURE_STREAMS[device] = stream          # kept only once warm
+    return _CAPTURE_STREAMS[device]
 
 
 def default_backend():
