@@ -6,7 +6,8 @@
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
-#   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 and 1, CUDA graphs     (~3 min)
+#   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 (batch 2), CUDA graphs  (~5 min)
+#   speed1024b the same at cfg 1 (batch 1): one call each (both in one ran past 10 minutes)   (~4 min)
 #   graphs1024 Flux-dev 1024² RAS at 0.125, static vs dynamic ratio: what graphs give end to end (~2 min)
 #   grid1024   Flux-dev 1024² RAS and SDiT at 0.125, timed on a new seed: token grid 64 (default) vs off (~6 min)
 #   grid128    the same at 0.125 with a grid of 128 tokens (whole 128-row GEMM tiles with a 256-token prompt) (~3 min)
@@ -19,6 +20,9 @@
 #              one model per call: VIDEO_MODEL=hunyuan-video for the second)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
+# Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
+#   1. check graphs1024 grid128   2. grid1024   3. speed1024 video480q   4. speed1024b lumina0125
+#   then video480 (one call per VIDEO_MODEL), models1024, speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/whl/*.whl || exit 1
@@ -49,8 +53,9 @@ for part in "$@"; do
         timeout 150 python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 3 --warmup 2 \
           --kv-cache "$cache" --json "$out/agreement_${cache// /_}_$day.json" 2>&1 | tee -a "$out/agreement.log"
       done ;;
-    speed1024)
-      python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --cuda-graphs \
+    speed1024|speed1024b)
+      cfg=3.5; [ "$part" = speed1024b ] && cfg=1
+      timeout 570 python3 bench/speed.py --models flux-dev --res 1024 --cfg $cfg --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     graphs1024)      # what CUDA graphs give end to end: one token count (static RAS) vs the default schedules
       timeout 200 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
