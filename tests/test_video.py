@@ -140,18 +140,21 @@ def test_per_frame_timesteps_of_wan22_ti2v():
     assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
 
 
-def phantom_conds():
-    """Wan Phantom: subject images concatenated in time after the video's frames (both prompts)."""
+def phantom_conds(negative_too: bool = True):
+    """Wan Phantom: subject images concatenated in time after the video's frames. With a plain negative
+    the two prompts have different token counts: ComfyUI runs them apart (two streams)."""
     subject = torch.randn(1, 16, 2, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(10))
-    return conds(time_dim_concat=subject)
+    prompts = conds(time_dim_concat=subject)
+    return prompts if negative_too else dict(prompts, negative=conds()["negative"])
 
 
-@pytest.mark.parametrize("family", ["wan", "wan-phantom", "hunyuan"])
+@pytest.mark.parametrize("family", ["wan", "wan-phantom", "wan-phantom-plain-negative", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):
     model = (tiny_hunyuan_video if family == "hunyuan" else tiny_wan)(seed=7)
     latent = {"samples": video_latent(2)}
-    make_conds = {"wan": conds, "wan-phantom": phantom_conds, "hunyuan": hunyuan_conds}[family]
+    make_conds = {"wan": conds, "wan-phantom": phantom_conds, "hunyuan": hunyuan_conds,
+                  "wan-phantom-plain-negative": lambda: phantom_conds(negative_too=False)}[family]
     a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **make_conds())
     before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
                                            latent)[0]["samples"]
