@@ -1,4 +1,6 @@
-"""Triton kernel of kernels.kv_write: one program per (batch*head, block of source rows)."""
+"""Triton kernel of kernels.kv_write: one program per (batch*head, block of source rows, block of
+channels). Channels come in blocks of at most 128: layouts that hand over a whole row as channels
+(SD3's (B, L, H*D), Wan's 5120) would otherwise put thousands of them in one program."""
 import triton
 import triton.language as tl
 
@@ -12,7 +14,7 @@ def _kv_write_kernel(src_k, src_v, dst_k, dst_v, rows, heads, length, dim,
     b = bh // heads
     h = bh % heads
     offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     in_l = offs_l < length
     mask = in_l[:, None] & (offs_d[None, :] < dim)
     dest = tl.load(rows + b * rows_b + offs_l, mask=in_l, other=0)
@@ -22,14 +24,17 @@ def _kv_write_kernel(src_k, src_v, dst_k, dst_v, rows, heads, length, dim,
     tl.store(dst_v + b * dv_b + h * dv_h + dest[:, None] * dv_l + offs_d[None, :] * dv_d, value, mask=mask)
 
 
+MAX_BLOCK_D = 128
+
+
 def kv_write_triton(cache_k, cache_v, k, v, rows, seq_dim: int) -> None:
     if seq_dim == 1:   # (B, L, ...) -> (B, 1, L, C): SD3 hands V over as (B, L, H, D), K as (B, L, H*D)
         k, v = (t.reshape(t.shape[0], 1, t.shape[1], -1) for t in (k, v))
         cache_k, cache_v = (t.view(t.shape[0], 1, t.shape[1], -1) for t in (cache_k, cache_v))   # in place
     batch, heads, length, dim = k.shape
     block_l = 32
-    block_d = triton.next_power_of_2(dim)
-    grid = (batch * heads, triton.cdiv(length, block_l))
+    block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
+    grid = (batch * heads, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
     _kv_write_kernel[grid](k, v, cache_k, cache_v, rows, heads, length, dim,
                            *k.stride(), *v.stride(), *cache_k.stride(), *cache_v.stride(), rows.stride(0),
                            BLOCK_L=block_l, BLOCK_D=block_d)

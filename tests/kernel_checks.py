@@ -22,7 +22,8 @@ def check_kv_write(device: str) -> None:
     ref = load("kv_cache", REPO_ROOT / "sdit_core" / "kv_cache.py")
     g = torch.Generator().manual_seed(0)
     for layout, (batch, heads, total, dim, text, n) in [("BHLD", (2, 3, 40, 16, 5, 11)), ("BHLD", (1, 2, 70, 24, 0, 70)),
-                                                        ("BLC", (2, 1, 33, 48, 4, 9)), ("BLHD", (2, 3, 33, 16, 4, 9))]:
+                                                        ("BLC", (2, 1, 33, 48, 4, 9)), ("BLHD", (2, 3, 33, 16, 4, 9)),
+                                                        ("BLC", (2, 1, 20, 300, 3, 6))]:   # channels in 3 blocks
         for shared in (False, True):
             rows = [torch.cat([torch.arange(text), text + torch.randperm(total - text, generator=g)[:n]])
                     for _ in range(batch)]
