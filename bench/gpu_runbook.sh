@@ -2,7 +2,7 @@
 # The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
 # (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
-#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128²)  (~1 min)
+#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128², video) (~2 min)
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
@@ -43,6 +43,10 @@ for part in "$@"; do
       for grid in 64 128; do
         python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \
           --json "$out/segmentation_cuda_${grid}_$day.json" 2>&1 | tee -a "$out/check.log"
+      done
+      for video in "21 30 52" "21 45 80"; do       # Wan 480p and 720p x 81 frames: SDiT's 3-D Quickshift
+        timeout 120 python3 bench/segmentation.py --device cuda --video $video \
+          --json "$out/segmentation_cuda_video_${video// /x}_$day.json" 2>&1 | tee -a "$out/check.log"
       done ;;
     forward)
       python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --json "$out/forward_eager_$day.json" 2>&1 | tee "$out/forward.log"

@@ -3,6 +3,7 @@
     python bench/segmentation.py                      # CPU (all three backends)
     python bench/segmentation.py --device cuda        # GPU timing of the torch backend
     python bench/segmentation.py --backends torch --batch 2   # + a batch of 2 in one pass vs one by one
+    python bench/segmentation.py --device cuda --video 21 30 52   # a 480p x 81-frame Wan video's grid
 
 Features are what SDiT segments: the token descriptors [x_pred || eps] (32 channels, standardised)
 of a synthetic latent with a smooth background, a few objects and white noise. Agreement is the adjusted Rand index (ARI) of each backend
@@ -63,10 +64,14 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=None, help="default: every backend")
     parser.add_argument("--batch", type=int, default=1,
                         help="torch backend: also time segment_batch on this many images against a loop")
+    parser.add_argument("--video", type=int, nargs=3, metavar=("FRAMES", "ROWS", "COLS"), default=None,
+                        help="time the torch backend on one video's token grid instead (3-D Quickshift)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     import_comfyui(cpu=args.device == "cpu")
     load_pack()
+    if args.video:
+        return time_video(args)
     from comfyui_sdit.sdit_core import segmentation as seg
     from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index as ari
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
@@ -106,6 +111,32 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def video_features(frames: int, rows: int, cols: int) -> torch.Tensor:
+    """(T, rows, cols, 32): one synthetic frame's descriptors drifting a little from frame to frame."""
+    frame = synthetic_features(0, max(rows, cols))[:rows, :cols]
+    g = torch.Generator().manual_seed(1)
+    drift = 0.02 * torch.randn(frames, rows, cols, frame.shape[-1], generator=g).cumsum(0)
+    return frame[None] + drift
+
+
+def time_video(args) -> None:
+    from comfyui_sdit.sdit_core import segmentation as seg
+    from comfyui_sdit.sdit_core.sdit import SDiTConfig
+    config = SDiTConfig()
+    features = video_features(*args.video).to(args.device)
+    labels = seg.segment(features, config.quickshift(), "torch", config.frame_scale)
+    ms = time_call(lambda: seg.segment(features, config.quickshift(), "torch", config.frame_scale), args.device,
+                   min(args.repeats, 5))
+    row = {"backend": "torch", "device": args.device, "grid": list(args.video), "ms": round(ms, 1),
+           "regions": int(labels.max()) + 1, "frame_scale": config.frame_scale}
+    print(json.dumps(row))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"rows": [row], "params": vars(config.quickshift()),
+                                                       "torch": torch.__version__,
+                                                       "gpu": torch.cuda.get_device_name() if args.device == "cuda"
+                                                       else None}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

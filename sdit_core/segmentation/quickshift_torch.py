@@ -20,14 +20,16 @@ def _window(x: torch.Tensor, half: int, pad_value: float) -> torch.Tensor:
     return F.unfold(padded, 2 * half + 1).view(b, c, (2 * half + 1) ** 2, h * w)
 
 
-def _window_sq_dist(x: torch.Tensor, half: int, unfold: bool = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, O, H*W): squared feature distance of every pixel to each pixel of its window
-    (zero padding outside the grid; callers mask those). On the GPU one unfold is fastest; on the CPU
-    the unfolded (B, C, O, HW) tensor is memory-bound and a loop over the window offsets is ~10x faster."""
+def _window_sq_dist(x: torch.Tensor, half: int, unfold: bool = None, around: torch.Tensor = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, O, H*W): squared feature distance of every pixel of x to each pixel of the
+    window around it in `around` (default: x itself; a video's neighbouring frames otherwise), zero
+    padding outside the grid (callers mask those). On the GPU one unfold is fastest; on the CPU the
+    unfolded (B, C, O, HW) tensor is memory-bound and a loop over the window offsets is ~10x faster."""
     b, c, h, w = x.shape
+    around = x if around is None else around
     if unfold if unfold is not None else x.device.type != "cpu":
-        return ((_window(x, half, 0.0) - x.view(b, c, 1, h * w)) ** 2).sum(1)
-    padded = F.pad(x, (half, half, half, half))
+        return ((_window(around, half, 0.0) - x.view(b, c, 1, h * w)) ** 2).sum(1)
+    padded = F.pad(around, (half, half, half, half))
     k = 2 * half + 1
     out = torch.empty(b, k * k, h * w, dtype=x.dtype)
     for o in range(k * k):

@@ -4,55 +4,80 @@ coordinate, scaled by `frame_scale` (the distance, in tokens, between one frame 
     d^2 = |ratio (f_i - f_j)|^2 + (frame_scale dt)^2 + dy^2 + dx^2
 
 over the window |dy|, |dx| <= ceil(3 kernel_size), |dt| <= ceil(3 kernel_size / frame_scale); density,
-parents and roots as the 2-D backend computes them. One pass per window offset over shifted copies of
-the grid (works on any device; the window has (2 w + 1)^2 (2 w_t + 1) offsets).
+parents and roots as the 2-D backend computes them. Per frame offset dt, every (dy, dx) of the window
+at once (the 2-D backend's window distances, the frames as a batch, in chunks that bound the memory):
+on a GPU a handful of kernels per dt instead of a dozen per window offset (a 480p Wan video's window
+has 2,197 offsets); on the CPU a loop over (dy, dx), as the 2-D backend does there.
+Ties go to the first offset in (dt, dy, dx) order, as one pass over the offsets in that order would.
 """
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import QuickshiftParams
+from .quickshift_torch import _window, _window_sq_dist
+
+CHUNK_ELEMENTS = 1 << 25           # unfolded window elements per chunk of frames (128 MiB in float32)
 
 
-def _shifted(x: torch.Tensor, dt: int, dy: int, dx: int, fill: float) -> torch.Tensor:
-    """x (..., T, H, W) -> y with y[t, r, c] = x[t + dt, r + dy, c + dx], `fill` outside the grid."""
-    t, h, w = x.shape[-3:]
-    pt, py, px = abs(dt), abs(dy), abs(dx)
-    padded = F.pad(x, (px, px, py, py, pt, pt), value=fill)
-    return padded[..., pt + dt: pt + dt + t, py + dy: py + dy + h, px + dx: px + dx + w]
+def _frames(t: int, dt: int) -> torch.Tensor:
+    """The frames f whose neighbour f + dt is in the video."""
+    return torch.arange(max(0, -dt), min(t, t - dt))
 
 
-def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_scale: float) -> torch.Tensor:
+def _window_terms(x: torch.Tensor, density: torch.Tensor, src: torch.Tensor, dt: int, half: int, frame_term: float,
+                  unfold: bool = None):
+    """For frames `src` of x (T, F, H, W) against the windows of frames src + dt, in chunks of frames:
+    yields (frames, d2 (n, O, HW) with the window's position terms, the window's densities (n, O, HW),
+    -inf outside the grid). `unfold`: as the 2-D backend's (default: on the GPU)."""
+    t, f, h, w = x.shape
+    offsets = torch.arange(-half, half + 1, device=x.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    position = (dy * dy + dx * dx).reshape(-1, 1).to(x.dtype) + frame_term                  # (O, 1)
+    per_frame = f * (2 * half + 1) ** 2 * h * w
+    step = max(1, CHUNK_ELEMENTS // per_frame)
+    for start in range(0, len(src), step):
+        frames = src[start: start + step].to(x.device)
+        near = frames + dt
+        d2 = _window_sq_dist(x[frames], half, unfold, around=x[near]) + position          # (n, O, HW)
+        neighbour_density = _window(density[near].view(len(frames), 1, h, w), half, float("-inf"))[:, 0]
+        yield frames, d2, neighbour_density
+
+
+def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
+                     unfold: bool = None) -> torch.Tensor:
     """features (T, H, W, F) -> labels (T, H, W)."""
     t, h, w, _ = features.shape
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
-    x = (features.to(dtype) * params.ratio).permute(3, 0, 1, 2).contiguous()            # (F, T, H, W)
+    x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()               # (T, F, H, W)
     half = int(math.ceil(3 * params.kernel_size))
     half_t = min(t - 1, int(math.ceil(3 * params.kernel_size / max(frame_scale, 1e-6))))
-    offsets = [(dt, dy, dx) for dt in range(-half_t, half_t + 1)
-               for dy in range(-half, half + 1) for dx in range(-half, half + 1)]
-    inside_grid = torch.ones(1, t, h, w, dtype=dtype, device=x.device)
-    n = t * h * w
+    inside = _window(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), half, 0.0)[0, 0] > 0   # (O, HW)
     gamma = -0.5 / params.kernel_size ** 2
-    noise = np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h, w))
-    density = torch.from_numpy(noise).to(x.device, dtype)
-    d2s = []
-    for dt, dy, dx in offsets:
-        d2 = ((_shifted(x, dt, dy, dx, 0.0) - x) ** 2).sum(0) + (frame_scale * dt) ** 2 + dy * dy + dx * dx
-        inside = _shifted(inside_grid, dt, dy, dx, 0.0)[0] > 0
-        density = density + torch.where(inside, torch.exp(d2 * gamma), torch.zeros_like(d2))
-        d2s.append(torch.where(inside, d2, torch.full_like(d2, math.inf)))
-    index = torch.arange(n, device=x.device).view(t, h, w)
-    closest = torch.full((t, h, w), math.inf, dtype=dtype, device=x.device)
+    noise = np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h * w))
+    density = torch.from_numpy(noise).to(x.device, dtype)                                  # (T, HW)
+    zero = torch.zeros((), dtype=dtype, device=x.device)
+    for dt in range(-half_t, half_t + 1):
+        src = _frames(t, dt)
+        for frames, d2, _ in _window_terms(x, density, src, dt, half, (frame_scale * dt) ** 2, unfold):
+            density[frames] += torch.where(inside, torch.exp(d2 * gamma), zero).sum(1)
+    # parents: the nearest denser token of the window, over the frame offsets in order
+    index = torch.arange(t * h * w, device=x.device).view(t, h * w)
+    linear = (torch.arange(-half, half + 1, device=x.device).view(-1, 1) * w
+              + torch.arange(-half, half + 1, device=x.device).view(1, -1)).reshape(-1)        # (O,)
+    closest = torch.full((t, h * w), math.inf, dtype=dtype, device=x.device)
     parent = index.clone()
-    for (dt, dy, dx), d2 in zip(offsets, d2s):
-        denser = _shifted(density[None], dt, dy, dx, -math.inf)[0] > density
-        better = denser & (d2 < closest)
-        closest = torch.where(better, d2, closest)
-        parent = torch.where(better, index + (dt * h + dy) * w + dx, parent)
+    for dt in range(-half_t, half_t + 1):
+        src = _frames(t, dt)
+        for frames, d2, neighbour_density in _window_terms(x, density, src, dt, half, (frame_scale * dt) ** 2,
+                                                           unfold):
+            denser = inside & (neighbour_density > density[frames][:, None])
+            nearest, best = torch.where(denser, d2, math.inf).min(1)                       # first of equals
+            better = nearest < closest[frames]
+            closest[frames] = torch.where(better, nearest, closest[frames])
+            parent[frames] = torch.where(better, index[frames] + dt * h * w + linear[best], parent[frames])
     parent = torch.where(closest <= params.max_dist ** 2, parent, index).reshape(-1)
-    for _ in range(max(1, math.ceil(math.log2(n))) + 1):
+    for _ in range(max(1, math.ceil(math.log2(t * h * w))) + 1):
         parent = parent[parent]
     return torch.unique(parent, return_inverse=True)[1].view(t, h, w)
