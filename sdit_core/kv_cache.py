@@ -37,6 +37,19 @@ def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: in
 RowWriter = Callable[..., None]
 
 
+class KVCacheOutOfMemory(torch.OutOfMemoryError):
+    """The K/V cache does not fit in memory (still an out-of-memory error, so ComfyUI frees its models
+    as it does after any): says how big the cache is and what makes it smaller."""
+
+
+def _stored_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().clone()
+
+
+def _size(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
 class _Fp8Layer:
     """One layer's K or V in float8 with its per-(row, channel) scale, kept as uint8 bits so any row
     writer (index_copy_, the Triton kernel) can write it. Arithmetic stays in the model's dtype: no
@@ -80,17 +93,25 @@ class JointKVCache:
     def store_dense(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, seq_dim: int = 1) -> None:
         """A dense step refreshes the whole layer cache (reusing its buffers when shapes match)."""
         k, v = k.detach(), v.detach()       # a cache never holds an autograd graph (some samplers leave it on)
-        if self.fp8:
-            self._fp8[layer] = (_Fp8Layer(k, seq_dim), _Fp8Layer(v, seq_dim))
-            self.generation += 1
-            return
-        entry = self._layers.get(layer)
-        if entry is not None and entry[0].shape == k.shape and entry[0].dtype == k.dtype and entry[0].device == k.device:
-            entry[0].copy_(k)
-            entry[1].copy_(v)
-        else:
-            self._layers[layer] = (k.contiguous().clone(), v.contiguous().clone())
-            self.generation += 1
+        try:
+            if self.fp8:
+                self._fp8[layer] = (_Fp8Layer(k, seq_dim), _Fp8Layer(v, seq_dim))
+                self.generation += 1
+                return
+            entry = self._layers.get(layer)
+            if entry is not None and entry[0].shape == k.shape and entry[0].dtype == k.dtype and entry[0].device == k.device:
+                entry[0].copy_(k)
+                entry[1].copy_(v)
+            else:
+                self._layers[layer] = (_stored_copy(k), _stored_copy(v))
+                self.generation += 1
+        except torch.OutOfMemoryError as error:
+            per_layer = (k.numel() + v.numel()) * (1 if self.fp8 else k.element_size())     # fp8: a byte a value
+            raise KVCacheOutOfMemory(
+                f"region-adaptive sampling keeps every attention layer's keys and values of every token (the K/V "
+                f"cache): {_size(self.nbytes())} held for {len(self)} layers, and the next layer's "
+                f"{_size(per_layer)} did not fit in memory. Use the kv_cache input's fp8_e4m3 (half the size), a "
+                f"smaller image or fewer frames, or sample with KSampler") from error
 
     def write_sparse(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,
                      seq_dim: int, shared: bool) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -83,3 +83,25 @@ def test_sampling_with_an_fp8_cache_stays_close_to_dense_on_active_tokens():
     dense, sparse = run_dense_then_sparse(model, "fp8_e4m3")
     error = ((sparse - dense).norm() / dense.norm()).item()
     assert 0 < error < 3e-2                                    # H200, Flux-dev size: 1.2e-2 (BENCHMARKS)
+
+
+def test_a_cache_that_does_not_fit_says_how_big_it_is(monkeypatch):
+    """Out of memory while the first dense step fills the cache: an out-of-memory error (ComfyUI frees
+    its models after one) that says what the cache holds and what makes it smaller."""
+    from comfyui_sdit.sdit_core import kv_cache
+    stored = []
+
+    def copy_until_full(t):
+        if len(stored) == 4:                   # two layers of K and V fit, the third does not
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        stored.append(t)
+        return t.contiguous().clone()
+    monkeypatch.setattr(kv_cache, "_stored_copy", copy_until_full)
+    cache = kv_cache.JointKVCache()
+    k = torch.zeros(1, 1024, 256, dtype=torch.float16)         # 0.5 MiB each for K and V
+    cache.store_dense(0, k, k)
+    cache.store_dense(1, k, k)
+    with pytest.raises(kv_cache.KVCacheOutOfMemory, match=r"2\.0 MiB held for 2 layers, and the next layer's 1\.0 MiB did not fit.*fp8_e4m3.*KSampler") as caught:
+        cache.store_dense(2, k, k)
+    assert isinstance(caught.value, torch.OutOfMemoryError)
+    assert len(cache) == 2
