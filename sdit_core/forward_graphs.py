@@ -157,7 +157,9 @@ class GraphedForwards:
         """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay.
         `site` names the graphed part of the forward: the whole token-sparse part (Flux, SD3), or one
         layer of it (Lumina 2: a graph per layer, each writing its own layer's K/V)."""
-        key = self.key(call, arguments, site) if self.enabled else None
+        if not self.enabled or (not self._graphs and not self._capture_pays(call)):
+            return forward(arguments)          # nothing captured, nothing worth capturing: no key to compute
+        key = self.key(call, arguments, site)
         if key is None:
             return forward(arguments)
         graph = self._graphs.get(key)
@@ -188,9 +190,12 @@ class GraphedForwards:
 
     @staticmethod
     def _capture_pays(call) -> bool:
-        """Will this count come back often enough to repay a capture? Only the policy knows its plan."""
-        uses = call.run.policy.planned_uses(call.info, int(call.grid_index.shape[1]))
-        return uses is not None and uses >= min_uses()
+        """Will this count come back often enough to repay a capture? Only the policy knows its plan.
+        Asked once per forward (a forward graphed layer by layer asks at every layer)."""
+        if "capture pays" not in call.scratch:
+            uses = call.run.policy.planned_uses(call.info, int(call.grid_index.shape[1]))
+            call.scratch["capture pays"] = uses is not None and uses >= min_uses()
+        return call.scratch["capture pays"]
 
     def _buffer(self, role: str, like: torch.Tensor) -> torch.Tensor:
         """The stream's static buffer for `role` and `like`'s signature, holding `like`'s values."""
