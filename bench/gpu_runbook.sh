@@ -8,7 +8,7 @@
 #              active-token error vs dense                                        (~3 min)
 #   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 (batch 2), CUDA graphs  (~5 min)
 #   speed1024b the same at cfg 1 (batch 1): one call each (both in one ran past 10 minutes)   (~4 min)
-#   graphs1024 Flux-dev 1024² RAS at 0.125, static vs dynamic ratio: what graphs give end to end (~2 min)
+#   graphs1024 Flux-dev 1024² RAS at 0.125: static captured vs static eager vs dynamic: what graphs give end to end (~4 min)
 #   grid1024   Flux-dev 1024² RAS and SDiT at 0.125, timed on a new seed: token grid 64 (default) vs off (~6 min)
 #   grid128    the same at 0.125 with a grid of 128 tokens (whole 128-row GEMM tiles with a 256-token prompt) (~3 min)
 #   lumina0125 Lumina 2 at 1024², 0.125, static RAS (per-layer graphs captured) vs dynamic (eager) (~3 min)
@@ -61,9 +61,12 @@ for part in "$@"; do
       cfg=3.5; [ "$part" = speed1024b ] && cfg=1
       timeout 570 python3 bench/speed.py --models flux-dev --res 1024 --cfg $cfg --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
-    graphs1024)      # what CUDA graphs give end to end: one token count (static RAS) vs the default schedules
+    graphs1024)      # what CUDA graphs give end to end: static RAS captured (default rule) and eager, and the dynamic schedule
       timeout 200 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
-        --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+        --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log"
+      SDIT_GRAPH_MIN_USES=1000000 timeout 150 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 \
+        --methods RAS-static --ratios 0.125 --cuda-graphs --profile-ratios --json "$out/${part}_eager_$day.json" 2>&1 \
+        | tee -a "$out/$part.log" ;;
     grid1024)        # what the token-count grid gives a user's next seed (new counts cost attention plans)
       for grid in 64 1; do
         timeout 280 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.125 --cuda-graphs \
