@@ -18,6 +18,8 @@
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
 #   video480   Wan 2.1 14B and HunyuanVideo, 480p x 81 frames, cfg 5 (batch 2), 28 steps, RAS and SDiT  (~2 x 10 min:
 #              one model per call: VIDEO_MODEL=hunyuan-video for the second)
+#   video720q  Wan 2.1 14B, 720p x 81 frames, cfg 5 (batch 2), 8 steps, static RAS 0.125, fp8 K/V cache: the
+#              bf16 cache alone would be 115 GiB at batch 2, too much beside the weights on 141 GiB   (~6 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
@@ -93,6 +95,10 @@ for part in "$@"; do
     video480)
       timeout 570 python3 bench/speed.py --models "${VIDEO_MODEL:-wan21-14b}" --res 480 --frames 81 --cfg 5 --text 512 \
         --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    video720q)
+      timeout 570 python3 bench/speed.py --models "${VIDEO_MODEL:-wan21-14b}" --res 720 --frames 81 --cfg 5 --steps 8 \
+        --text 512 --methods RAS-static --ratios 0.125 --kv-cache fp8_e4m3 --profile-ratios \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     train)
       python3 bench/train_tiny_dit.py --device cuda --size 512 --hidden 384 --batch 32 --minutes 8 --seed 21 \
         --out "$out/sdit_demo_flux_512.safetensors" 2>&1 | tail -n 60 | tee "$out/train.log" ;;
