@@ -94,6 +94,7 @@ def run(args) -> dict:
     load_pack()
     from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
     from comfyui_sdit.sdit_core.engine import SparseRun
+    from comfyui_sdit.kernels.fp8_dequant import dequantize_fp8
     from comfyui_sdit.kernels.kv_write import kv_write
     from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
     config = MODELS[SIZES[args.size]][1]
@@ -130,7 +131,7 @@ def run(args) -> dict:
                 backend = CudaGraphBackend() if graphed else None
                 patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
                 run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write,
-                                      graph_backend=backend, kv_store=args.kv_cache)
+                                      graph_backend=backend, kv_store=args.kv_cache, dequantize=dequantize_fp8)
                 slot.run = run_state
                 options = patched.model_options["transformer_options"]
                 patched.patch_model(load_weights=False)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import comfy.patcher_extension as patcher_extension
 
+from ..kernels.fp8_dequant import dequantize_fp8
 from ..kernels.kv_write import kv_write
 from ..sdit_core.count_grid import count_grid
 from ..sdit_core.engine import ForwardCall, SparseRun
@@ -73,7 +74,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
-                        kv_store=kv_cache, temporal_patch=temporal_patch)
+                        kv_store=kv_cache, dequantize=dequantize_fp8, temporal_patch=temporal_patch)
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
         run.count_grid = count_grid(getattr(patched.load_device, "type", "cpu"), math.prod(run.grid))
         run.policy = make_policy(run)

@@ -26,7 +26,7 @@ import torch
 
 from .count_grid import round_up_count
 from .forward_graphs import GraphedForwards, capturing_graph
-from .kv_cache import JointKVCache, RowWriter, write_rows_reference
+from .kv_cache import Dequantizer, JointKVCache, RowWriter, dequantize_reference, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
@@ -57,9 +57,9 @@ class EvalRecord:
 
 class Stream:
     def __init__(self, key: Hashable, write_rows: RowWriter = write_rows_reference, graph_backend=None,
-                 kv_store: Optional[str] = None):
+                 kv_store: Optional[str] = None, dequantize: Dequantizer = dequantize_reference):
         self.key = key
-        self.kv = JointKVCache(write_rows, kv_store)
+        self.kv = JointKVCache(write_rows, kv_store, dequantize)
         # captured sparse forwards (forward_graphs.py); None: every forward runs eagerly
         self.graphs = GraphedForwards(graph_backend) if graph_backend is not None else None
         self.last_output: Optional[torch.Tensor] = None
@@ -276,6 +276,7 @@ class SparseRun:
 
     def __init__(self, policy: TokenPolicy, latent_shape: Tuple[int, ...], patch_size: int,
                  write_rows: RowWriter = write_rows_reference, graph_backend=None, kv_store: Optional[str] = None,
+                 dequantize: Dequantizer = dequantize_reference,
                  temporal_patch: int = 1):
         if not is_latent_shape(latent_shape):
             raise ValueError(f"expected a (batch, channels, [frames,] height, width) latent, got shape "
@@ -285,6 +286,7 @@ class SparseRun:
         self.patch_size = int(patch_size)
         self.temporal_patch = int(temporal_patch)
         self.write_rows = write_rows
+        self.dequantize = dequantize    # fp8 K/V cache layers -> the model's dtype (kernels/fp8_dequant.py)
         self.graph_backend = graph_backend
         self.graph_captures = self.graph_replays = 0     # CUDA-graph counts of released streams
         self.dense_only = False         # run every evaluation dense (a sampler the policy cannot follow)
@@ -353,7 +355,8 @@ class SparseRun:
             record = self.evals[-1]
             stream = self.streams.get(key)
             if stream is None:
-                stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store)
+                stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
+                                                    self.dequantize)
         # Dense when planned, when this stream's caches are not complete yet, or when the call does
         # not cover the run's image grid (e.g. area conditioning crops the latent).
         dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)

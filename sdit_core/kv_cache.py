@@ -37,6 +37,15 @@ def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: in
 RowWriter = Callable[..., None]
 
 
+def dequantize_reference(bits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """An fp8 layer (uint8 bits, contiguous) times its scale (the bits' shape with 1 along the sequence),
+    in the scale's dtype (the model's): kernels/fp8_dequant.py does it in one pass on a GPU."""
+    return bits.view(torch.float8_e4m3fn).to(scale.dtype).mul_(scale)
+
+
+Dequantizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class KVCacheOutOfMemory(torch.OutOfMemoryError):
     """The K/V cache does not fit in memory (still an out-of-memory error, so ComfyUI frees its models
     as it does after any): says how big the cache is and what makes it smaller."""
@@ -57,26 +66,28 @@ class _Fp8Layer:
 
     def __init__(self, dense: torch.Tensor, seq_dim: int):
         self.scale = (dense.abs().amax(dim=seq_dim, keepdim=True) / FP8_MAX).clamp_min(1e-12)
-        self.bits = self.quantize(dense)
+        self.bits = self.quantize(dense).contiguous()     # one layout whatever the model's K/V views were
 
     def quantize(self, values: torch.Tensor) -> torch.Tensor:
         # clamp: a value past the dense step's amax would turn into NaN in e4m3
         return (values / self.scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
 
-    def dequantize(self) -> torch.Tensor:
-        return self.bits.view(torch.float8_e4m3fn).to(self.scale.dtype).mul_(self.scale)
+    def dequantize(self, dequantize: Dequantizer) -> torch.Tensor:
+        return dequantize(self.bits, self.scale)
 
     def nbytes(self) -> int:
         return self.bits.numel() + self.scale.numel() * self.scale.element_size()
 
 
 class JointKVCache:
-    def __init__(self, write_rows: RowWriter = write_rows_reference, store: Optional[str] = None) -> None:
+    def __init__(self, write_rows: RowWriter = write_rows_reference, store: Optional[str] = None,
+                 dequantize: Dequantizer = dequantize_reference) -> None:
         if store not in (None,) + STORES:
             raise ValueError(f"K/V cache store '{store}' is not one of {', '.join(STORES)}")
         self._layers: Dict[Hashable, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._fp8: Dict[Hashable, Tuple[_Fp8Layer, _Fp8Layer]] = {}
         self._write_rows = write_rows
+        self._dequantize = dequantize
         self.fp8 = store == "fp8_e4m3"
         self.generation = 0     # bumped when a buffer is (re)allocated: captured graphs hold the old addresses
 
@@ -135,6 +146,6 @@ class JointKVCache:
         if k.shape[seq_dim] != rows.shape[1]:
             raise ValueError(f"layer {layer!r}: sequence of {k.shape[seq_dim]} rows, {rows.shape[1]} expected")
         self._write_rows(cache_k.bits, cache_v.bits, cache_k.quantize(k), cache_v.quantize(v), rows, seq_dim, shared)
-        full_k, full_v = cache_k.dequantize(), cache_v.dequantize()
+        full_k, full_v = cache_k.dequantize(self._dequantize), cache_v.dequantize(self._dequantize)
         self._write_rows(full_k, full_v, k, v, rows, seq_dim, shared)     # the rows that ran stay exact
         return full_k, full_v

@@ -1,5 +1,6 @@
 """Kernel-vs-reference checks; run in a subprocess with TRITON_INTERPRET=1 on the CPU (test_kernels.py),
 or directly on a GPU: `python tests/kernel_checks.py`."""
+import os
 import pathlib
 import sys
 
@@ -57,5 +58,37 @@ def check_kv_write(device: str) -> None:
     print("kv_write ok")
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_fp8_dequant(device: str) -> None:
+    """The fp8 cache layer's one-pass dequantization against the reference, bit for bit: both round the
+    float32 product once to the model's dtype. Flux's (B, H, L, D) and SD3/Wan's (B, L, C) layouts,
+    a single head and a single image (size-1 axes beside the sequence), channels over several blocks."""
+    triton_mod = load("fp8_dequant_triton", REPO_ROOT / "kernels" / "fp8_dequant_triton.py")
+    ref = load("kv_cache", REPO_ROOT / "sdit_core" / "kv_cache.py")
+    g = torch.Generator().manual_seed(1)
+    for shape, seq_dim in (((2, 3, 40, 16), 2), ((2, 37, 300), 1), ((1, 1, 33, 24), 2), ((1, 20, 8), 1)):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            dense = torch.randn(shape, generator=g).to(device, dtype)
+            scale = (dense.abs().amax(dim=seq_dim, keepdim=True) / 448.0).clamp_min(1e-12)
+            bits = (dense / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(torch.uint8).contiguous()
+            expected = ref.dequantize_reference(bits, scale)
+            got = torch.empty(shape, dtype=dtype, device=device)
+            triton_mod.fp8_dequant_triton(bits, scale, got)
+            if INTERPRETED and dtype == torch.bfloat16:
+                # the interpreter truncates float32 -> bfloat16 (a GPU rounds to nearest even): one unit
+                # in the last place at most
+                ulp = torch.finfo(dtype).eps * expected.float().abs().clamp_min(torch.finfo(dtype).tiny)
+                assert ((got.float() - expected.float()).abs() <= ulp).all(), (shape, dtype)
+            else:
+                assert torch.equal(got, expected), (shape, dtype)
+            assert (expected.float() - dense.float()).abs().max() <= 0.07 * dense.float().abs().max()   # e4m3: 3 bits
+    print("fp8_dequant ok")
+
+
 if __name__ == "__main__":
-    check_kv_write("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_kv_write(device)
+    if device == "cpu" or torch.cuda.get_device_capability() >= (8, 9):
+        check_fp8_dequant(device)
