@@ -24,7 +24,8 @@
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
 #   1. check graphs1024   2. grid1024   3. grid128 speed1024   4. speed1024b lumina0125   (video480q if time is left)
-#   then video480 (one call per VIDEO_MODEL), models1024, speed2048, train as time allows.
+#   then agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q, models1024,
+#   speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/whl/*.whl || exit 1
