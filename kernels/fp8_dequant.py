@@ -8,13 +8,13 @@ from ..sdit_core.kv_cache import dequantize_reference
 from . import triton_enabled
 
 
-def dequantize_fp8(bits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dequantize_fp8(bits: torch.Tensor, scale: torch.Tensor, seq_dim: int) -> torch.Tensor:
     if triton_enabled(bits) and _converts_fp8(bits) and bits.is_contiguous() and scale.is_contiguous():
         from .fp8_dequant_triton import fp8_dequant_triton
         out = torch.empty(bits.shape, dtype=scale.dtype, device=bits.device)
-        fp8_dequant_triton(bits, scale, out)
+        fp8_dequant_triton(bits, scale, out, seq_dim)
         return out
-    return dequantize_reference(bits, scale)
+    return dequantize_reference(bits, scale, seq_dim)
 
 
 def _converts_fp8(tensor: torch.Tensor) -> bool:

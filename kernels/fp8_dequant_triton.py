@@ -21,10 +21,9 @@ def _fp8_dequant_kernel(bits, scale, out, length, width, BLOCK_L: tl.constexpr, 
     tl.store(out + offs, values.to(out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
 
-def fp8_dequant_triton(bits, scale, out) -> None:
-    """bits (contiguous uint8) seen as (P, L, Q) around the sequence axis, the one (of size > 1) that
-    `scale` (contiguous, (P, Q) values) has size 1 in; out: contiguous, bits' shape, the model's dtype."""
-    seq_dim = next(d for d in range(bits.ndim) if scale.shape[d] == 1 and bits.shape[d] > 1)
+def fp8_dequant_triton(bits, scale, out, seq_dim: int) -> None:
+    """bits (contiguous uint8) seen as (P, L, Q) around seq_dim, `scale` (contiguous, size 1 along
+    seq_dim) as (P, Q); out: contiguous, bits' shape, the model's dtype."""
     length, width = bits.shape[seq_dim], math.prod(bits.shape[seq_dim + 1:])
     block_l, block_q = 32, min(triton.next_power_of_2(width), 128)
     grid = (math.prod(bits.shape[:seq_dim]), triton.cdiv(length, block_l), triton.cdiv(width, block_q))

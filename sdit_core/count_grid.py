@@ -2,7 +2,7 @@
 
 Every new query length costs a GPU once per process: PyTorch's cuDNN attention builds an execution
 plan per shape (55-70 ms each, flashinfer#5245; ~50 ms per new count measured on an H200, docs/
-BENCHMARKS.md), and a CUDA graph (forward_graphs.py) replays only a count it has seen twice before.
+BENCHMARKS.md), and a CUDA graph (forward_graphs.py) is recorded only for a count that comes back.
 Without a grid the default schedules meet a new count at nearly every sparse step (RAS's dynamic
 ratio, SDiT's cosine budget and dilation), and SDiT's counts change with every image too, so a
 process never stops paying. On a grid of 64 tokens a 1024² image has at most 64 counts, ever.

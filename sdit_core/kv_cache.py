@@ -37,13 +37,13 @@ def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: in
 RowWriter = Callable[..., None]
 
 
-def dequantize_reference(bits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """An fp8 layer (uint8 bits, contiguous) times its scale (the bits' shape with 1 along the sequence),
-    in the scale's dtype (the model's): kernels/fp8_dequant.py does it in one pass on a GPU."""
+def dequantize_reference(bits: torch.Tensor, scale: torch.Tensor, seq_dim: int) -> torch.Tensor:
+    """An fp8 layer (uint8 bits, contiguous) times its scale (the bits' shape with 1 along seq_dim), in
+    the scale's dtype (the model's): kernels/fp8_dequant.py does it in one pass on a GPU."""
     return bits.view(torch.float8_e4m3fn).to(scale.dtype).mul_(scale)
 
 
-Dequantizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Dequantizer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 class KVCacheOutOfMemory(torch.OutOfMemoryError):
@@ -65,6 +65,7 @@ class _Fp8Layer:
     float32 temporaries, as the dequantized copy is made for every sparse attention call."""
 
     def __init__(self, dense: torch.Tensor, seq_dim: int):
+        self.seq_dim = seq_dim
         self.scale = (dense.abs().amax(dim=seq_dim, keepdim=True) / FP8_MAX).clamp_min(1e-12)
         self.bits = self.quantize(dense).contiguous()     # one layout whatever the model's K/V views were
 
@@ -73,7 +74,7 @@ class _Fp8Layer:
         return (values / self.scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
 
     def dequantize(self, dequantize: Dequantizer) -> torch.Tensor:
-        return dequantize(self.bits, self.scale)
+        return dequantize(self.bits, self.scale, self.seq_dim)
 
     def nbytes(self) -> int:
         return self.bits.numel() + self.scale.numel() * self.scale.element_size()

@@ -73,9 +73,9 @@ def check_fp8_dequant(device: str) -> None:
             dense = torch.randn(shape, generator=g).to(device, dtype)
             scale = (dense.abs().amax(dim=seq_dim, keepdim=True) / 448.0).clamp_min(1e-12)
             bits = (dense / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(torch.uint8).contiguous()
-            expected = ref.dequantize_reference(bits, scale)
+            expected = ref.dequantize_reference(bits, scale, seq_dim)
             got = torch.empty(shape, dtype=dtype, device=device)
-            triton_mod.fp8_dequant_triton(bits, scale, got)
+            triton_mod.fp8_dequant_triton(bits, scale, got, seq_dim)
             if INTERPRETED and dtype == torch.bfloat16:
                 # the interpreter truncates float32 -> bfloat16 (a GPU rounds to nearest even): one unit
                 # in the last place at most

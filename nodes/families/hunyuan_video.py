@@ -54,7 +54,6 @@ class HunyuanVideoFamily(FamilyAdapter):
                      before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"),
                      after=lambda call, out: call.scatter(out))
 
-
     def refused_conditioning(self, diffusion_model, values: dict):
         return REFERENCE if values.get("ref_latent") is not None else None
 

@@ -49,7 +49,6 @@ class LuminaFamily(FamilyAdapter):
             patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs, graph=True)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
 
-
     def refused_conditioning(self, diffusion_model, values: dict):
         if values.get("reference_latents") is not None and takes_reference_latents(diffusion_model):
             return OMNI

@@ -47,7 +47,6 @@ class WanFamily(FamilyAdapter):
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
             patch_module_forward(patcher, slot, "diffusion_model.ref_conv", before=_refuse_leading_reference)
 
-
     def refused_conditioning(self, diffusion_model, values: dict):
         # ComfyUI hands `reference_latents` to a model with ref_conv as its leading reference latent
         if getattr(diffusion_model, "ref_conv", None) is not None and values.get("reference_latents") is not None:
