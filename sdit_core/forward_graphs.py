@@ -157,8 +157,8 @@ class GraphedForwards:
         """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay.
         `site` names the graphed part of the forward: the whole token-sparse part (Flux, SD3), or one
         layer of it (Lumina 2: a graph per layer, each writing its own layer's K/V)."""
-        if not self.enabled or (not self._graphs and not self._capture_pays(call)):
-            return forward(arguments)          # nothing captured, nothing worth capturing: no key to compute
+        if not self.worth_keying(call):
+            return forward(arguments)
         key = self.key(call, arguments, site)
         if key is None:
             return forward(arguments)
@@ -187,6 +187,11 @@ class GraphedForwards:
         call.record.attention_image_rows.extend(graph.attention_image_rows)
         call.attention_calls = first_layer + graph.attention_calls
         return graph.output.clone()
+
+    def worth_keying(self, call) -> bool:
+        """Could this forward replay or be captured? With nothing captured and nothing worth capturing
+        the caller skips the key and the argument checks (a forward graphed by layer asks per layer)."""
+        return self.enabled and (bool(self._graphs) or self._capture_pays(call))
 
     @staticmethod
     def _capture_pays(call) -> bool:

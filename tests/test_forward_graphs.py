@@ -298,20 +298,26 @@ def test_a_count_is_captured_only_when_planned_often_enough(monkeypatch, sparse_
     assert backends[0].replays == (sparse_evals - 1 if captured else 0)
 
 
-def test_a_policy_that_cannot_tell_its_counts_never_captures():
-    """SDiT's counts follow the image: it cannot say how often one comes back, so nothing is captured."""
+@pytest.mark.parametrize("family", ["flux", "lumina2"])
+def test_a_policy_that_cannot_tell_its_counts_never_captures(monkeypatch, family):
+    """SDiT's counts follow the image: it cannot say how often one comes back, so nothing is captured,
+    and no forward (no layer, for Lumina's per-layer graphs) even checks its arguments or computes a key."""
     from comfyui_sdit.sdit_core.policy import TokenPolicy
-    model = FAMILIES["flux"].build(seed=2)
-    plans = plans_for("flux", shared=True)
+    looked = []
+    monkeypatch.setattr(forward_graphs.GraphedForwards, "key", lambda self, *args, **kwargs: looked.append("key"))
+    monkeypatch.setattr(ReplayByRerun, "supports", lambda self, tensor: looked.append("supports"))
+    model = FAMILIES[family].build(seed=2)
+    plans = plans_for(family, shared=True)
 
     class Unplanned(TokenPolicy):
         def plan(self, info):
             return plans[info.index] if info.index < len(plans) else None
     backends = []
     patched, _ = apply_token_sparse(model, lambda run: Unplanned(), node="test", graph_backend=collecting(backends))
-    spec = FAMILIES["flux"]
+    spec = FAMILIES[family]
     ksample(patched, spec.latent(2, 16, 16), seed=5, steps=6, cfg=3.0, positive=spec.positive(), negative=spec.negative())
     assert backends[0].captures == 0
+    assert looked == []
 
 
 def test_ras_plans_its_counts():
