@@ -4,6 +4,8 @@
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
 #   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128², video) (~2 min)
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
+#   counts1024 graphed Flux-dev forward, 1024², 256 text tokens, batch 1 and 2, per active count 256..1536
+#              by 64: where GEMM tiles and waves make a count cheap or dear (to set the token grid from)   (~3 min)
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
 #   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 (batch 2), CUDA graphs  (~5 min)
@@ -23,7 +25,7 @@
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
-#   1. check graphs1024   2. grid1024   3. grid128 speed1024   4. speed1024b lumina0125   (video480q if time is left)
+#   1. check graphs1024   2. grid1024   3. grid128 speed1024   4. speed1024b lumina0125 counts1024   (video480q if time)
 #   then agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q, models1024,
 #   speed2048, train as time allows.
 set -uo pipefail
@@ -55,6 +57,9 @@ for part in "$@"; do
       python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --json "$out/forward_eager_$day.json" 2>&1 | tee "$out/forward.log"
       python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs \
         --json "$out/forward_graphs_$day.json" 2>&1 | tee -a "$out/forward.log" ;;
+    counts1024)
+      timeout 400 python3 bench/speed_forward.py --size flux-dev --res 1024 --text 256 --batch 1 2 --graphs-only \
+        --count-sweep 256 1536 64 --iters 5 --warmup 2 --json "$out/counts1024_$day.json" 2>&1 | tee "$out/counts1024.log" ;;
     agreement)
       for cache in "model dtype" fp8_e4m3; do
         timeout 150 python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 3 --warmup 2 \

@@ -3,6 +3,7 @@
     python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2        # GPU, bf16
     python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs   # + graph replay
     python bench/speed_forward.py --size tiny --res 256 --iters 2               # CPU smoke (CI)
+    python bench/speed_forward.py --text 256 --count-sweep 256 1024 64 --graphs-only  # ms per active count
 
 For each batch size: the unpatched dense forward, the engine's dense forward (refreshes the K/V
 cache), and sparse forwards at each ratio. The FLOP ideal of a sparse forward is
@@ -120,14 +121,18 @@ def run(args) -> dict:
         dense_ms = timed(plain, args.iters, args.warmup, device)
         results["rows"].append({"batch": batch, "mode": "dense (unpatched)", "ratio": 1.0, "ms": dense_ms,
                                 "ideal": 1.0, "speedup": 1.0})
-        for ratio in args.ratios:
+        ratios = args.ratios
+        if args.count_sweep:             # active counts first..last by step, as ratios of the grid
+            first, last, step = args.count_sweep
+            ratios = [n / grid for n in range(first, min(last, grid) + 1, step)]
+        for ratio in ratios:
             n = max(1, int(round(ratio * grid)))
             active = torch.stack([torch.randperm(grid, device=device, generator=g)[:n] for _ in range(batch)])
             if args.shared_index:
                 active = active[:1].expand(batch, -1).contiguous()
             active = active.sort(dim=1).values
             ideal = (args.text + grid) / (args.text + n)
-            for graphed in ([False, True] if args.cuda_graphs else [False]):
+            for graphed in ([True] if args.graphs_only else [False, True] if args.cuda_graphs else [False]):
                 backend = CudaGraphBackend() if graphed else None
                 patched, slot = apply_token_sparse(model, ConstantPlan(active), node="bench")
                 run_state = SparseRun(ConstantPlan(active)(None), x.shape, config["patch_size"], write_rows=kv_write,
@@ -146,13 +151,13 @@ def run(args) -> dict:
                             run_state.close_forward(call, True)
                     forward(True)                      # primes the caches
                     cache_gib = next(iter(run_state.streams.values())).kv.nbytes() / 2 ** 30
-                    if ratio == args.ratios[0] and not graphed:
+                    if ratio == ratios[0] and (not graphed or args.graphs_only):
                         engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
                         results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
                                                 "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
                     # warm-up: the first sparse forward runs eagerly, the second is captured (with graphs)
                     sparse_ms = timed(lambda: forward(False), args.iters, max(args.warmup, 2), device)
-                    if args.profile and ratio == args.ratios[-1]:
+                    if args.profile and ratio == ratios[-1]:
                         print(profile(lambda: forward(False), device, f"batch {batch}, ratio {ratio}, graphs {graphed}"))
                     replays = next(iter(run_state.streams.values())).graphs.replays if graphed else 0
                     # agreement: a sparse forward right after a dense one on the same input equals it on
@@ -165,7 +170,7 @@ def run(args) -> dict:
                     slot.run = None
                     run_state.release()
                 results["rows"].append({"batch": batch, "mode": "sparse (CUDA graph)" if graphed else "sparse",
-                                        "ratio": ratio, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
+                                        "ratio": ratio, "rows": args.text + n, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
                                         "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays,
                                         "active_rel_error": agreement, "kv_cache_gib": cache_gib})
                 if device.type == "cuda":
@@ -175,12 +180,12 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [f"K/V cache: {results['kv_cache'] or 'model dtype'}",
-             "| batch | mode | ratio | ms | speedup | FLOP ideal | achieved / ideal | K/V cache GiB | "
-             "active-token rel. error vs dense |", "|---|---|---|---|---|---|---|---|---|"]
+             "| batch | mode | ratio | rows (T + n) | ms | speedup | FLOP ideal | achieved / ideal | K/V cache GiB | "
+             "active-token rel. error vs dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         error = f"{r['active_rel_error']:.2e}" if "active_rel_error" in r else "-"
         cache = f"{r['kv_cache_gib']:.2f}" if "kv_cache_gib" in r else "-"
-        lines.append(f"| {r['batch']} | {r['mode']} | {r['ratio']} | {r['ms']:.1f} | {r['speedup']:.2f}x | "
+        lines.append(f"| {r['batch']} | {r['mode']} | {r['ratio']:.4g} | {r.get('rows', '-')} | {r['ms']:.1f} | {r['speedup']:.2f}x | "
                      f"{r['ideal']:.2f}x | {r.get('of_ideal', r['speedup']) * 100:.0f}% | {cache} | {error} |")
     return "\n".join(lines)
 
@@ -196,6 +201,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time sparse forwards replayed from CUDA graphs (GPU; on the CPU they run eagerly)")
+    parser.add_argument("--graphs-only", action="store_true", help="time sparse forwards only as CUDA-graph replays")
+    parser.add_argument("--count-sweep", type=int, nargs=3, metavar=("FIRST", "LAST", "STEP"),
+                        help="active token counts to time instead of --ratios (GEMM tile and wave effects by count)")
     parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

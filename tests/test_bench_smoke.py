@@ -16,6 +16,9 @@ SMOKE_RUNS = {
     "speed_video": ["bench/speed.py", "--smoke-video", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
                       "--iters", "1", "--warmup", "0", "--device", "cpu", "--cuda-graphs"],
+    "speed_forward_counts": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--text", "8",
+                             "--count-sweep", "16", "48", "16", "--iters", "1", "--warmup", "0", "--device", "cpu",
+                             "--graphs-only"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
 }
 
@@ -33,3 +36,7 @@ def test_benchmark_runs(name, tmp_path):
         assert data["token_grid"] == "4" and sparse
         assert all(t % 4 == 0 for r in sparse for t in r["token_counts"] if t < r["image_tokens"])
         assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
+    if name == "speed_forward_counts":      # the swept counts, each timed once, as graph replays only
+        sparse = [r for r in data["rows"] if r["mode"].startswith("sparse")]
+        assert [r["rows"] for r in sparse] == [8 + 16, 8 + 32, 8 + 48]
+        assert {r["mode"] for r in sparse} == {"sparse (CUDA graph)"}
