@@ -25,7 +25,8 @@
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
-#   1. check graphs1024   2. grid1024   3. grid128 speed1024   4. speed1024b lumina0125 counts1024   (video480q if time)
+#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. grid128 speed1024
+#   4. speed1024b lumina0125   (video480q if time is left)
 #   then agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q, models1024,
 #   speed2048, train as time allows.
 set -uo pipefail
