@@ -156,9 +156,8 @@ class GraphedForwards:
             site: str = "") -> torch.Tensor:
         """Runs `forward(arguments)` for a sparse forward call: eagerly, by capture, or by replay.
         `site` names the graphed part of the forward: the whole token-sparse part (Flux, SD3), or one
-        layer of it (Lumina 2: a graph per layer, each writing its own layer's K/V)."""
-        if not self.worth_keying(call):
-            return forward(arguments)
+        layer of it (Lumina 2: a graph per layer, each writing its own layer's K/V). Callers ask
+        `worth_keying` first (families/base.py _may_graph)."""
         key = self.key(call, arguments, site)
         if key is None:
             return forward(arguments)
