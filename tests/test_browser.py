@@ -167,13 +167,35 @@ SHOWN_ON_NODE = """id => {
     return visible && inNode && map && {map, text: root.textContent}; }"""
 
 
-def overlapping_nodes(page) -> list:
-    """Pairs of nodes whose on-screen boxes intersect (Nodes 2.0: their elements; classic: their bounds)."""
-    boxes = page.evaluate("""() => app.graph._nodes.map(n => {
-        const el = document.querySelector(`[data-node-id="${n.id}"]`);
+NODE_BOXES = """() => {
+    const nodes = app.graph._nodes, element = n => document.querySelector(`[data-node-id="${n.id}"]`);
+    // Nodes 2.0 draws each node as an element, reused by id: until every element shows its node's title, the
+    // page still draws (part of) the graph loaded before, whose node 7 may sit where this graph's node 8 is
+    const current = !window.sditNodes2 || nodes.every(n => element(n)?.textContent.includes(n.title));
+    return current && nodes.map(n => {
+        const el = element(n);
         if (window.sditNodes2 && el) { const r = el.getBoundingClientRect(); return [String(n.id), r.x, r.y, r.width, r.height]; }
         const b = n.getBounding ? n.getBounding() : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
-        return [String(n.id), b[0], b[1], b[2], b[3]]; })""")
+        return [String(n.id), b[0], b[1], b[2], b[3]]; }); }"""
+
+
+def settled_node_boxes(page, timeout: float = 30.0) -> list:
+    """The nodes' on-screen boxes once the page shows this graph and two reads 250 ms apart agree (a slow
+    machine lays out and fits the view over several frames; a fixed wait measured it half-done)."""
+    previous = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        boxes = page.evaluate(NODE_BOXES)
+        if boxes and boxes == previous:
+            return boxes
+        previous = boxes
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"the nodes' boxes did not settle within {timeout}s (last read: {previous})")
+
+
+def overlapping_nodes(page) -> list:
+    """Pairs of nodes whose on-screen boxes intersect (Nodes 2.0: their elements; classic: their bounds)."""
+    boxes = settled_node_boxes(page)
     pairs = []
     for i, (a, ax, ay, aw, ah) in enumerate(boxes):
         for b, bx, by, bw, bh in boxes[i + 1:]:
@@ -200,7 +222,6 @@ def test_example_workflows_load_with_no_node_over_another(page):
             ready(view)
         view.evaluate("workflow => app.loadGraphData(workflow)", json.loads(path.read_text()))
         view.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-        view.evaluate("() => new Promise(done => setTimeout(done, 300))")
         found = overlapping_nodes(view)
         if found:
             overlaps[path.name] = found
