@@ -22,17 +22,28 @@
 #              one model per call: VIDEO_MODEL=hunyuan-video for the second)
 #   video720q  Wan 2.1 14B, 720p x 81 frames, cfg 5 (batch 2), 8 steps, static RAS 0.125, fp8 K/V cache: the
 #              bf16 cache alone would be 115 GiB at batch 2, too much beside the weights on 141 GiB   (~6 min)
+#   newest1024 on a newer ComfyUI (carry .dev-newest alone, from `scripts/device_bundle.sh --newest TREE`):
+#              Flux-dev 1024², cfg 3.5 and 1, RAS and SDiT at 0.25/0.125, with its default dynamic VRAM and
+#              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
-#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. grid128 speed1024
-#   4. speed1024b lumina0125   (video480q if time is left)
+#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. newest1024 (its own carry)
+#   4. grid128 speed1024   5. speed1024b lumina0125   (video480q if time is left)
 #   then agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q, models1024,
 #   speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site COMFYUI_PATH=$PWD/.dev/comfyui PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
+if [ -d .dev/whl ]; then          # ComfyUI 0.3.75 (scripts/device_bundle.sh): every part but newest*
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site COMFYUI_PATH=$PWD/.dev/comfyui
+fi
+if [ -f .dev-newest/comfyui.tgz ]; then   # a newer ComfyUI (device_bundle.sh --newest): the newest* parts
+  mkdir -p /tmp/comfyui-newest && tar -C /tmp/comfyui-newest -xzf .dev-newest/comfyui.tgz || exit 1
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site-newest .dev-newest/whl/*.whl || exit 1
+fi
+newest() { PYTHONPATH=/tmp/site-newest COMFYUI_PATH=/tmp/comfyui-newest "$@"; }
 out=${OUT:-/tmp/gpu_runbook}
 mkdir -p "$out"
 day=$(date +%F)
@@ -112,6 +123,13 @@ for part in "$@"; do
     fidelity)
       python3 bench/fidelity.py --device cuda --seeds 8 --classes 8 --json "$out/fidelity_cuda_n64_$day.json" 2>&1 \
         | tee "$out/fidelity.log" ;;
+    newest1024)      # what users of a newer ComfyUI get: its default dynamic VRAM (weights staged by comfy-aimdo,
+                     # CUDA graphs refused), then the same tree loading the model the legacy way, graphs allowed
+      [ -f .dev-newest/comfyui.tgz ] || { echo "newest1024 needs .dev-newest in carry"; continue; }
+      newest timeout 280 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.25 0.125 \
+        --dynamic-vram --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_dynamic_$day.json" 2>&1 | tee "$out/$part.log"
+      newest timeout 250 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.25 0.125 \
+        --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_legacy_$day.json" 2>&1 | tee -a "$out/$part.log" ;;
     *) echo "unknown part '$part'"; exit 2 ;;
   esac
 done

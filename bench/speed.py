@@ -30,7 +30,7 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from pack_host import import_comfyui, load_pack  # noqa: E402
+from pack_host import comfyui_version, enable_dynamic_vram, import_comfyui, load_pack  # noqa: E402
 
 class Spec(NamedTuple):
     """A benchmark model: ComfyUI's supported_models class and unet config, its conditioning, and what the
@@ -138,7 +138,9 @@ def attention_share(spec: Spec, tokens: int, text: int) -> float:
     return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text)
 
 
-def build(name: str, device, dtype):
+def build(name: str, device, dtype, dynamic_vram: bool = False):
+    """The model with random weights on `device`; with dynamic_vram, as a newer ComfyUI server loads it:
+    weights in RAM, `CoreModelPatcher` (then ModelPatcherDynamic) staging them onto the GPU on demand."""
     import comfy.model_patcher
     import comfy.supported_models
     class_name, config = MODELS[name].cls, MODELS[name].config
@@ -149,14 +151,17 @@ def build(name: str, device, dtype):
         config = hunyuan_video_unet_config(config)
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model({}, device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
+    home = torch.device("cpu") if dynamic_vram else device
+    model = model_config.get_model({}, device=home)
+    generator = torch.Generator(device=home).manual_seed(0)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
         for buffer_name, buffer in model.diffusion_model.named_buffers():
             if buffer_name.endswith("pos_embed"):
                 buffer.normal_(0.0, 0.5, generator=generator)
+    if dynamic_vram:
+        return comfy.model_patcher.CoreModelPatcher(model, load_device=device, offload_device=home)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
@@ -216,7 +221,11 @@ class ForwardTimer:
 
 def run(args) -> dict:
     device = torch.device(args.device)
+    if args.dynamic_vram and device.type != "cuda":
+        raise SystemExit(f"--dynamic-vram needs a CUDA device (comfy-aimdo), not {device}")
     import_comfyui(cpu=device.type == "cpu")
+    if args.dynamic_vram:
+        enable_dynamic_vram(device.index or 0)
     load_pack()
     import comfy.sample
     from comfyui_sdit.nodes.ras_nodes import patch_ras
@@ -228,9 +237,10 @@ def run(args) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cuda = device.type == "cuda"
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "comfyui": comfyui_version(), "dynamic_vram": args.dynamic_vram,
                "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
     for name in args.models:
-        model = build(name, device, dtype)
+        model = build(name, device, dtype, args.dynamic_vram)
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
@@ -252,6 +262,7 @@ def run(args) -> dict:
                                         "simple", positive, negative, latent, seed=0, disable_pbar=True)
                     if cuda:
                         torch.cuda.synchronize()
+                    # torch's allocator only: with dynamic VRAM the staged weights are comfy-aimdo's
                     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0
                     return time.perf_counter() - started, peak
 
@@ -385,6 +396,10 @@ def main() -> None:
     parser.add_argument("--token-grid", type=int, default=None,
                         help="sparse token counts on a grid of this many tokens (SDIT_TOKEN_GRID; 1: off; "
                              "default: 64 on a GPU)")
+    parser.add_argument("--dynamic-vram", action="store_true",
+                        help="load the model as a newer ComfyUI server does by default on NVIDIA (ModelPatcherDynamic, "
+                             "comfy-aimdo); needs COMFYUI_PATH at such a tree. CUDA graphs are refused there (weights "
+                             "may move)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     if args.token_grid is not None:

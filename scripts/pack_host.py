@@ -29,6 +29,31 @@ def import_comfyui(cpu: bool) -> pathlib.Path:
     return root
 
 
+def comfyui_version() -> str:
+    """The ComfyUI tree's version (its comfyui_version.py), '' where it has none."""
+    import re
+    version_file = comfyui_root() / "comfyui_version.py"
+    found = re.search(r'__version__\s*=\s*"([^"]+)"', version_file.read_text()) if version_file.is_file() else None
+    return found.group(1) if found else ""
+
+
+def enable_dynamic_vram(device_index: int) -> None:
+    """Loads models the way a newer ComfyUI server does by default on NVIDIA GPUs (its main.py): comfy-aimdo
+    hooks the driver's allocations, models get `ModelPatcherDynamic` (weights stay in RAM and are staged
+    into a virtual VRAM region as their layers run) and ComfyUI's ops take the dynamic path. Benchmarks
+    use it to time what users of the newest ComfyUI get; call after import_comfyui, before building models."""
+    import comfy.memory_management
+    import comfy.model_patcher
+    if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        raise SystemExit(f"the ComfyUI at {comfyui_root()} has no dynamic VRAM (ModelPatcherDynamic): "
+                         "set COMFYUI_PATH to a newer tree")
+    import comfy_aimdo.control
+    if not (comfy_aimdo.control.init() and comfy_aimdo.control.init_devices([device_index])):
+        raise SystemExit("comfy-aimdo could not take over the GPU's allocations (dynamic VRAM needs an NVIDIA GPU)")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
+
+
 def load_pack():
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from pack_host import comfyui_version
 
 SMOKE_RUNS = {
     "demo_quality": ["bench/demo_quality.py", "--seeds", "1", "--shapes", "1", "--steps", "4"],
@@ -32,6 +33,7 @@ def test_benchmark_runs(name, tmp_path):
     data = json.loads(out.read_text())
     assert data["rows"], "results recorded"
     if name == "speed":             # the token grid reached the engine: every sparse count is on it
+        assert data["comfyui"] == comfyui_version() != "" and data["dynamic_vram"] is False
         sparse = [r for r in data["rows"] if r["method"] != "full"]
         assert data["token_grid"] == "4" and sparse
         assert all(t % 4 == 0 for r in sparse for t in r["token_counts"] if t < r["image_tokens"])
@@ -40,3 +42,11 @@ def test_benchmark_runs(name, tmp_path):
         sparse = [r for r in data["rows"] if r["mode"].startswith("sparse")]
         assert [r["rows"] for r in sparse] == [8 + 16, 8 + 32, 8 + 48]
         assert {r["mode"] for r in sparse} == {"sparse (CUDA graph)"}
+
+
+def test_speed_refuses_dynamic_vram_off_cuda():
+    """Dynamic VRAM (comfy-aimdo) exists only on NVIDIA GPUs: asked for on the CPU, the benchmark says so
+    before building anything."""
+    result = subprocess.run([sys.executable, "bench/speed.py", "--smoke", "--device", "cpu", "--dynamic-vram"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--dynamic-vram needs a CUDA device" in result.stderr
