@@ -104,7 +104,8 @@ def sdit_dense_steps(trace) -> tuple:
     return tuple(sorted({s.step for s in trace.steps if s.dense}))
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_gpu_runbook.py parses every runbook command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=2)
@@ -125,7 +126,11 @@ def main() -> None:
                         help="instead of the main table: RAS and SDiT against full sampling per sampler")
     parser.add_argument("--smoke", action="store_true", help="one image, few steps, one ratio (CI)")
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.smoke:
         args.seeds, args.classes, args.steps, args.size, args.ratios = 1, 1, 6, 128, args.ratios[:1]
         args.schedules, args.with_easycache = True, 0.2

@@ -55,7 +55,8 @@ def time_call(fn, device: str, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_gpu_runbook.py parses every runbook command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grid", type=int, default=64)
@@ -67,7 +68,11 @@ def main() -> None:
     parser.add_argument("--video", type=int, nargs=3, metavar=("FRAMES", "ROWS", "COLS"), default=None,
                         help="time the torch backend on one video's token grid instead (3-D Quickshift)")
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     import_comfyui(cpu=args.device == "cpu")
     load_pack()
     if args.video:

@@ -366,7 +366,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_gpu_runbook.py parses every runbook command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["flux-dev"], choices=sorted(MODELS))
     parser.add_argument("--res", type=int, nargs="+", default=[1024],
@@ -401,7 +402,11 @@ def main() -> None:
                              "comfy-aimdo); needs COMFYUI_PATH at such a tree. CUDA graphs are refused there (weights "
                              "may move)")
     parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.token_grid is not None:
         os.environ["SDIT_TOKEN_GRID"] = str(args.token_grid)
     if args.ideals:

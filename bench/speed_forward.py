@@ -190,7 +190,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_gpu_runbook.py parses every runbook command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="flux-dev")
     parser.add_argument("--res", type=int, default=1024)
@@ -209,7 +210,11 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write results here")
     parser.add_argument("--profile", action="store_true", help="print a profile of the lowest-ratio sparse forward")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     results = run(args)
     print(table(results))
     if args.json:

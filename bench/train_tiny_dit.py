@@ -127,7 +127,8 @@ def save(args, config, ema_model, ema_words, codec, explained, step, losses, pre
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {step} steps, metadata {metadata}")
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_gpu_runbook.py parses every runbook command with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
@@ -143,7 +144,11 @@ def main() -> None:
     parser.add_argument("--init-from", default="", help="continue training from these weights")
     parser.add_argument("--oversample", default="", metavar="SHAPE=WEIGHT",
                         help="draw this shape WEIGHT times as often as each other shape, e.g. star=3")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
 
     import_comfyui(cpu=args.device == "cpu")
     load_pack()
