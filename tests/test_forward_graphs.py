@@ -244,14 +244,17 @@ class DynamicPatcher(comfy.model_patcher.ModelPatcher):
         return cloned
 
 
-def test_forwards_stay_eager_under_dynamic_vram():
+def test_forwards_stay_eager_under_dynamic_vram(caplog):
     model = FAMILIES["flux"].build(seed=2).clone()
     model.__class__ = DynamicPatcher
     backends = []
     eager, _ = sample(model, "flux", plans_for("flux"))
-    graphed, _ = sample(model, "flux", plans_for("flux"), collecting(backends))
+    with caplog.at_level(logging.INFO):
+        graphed, _ = sample(model, "flux", plans_for("flux"), collecting(backends))
     assert backends[0].captures == 0
     assert torch.equal(graphed, eager)
+    # the user learns why, once per run, and what changes it
+    assert caplog.text.count("CUDA graphs stay off in this run") == 1 and "--disable-dynamic-vram" in caplog.text
 
 
 def test_weights_may_move_probe():

@@ -1,5 +1,6 @@
 """Interface of a model-family adapter, and the patching helpers every adapter shares."""
 import inspect
+import logging
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -110,7 +111,11 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     tensors = [value for value in arguments.values() if torch.is_tensor(value)]
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):
         return False
-    if weights_may_move(patcher):
+    if weights_may_move(patcher):       # for the whole run, said once: the user can change it
+        graphs.enabled = False
+        logging.info("SDiT: CUDA graphs stay off in this run: ComfyUI may move the model's weights between "
+                     "forwards (low VRAM, or dynamic VRAM, a newer ComfyUI's default: started with "
+                     "--disable-dynamic-vram it keeps a model that fits in VRAM in place)")
         return False
     options = arguments.get("transformer_options") or {}
     if on_multigpu_thread(options):      # one graph pool per run, but the threads' devices differ
