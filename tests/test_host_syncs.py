@@ -141,3 +141,20 @@ def test_segmentation_reads_back_only_its_convergence_checks_and_the_region_coun
     assert 1 < int(labels.max()) < 32 * 32 // 4
     assert counter.ops.count("aten::_unique2") == 1
     assert set(counter.ops) <= {"aten::_unique2", "aten::equal"}, counter.ops
+
+
+def test_the_contiguity_pass_converges_in_logarithmically_many_checks():
+    """A region snaking through the whole grid is the worst case for label propagation: each round
+    moves the smallest label a few tokens along it (34 convergence checks at 128x128 when only tokens,
+    not their representatives, took it). Hooking representatives merges whole trees each round: the
+    checks, each a host sync on the GPU, grow far slower than the snake."""
+    from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
+    from test_segmentation import snake_labels
+    checks = []
+    for side in (32, 64, 128):
+        snake = snake_labels(side, side)
+        with SyncCounter() as counter:
+            labels = split_disconnected(snake)
+        assert labels[snake == 1].unique().numel() == 1, "the snake is one region"
+        checks.append(counter.ops.count("aten::equal"))
+    assert checks[-1] <= 6 and checks[-1] - checks[0] <= 2, checks

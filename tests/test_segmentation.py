@@ -21,6 +21,17 @@ def piecewise_constant(seed: int, height=24, width=32, features=8, noise=0.05):
     return values, truth
 
 
+def snake_labels(rows: int, cols: int) -> torch.Tensor:
+    """Label 1 runs along every other row, the runs joined at alternate ends: one region whose far end
+    is ~rows * cols / 2 tokens from its first (the worst case for label propagation)."""
+    snake = torch.zeros(rows, cols, dtype=torch.int64)
+    for row in range(0, rows, 2):
+        snake[row] = 1
+        if row + 2 < rows:
+            snake[row + 1, -1 if row % 4 == 0 else 0] = 1
+    return snake
+
+
 PARAMS = QuickshiftParams(kernel_size=3.0, max_dist=20.0, ratio=10.0)
 
 
@@ -92,6 +103,36 @@ def test_regions_are_contiguous():
         features, _ = piecewise_constant(7)
         labels = segment(features, QuickshiftParams(kernel_size=1.0, max_dist=3.0, ratio=1.0), backend)
         assert torch.equal(split_disconnected(labels), labels)
+
+
+def components_reference(labels: torch.Tensor) -> torch.Tensor:
+    """scipy's connected components (4-/6-connected) of each label value, numbered in raster order of
+    their first token: what split_disconnected promises."""
+    import numpy as np
+    from scipy import ndimage
+    values = labels.numpy()
+    components = np.zeros(values.shape, dtype=np.int64)
+    found = 0
+    for value in np.unique(values):
+        parts, count = ndimage.label(values == value)      # default structure: face neighbours only
+        components[parts > 0] = parts[parts > 0] + found
+        found += count
+    first_seen = {}
+    for c in components.reshape(-1):
+        first_seen.setdefault(int(c), len(first_seen))
+    return torch.tensor(np.vectorize(first_seen.get)(components))
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (7, 9, 11)], ids=["image", "video"])
+def test_contiguity_split_equals_scipy_connected_components(shape):
+    """Random labels (many islands), blocky labels, and a snake."""
+    g = torch.Generator().manual_seed(11)
+    cases = [torch.randint(0, 3, shape, generator=g),
+             torch.nn.functional.interpolate(torch.randint(0, 4, (1, 1, *[max(1, n // 4) for n in shape]),
+                                                           generator=g).float(), size=shape)[0, 0].long()]
+    cases.append(snake_labels(*shape[-2:]).expand(shape).clone())
+    for labels in cases:
+        assert torch.equal(split_disconnected(labels), components_reference(labels))
 
 
 def test_video_quickshift_of_one_frame_is_the_image_quickshift():
