@@ -5,6 +5,7 @@
     parent_i  = nearest j in the window with density_j > density_i, if d_ij <= max_dist, else i
     label_i   = root of i's tree (pointer jumping)
 """
+import functools
 import math
 
 import torch
@@ -38,6 +39,23 @@ def _window_sq_dist(x: torch.Tensor, half: int, unfold: bool = None, around: tor
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def window_constants(h: int, w: int, half: int, device: torch.device, dtype: torch.dtype):
+    """What depends only on the grid and the window, built once per grid (SDiT segments every step):
+    which window offsets fall inside the grid (O, HW), their squared spatial distance (O, 1) and their
+    offset in flat token indices (O,). Read-only."""
+    offsets = torch.arange(-half, half + 1, device=device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    inside = _window(torch.ones(1, 1, h, w, dtype=dtype, device=device), half, 0.0)[0, 0] > 0
+    return inside, (dy * dy + dx * dx).reshape(-1, 1).to(dtype), (dy * w + dx).reshape(-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _tie_noise_on(h: int, w: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """tie_noise on the features' device, (1, HW), drawn and copied once (a copy to a GPU blocks the host)."""
+    return tie_noise(h, w, seed).to(device, dtype).reshape(1, -1)
+
+
 def quickshift_roots(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
     """(B, H, W, F) -> (B, H, W): each token's tree root (a flat index into its own image). One pass for
     the whole batch: a sampler step segments every image of its batch with the same kernels."""
@@ -45,15 +63,11 @@ def quickshift_roots(features: torch.Tensor, params: QuickshiftParams) -> torch.
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
     x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()         # (B, F, H, W)
     half = int(math.ceil(3 * params.kernel_size))
-    offsets = torch.arange(-half, half + 1, device=x.device)
-    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    spatial = (dy * dy + dx * dx).reshape(-1, 1).to(dtype)                            # (O, 1)
-    linear = (dy * w + dx).reshape(-1)                                                # (O,) index offset
+    inside, spatial, linear = window_constants(h, w, half, x.device, dtype)          # (O, HW), (O, 1), (O,)
 
     d2 = _window_sq_dist(x, half) + spatial                                           # (B, O, HW)
-    inside = _window(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), half, 0.0)[0, 0] > 0   # (O, HW)
     density = torch.where(inside, torch.exp(d2 * (-0.5 / params.kernel_size ** 2)), 0).sum(1)      # (B, HW)
-    density = density + tie_noise(h, w, params.seed).to(x.device, dtype).reshape(1, -1)
+    density = density + _tie_noise_on(h, w, params.seed, x.device, dtype)
 
     neighbour_density = _window(density.view(batch, 1, h, w), half, float("-inf"))[:, 0]          # (B, O, HW)
     candidate = torch.where(inside & (neighbour_density > density[:, None]), d2, math.inf)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import QuickshiftParams
-from .quickshift_torch import _window, _window_sq_dist
+from .quickshift_torch import _window, _window_sq_dist, window_constants
 
 CHUNK_ELEMENTS = 1 << 25           # unfolded window elements per chunk of frames (128 MiB in float32)
 
@@ -32,9 +32,7 @@ def _window_terms(x: torch.Tensor, density: torch.Tensor, src: torch.Tensor, dt:
     yields (frames, d2 (n, O, HW) with the window's position terms, the window's densities (n, O, HW),
     -inf outside the grid). `unfold`: as the 2-D backend's (default: on the GPU)."""
     t, f, h, w = x.shape
-    offsets = torch.arange(-half, half + 1, device=x.device)
-    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    position = (dy * dy + dx * dx).reshape(-1, 1).to(x.dtype) + frame_term                  # (O, 1)
+    position = window_constants(h, w, half, x.device, x.dtype)[1] + frame_term              # (O, 1)
     per_frame = f * (2 * half + 1) ** 2 * h * w
     step = max(1, CHUNK_ELEMENTS // per_frame)
     for start in range(0, len(src), step):
@@ -53,7 +51,7 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
     x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()               # (T, F, H, W)
     half = int(math.ceil(3 * params.kernel_size))
     half_t = min(t - 1, int(math.ceil(3 * params.kernel_size / max(frame_scale, 1e-6))))
-    inside = _window(torch.ones(1, 1, h, w, dtype=dtype, device=x.device), half, 0.0)[0, 0] > 0   # (O, HW)
+    inside, _, linear = window_constants(h, w, half, x.device, dtype)                      # (O, HW), (O,)
     gamma = -0.5 / params.kernel_size ** 2
     noise = np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h * w))
     density = torch.from_numpy(noise).to(x.device, dtype)                                  # (T, HW)
@@ -64,8 +62,6 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
             density[frames] += torch.where(inside, torch.exp(d2 * gamma), zero).sum(1)
     # parents: the nearest denser token of the window, over the frame offsets in order
     index = torch.arange(t * h * w, device=x.device).view(t, h * w)
-    linear = (torch.arange(-half, half + 1, device=x.device).view(-1, 1) * w
-              + torch.arange(-half, half + 1, device=x.device).view(1, -1)).reshape(-1)        # (O,)
     closest = torch.full((t, h * w), math.inf, dtype=dtype, device=x.device)
     parent = index.clone()
     for dt in range(-half_t, half_t + 1):
