@@ -141,6 +141,11 @@ def test_segmentation_reads_back_only_its_convergence_checks_and_the_region_coun
     assert 1 < int(labels.max()) < 32 * 32 // 4
     assert counter.ops.count("aten::_unique2") == 1
     assert set(counter.ops) <= {"aten::_unique2", "aten::equal"}, counter.ops
+    # the tie-breaking noise reaches the device once per grid (on a GPU its copy blocks the host)
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import _tie_noise_on, window_constants
+    before = _tie_noise_on.cache_info().misses, window_constants.cache_info().misses
+    assert torch.equal(segment_batch(features, QuickshiftParams(kernel_size=2.0, max_dist=6.0, ratio=4.0)), labels)
+    assert (_tie_noise_on.cache_info().misses, window_constants.cache_info().misses) == before
 
 
 def test_the_contiguity_pass_converges_in_logarithmically_many_checks():
