@@ -42,11 +42,11 @@ def enable_dynamic_vram(device_index: int) -> None:
     hooks the driver's allocations, models get `ModelPatcherDynamic` (weights stay in RAM and are staged
     into a virtual VRAM region as their layers run) and ComfyUI's ops take the dynamic path. Benchmarks
     use it to time what users of the newest ComfyUI get; call after import_comfyui, before building models."""
-    import comfy.memory_management
     import comfy.model_patcher
     if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
         raise SystemExit(f"the ComfyUI at {comfyui_root()} has no dynamic VRAM (ModelPatcherDynamic): "
                          "set COMFYUI_PATH to a newer tree")
+    import comfy.memory_management
     import comfy_aimdo.control
     if not (comfy_aimdo.control.init() and comfy_aimdo.control.init_devices([device_index])):
         raise SystemExit("comfy-aimdo could not take over the GPU's allocations (dynamic VRAM needs an NVIDIA GPU)")

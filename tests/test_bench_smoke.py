@@ -50,3 +50,26 @@ def test_speed_refuses_dynamic_vram_off_cuda():
     result = subprocess.run([sys.executable, "bench/speed.py", "--smoke", "--device", "cpu", "--dynamic-vram"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--dynamic-vram needs a CUDA device" in result.stderr
+
+
+def test_dynamic_vram_is_set_up_as_a_newer_comfyui_server_does(monkeypatch):
+    """On a tree with dynamic VRAM: comfy-aimdo initialised for the device, then models get
+    ModelPatcherDynamic and ComfyUI's ops the dynamic path (the GPU itself is stood in for). On an older
+    tree: a clear error naming what is missing."""
+    import comfy.model_patcher
+    from pack_host import enable_dynamic_vram
+    if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        with pytest.raises(SystemExit, match="has no dynamic VRAM"):
+            enable_dynamic_vram(0)
+        return
+    import comfy.memory_management
+    import comfy_aimdo.control
+    asked = []
+    monkeypatch.setattr(comfy_aimdo.control, "init", lambda *a, **k: True)
+    monkeypatch.setattr(comfy_aimdo.control, "init_devices", lambda devices: asked.append(list(devices)) or True)
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.CoreModelPatcher)
+    monkeypatch.setattr(comfy.memory_management, "aimdo_enabled", comfy.memory_management.aimdo_enabled)
+    enable_dynamic_vram(0)
+    assert asked == [[0]]
+    assert comfy.model_patcher.CoreModelPatcher is comfy.model_patcher.ModelPatcherDynamic
+    assert comfy.memory_management.aimdo_enabled is True
