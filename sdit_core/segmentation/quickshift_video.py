@@ -12,10 +12,9 @@ Ties go to the first offset in (dt, dy, dx) order, as one pass over the offsets 
 """
 import math
 
-import numpy as np
 import torch
 
-from . import QuickshiftParams
+from . import QuickshiftParams, tie_noise
 from .quickshift_torch import _window, _window_sq_dist, window_constants
 
 CHUNK_ELEMENTS = 1 << 25           # unfolded window elements per chunk of frames (128 MiB in float32)
@@ -53,8 +52,7 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
     half_t = min(t - 1, int(math.ceil(3 * params.kernel_size / max(frame_scale, 1e-6))))
     inside, _, linear = window_constants(h, w, half, x.device, dtype)                      # (O, HW), (O,)
     gamma = -0.5 / params.kernel_size ** 2
-    noise = np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h * w))
-    density = torch.from_numpy(noise).to(x.device, dtype)                                  # (T, HW)
+    density = tie_noise(t, h * w, params.seed).to(x.device, dtype)                         # (T, HW)
     zero = torch.zeros((), dtype=dtype, device=x.device)
     for dt in range(-half_t, half_t + 1):
         src = _frames(t, dt)
