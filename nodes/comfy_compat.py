@@ -1,6 +1,7 @@
 """Every place where the pack adapts to what the running ComfyUI has: feature probes, never version
 numbers, gathered here so the differences we handle can be read in one place."""
 import dataclasses
+from typing import List, Optional
 
 
 def weights_may_move(patcher) -> bool:
@@ -24,6 +25,27 @@ def takes_reference_latents(diffusion_model) -> bool:
     import inspect
     forward = getattr(type(diffusion_model), "_forward", None)
     return forward is not None and "ref_latents" in inspect.signature(forward).parameters
+
+
+def context_window_frames(transformer_options: dict, handler) -> Optional[List[int]]:
+    """The frames of the run's video that this forward's latent holds, in order, when ComfyUI's context
+    windows (`handler`: model_options["context_handler"]) split the video along its frame axis; None
+    otherwise. ComfyUI hands the window to the model in transformer_options["context_window"] (its
+    `index_list`); newer ComfyUI puts a causal anchor frame before it (`causal_anchor_index`) and the
+    frames the handler retains (`latent_retain_index_list`) at their own positions. The engine checks
+    the count against the latent (guide frames appended after the window make it differ: dense)."""
+    window = transformer_options.get("context_window")
+    frames = getattr(window, "index_list", None)
+    if handler is None or frames is None or getattr(window, "dim", None) != 2:     # (B, C, frames, H, W)
+        return None
+    frames = [int(f) for f in frames]
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and anchor >= 0:
+        frames = [int(anchor)] + frames
+    for position in getattr(handler, "latent_retain_index_list", None) or []:
+        if 0 <= position < len(frames):
+            frames[position] = position
+    return frames
 
 
 def sampler_name(sampler) -> str:

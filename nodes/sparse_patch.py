@@ -26,6 +26,7 @@ from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
 from .sampler_support import dense_reason, warn
+from .comfy_compat import context_window_frames
 from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
@@ -85,6 +86,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
             run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape, patch_size,
                                                   temporal_patch)
+        model_options = getattr(executor.class_obj, "model_options", None) or {}
+        run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
         slot.run = run
         started = time.monotonic()
         try:
@@ -104,7 +107,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)
         call = run.open_forward(x.shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
-                                (_stream_key(transformer_options), str(x.device)))
+                                (_stream_key(transformer_options), str(x.device)),
+                                frames=context_window_frames(transformer_options, run.context_handler))
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

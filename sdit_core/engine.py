@@ -11,26 +11,34 @@ Data flow of one model forward (a model adapter drives it; see docs/ARCHITECTURE
 
 Forwards are grouped into *streams*: the rows of one forward call (e.g. cond+uncond batched, or
 cond alone when ComfyUI splits them). Each stream owns its K/V cache and last output. A stream that
-has not yet run densely is run densely, so the caches are always complete.
+has not yet run densely is run densely, so the caches are always complete. A context window of a
+video (the host runs the model once per window of frames) is a stream of its own, running the planned
+tokens of its frames (frame_windows.py).
 
 Forwards of one evaluation may run at once in several threads (newer ComfyUI runs cond and uncond on
 two GPUs in a thread pool): the forward in progress is kept per thread, and the run's bookkeeping is
 under a lock.
 """
+import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
 from .count_grid import round_up_count
 from .forward_graphs import GraphedForwards, capturing_graph
+from .frame_windows import window_active, window_tokens
 from .kv_cache import Dequantizer, JointKVCache, RowWriter, dequantize_reference, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
 from .tokens import gather_rows, is_latent_shape, scatter_rows_, token_grid, validate_active_index
+
+MOVING_WINDOWS = ("the context windows move from step to step (ComfyUI's uniform context schedules), so a window's "
+                  "forward finds no cache of its frames and runs dense (no speed-up); the standard_static or "
+                  "batched context schedule keeps the windows in place")
 
 
 @dataclass
@@ -40,6 +48,7 @@ class CallRecord:
     rows: int
     dense: bool
     image_tokens: int                   # grid tokens per row that entered the blocks
+    grid_tokens: int = 0                # grid tokens per row the call covers (a context window: its frames')
     attention_image_rows: List[int] = field(default_factory=list)   # image query rows, per attention call
 
 
@@ -49,6 +58,7 @@ class EvalRecord:
     active: Optional[torch.Tensor]      # (batch, n) on CPU, None when planned dense
     calls: List[CallRecord] = field(default_factory=list)
     shared: bool = True                 # every image has the same active set
+    windows: Dict[Tuple[int, ...], Tuple[torch.Tensor, bool]] = field(default_factory=dict)   # frame_windows.py
 
     @property
     def dense(self) -> bool:
@@ -64,6 +74,8 @@ class Stream:
         self.graphs = GraphedForwards(graph_backend) if graph_backend is not None else None
         self.last_output: Optional[torch.Tensor] = None
         self.primed = False             # a dense forward completed: caches hold every token
+        self.window: Optional[Tuple[int, ...]] = None   # the context window's frames (frame_windows.py)
+        self.last_eval = -1             # the evaluation that last ran it
 
 
 class ForwardCall:
@@ -87,7 +99,7 @@ class ForwardCall:
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
-        self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]))
+        self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]), grid_tokens)
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
 
     # ---- gather / scatter -------------------------------------------------------------------
@@ -293,6 +305,8 @@ class SparseRun:
         self.note = ""                  # said in the after-run line (e.g. why the run was dense)
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
+        self.context_handler = None         # the host's context windows of this run (opaque here)
+        self.windows_moved = 0              # context-window streams dropped because their window moved
         self.count_grid = 1                 # sparse counts rounded up to a multiple of this (count_grid.py; the host sets it)
         self._waited: Optional[torch.Tensor] = None      # (batch, N) evaluations since each token last ran
         self.streams: Dict[Hashable, Stream] = {}
@@ -316,6 +330,7 @@ class SparseRun:
         return token_grid(latent_shape, self.patch_size, self.temporal_patch)
 
     def _begin_eval(self, sigma: float, sample_sigmas: Optional[torch.Tensor]) -> EvalRecord:
+        self._drop_stale_windows()
         steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
         step = step_of_sigma(sample_sigmas, sigma) if sample_sigmas is not None else len(self.evals)
         info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,
@@ -341,10 +356,14 @@ class SparseRun:
             self._waited.scatter_(1, active, 0)
 
     def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
-                     sample_sigmas: Optional[torch.Tensor], stream_key: Hashable) -> ForwardCall:
+                     sample_sigmas: Optional[torch.Tensor], stream_key: Hashable,
+                     frames: Optional[Sequence[int]] = None) -> ForwardCall:
+        """`frames`: the video frames the call's latent holds, in its order, when it is a context window
+        of the run's video (frame_windows.py); None: the call covers the run's latent."""
         rows = int(latent_shape[0])
         grid = self.grid_of(latent_shape)
-        key = (stream_key, rows, grid)
+        window = self._window(grid, frames)
+        key = (stream_key, rows, grid) if window is None else (stream_key, rows, grid, window)
         with self._lock:
             # A new evaluation starts when sigma moves, or when a stream comes back at the same sigma
             # (within one evaluation every stream runs once).
@@ -357,16 +376,45 @@ class SparseRun:
             if stream is None:
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
                                                     self.dequantize)
-        # Dense when planned, when this stream's caches are not complete yet, or when the call does
-        # not cover the run's image grid (e.g. area conditioning crops the latent).
-        dense = (record.active is None or not stream.primed or grid != self.grid or rows % self.batch != 0)
-        grid_index = None if dense else record.active.repeat(rows // self.batch, 1)
-        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid),
-                           shared_index=record.shared)
+                stream.window = window
+            stream.last_eval = record.info.index
+            # Dense when planned, when this stream's caches are not complete yet, or when the call does
+            # not cover the run's image grid or one of its context windows (e.g. area conditioning crops
+            # the latent).
+            dense = (record.active is None or not stream.primed or rows % self.batch != 0
+                     or (grid != self.grid and window is None))
+            shared = record.shared
+            if dense:
+                index = None
+            elif window is None:
+                index = record.active
+            else:
+                index, shared = self._window_index(record, window)
+        grid_index = None if dense else index.repeat(rows // self.batch, 1)
+        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid), shared_index=shared)
         call.record.rows = rows
         call.eval_record = record
         self.current = call
         return call
+
+    def _window(self, grid: Tuple[int, ...], frames: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:
+        """The frames of a context window the engine can follow, or None: a window of a video whose
+        tokens are one latent frame deep, with the run's frame size, each frame in the video."""
+        if frames is None or len(self.grid) != 3 or self.temporal_patch != 1 or len(grid) != 3:
+            return None
+        frames = tuple(int(f) for f in frames)
+        if len(frames) != grid[0] or grid[1:] != self.grid[1:] or not all(0 <= f < self.grid[0] for f in frames):
+            return None
+        return None if frames == tuple(range(self.grid[0])) else frames
+
+    def _window_index(self, record: EvalRecord, window: Tuple[int, ...]) -> Tuple[torch.Tensor, bool]:
+        """The evaluation's active set in a window's numbering (once per evaluation and window)."""
+        if window not in record.windows:
+            tokens = window_tokens(window, self.grid[1] * self.grid[2])
+            index = window_active(record.active, tokens, record.info.num_tokens, self._waited, self.count_grid,
+                                  self.policy.selectable)
+            record.windows[window] = (index, bool((index == index[:1]).all()))
+        return record.windows[window]
 
     def close_forward(self, call: ForwardCall, completed: bool) -> None:
         if self.current is call:
@@ -381,9 +429,25 @@ class SparseRun:
 
     def release(self) -> None:
         """Frees every cache; the run's record stays (with how many forwards were captured and replayed)."""
-        for stream in self.streams.values():
-            if stream.graphs is not None:
-                self.graph_captures += stream.graphs.captures
-                self.graph_replays += stream.graphs.replays
-        self.streams.clear()
+        for key in list(self.streams):
+            self._drop_stream(key)
         self.current = None
+
+    def _drop_stream(self, key: Hashable) -> None:
+        stream = self.streams.pop(key)
+        if stream.graphs is not None:
+            self.graph_captures += stream.graphs.captures
+            self.graph_replays += stream.graphs.replays
+        self.policy.forget(key)        # what the policy keeps per stream (SDiT's output history)
+
+    def _drop_stale_windows(self) -> None:
+        """Context windows that move from step to step (ComfyUI's uniform schedules) would leave a cache
+        behind for every placement: a window's stream that sat out the last evaluation is dropped."""
+        last = len(self.evals) - 1
+        moved = [k for k, s in self.streams.items() if s.window is not None and s.last_eval < last]
+        for key in moved:
+            self._drop_stream(key)
+        if moved and not self.windows_moved:
+            self.note = self.note or MOVING_WINDOWS
+            logging.warning("region-adaptive sampling: %s", MOVING_WINDOWS)
+        self.windows_moved += len(moved)

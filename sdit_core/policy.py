@@ -73,6 +73,9 @@ class TokenPolicy:
     def observe(self, step: StepOutput) -> None:
         """Called once per evaluation with the post-CFG output (for the next evaluation's choice)."""
 
+    def forget(self, stream: Hashable) -> None:
+        """The engine dropped a stream (a context window that moved): drop what is kept for it."""
+
 
 class FixedPlanPolicy(TokenPolicy):
     """Plays back a given plan per evaluation index (None = dense); used by tests and benchmarks."""

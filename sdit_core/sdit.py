@@ -204,6 +204,9 @@ class SDiTPolicy(TokenPolicy):
             return last_output
         return self._predict(history, info.sigma).to(last_output.dtype)
 
+    def forget(self, stream: Hashable) -> None:
+        self.histories.pop(stream, None)
+
     def on_output(self, stream: Hashable, info: EvalInfo, output: torch.Tensor,
                   computed: Optional[torch.Tensor]) -> None:
         history = self.histories.setdefault(stream, OutputHistory(self.config.order))
@@ -219,7 +222,10 @@ class SDiTPolicy(TokenPolicy):
             error = error_on(computed)
             self.drift_computed[info.index] = max(error, self.drift_computed.get(info.index, 0.0))
             probes = self._probes.get(info.index)
-            skipped = error if probes is None else error_on(probes.repeat(output.shape[0] // probes.shape[0], 1))
+            if probes is None or output.shape[1] != info.num_tokens:   # a context window: probes are video-wide
+                skipped = error
+            else:
+                skipped = error_on(probes.repeat(output.shape[0] // probes.shape[0], 1))
             self.drift[info.index] = max(skipped, self.drift.get(info.index, 0.0))
             if self.config.drift_threshold > 0 and error > self.config.drift_threshold:
                 self._reset_pending = True

@@ -77,11 +77,14 @@ def empty_trace(method: str, latent_shape, patch_size: int, settings=None, tempo
 
 
 def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
+    """Tokens per image the evaluation computed, as a share of the grid: a context window's forward
+    counts against the tokens of its own frames."""
     rows = sum(c.rows for c in record.calls)
     if rows == 0:
         return num_tokens, True
     work = sum(c.rows * c.image_tokens for c in record.calls)
-    return int(round(work / rows)), all(c.dense for c in record.calls)
+    covered = sum(c.rows * (c.grid_tokens or num_tokens) for c in record.calls)
+    return int(round(num_tokens * work / covered)), all(c.dense for c in record.calls)
 
 
 def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, torch.Tensor]] = None,
