@@ -340,6 +340,28 @@ def wan22_ti2v_5b_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan21_context_windows_ras(info: dict) -> dict:
+    """Wan 2.1 text-to-video longer than the model's 81 frames, in ComfyUI's context windows (windows kept in
+    place by the standard_static schedule, so every window runs its tokens sparsely) + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "wan2.1_t2v_14B_fp8_scaled.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan_2.1_vae.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    windows = wf.add("WanContextWindowsManual", {"context_length": 81, "context_overlap": 16,
+                                                 "context_schedule": "standard_static"},
+                     {"model": (shifted, 0)}, pos=(700, 0))
+    positive, negative = text_pair(wf, clip, "a sailboat crossing a calm bay at sunset, gulls overhead",
+                                   "blurry, static, low quality")
+    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 161, "batch_size": 1},
+                    pos=(700, 500))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": (windows, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "wan21_context_windows_ras", 16.0)
+    return wf.to_json()
+
+
 def hunyuan_video_ras(info: dict) -> dict:
     """HunyuanVideo text-to-video: its diffusion model, the CLIP-L + LLaVA text encoders, its VAE + RAS Sampler."""
     wf = Workflow(info)
@@ -367,7 +389,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
-            "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "hunyuan_video_ras.json": hunyuan_video_ras}
+            "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
+            "hunyuan_video_ras.json": hunyuan_video_ras}
 
 
 def main() -> None:

@@ -331,6 +331,8 @@ class SparseRun:
 
     def _begin_eval(self, sigma: float, sample_sigmas: Optional[torch.Tensor]) -> EvalRecord:
         self._drop_stale_windows()
+        if self.evals:
+            self.evals[-1].windows.clear()      # the finished evaluation's window indices are not read again
         steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
         step = step_of_sigma(sample_sigmas, sigma) if sample_sigmas is not None else len(self.evals)
         info = EvalInfo(index=len(self.evals), step=step, steps=max(steps, 1), sigma=sigma,

@@ -141,7 +141,8 @@ def test_readme_node_table_lists_every_input(object_info):
 FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["flux2_ras.json"],
                     "Chroma": ["chroma_ras.json"], "SD3": ["sd35_sdit.json"],
                     "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json"],
-                    "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json"],
+                    "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json",
+                            "wan21_context_windows_ras.json"],
                     "HunyuanVideo": ["hunyuan_video_ras.json"]}
 
 
