@@ -41,13 +41,26 @@ def round_up_count(active: torch.Tensor, waited: Optional[torch.Tensor], grid: i
     num_tokens). Added per image: the tokens not active that waited longest (`waited` (B, N), the
     evaluations since each last ran; None: all equal), selectable ones first, then the lower index."""
     batch, n = active.shape
-    target = min(num_tokens, -(-n // grid) * grid) if grid > 1 else n
+    target = rounded_count(n, grid, num_tokens)
     if target == n:
         return active
     taken = torch.zeros(batch, num_tokens, dtype=torch.bool).scatter_(1, active, True)
-    priority = waited.to(torch.int64).clone() if waited is not None else torch.zeros(batch, num_tokens, dtype=torch.int64)
-    if selectable is not None:
-        priority += selectable.cpu().to(torch.int64) * (int(priority.max()) + 1)     # inside the mask first
+    priority = top_up_priority(waited, selectable, batch, num_tokens)
     priority[taken] = -1
     extra = torch.sort(priority, dim=1, descending=True, stable=True).indices[:, :target - n]
     return torch.cat([active, extra], dim=1).sort(dim=1).values
+
+
+def rounded_count(n: int, grid: int, most: int) -> int:
+    """n rounded up to a multiple of the grid, at most `most` (grid 1: n)."""
+    return min(most, -(-n // grid) * grid) if grid > 1 else n
+
+
+def top_up_priority(waited: Optional[torch.Tensor], selectable: Optional[torch.Tensor], batch: int,
+                    num_tokens: int) -> torch.Tensor:
+    """(B, N) int64: which tokens to add first when a count is topped up: those that waited longest
+    (`waited`, None: all equal), inside an inpainting mask (`selectable`) before any outside it."""
+    priority = waited.to(torch.int64).clone() if waited is not None else torch.zeros(batch, num_tokens, dtype=torch.int64)
+    if selectable is not None:
+        priority += selectable.cpu().to(torch.int64) * (int(priority.max()) + 1)
+    return priority

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .count_grid import rounded_count, top_up_priority
+
 
 def window_tokens(frames: Sequence[int], frame_tokens: int) -> torch.Tensor:
     """Whole-video token index of each token of a window holding `frames` (in the window's order),
@@ -37,11 +39,8 @@ def window_active(active: torch.Tensor, tokens: torch.Tensor, num_tokens: int, w
     planned = torch.zeros(batch, num_tokens, dtype=torch.bool).scatter_(1, active.cpu(), True)[:, tokens]
     size = tokens.shape[0]
     most = int(planned.sum(dim=1).max())
-    target = min(size, max(1, -(-most // grid) * grid if grid > 1 else most))
-    priority = (waited[:, tokens].to(torch.int64) if waited is not None
-                else torch.zeros(batch, size, dtype=torch.int64))
-    if selectable is not None:
-        priority = priority + selectable.cpu()[:, tokens].to(torch.int64) * (int(priority.max()) + 1)
+    target = max(1, rounded_count(most, grid, size))
+    priority = top_up_priority(waited, selectable, batch, num_tokens)[:, tokens]
     priority = priority.masked_fill(planned, int(priority.max()) + 1)        # planned tokens first, always
     chosen = torch.sort(priority, dim=1, descending=True, stable=True).indices[:, :target]
     return chosen.sort(dim=1).values
