@@ -34,7 +34,7 @@ from .kv_cache import Dequantizer, JointKVCache, RowWriter, dequantize_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
-from .tokens import gather_rows, is_latent_shape, scatter_rows_, token_grid, validate_active_index
+from .tokens import gather_rows, is_latent_shape, same_rows, scatter_rows_, token_grid, validate_active_index
 
 MOVING_WINDOWS = ("the context windows move from step to step (ComfyUI's uniform context schedules), so a window's "
                   "forward finds no cache of its frames and runs dense (no speed-up); the standard_static or "
@@ -345,7 +345,7 @@ class SparseRun:
             active = round_up_count(active, self._waited, self.count_grid, info.num_tokens, self.policy.selectable)
         self._note_ran(active, info.num_tokens)
         record = EvalRecord(info, active)
-        record.shared = active is None or bool((record.active == record.active[:1]).all())
+        record.shared = active is None or same_rows(record.active)
         self.evals.append(record)
         self._sigma = sigma
         return record
@@ -415,7 +415,7 @@ class SparseRun:
             tokens = window_tokens(window, self.grid[1] * self.grid[2])
             index = window_active(record.active, tokens, record.info.num_tokens, self._waited, self.count_grid,
                                   self.policy.selectable)
-            record.windows[window] = (index, bool((index == index[:1]).all()))
+            record.windows[window] = (index, same_rows(index))
         return record.windows[window]
 
     def close_forward(self, call: ForwardCall, completed: bool) -> None:

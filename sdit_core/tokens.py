@@ -60,6 +60,11 @@ def validate_active_index(active: torch.Tensor, batch: int, num_tokens: int) -> 
     return sorted_idx.long()
 
 
+def same_rows(index: torch.Tensor) -> bool:
+    """(B, n) index: does every row hold the same tokens? (the K/V writes take one index for all rows)"""
+    return bool((index == index[:1]).all())
+
+
 def mask_to_index(mask: torch.Tensor) -> torch.Tensor:
     """(B, N) bool with the same count per row -> (B, n) sorted indices."""
     counts = mask.sum(dim=1)
