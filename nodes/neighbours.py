@@ -7,7 +7,8 @@ Checked, and why:
 - ComfyUI's "Flux KV Cache" strips reference tokens from the image sequence after the first step and
   appends their cached keys/values inside attention: keys no longer match the tokens that ran.
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
-the call's shape (they are chained), block patches (forwards stay eager)."""
+the call's shape (they are chained), block patches (forwards stay eager), Skip Layer Guidance (its
+perturbed network is a stream of its own: sparse_patch._stream_key)."""
 from .errors import SDiTInputError
 
 _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE callback key

@@ -46,10 +46,14 @@ class RunSlot:
 
 
 def _stream_key(transformer_options: dict):
+    """The prompts a call runs, and which of the model's blocks other nodes replace for it: guidance that
+    evaluates a perturbed network within a step (Skip Layer Guidance: the cond prompt again with blocks
+    skipped) is another network, whose K/V cache and cached output are its own."""
     uuids = transformer_options.get("uuids")
-    if uuids:
-        return tuple(uuids)
-    return tuple(transformer_options.get("cond_or_uncond", ()))
+    prompts = tuple(uuids) if uuids else tuple(transformer_options.get("cond_or_uncond", ()))
+    replaced = frozenset((kind, key) for kind, patches in transformer_options.get("patches_replace", {}).items()
+                         for key in patches)
+    return prompts, replaced
 
 
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,

@@ -10,8 +10,9 @@ Data flow of one model forward (a model adapter drives it; see docs/ARCHITECTURE
     run.close_forward(call)
 
 Forwards are grouped into *streams*: the rows of one forward call (e.g. cond+uncond batched, or
-cond alone when ComfyUI splits them). Each stream owns its K/V cache and last output. A stream that
-has not yet run densely is run densely, so the caches are always complete. A context window of a
+cond alone when ComfyUI splits them; another network, e.g. Skip Layer Guidance's, is another stream).
+Each stream owns its K/V cache and last output. A stream that has not yet run densely is run densely,
+so the caches are always complete; one that sits out an evaluation is dropped. A context window of a
 video (the host runs the model once per window of frames) is a stream of its own, running the planned
 tokens of its frames (frame_windows.py).
 
@@ -330,7 +331,7 @@ class SparseRun:
         return token_grid(latent_shape, self.patch_size, self.temporal_patch)
 
     def _begin_eval(self, sigma: float, sample_sigmas: Optional[torch.Tensor]) -> EvalRecord:
-        self._drop_stale_windows()
+        self._drop_idle_streams()
         if self.evals:
             self.evals[-1].windows.clear()      # the finished evaluation's window indices are not read again
         steps = int(sample_sigmas.shape[-1]) - 1 if sample_sigmas is not None else 1
@@ -442,12 +443,15 @@ class SparseRun:
             self.graph_replays += stream.graphs.replays
         self.policy.forget(key)        # what the policy keeps per stream (SDiT's output history)
 
-    def _drop_stale_windows(self) -> None:
-        """Context windows that move from step to step (ComfyUI's uniform schedules) would leave a cache
-        behind for every placement: a window's stream that sat out the last evaluation is dropped."""
+    def _drop_idle_streams(self) -> None:
+        """A stream that sat out the last evaluation is dropped with its caches: context windows that move
+        from step to step (ComfyUI's uniform schedules) would leave a cache behind for every placement,
+        and guidance that evaluates a perturbed network for part of the run (Skip Layer Guidance), or a
+        prompt that ends (timestep ranges), a cache it no longer reads. One that comes back runs dense."""
         last = len(self.evals) - 1
-        moved = [k for k, s in self.streams.items() if s.window is not None and s.last_eval < last]
-        for key in moved:
+        idle = [k for k, s in self.streams.items() if s.last_eval < last]
+        moved = [k for k in idle if self.streams[k].window is not None]
+        for key in idle:
             self._drop_stream(key)
         if moved and not self.windows_moved:
             self.note = self.note or MOVING_WINDOWS

@@ -4,8 +4,9 @@
 cols), runs the blocks (self-attention over the video tokens with 3-D RoPE, cross-attention of the
 video tokens to the text and CLIP-image context, a feed-forward) and a per-token head. The adapter
 hooks modules, never that function's code:
-- the first block gathers the video tokens; every block gets the running tokens' RoPE frequencies
-  and, where the timestep is per frame or per token (Wan 2.2 TI2V), their modulation;
+- the first block that runs gathers the video tokens (another node may replace earlier ones: Skip Layer
+  Guidance skipping block 0); every block gets the running tokens' RoPE frequencies and, where the
+  timestep is per frame or per token (Wan 2.2 TI2V), their modulation;
 - cross-attention passes the K/V cache by (its keys are the context, complete as they are);
 - the head gets the running tokens' modulation and its output is scattered back to every token.
 Self-attention has no text prefix: the K/V cache holds the video tokens alone. Tokens that follow the
@@ -39,8 +40,7 @@ class WanFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
-            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward",
-                         before=_gather_tokens if i == 0 else _gather_positions_and_modulation)
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_method(patcher, slot, "diffusion_model.head.forward", before=_gather_head_modulation,
                      after=lambda call, out: call.scatter(out))
@@ -63,12 +63,9 @@ def _refuse_leading_reference(call, reference):
     raise NotImplementedError(LEADING_REFERENCE)
 
 
-def _gather_tokens(call, arguments) -> None:
-    arguments["x"] = call.gather(arguments["x"])     # dense: unchanged, but counted; extra tokens follow the grid
-    _gather_positions_and_modulation(call, arguments)
-
-
-def _gather_positions_and_modulation(call, arguments) -> None:
+def _gather_block_inputs(call, arguments) -> None:
+    if call.image_rows is None:     # the first block that runs
+        arguments["x"] = call.gather(arguments["x"])     # dense: unchanged, but counted; extra tokens follow the grid
     if call.dense:
         return
     arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)

@@ -1,0 +1,126 @@
+"""Guidance nodes that evaluate a perturbed network inside a sampler step (ComfyUI's Skip Layer Guidance:
+the same prompt again with some blocks replaced). That forward is another network: it must get its own
+stream (K/V cache, cached output) and belong to the step's evaluation, never overwrite the caches of the
+plain network's forward of the same prompt (at cfg 1 that one runs the same conditioning alone)."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.model_patcher
+import comfy.samplers
+
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from test_neighbours import ksampler, ras_patch
+from test_ras_sampler import latent, ras_args
+from test_sdit_sampler import defaults
+from test_video import conds as video_conds, video_latent
+from sdit_testkit import (pooled_conditioning, random_active, ras_sample, sdit_model_patch, tiny_flux, tiny_sd3,
+                          tiny_wan)
+
+slg_nodes = importlib.import_module("comfy_extras.nodes_slg")
+
+
+def skip_block(args, extra):
+    return args
+
+
+def with_discarded_skip_layer_evaluation(model, block: int):
+    """Skip Layer Guidance's extra evaluation (the cond prompt with `block` skipped), its result dropped:
+    with every stream kept apart, sampling gives exactly what it gives without it."""
+    m = model.clone()
+
+    def post_cfg(args):
+        options = comfy.model_patcher.set_model_options_patch_replace(args["model_options"].copy(), skip_block,
+                                                                       "dit", "double_block", block)
+        comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"], options)
+        return args["denoised"]
+    m.set_model_sampler_post_cfg_function(post_cfg)
+    return m
+
+
+def sd3_args(**overrides):
+    return ras_args(positive=pooled_conditioning(1), negative=pooled_conditioning(2), **overrides)
+
+
+def wan_args(**overrides):
+    return ras_args(**video_conds(), **overrides)
+
+
+CASES = {   # model, sampler arguments, latent, the block the perturbed network skips
+    "flux": (tiny_flux, ras_args, lambda: latent(1), 1),
+    "sd3": (tiny_sd3, sd3_args, lambda: latent(1), 1),
+    # Wan's tokens enter sparse at the first block that runs: skipping block 0 must not skip that
+    "wan-block0": (tiny_wan, wan_args, lambda: {"samples": video_latent(1)}, 0),
+    "wan-block1": (tiny_wan, wan_args, lambda: {"samples": video_latent(1)}, 1),
+}
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_an_evaluation_of_a_perturbed_network_leaves_the_sampling_of_the_plain_one_unchanged(case, cfg):
+    build, make_args, make_latent, block = CASES[case]
+    model = build(seed=60)
+    a, lat = make_args(cfg=cfg, sample_ratio=0.25), make_latent()
+    for patch in (lambda m: ras_patch(m, sample_ratio=0.25),
+                  lambda m: sdit_model_patch(m, **defaults(sample_ratio=0.25))[0]):
+        alone = ksampler(patch(model), a, lat)
+        with_extra = ksampler(with_discarded_skip_layer_evaluation(patch(model), block), a, lat)
+        assert torch.equal(with_extra, alone)
+    # one evaluation per step: the extra forward joins the step's evaluation, it does not start one
+    _, trace = ras_sample(with_discarded_skip_layer_evaluation(model, block), latent_image=lat, **a)
+    assert len(trace.steps) == a["steps"]
+
+
+def skip_layer_guidance(model, simple: bool):
+    if simple:
+        return slg_nodes.SkipLayerGuidanceDiTSimple.execute(model, 0.0, 1.0, "1", "1")[0]
+    return slg_nodes.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 0.5, "1", "1", 0.0)[0]
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("simple", [False, True], ids=["SkipLayerGuidanceDiT", "SkipLayerGuidanceDiTSimple"])
+def test_skip_layer_guidance_with_every_token_active_equals_it_alone(simple, cfg):
+    model = tiny_flux(seed=61)
+    a, lat = ras_args(cfg=cfg), latent(1)
+    reference = ksampler(skip_layer_guidance(model, simple), a, lat)
+    everything = ksampler(skip_layer_guidance(ras_patch(model, sample_ratio=1.0, warmup_steps=1), simple), a, lat)
+    assert (everything - reference).abs().max().item() <= 1e-5
+    out, trace = ras_sample(skip_layer_guidance(model, simple), latent_image=lat, **dict(a, sample_ratio=0.25))
+    assert torch.isfinite(out["samples"]).all() and len(trace.steps) == a["steps"]
+    assert any(0 < step.tokens < 64 for step in trace.steps), "sparse steps ran"
+
+
+class StreamRecorder(FixedPlanPolicy):
+    """Plays back plans; records how many streams (caches) the run holds at each forward."""
+
+    def __init__(self, plans):
+        super().__init__(plans)
+        self.run, self.held = None, []      # (eval index, streams held)
+
+    def on_output(self, stream, info, output, computed):
+        self.held.append((info.index, len(self.run.streams)))
+
+
+def test_the_perturbed_network_has_its_own_stream_dropped_when_its_guidance_stops():
+    steps = 8
+    policy = StreamRecorder([None] + [random_active(1, 64, 16, seed=i) for i in range(steps - 1)])
+
+    def make(run):
+        policy.run = run
+        return policy
+    patched, slot = apply_token_sparse(tiny_flux(seed=62), make, node="test")
+    guided = slg_nodes.SkipLayerGuidanceDiT.execute(patched, 3.0, 0.0, 0.5, "1", "1", 0.0)[0]
+    ksampler(guided, dict(ras_args(cfg=3.0), steps=steps), latent(1))
+    run = slot.last_run
+    assert len(run.evals) == steps
+    main = run.evals[0].calls[0].stream
+    perturbed = [[c for c in e.calls if c.stream != main] for e in run.evals]
+    guided_evals = [i for i, calls in enumerate(perturbed) if calls]
+    assert guided_evals == list(range(len(guided_evals))) and 2 <= len(guided_evals) < steps - 2
+    calls = [c for cs in perturbed for c in cs]
+    assert calls[0].dense and not any(c.dense for c in calls[1:]), "dense once, then sparse on its own cache"
+    assert all(len(e.calls) == 1 + bool(p) for e, p in zip(run.evals, perturbed))
+    # the eval after the guidance stopped still holds its stream; the ones after it do not
+    assert {held for index, held in policy.held if index > guided_evals[-1] + 1} == {1}
