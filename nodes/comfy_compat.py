@@ -1,7 +1,9 @@
 """Every place where the pack adapts to what the running ComfyUI has: feature probes, never version
 numbers, gathered here so the differences we handle can be read in one place."""
 import dataclasses
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+import torch
 
 
 def weights_may_move(patcher) -> bool:
@@ -12,6 +14,15 @@ def weights_may_move(patcher) -> bool:
         return True
     is_dynamic = getattr(patcher, "is_dynamic", None)
     return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def compiler_opaque(function: Callable, callees_compiled: bool = False) -> Callable:
+    """`function` runs eagerly inside a model under torch.compile (ComfyUI's TorchCompileModel node):
+    dynamo would otherwise trace the engine's per-forward bookkeeping (lists that grow per layer,
+    per-forward objects) and guard on it, recompiling layer after layer. `callees_compiled`: only
+    the function's own frame runs eagerly, the model code it calls is still compiled."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)     # torch >= 2.1
+    return function if disable is None else disable(function, recursive=not callees_compiled)
 
 
 def on_multigpu_thread(transformer_options: dict) -> bool:

@@ -26,7 +26,7 @@ from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
 from .sampler_support import dense_reason, warn
-from .comfy_compat import context_window_frames
+from .comfy_compat import compiler_opaque, context_window_frames
 from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
@@ -124,6 +124,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     transformer_options = patched.model_options.setdefault("transformer_options", {})
     previous_override = unwrap_ours(transformer_options.get("optimized_attention_override"))
 
+    @compiler_opaque
     def attention_override(func, *args, **kwargs):
         if previous_override is None:
             attend = func

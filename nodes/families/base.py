@@ -1,11 +1,12 @@
 """Interface of a model-family adapter, and the patching helpers every adapter shares."""
+import functools
 import inspect
 import logging
 from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..comfy_compat import on_multigpu_thread, weights_may_move
+from ..comfy_compat import compiler_opaque, on_multigpu_thread, weights_may_move
 
 
 def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
@@ -22,21 +23,39 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(getattr(type(owner), name).__get__(owner))
 
-    def patched(*args, **kwargs):
+    @compiler_opaque
+    def enter(args, kwargs):
         call = slot.current_call()
         if call is None:
-            return original(*args, **kwargs)
+            return None, None
         bound = signature.bind(*args, **kwargs)
         if before is not None:
             before(call, bound.arguments)
-        if graph and _may_graph(patcher, call, bound.arguments):
-            def forward(arguments):
-                rebound = inspect.BoundArguments(signature, dict(arguments))
-                return original(*rebound.args, **rebound.kwargs)
-            result = call.stream.graphs.run(call, dict(bound.arguments), forward, site=path)
-        else:
+        return call, bound
+
+    @compiler_opaque
+    def replay(call, bound):
+        """The call replayed from the stream's CUDA graphs, or None where it may not be (eager under torch.compile:
+        captured, not compiled)."""
+        if not (graph and _may_graph(patcher, call, bound.arguments)):
+            return None
+
+        def forward(arguments):
+            rebound = inspect.BoundArguments(signature, dict(arguments))
+            return original(*rebound.args, **rebound.kwargs)
+        return call.stream.graphs.run(call, dict(bound.arguments), forward, site=path)
+
+    finish = compiler_opaque(after) if after is not None else None
+
+    @functools.partial(compiler_opaque, callees_compiled=True)     # ours eager, the model's code compiled
+    def patched(*args, **kwargs):
+        call, bound = enter(args, kwargs)
+        if call is None:
+            return original(*args, **kwargs)
+        result = replay(call, bound)
+        if result is None:
             result = original(*bound.args, **bound.kwargs)
-        return after(call, result) if after is not None else result
+        return finish(call, result) if finish is not None else result
 
     patched.sdit_wraps = original
     patcher.add_object_patch(path, patched)
@@ -54,9 +73,13 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
     """Object-patches a module's forward whose first argument is the token tensor: while a forward of the
     engine is open, `before(call, x)` maps the input and `after(call, out)` the output."""
     original = unwrap_ours(patcher.get_model_object(path + ".forward"))
+    current_call = compiler_opaque(slot.current_call)
+    before = compiler_opaque(before) if before else None
+    after = compiler_opaque(after) if after else None
 
+    @functools.partial(compiler_opaque, callees_compiled=True)
     def forward(x, *args, **kwargs):
-        call = slot.current_call()
+        call = current_call()
         if call is None:
             return original(x, *args, **kwargs)
         out = original(before(call, x) if before else x, *args, **kwargs)
@@ -71,9 +94,11 @@ def passthrough_method(patcher, slot, path: str) -> None:
     the image queries to text or image context): while it runs, attention passes the engine's K/V
     cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are."""
     original = unwrap_ours(patcher.get_model_object(path))
+    current_call = compiler_opaque(slot.current_call)
 
+    @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
-        call = slot.current_call()
+        call = current_call()
         if call is None:
             return original(*args, **kwargs)
         call.passthrough += 1

@@ -10,8 +10,11 @@ the per-token `proj_out`. The adapter hooks those three per-token modules (never
 Reference tokens follow the grid and always run; where newer ComfyUI marks them by position
 (`timestep_zero_index`, Qwen-Image-Edit-2511), each block gets that position in the gathered sequence.
 """
+import functools
+
 import comfy.patcher_extension as patcher_extension
 
+from ..comfy_compat import compiler_opaque
 from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
@@ -28,11 +31,16 @@ class QwenImageFamily(FamilyAdapter):
         return int(diffusion_model.patch_size)
 
     def install(self, patcher, slot) -> None:
-        def note_text_and_control(executor, x, timestep, context, *args, **kwargs):
+        @compiler_opaque
+        def note(context, kwargs):
             call = slot.current_call()
             if call is not None:
                 call.text_len = context.shape[1]
                 kwargs["control"] = gather_control(call, kwargs.get("control"))
+
+        @functools.partial(compiler_opaque, callees_compiled=True)
+        def note_text_and_control(executor, x, timestep, context, *args, **kwargs):
+            note(context, kwargs)
             return executor(x, timestep, context, *args, **kwargs)
 
         patcher.remove_wrappers_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)   # last patch wins

@@ -1,0 +1,39 @@
+"""ComfyUI's TorchCompileModel node on a patched model: the model's code is compiled, the engine's
+per-forward bookkeeping runs eagerly (comfy_compat.compiler_opaque). Dynamo tracing it guarded on lists
+that grow per layer and recompiled layer after layer until its recompile limit ("hit
+config.recompile_limit"). Backend aot_eager: dynamo and AOTAutograd without inductor's C++ compile, so
+the compiled run equals the eager one exactly and the test stays fast on the CPU."""
+import importlib
+import logging
+
+import pytest
+import torch
+
+from test_neighbours import ksampler, ras_patch
+from test_ras_sampler import latent, ras_args
+from test_video import conds as video_conds, video_latent
+from sdit_testkit import tiny_flux, tiny_wan
+
+compile_nodes = importlib.import_module("comfy_extras.nodes_torch_compile")
+
+CASES = {
+    "flux": (tiny_flux, ras_args, lambda: latent(1)),       # forward_orig patched as a whole
+    "wan": (tiny_wan, lambda **o: ras_args(**video_conds(), **o), lambda: {"samples": video_latent(1)}),   # every block
+}
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_a_compiled_patched_model_samples_as_the_eager_one_without_recompiling_the_engine(family, caplog):
+    build, make_args, make_latent = CASES[family]
+    model = build(seed=70)
+    a, lat = make_args(cfg=3.0, sample_ratio=0.25), make_latent()
+    eager = ksampler(ras_patch(model, sample_ratio=0.25), a, lat)
+    torch._dynamo.reset()
+    try:
+        compiled = compile_nodes.TorchCompileModel.execute(ras_patch(model, sample_ratio=0.25), "aot_eager")[0]
+        with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+            out = ksampler(compiled, a, lat)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(out, eager)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
