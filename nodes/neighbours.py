@@ -6,31 +6,53 @@ Checked, and why:
   again at every step and computes attention itself, so our K/V cache would not see those calls.
 - ComfyUI's "Flux KV Cache" strips reference tokens from the image sequence after the first step and
   appends their cached keys/values inside attention: keys no longer match the tokens that ran.
+- Patches that add inputs of their own to the image tokens by position over the whole image (the
+  DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
+  attention): they need every token's hidden state, the sparse forward has only the running ones
+  (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
+  so custom packs that subclass them are named too.
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
 the call's shape (they are chained), block patches (forwards stay eager), Skip Layer Guidance (its
-perturbed network is a stream of its own: sparse_patch._stream_key)."""
+perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
+style tokens before the prompt)."""
+from typing import Tuple
+
 from .errors import SDiTInputError
 
 _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE callback key
 _FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                 # its attn1_patch class
+_CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
+_BY_POSITION = ("adds its own inputs to the image tokens by their position in the whole image, while "
+                "region-adaptive sampling runs only some of those tokens")
+_POSITIONAL_PATCHES = {       # patch class -> the node that puts it on the model
+    "DiffSynthCnetPatch": "Apply Qwen Image DiffSynth ControlNet",
+    "ZImageControlPatch": "Apply Z-Image Fun ControlNet",
+    "WanUni3CCnetPatch": "Apply Wan Uni3C ControlNet",
+    "MultiTalkCrossAttnPatch": "WanInfiniteTalkToVideo",
+    "MultiTalkGetAttnMapPatch": "WanInfiniteTalkToVideo",
+}
 
 
-def conflicting_node(patcher) -> str:
-    """The display name of a node on `patcher` that we cannot run with, or ''."""
+def conflicting_node(patcher) -> Tuple[str, str]:
+    """(display name, why) of a node on `patcher` that we cannot run with, or ('', '')."""
     import comfy.patcher_extension as patcher_extension
     get_callbacks = getattr(patcher, "get_callbacks", None)
     if callable(get_callbacks) and get_callbacks(patcher_extension.CallbacksMP.ON_PREPARE_STATE,
                                                  _BLOCK_SPARSE_CALLBACK):
-        return "Model Sparse Attention"
+        return "Model Sparse Attention", _CHANGES_ATTENTION
     patches = patcher.model_options.get("transformer_options", {}).get("patches", {})
     if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
-        return "Flux KV Cache"
-    return ""
+        return "Flux KV Cache", _CHANGES_ATTENTION
+    for patch_list in patches.values():
+        for patch in patch_list if isinstance(patch_list, (list, tuple)) else ():
+            for cls in type(patch).__mro__:
+                if cls.__name__ in _POSITIONAL_PATCHES:
+                    return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
+    return "", ""
 
 
 def check_neighbours(patcher, node: str) -> None:
-    other = conflicting_node(patcher)
+    other, why = conflicting_node(patcher)
     if other:
-        raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which changes "
-                                            f"attention in a way region-adaptive sampling cannot follow; remove "
-                                            f"'{other}' or use KSampler")
+        raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which {why}; "
+                                            f"remove '{other}' or use KSampler")

@@ -127,3 +127,60 @@ def test_easycache_and_lazycache_with_every_token_active_equal_them_alone(node):
     # prediction (no evaluation at all)
     skipped = (a["steps"] - len(trace.steps)) + sum(1 for s in trace.steps if s.tokens == 0)
     assert skipped > 0, "the cache skipped steps, and they count no token work"
+
+
+POSITIONAL_PATCHES = [        # (module, class, the node named in the error, the patch list it goes into)
+    ("comfy_extras.nodes_model_patch", "DiffSynthCnetPatch", "Apply Qwen Image DiffSynth ControlNet", "double_block"),
+    ("comfy_extras.nodes_model_patch", "ZImageControlPatch", "Apply Z-Image Fun ControlNet", "noise_refiner"),
+    ("comfy_extras.nodes_model_patch", "WanUni3CCnetPatch", "Apply Wan Uni3C ControlNet", "double_block"),
+    ("comfy.ldm.wan.model_multitalk", "MultiTalkCrossAttnPatch", "WanInfiniteTalkToVideo", "attn2_patch"),
+]
+
+
+def with_patch_of(model, cls, patch_list: str):
+    """ComfyUI's own patch class on the model as its node puts it there (the instance is never called:
+    the error comes before sampling)."""
+    m = model.clone()
+    m.set_model_patch(object.__new__(cls), patch_list)
+    return m
+
+
+@pytest.mark.parametrize("module,name,node,patch_list", POSITIONAL_PATCHES, ids=[p[1] for p in POSITIONAL_PATCHES])
+def test_patches_that_add_inputs_by_position_over_the_whole_image_are_named(module, name, node, patch_list):
+    cls = getattr(importlib.import_module(module), name, None) if importlib.util.find_spec(module) else None
+    if cls is None:
+        pytest.skip(f"this ComfyUI has no {name}")
+    model = tiny_flux(seed=46)
+    a, lat = ras_args(cfg=3.0), latent(1)
+    with pytest.raises(SDiTInputError, match=f"RAS Sampler.*'{node}'.*by their position"):
+        ras_sample(with_patch_of(model, cls, patch_list), latent_image=lat, **a)
+    with pytest.raises(SDiTInputError, match=f"RAS Model Patch.*'{node}'"):
+        ras_patch(with_patch_of(model, cls, patch_list))
+    with pytest.raises(SDiTInputError, match=f"SDiT Model Patch.*'{node}'"):      # applied after ours
+        ksampler(with_patch_of(sdit_model_patch(model, **defaults())[0], cls, patch_list), a, lat)
+    # a custom pack's subclass is named too
+    subclass = type("BatchControlPatch", (cls,), {})
+    with pytest.raises(SDiTInputError, match=f"'{node}'"):
+        ras_sample(with_patch_of(model, subclass, patch_list), latent_image=lat, **a)
+
+
+class PrependTextTokens:
+    """What "Apply USO Style Reference" puts on a Flux model: a post_input patch that puts tokens of its
+    own before the prompt's (it touches text tokens only, which always run)."""
+
+    def __call__(self, kwargs):
+        txt, txt_ids = kwargs["txt"], kwargs["txt_ids"]
+        kwargs["txt"] = torch.cat([0.5 * txt[:, :3], txt], dim=1)
+        kwargs["txt_ids"] = torch.cat([torch.zeros_like(txt_ids[:, :3]), txt_ids], dim=1)
+        return kwargs
+
+
+def test_a_patch_on_the_text_tokens_runs_with_every_token_active_equal_to_it_alone():
+    model = tiny_flux(seed=47).clone()
+    model.set_model_patch(PrependTextTokens(), "post_input")
+    a, lat = ras_args(cfg=3.0, sample_ratio=1.0), latent(1)
+    reference = ksampler(model, a, lat)
+    out, _ = ras_sample(model, latent_image=lat, **a)
+    assert (out["samples"] - reference).abs().max().item() <= 1e-5
+    sparse, trace = ras_sample(model, latent_image=lat, **dict(a, sample_ratio=0.25))
+    assert torch.isfinite(sparse["samples"]).all() and min(trace.tokens_per_step) < 64
