@@ -41,6 +41,7 @@ class RunSlot:
         self.run: Optional[SparseRun] = None
         self.last_run: Optional[SparseRun] = None
 
+    @compiler_opaque        # read from inside the model: eager under torch.compile
     def current_call(self) -> Optional[ForwardCall]:
         return self.run.current if self.run is not None else None
 

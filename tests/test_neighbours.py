@@ -1,6 +1,7 @@
 """Other nodes on the same MODEL, and our own patches applied twice: a correct result or a clear error
 naming both nodes, never a shape error deep in the engine (nodes/neighbours.py)."""
 import importlib
+import importlib.util
 
 import pytest
 import torch

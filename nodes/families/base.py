@@ -73,13 +73,12 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
     """Object-patches a module's forward whose first argument is the token tensor: while a forward of the
     engine is open, `before(call, x)` maps the input and `after(call, out)` the output."""
     original = unwrap_ours(patcher.get_model_object(path + ".forward"))
-    current_call = compiler_opaque(slot.current_call)
     before = compiler_opaque(before) if before else None
     after = compiler_opaque(after) if after else None
 
     @functools.partial(compiler_opaque, callees_compiled=True)
     def forward(x, *args, **kwargs):
-        call = current_call()
+        call = slot.current_call()
         if call is None:
             return original(x, *args, **kwargs)
         out = original(before(call, x) if before else x, *args, **kwargs)
@@ -94,11 +93,10 @@ def passthrough_method(patcher, slot, path: str) -> None:
     the image queries to text or image context): while it runs, attention passes the engine's K/V
     cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are."""
     original = unwrap_ours(patcher.get_model_object(path))
-    current_call = compiler_opaque(slot.current_call)
 
     @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
-        call = current_call()
+        call = slot.current_call()
         if call is None:
             return original(*args, **kwargs)
         call.passthrough += 1
