@@ -1,7 +1,9 @@
-"""Guidance nodes that evaluate a perturbed network inside a sampler step (ComfyUI's Skip Layer Guidance:
-the same prompt again with some blocks replaced). That forward is another network: it must get its own
-stream (K/V cache, cached output) and belong to the step's evaluation, never overwrite the caches of the
-plain network's forward of the same prompt (at cfg 1 that one runs the same conditioning alone)."""
+"""Guidance beyond cond + uncond. Nodes that evaluate a perturbed network inside a sampler step (ComfyUI's
+Skip Layer Guidance: the same prompt again with some blocks replaced): that forward is another network, it
+must get its own stream (K/V cache, cached output) and belong to the step's evaluation, never overwrite the
+caches of the plain network's forward of the same prompt (at cfg 1 that one runs the same conditioning
+alone). Guiders that run three prompts in one call (DualCFGGuider, PerpNegGuider): each prompt's rows of an
+image compute that image's tokens."""
 import importlib
 
 import pytest
@@ -12,12 +14,13 @@ import comfy.samplers
 
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from comfyui_sdit.sdit_core.tokens import index_to_mask
 from test_neighbours import ksampler, ras_patch
 from test_ras_sampler import latent, ras_args
 from test_sdit_sampler import defaults
 from test_video import conds as video_conds, video_latent
-from sdit_testkit import (pooled_conditioning, random_active, ras_sample, sdit_model_patch, tiny_flux, tiny_sd3,
-                          tiny_wan)
+from sdit_testkit import (flux_conditioning, pooled_conditioning, random_active, ras_sample, sdit_model_patch,
+                          tiny_flux, tiny_sd3, tiny_wan)
 
 slg_nodes = importlib.import_module("comfy_extras.nodes_slg")
 
@@ -124,3 +127,45 @@ def test_the_perturbed_network_has_its_own_stream_dropped_when_its_guidance_stop
     assert all(len(e.calls) == 1 + bool(p) for e, p in zip(run.evals, perturbed))
     # the eval after the guidance stopped still holds its stream; the ones after it do not
     assert {held for index, held in policy.held if index > guided_evals[-1] + 1} == {1}
+
+
+custom_sampling = importlib.import_module("comfy_extras.nodes_custom_sampler")
+perp_neg = importlib.import_module("comfy_extras.nodes_perpneg")
+
+THREE_PROMPT_GUIDERS = {   # guiders that run three prompts in one model call (rows: a chunk of images per prompt)
+    "DualCFGGuider-regular": lambda m, c: custom_sampling.DualCFGGuider.execute(m, *c, 3.0, 2.0, "regular")[0],
+    "DualCFGGuider-nested": lambda m, c: custom_sampling.DualCFGGuider.execute(m, *c, 3.0, 2.0, "nested")[0],
+    "PerpNegGuider": lambda m, c: perp_neg.PerpNegGuider.execute(m, *c, 3.0, 1.0)[0],
+}
+
+
+@pytest.mark.parametrize("guider", sorted(THREE_PROMPT_GUIDERS))
+def test_guiders_with_three_prompts_are_exact_on_the_active_tokens_of_each_image(guider):
+    """Evaluation 0 dense, evaluation 1 sparse on the same input with a different active set per image:
+    every prompt's rows of an image compute that image's tokens, exactly, and the guided result equals
+    the dense one (inactive tokens reuse outputs of the same input)."""
+    batch, tokens, n = 2, 64, 16
+    active = random_active(batch, tokens, n, seed=3)
+    recorded = []
+
+    class Recorder(FixedPlanPolicy):
+        def on_output(self, stream, info, output, computed):
+            recorded.append((info.index, output.clone(), computed))
+    patched, slot = apply_token_sparse(tiny_flux(seed=63), lambda run: Recorder([None, active]), node="test")
+    denoised = []
+
+    def evaluate_twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for _ in range(2):
+            denoised.append(model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args))
+        return x
+    prompts = (flux_conditioning(1), flux_conditioning(2), flux_conditioning(3))
+    custom_sampling.SamplerCustomAdvanced.execute(
+        custom_sampling.RandomNoise.execute(5)[0], THREE_PROMPT_GUIDERS[guider](patched, prompts),
+        comfy.samplers.KSAMPLER(evaluate_twice), torch.tensor([0.8, 0.0]), latent(batch))
+    assert [(index, out.shape[0]) for index, out, _ in recorded] == [(0, 3 * batch), (1, 3 * batch)], "one call"
+    (_, dense, _), (_, sparse, computed) = recorded
+    assert torch.equal(computed, active.sort(dim=1).values.repeat(3, 1)), "each row computes its image's tokens"
+    on_active = index_to_mask(computed, tokens)
+    assert (sparse - dense).abs().amax(dim=-1)[on_active].max().item() <= 1e-5
+    assert torch.equal(sparse[~on_active], dense[~on_active])
+    assert (denoised[1] - denoised[0]).abs().max().item() <= 1e-5

@@ -2,9 +2,12 @@
 per-forward bookkeeping runs eagerly (comfy_compat.compiler_opaque). Dynamo tracing it guarded on lists
 that grow per layer and recompiled layer after layer until its recompile limit ("hit
 config.recompile_limit"). Backend aot_eager: dynamo and AOTAutograd without inductor's C++ compile, so
-the compiled run equals the eager one exactly and the test stays fast on the CPU."""
+the compiled run equals the eager one exactly and the test stays fast on the CPU. Backend inductor (the
+node's default, what users run): generated C++ on the CPU, its fused kernels round differently, so the
+comparison is to a tolerance."""
 import importlib
 import logging
+import shutil
 
 import pytest
 import torch
@@ -37,3 +40,27 @@ def test_a_compiled_patched_model_samples_as_the_eager_one_without_recompiling_t
         torch._dynamo.reset()
     assert torch.equal(out, eager)
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor compiles C++ on the CPU")
+def test_the_inductor_backend_samples_a_patched_model_as_eager_does_and_as_it_compiles_the_model_alone():
+    model = tiny_flux(seed=71)
+    lat = latent(1)
+    compile_model = compile_nodes.TorchCompileModel.execute
+    results = {}
+    for ratio in (1.0, 0.25):
+        a = ras_args(cfg=3.0, sample_ratio=ratio)
+        eager = ksampler(ras_patch(model, sample_ratio=ratio), a, lat)
+        torch._dynamo.reset()
+        try:
+            results[ratio] = ksampler(compile_model(ras_patch(model, sample_ratio=ratio), "inductor")[0], a, lat)
+            if ratio == 1.0:
+                torch._dynamo.reset()
+                results["alone"] = ksampler(compile_model(model, "inductor")[0], a, lat)
+        finally:
+            torch._dynamo.reset()
+        scale = eager.abs().max().item()
+        assert (results[ratio] - eager).abs().max().item() <= 1e-4 * scale
+    assert (results[1.0] - results["alone"]).abs().max().item() <= 1e-5 * results["alone"].abs().max().item()
+    assert (results[0.25] - results[1.0]).abs().max().item() > 1e-2, "the sparse run skipped tokens"
