@@ -47,20 +47,20 @@ def test_a_compiled_patched_model_samples_as_the_eager_one_without_recompiling_t
 def test_the_inductor_backend_samples_a_patched_model_as_eager_does_and_as_it_compiles_the_model_alone():
     model = tiny_flux(seed=71)
     lat = latent(1)
-    compile_model = compile_nodes.TorchCompileModel.execute
-    results = {}
-    for ratio in (1.0, 0.25):
-        a = ras_args(cfg=3.0, sample_ratio=ratio)
-        eager = ksampler(ras_patch(model, sample_ratio=ratio), a, lat)
+
+    def with_inductor(m, a):
         torch._dynamo.reset()
         try:
-            results[ratio] = ksampler(compile_model(ras_patch(model, sample_ratio=ratio), "inductor")[0], a, lat)
-            if ratio == 1.0:
-                torch._dynamo.reset()
-                results["alone"] = ksampler(compile_model(model, "inductor")[0], a, lat)
+            return ksampler(compile_nodes.TorchCompileModel.execute(m, "inductor")[0], a, lat)
         finally:
             torch._dynamo.reset()
-        scale = eager.abs().max().item()
-        assert (results[ratio] - eager).abs().max().item() <= 1e-4 * scale
-    assert (results[1.0] - results["alone"]).abs().max().item() <= 1e-5 * results["alone"].abs().max().item()
-    assert (results[0.25] - results[1.0]).abs().max().item() > 1e-2, "the sparse run skipped tokens"
+
+    def close(out, reference, rel):
+        return (out - reference).abs().max().item() <= rel * reference.abs().max().item()
+    compiled = {}
+    for ratio in (1.0, 0.25):
+        a = ras_args(cfg=3.0, sample_ratio=ratio)
+        compiled[ratio] = with_inductor(ras_patch(model, sample_ratio=ratio), a)
+        assert close(compiled[ratio], ksampler(ras_patch(model, sample_ratio=ratio), a, lat), 1e-4)
+    assert close(compiled[1.0], with_inductor(model, ras_args(cfg=3.0)), 1e-5), "all active: the model alone"
+    assert (compiled[0.25] - compiled[1.0]).abs().max().item() > 1e-2, "the sparse run skipped tokens"
