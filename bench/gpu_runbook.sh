@@ -6,6 +6,8 @@
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   counts1024 graphed Flux-dev forward, 1024², 256 text tokens, batch 1 and 2, per active count 256..1536
 #              by 64: where GEMM tiles and waves make a count cheap or dear (to set the token grid from)   (~3 min)
+#   compile1024 one Flux-dev forward at 1024², batch 1 and 2, under torch.compile (inductor, as ComfyUI's
+#              TorchCompileModel): fewer launches per forward, the other lever at batch 1 besides CUDA graphs (~8 min)
 #   agreement  graphed forwards with bf16 and fp8 K/V caches: speed, cache size,
 #              active-token error vs dense                                        (~3 min)
 #   speed1024  end-to-end sampling, Flux-dev 1024², cfg 3.5 (batch 2), CUDA graphs  (~5 min)
@@ -30,8 +32,8 @@
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
 #   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. newest1024 (its own carry)
 #   4. grid128 speed1024   5. speed1024b lumina0125   (video480q if time is left)
-#   then agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q, models1024,
-#   speed2048, train as time allows.
+#   then compile1024, agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q,
+#   models1024, speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -72,6 +74,11 @@ for part in "$@"; do
     counts1024)
       timeout 400 python3 bench/speed_forward.py --size flux-dev --res 1024 --text 256 --batch 1 2 --graphs-only \
         --count-sweep 256 1536 64 --iters 5 --warmup 2 --json "$out/counts1024_$day.json" 2>&1 | tee "$out/counts1024.log" ;;
+    compile1024)     # the first forward of each shape compiles (minutes): few iterations, one call per batch size
+      for batch in 1 2; do
+        timeout 290 python3 bench/speed_forward.py --size flux-dev --res 1024 --batch $batch --torch-compile inductor \
+          --iters 5 --warmup 2 --json "$out/${part}_b${batch}_$day.json" 2>&1 | tee -a "$out/$part.log"
+      done ;;
     agreement)
       for cache in "model dtype" fp8_e4m3; do
         timeout 150 python3 bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs --iters 3 --warmup 2 \

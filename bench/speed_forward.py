@@ -4,9 +4,12 @@
     python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 2 --cuda-graphs   # + graph replay
     python bench/speed_forward.py --size tiny --res 256 --iters 2               # CPU smoke (CI)
     python bench/speed_forward.py --text 256 --count-sweep 256 1024 64 --graphs-only  # ms per active count
+    python bench/speed_forward.py --size flux-dev --res 1024 --batch 1 --torch-compile inductor   # compiled
 
 For each batch size: the unpatched dense forward, the engine's dense forward (refreshes the K/V
-cache), and sparse forwards at each ratio. The FLOP ideal of a sparse forward is
+cache), and sparse forwards at each ratio. With --torch-compile, every forward (the unpatched one too) runs
+the diffusion model through torch.compile as ComfyUI's TorchCompileModel does: the model's code compiled,
+the pack's hooks eager. The FLOP ideal of a sparse forward is
 (T + N) / (T + n) for T text, N image and n active tokens: every linear layer scales with the rows
 that run (T + n) and attention with (T + n) x (T + N) (see docs/BENCHMARKS.md).
 """
@@ -102,11 +105,19 @@ def run(args) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = build(SIZES[args.size], device, dtype)
     dm = model.model.diffusion_model
+    # the patches below are object patches on dm itself, so the compiled wrapper calls them
+    net = torch.compile(dm, backend=args.torch_compile) if args.torch_compile else dm
     h = w = args.res // 8
     grid = (h // 2) * (w // 2)
     results = {"size": args.size, "res": args.res, "text_tokens": args.text, "image_tokens": grid,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "dtype": str(dtype), "torch": torch.__version__, "kv_cache": args.kv_cache, "rows": []}
+               "dtype": str(dtype), "torch": torch.__version__, "kv_cache": args.kv_cache,
+               "torch_compile": args.torch_compile, "rows": []}
+
+    def add_row(row: dict) -> None:
+        results["rows"].append(row)
+        if args.json:       # partial results survive a time limit (compiling takes minutes per shape)
+            pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
     for batch in args.batch:
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(batch, 16, h, w, device=device, dtype=dtype, generator=g)
@@ -117,10 +128,10 @@ def run(args) -> dict:
 
         def plain():
             with torch.no_grad():
-                dm(x, t, context, y, guidance, transformer_options={})
+                net(x, t, context, y, guidance, transformer_options={})
         dense_ms = timed(plain, args.iters, args.warmup, device)
-        results["rows"].append({"batch": batch, "mode": "dense (unpatched)", "ratio": 1.0, "ms": dense_ms,
-                                "ideal": 1.0, "speedup": 1.0})
+        add_row({"batch": batch, "mode": "dense (unpatched)", "ratio": 1.0, "ms": dense_ms, "ideal": 1.0,
+                 "speedup": 1.0})
         ratios = args.ratios
         if args.count_sweep:             # active counts first..last by step, as ratios of the grid
             first, last, step = args.count_sweep
@@ -146,15 +157,15 @@ def run(args) -> dict:
                         call.dense = dense or call.dense
                         try:
                             with torch.no_grad():
-                                return dm(x, t, context, y, guidance, transformer_options=dict(options))
+                                return net(x, t, context, y, guidance, transformer_options=dict(options))
                         finally:
                             run_state.close_forward(call, True)
                     forward(True)                      # primes the caches
                     cache_gib = next(iter(run_state.streams.values())).kv.nbytes() / 2 ** 30
                     if ratio == ratios[0] and (not graphed or args.graphs_only):
                         engine_dense = timed(lambda: forward(True), args.iters, args.warmup, device)
-                        results["rows"].append({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
-                                                "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
+                        add_row({"batch": batch, "mode": "dense (engine, refreshes K/V)", "ratio": 1.0,
+                                 "ms": engine_dense, "ideal": 1.0, "speedup": dense_ms / engine_dense})
                     # warm-up: the first sparse forward runs eagerly, the second is captured (with graphs)
                     sparse_ms = timed(lambda: forward(False), args.iters, max(args.warmup, 2), device)
                     if args.profile and ratio == ratios[-1]:
@@ -169,17 +180,17 @@ def run(args) -> dict:
                     patched.unpatch_model(unpatch_weights=False)
                     slot.run = None
                     run_state.release()
-                results["rows"].append({"batch": batch, "mode": "sparse (CUDA graph)" if graphed else "sparse",
-                                        "ratio": ratio, "rows": args.text + n, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
-                                        "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays,
-                                        "active_rel_error": agreement, "kv_cache_gib": cache_gib})
+                add_row({"batch": batch, "mode": "sparse (CUDA graph)" if graphed else "sparse", "ratio": ratio,
+                         "rows": args.text + n, "ms": sparse_ms, "ideal": ideal, "speedup": dense_ms / sparse_ms,
+                         "of_ideal": dense_ms / sparse_ms / ideal, "graph_replays": replays,
+                         "active_rel_error": agreement, "kv_cache_gib": cache_gib})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return results
 
 
 def table(results: dict) -> str:
-    lines = [f"K/V cache: {results['kv_cache'] or 'model dtype'}",
+    lines = [f"K/V cache: {results['kv_cache'] or 'model dtype'}; torch.compile: {results['torch_compile'] or 'off'}",
              "| batch | mode | ratio | rows (T + n) | ms | speedup | FLOP ideal | achieved / ideal | K/V cache GiB | "
              "active-token rel. error vs dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
@@ -207,6 +218,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="active token counts to time instead of --ratios (GEMM tile and wave effects by count)")
     parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
+    parser.add_argument("--torch-compile", metavar="BACKEND",
+                        help="run every forward through torch.compile with this backend (inductor, as TorchCompileModel)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write results here")
     parser.add_argument("--profile", action="store_true", help="print a profile of the lowest-ratio sparse forward")

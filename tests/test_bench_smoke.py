@@ -20,6 +20,9 @@ SMOKE_RUNS = {
     "speed_forward_counts": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--text", "8",
                              "--count-sweep", "16", "48", "16", "--iters", "1", "--warmup", "0", "--device", "cpu",
                              "--graphs-only"],
+    # as TorchCompileModel runs it (aot_eager: no C++ compile, the same numbers as eager)
+    "speed_forward_compiled": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios",
+                               "0.5", "--iters", "1", "--warmup", "0", "--device", "cpu", "--torch-compile", "aot_eager"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
 }
 
@@ -38,6 +41,10 @@ def test_benchmark_runs(name, tmp_path):
         assert data["token_grid"] == "4" and sparse
         assert all(t % 4 == 0 for r in sparse for t in r["token_counts"] if t < r["image_tokens"])
         assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
+    if name == "speed_forward_compiled":    # compiled, a sparse forward after a dense one is exact on its tokens
+        assert data["torch_compile"] == "aot_eager"
+        errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
+        assert len(errors) == 1 and errors[0] <= 1e-6
     if name == "speed_forward_counts":      # the swept counts, each timed once, as graph replays only
         sparse = [r for r in data["rows"] if r["mode"].startswith("sparse")]
         assert [r["rows"] for r in sparse] == [8 + 16, 8 + 32, 8 + 48]
