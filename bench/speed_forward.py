@@ -219,7 +219,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--kv-cache", default=None, choices=["model dtype", "fp8_e4m3"])
     parser.add_argument("--shared-index", action="store_true", help="same active set for every image")
     parser.add_argument("--torch-compile", metavar="BACKEND",
-                        help="run every forward through torch.compile with this backend (inductor, as TorchCompileModel)")
+                        help="run every forward through torch.compile with this backend "
+                             "(inductor, as TorchCompileModel)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write results here")
     parser.add_argument("--profile", action="store_true", help="print a profile of the lowest-ratio sparse forward")

@@ -21,8 +21,9 @@ SMOKE_RUNS = {
                              "--count-sweep", "16", "48", "16", "--iters", "1", "--warmup", "0", "--device", "cpu",
                              "--graphs-only"],
     # as TorchCompileModel runs it (aot_eager: no C++ compile, the same numbers as eager)
-    "speed_forward_compiled": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios",
-                               "0.5", "--iters", "1", "--warmup", "0", "--device", "cpu", "--torch-compile", "aot_eager"],
+    "speed_forward_compiled": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1",
+                               "--ratios", "0.5", "--iters", "1", "--warmup", "0", "--device", "cpu",
+                               "--torch-compile", "aot_eager"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
 }
 
