@@ -74,7 +74,8 @@ class TokenPolicy:
         """Called once per evaluation with the post-CFG output (for the next evaluation's choice)."""
 
     def forget(self, stream: Hashable) -> None:
-        """The engine dropped a stream (a context window that moved): drop what is kept for it."""
+        """The engine dropped a stream (one that sat out an evaluation: a context window that moved, Skip
+        Layer Guidance's network after its range, a prompt whose range ended): drop what is kept for it."""
 
 
 class FixedPlanPolicy(TokenPolicy):

@@ -23,6 +23,8 @@ from sdit_testkit import (flux_conditioning, pooled_conditioning, random_active,
                           tiny_flux, tiny_sd3, tiny_wan)
 
 slg_nodes = importlib.import_module("comfy_extras.nodes_slg")
+custom_sampling = importlib.import_module("comfy_extras.nodes_custom_sampler")
+perp_neg = importlib.import_module("comfy_extras.nodes_perpneg")
 
 
 def skip_block(args, extra):
@@ -128,9 +130,6 @@ def test_the_perturbed_network_has_its_own_stream_dropped_when_its_guidance_stop
     # the eval after the guidance stopped still holds its stream; the ones after it do not
     assert {held for index, held in policy.held if index > guided_evals[-1] + 1} == {1}
 
-
-custom_sampling = importlib.import_module("comfy_extras.nodes_custom_sampler")
-perp_neg = importlib.import_module("comfy_extras.nodes_perpneg")
 
 THREE_PROMPT_GUIDERS = {   # guiders that run three prompts in one model call (rows: a chunk of images per prompt)
     "DualCFGGuider-regular": lambda m, c: custom_sampling.DualCFGGuider.execute(m, *c, 3.0, 2.0, "regular")[0],
