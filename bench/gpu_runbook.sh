@@ -27,10 +27,12 @@
 #   newest1024 on a newer ComfyUI (carry .dev-newest alone, from `scripts/device_bundle.sh --newest TREE`):
 #              Flux-dev 1024², cfg 3.5 and 1, RAS and SDiT at 0.25/0.125, with its default dynamic VRAM and
 #              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
+#   memory24   Flux-dev bf16 at 1024², cfg 3.5, as on a 24-GiB GPU (--vram-gib): the K/V cache in ComfyUI's
+#              memory plan (weights offloaded for it), then without the plan (expected: the cache's OOM error) (~6 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
 # Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
-#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. newest1024 (its own carry)
+#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. newest1024 (its own carry) memory24
 #   4. grid128 speed1024   5. speed1024b lumina0125   (video480q if time is left)
 #   then compile1024, agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q,
 #   models1024, speed2048, train as time allows.
@@ -124,6 +126,12 @@ for part in "$@"; do
       timeout 570 python3 bench/speed.py --models "${VIDEO_MODEL:-wan21-14b}" --res 720 --frames 81 --cfg 5 --steps 8 \
         --text 512 --methods RAS-static --ratios 0.125 --kv-cache fp8_e4m3 --profile-ratios \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    memory24)        # weights in RAM, ComfyUI's plan and torch's allocator held to 24 GiB: does the plan make room?
+      timeout 330 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 --methods RAS-static --ratios 0.25 \
+        --steps 8 --vram-gib 24 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log"
+      timeout 200 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 --methods RAS-static --ratios 0.25 \
+        --steps 8 --vram-gib 24 --no-memory-plan --json "$out/${part}_noplan_$day.json" 2>&1 | tail -n 30 \
+        | tee -a "$out/$part.log" ;;
     train)
       python3 bench/train_tiny_dit.py --device cuda --size 512 --hidden 384 --batch 32 --minutes 8 --seed 21 \
         --out "$out/sdit_demo_flux_512.safetensors" 2>&1 | tail -n 60 | tee "$out/train.log" ;;

@@ -15,7 +15,9 @@ peak memory over full sampling next to the K/V cache's own size (attention layer
 (sdit_core/profiling.py): policy (plan + observe, which includes the segmentation), gather/scatter,
 cache writes; the rest is the transformer. On a GPU every forward is also timed with CUDA events
 (median dense and sparse forward, and the sum of all forwards: the rest of the wall time is the
-sampler and the policy between forwards).
+sampler and the policy between forwards). Sparse rows also say what the K/V caches held, what the memory
+plan counted for them (nodes/memory_plan.py) and how much of the weights sat in VRAM; `--vram-gib N`
+samples as on an N-GiB GPU (weights in RAM, ComfyUI's plan and torch's allocator held to N GiB).
 """
 import argparse
 import json
@@ -138,9 +140,10 @@ def attention_share(spec: Spec, tokens: int, text: int) -> float:
     return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text)
 
 
-def build(name: str, device, dtype, dynamic_vram: bool = False):
+def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
     """The model with random weights on `device`; with dynamic_vram, as a newer ComfyUI server loads it:
-    weights in RAM, `CoreModelPatcher` (then ModelPatcherDynamic) staging them onto the GPU on demand."""
+    weights in RAM, `CoreModelPatcher` (then ModelPatcherDynamic) staging them onto the GPU on demand.
+    `in_ram`: weights in RAM and ComfyUI's loader moves what its memory plan allows (a small GPU)."""
     import comfy.model_patcher
     import comfy.supported_models
     class_name, config = MODELS[name].cls, MODELS[name].config
@@ -151,7 +154,7 @@ def build(name: str, device, dtype, dynamic_vram: bool = False):
         config = hunyuan_video_unet_config(config)
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
-    home = torch.device("cpu") if dynamic_vram else device
+    home = torch.device("cpu") if dynamic_vram or in_ram else device
     model = model_config.get_model({}, device=home)
     generator = torch.Generator(device=home).manual_seed(0)
     with torch.no_grad():
@@ -163,6 +166,18 @@ def build(name: str, device, dtype, dynamic_vram: bool = False):
     if dynamic_vram:
         return comfy.model_patcher.CoreModelPatcher(model, load_device=device, offload_device=home)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def simulate_vram(device, gib: float) -> None:
+    """A GPU of `gib` GiB: torch's allocator stops there, and ComfyUI plans within it (its --reserve-vram
+    keeps the rest out of every plan)."""
+    import comfy.model_management
+    total = torch.cuda.get_device_properties(device).total_memory
+    limit = int(gib * 2 ** 30)
+    if limit >= total:
+        raise SystemExit(f"--vram-gib {gib} is not below this GPU's {total / 2 ** 30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(limit / total, device)
+    comfy.model_management.EXTRA_RESERVED_VRAM = total - limit
 
 
 def conditioning(name: str, text: int, seed: int):
@@ -223,11 +238,18 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if args.dynamic_vram and device.type != "cuda":
         raise SystemExit(f"--dynamic-vram needs a CUDA device (comfy-aimdo), not {device}")
+    if args.vram_gib and device.type != "cuda":
+        raise SystemExit(f"--vram-gib simulates a smaller GPU: it needs a CUDA device, not {device}")
     import_comfyui(cpu=device.type == "cpu")
+    if args.vram_gib:
+        simulate_vram(device, args.vram_gib)
     if args.dynamic_vram:
         enable_dynamic_vram(device.index or 0)
     load_pack()
     import comfy.sample
+    if args.no_memory_plan:         # what sampling did before the K/V cache was in ComfyUI's plan
+        from comfyui_sdit.nodes import sparse_patch
+        sparse_patch.make_room_for_cache = lambda *a, **k: False
     from comfyui_sdit.nodes.ras_nodes import patch_ras
     from comfyui_sdit.nodes.sdit_nodes import patch_sdit, sdit_trace
     from comfyui_sdit.sdit_core import profiling
@@ -237,10 +259,11 @@ def run(args) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cuda = device.type == "cuda"
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-               "comfyui": comfyui_version(), "dynamic_vram": args.dynamic_vram,
+               "comfyui": comfyui_version(), "dynamic_vram": args.dynamic_vram, "vram_gib": args.vram_gib,
+               "memory_plan": not args.no_memory_plan,
                "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
     for name in args.models:
-        model = build(name, device, dtype, args.dynamic_vram)
+        model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
@@ -320,6 +343,9 @@ def run(args) -> dict:
                             peak_over_dense_gib=peak - dense_peak, kv_cache_gib=kv_gib,
                             step_ms=1000 * seconds / len(trace.steps), per_step_ms=per_step,
                             graph_captures=run_state.graph_captures, graph_replays=run_state.graph_replays,
+                            kv_planned_gib=run_state.kv_planned_bytes / 2 ** 30,    # what ComfyUI's plan got
+                            kv_held_gib=run_state.kv_peak_bytes / 2 ** 30,          # what the caches held
+                            weights_vram_gib=patched.loaded_size() / 2 ** 30,
                             token_counts=sorted(set(trace.tokens_per_step)))   # the shapes attention met
                         if cuda:
                             row.update(timer.summary())
@@ -401,6 +427,11 @@ def arguments() -> argparse.ArgumentParser:
                         help="load the model as a newer ComfyUI server does by default on NVIDIA (ModelPatcherDynamic, "
                              "comfy-aimdo); needs COMFYUI_PATH at such a tree. CUDA graphs are refused there (weights "
                              "may move)")
+    parser.add_argument("--vram-gib", type=float, default=None,
+                        help="simulate a GPU of this many GiB: weights start in RAM, ComfyUI plans within the limit "
+                             "and torch's allocator enforces it (the K/V cache must then share it with the weights)")
+    parser.add_argument("--no-memory-plan", action="store_true",
+                        help="leave the K/V cache out of ComfyUI's memory plan (as before it was in it)")
     parser.add_argument("--json", default="")
     return parser
 

@@ -6,14 +6,35 @@ from typing import Callable, List, Optional
 import torch
 
 
-def weights_may_move(patcher) -> bool:
-    """Can the model's weights change address during a forward? Low-VRAM mode streams them in block by
-    block; dynamic VRAM (`ModelPatcherDynamic`, newer ComfyUI, default on CUDA there) stages them on
-    demand and never sets `model_lowvram`. A replayed CUDA graph would read freed memory."""
-    if getattr(patcher.model, "model_lowvram", False):
-        return True
+def dynamic_vram(patcher) -> bool:
+    """Does ComfyUI stage this model's weights on demand (dynamic VRAM: `ModelPatcherDynamic`, newer
+    ComfyUI, default on CUDA there) instead of loading them by plan?"""
     is_dynamic = getattr(patcher, "is_dynamic", None)
     return bool(is_dynamic()) if callable(is_dynamic) else False
+
+
+def weights_may_move(patcher) -> bool:
+    """Can the model's weights change address during a forward? Low-VRAM mode streams them in block by
+    block; dynamic VRAM stages them on demand and never sets `model_lowvram`. A replayed CUDA graph would
+    read freed memory."""
+    return bool(getattr(patcher.model, "model_lowvram", False)) or dynamic_vram(patcher)
+
+
+def inference_dtype(base_model) -> torch.dtype:
+    """The dtype the model computes in (its keys and values): newer ComfyUI says it (`get_dtype_inference`);
+    older ones compute in `manual_cast_dtype` where weights are cast, else in the weights' dtype."""
+    probe = getattr(base_model, "get_dtype_inference", None)
+    dtype = probe() if callable(probe) else getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
+    return dtype or torch.float32       # a model built without a dtype computes in the latent's: float32
+
+
+def models_loaded_beside(prepared, prepare_kwargs: dict) -> Optional[list]:
+    """The models ComfyUI's prepare_sampling loaded beside the sampled one (its result: model, conds,
+    models), or None where its load is not to be planned again: another result, or a load forced whole or
+    offloaded (`force_full_load`, `force_offload`: newer ComfyUI's training and full-load paths)."""
+    if prepare_kwargs.get("force_full_load") or prepare_kwargs.get("force_offload"):
+        return None
+    return list(prepared[2]) if isinstance(prepared, tuple) and len(prepared) == 3 else None
 
 
 def compiler_opaque(function: Callable, callees_compiled: bool = False) -> Callable:

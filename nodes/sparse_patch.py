@@ -2,6 +2,7 @@
 
 - OUTER_SAMPLE wrapper: creates the run state (policy, caches) when sampling starts and drops the
   caches when it ends, even on error or interrupt, so every run starts clean;
+- PREPARE_SAMPLING wrapper: puts the K/V cache in ComfyUI's memory plan (memory_plan.py);
 - APPLY_MODEL wrapper: opens one engine forward per model call (its stream, sigma and image grid);
 - `optimized_attention_override`: routes every attention call through the engine's K/V cache,
   chaining any override another node installed before us;
@@ -26,7 +27,8 @@ from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
 from .sampler_support import dense_reason, warn
-from .comfy_compat import compiler_opaque, context_window_frames
+from .comfy_compat import compiler_opaque, context_window_frames, models_loaded_beside
+from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .sampling import check_latent
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
@@ -78,7 +80,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         noise = arguments["noise"]
         check_latent({"samples": noise}, patch_size, node, video=adapter.video)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
-        check_neighbours(guider_patcher if guider_patcher is not None else patched, node)
+        sampled = guider_patcher if guider_patcher is not None else patched
+        check_neighbours(sampled, node)
         run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache, dequantize=dequantize_fp8, temporal_patch=temporal_patch)
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
@@ -93,6 +96,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
                                                   temporal_patch)
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
+        run.kv_planned_bytes = planned_cache_bytes(adapter, sampled, noise.shape, evaluated_prompts(executor.class_obj),
+                                                   kv_cache, patch_size, temporal_patch)
+        check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node)
         slot.run = run
         started = time.monotonic()
         try:
@@ -104,6 +110,13 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run.release()
             slot.run = None
             slot.last_run = run
+
+    def prepare_sampling(executor, model, noise_shape, conds, *args, **kwargs):
+        loaded = executor(model, noise_shape, conds, *args, **kwargs)
+        others = models_loaded_beside(loaded, kwargs)
+        if slot.run is not None and others is not None:
+            make_room_for_cache(slot.run.kv_planned_bytes, model, noise_shape, conds, others)
+        return loaded
 
     def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         run = slot.run
@@ -145,6 +158,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     attention_override.sdit_wraps = previous_override
     transformer_options["optimized_attention_override"] = attention_override
     for kind, wrapper in ((patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample),
+                          (patcher_extension.WrappersMP.PREPARE_SAMPLING, prepare_sampling),
                           (patcher_extension.WrappersMP.APPLY_MODEL, apply_model)):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)        # an earlier patch of ours: the last one wins
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)

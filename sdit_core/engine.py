@@ -309,6 +309,8 @@ class SparseRun:
         self.context_handler = None         # the host's context windows of this run (opaque here)
         self.windows_moved = 0              # context-window streams dropped because their window moved
         self.count_grid = 1                 # sparse counts rounded up to a multiple of this (count_grid.py; the host sets it)
+        self.kv_planned_bytes = 0           # the K/V cache the host planned memory for (nodes/memory_plan.py)
+        self.kv_peak_bytes = 0              # the most the streams' K/V caches held at once
         self._waited: Optional[torch.Tensor] = None      # (batch, N) evaluations since each token last ran
         self.streams: Dict[Hashable, Stream] = {}
         self.evals: List[EvalRecord] = []
@@ -427,8 +429,10 @@ class SparseRun:
                 call.record.image_tokens = 0
             with self._lock:
                 call.eval_record.calls.append(call.record)
-                if call.dense:
+                if call.dense:              # only dense forwards allocate cache layers
                     call.stream.primed = True
+                    held = sum(stream.kv.nbytes() for stream in self.streams.values())
+                    self.kv_peak_bytes = max(self.kv_peak_bytes, held)
 
     def release(self) -> None:
         """Frees every cache; the run's record stays (with how many forwards were captured and replayed)."""

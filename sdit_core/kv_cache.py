@@ -10,7 +10,7 @@ With `store="fp8_e4m3"` the buffers hold float8 (e4m3) values scaled per batch r
 dequantized copy of the layer in which the rows it just computed are exact: only the stale rows
 carry fp8 rounding (docs/BENCHMARKS.md measures its effect on agreement with dense).
 """
-from typing import Callable, Dict, Hashable, Optional, Tuple
+from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,6 +37,15 @@ def write_rows_reference(cache_k, cache_v, k, v, rows: torch.Tensor, seq_dim: in
 RowWriter = Callable[..., None]
 
 
+def cache_bytes(layers: Sequence[Tuple[int, int]], rows: int, value_bytes: int, store: Optional[str] = None) -> int:
+    """What a cache holds once a dense step stored every layer: `layers` gives each cached attention
+    layer's (tokens, channels) per batch row, K and V alike; `value_bytes` is the model dtype's size.
+    fp8 keeps a byte a value and a scale per row and channel in the model's dtype (_Fp8Layer)."""
+    if store == "fp8_e4m3":
+        return sum(2 * rows * channels * (tokens + value_bytes) for tokens, channels in layers)
+    return sum(2 * rows * channels * tokens * value_bytes for tokens, channels in layers)
+
+
 def dequantize_reference(bits: torch.Tensor, scale: torch.Tensor, seq_dim: int) -> torch.Tensor:
     """An fp8 layer (uint8 bits, contiguous) times its scale (the bits' shape with 1 along seq_dim), in
     the scale's dtype (the model's): kernels/fp8_dequant.py does it in one pass on a GPU."""
@@ -55,7 +64,7 @@ def _stored_copy(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().clone()
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
@@ -121,8 +130,8 @@ class JointKVCache:
             per_layer = (k.numel() + v.numel()) * (1 if self.fp8 else k.element_size())     # fp8: a byte a value
             raise KVCacheOutOfMemory(
                 f"region-adaptive sampling keeps every attention layer's keys and values of every token (the K/V "
-                f"cache): {_size(self.nbytes())} held for {len(self)} layers, and the next layer's "
-                f"{_size(per_layer)} did not fit in memory. Use the kv_cache input's fp8_e4m3 (half the size), a "
+                f"cache): {size_text(self.nbytes())} held for {len(self)} layers, and the next layer's "
+                f"{size_text(per_layer)} did not fit in memory. Use the kv_cache input's fp8_e4m3 (half the size), a "
                 f"smaller image or fewer frames, or sample with KSampler") from error
 
     def write_sparse(self, layer: Hashable, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,

@@ -42,6 +42,8 @@ def test_benchmark_runs(name, tmp_path):
         assert data["token_grid"] == "4" and sparse
         assert all(t % 4 == 0 for r in sparse for t in r["token_counts"] if t < r["image_tokens"])
         assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
+        # the memory plan counted what the caches held; every weight in (CPU) memory
+        assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 and r["weights_vram_gib"] > 0 for r in sparse)
     if name == "speed_forward_compiled":    # compiled, a sparse forward after a dense one is exact on its tokens
         assert data["torch_compile"] == "aot_eager"
         errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
@@ -58,6 +60,12 @@ def test_speed_refuses_dynamic_vram_off_cuda():
     result = subprocess.run([sys.executable, "bench/speed.py", "--smoke", "--device", "cpu", "--dynamic-vram"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--dynamic-vram needs a CUDA device" in result.stderr
+
+
+def test_speed_refuses_a_simulated_gpu_off_cuda():
+    result = subprocess.run([sys.executable, "bench/speed.py", "--smoke", "--device", "cpu", "--vram-gib", "24"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--vram-gib simulates a smaller GPU: it needs a CUDA device" in result.stderr
 
 
 def test_dynamic_vram_is_set_up_as_a_newer_comfyui_server_does(monkeypatch):

@@ -2,7 +2,7 @@
 import functools
 import inspect
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -176,6 +176,16 @@ class FamilyAdapter:
 
     def install(self, patcher, slot) -> None:
         """Adds the object patches that gather image tokens and scatter the output."""
+        raise NotImplementedError
+
+    def prompt_tokens(self, base_model, tokens: int) -> int:
+        """Tokens the blocks get of a prompt of `tokens` tokens (a model may pad it)."""
+        return tokens
+
+    def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int) -> List[Tuple[int, int]]:
+        """(tokens, channels) per batch row of each attention layer whose keys and values the K/V cache keeps,
+        in a forward over `image_tokens` image tokens and a prompt of `text_tokens` tokens: what the
+        memory plan counts (memory_plan.py)."""
         raise NotImplementedError
 
     def refused_conditioning(self, diffusion_model, values: dict) -> Optional[str]:

@@ -10,6 +10,9 @@ the positions are mapped to the gathered sequence.
 from .base import FamilyAdapter, gather_control, patch_method
 
 
+FLUX2_PROMPT = 512      # ComfyUI's Flux 2 pads shorter prompts to this many tokens (model_base.Flux2.extra_conds)
+
+
 class FluxFamily(FamilyAdapter):
     names = ("Flux", "Flux 2", "Flux Kontext", "Chroma")
 
@@ -23,6 +26,14 @@ class FluxFamily(FamilyAdapter):
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
+
+    def prompt_tokens(self, base_model, tokens):
+        import comfy.model_base
+        return max(tokens, FLUX2_PROMPT) if isinstance(base_model, comfy.model_base.Flux2) else tokens
+
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)
+        return [(text_tokens + image_tokens, diffusion_model.hidden_size)] * blocks
 
     def install(self, patcher, slot) -> None:
         def gather_image(call, arguments):

@@ -38,6 +38,10 @@ class HunyuanVideoFamily(FamilyAdapter):
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0]) if len(diffusion_model.patch_size) == 3 else 1
 
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)
+        return [(image_tokens + text_tokens, diffusion_model.hidden_size)] * blocks
+
     def install(self, patcher, slot) -> None:
         dm = patcher.model.diffusion_model
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=_prepare)

@@ -37,6 +37,15 @@ class LuminaFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        multiple = getattr(diffusion_model, "pad_tokens_multiple", None)    # Z-Image pads both to a multiple
+
+        def padded(tokens):
+            return tokens + (-tokens) % multiple if multiple else tokens
+        image, joint = padded(image_tokens), padded(text_tokens) + padded(image_tokens)
+        return ([(image, diffusion_model.dim)] * len(diffusion_model.noise_refiner)
+                + [(joint, diffusion_model.dim)] * len(diffusion_model.layers))
+
     def install(self, patcher, slot) -> None:
         diffusion_model = patcher.model.diffusion_model
         if len(diffusion_model.noise_refiner) == 0:

@@ -30,6 +30,9 @@ class QwenImageFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        return [(text_tokens + image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
+
     def install(self, patcher, slot) -> None:
         @compiler_opaque
         def note(context, kwargs):

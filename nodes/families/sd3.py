@@ -20,6 +20,15 @@ class SD3Family(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        joint = diffusion_model.register_length + text_tokens + image_tokens
+        layers = []
+        for block in diffusion_model.joint_blocks:
+            layers.append((joint, diffusion_model.hidden_size))
+            if block.x_block.x_block_self_attn:         # the image-only second attention
+                layers.append((image_tokens, diffusion_model.hidden_size))
+        return layers
+
     def install(self, patcher, slot) -> None:
         def gather_image(call, arguments):
             arguments["x"] = call.gather(arguments["x"])

@@ -37,6 +37,9 @@ class WanFamily(FamilyAdapter):
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0])
 
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+        return [(image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)   # self-attention: video alone
+
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):

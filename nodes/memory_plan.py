@@ -1,0 +1,101 @@
+"""The K/V cache in ComfyUI's memory plan.
+
+ComfyUI decides how much of a model's weights to keep in VRAM from its estimate of what sampling needs
+beside them (`comfy.sampler_helpers.estimate_memory`: a forward's activations). The K/V cache is not in
+that estimate, so a model that filled VRAM left the cache no room and the first step ran out of memory.
+- Before sampling (the OUTER_SAMPLE wrapper) the run's cache size is computed from the latent, the
+  prompts each step evaluates and the model's attention layers (the adapter's `kv_cache_layers`); a cache
+  larger than the device is refused there, before any model loads.
+- Once ComfyUI has loaded the models (a PREPARE_SAMPLING wrapper), where less memory is free than its
+  estimate plus the cache, ComfyUI's own loader is asked again with the cache added: it offloads weights
+  for the cache as it does for activations.
+Dynamic VRAM (newer ComfyUI's default on NVIDIA) stages weights on demand instead of by plan: left to it.
+"""
+import logging
+import math
+from typing import List, Optional, Tuple
+
+import comfy.model_management
+import comfy.sampler_helpers
+import comfy.samplers
+
+from ..sdit_core.kv_cache import cache_bytes, size_text
+from ..sdit_core.tokens import token_grid
+from .comfy_compat import dynamic_vram, inference_dtype
+from .errors import SDiTInputError
+
+
+def device_memory(device) -> Optional[Tuple[int, int]]:
+    """(total, free) bytes of the device the model computes on; None on the CPU (ComfyUI plans no RAM
+    for activations either)."""
+    if comfy.model_management.is_device_cpu(device):
+        return None
+    return (int(comfy.model_management.get_total_memory(device)),
+            int(comfy.model_management.get_free_memory(device)))
+
+
+def evaluated_prompts(guider) -> List[int]:
+    """Text tokens of each prompt the guider evaluates every step, each over the latent's whole batch.
+    ComfyUI's CFGGuider leaves the negative prompt out at cfg 1 (unless a node turned that off)."""
+    conds = getattr(guider, "conds", None) or {}
+    skips_negative = (getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
+                      and math.isclose(getattr(guider, "cfg", 0.0), 1.0)
+                      and not (getattr(guider, "model_options", None) or {}).get("disable_cfg1_optimization"))
+    tokens = []
+    for key, entries in conds.items():
+        if key == "negative" and skips_negative:
+            continue
+        for entry in entries or []:
+            text = entry.get("cross_attn") if isinstance(entry, dict) else None
+            tokens.append(int(text.shape[1]) if text is not None and text.ndim >= 2 else 0)
+    return tokens
+
+
+def planned_cache_bytes(adapter, patcher, noise_shape, prompt_tokens: List[int], store: Optional[str],
+                        patch_size: int, temporal_patch: int = 1) -> int:
+    """The K/V cache of a run over a latent of `noise_shape` with these prompts, once every stream stored
+    its dense step. Prompts of different lengths that ComfyUI batches into one call are repeated to one
+    length first, which this does not add (nor Flux Kontext's reference tokens): a plan, not a bound."""
+    diffusion_model = patcher.model.diffusion_model
+    image_tokens = math.prod(token_grid(noise_shape, patch_size, temporal_patch))
+    value_bytes = inference_dtype(patcher.model).itemsize
+    try:
+        layers = [adapter.kv_cache_layers(diffusion_model, image_tokens, adapter.prompt_tokens(patcher.model, text))
+                  for text in prompt_tokens]
+    except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
+        logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
+        return 0
+    return sum(cache_bytes(prompt_layers, int(noise_shape[0]), value_bytes, store) for prompt_layers in layers)
+
+
+def check_cache_fits(cache: int, device, store: Optional[str], node: str) -> None:
+    """A cache larger than the whole device can never fit: say so before anything loads."""
+    memory = device_memory(device)
+    if memory is None or cache <= memory[0]:
+        return
+    smaller = "" if store == "fp8_e4m3" else "kv_cache fp8_e4m3 (a byte a value), "
+    raise SDiTInputError(node, "kv_cache",
+                         f"this run's K/V cache (every attention layer's keys and values of every token) needs "
+                         f"{size_text(cache)}, more than all {size_text(memory[0])} of {device}. Use {smaller}a "
+                         f"smaller latent, fewer frames or a smaller batch, or sample with KSampler")
+
+
+def make_room_for_cache(cache: int, model, noise_shape, conds, loaded_models: list) -> bool:
+    """After ComfyUI loaded the models for sampling (`loaded_models`: those beside the model): where the
+    memory left is less than its estimate plus the cache, its loader is asked again with the cache added
+    (it offloads weights for it). True if it was."""
+    if cache <= 0 or dynamic_vram(model):
+        return False
+    memory = device_memory(model.load_device)
+    if memory is None:
+        return False
+    required, minimum = comfy.sampler_helpers.estimate_memory(model, noise_shape, conds)
+    controlnets = comfy.sampler_helpers.get_additional_models(conds, model.model_dtype())[1]   # as ComfyUI adds it
+    required, minimum = required + controlnets, minimum + controlnets
+    if memory[1] >= required + cache:
+        return False
+    logging.info("SDiT: the K/V cache (%s) does not fit beside the loaded weights: ComfyUI offloads part of the "
+                 "weights for it (slower steps; kv_cache fp8_e4m3 halves the cache)", size_text(cache))
+    comfy.model_management.load_models_gpu([model] + list(loaded_models), memory_required=required + cache,
+                                           minimum_memory_required=minimum + cache)
+    return True

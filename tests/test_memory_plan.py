@@ -1,0 +1,145 @@
+"""The K/V cache in ComfyUI's memory plan (nodes/memory_plan.py), on tiny instances of ComfyUI's real classes:
+the size planned before sampling is what the run's caches hold once every stream stored its dense step;
+where it does not fit beside the loaded weights, ComfyUI's loader is asked again with it added; a cache
+larger than the device is refused before anything loads."""
+import pytest
+import torch
+
+import comfy.model_management
+
+from comfyui_sdit.nodes import memory_plan
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.kv_cache import cache_bytes
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import (FAMILIES, flux_conditioning, ksample, ras_sample, sdit_sample, tiny_flux, tiny_hunyuan_video,
+                          tiny_wan, tiny_wan22_ti2v)
+from test_video import conds as wan_conds, hunyuan_conds, video_latent
+
+GiB = 2 ** 30
+
+
+def image_case(family):
+    spec = FAMILIES[family]
+    return spec.build, lambda batch: spec.latent(batch, *spec.same_grid((8, 12))), \
+        lambda: dict(positive=spec.positive(), negative=spec.negative())
+
+
+VIDEO = {"wan": (tiny_wan, lambda batch: video_latent(batch), wan_conds),
+         "wan22-ti2v": (tiny_wan22_ti2v, lambda batch: video_latent(batch, channels=48), wan_conds),
+         "hunyuan-video": (tiny_hunyuan_video, lambda batch: video_latent(batch), hunyuan_conds)}
+CASES = {**{family: image_case(family) for family in sorted(FAMILIES)}, **VIDEO}
+
+
+def sample_patched(model, latent, cfg, conds, kv_cache=None, steps=2):
+    """Samples with a dense step, then sparse ones; returns the finished run."""
+    def plans(run):
+        sparse = torch.arange(8).expand(run.batch, -1)
+        return FixedPlanPolicy([None] + [sparse] * (steps - 1))
+    patched, slot = apply_token_sparse(model, plans, node="test", kv_cache=kv_cache)
+    ksample(patched, latent, steps=steps, cfg=cfg, **conds)
+    return slot.last_run
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_planned_cache_is_what_the_streams_hold(family, cfg):
+    """Every family, batch 2: at cfg 1 the negative prompt is not evaluated (half the rows), at cfg 3 it is,
+    batched with the positive one (one stream) or, prompts of other lengths, on its own (two)."""
+    build, latent, conds = CASES[family]
+    run = sample_patched(build(seed=0), latent(2), cfg, conds())
+    assert run.kv_peak_bytes > 0
+    assert run.kv_planned_bytes == run.kv_peak_bytes
+
+
+def flux_run(kv_cache=None):
+    return sample_patched(tiny_flux(seed=0), FAMILIES["flux"].latent(2, 8, 12), 3.0,
+                          dict(positive=flux_conditioning(1), negative=flux_conditioning(2)), kv_cache=kv_cache)
+
+
+def test_planned_fp8_cache_is_what_the_streams_hold():
+    run = flux_run(kv_cache="fp8_e4m3")
+    assert run.kv_planned_bytes == run.kv_peak_bytes
+    assert run.kv_planned_bytes < flux_run().kv_planned_bytes / 3     # fp32 here: 4 bytes a value, then 1 (+ scales)
+
+
+def test_cache_bytes_counts_rows_tokens_channels_and_fp8_scales():
+    layers = [(10, 8), (4, 8)]
+    assert cache_bytes(layers, rows=3, value_bytes=2) == 2 * 3 * 8 * (10 + 4) * 2
+    assert cache_bytes(layers, rows=3, value_bytes=2, store="fp8_e4m3") == 2 * 3 * 8 * ((10 + 2) + (4 + 2))
+
+
+class FakeDevice:
+    """What ComfyUI reports of a GPU, for the plan (the models stay on the CPU)."""
+
+    def __init__(self, monkeypatch, total, free):
+        self.total, self.free = total, free
+        monkeypatch.setattr(memory_plan, "device_memory", lambda device: (self.total, self.free))
+        self.loads = []
+        real_load = comfy.model_management.load_models_gpu
+
+        def recording_load(models, memory_required=0, minimum_memory_required=None, **kwargs):
+            self.loads.append((list(models), memory_required, minimum_memory_required))
+            return real_load(models, memory_required=memory_required, minimum_memory_required=minimum_memory_required,
+                             **kwargs)
+        monkeypatch.setattr(comfy.model_management, "load_models_gpu", recording_load)
+
+
+def test_the_loader_is_asked_again_with_the_cache_where_it_does_not_fit(monkeypatch):
+    device = FakeDevice(monkeypatch, total=80 * GiB, free=0)
+    run = flux_run()
+    assert len(device.loads) == 2
+    (first_models, required, minimum), (models, required_again, minimum_again) = device.loads
+    assert models == first_models                                # the same models: the run's
+    assert required_again == required + run.kv_planned_bytes     # ComfyUI's own estimate, plus the cache
+    assert minimum_again == minimum + run.kv_planned_bytes
+
+
+def test_the_loader_is_asked_once_where_the_cache_fits(monkeypatch):
+    device = FakeDevice(monkeypatch, total=80 * GiB, free=80 * GiB)
+    flux_run()
+    assert len(device.loads) == 1
+
+
+def test_dynamic_vram_is_left_to_stage_weights_itself(monkeypatch):
+    """ComfyUI with dynamic VRAM stages weights on demand, not by plan."""
+    device = FakeDevice(monkeypatch, total=80 * GiB, free=0)
+    monkeypatch.setattr(memory_plan, "dynamic_vram", lambda patcher: True)
+    flux_run()
+    assert len(device.loads) == 1
+
+
+def test_a_cache_larger_than_the_device_is_refused_before_anything_loads(monkeypatch):
+    planned = flux_run().kv_planned_bytes
+    device = FakeDevice(monkeypatch, total=planned - 1, free=planned - 1)
+    with pytest.raises(SDiTInputError, match=r"test: input 'kv_cache': this run's K/V cache .* needs .*, more than all "
+                                             r".* Use kv_cache fp8_e4m3 .*KSampler"):
+        flux_run()
+    assert device.loads == []
+    device.total = planned                                       # exactly fits: samples
+    flux_run()
+    assert len(device.loads) == 2
+
+
+
+@pytest.mark.parametrize("node,sample", [("RAS Sampler", ras_sample), ("SDiT Sampler", sdit_sample)])
+def test_the_sampler_nodes_refuse_it_in_their_own_name(monkeypatch, node, sample):
+    device = FakeDevice(monkeypatch, total=1024, free=1024)
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    with pytest.raises(SDiTInputError, match=rf"^{node}: input 'kv_cache': this run's K/V cache"):
+        sample(tiny_flux(seed=0), 0, 2, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2), latent, 1.0,
+               sample_ratio=0.5)
+    assert device.loads == []
+
+
+def test_a_model_the_plan_cannot_read_samples_unplanned(monkeypatch, caplog):
+    """A newer ComfyUI that renamed what an adapter reads for the plan: the run samples, without the plan."""
+    from comfyui_sdit.nodes.families.flux import FluxFamily
+
+    def renamed(self, diffusion_model, image_tokens, text_tokens):
+        return [(text_tokens + image_tokens, diffusion_model.renamed_width)]
+    monkeypatch.setattr(FluxFamily, "kv_cache_layers", renamed)
+    device = FakeDevice(monkeypatch, total=80 * GiB, free=0)
+    run = flux_run()
+    assert run.kv_planned_bytes == 0 < run.kv_peak_bytes
+    assert len(device.loads) == 1 and "left out of ComfyUI's memory plan" in caplog.text
