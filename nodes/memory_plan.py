@@ -9,7 +9,8 @@ that estimate, so a model that filled VRAM left the cache no room and the first 
 - Once ComfyUI has loaded the models (a PREPARE_SAMPLING wrapper), where less memory is free than its
   estimate plus the cache, ComfyUI's own loader is asked again with the cache added: it offloads weights
   for the cache as it does for activations.
-Dynamic VRAM (newer ComfyUI's default on NVIDIA) stages weights on demand instead of by plan: left to it.
+Dynamic VRAM (newer ComfyUI's default on NVIDIA) stages weights on demand instead of by plan: left to it
+(comfy-aimdo takes over the CUDA allocation calls and frees staged weights where an allocation falls short).
 """
 import logging
 import math
