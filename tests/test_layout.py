@@ -59,3 +59,17 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make demo" in readme
     assert ci.strip().splitlines()[-1] == "make test"
+
+
+def test_the_suite_runs_from_a_clone_named_like_the_repo(tmp_path):
+    """A clone in a folder named comfyui-sdit (the repo's name, and the pack's name in custom_nodes) runs the
+    suite: pytest takes tests/ as its root and never imports the pack's __init__.py as a test package."""
+    clone = tmp_path / "comfyui-sdit"
+    clone.mkdir()
+    for entry in REPO_ROOT.iterdir():
+        if entry.name != ".git":
+            (clone / entry.name).symlink_to(entry)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_count_grid.py"],
+                            cwd=clone, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout
