@@ -69,7 +69,7 @@ def test_the_suite_runs_from_a_clone_named_like_the_repo(tmp_path):
     for entry in REPO_ROOT.iterdir():
         if entry.name != ".git":
             (clone / entry.name).symlink_to(entry)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_count_grid.py"],
-                            cwd=clone, capture_output=True, text=True, timeout=300)
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run([*pytest, "tests/test_count_grid.py"], cwd=clone, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
