@@ -143,7 +143,8 @@ def attention_share(spec: Spec, tokens: int, text: int) -> float:
 def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
     """The model with random weights on `device`; with dynamic_vram, as a newer ComfyUI server loads it:
     weights in RAM, `CoreModelPatcher` (then ModelPatcherDynamic) staging them onto the GPU on demand.
-    `in_ram`: weights in RAM and ComfyUI's loader moves what its memory plan allows (a small GPU)."""
+    `in_ram`: weights drawn on `device` (fast), then kept in RAM: ComfyUI's loader moves what its memory
+    plan allows and offloads to RAM (a small GPU)."""
     import comfy.model_patcher
     import comfy.supported_models
     class_name, config = MODELS[name].cls, MODELS[name].config
@@ -154,7 +155,7 @@ def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = F
         config = hunyuan_video_unet_config(config)
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
-    home = torch.device("cpu") if dynamic_vram or in_ram else device
+    home = torch.device("cpu") if dynamic_vram else device
     model = model_config.get_model({}, device=home)
     generator = torch.Generator(device=home).manual_seed(0)
     with torch.no_grad():
@@ -165,6 +166,11 @@ def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = F
                 buffer.normal_(0.0, 0.5, generator=generator)
     if dynamic_vram:
         return comfy.model_patcher.CoreModelPatcher(model, load_device=device, offload_device=home)
+    if in_ram:
+        model.to("cpu")
+        model.device = torch.device("cpu")
+        torch.cuda.empty_cache()
+        return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
@@ -241,8 +247,6 @@ def run(args) -> dict:
     if args.vram_gib and device.type != "cuda":
         raise SystemExit(f"--vram-gib simulates a smaller GPU: it needs a CUDA device, not {device}")
     import_comfyui(cpu=device.type == "cpu")
-    if args.vram_gib:
-        simulate_vram(device, args.vram_gib)
     if args.dynamic_vram:
         enable_dynamic_vram(device.index or 0)
     load_pack()
@@ -264,6 +268,8 @@ def run(args) -> dict:
                "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
     for name in args.models:
         model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
+        if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
+            simulate_vram(device, args.vram_gib)
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:

@@ -89,3 +89,22 @@ def test_dynamic_vram_is_set_up_as_a_newer_comfyui_server_does(monkeypatch):
     assert asked == [[0]]
     assert comfy.model_patcher.CoreModelPatcher is comfy.model_patcher.ModelPatcherDynamic
     assert comfy.memory_management.aimdo_enabled is True
+
+
+def test_a_model_built_in_ram_is_offloaded_to_ram():
+    """`speed.py --vram-gib`'s model (the option itself needs a GPU): its weights and ComfyUI's offload device
+    are RAM (an offload device on the GPU would free nothing there), and it samples."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
+    import comfy.sample
+    import torch
+    model = speed.build("tiny-flux", torch.device("cpu"), torch.float32, in_ram=True)
+    assert model.offload_device == torch.device("cpu") and model.model.device == torch.device("cpu")
+    latent = torch.zeros(1, 16, 8, 8)
+    positive = speed.conditioning("tiny-flux", 4, 1)
+    out = comfy.sample.sample(model, torch.randn_like(latent), 2, 1.0, "euler", "simple", positive, positive, latent,
+                              seed=0, disable_pbar=True)
+    assert out.shape == latent.shape and torch.isfinite(out).all()
