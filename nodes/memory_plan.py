@@ -84,19 +84,20 @@ def check_cache_fits(cache: int, device, store: Optional[str], node: str) -> Non
 def make_room_for_cache(cache: int, model, noise_shape, conds, loaded_models: list) -> bool:
     """After ComfyUI loaded the models for sampling (`loaded_models`: those beside the model): where the
     memory left is less than its estimate plus the cache, its loader is asked again with the cache added
-    (it offloads weights for it). True if it was."""
+    (it offloads weights for it). True if it was. What it must leave free is its estimate of the batched
+    forward (cond and uncond at once), not of a single prompt's as in its own plan: ComfyUI batches the
+    prompts when the memory free allows, which before the first forward includes the cache's share."""
     if cache <= 0 or dynamic_vram(model):
         return False
     memory = device_memory(model.load_device)
     if memory is None:
         return False
-    required, minimum = comfy.sampler_helpers.estimate_memory(model, noise_shape, conds)
-    controlnets = comfy.sampler_helpers.get_additional_models(conds, model.model_dtype())[1]   # as ComfyUI adds it
-    required, minimum = required + controlnets, minimum + controlnets
+    required = comfy.sampler_helpers.estimate_memory(model, noise_shape, conds)[0]
+    required += comfy.sampler_helpers.get_additional_models(conds, model.model_dtype())[1]   # ControlNets', as ComfyUI
     if memory[1] >= required + cache:
         return False
     logging.info("SDiT: the K/V cache (%s) does not fit beside the loaded weights: ComfyUI offloads part of the "
                  "weights for it (slower steps; kv_cache fp8_e4m3 halves the cache)", size_text(cache))
     comfy.model_management.load_models_gpu([model] + list(loaded_models), memory_required=required + cache,
-                                           minimum_memory_required=minimum + cache)
+                                           minimum_memory_required=required + cache)
     return True
