@@ -27,12 +27,14 @@ from .errors import SDiTInputError
 
 
 def device_memory(device) -> Optional[Tuple[int, int]]:
-    """(total, free) bytes of the device the model computes on; None on the CPU (ComfyUI plans no RAM
-    for activations either)."""
+    """(total, free) bytes of the device the model computes on that ComfyUI may plan with: what it reserves
+    for other programs (--reserve-vram) left out, as its own plans do. None on the CPU (ComfyUI plans no
+    RAM for activations either)."""
     if comfy.model_management.is_device_cpu(device):
         return None
-    return (int(comfy.model_management.get_total_memory(device)),
-            int(comfy.model_management.get_free_memory(device)))
+    reserved = comfy.model_management.extra_reserved_memory()
+    return (int(comfy.model_management.get_total_memory(device) - reserved),
+            int(comfy.model_management.get_free_memory(device) - reserved))
 
 
 def evaluated_prompts(guider) -> List[int]:
@@ -77,7 +79,7 @@ def check_cache_fits(cache: int, device, store: Optional[str], node: str) -> Non
     smaller = "" if store == "fp8_e4m3" else "kv_cache fp8_e4m3 (a byte a value), "
     raise SDiTInputError(node, "kv_cache",
                          f"this run's K/V cache (every attention layer's keys and values of every token) needs "
-                         f"{size_text(cache)}, more than all {size_text(memory[0])} of {device}. Use {smaller}a "
+                         f"{size_text(cache)}, more than all {size_text(memory[0])} ComfyUI may use of {device}. Use {smaller}a "
                          f"smaller latent, fewer frames or a smaller batch, or sample with KSampler")
 
 

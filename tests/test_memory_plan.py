@@ -143,3 +143,15 @@ def test_a_model_the_plan_cannot_read_samples_unplanned(monkeypatch, caplog):
     run = flux_run()
     assert run.kv_planned_bytes == 0 < run.kv_peak_bytes
     assert len(device.loads) == 1 and "left out of ComfyUI's memory plan" in caplog.text
+
+
+def test_the_device_memory_planned_with_leaves_out_what_comfyui_reserves(monkeypatch):
+    """ComfyUI keeps --reserve-vram out of all its plans; the cache's plan does too."""
+    mm = comfy.model_management
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    monkeypatch.setattr(mm, "get_total_memory", lambda device: 24 * GiB)
+    monkeypatch.setattr(mm, "get_free_memory", lambda device: 10 * GiB)
+    monkeypatch.setattr(mm, "extra_reserved_memory", lambda: 2 * GiB)
+    assert memory_plan.device_memory("cuda:0") == (22 * GiB, 8 * GiB)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: True)
+    assert memory_plan.device_memory("cpu") is None
