@@ -79,8 +79,8 @@ def check_cache_fits(cache: int, device, store: Optional[str], node: str) -> Non
     smaller = "" if store == "fp8_e4m3" else "kv_cache fp8_e4m3 (a byte a value), "
     raise SDiTInputError(node, "kv_cache",
                          f"this run's K/V cache (every attention layer's keys and values of every token) needs "
-                         f"{size_text(cache)}, more than all {size_text(memory[0])} ComfyUI may use of {device}. Use {smaller}a "
-                         f"smaller latent, fewer frames or a smaller batch, or sample with KSampler")
+                         f"{size_text(cache)}, more than all {size_text(memory[0])} ComfyUI may use of {device}. "
+                         f"Use {smaller}a smaller latent, fewer frames or a smaller batch, or sample with KSampler")
 
 
 def make_room_for_cache(cache: int, model, noise_shape, conds, loaded_models: list) -> bool:
