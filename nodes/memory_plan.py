@@ -37,34 +37,41 @@ def device_memory(device) -> Optional[Tuple[int, int]]:
             int(comfy.model_management.get_free_memory(device) - reserved))
 
 
-def evaluated_prompts(guider) -> List[int]:
-    """Text tokens of each prompt the guider evaluates every step, each over the latent's whole batch.
-    ComfyUI's CFGGuider leaves the negative prompt out at cfg 1 (unless a node turned that off)."""
+def evaluated_prompts(guider) -> List[dict]:
+    """The conditioning entries the guider evaluates every step (each over the latent's whole batch): their
+    text (`cross_attn`) and values (references, ...). ComfyUI's CFGGuider leaves the negative prompt out
+    at cfg 1 (unless a node turned that off)."""
     conds = getattr(guider, "conds", None) or {}
     skips_negative = (getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
                       and math.isclose(getattr(guider, "cfg", 0.0), 1.0)
                       and not (getattr(guider, "model_options", None) or {}).get("disable_cfg1_optimization"))
-    tokens = []
-    for key, entries in conds.items():
-        if key == "negative" and skips_negative:
-            continue
-        for entry in entries or []:
-            text = entry.get("cross_attn") if isinstance(entry, dict) else None
-            tokens.append(int(text.shape[1]) if text is not None and text.ndim >= 2 else 0)
-    return tokens
+    return [entry for key, entries in conds.items() if not (key == "negative" and skips_negative)
+            for entry in entries or [] if isinstance(entry, dict)]
 
 
-def planned_cache_bytes(adapter, patcher, noise_shape, prompt_tokens: List[int], store: Optional[str],
+def _text_tokens(entry: dict) -> int:
+    text = entry.get("cross_attn")
+    return int(text.shape[1]) if text is not None and text.ndim >= 2 else 0
+
+
+def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], store: Optional[str],
                         patch_size: int, temporal_patch: int = 1) -> int:
     """The K/V cache of a run over a latent of `noise_shape` with these prompts, once every stream stored
-    its dense step. Prompts of different lengths that ComfyUI batches into one call are repeated to one
-    length first, which this does not add (nor Flux Kontext's reference tokens): a plan, not a bound."""
-    diffusion_model = patcher.model.diffusion_model
-    image_tokens = math.prod(token_grid(noise_shape, patch_size, temporal_patch))
-    value_bytes = inference_dtype(patcher.model).itemsize
+    its dense step: per prompt, its text and the image's tokens with the references it puts after them.
+    Prompts of other lengths run apart, each at its own length (DiTs' prompts are plain conditions in
+    ComfyUI, which batches only equal shapes)."""
+    model = patcher.model
+    diffusion_model = model.diffusion_model
+    value_bytes = inference_dtype(model).itemsize
+
+    def tokens(shape) -> int:
+        return math.prod(token_grid(shape, patch_size, temporal_patch))
     try:
-        layers = [adapter.kv_cache_layers(diffusion_model, image_tokens, adapter.prompt_tokens(patcher.model, text))
-                  for text in prompt_tokens]
+        layers = [adapter.kv_cache_layers(diffusion_model,
+                                          tokens(noise_shape) + sum(tokens(reference.shape) for reference in
+                                                                    adapter.sequence_references(diffusion_model, entry)),
+                                          adapter.prompt_tokens(model, _text_tokens(entry)))
+                  for entry in prompts]
     except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
         return 0

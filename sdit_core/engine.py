@@ -38,8 +38,8 @@ from .schedule import step_of_sigma
 from .tokens import gather_rows, is_latent_shape, same_rows, scatter_rows_, token_grid, validate_active_index
 
 MOVING_WINDOWS = ("the context windows move from step to step (ComfyUI's uniform context schedules), so a window's "
-                  "forward finds no cache of its frames and runs dense (no speed-up); the standard_static or "
-                  "batched context schedule keeps the windows in place")
+                  "forward finds no cache of its frames and runs dense (no speed-up, and no cache kept); the "
+                  "standard_static or batched context schedule keeps the windows in place")
 
 
 @dataclass
@@ -83,11 +83,13 @@ class ForwardCall:
     """One forward of the diffusion model under the engine."""
 
     def __init__(self, run: "SparseRun", stream: Stream, info: EvalInfo, dense: bool,
-                 grid_index: Optional[torch.Tensor], grid_tokens: int, shared_index: bool = False):
+                 grid_index: Optional[torch.Tensor], grid_tokens: int, shared_index: bool = False,
+                 keeps_cache: bool = True):
         self.run = run
         self.stream = stream
         self.info = info
         self.dense = dense
+        self.keeps_cache = keeps_cache    # a dense forward stores its K/V (not where nothing will read them)
         self.grid_index = grid_index      # (rows, n) active grid tokens, None when dense
         self.grid_tokens = grid_tokens    # tokens of the latent grid (extra tokens such as references follow)
         self.text_len = 0                 # adapters that need it: text tokens of this forward
@@ -208,7 +210,8 @@ class ForwardCall:
         self.attention_calls += 1
         self.record.attention_image_rows.append(self.image_rows)
         if self.dense:
-            self.stream.kv.store_dense(layer, k, v, seq_dim)
+            if self.keeps_cache:
+                self.stream.kv.store_dense(layer, k, v, seq_dim)
             return attend(q, k, v, heads, **kwargs)
         rows = self.joint_rows(k.device, others)
         with profiling.span(profiling.KV_WRITE):
@@ -307,7 +310,9 @@ class SparseRun:
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
         self.context_handler = None         # the host's context windows of this run (opaque here)
-        self.windows_moved = 0              # context-window streams dropped because their window moved
+        self.windows_moved = 0              # context-window streams dropped when the windows were seen moving
+        self.windows_move = False           # they did: window forwards run dense and keep no cache
+        self._windows_seen: set = set()     # every context window's frames run so far
         self.count_grid = 1                 # sparse counts rounded up to a multiple of this (count_grid.py; the host sets it)
         self.kv_planned_bytes = 0           # the K/V cache the host planned memory for (nodes/memory_plan.py)
         self.kv_peak_bytes = 0              # the most the streams' K/V caches held at once
@@ -377,6 +382,9 @@ class SparseRun:
                 self._streams_in_eval = set()
             self._streams_in_eval.add(key)
             record = self.evals[-1]
+            if window is not None:
+                self._follow_window(window, record.info.index)
+            keeps_cache = window is None or not self.windows_move
             stream = self.streams.get(key)
             if stream is None:
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
@@ -387,7 +395,7 @@ class SparseRun:
             # not cover the run's image grid or one of its context windows (e.g. area conditioning crops
             # the latent).
             dense = (record.active is None or not stream.primed or rows % self.batch != 0
-                     or (grid != self.grid and window is None))
+                     or (grid != self.grid and window is None) or not keeps_cache)
             shared = record.shared
             if dense:
                 index = None
@@ -396,7 +404,8 @@ class SparseRun:
             else:
                 index, shared = self._window_index(record, window)
         grid_index = None if dense else index.repeat(rows // self.batch, 1)
-        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid), shared_index=shared)
+        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid), shared_index=shared,
+                           keeps_cache=keeps_cache)
         call.record.rows = rows
         call.eval_record = record
         self.current = call
@@ -411,6 +420,26 @@ class SparseRun:
         if len(frames) != grid[0] or grid[1:] != self.grid[1:] or not all(0 <= f < self.grid[0] for f in frames):
             return None
         return None if frames == tuple(range(self.grid[0])) else frames
+
+    def _follow_window(self, window: Tuple[int, ...], evaluation: int) -> None:
+        """A window never run before while windows of an earlier evaluation are held: the windows move
+        from step to step (ComfyUI's uniform schedules), so a window's forward will find no cache of its
+        frames. Window caches are dropped then, and window forwards keep none from then on (each step's
+        would otherwise stay held beside the next step's, and never be read)."""
+        new = window not in self._windows_seen
+        self._windows_seen.add(window)
+        if not new or self.windows_move:
+            return
+        placed_before = [k for k, s in self.streams.items() if s.window is not None and s.last_eval < evaluation]
+        if not placed_before:
+            return
+        self.windows_move = True
+        windows = [k for k, s in self.streams.items() if s.window is not None]
+        for key in windows:
+            self._drop_stream(key)
+        self.windows_moved += len(windows)
+        self.note = self.note or MOVING_WINDOWS
+        logging.warning("region-adaptive sampling: %s", MOVING_WINDOWS)
 
     def _window_index(self, record: EvalRecord, window: Tuple[int, ...]) -> Tuple[torch.Tensor, bool]:
         """The evaluation's active set in a window's numbering (once per evaluation and window)."""
@@ -429,7 +458,7 @@ class SparseRun:
                 call.record.image_tokens = 0
             with self._lock:
                 call.eval_record.calls.append(call.record)
-                if call.dense:              # only dense forwards allocate cache layers
+                if call.dense and call.keeps_cache:     # only dense forwards allocate cache layers
                     call.stream.primed = True
                     held = sum(stream.kv.nbytes() for stream in self.streams.values())
                     self.kv_peak_bytes = max(self.kv_peak_bytes, held)
@@ -448,16 +477,9 @@ class SparseRun:
         self.policy.forget(key)        # what the policy keeps per stream (SDiT's output history)
 
     def _drop_idle_streams(self) -> None:
-        """A stream that sat out the last evaluation is dropped with its caches: context windows that move
-        from step to step (ComfyUI's uniform schedules) would leave a cache behind for every placement,
-        and guidance that evaluates a perturbed network for part of the run (Skip Layer Guidance), or a
-        prompt that ends (timestep ranges), a cache it no longer reads. One that comes back runs dense."""
+        """A stream that sat out the last evaluation is dropped with its caches: guidance that evaluates a
+        perturbed network for part of the run (Skip Layer Guidance), or a prompt that ends (timestep
+        ranges), would leave a cache it no longer reads. One that comes back runs dense."""
         last = len(self.evals) - 1
-        idle = [k for k, s in self.streams.items() if s.last_eval < last]
-        moved = [k for k in idle if self.streams[k].window is not None]
-        for key in idle:
+        for key in [k for k, s in self.streams.items() if s.last_eval < last]:
             self._drop_stream(key)
-        if moved and not self.windows_moved:
-            self.note = self.note or MOVING_WINDOWS
-            logging.warning("region-adaptive sampling: %s", MOVING_WINDOWS)
-        self.windows_moved += len(moved)

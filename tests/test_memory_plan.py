@@ -63,6 +63,58 @@ def test_planned_fp8_cache_is_what_the_streams_hold():
     assert run.kv_planned_bytes < flux_run().kv_planned_bytes / 3     # fp32 here: 4 bytes a value, then 1 (+ scales)
 
 
+def with_values(conditioning, **values):
+    """A prompt with more values in its dict (references, ...)."""
+    return [[text, dict(extra, **values)] for text, extra in conditioning]
+
+
+def flux_prompts(positive_tokens, negative_tokens, **values):
+    return dict(positive=with_values(flux_conditioning(1, positive_tokens), **values),
+                negative=with_values(flux_conditioning(2, negative_tokens), **values))
+
+
+def test_prompts_of_other_lengths_are_planned_at_their_own_lengths():
+    """DiTs' prompts are plain conditions in ComfyUI (CONDRegular, not the UNets' CONDCrossAttn, which repeats
+    prompts to a common length to batch them): prompts of other lengths run apart, each at its own length."""
+    latent = FAMILIES["flux"].latent(2, 8, 12)
+    for lengths in [(6, 4), (7, 5), (4, 8)]:
+        run = sample_patched(tiny_flux(seed=0), latent, 3.0, flux_prompts(*lengths))
+        assert run.kv_planned_bytes == run.kv_peak_bytes
+
+
+@pytest.mark.parametrize("family,reference", [("flux", torch.zeros(1, 16, 6, 10)),
+                                              ("qwen_image", torch.zeros(1, 16, 1, 6, 10))])
+def test_reference_tokens_are_planned(family, reference):
+    """Flux Kontext / Flux 2 and Qwen-Image-Edit references (`reference_latents`, any size) follow the
+    image's tokens in the sequence the cache holds; prompts with references of other sizes run apart."""
+    spec = FAMILIES[family]
+    latent = spec.latent(2, 8, 12)
+    prompts = dict(positive=with_values(spec.positive(), reference_latents=[reference]),
+                   negative=with_values(spec.negative(), reference_latents=[reference[..., :4, :4], reference]))
+    run = sample_patched(spec.build(seed=0), latent, 3.0, prompts)
+    without = sample_patched(spec.build(seed=0), latent, 3.0, dict(positive=spec.positive(), negative=spec.negative()))
+    assert run.kv_planned_bytes == run.kv_peak_bytes > without.kv_peak_bytes
+
+
+def test_wan_subject_frames_are_planned():
+    """Phantom's subject frames (`time_dim_concat`) follow the video's in time."""
+    subject = torch.zeros(1, 16, 2, 8, 12)
+    run = sample_patched(tiny_wan(seed=0), video_latent(2), 3.0, wan_conds(time_dim_concat=subject))
+    assert run.kv_planned_bytes == run.kv_peak_bytes > sample_patched(tiny_wan(seed=0), video_latent(2), 3.0,
+                                                                      wan_conds()).kv_peak_bytes
+
+
+def test_wan_in_context_latents_are_planned():
+    import inspect
+    import comfy.ldm.wan.model
+    if "context_latents" not in inspect.getsource(comfy.ldm.wan.model.WanModel.forward_orig):
+        pytest.skip("this ComfyUI's Wan has no in-context references")
+    run = sample_patched(tiny_wan(seed=0), video_latent(2), 3.0,
+                         wan_conds(context_latents=[torch.zeros(1, 16, 1, 8, 8), torch.zeros(1, 16, 2, 6, 6)]))
+    assert run.kv_planned_bytes == run.kv_peak_bytes > sample_patched(tiny_wan(seed=0), video_latent(2), 3.0,
+                                                                      wan_conds()).kv_peak_bytes
+
+
 def test_cache_bytes_counts_rows_tokens_channels_and_fp8_scales():
     layers = [(10, 8), (4, 8)]
     assert cache_bytes(layers, rows=3, value_bytes=2) == 2 * 3 * 8 * (10 + 4) * 2

@@ -159,6 +159,12 @@ def gather_control(call, control: dict) -> dict:
     return gathered
 
 
+def reference_latents(values: dict) -> list:
+    """A prompt's `reference_latents` (ComfyUI's ReferenceLatent node: Flux Kontext / Flux 2 edit,
+    Qwen-Image-Edit), which the model embeds after the image's tokens."""
+    return list(values.get("reference_latents") or [])
+
+
 class FamilyAdapter:
     """Interface of a model-family adapter."""
     names: Tuple[str, ...] = ()
@@ -181,6 +187,11 @@ class FamilyAdapter:
     def prompt_tokens(self, base_model, tokens: int) -> int:
         """Tokens the blocks get of a prompt of `tokens` tokens (a model may pad it)."""
         return tokens
+
+    def sequence_references(self, diffusion_model, values: dict) -> list:
+        """Latents a prompt's conditioning values (its dict) put into the sequence after the image's tokens
+        (references, which run on every step): the memory plan counts their tokens in the K/V cache."""
+        return []
 
     def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int) -> List[Tuple[int, int]]:
         """(tokens, channels) per batch row of each attention layer whose keys and values the K/V cache keeps,

@@ -7,7 +7,7 @@ Attention is joint over [txt | img] everywhere, with txt first. Reference tokens
 follow the grid and always run; where they are marked by position (`timestep_zero_index`, newer ComfyUI)
 the positions are mapped to the gathered sequence.
 """
-from .base import FamilyAdapter, gather_control, patch_method
+from .base import FamilyAdapter, reference_latents, gather_control, patch_method
 
 
 FLUX2_PROMPT = 512      # ComfyUI's Flux 2 pads shorter prompts to this many tokens (model_base.Flux2.extra_conds)
@@ -30,6 +30,9 @@ class FluxFamily(FamilyAdapter):
     def prompt_tokens(self, base_model, tokens):
         import comfy.model_base
         return max(tokens, FLUX2_PROMPT) if isinstance(base_model, comfy.model_base.Flux2) else tokens
+
+    def sequence_references(self, diffusion_model, values):
+        return reference_latents(values)
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
         blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)

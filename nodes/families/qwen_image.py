@@ -15,7 +15,7 @@ import functools
 import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque
-from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward
+from .base import FamilyAdapter, reference_latents, gather_control, patch_method, patch_module_forward
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
@@ -29,6 +29,9 @@ class QwenImageFamily(FamilyAdapter):
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
+
+    def sequence_references(self, diffusion_model, values):
+        return reference_latents(values)
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
         return [(text_tokens + image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)

@@ -40,6 +40,11 @@ class WanFamily(FamilyAdapter):
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
         return [(image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)   # self-attention: video alone
 
+    def sequence_references(self, diffusion_model, values):
+        # Phantom's subject frames, concatenated after the video's in time; in-context latents (newer ComfyUI)
+        subject = values.get("time_dim_concat")
+        return ([] if subject is None else [subject]) + list(values.get("context_latents") or [])
+
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
