@@ -1,6 +1,7 @@
 """Every place where the pack adapts to what the running ComfyUI has: feature probes, never version
 numbers, gathered here so the differences we handle can be read in one place."""
 import dataclasses
+import logging
 from typing import Callable, List, Optional
 
 import torch
@@ -78,6 +79,29 @@ def context_window_frames(transformer_options: dict, handler) -> Optional[List[i
         if 0 <= position < len(frames):
             frames[position] = position
     return frames
+
+
+def context_windows_at_start(handler, base_model, noise_shape, sigmas) -> Optional[List[int]]:
+    """The frames of each context window ComfyUI's `handler` runs at the first of `sigmas` over a latent of
+    `noise_shape`, newer ComfyUI's causal anchor frame (`causal_window_fix`: the frame before a window
+    that does not start the video) included; None where the video is not split along its frame axis or
+    the handler cannot be asked (then the run is planned as one window)."""
+    windows_of, set_step = getattr(handler, "get_context_windows", None), getattr(handler, "set_step", None)
+    if not callable(windows_of) or getattr(handler, "dim", None) != 2 or len(noise_shape) != 5:
+        return None
+    if int(noise_shape[2]) <= int(getattr(handler, "context_length", 0) or 0):
+        return None                                 # ComfyUI runs no windows over a short enough video
+    options = {"transformer_options": {"sample_sigmas": sigmas}}
+    try:
+        if callable(set_step):                      # the uniform schedules place windows by step
+            set_step(sigmas[:1], options)
+        windows = windows_of(base_model, torch.empty(tuple(noise_shape), device="meta"), options)
+        frames = [list(window.index_list) for window in windows]
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RuntimeError) as error:
+        logging.warning("SDiT: ComfyUI's context windows could not be read for the memory plan (%s)", error)
+        return None
+    anchor = bool(getattr(handler, "causal_window_fix", False))
+    return [len(f) + int(anchor and bool(f) and int(f[0]) >= 1) for f in frames]
 
 
 def sampler_name(sampler) -> str:

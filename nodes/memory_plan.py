@@ -3,9 +3,10 @@
 ComfyUI decides how much of a model's weights to keep in VRAM from its estimate of what sampling needs
 beside them (`comfy.sampler_helpers.estimate_memory`: a forward's activations). The K/V cache is not in
 that estimate, so a model that filled VRAM left the cache no room and the first step ran out of memory.
-- Before sampling (the OUTER_SAMPLE wrapper) the run's cache size is computed from the latent, the
-  prompts each step evaluates and the model's attention layers (the adapter's `kv_cache_layers`); a cache
-  larger than the device is refused there, before any model loads.
+- Before sampling (the OUTER_SAMPLE wrapper) the run's cache size is computed from the latent (or its
+  context windows), the prompts each step evaluates with their reference latents, and the model's
+  attention layers (the adapter's `kv_cache_layers`); a cache larger than the device is refused there,
+  before any model loads.
 - Once ComfyUI has loaded the models (a PREPARE_SAMPLING wrapper), where less memory is free than its
   estimate plus the cache, ComfyUI's own loader is asked again with the cache added: it offloads weights
   for the cache as it does for activations.
@@ -55,23 +56,26 @@ def _text_tokens(entry: dict) -> int:
 
 
 def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], store: Optional[str],
-                        patch_size: int, temporal_patch: int = 1) -> int:
+                        patch_size: int, temporal_patch: int = 1, window_frames: Optional[List[int]] = None) -> int:
     """The K/V cache of a run over a latent of `noise_shape` with these prompts, once every stream stored
     its dense step: per prompt, its text and the image's tokens with the references it puts after them.
     Prompts of other lengths run apart, each at its own length (DiTs' prompts are plain conditions in
-    ComfyUI, which batches only equal shapes)."""
+    ComfyUI, which batches only equal shapes). `window_frames`: the frames of each context window of the
+    first step, each window a cache of its own (the engine keeps no more where the windows move)."""
     model = patcher.model
     diffusion_model = model.diffusion_model
     value_bytes = inference_dtype(model).itemsize
+    shapes = [tuple(noise_shape)] if window_frames is None else \
+        [(*noise_shape[:2], frames, *noise_shape[3:]) for frames in window_frames]
 
     def tokens(shape) -> int:
         return math.prod(token_grid(shape, patch_size, temporal_patch))
     try:
         layers = [adapter.kv_cache_layers(diffusion_model,
-                                          tokens(noise_shape) + sum(tokens(reference.shape) for reference in
-                                                                    adapter.sequence_references(diffusion_model, entry)),
+                                          tokens(shape) + sum(tokens(reference.shape) for reference in
+                                                              adapter.sequence_references(diffusion_model, entry)),
                                           adapter.prompt_tokens(model, _text_tokens(entry)))
-                  for entry in prompts]
+                  for entry in prompts for shape in shapes]
     except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
         return 0

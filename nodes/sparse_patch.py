@@ -27,7 +27,7 @@ from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_neighbours
 from .sampler_support import dense_reason, warn
-from .comfy_compat import compiler_opaque, context_window_frames, models_loaded_beside
+from .comfy_compat import compiler_opaque, context_window_frames, context_windows_at_start, models_loaded_beside
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .sampling import check_latent
 
@@ -96,8 +96,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
                                                   temporal_patch)
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
+        windows = context_windows_at_start(run.context_handler, sampled.model, noise.shape, arguments["sigmas"])
         run.kv_planned_bytes = planned_cache_bytes(adapter, sampled, noise.shape, evaluated_prompts(executor.class_obj),
-                                                   kv_cache, patch_size, temporal_patch)
+                                                   kv_cache, patch_size, temporal_patch, windows)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node)
         slot.run = run
         started = time.monotonic()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import comfy.context_windows as context_windows
 
-from comfyui_sdit.nodes.comfy_compat import context_window_frames
+from comfyui_sdit.nodes.comfy_compat import context_window_frames, context_windows_at_start
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import MOVING_WINDOWS
 from comfyui_sdit.sdit_core.frame_windows import window_active, window_tokens
@@ -90,6 +90,23 @@ def test_window_frames_follow_comfyui_s_window_anchor_and_retained_frames():
     assert context_window_frames({"context_window": window}, handler) == [0, 4, 5, 6]
 
 
+def test_the_first_step_s_windows_are_read_from_comfyui_s_handler(caplog):
+    sigmas = torch.tensor([1.0, 0.5, 0.0])
+    shape = (1, 16, FRAMES, 8, 12)
+    handler = with_windows(tiny_wan(seed=3)).model_options["context_handler"]
+    handler.causal_window_fix = False                                   # older ComfyUI: no anchor frame
+    assert context_windows_at_start(handler, None, shape, sigmas) == [3, 3, 3]
+    handler.causal_window_fix = True                                    # newer: a frame before windows 2 and 3
+    assert context_windows_at_start(handler, None, shape, sigmas) == [3, 4, 4]
+    assert context_windows_at_start(handler, None, (1, 16, 3, 8, 12), sigmas) is None     # one window: none
+    assert context_windows_at_start(None, None, shape, sigmas) is None
+
+    handler.get_context_windows = lambda x_in: []                       # a newer handler asked otherwise
+    with caplog.at_level(logging.WARNING):
+        assert context_windows_at_start(handler, None, shape, sigmas) is None
+    assert "could not be read for the memory plan" in caplog.text
+
+
 # ---- sampling through ComfyUI's context windows ---------------------------------------------------------
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
@@ -153,19 +170,27 @@ def test_windows_that_move_every_step_run_dense_keep_no_cache_and_say_so(caplog)
                for i, (c, w) in enumerate(zip(run.evals[1].calls, placed[1])))
     assert all(c.dense for e in run.evals[2:] for c in e.calls)
     assert run.kv_peak_bytes == sum(window_cache_bytes(len(w)) for w in placed[0])     # the first step's alone
+    assert run.kv_planned_bytes == run.kv_peak_bytes
     assert run.windows_moved == len(placed[0]) and run.note == MOVING_WINDOWS
     assert sum(MOVING_WINDOWS in r.getMessage() for r in caplog.records) == 1
 
 
-def test_windows_that_stay_keep_their_caches_and_run_sparse():
-    model = with_windows(tiny_wan(seed=3))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_windows_that_stay_keep_their_caches_as_planned(family, cfg):
+    """Each window is a cache of its own: the memory plan asks ComfyUI's handler for the first step's
+    windows (newer ComfyUI's anchor frames included) and counts each."""
+    build, make_conds = FAMILIES[family]
     policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    ksample(patched, video_latent(1, 16, frames=FRAMES), seed=5, steps=4, cfg=1.0, **conds())
+    patched, slot = apply_token_sparse(with_windows(build(seed=3)), lambda run: policy, node="test")
+    ksample(patched, video_latent(1, 16, frames=FRAMES), seed=5, steps=4, cfg=cfg, **make_conds())
     run = slot.last_run
-    placed = [[c.stream[-1] for c in e.calls] for e in run.evals]
-    assert all(p == placed[0] for p in placed) and not run.windows_move and run.windows_moved == 0
-    assert run.kv_peak_bytes == sum(window_cache_bytes(len(w)) for w in placed[0])
+    placed = [sorted({c.stream[-1] for c in e.calls}) for e in run.evals]
+    assert len(placed[0]) >= 3 and all(p == placed[0] for p in placed)
+    assert not run.windows_move and run.windows_moved == 0 and not any(c.dense for e in run.evals[1:] for c in e.calls)
+    assert run.kv_planned_bytes == run.kv_peak_bytes
+    if family == "wan" and cfg == 1.0:
+        assert run.kv_peak_bytes == sum(window_cache_bytes(len(w)) for w in placed[0])
 
 
 def test_the_trace_counts_a_window_s_work_against_its_own_frames():
