@@ -310,7 +310,6 @@ class SparseRun:
         self.kv_store = kv_store        # None / "model dtype": as the model computes them; "fp8_e4m3" (kv_cache.py)
         self.grid = self.grid_of(latent_shape)
         self.context_handler = None         # the host's context windows of this run (opaque here)
-        self.windows_moved = 0              # context-window streams dropped when the windows were seen moving
         self.windows_move = False           # they did: window forwards run dense and keep no cache
         self._windows_seen: set = set()     # every context window's frames run so far
         self.count_grid = 1                 # sparse counts rounded up to a multiple of this (count_grid.py; the host sets it)
@@ -428,16 +427,12 @@ class SparseRun:
         would otherwise stay held beside the next step's, and never be read)."""
         new = window not in self._windows_seen
         self._windows_seen.add(window)
-        if not new or self.windows_move:
-            return
-        placed_before = [k for k, s in self.streams.items() if s.window is not None and s.last_eval < evaluation]
-        if not placed_before:
+        if not new or self.windows_move or not any(s.window is not None and s.last_eval < evaluation
+                                                   for s in self.streams.values()):
             return
         self.windows_move = True
-        windows = [k for k, s in self.streams.items() if s.window is not None]
-        for key in windows:
+        for key in [k for k, s in self.streams.items() if s.window is not None]:
             self._drop_stream(key)
-        self.windows_moved += len(windows)
         self.note = self.note or MOVING_WINDOWS
         logging.warning("region-adaptive sampling: %s", MOVING_WINDOWS)
 

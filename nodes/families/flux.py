@@ -7,7 +7,7 @@ Attention is joint over [txt | img] everywhere, with txt first. Reference tokens
 follow the grid and always run; where they are marked by position (`timestep_zero_index`, newer ComfyUI)
 the positions are mapped to the gathered sequence.
 """
-from .base import FamilyAdapter, reference_latents, gather_control, patch_method
+from .base import FamilyAdapter, gather_control, patch_method, reference_latents
 
 
 FLUX2_PROMPT = 512      # ComfyUI's Flux 2 pads shorter prompts to this many tokens (model_base.Flux2.extra_conds)

@@ -15,7 +15,7 @@ import functools
 import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque
-from .base import FamilyAdapter, reference_latents, gather_control, patch_method, patch_module_forward
+from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
