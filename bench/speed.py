@@ -198,6 +198,17 @@ def conditioning(name: str, text: int, seed: int):
     return [[torch.randn(1, text, context_dim, generator=g), extra]]
 
 
+def planned_cache_gib(model, latent_shape, prompts, kv_cache) -> float:
+    """The K/V cache of a run over `prompts` (ComfyUI conditioning), as the memory plan computes it."""
+    from comfyui_sdit.nodes.families import adapter_for
+    from comfyui_sdit.nodes.memory_plan import planned_cache_bytes
+    adapter = adapter_for(model, "bench")
+    diffusion_model = model.model.diffusion_model
+    entries = [dict(values, cross_attn=text) for text, values in prompts]
+    return planned_cache_bytes(adapter, model, latent_shape, entries, kv_cache, adapter.patch_size(diffusion_model),
+                               adapter.temporal_patch(diffusion_model)) / 2 ** 30
+
+
 def breakdown(prof, device) -> dict:
     """Milliseconds spent in each of the pack's named ranges (device time on the GPU)."""
     from comfyui_sdit.sdit_core import profiling
@@ -300,9 +311,9 @@ def run(args) -> dict:
                 dense = [sample(model, timer=dense_timer if i == 0 else None, noise=timed_noise)
                          for i in range(args.repeats)]
                 dense_s, dense_peak = statistics.median(d[0] for d in dense), max(d[1] for d in dense)
-                kv_bytes = 1 if args.kv_cache == "fp8_e4m3" else (2 if dtype == torch.bfloat16 else 4)
-                cached_rows = (args.text if spec.joint else 0) + tokens
-                kv_gib = spec.attention_layers * 2 * batch * cached_rows * spec.hidden * kv_bytes / 2 ** 30
+                # the cache a sparse run holds, as the pack plans it (the sparse rows record what it held)
+                kv_gib = planned_cache_gib(model, latent.shape, positive + (negative if batch == 2 else []),
+                                           args.kv_cache)
                 base = {"model": name, "res": res, "latent": list(latent.shape), "cfg": cfg, "batch": batch,
                         "image_tokens": tokens, "attention_share": round(attention_share(spec, tokens, args.text), 3)}
                 dense_row = dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,

@@ -44,6 +44,8 @@ def test_benchmark_runs(name, tmp_path):
         assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
         # the memory plan counted what the caches held; every weight in (CPU) memory
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 and r["weights_vram_gib"] > 0 for r in sparse)
+        dense = {(r["res"], r["cfg"]): r["kv_cache_gib"] for r in data["rows"] if r["method"] == "full"}
+        assert all(dense[r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
     if name == "speed_forward_compiled":    # compiled, a sparse forward after a dense one is exact on its tokens
         assert data["torch_compile"] == "aot_eager"
         errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
