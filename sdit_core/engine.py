@@ -31,7 +31,7 @@ import torch
 from .count_grid import round_up_count
 from .forward_graphs import GraphedForwards, capturing_graph
 from .frame_windows import window_active, window_tokens
-from .kv_cache import Dequantizer, JointKVCache, RowWriter, dequantize_reference, write_rows_reference
+from .kv_cache import Dequantizer, JointKVCache, RowWriter, dequantize_reference, size_text, write_rows_reference
 from . import profiling
 from .policy import EvalInfo, TokenPolicy
 from .schedule import step_of_sigma
@@ -41,6 +41,9 @@ MOVING_WINDOWS = ("the context windows move from step to step (ComfyUI's uniform
                   "forward finds no cache of its frames and runs dense (no speed-up, and no cache kept); the "
                   "standard_static or batched context schedule keeps the windows in place")
 
+OUTGREW_PLAN = ("the K/V caches hold {held}, more than the {planned} planned with ComfyUI's memory: another node "
+                "evaluates the model more often per step (e.g. Skip Layer Guidance's perturbed network, a cache of "
+                "its own); if memory runs short, kv_cache fp8_e4m3 halves the caches")
 
 @dataclass
 class CallRecord:
@@ -456,6 +459,9 @@ class SparseRun:
                 if call.dense and call.keeps_cache:     # only dense forwards allocate cache layers
                     call.stream.primed = True
                     held = sum(stream.kv.nbytes() for stream in self.streams.values())
+                    if self.kv_planned_bytes and self.kv_peak_bytes <= self.kv_planned_bytes < held:   # the first time
+                        logging.warning("region-adaptive sampling: %s", OUTGREW_PLAN.format(
+                            held=size_text(held), planned=size_text(self.kv_planned_bytes)))
                     self.kv_peak_bytes = max(self.kv_peak_bytes, held)
 
     def release(self) -> None:

@@ -2,6 +2,8 @@
 the size planned before sampling is what the run's caches hold once every stream stored its dense step;
 where it does not fit beside the loaded weights, ComfyUI's loader is asked again with it added; a cache
 larger than the device is refused before anything loads."""
+import logging
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ import comfy.model_management
 from comfyui_sdit.nodes import memory_plan
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.engine import OUTGREW_PLAN
 from comfyui_sdit.sdit_core.kv_cache import cache_bytes
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (FAMILIES, flux_conditioning, ksample, ras_sample, sdit_sample, tiny_flux, tiny_hunyuan_video,
@@ -17,6 +20,7 @@ from sdit_testkit import (FAMILIES, flux_conditioning, ksample, ras_sample, sdit
 from test_video import conds as wan_conds, hunyuan_conds, video_latent
 
 GiB = 2 ** 30
+OUTGREW = OUTGREW_PLAN.split("{planned}")[1].split(":")[0]      # " planned with ComfyUI's memory"
 
 
 def image_case(family):
@@ -31,13 +35,13 @@ VIDEO = {"wan": (tiny_wan, lambda batch: video_latent(batch), wan_conds),
 CASES = {**{family: image_case(family) for family in sorted(FAMILIES)}, **VIDEO}
 
 
-def sample_patched(model, latent, cfg, conds, kv_cache=None, steps=2):
-    """Samples with a dense step, then sparse ones; returns the finished run."""
+def sample_patched(model, latent, cfg, conds, kv_cache=None, steps=2, wrap=lambda patched: patched):
+    """Samples with a dense step, then sparse ones; returns the finished run. `wrap`: nodes after the patch."""
     def plans(run):
         sparse = torch.arange(8).expand(run.batch, -1)
         return FixedPlanPolicy([None] + [sparse] * (steps - 1))
     patched, slot = apply_token_sparse(model, plans, node="test", kv_cache=kv_cache)
-    ksample(patched, latent, steps=steps, cfg=cfg, **conds)
+    ksample(wrap(patched), latent, steps=steps, cfg=cfg, **conds)
     return slot.last_run
 
 
@@ -113,6 +117,25 @@ def test_wan_in_context_latents_are_planned():
                          wan_conds(context_latents=[torch.zeros(1, 16, 1, 8, 8), torch.zeros(1, 16, 2, 6, 6)]))
     assert run.kv_planned_bytes == run.kv_peak_bytes > sample_patched(tiny_wan(seed=0), video_latent(2), 3.0,
                                                                       wan_conds()).kv_peak_bytes
+
+
+def test_caches_that_outgrow_the_plan_are_said_once(caplog):
+    """Skip Layer Guidance (ComfyUI's node) evaluates a perturbed network of the positive prompt for part of
+    the run, a stream of its own that no plan made before sampling sees: the log says so, once."""
+    import importlib
+    slg = importlib.import_module("comfy_extras.nodes_slg").SkipLayerGuidanceDiT
+    prompts = dict(positive=flux_conditioning(1), negative=flux_conditioning(2))
+    latent = FAMILIES["flux"].latent(1, 8, 12)
+
+    def guided(model):
+        return slg.execute(model, 3.0, 0.0, 0.5, "1", "1", 0.0)[0]
+    with caplog.at_level(logging.WARNING):
+        plain = sample_patched(tiny_flux(seed=0), latent, 3.0, prompts, steps=4)
+    assert plain.kv_planned_bytes == plain.kv_peak_bytes and OUTGREW not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        run = sample_patched(tiny_flux(seed=0), latent, 3.0, prompts, steps=4, wrap=guided)
+    assert run.kv_planned_bytes == plain.kv_planned_bytes < run.kv_peak_bytes
+    assert caplog.text.count(OUTGREW) == 1
 
 
 def test_cache_bytes_counts_rows_tokens_channels_and_fp8_scales():
