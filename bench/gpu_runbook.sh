@@ -31,11 +31,13 @@
 #              memory plan (weights offloaded for it), then without the plan (expected: the cache's OOM error) (~6 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
 #   fidelity   PSNR/SSIM at N = 64 on the shipped demo model                     (~8 min)
-# Next GPU session (30 device minutes, 10 a call), in order of what is open (issue 17, then 19):
-#   1. check graphs1024   2. grid1024 counts1024 (both set the token grid)   3. newest1024 (its own carry) memory24
-#   4. grid128 speed1024   5. speed1024b lumina0125   (video480q if time is left)
-#   then compile1024, agreement (fp8 cache with its new kernel), video480 (one call per VIDEO_MODEL), video720q,
-#   models1024, speed2048, train as time allows.
+# Next GPU session (15 device minutes all told, the machine's start included; 10 a call; no machine starts
+# with under 4 left), in order of what is open (issue 17, then 19):
+#   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
+#   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
+#   later sessions: grid1024; newest1024 (its own carry); memory24; grid128 speed1024; speed1024b lumina0125;
+#   then compile1024, agreement (fp8 cache with its new kernel), video480q, video480 (one call per
+#   VIDEO_MODEL), video720q, models1024, speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
