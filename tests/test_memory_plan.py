@@ -16,8 +16,8 @@ from comfyui_sdit.sdit_core.engine import OUTGREW_PLAN
 from comfyui_sdit.sdit_core.kv_cache import cache_bytes
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (FAMILIES, flux_conditioning, ksample, ras_sample, sdit_sample, tiny_flux, tiny_hunyuan_video,
-                          tiny_wan, tiny_wan22_ti2v)
-from test_video import conds as wan_conds, hunyuan_conds, video_latent
+                          tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
+from test_video import conds as wan_conds, hunyuan_conds, i2v_conds, video_latent
 
 GiB = 2 ** 30
 OUTGREW = OUTGREW_PLAN.split("{planned}")[1].split(":")[0]      # " planned with ComfyUI's memory"
@@ -31,6 +31,8 @@ def image_case(family):
 
 VIDEO = {"wan": (tiny_wan, lambda batch: video_latent(batch), wan_conds),
          "wan22-ti2v": (tiny_wan22_ti2v, lambda batch: video_latent(batch, channels=48), wan_conds),
+         # image-to-video: the image by channels and CLIP-vision tokens in cross-attention, no cached tokens
+         "wan-i2v": (tiny_wan_i2v, lambda batch: video_latent(batch), i2v_conds),
          "hunyuan-video": (tiny_hunyuan_video, lambda batch: video_latent(batch), hunyuan_conds)}
 CASES = {**{family: image_case(family) for family in sorted(FAMILIES)}, **VIDEO}
 
