@@ -386,18 +386,18 @@ class SparseRun:
             record = self.evals[-1]
             if window is not None:
                 self._follow_window(window, record.info.index)
-            keeps_cache = window is None or not self.windows_move
+            # A call over another grid than the run's or a window's (area conditioning's crop), or over rows
+            # that are not whole images, always runs dense: its cache would never be read.
+            follows = (grid == self.grid or window is not None) and rows % self.batch == 0
+            keeps_cache = follows and not (window is not None and self.windows_move)
             stream = self.streams.get(key)
             if stream is None:
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
                                                     self.dequantize)
                 stream.window = window
             stream.last_eval = record.info.index
-            # Dense when planned, when this stream's caches are not complete yet, or when the call does
-            # not cover the run's image grid or one of its context windows (e.g. area conditioning crops
-            # the latent).
-            dense = (record.active is None or not stream.primed or rows % self.batch != 0
-                     or (grid != self.grid and window is None) or not keeps_cache)
+            # Dense when planned, when this stream's caches are not complete yet, or when it keeps none.
+            dense = record.active is None or not stream.primed or not keeps_cache
             shared = record.shared
             if dense:
                 index = None

@@ -121,6 +121,29 @@ def test_wan_in_context_latents_are_planned():
                                                                       wan_conds()).kv_peak_bytes
 
 
+def test_area_prompts_run_dense_on_their_crop_and_keep_no_cache():
+    """A prompt set to an area (ComfyUI's ConditioningSetArea) runs on its crop of the latent, which no plan
+    covers: always dense, so it keeps no cache (nothing would read it). The plan counts it whole (more)."""
+    import importlib
+    comfy_nodes = importlib.import_module("nodes")      # ComfyUI's nodes.py
+    area = comfy_nodes.ConditioningSetArea().append(flux_conditioning(3), 32, 32, 16, 16, 1.0)[0]
+    with_area = comfy_nodes.ConditioningCombine().combine(flux_conditioning(1), area)[0]
+    latent = FAMILIES["flux"].latent(1, 8, 12)
+    run = sample_patched(tiny_flux(seed=0), latent, 3.0, dict(positive=with_area, negative=flux_conditioning(2)),
+                         steps=3)
+    plain = sample_patched(tiny_flux(seed=0), latent, 3.0, dict(positive=flux_conditioning(1),
+                                                                negative=flux_conditioning(2)), steps=3)
+    crops = [c for e in run.evals for c in e.calls if c.grid_tokens != 24]
+    assert crops and all(c.dense and c.grid_tokens == 4 for c in crops)          # a 4 x 4 latent crop: 2 x 2 tokens
+    assert run.kv_peak_bytes == plain.kv_peak_bytes <= run.kv_planned_bytes
+    # every token active, the area prompt included, is KSampler's result
+    prompts = dict(positive=with_area, negative=flux_conditioning(2))
+    patched, _ = apply_token_sparse(tiny_flux(seed=0), lambda run: FixedPlanPolicy(
+        [None] + [torch.arange(24).expand(run.batch, -1)] * 2), node="test")
+    assert (ksample(patched, latent, steps=3, cfg=3.0, **prompts)
+            - ksample(tiny_flux(seed=0), latent, steps=3, cfg=3.0, **prompts)).abs().max().item() <= 1e-5
+
+
 def test_caches_that_outgrow_the_plan_are_said_once(caplog):
     """Skip Layer Guidance (ComfyUI's node) evaluates a perturbed network of the positive prompt for part of
     the run, a stream of its own that no plan made before sampling sees: the log says so, once."""
