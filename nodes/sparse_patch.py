@@ -97,8 +97,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
         windows = context_windows_at_start(run.context_handler, sampled.model, noise.shape, arguments["sigmas"])
-        run.kv_planned_bytes = planned_cache_bytes(adapter, sampled, noise.shape, evaluated_prompts(executor.class_obj),
-                                                   kv_cache, patch_size, temporal_patch, windows)
+        run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
+            adapter, sampled, noise.shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
+            windows)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node)
         slot.run = run
         started = time.monotonic()

@@ -386,9 +386,10 @@ class SparseRun:
             record = self.evals[-1]
             if window is not None:
                 self._follow_window(window, record.info.index)
-            # A call over another grid than the run's or a window's (area conditioning's crop), or over rows
-            # that are not whole images, always runs dense: its cache would never be read.
-            follows = (grid == self.grid or window is not None) and rows % self.batch == 0
+            # A call over another grid than the run's or a window's (area conditioning's crop), over rows
+            # that are not whole images, or in a run that is dense throughout, always runs dense: its cache
+            # would never be read.
+            follows = (grid == self.grid or window is not None) and rows % self.batch == 0 and not self.dense_only
             keeps_cache = follows and not (window is not None and self.windows_move)
             stream = self.streams.get(key)
             if stream is None:

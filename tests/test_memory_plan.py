@@ -37,13 +37,13 @@ VIDEO = {"wan": (tiny_wan, lambda batch: video_latent(batch), wan_conds),
 CASES = {**{family: image_case(family) for family in sorted(FAMILIES)}, **VIDEO}
 
 
-def sample_patched(model, latent, cfg, conds, kv_cache=None, steps=2, wrap=lambda patched: patched):
+def sample_patched(model, latent, cfg, conds, kv_cache=None, steps=2, wrap=lambda patched: patched, **sampling):
     """Samples with a dense step, then sparse ones; returns the finished run. `wrap`: nodes after the patch."""
     def plans(run):
         sparse = torch.arange(8).expand(run.batch, -1)
         return FixedPlanPolicy([None] + [sparse] * (steps - 1))
     patched, slot = apply_token_sparse(model, plans, node="test", kv_cache=kv_cache)
-    ksample(wrap(patched), latent, steps=steps, cfg=cfg, **conds)
+    ksample(wrap(patched), latent, steps=steps, cfg=cfg, **conds, **sampling)
     return slot.last_run
 
 
@@ -142,6 +142,18 @@ def test_area_prompts_run_dense_on_their_crop_and_keep_no_cache():
         [None] + [torch.arange(24).expand(run.batch, -1)] * 2), node="test")
     assert (ksample(patched, latent, steps=3, cfg=3.0, **prompts)
             - ksample(tiny_flux(seed=0), latent, steps=3, cfg=3.0, **prompts)).abs().max().item() <= 1e-5
+
+
+def test_a_run_dense_throughout_plans_and_keeps_no_cache(monkeypatch):
+    """A sampler that adds fresh noise every step runs dense throughout (sampler_support.dense_reason):
+    nothing would read a cache, so none is kept and no weights are offloaded for one."""
+    device = FakeDevice(monkeypatch, total=80 * GiB, free=0)
+    prompts = dict(positive=flux_conditioning(1), negative=flux_conditioning(2))
+    latent = FAMILIES["flux"].latent(1, 8, 12)
+    run = sample_patched(tiny_flux(seed=0), latent, 3.0, prompts, steps=3, sampler="euler_ancestral")
+    assert run.dense_only and all(c.dense for e in run.evals for c in e.calls)
+    assert run.kv_planned_bytes == run.kv_peak_bytes == 0 and len(device.loads) == 1
+    assert flux_run().kv_peak_bytes > 0                      # a sampler it follows keeps one
 
 
 def test_caches_that_outgrow_the_plan_are_said_once(caplog):
