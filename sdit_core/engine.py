@@ -386,11 +386,7 @@ class SparseRun:
             record = self.evals[-1]
             if window is not None:
                 self._follow_window(window, record.info.index)
-            # A call over another grid than the run's or a window's (area conditioning's crop), over rows
-            # that are not whole images, or in a run that is dense throughout, always runs dense: its cache
-            # would never be read.
-            follows = (grid == self.grid or window is not None) and rows % self.batch == 0 and not self.dense_only
-            keeps_cache = follows and not (window is not None and self.windows_move)
+            keeps_cache = self._cache_is_read(grid, window, rows)
             stream = self.streams.get(key)
             if stream is None:
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
@@ -423,6 +419,14 @@ class SparseRun:
         if len(frames) != grid[0] or grid[1:] != self.grid[1:] or not all(0 <= f < self.grid[0] for f in frames):
             return None
         return None if frames == tuple(range(self.grid[0])) else frames
+
+    def _cache_is_read(self, grid: Tuple[int, ...], window: Optional[Tuple[int, ...]], rows: int) -> bool:
+        """Can a later forward of this call's stream run sparse on the cache it would store? Not a call over
+        another grid than the run's or a window's (area conditioning's crop), over rows that are not whole
+        images, in a run dense throughout, or in a window once the windows move: those always run dense."""
+        if self.dense_only or rows % self.batch != 0:
+            return False
+        return not self.windows_move if window is not None else grid == self.grid
 
     def _follow_window(self, window: Tuple[int, ...], evaluation: int) -> None:
         """A window never run before while windows of an earlier evaluation are held: the windows move
