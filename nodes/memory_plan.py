@@ -82,16 +82,18 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
     return sum(cache_bytes(prompt_layers, int(noise_shape[0]), value_bytes, store) for prompt_layers in layers)
 
 
-def check_cache_fits(cache: int, device, store: Optional[str], node: str) -> None:
-    """A cache larger than the whole device can never fit: say so before anything loads."""
+def check_cache_fits(cache: int, device, store: Optional[str], node: str, windowed: bool = False) -> None:
+    """A cache larger than the whole device can never fit: say so before anything loads. `windowed`: the
+    run is sampled in context windows (each window a cache of its own)."""
     memory = device_memory(device)
     if memory is None or cache <= memory[0]:
         return
     smaller = "" if store == "fp8_e4m3" else "kv_cache fp8_e4m3 (a byte a value), "
+    frames = "fewer or shorter context windows" if windowed else "fewer frames"
     raise SDiTInputError(node, "kv_cache",
                          f"this run's K/V cache (every attention layer's keys and values of every token) needs "
                          f"{size_text(cache)}, more than all {size_text(memory[0])} ComfyUI may use of {device}. "
-                         f"Use {smaller}a smaller latent, fewer frames or a smaller batch, or sample with KSampler")
+                         f"Use {smaller}a smaller latent, {frames} or a smaller batch, or sample with KSampler")
 
 
 def make_room_for_cache(cache: int, model, noise_shape, conds, loaded_models: list) -> bool:

@@ -234,6 +234,14 @@ def test_a_cache_larger_than_the_device_is_refused_before_anything_loads(monkeyp
 
 
 
+def test_a_windowed_video_s_refusal_names_its_context_windows(monkeypatch):
+    from test_video_windows import with_windows
+    FakeDevice(monkeypatch, total=1024, free=1024)
+    with pytest.raises(SDiTInputError, match=r"Use kv_cache fp8_e4m3 .*, a smaller latent, fewer or shorter context "
+                                             r"windows or a smaller batch"):
+        sample_patched(with_windows(tiny_wan(seed=0)), video_latent(1, frames=7), 1.0, wan_conds())
+
+
 @pytest.mark.parametrize("node,sample", [("RAS Sampler", ras_sample), ("SDiT Sampler", sdit_sample)])
 def test_the_sampler_nodes_refuse_it_in_their_own_name(monkeypatch, node, sample):
     device = FakeDevice(monkeypatch, total=1024, free=1024)
