@@ -211,9 +211,10 @@ def test_example_workflows_load_with_no_node_over_another(page):
     """Laid out so that no node covers another as the frontend sizes them, with room for the samplers' maps."""
     overlaps = {}
     for path in ALL_WORKFLOWS:
-        # the bundled frontend's Nodes 2.0 squeezes the layout of a graph loaded after another one: each
-        # workflow gets a fresh browser context there (nothing restored from an earlier tab)
-        fresh = page.sdit_case == "bundled-nodes2"
+        # Nodes 2.0 can squeeze the layout of a graph loaded after another one (the bundled frontend always,
+        # the newest one seen once in a whole-suite run): each workflow gets a fresh browser context there
+        # (nothing restored from an earlier tab)
+        fresh = page.sdit_case.endswith("nodes2")
         context = page.context.browser.new_context(viewport=page.viewport_size) if fresh else None
         view = context.new_page() if context else page
         if context:
@@ -225,6 +226,8 @@ def test_example_workflows_load_with_no_node_over_another(page):
         found = overlapping_nodes(view)
         if found:
             overlaps[path.name] = found
+            ARTIFACTS.mkdir(exist_ok=True)          # what the frontend showed, to look at
+            view.screenshot(path=str(ARTIFACTS / f"browser_{page.sdit_case}_{path.stem}_overlap.png"))
         if context:
             context.close()
     assert overlaps == {}
