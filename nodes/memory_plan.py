@@ -71,11 +71,11 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
     def tokens(shape) -> int:
         return math.prod(token_grid(shape, patch_size, temporal_patch))
     try:
-        layers = [adapter.kv_cache_layers(diffusion_model,
-                                          tokens(shape) + sum(tokens(reference.shape) for reference in
-                                                              adapter.sequence_references(diffusion_model, entry)),
-                                          adapter.prompt_tokens(model, _text_tokens(entry)))
-                  for entry in prompts for shape in shapes]
+        layers = []
+        for entry in prompts:
+            references = sum(tokens(latent.shape) for latent in adapter.sequence_references(diffusion_model, entry))
+            text = adapter.prompt_tokens(model, _text_tokens(entry))
+            layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text) for shape in shapes]
     except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
         return 0
