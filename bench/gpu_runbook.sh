@@ -2,7 +2,8 @@
 # The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
 # (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
-#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128², video) (~2 min)
+#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128², video),
+#              each policy's launches / syncs / time per evaluation (bench/policy_cost.py) (~2 min)
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   counts1024 graphed Flux-dev forward, 1024², 256 text tokens, batch 1 and 2, per active count 256..1536
 #              by 64: where GEMM tiles and waves make a count cheap or dear (to set the token grid from)   (~3 min)
@@ -67,6 +68,7 @@ for part in "$@"; do
         python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \
           --json "$out/segmentation_cuda_${grid}_$day.json" 2>&1 | tee -a "$out/check.log"
       done
+      python3 bench/policy_cost.py --device cuda --grid 64 128 --json "$out/policy_cost_cuda_$day.json" 2>&1 | tee -a "$out/check.log"
       for video in "21 30 52" "21 45 80"; do       # Wan 480p and 720p x 81 frames: SDiT's 3-D Quickshift
         timeout 120 python3 bench/segmentation.py --device cuda --video $video \
           --json "$out/segmentation_cuda_video_${video// /x}_$day.json" 2>&1 | tee -a "$out/check.log"

@@ -58,8 +58,8 @@ def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float, 
     grouped = labels[order]
     rank = torch.arange(labels.numel(), device=labels.device) - starts[grouped]
     keep_count = torch.clamp(torch.ceil(sizes.float() * top_q), min=1)
-    keep = rank < keep_count[grouped]
-    sums = torch.zeros(k, device=labels.device).index_add_(0, grouped[keep], complexity[order][keep])
+    kept = torch.where(rank < keep_count[grouped], complexity[order], 0.0)   # masked, not selected: no host sync
+    sums = torch.zeros(k, device=labels.device).index_add_(0, grouped, kept)
     return sums / keep_count
 
 

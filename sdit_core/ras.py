@@ -75,7 +75,7 @@ class RASPolicy(TokenPolicy):
         self._schedule: Optional[RASSchedule] = None
         self._metric: Optional[torch.Tensor] = None        # (B, N) from the latest evaluation
         self.drop_count: Optional[torch.Tensor] = None     # (B, N) D of Eq. 1
-        self.metric_maps: Dict[int, torch.Tensor] = {}     # eval index -> (B, h, w) metric (CPU, fp16)
+        self.metric_maps: Dict[int, torch.Tensor] = {}     # eval index -> (B, h, w) fp16, for the trace (device)
         self.reasons: Dict[int, str] = {}                  # eval index -> why it ran dense or sparse
         self._last_info: Optional[EvalInfo] = None
 
@@ -112,4 +112,4 @@ class RASPolicy(TokenPolicy):
         metric = token_metric(output, self.patch_size, self.config.metric)
         self._metric = metric.flatten(1)
         if self._last_info is not None:
-            self.metric_maps[self._last_info.index] = metric.detach().to("cpu", torch.float16)
+            self.metric_maps[self._last_info.index] = metric.detach().to(torch.float16)

@@ -107,10 +107,12 @@ class SDiTPolicy(TokenPolicy):
         self._probes: Dict[int, torch.Tensor] = {}           # eval index -> (B, p) probe tokens (CPU)
         self._generator = torch.Generator().manual_seed(config.probe_seed)
         self._reset_pending = False
+        self._prediction = None                              # (stream, eval index, prediction) of the last forward
         self._last_info: Optional[EvalInfo] = None
         self.histories: Dict[Hashable, OutputHistory] = {}
-        self.label_maps: Dict[int, torch.Tensor] = {}        # eval index -> (B, *grid) int32, CPU
-        self.complexity_maps: Dict[int, torch.Tensor] = {}   # eval index -> (B, *grid) fp16, CPU
+        # for the trace, kept on the sampler's device (a copy to the host per evaluation would wait for the GPU)
+        self.label_maps: Dict[int, torch.Tensor] = {}        # eval index -> (B, *grid) int32
+        self.complexity_maps: Dict[int, torch.Tensor] = {}   # eval index -> (B, *grid) fp16
         self.drift: Dict[int, float] = {}                    # eval index -> extrapolation error on skipped tokens
         self.drift_computed: Dict[int, float] = {}           # ... on the computed ones (the reset trigger)
         self.probe_counts: Dict[int, int] = {}               # eval index -> probe tokens per image
@@ -191,8 +193,8 @@ class SDiTPolicy(TokenPolicy):
         self._complexity = complexity
         self._scores = region_scores_batch(labels, complexity, c.top_q)
         if self._last_info is not None:
-            self.label_maps[self._last_info.index] = labels.to("cpu", torch.int32)
-            self.complexity_maps[self._last_info.index] = complexity.to("cpu", torch.float16)
+            self.label_maps[self._last_info.index] = labels.to(torch.int32)
+            self.complexity_maps[self._last_info.index] = complexity.to(torch.float16)
 
     # ---- what skipped tokens take ---------------------------------------------------------------
     def _predict(self, history: OutputHistory, sigma: float) -> torch.Tensor:
@@ -202,7 +204,16 @@ class SDiTPolicy(TokenPolicy):
         history = self.histories.get(stream)
         if history is None or history.values is None or self.config.order == 0:
             return last_output
-        return self._predict(history, info.sigma).to(last_output.dtype)
+        predicted = self._predict(history, info.sigma)
+        self._prediction = (stream, info.index, predicted)    # on_output measures it against this forward's output
+        return predicted.to(last_output.dtype)
+
+    def _predicted(self, stream: Hashable, info: EvalInfo, history: OutputHistory) -> torch.Tensor:
+        """What inactive_output predicted for this forward (the history has not moved since), else anew."""
+        kept, self._prediction = self._prediction, None
+        if kept is not None and kept[0] == stream and kept[1] == info.index:
+            return kept[2]
+        return self._predict(history, info.sigma)
 
     def forget(self, stream: Hashable) -> None:
         self.histories.pop(stream, None)
@@ -214,18 +225,18 @@ class SDiTPolicy(TokenPolicy):
             # How well the extrapolation predicted the tokens just computed triggers the error resets
             # (measured: a better trigger than the probes, bench/sdit_sweep.py); the probes, drawn from
             # the skipped tokens, report the error where it matters, in the trace.
-            predicted = self._predict(history, info.sigma)
+            predicted = self._predicted(stream, info, history)
 
             def error_on(where):
                 where = where.to(output.device)
                 return relative_error(gather_rows(predicted, where), gather_rows(output, where))
-            error = error_on(computed)
-            self.drift_computed[info.index] = max(error, self.drift_computed.get(info.index, 0.0))
+            errors = [error_on(computed)]
             probes = self._probes.get(info.index)
-            if probes is None or output.shape[1] != info.num_tokens:   # a context window: probes are video-wide
-                skipped = error
-            else:
-                skipped = error_on(probes.repeat(output.shape[0] // probes.shape[0], 1))
+            if probes is not None and output.shape[1] == info.num_tokens:  # a context window: probes are video-wide
+                errors.append(error_on(probes.repeat(output.shape[0] // probes.shape[0], 1)))
+            values = torch.stack(errors).tolist()                          # one read to the host for both
+            error, skipped = values[0], values[-1]
+            self.drift_computed[info.index] = max(error, self.drift_computed.get(info.index, 0.0))
             self.drift[info.index] = max(skipped, self.drift.get(info.index, 0.0))
             if self.config.drift_threshold > 0 and error > self.config.drift_threshold:
                 self._reset_pending = True

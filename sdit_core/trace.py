@@ -103,11 +103,17 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
         index = record.info.index
         trace.steps.append(StepTrace(
             eval_index=index, step=record.info.step, sigma=record.info.sigma, dense=dense, active=active,
-            tokens=tokens, metric=(metric_maps or {}).get(index), labels=(label_maps or {}).get(index),
+            tokens=tokens, metric=_on_host((metric_maps or {}).get(index)),
+            labels=_on_host((label_maps or {}).get(index)),
             reason=(reasons or {}).get(index, "dense" if dense else "sparse"), drift=(drift or {}).get(index),
             drift_computed=(drift_computed or {}).get(index),
             probes=0 if dense else (probes or {}).get(index, 0)))
     return trace
+
+
+def _on_host(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A per-evaluation map the policy kept on the sampler's device, moved to the host once the run is over."""
+    return None if tensor is None else tensor.cpu()
 
 
 def longest_skip(trace) -> int:

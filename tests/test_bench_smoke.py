@@ -25,6 +25,7 @@ SMOKE_RUNS = {
                                "--ratios", "0.5", "--iters", "1", "--warmup", "0", "--device", "cpu",
                                "--torch-compile", "aot_eager"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
+    "policy_cost": ["bench/policy_cost.py", "--grid", "16", "--repeats", "2", "--gpu-path"],
 }
 
 
@@ -50,6 +51,10 @@ def test_benchmark_runs(name, tmp_path):
         assert data["torch_compile"] == "aot_eager"
         errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
         assert len(errors) == 1 and errors[0] <= 1e-6
+    if name == "policy_cost":               # every phase of both policies counted and timed
+        assert {(r["policy"], r["gpu_path"]) for r in data["rows"]} == {("SDiT", True), ("RAS", True)}
+        assert all(set(r["phases"]) == {"plan", "inactive_output", "on_output", "observe"} for r in data["rows"])
+        assert all(r["total"]["launches"] > 0 and r["total"]["ms"] > 0 for r in data["rows"])
     if name == "speed_forward_counts":      # the swept counts, each timed once, as graph replays only
         sparse = [r for r in data["rows"] if r["mode"].startswith("sparse")]
         assert [r["rows"] for r in sparse] == [8 + 16, 8 + 32, 8 + 48]

@@ -98,3 +98,30 @@ def test_region_selection_on_the_device_equals_the_cpu(device):
         expected = select_regions(labels, scores, complexity, 20, 1, mode, forced, selectable)
         got = select_regions(labels.to(device), scores.to(device), complexity.to(device), 20, 1, mode, forced, selectable)
         assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="SDIT_TESTS_ON_GPU=1 on a GPU")
+def test_a_sparse_sdit_evaluation_syncs_a_few_times():
+    """CUDA's own sync debug mode counts every synchronising call of one sparse evaluation (plan,
+    observe): three reads (the token count, the chosen tokens, the tree roots for connected components)
+    and the region count, plus the copies of host tensors to the GPU (forced tokens, labels, skip ages):
+    at most 10, where the contiguity pass on the GPU alone took five and the trace's maps two more.
+    tests/test_host_syncs.py pins the reads on the CPU."""
+    import warnings
+    device = "cuda"
+    policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0), PATCH)
+    drive(policy, device)                                      # warm-up: caches, lazy constants, a history
+    x = torch.randn(BATCH, 4, GRID[0] * PATCH, GRID[1] * PATCH).to(device)
+    step = StepOutput(x, x.cumsum(-1) / 4, x, torch.full((BATCH,), 0.5, device=device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            active = policy.plan(EvalInfo(STEPS, STEPS - 2, STEPS, 0.2, GRID, BATCH))
+            policy.observe(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert active is not None
+    assert len(syncs) <= 10, syncs

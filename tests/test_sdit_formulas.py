@@ -148,7 +148,7 @@ def test_history_per_token_and_missing_samples():
     history.record(torch.tensor([[[3.0], [11.0]]]), 0.6, torch.tensor([[0]]))
     assert torch.isfinite(history.predict(0.3)).all()
     assert history.predict(0.3)[0, 0, 0].item() == pytest.approx(3.0)
-    assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0])) == pytest.approx(1 / math.sqrt(5))
+    assert float(relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0]))) == pytest.approx(1 / math.sqrt(5))
 
 
 # ---- Eq. 15 -------------------------------------------------------------------------------------
