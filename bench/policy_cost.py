@@ -9,7 +9,7 @@ kernel launches and host syncs, not of work: each dispatched operator costs the 
 and each value read on the host waits for the GPU's queue. This counts both for one evaluation of each
 phase (plan, inactive_output, on_output, observe) on synthetic post-CFG outputs of a `grid` x `grid`
 token image, batch 2 (cfg > 1: one active set per image, two rows each): operators through PyTorch's
-dispatcher (views excluded: they launch nothing), syncs through `torch.cuda.set_sync_debug_mode` on CUDA
+dispatcher (launches: views excluded, they launch nothing), syncs through `torch.cuda.set_sync_debug_mode` on CUDA
 (every synchronising CUDA call) and through the dispatcher's value reads on the CPU; time is the median
 wall time of the phase with the GPU idle before it (the bubble it puts between two forwards).
 """
@@ -28,27 +28,24 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from pack_host import import_comfyui, load_pack  # noqa: E402
 
-VIEWS = ("view", "slice", "select", "unsqueeze", "squeeze", "expand", "permute", "transpose", "alias", "detach",
-         "unbind", "split", "chunk", "as_strided", "_reshape_alias", "t.default")
 VALUE_READS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "aten::_unique2", "aten::is_nonzero")
 
 
 def counting_mode():
+    """Counts every operator dispatched, and those that launch a kernel on a GPU (views launch none)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Counter(TorchDispatchMode):
         def __init__(self):
             super().__init__()
             self.ops = collections.Counter()
+            self.launches = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.ops[func.name()] += 1
+            self.launches += not func.is_view and func.overloadpacket not in (torch.ops.aten.detach, torch.ops.aten.lift_fresh)
             return func(*args, **(kwargs or {}))
     return Counter()
-
-
-def launches(ops: collections.Counter) -> int:
-    return sum(n for name, n in ops.items() if not any(v in name for v in VIEWS))
 
 
 def synthetic_step(grid: int, device: str, seed: int):
@@ -116,7 +113,7 @@ def count(phase, device: str) -> dict:
                 torch.cuda.set_sync_debug_mode("default")
     reads = sum(n for name, n in mode.ops.items() if name in VALUE_READS)
     syncs = sum("synchronizing" in str(w.message) for w in caught) if device == "cuda" else reads
-    return {"operators": sum(mode.ops.values()), "launches": launches(mode.ops), "syncs": syncs}
+    return {"operators": sum(mode.ops.values()), "launches": mode.launches, "syncs": syncs}
 
 
 def timed(phase, device: str) -> float:

@@ -183,7 +183,7 @@ def test_an_sdit_evaluation_reads_the_host_a_fixed_number_of_times(monkeypatch):
     on the code path a GPU takes, reads values back: plan 3 (the batch's token count, the chosen tokens
     for the engine, and the probes' room, read off the host's own tensors), on_output 1 (both drift
     errors at once), observe 2 (the tree roots for connected components, the region count), and
-    launches a bounded number of operators (255 with torch 2.14, 367 before the contiguity pass moved
+    launches a bounded number of operators (255 with torch 2.14, 372 before the contiguity pass moved
     to the host and on_output reused inactive_output's prediction)."""
     import functools
     from comfyui_sdit.sdit_core.policy import EvalInfo, StepOutput
