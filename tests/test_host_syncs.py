@@ -138,8 +138,8 @@ def test_segmentation_reads_back_once():
     """SDiT segments every step: Quickshift has no data-dependent shapes, and the contiguity pass reads
     the tree roots back to the host once (connected components there), whatever the batch, the grid or
     how tangled the regions are (a region snaking through the grid took label propagation up to 34
-    convergence checks at 128x128, each a host sync on the GPU)."""
-    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment_batch
+    convergence checks at 128x128, each a host sync on the GPU), for an image batch and a video alike."""
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment, segment_batch
     from comfyui_sdit.sdit_core.segmentation.contiguity import split_disconnected
     from test_segmentation import snake_labels
     g = torch.Generator().manual_seed(0)
@@ -149,6 +149,10 @@ def test_segmentation_reads_back_once():
         labels = segment_batch(features, params)
     assert 1 < int(labels.max()) < 32 * 32 // 4
     assert counter.ops == [] and reads == [(2, 32, 32)]
+    video = torch.randn(3, 12, 14, 8, generator=g).cumsum(1).cumsum(2) * 0.05          # a 3-D grid, 3 frames
+    with SyncCounter() as counter, counting_reads() as reads:
+        segment(video, params, "torch", frame_scale=1.0)
+    assert counter.ops == [] and reads == [(3, 12, 14)]
     snake = snake_labels(128, 128)
     with SyncCounter() as counter, counting_reads() as reads:
         labels = split_disconnected(snake)

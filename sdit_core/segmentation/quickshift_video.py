@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from . import QuickshiftParams, tie_noise
-from .quickshift_torch import _window, _window_sq_dist, window_constants
+from . import QuickshiftParams
+from .quickshift_torch import _tie_noise_on, _window, _window_sq_dist, window_constants
 
 CHUNK_ELEMENTS = 1 << 25           # unfolded window elements per chunk of frames (128 MiB in float32)
 
@@ -44,7 +44,8 @@ def _window_terms(x: torch.Tensor, density: torch.Tensor, src: torch.Tensor, dt:
 
 def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
                      unfold: bool = None) -> torch.Tensor:
-    """features (T, H, W, F) -> labels (T, H, W)."""
+    """features (T, H, W, F) -> (T, H, W): each token's tree root, a flat index into the video (the
+    contiguity pass numbers the regions)."""
     t, h, w, _ = features.shape
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
     x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()               # (T, F, H, W)
@@ -52,7 +53,7 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
     half_t = min(t - 1, int(math.ceil(3 * params.kernel_size / max(frame_scale, 1e-6))))
     inside, _, linear = window_constants(h, w, half, x.device, dtype)                      # (O, HW), (O,)
     gamma = -0.5 / params.kernel_size ** 2
-    density = tie_noise(t, h * w, params.seed).to(x.device, dtype)                         # (T, HW)
+    density = _tie_noise_on(t, h * w, params.seed, x.device, dtype).view(t, h * w).clone()   # (T, HW)
     zero = torch.zeros((), dtype=dtype, device=x.device)
     for dt in range(-half_t, half_t + 1):
         src = _frames(t, dt)
@@ -74,4 +75,4 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
     parent = torch.where(closest <= params.max_dist ** 2, parent, index).reshape(-1)
     for _ in range(max(1, math.ceil(math.log2(t * h * w))) + 1):
         parent = parent[parent]
-    return torch.unique(parent, return_inverse=True)[1].view(t, h, w)
+    return parent.view(t, h, w)
