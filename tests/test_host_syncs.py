@@ -167,18 +167,23 @@ def test_segmentation_reads_back_once():
 
 @contextlib.contextmanager
 def counting_reads():
-    """Shapes of the tensors copied to the host with `.cpu()`, as the pack reads device tensors (on a GPU
-    each such copy waits for the queued kernels; on the CPU it is a no-op the dispatcher cannot see)."""
-    reads, cpu = [], torch.Tensor.cpu
+    """Shapes of the tensors read to the host with `.cpu()` or `.tolist()`, as the pack reads device
+    tensors (on a GPU each waits for the queued kernels; on the CPU they are no-ops the dispatcher
+    cannot see)."""
+    reads, originals = [], {name: getattr(torch.Tensor, name) for name in ("cpu", "tolist")}
 
-    def counted(tensor, *args, **kwargs):
-        reads.append(tuple(tensor.shape))
-        return cpu(tensor, *args, **kwargs)
-    torch.Tensor.cpu = counted
+    def counted(original):
+        def read(tensor, *args, **kwargs):
+            reads.append(tuple(tensor.shape))
+            return original(tensor, *args, **kwargs)
+        return read
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, counted(original))
     try:
         yield reads
     finally:
-        torch.Tensor.cpu = cpu
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 def test_an_sdit_evaluation_reads_the_host_a_fixed_number_of_times(monkeypatch):
@@ -207,29 +212,14 @@ def test_an_sdit_evaluation_reads_the_host_a_fixed_number_of_times(monkeypatch):
         with SyncCounter() as plan, counting_reads() as plan_reads:
             active = policy.plan(info)
         computed = None if active is None else active.repeat(rows // 2, 1)
-        with SyncCounter() as on_output, counting_reads() as on_output_reads, counting_tolist() as lists:
+        with SyncCounter() as on_output, counting_reads() as on_output_reads:
             policy.inactive_output("rows", info, output)
             policy.on_output("rows", info, output, computed)
         with SyncCounter() as observe, counting_reads() as observe_reads:
             policy.observe(step)
-        counted[index] = dict(plan=plan.count + len(plan_reads), on_output=on_output.count + len(on_output_reads) + lists[0],
+        counted[index] = dict(plan=plan.count + len(plan_reads), on_output=on_output.count + len(on_output_reads),
                               observe=observe.count + len(observe_reads), ops=plan.launches + on_output.launches + observe.launches)
     assert active is not None, "the last evaluation was sparse"
     ops = counted[2].pop("ops")
     assert counted[2] == dict(plan=3, on_output=1, observe=2), counted
     assert ops <= 300, ops
-
-
-@contextlib.contextmanager
-def counting_tolist():
-    """How many times tensors are read into Python lists (one host read each on a GPU)."""
-    calls, tolist = [0], torch.Tensor.tolist
-
-    def counted(tensor):
-        calls[0] += 1
-        return tolist(tensor)
-    torch.Tensor.tolist = counted
-    try:
-        yield calls
-    finally:
-        torch.Tensor.tolist = tolist
