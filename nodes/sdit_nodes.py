@@ -2,7 +2,7 @@
 from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.region_select import DILATION_MODES
 from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
-from ..sdit_core.segmentation import BACKENDS
+from ..sdit_core.segmentation import BACKENDS, missing_packages
 from ..sdit_core.trace import empty_trace, trace_from_run
 from .errors import SDiTInputError
 from .families import adapter_for
@@ -98,6 +98,11 @@ def check_sdit_options(node: str, values: dict) -> dict:
         checked[name] = value
     if not checked["tau1"] < checked["tau2"]:
         raise SDiTInputError(node, "tau2", f"{checked['tau2']} must be larger than tau1 ({checked['tau1']})")
+    missing = missing_packages(checked["segmentation_backend"])
+    if missing:
+        raise SDiTInputError(node, "segmentation_backend", f"'{checked['segmentation_backend']}' needs the Python "
+                             f"package(s) {', '.join(missing)}, which ComfyUI's Python cannot import: install the pack's "
+                             f"requirements.txt into it (pip install {' '.join(missing)})")
     return checked
 
 

@@ -113,6 +113,25 @@ def test_clear_errors():
         run(model, kv_cache="fp16")
 
 
+def test_a_missing_segmentation_package_is_named_before_sampling(monkeypatch):
+    """Every segmentation backend ends with the contiguity pass (scikit-image) and hnsw needs hnswlib: an
+    environment without them gets the package names from the node, before anything is sampled, not an
+    ImportError at the first step."""
+    import sys
+    model = tiny_flux(seed=28)
+    monkeypatch.setitem(sys.modules, "skimage.measure", None)          # importing it now fails
+    with pytest.raises(SDiTInputError, match=r"SDiT Options: input 'segmentation_backend': 'torch' needs the "
+                                             r"Python package\(s\) scikit-image.*pip install scikit-image\)$"):
+        run(model)
+    monkeypatch.setitem(sys.modules, "hnswlib", None)
+    with pytest.raises(SDiTInputError, match=r"'hnsw' needs the Python package\(s\) hnswlib, scikit-image"):
+        sdit_model_patch(model, 0.5, segmentation_backend="hnsw")
+    monkeypatch.delitem(sys.modules, "skimage.measure")
+    monkeypatch.delitem(sys.modules, "hnswlib")
+    out, _ = run(model, steps=4)                                          # installed again: it samples
+    assert torch.isfinite(out["samples"]).all()
+
+
 def test_region_visualizer_and_complexity_map():
     model = tiny_flux(seed=28)
     out, trace = run(model, steps=6, warmup_steps=1, drift_threshold=0.0)

@@ -8,6 +8,7 @@ contiguous (4-connected: disconnected parts of one Quickshift tree become separa
 A video's features (T, H, W, F) are segmented as a 3-D grid (quickshift_video.py, the torch backend;
 regions 6-connected), the frame index a third coordinate scaled by `frame_scale`.
 """
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,25 @@ import torch
 from .contiguity import split_disconnected
 
 BACKENDS = ("torch", "hnsw", "skimage")
+# modules each backend imports when it runs (every one ends with the contiguity pass: scikit-image), and
+# the pip package of each
+_NEEDS = {"torch": ("skimage.measure",), "hnsw": ("hnswlib", "skimage.measure"),
+          "skimage": ("skimage.segmentation", "skimage.measure")}
+_PACKAGES = {"skimage": "scikit-image", "hnswlib": "hnswlib"}
+
+
+def missing_packages(backend: str) -> list:
+    """pip packages the backend needs that cannot be imported here: checked before sampling, so a missing
+    one is named there rather than failing the first segmentation."""
+    missing = []
+    for module in _NEEDS[backend]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            package = _PACKAGES[module.split(".")[0]]
+            if package not in missing:
+                missing.append(package)
+    return missing
 
 
 @dataclass(frozen=True)
