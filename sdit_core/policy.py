@@ -62,7 +62,8 @@ class TokenPolicy:
         return None
 
     def inactive_output(self, stream: Hashable, info: EvalInfo, last_output: torch.Tensor) -> torch.Tensor:
-        """Token-space model output (rows, tokens, channels) that inactive tokens take this evaluation."""
+        """Token-space model output (rows, tokens, channels) that inactive tokens take this evaluation, in
+        any dtype (the engine copies it into the forward's output dtype)."""
         return last_output
 
     def on_output(self, stream: Hashable, info: EvalInfo, output: torch.Tensor,

@@ -206,7 +206,7 @@ class SDiTPolicy(TokenPolicy):
             return last_output
         predicted = self._predict(history, info.sigma)
         self._prediction = (stream, info.index, predicted)    # on_output measures it against this forward's output
-        return predicted.to(last_output.dtype)
+        return predicted                                      # float32: the engine casts it as it copies it in
 
     def _predicted(self, stream: Hashable, info: EvalInfo, history: OutputHistory) -> torch.Tensor:
         """What inactive_output predicted for this forward (the history has not moved since), else anew."""
