@@ -34,6 +34,7 @@ VALUE_READS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "ate
 def counting_mode():
     """Counts every operator dispatched, and those that launch a kernel on a GPU (views launch none)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+    from comfyui_sdit.sdit_core.profiling import launches_kernel
 
     class Counter(TorchDispatchMode):
         def __init__(self):
@@ -43,7 +44,7 @@ def counting_mode():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.ops[func.name()] += 1
-            self.launches += not func.is_view and func.overloadpacket not in (torch.ops.aten.detach, torch.ops.aten.lift_fresh)
+            self.launches += launches_kernel(func)
             return func(*args, **(kwargs or {}))
     return Counter()
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from comfyui_sdit.sdit_core.engine import SparseRun
+from comfyui_sdit.sdit_core.profiling import launches_kernel
 from sdit_testkit import (TINY_FLUX, TINY_HUNYUAN_VIDEO, TINY_LUMINA2, TINY_QWEN_IMAGE, TINY_SD35, TINY_WAN, build_tiny,
                           random_active, tiny_flux)
 from test_engine_exactness import patch
@@ -31,7 +32,7 @@ class SyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
-        self.launches += not func.is_view and packet not in (aten.detach, aten.lift_fresh)
+        self.launches += launches_kernel(func)
         syncs = packet in SYNCING
         if packet is aten.index and any(t is not None and t.dtype == torch.bool for t in args[1]):
             syncs = True                       # boolean-mask indexing has a value-dependent shape
