@@ -385,12 +385,59 @@ def hunyuan_video_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def hunyuan_video15_i2v_sdit(info: dict) -> dict:
+    """HunyuanVideo 1.5 image-to-video: the start image by channels and as CLIP-vision tokens beside the text
+    (which run on every step, as the text does) + SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "hunyuanvideo1.5_720p_i2v_fp16.safetensors", "weight_dtype": "default"})
+    clip = wf.add("DualCLIPLoader", {"clip_name1": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                     "clip_name2": "byt5_small_glyphxl_fp16.safetensors", "type": "hunyuan_video_15"},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "hunyuanvideo15_vae_fp16.safetensors"}, pos=(0, 350))
+    vision = wf.add("CLIPVisionLoader", {"clip_name": "sigclip_vision_patch14_384.safetensors"}, pos=(0, 500))
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 650), title="Start image")
+    seen = wf.add("CLIPVisionEncode", {"crop": "center"}, {"clip_vision": (vision, 0), "image": (image, 0)},
+                  pos=(350, 500))
+    positive, negative = text_pair(wf, (clip, 0), "the lantern's flame flickers as snow begins to fall around it",
+                                   "blurry, static, low quality")
+    conditioned = wf.add("HunyuanVideo15ImageToVideo", {"width": 1280, "height": 720, "length": 121, "batch_size": 1},
+                         {"positive": positive, "negative": negative, "vae": (vae, 0), "start_image": (image, 0),
+                          "clip_vision_output": (seen, 0)}, pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple",
+                                     "sample_ratio": 0.4},
+                     {"model": (unet, 0), "positive": (conditioned, 0), "negative": (conditioned, 1),
+                      "latent_image": (conditioned, 2)}, pos=(1050, 100))
+    video_tail(wf, (sampler, 0), (vae, 0), "hunyuan_video15_i2v_sdit", 24.0)
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
+    return wf.to_json()
+
+
+def hunyuan_image21_ras(info: dict) -> dict:
+    """HunyuanImage 2.1 at 2048²: its diffusion model, the Qwen2.5-VL + ByT5 glyph text encoders (quoted text in
+    the prompt becomes glyph tokens beside the text), its VAE + RAS Sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "hunyuanimage2.1_bf16.safetensors", "weight_dtype": "default"})
+    clip = wf.add("DualCLIPLoader", {"clip_name1": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                     "clip_name2": "byt5_small_glyphxl_fp16.safetensors", "type": "hunyuan_image"},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "hunyuan_image_2.1_vae_fp16.safetensors"}, pos=(0, 350))
+    positive, negative = text_pair(wf, (clip, 0), 'a bakery shop window at night, a neon sign reading "OPEN LATE"',
+                                   "blurry, low quality")
+    latent = wf.add("EmptyHunyuanImageLatent", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (unet, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 3.5, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "hunyuan_image21_ras",
+                 False)
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
-            "hunyuan_video_ras.json": hunyuan_video_ras}
+            "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
+            "hunyuan_image21_ras.json": hunyuan_image21_ras}
 
 
 def main() -> None:

@@ -143,6 +143,8 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["f
                     "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json"],
                     "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json",
                             "wan21_context_windows_ras.json"],
+                    # before "HunyuanVideo": a README family is matched by the first key it starts with
+                    "HunyuanVideo 1.5": ["hunyuan_video15_i2v_sdit.json", "hunyuan_image21_ras.json"],
                     "HunyuanVideo": ["hunyuan_video_ras.json"]}
 
 

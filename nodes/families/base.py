@@ -184,8 +184,9 @@ class FamilyAdapter:
         """Adds the object patches that gather image tokens and scatter the output."""
         raise NotImplementedError
 
-    def prompt_tokens(self, base_model, tokens: int) -> int:
-        """Tokens the blocks get of a prompt of `tokens` tokens (a model may pad it)."""
+    def prompt_tokens(self, base_model, tokens: int, values: dict) -> int:
+        """Tokens the blocks get beside the image of a prompt of `tokens` text tokens with these conditioning
+        values (its dict): a model may pad the text or add tokens of its own."""
         return tokens
 
     def sequence_references(self, diffusion_model, values: dict) -> list:

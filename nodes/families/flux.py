@@ -27,7 +27,7 @@ class FluxFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
-    def prompt_tokens(self, base_model, tokens):
+    def prompt_tokens(self, base_model, tokens, values):
         import comfy.model_base
         return max(tokens, FLUX2_PROMPT) if isinstance(base_model, comfy.model_base.Flux2) else tokens
 

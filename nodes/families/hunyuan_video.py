@@ -1,4 +1,6 @@
-"""HunyuanVideo (comfy/ldm/hunyuan_video/model.py): text-to-video and image-to-video.
+"""HunyuanVideo (comfy/ldm/hunyuan_video/model.py): text-to-video and image-to-video, and the models
+ComfyUI runs on the same class: HunyuanVideo 1.5 (and its super-resolution model), HunyuanImage 2.1 (image
+latents, a 2-D patch: a (rows, cols) token grid) and its refiner.
 
 `forward_orig(img, img_ids, txt, ...)` embeds the video with a 3-D patch embedding (`img_in`) into
 tokens numbered over (frames, rows, cols), runs Flux-style double blocks with joint attention over
@@ -14,6 +16,9 @@ later): the adapter reads it from the positions the model embeds. It hooks, neve
   by position: each block and the final layer get those positions in the gathered sequence;
 - the text refiner's attention (text alone, after the video was gathered) passes the K/V cache by;
 - the final layer's output is scattered back to every token.
+Image channels (image-to-video, the refiners) are concatenated to the latent before `img_in`, so they are
+gathered with the tokens. HunyuanVideo 1.5 and HunyuanImage 2.1 join a CLIP-vision image's tokens and ByT5
+glyph tokens to the text: they run on every step as the text does (the memory plan counts them).
 A reference latent (`ref_latent`) puts tokens before the video: not covered (a clear error).
 """
 import torch
@@ -37,6 +42,18 @@ class HunyuanVideoFamily(FamilyAdapter):
 
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0]) if len(diffusion_model.patch_size) == 3 else 1
+
+    def prompt_tokens(self, base_model, tokens, values):
+        """HunyuanVideo 1.5 and HunyuanImage 2.1 join more tokens to the text: the CLIP-vision image's
+        (1.5's image-to-video) and ByT5's glyph text, where the model has the layer that embeds them."""
+        dm = base_model.diffusion_model
+        vision = values.get("clip_vision_output")
+        if vision is not None and getattr(dm, "vision_in", None) is not None:
+            tokens += int(vision.last_hidden_state.shape[1])
+        glyphs = values.get("conditioning_byt5small")
+        if glyphs is not None and getattr(dm, "byt5_in", None) is not None:
+            tokens += int(glyphs.shape[1])
+        return tokens
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
         blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)

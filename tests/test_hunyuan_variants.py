@@ -1,0 +1,163 @@
+"""The other models ComfyUI 0.3.75 runs on the HunyuanVideo class (`comfy.ldm.hunyuan_video.model.HunyuanVideo`),
+each a tiny random-weight instance of its real ComfyUI class (CPU, fp32): HunyuanVideo image-to-video by
+channels (and SkyReels'), HunyuanVideo 1.5 (a CLIP-vision image's tokens and ByT5 glyph tokens joined to
+the text, image channels, a padded prompt mask, the meanflow step input, the super-resolution model) and
+HunyuanImage 2.1 (image latents with a 2-D patch) with its refiner. The same exactness set as
+test_video.py's HunyuanVideo, the memory plan and the sampler nodes."""
+import importlib
+import types
+
+import pytest
+import torch
+
+import comfy.supported_models
+
+from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from comfyui_sdit.sdit_core.tokens import index_to_mask
+from sdit_testkit import (TINY_HUNYUAN_VIDEO, build_tiny, ksample, random_active, ras_sample, sdit_sample,
+                          text_conditioning)
+from test_memory_plan import sample_patched
+from test_ras_sampler import ras_args
+from test_sdit_sampler import defaults as sdit_defaults
+from test_video import dense_then_sparse
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+TOL = 1e-5
+FRAMES, HEIGHT, WIDTH = 3, 8, 12
+
+# 1.5: no pooled vector and no guidance input, patch 1 in every axis; the image (32 channels) and a mask
+# concatenated to the 32-channel latent (65 in); `byt5_in` maps 1472-wide glyph features
+HV15 = dict(TINY_HUNYUAN_VIDEO, in_channels=65, out_channels=32, vec_in_dim=None, patch_size=[1, 1, 1],
+            guidance_embed=False, vision_in_dim=16, use_cond_type_embedding=True, byt5=True)
+HI21 = dict(TINY_HUNYUAN_VIDEO, in_channels=64, out_channels=64, vec_in_dim=None, patch_size=[1, 1], axes_dim=[8, 8],
+            byt5=True)
+
+
+def prompts(**values):
+    """A positive and a negative prompt of different lengths (two streams at cfg > 1) with these values."""
+    g = torch.Generator().manual_seed(11)
+    pooled = dict(pooled_output=torch.randn(1, 32, generator=g))
+    return dict(positive=text_conditioning(1, 7, **pooled, **values),
+                negative=text_conditioning(2, 5, **pooled, **values))
+
+
+def randn(*shape, seed=3):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def glyphs():
+    """ByT5 glyph features (the text encoder's `conditioning_byt5small`), 6 tokens."""
+    return randn(1, 6, 1472, seed=4)
+
+
+def hv15_i2v():
+    vision = types.SimpleNamespace(last_hidden_state=randn(1, 9, 16))        # a CLIP-vision image, 9 tokens
+    return prompts(clip_vision_output=vision, concat_latent_image=randn(1, 32, FRAMES, HEIGHT, WIDTH),
+                   conditioning_byt5small=glyphs())
+
+
+def hv15_t2v_padded():
+    """The prompt mask of a padded prompt (the last two tokens are padding)."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    return dict(positive=text_conditioning(1, 7, pooled_output=randn(1, 32), attention_mask=mask),
+                negative=text_conditioning(2, 7, pooled_output=randn(1, 32), attention_mask=mask))
+
+
+class Case:
+    def __init__(self, model_config, config, channels, make_prompts, frames=FRAMES, patch=2):
+        self.model_config, self.config, self.make_prompts = model_config, config, make_prompts
+        self.shape = (channels, HEIGHT, WIDTH) if frames is None else (channels, frames, HEIGHT, WIDTH)
+        self.grid = ((frames,) if frames and frames > 1 else ()) + (HEIGHT // patch, WIDTH // patch)
+        self.tokens = int(torch.tensor(self.grid).prod())
+
+    def build(self, seed):
+        return build_tiny(self.model_config, hunyuan_video_unet_config(self.config), seed)
+
+    def latent(self, batch):
+        return torch.zeros(batch, *self.shape)
+
+
+MODELS = comfy.supported_models
+CASES = {
+    "hunyuan-video-i2v": Case(MODELS.HunyuanVideoI2V, dict(TINY_HUNYUAN_VIDEO, in_channels=33), 16, lambda: prompts(
+        guidance=3.5, concat_latent_image=randn(1, 16, FRAMES, HEIGHT, WIDTH), concat_mask=torch.ones(1, 1, FRAMES, HEIGHT, WIDTH))),
+    "skyreels-i2v": Case(MODELS.HunyuanVideoSkyreelsI2V, dict(TINY_HUNYUAN_VIDEO, in_channels=32), 16, lambda: prompts(
+        guidance=3.5, concat_latent_image=randn(1, 16, FRAMES, HEIGHT, WIDTH))),
+    "hunyuan-video-1.5-i2v": Case(MODELS.HunyuanVideo15, HV15, 32, hv15_i2v, patch=1),
+    "hunyuan-video-1.5-t2v-padded-prompt": Case(MODELS.HunyuanVideo15, HV15, 32, hv15_t2v_padded, patch=1),
+    "hunyuan-video-1.5-meanflow": Case(MODELS.HunyuanVideo15, dict(HV15, meanflow=True), 32,
+                                       lambda: prompts(conditioning_byt5small=glyphs()), patch=1),
+    "hunyuan-video-1.5-sr": Case(MODELS.HunyuanVideo15_SR_Distilled, dict(HV15, in_channels=98), 32, prompts, patch=1),
+    "hunyuan-image-2.1": Case(MODELS.HunyuanImage21, HI21, 64, lambda: prompts(conditioning_byt5small=glyphs()),
+                              frames=None, patch=1),
+    "hunyuan-image-2.1-refiner": Case(MODELS.HunyuanImage21Refiner, dict(HI21, in_channels=128, patch_size=[1, 1, 1],
+                                                                         axes_dim=[4, 6, 6]),
+                                      64, lambda: prompts(concat_latent_image=randn(1, 32, 1, HEIGHT, WIDTH)), frames=1,
+                                      patch=1),
+}
+# a padded prompt mask is one row: ComfyUI's HunyuanVideo 1.5 forward takes it at batch 1 only
+BATCHES = {name: [(1, 1.0)] if "padded" in name else [(1, 1.0), (2, 3.0)] for name in CASES}
+BATCH_CASES = [(name, batch, cfg) for name in sorted(CASES) for batch, cfg in BATCHES[name]]
+
+
+@pytest.mark.parametrize("name,batch,cfg", BATCH_CASES)
+def test_all_tokens_active_equals_unpatched(name, batch, cfg):
+    case = CASES[name]
+    model = case.build(seed=3)
+    reference = ksample(model, case.latent(batch), seed=5, steps=4, cfg=cfg, **case.make_prompts())
+    policy = FixedPlanPolicy([None] + [torch.arange(case.tokens).expand(batch, -1)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    sparse = ksample(patched, case.latent(batch), seed=5, steps=4, cfg=cfg, **case.make_prompts())
+    assert (sparse - reference).abs().max().item() <= TOL
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    assert slot.last_run.grid == case.grid
+
+
+@pytest.mark.parametrize("name,batch,cfg", BATCH_CASES)
+def test_dense_then_sparse_matches_dense_on_active_tokens(name, batch, cfg):
+    case = CASES[name]
+    active = random_active(batch, case.tokens, case.tokens // 3, seed=1)
+    by_stream = dense_then_sparse(case.build(seed=4), case.latent(batch), active, cfg, case.make_prompts())
+    assert len(by_stream) == (2 if cfg > 1 else 1)
+    for (dense, _), (sparse, computed) in by_stream.values():
+        assert computed.shape == active.shape
+        mask = index_to_mask(computed, case.tokens)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+        assert torch.equal(sparse[~mask], dense[~mask])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_planned_cache_is_what_the_streams_hold(name):
+    """The memory plan counts the tokens these models join to the text (CLIP-vision, ByT5 glyphs)."""
+    case = CASES[name]
+    batch, cfg = BATCHES[name][-1]
+    run = sample_patched(case.build(seed=0), case.latent(batch), cfg, case.make_prompts())
+    assert run.kv_peak_bytes > 0
+    assert run.kv_planned_bytes == run.kv_peak_bytes
+
+
+@pytest.mark.parametrize("name", ["hunyuan-video-1.5-i2v", "hunyuan-image-2.1"])
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, name):
+    case = CASES[name]
+    model = case.build(seed=7)
+    latent = {"samples": case.latent(2)}
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **case.make_prompts())
+
+    def plain():
+        return comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                             latent)[0]["samples"]
+    before = plain()
+    if method == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **a)
+    else:
+        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent,
+                                 1.0, **values)
+        assert trace.steps[-1].labels.shape == (2, *case.grid)
+    assert torch.equal(before, plain()), "the model passed in is unchanged"
+    assert trace.grid == case.grid and trace.batch == 2
+    assert any(0 < t < case.tokens for t in trace.tokens_per_step), trace.tokens_per_step
+    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
