@@ -337,3 +337,41 @@ def test_qwen_image_prompt_attention_mask(batch):
     kwargs = dict(context=torch.randn(batch, 5, 32, generator=g), attention_mask=mask)
     dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
     assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+
+
+def redux_conditioning(seed: int, strength: float, style_tokens: int = 3):
+    """A Flux prompt with Redux style tokens as ComfyUI's StyleModelApply hands it over with strength_type
+    "attn_bias": the tokens appended to the text and an attention-bias mask over the whole sequence (text,
+    style tokens and the image, whose part ComfyUI's Flux model upscales to the image's token grid)."""
+    [[text, values]] = flux_conditioning(seed)
+    style = torch.randn(1, style_tokens, text.shape[-1], generator=torch.Generator().manual_seed(seed + 50))
+    t, n = text.shape[1], style_tokens
+    mask = torch.zeros(1, t + n + 1, t + n + 1, dtype=torch.float16)
+    mask[:, :t, t:t + n] = mask[:, t + n:, t:t + n] = math.log(strength)
+    return [[torch.cat([text, style], dim=1), dict(values, attention_mask=mask, attention_mask_img_shape=(1, 1))]]
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_flux_redux_attention_bias_over_the_whole_sequence(batch, cfg):
+    """The mask covers every query row (text and image): a sparse call keeps the rows that ran."""
+    model = tiny_flux(seed=3)
+    latent = torch.zeros(batch, 16, 8, 12)
+    tokens = 4 * 6
+    prompts = dict(positive=redux_conditioning(1, 0.5), negative=redux_conditioning(2, 0.8))
+    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts)
+    unbiased = ksample(model, latent, seed=5, steps=4, cfg=cfg, positive=flux_conditioning(1),
+                       negative=flux_conditioning(2))
+    assert (reference - unbiased).abs().max().item() > 1e-2, "the bias matters"
+    patched, _, _ = patch(model, [None] + [torch.arange(tokens).expand(batch, -1)] * 3)
+    assert (ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts) - reference).abs().max().item() <= TOL
+    patched, _, policy = patch(model, [None, random_active(batch, tokens, tokens // 3, seed=1)])
+    sampler, _ = repeated_evals([lambda x: x, lambda x: x])
+    sample_with(patched, latent, sampler, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **prompts)
+    by_stream = {}
+    for index, stream, output, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((output, computed))
+    assert by_stream
+    for (dense, _), (sparse, computed) in by_stream.values():
+        mask = index_to_mask(computed, tokens)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+        assert torch.equal(sparse[~mask], dense[~mask])
