@@ -146,12 +146,19 @@ def sampler_tail(wf: "Workflow", sampler_type: str, widgets: dict, sockets: dict
         wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1), "image": (decode, 0)}, pos=(1650, 450))
 
 
+def dual_clip_loaders(wf: "Workflow", unet_name: str, clip_names: tuple, clip_type: str, vae_name: str) -> tuple:
+    """Diffusion model, two text encoders (ComfyUI's DualCLIPLoader) and VAE: the model, CLIP and VAE nodes."""
+    unet = wf.add("UNETLoader", {"unet_name": unet_name, "weight_dtype": "default"})
+    clip = wf.add("DualCLIPLoader", {"clip_name1": clip_names[0], "clip_name2": clip_names[1], "type": clip_type},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": vae_name}, pos=(0, 350))
+    return unet, clip, vae
+
+
 def flux_loaders(wf: "Workflow", prompt: str) -> dict:
     """Standard Flux dev loaders: returns the sockets a sampler needs, plus the VAE."""
-    unet = wf.add("UNETLoader", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, pos=(0, 0))
-    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
-                                     "type": "flux"}, pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
+    unet, clip, vae = dual_clip_loaders(wf, "flux1-dev.safetensors", ("clip_l.safetensors", "t5xxl_fp16.safetensors"),
+                                        "flux", "ae.safetensors")
     text = wf.add("CLIPTextEncode", {"text": prompt}, {"clip": (clip, 0)}, pos=(350, 100), title="Prompt")
     negative = wf.add("CLIPTextEncode", {"text": ""}, {"clip": (clip, 0)}, pos=(350, 300), title="Negative (unused at cfg 1)")
     guided = wf.add("FluxGuidance", {"guidance": 3.5}, {"conditioning": (text, 0)}, pos=(700, 100))
@@ -365,11 +372,9 @@ def wan21_context_windows_ras(info: dict) -> dict:
 def hunyuan_video_ras(info: dict) -> dict:
     """HunyuanVideo text-to-video: its diffusion model, the CLIP-L + LLaVA text encoders, its VAE + RAS Sampler."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "hunyuan_video_t2v_720p_bf16.safetensors", "weight_dtype": "default"})
-    clip = wf.add("DualCLIPLoader", {"clip_name1": "clip_l.safetensors",
-                                     "clip_name2": "llava_llama3_fp8_scaled.safetensors", "type": "hunyuan_video"},
-                  pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "hunyuan_video_vae_bf16.safetensors"}, pos=(0, 350))
+    unet, clip, vae = dual_clip_loaders(wf, "hunyuan_video_t2v_720p_bf16.safetensors",
+                                        ("clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors"), "hunyuan_video",
+                                        "hunyuan_video_vae_bf16.safetensors")
     shifted = wf.add("ModelSamplingSD3", {"shift": 7.0}, {"model": (unet, 0)}, pos=(350, 0))
     text = wf.add("CLIPTextEncode", {"text": "a paper boat drifting down a rain-soaked street, reflections"},
                   {"clip": (clip, 0)}, pos=(350, 150), title="Prompt")
@@ -385,15 +390,16 @@ def hunyuan_video_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+# HunyuanVideo 1.5 and HunyuanImage 2.1 read the prompt with Qwen2.5-VL and quoted text with ByT5 (glyph tokens)
+QWEN_AND_GLYPH_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
+
+
 def hunyuan_video15_i2v_sdit(info: dict) -> dict:
     """HunyuanVideo 1.5 image-to-video: the start image by channels and as CLIP-vision tokens beside the text
     (which run on every step, as the text does) + SDiT Sampler with its region maps."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "hunyuanvideo1.5_720p_i2v_fp16.safetensors", "weight_dtype": "default"})
-    clip = wf.add("DualCLIPLoader", {"clip_name1": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
-                                     "clip_name2": "byt5_small_glyphxl_fp16.safetensors", "type": "hunyuan_video_15"},
-                  pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "hunyuanvideo15_vae_fp16.safetensors"}, pos=(0, 350))
+    unet, clip, vae = dual_clip_loaders(wf, "hunyuanvideo1.5_720p_i2v_fp16.safetensors", QWEN_AND_GLYPH_ENCODERS,
+                                        "hunyuan_video_15", "hunyuanvideo15_vae_fp16.safetensors")
     vision = wf.add("CLIPVisionLoader", {"clip_name": "sigclip_vision_patch14_384.safetensors"}, pos=(0, 500))
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 650), title="Start image")
     seen = wf.add("CLIPVisionEncode", {"crop": "center"}, {"clip_vision": (vision, 0), "image": (image, 0)},
@@ -416,11 +422,8 @@ def hunyuan_image21_ras(info: dict) -> dict:
     """HunyuanImage 2.1 at 2048²: its diffusion model, the Qwen2.5-VL + ByT5 glyph text encoders (quoted text in
     the prompt becomes glyph tokens beside the text), its VAE + RAS Sampler."""
     wf = Workflow(info)
-    unet = wf.add("UNETLoader", {"unet_name": "hunyuanimage2.1_bf16.safetensors", "weight_dtype": "default"})
-    clip = wf.add("DualCLIPLoader", {"clip_name1": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
-                                     "clip_name2": "byt5_small_glyphxl_fp16.safetensors", "type": "hunyuan_image"},
-                  pos=(0, 150))
-    vae = wf.add("VAELoader", {"vae_name": "hunyuan_image_2.1_vae_fp16.safetensors"}, pos=(0, 350))
+    unet, clip, vae = dual_clip_loaders(wf, "hunyuanimage2.1_bf16.safetensors", QWEN_AND_GLYPH_ENCODERS, "hunyuan_image",
+                                        "hunyuan_image_2.1_vae_fp16.safetensors")
     positive, negative = text_pair(wf, (clip, 0), 'a bakery shop window at night, a neon sign reading "OPEN LATE"',
                                    "blurry, low quality")
     latent = wf.add("EmptyHunyuanImageLatent", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))

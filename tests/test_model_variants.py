@@ -1,0 +1,107 @@
+"""Models ComfyUI runs on the classes the pack supports, beyond each family's own tests: tiny random-weight
+instances of their real ComfyUI classes (CPU, fp32), each where the running ComfyUI has it (skipped on older
+ones). An image (and mask) as extra latent channels, concatenated before the patch embedding so they travel
+with their tokens: Flux Fill (`FluxInpaint`: image + an 8x8-unshuffled mask), Flux Canny/Depth, Wan Fun
+Control. Newer ComfyUI: LongCat-Image on the Flux class (text with position ids, the image's positions shifted
+past the text's through `rope_options`) and Wan FlowRVS on the plain Wan class (image-to-image flow: the
+model's output is the prediction)."""
+import pytest
+import torch
+
+import comfy.supported_models
+
+from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from comfyui_sdit.sdit_core.tokens import index_to_mask
+from sdit_testkit import TINY_FLUX, TINY_WAN, build_tiny, flux_conditioning, ksample, random_active, text_conditioning
+from test_video import dense_then_sparse
+
+TOL = 1e-5
+HEIGHT, WIDTH = 8, 12
+
+
+def randn(*shape, seed=3):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def with_values(conditioning, **values):
+    return [[text, dict(extra, **values)] for text, extra in conditioning]
+
+
+def fill_mask():
+    mask = torch.zeros(1, 1, 8 * HEIGHT, 8 * WIDTH)          # as InpaintModelConditioning hands it over
+    mask[..., 16:48, 24:72] = 1.0                             # repaint a box in the middle
+    return mask
+
+
+def fill_prompts():
+    image = randn(1, 16, HEIGHT, WIDTH)
+    return dict(positive=with_values(flux_conditioning(1), concat_latent_image=image, concat_mask=fill_mask()),
+                negative=with_values(flux_conditioning(2), concat_latent_image=image, concat_mask=fill_mask()))
+
+
+def control_image_prompts():
+    image = randn(1, 16, HEIGHT, WIDTH)
+    return dict(positive=with_values(flux_conditioning(1), concat_latent_image=image),
+                negative=with_values(flux_conditioning(2), concat_latent_image=image))
+
+
+def fun_control_prompts():
+    video = randn(1, 32, 3, HEIGHT, WIDTH)
+    return dict(positive=text_conditioning(1, 7, concat_latent_image=video),
+                negative=text_conditioning(2, 5, concat_latent_image=video))
+
+
+def text_prompts():
+    return dict(positive=text_conditioning(1, 7), negative=text_conditioning(2, 5))
+
+
+IMAGE, VIDEO = (16, HEIGHT, WIDTH), (16, 3, HEIGHT, WIDTH)
+CASES = {   # name: (model config class name, unet config, latent shape, prompts)
+    "flux-fill": ("FluxInpaint", lambda: flux_unet_config(dict(TINY_FLUX, in_channels=96)), IMAGE, fill_prompts),
+    "flux-canny-depth": ("Flux", lambda: flux_unet_config(dict(TINY_FLUX, in_channels=32)), IMAGE,
+                         control_image_prompts),
+    "wan-fun-control": ("WAN21_FunControl2V", lambda: dict(TINY_WAN, model_type="i2v", in_dim=48), VIDEO,
+                        fun_control_prompts),
+    "longcat-image": ("LongCatImage", lambda: flux_unet_config(dict(TINY_FLUX, guidance_embed=False, vec_in_dim=None,
+                                                                    txt_ids_dims=[1, 2])), IMAGE, text_prompts),
+    "wan-flow-rvs": ("WAN21_FlowRVS", lambda: dict(TINY_WAN, model_type="flow_rvs"), VIDEO, text_prompts),
+}
+
+
+def case(name):
+    class_name, config, shape, prompts = CASES[name]
+    model_config = getattr(comfy.supported_models, class_name, None)
+    if model_config is None:
+        pytest.skip(f"this ComfyUI has no {class_name}")
+    frames = shape[1] if len(shape) == 4 else 1
+    return model_config, config(), shape, prompts, frames * (shape[-2] // 2) * (shape[-1] // 2)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_all_tokens_active_equals_unpatched(name, batch, cfg):
+    model_config, config, shape, prompts, tokens = case(name)
+    model = build_tiny(model_config, config, seed=3)
+    latent = 0.5 * randn(batch, *shape, seed=1)                # FlowRVS starts from the latent itself
+    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts())
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(batch, -1)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    sparse = ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts())
+    assert (sparse - reference).abs().max().item() <= TOL
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_dense_then_sparse_matches_dense_on_active_tokens(name, batch, cfg):
+    model_config, config, shape, prompts, tokens = case(name)
+    active = random_active(batch, tokens, tokens // 3, seed=1)
+    by_stream = dense_then_sparse(build_tiny(model_config, config, seed=4), torch.zeros(batch, *shape), active, cfg,
+                                  prompts())
+    assert by_stream
+    for (dense, _), (sparse, computed) in by_stream.values():
+        mask = index_to_mask(computed, tokens)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+        assert torch.equal(sparse[~mask], dense[~mask])
