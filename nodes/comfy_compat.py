@@ -60,6 +60,18 @@ def takes_reference_latents(diffusion_model) -> bool:
     return forward is not None and "ref_latents" in inspect.signature(forward).parameters
 
 
+def patchifies_frames(diffusion_model) -> bool:
+    """Does this Qwen-Image model patchify latents of more than one frame (newer ComfyUI: Qwen-Image-Layered's
+    layers as frames)? Tried on a two-frame zero latent of one token a frame: older ones reshape as for one
+    frame and fail. `process_img` is a reshape without weights, so this runs nothing of the model."""
+    p = int(diffusion_model.patch_size)
+    try:
+        tokens = diffusion_model.process_img(torch.zeros(1, 1, 2, p, p))[0]
+    except (AttributeError, TypeError, RuntimeError):      # no such patchify, or one frame only
+        return False
+    return tokens.shape[1] == 2
+
+
 def context_window_frames(transformer_options: dict, handler) -> Optional[List[int]]:
     """The frames of the run's video that this forward's latent holds, in order, when ComfyUI's context
     windows (`handler`: model_options["context_handler"]) split the video along its frame axis; None

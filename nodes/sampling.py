@@ -83,7 +83,8 @@ def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "la
     if samples is None or not hasattr(samples, "shape") or not accepted(samples.shape):
         shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
         expected = ("an image or video latent (batch, channels, [frames,] height, width)" if video else
-                    "an image latent (batch, channels, height, width); video latents need a video model (Wan)")
+                    "an image latent (batch, channels, height, width); video latents need a video model (Wan, "
+                    "HunyuanVideo), layered ones Qwen-Image on a newer ComfyUI")
         raise SDiTInputError(node, input_name, f"expected {expected}, got shape {shape}")
     height, width = samples.shape[-2:]
     if height % patch_size or width % patch_size:
@@ -96,7 +97,7 @@ def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "la
 def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size: int, node: str) -> None:
     """Before a sampler node samples: the latent fits the model, and neither prompt carries what the
     model's adapter refuses (e.g. a reference latent before a video's tokens)."""
-    check_latent(latent_image, patch_size, node, video=adapter.video)
+    check_latent(latent_image, patch_size, node, video=adapter.takes_frames(model.model.diffusion_model))
     for input_name, conditioning in (("positive", positive), ("negative", negative)):
         for entry in conditioning or []:
             values = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict) else {}

@@ -71,6 +71,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     check_neighbours(model, node)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     temporal_patch = adapter.temporal_patch(model.model.diffusion_model)
+    takes_frames = adapter.takes_frames(model.model.diffusion_model)
     patched = model.clone()
     slot = RunSlot()
     adapter.install(patched, slot)
@@ -78,7 +79,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
         noise = arguments["noise"]
-        check_latent({"samples": noise}, patch_size, node, video=adapter.video)
+        check_latent({"samples": noise}, patch_size, node, video=takes_frames)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
         check_neighbours(sampled, node)

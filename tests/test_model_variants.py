@@ -4,17 +4,21 @@ ones). An image (and mask) as extra latent channels, concatenated before the pat
 with their tokens: Flux Fill (`FluxInpaint`: image + an 8x8-unshuffled mask), Flux Canny/Depth, Wan Fun
 Control. Newer ComfyUI: LongCat-Image on the Flux class (text with position ids, the image's positions shifted
 past the text's through `rope_options`) and Wan FlowRVS on the plain Wan class (image-to-image flow: the
-model's output is the prediction)."""
+model's output is the prediction), Qwen-Image-Layered (its layers as the frames of a 5-D latent; older ComfyUI
+refuses a latent of several frames for Qwen-Image clearly)."""
 import pytest
 import torch
 
 import comfy.supported_models
 
-from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+from comfyui_sdit.nodes.comfy_compat import flux_unet_config, patchifies_frames
+from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import TINY_FLUX, TINY_WAN, build_tiny, flux_conditioning, ksample, random_active, text_conditioning
+from sdit_testkit import (TINY_FLUX, TINY_QWEN_IMAGE, TINY_WAN, build_tiny, flux_conditioning, ksample, random_active,
+                          ras_sample, text_conditioning, tiny_qwen_image)
+from test_ras_sampler import ras_args
 from test_video import dense_then_sparse
 
 TOL = 1e-5
@@ -57,7 +61,7 @@ def text_prompts():
     return dict(positive=text_conditioning(1, 7), negative=text_conditioning(2, 5))
 
 
-IMAGE, VIDEO = (16, HEIGHT, WIDTH), (16, 3, HEIGHT, WIDTH)
+IMAGE, VIDEO, LAYERS = (16, HEIGHT, WIDTH), (16, 3, HEIGHT, WIDTH), (16, 4, HEIGHT, WIDTH)
 CASES = {   # name: (model config class name, unet config, latent shape, prompts)
     "flux-fill": ("FluxInpaint", lambda: flux_unet_config(dict(TINY_FLUX, in_channels=96)), IMAGE, fill_prompts),
     "flux-canny-depth": ("Flux", lambda: flux_unet_config(dict(TINY_FLUX, in_channels=32)), IMAGE,
@@ -67,7 +71,19 @@ CASES = {   # name: (model config class name, unet config, latent shape, prompts
     "longcat-image": ("LongCatImage", lambda: flux_unet_config(dict(TINY_FLUX, guidance_embed=False, vec_in_dim=None,
                                                                     txt_ids_dims=[1, 2])), IMAGE, text_prompts),
     "wan-flow-rvs": ("WAN21_FlowRVS", lambda: dict(TINY_WAN, model_type="flow_rvs"), VIDEO, text_prompts),
+    "qwen-image-layered": ("QwenImage", lambda: dict(TINY_QWEN_IMAGE, use_additional_t_cond=True), LAYERS, text_prompts),
 }
+
+
+def build(model_config, config, seed):
+    """The tiny model, or a skip where this ComfyUI builds it but cannot run it (Qwen-Image with layers)."""
+    try:
+        model = build_tiny(model_config, config, seed)
+    except TypeError as error:                      # a config field this ComfyUI's class does not know
+        pytest.skip(f"this ComfyUI's {model_config.__name__} does not take it: {error}")
+    if config.get("use_additional_t_cond") and not patchifies_frames(model.model.diffusion_model):
+        pytest.skip("this ComfyUI's Qwen-Image takes one frame")
+    return model
 
 
 def case(name):
@@ -75,7 +91,7 @@ def case(name):
     model_config = getattr(comfy.supported_models, class_name, None)
     if model_config is None:
         pytest.skip(f"this ComfyUI has no {class_name}")
-    frames = shape[1] if len(shape) == 4 else 1
+    frames = shape[1] if len(shape) == 4 else 1     # (channels, frames, height, width) or (channels, height, width)
     return model_config, config(), shape, prompts, frames * (shape[-2] // 2) * (shape[-1] // 2)
 
 
@@ -83,7 +99,7 @@ def case(name):
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(name, batch, cfg):
     model_config, config, shape, prompts, tokens = case(name)
-    model = build_tiny(model_config, config, seed=3)
+    model = build(model_config, config, seed=3)
     latent = 0.5 * randn(batch, *shape, seed=1)                # FlowRVS starts from the latent itself
     reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts())
     policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(batch, -1)] * 3)
@@ -98,10 +114,19 @@ def test_all_tokens_active_equals_unpatched(name, batch, cfg):
 def test_dense_then_sparse_matches_dense_on_active_tokens(name, batch, cfg):
     model_config, config, shape, prompts, tokens = case(name)
     active = random_active(batch, tokens, tokens // 3, seed=1)
-    by_stream = dense_then_sparse(build_tiny(model_config, config, seed=4), torch.zeros(batch, *shape), active, cfg,
+    by_stream = dense_then_sparse(build(model_config, config, seed=4), torch.zeros(batch, *shape), active, cfg,
                                   prompts())
     assert by_stream
     for (dense, _), (sparse, computed) in by_stream.values():
         mask = index_to_mask(computed, tokens)
         assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
         assert torch.equal(sparse[~mask], dense[~mask])
+
+
+def test_layers_for_a_qwen_image_that_takes_one_frame_are_refused_before_sampling():
+    model = tiny_qwen_image(seed=2)
+    if patchifies_frames(model.model.diffusion_model):
+        pytest.skip("this ComfyUI's Qwen-Image takes layers (tested above)")
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'latent_image'.*layered ones Qwen-Image on a newer"):
+        ras_sample(model, latent_image={"samples": torch.zeros(1, *LAYERS)},
+                   **dict(ras_args(), positive=text_conditioning(1, 7), negative=text_conditioning(2, 5)))

@@ -170,6 +170,11 @@ class FamilyAdapter:
     names: Tuple[str, ...] = ()
     video = False               # takes video latents (batch, channels, frames, height, width)
 
+    def takes_frames(self, diffusion_model) -> bool:
+        """Whether this model samples latents of more than one frame (video families; an image family whose
+        model takes frames of another kind)."""
+        return self.video
+
     def temporal_patch(self, diffusion_model) -> int:
         """Latent frames per token (video families)."""
         return 1

@@ -1,6 +1,7 @@
 """Qwen-Image (comfy/ldm/qwen_image/model.py).
 
-`_forward` patchifies the latent (a single-frame 5-D latent), appends reference-latent tokens,
+`_forward` patchifies the latent (a single-frame 5-D latent; in newer ComfyUI also Qwen-Image-Layered's
+layers as frames, numbered (frames, rows, cols) as the pack numbers video tokens), appends reference-latent tokens,
 builds RoPE from [text ids | image ids] with `pe_embedder`, embeds image tokens with the per-token
 `img_in`, runs double-stream blocks with joint attention over [text | image], and projects back with
 the per-token `proj_out`. The adapter hooks those three per-token modules (never the forward code):
@@ -14,7 +15,7 @@ import functools
 
 import comfy.patcher_extension as patcher_extension
 
-from ..comfy_compat import compiler_opaque
+from ..comfy_compat import compiler_opaque, patchifies_frames
 from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
@@ -29,6 +30,9 @@ class QwenImageFamily(FamilyAdapter):
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
+
+    def takes_frames(self, diffusion_model) -> bool:
+        return patchifies_frames(diffusion_model)
 
     def sequence_references(self, diffusion_model, values):
         return reference_latents(values)
