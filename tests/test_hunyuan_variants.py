@@ -13,6 +13,7 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
+from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
@@ -161,3 +162,11 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, name):
     assert trace.grid == case.grid and trace.batch == 2
     assert any(0 < t < case.tokens for t in trace.tokens_per_step), trace.tokens_per_step
     assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
+
+
+def test_hunyuan_image_refuses_a_video_latent_before_sampling():
+    """HunyuanImage 2.1 patchifies in 2-D: a latent of several frames is named, not a shape error in a block."""
+    case = CASES["hunyuan-image-2.1"]
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'latent_image'.*video latents need a video model"):
+        ras_sample(case.build(seed=1), latent_image={"samples": torch.zeros(1, 64, FRAMES, HEIGHT, WIDTH)},
+                   **dict(ras_args(), **case.make_prompts()))

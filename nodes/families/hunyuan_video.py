@@ -40,6 +40,9 @@ class HunyuanVideoFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])
 
+    def takes_frames(self, diffusion_model) -> bool:
+        return len(diffusion_model.patch_size) == 3          # HunyuanImage 2.1's 2-D patch: images only
+
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0]) if len(diffusion_model.patch_size) == 3 else 1
 
