@@ -168,12 +168,11 @@ def reference_latents(values: dict) -> list:
 class FamilyAdapter:
     """Interface of a model-family adapter."""
     names: Tuple[str, ...] = ()
-    video = False               # takes video latents (batch, channels, frames, height, width)
 
     def takes_frames(self, diffusion_model) -> bool:
-        """Whether this model samples latents of more than one frame (video families; an image family whose
-        model takes frames of another kind)."""
-        return self.video
+        """Whether this model samples latents of more than one frame (batch, channels, frames, height, width):
+        video families, and an image family whose model takes frames of another kind (Qwen-Image's layers)."""
+        return False
 
     def temporal_patch(self, diffusion_model) -> int:
         """Latent frames per token (video families)."""

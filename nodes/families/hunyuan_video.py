@@ -28,7 +28,6 @@ from .base import FamilyAdapter, gather_control, passthrough_method, patch_metho
 
 class HunyuanVideoFamily(FamilyAdapter):
     names = ("HunyuanVideo",)
-    video = True
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.hunyuan_video.model as hunyuan

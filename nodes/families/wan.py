@@ -22,7 +22,6 @@ from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_metho
 
 class WanFamily(FamilyAdapter):
     names = ("Wan 2.1", "Wan 2.2")
-    video = True
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.wan.model as wan
@@ -33,6 +32,9 @@ class WanFamily(FamilyAdapter):
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])
+
+    def takes_frames(self, diffusion_model) -> bool:
+        return True
 
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0])
