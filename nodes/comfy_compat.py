@@ -72,6 +72,13 @@ def patchifies_frames(diffusion_model) -> bool:
     return tokens.shape[1] == 2
 
 
+def pixels_per_latent(base_model) -> int:
+    """Image pixels per latent pixel (side) of the model's VAE: the latent format's `spacial_downscale_ratio`
+    (newer ComfyUI); 8 where a ComfyUI does not say (0.3.75: right for all but Wan 2.2 TI2V 5B, HunyuanVideo 1.5
+    and HunyuanImage 2.1, whose maps are then drawn smaller than their pictures unless a picture is given)."""
+    return int(getattr(getattr(base_model, "latent_format", None), "spacial_downscale_ratio", 8))
+
+
 def context_window_frames(transformer_options: dict, handler) -> Optional[List[int]]:
     """The frames of the run's video that this forward's latent holds, in order, when ComfyUI's context
     windows (`handler`: model_options["context_handler"]) split the video along its frame axis; None

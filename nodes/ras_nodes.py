@@ -2,6 +2,7 @@
 from ..sdit_core.ras import RASConfig, RASPolicy
 from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.trace import empty_trace, trace_from_run
+from .comfy_compat import pixels_per_latent
 from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
@@ -119,9 +120,9 @@ class RASSampler:
         run = slot.last_run
         if run is None:       # nothing was sampled (denoise 0): the latent as KSampler returns it
             return (latent, empty_trace("RAS", latent_image["samples"].shape, patch_size, vars(config),
-                                        adapter.temporal_patch(model.model.diffusion_model)))
+                                        adapter.temporal_patch(model.model.diffusion_model), pixels_per_latent(model.model)))
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
-                               reasons=run.policy.reasons)
+                               reasons=run.policy.reasons, pixels_per_latent=pixels_per_latent(model.model))
         return (latent, trace)
 
 

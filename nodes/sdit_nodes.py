@@ -4,6 +4,7 @@ from ..sdit_core.region_select import DILATION_MODES
 from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
 from ..sdit_core.segmentation import BACKENDS, missing_packages
 from ..sdit_core.trace import empty_trace, trace_from_run
+from .comfy_compat import pixels_per_latent
 from .errors import SDiTInputError
 from .families import adapter_for
 from .live_progress import ProgressReporter
@@ -124,11 +125,11 @@ def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None
                                  ProgressReporter(node_id, "SDiT"), kv_cache)
 
 
-def sdit_trace(run, config: SDiTConfig):
+def sdit_trace(run, config: SDiTConfig, pixels: int = 8):
     policy = run.policy
     return trace_from_run(run, "SDiT", metric_maps=policy.complexity_maps, label_maps=policy.label_maps,
                           settings=vars(config), reasons=policy.reasons, drift=policy.drift,
-                          probes=policy.probe_counts, drift_computed=policy.drift_computed)
+                          probes=policy.probe_counts, drift_computed=policy.drift_computed, pixels_per_latent=pixels)
 
 
 class SDiTOptions:
@@ -177,8 +178,8 @@ class SDiTSampler:
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it
             return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config),
-                                        adapter.temporal_patch(model.model.diffusion_model)))
-        return (latent, sdit_trace(slot.last_run, config))
+                                        adapter.temporal_patch(model.model.diffusion_model), pixels_per_latent(model.model)))
+        return (latent, sdit_trace(slot.last_run, config, pixels_per_latent(model.model)))
 
 
 class SDiTModelPatch:

@@ -11,7 +11,7 @@ from .sampling import CATEGORY
 from .visualize import (MASK_LEGEND, beside, blend, colour_bar, colour_bar_width, heatmap, labels_image, mask_image,
                         render, text_panel, text_panel_width, to_image_batch, upsample_nearest, with_legend)
 
-LATENT_TO_PIXELS = 8   # the VAEs of the supported families downscale by 8
+LATENT_TO_PIXELS = 8   # a latent without a trace: most VAEs downscale by 8 (a trace says its model's)
 
 
 def _check_trace(trace, node: str) -> RegionTrace:
@@ -37,7 +37,7 @@ def _output_size(trace: RegionTrace, image) -> tuple:
     """Pixels of one image (one frame of a video)."""
     if image is not None:
         return int(image.shape[1]), int(image.shape[2])
-    scale = trace.patch_size * LATENT_TO_PIXELS
+    scale = trace.patch_size * trace.pixels_per_latent
     return trace.grid[-2] * scale, trace.grid[-1] * scale
 
 
@@ -176,13 +176,14 @@ class ComplexityMap:
                                                  "height, width)")
         if batch_index >= samples.shape[0]:
             raise SDiTInputError(node, "batch_index", f"{batch_index} is beyond the latent's batch of {samples.shape[0]}")
-        size = (samples.shape[-2] * LATENT_TO_PIXELS, samples.shape[-1] * LATENT_TO_PIXELS)
         height, width = samples.shape[-2:]
         if region_trace is None and (height % patch_size or width % patch_size):
             raise SDiTInputError(node, "patch_size", f"{patch_size} does not divide the latent's {height}x{width}; "
                                                      f"use the model's patch size (2 for Flux, SD3, Lumina, Wan)")
+        pixels = LATENT_TO_PIXELS
         if region_trace is not None:
             trace = _check_trace(region_trace, node)
+            pixels = trace.pixels_per_latent
             chosen = _pick_step(trace, step, node)
             if chosen.metric is None:
                 raise SDiTInputError(node, "region_trace", "the trace holds no score map for that step")
@@ -198,6 +199,7 @@ class ComplexityMap:
             x = samples[batch_index: batch_index + 1].float()
             values = token_complexity(x, x, patch_size, alpha=alpha, gamma=gamma, beta=0.0)[0].numpy()
             mask = values >= np.quantile(values, mask_quantile)
+        size = (height * pixels, width * pixels)
         vmin, vmax = float(values.min()), float(values.max())
         strip = render(values, lambda m, s, base: heatmap(m, s, vmin, vmax), size)
         image = to_image_batch([with_legend(strip, vmin, vmax, "complexity")])

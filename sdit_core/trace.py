@@ -33,6 +33,7 @@ class RegionTrace:
     patch_size: int
     steps: List[StepTrace] = field(default_factory=list)
     settings: Dict[str, object] = field(default_factory=dict)
+    pixels_per_latent: int = 8      # image pixels per latent pixel (side): the model's VAE downscale
 
     @property
     def num_tokens(self) -> int:
@@ -69,11 +70,12 @@ class RegionTrace:
         return f"RegionTrace({self.summary()})"
 
 
-def empty_trace(method: str, latent_shape, patch_size: int, settings=None, temporal_patch: int = 1) -> RegionTrace:
+def empty_trace(method: str, latent_shape, patch_size: int, settings=None, temporal_patch: int = 1,
+                pixels_per_latent: int = 8) -> RegionTrace:
     """The trace of a run that sampled nothing (denoise 0: the latent comes back unchanged)."""
     grid = token_grid(latent_shape, patch_size, temporal_patch)
     return RegionTrace(method=method, grid=grid, batch=int(latent_shape[0]), patch_size=patch_size,
-                       settings=dict(settings or {}))
+                       settings=dict(settings or {}), pixels_per_latent=pixels_per_latent)
 
 
 def evaluation_tokens(record: EvalRecord, num_tokens: int) -> Tuple[int, bool]:
@@ -91,9 +93,9 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
                    label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
                    reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None,
                    probes: Optional[Dict[int, int]] = None,
-                   drift_computed: Optional[Dict[int, float]] = None) -> RegionTrace:
+                   drift_computed: Optional[Dict[int, float]] = None, pixels_per_latent: int = 8) -> RegionTrace:
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
-                        settings=dict(settings or {}))
+                        settings=dict(settings or {}), pixels_per_latent=pixels_per_latent)
     for record in run.evals:
         tokens, dense = evaluation_tokens(record, math.prod(run.grid))
         if dense or record.active is None:

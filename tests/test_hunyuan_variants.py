@@ -15,6 +15,7 @@ import comfy.supported_models
 from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
 from sdit_testkit import (TINY_HUNYUAN_VIDEO, build_tiny, ksample, random_active, ras_sample, sdit_sample,
@@ -160,6 +161,15 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, name):
         assert trace.steps[-1].labels.shape == (2, *case.grid)
     assert torch.equal(before, plain()), "the model passed in is unchanged"
     assert trace.grid == case.grid and trace.batch == 2
+    # maps at the picture's size: these VAEs downscale by 16 / 32 (where ComfyUI's latent formats say so)
+    import comfy.latent_formats
+    says = hasattr(comfy.latent_formats.LatentFormat, "spacial_downscale_ratio")
+    pixels = {"hunyuan-video-1.5-i2v": 16, "hunyuan-image-2.1": 32}[name] if says else 8
+    assert trace.pixels_per_latent == pixels
+    drawn = RegionVisualizer().draw(trace, -1, 0, 0.6)["result"][0]
+    assert drawn.shape[1] == HEIGHT * pixels                  # patch 1: a token is a latent pixel
+    _, masks = ComplexityMap().compute(out, 1, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)["result"]
+    assert masks.shape[-2:] == (HEIGHT * pixels, WIDTH * pixels)
     assert any(0 < t < case.tokens for t in trace.tokens_per_step), trace.tokens_per_step
     assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
 
