@@ -5,6 +5,7 @@ the text, image channels, a padded prompt mask, the meanflow step input, the sup
 HunyuanImage 2.1 (image latents with a 2-D patch) with its refiner. The same exactness set as
 test_video.py's HunyuanVideo, the memory plan and the sampler nodes."""
 import importlib
+import math
 import types
 
 import pytest
@@ -72,7 +73,7 @@ class Case:
         self.model_config, self.config, self.make_prompts = model_config, config, make_prompts
         self.shape = (channels, HEIGHT, WIDTH) if frames is None else (channels, frames, HEIGHT, WIDTH)
         self.grid = ((frames,) if frames and frames > 1 else ()) + (HEIGHT // patch, WIDTH // patch)
-        self.tokens = int(torch.tensor(self.grid).prod())
+        self.tokens = math.prod(self.grid)
 
     def build(self, seed):
         return build_tiny(self.model_config, hunyuan_video_unet_config(self.config), seed)
