@@ -48,6 +48,9 @@ class Spec(NamedTuple):
     mlp_ratio: float = 4.0
     joint: bool = True
     video: bool = False
+    vae_scale: int = 8          # pixels per latent pixel (side)
+    latent_channels: int = 16
+    patch: int = 2              # latent pixels per token (side)
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -64,6 +67,13 @@ HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=1
                      guidance_embed=True)
 TINY_HUNYUAN_VIDEO = dict(HUNYUAN_VIDEO, vec_in_dim=32, context_in_dim=64, hidden_size=64, num_heads=4, depth=1,
                           depth_single_blocks=1, axes_dim=[4, 6, 6])
+# HunyuanVideo 1.5 (8.3B): 54 double blocks, no single ones, patch 1 over a 16x VAE's 32-channel latent, the
+# latent's image channels and mask concatenated (65 in), Qwen2.5-VL text (3584 wide) and ByT5 glyph tokens
+HUNYUAN_VIDEO_15 = dict(HUNYUAN_VIDEO, in_channels=65, out_channels=32, vec_in_dim=None, context_in_dim=3584,
+                        hidden_size=2048, num_heads=16, depth=54, depth_single_blocks=0, patch_size=[1, 1, 1],
+                        guidance_embed=False, byt5=True, vision_in_dim=1152, use_cond_type_embedding=True)
+TINY_HUNYUAN_VIDEO_15 = dict(HUNYUAN_VIDEO_15, context_in_dim=64, hidden_size=64, num_heads=4, depth=2,
+                             axes_dim=[4, 6, 6], vision_in_dim=32)
 
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
@@ -87,16 +97,22 @@ MODELS = {
     "hunyuan-video": Spec("HunyuanVideo", HUNYUAN_VIDEO, 4096, 768, 6.0, 60, 3072, video=True),
     "tiny-wan": Spec("WAN21_T2V", TINY_WAN, 64, None, None, 2, 64, 2.0, joint=False, video=True),
     "tiny-hunyuan-video": Spec("HunyuanVideo", TINY_HUNYUAN_VIDEO, 64, 32, 6.0, 2, 64, video=True),
+    # its model type asks for a pooled vector that no layer reads (768 here)
+    "hunyuan-video-1.5": Spec("HunyuanVideo15", HUNYUAN_VIDEO_15, 3584, 768, None, 54, 2048, video=True, vae_scale=16,
+                              latent_channels=32, patch=1),
+    "tiny-hunyuan-video-1.5": Spec("HunyuanVideo15", TINY_HUNYUAN_VIDEO_15, 64, 32, None, 2, 64, video=True,
+                                   vae_scale=16, latent_channels=32, patch=1),
 }
 VIDEO_WIDTH = {480: 832, 720: 1280}          # the families' standard 16:9 sizes (smaller heights: square)
 
 
 def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
-    """The empty latent for a sampling run: 8x spatial compression; video VAEs (Wan, HunyuanVideo) also
-    compress time 4x, keeping the first frame: 81 frames -> 21 latent frames."""
+    """The empty latent for a sampling run: the VAE's spatial compression (8x; HunyuanVideo 1.5 16x); video VAEs
+    (Wan, HunyuanVideo) also compress time 4x, keeping the first frame: 81 frames -> 21 latent frames."""
+    s, c = spec.vae_scale, spec.latent_channels
     if not spec.video:
-        return (1, 16, res // 8, res // 8)
-    return (1, 16, (frames - 1) // 4 + 1, res // 8, VIDEO_WIDTH.get(res, res) // 8)
+        return (1, c, res // s, res // s)
+    return (1, c, (frames - 1) // 4 + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
 
 
 def image_tokens(shape: tuple, patch: int = 2) -> int:
@@ -151,7 +167,7 @@ def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = F
     from comfyui_sdit.nodes.comfy_compat import flux_unet_config, hunyuan_video_unet_config
     if class_name in ("Flux", "FluxSchnell", "Flux2", "Chroma"):
         config = flux_unet_config(config)
-    elif class_name == "HunyuanVideo":
+    elif class_name in ("HunyuanVideo", "HunyuanVideo15"):
         config = hunyuan_video_unet_config(config)
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
@@ -285,7 +301,7 @@ def run(args) -> dict:
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
             latent = torch.zeros(latent_shape(spec, res, args.frames))
-            tokens = image_tokens(latent.shape)
+            tokens = image_tokens(latent.shape, spec.patch)
             noise = comfy.sample.prepare_noise(latent, 0)
             # --fresh-seed: timed runs sample other noise than the warm-up (a user's next seed: SDiT's
             # token counts change with the image, so attention meets counts the warm-up did not)
@@ -381,9 +397,10 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
     for name, res, frames in [("flux-dev", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
-                              ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81)]:
+                              ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
+                              ("hunyuan-video-1.5", 720, 121)]:
         spec = MODELS[name]
-        tokens = image_tokens(latent_shape(spec, res, frames))
+        tokens = image_tokens(latent_shape(spec, res, frames), spec.patch)
         rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "text": text,
                      "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text) / 1e12, 1),
                      "attention_share": round(attention_share(spec, tokens, text), 3),
@@ -432,7 +449,7 @@ def arguments() -> argparse.ArgumentParser:
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
     parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
-                        help="tiny Wan and HunyuanVideo, 128 px x 9 frames, 4 steps, one ratio (CI)")
+                        help="tiny Wan, HunyuanVideo and HunyuanVideo 1.5, 128 px x 9 frames, 4 steps, one ratio (CI)")
     parser.add_argument("--ideals", action="store_true",
                         help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
     parser.add_argument("--fresh-seed", action="store_true",
@@ -464,7 +481,7 @@ def main() -> None:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
-            ["tiny-wan", "tiny-hunyuan-video"], [128], 9, 4, [0.5], 16
+            ["tiny-wan", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5"], [128], 9, 4, [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way

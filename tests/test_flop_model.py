@@ -40,6 +40,10 @@ def test_video_latents_and_tokens(speed):
     shape = speed.latent_shape(wan, 480, 81)
     assert shape == (1, 16, 21, 60, 104) and speed.image_tokens(shape) == 21 * 30 * 52 == 32760
     assert speed.image_tokens(speed.latent_shape(wan, 720, 81)) == 21 * 45 * 80
+    # HunyuanVideo 1.5: a 16x VAE with 32 channels, one latent pixel a token
+    hv15 = speed.MODELS["hunyuan-video-1.5"]
+    shape = speed.latent_shape(hv15, 720, 121)
+    assert shape == (1, 32, 31, 45, 80) and speed.image_tokens(shape, hv15.patch) == 31 * 45 * 80 == 111600
 
 
 def test_attention_share_grows_with_tokens(speed):
