@@ -56,6 +56,18 @@ def random_active(batch: int, num_tokens: int, n: int, seed: int) -> torch.Tenso
     return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
 
 
+def assert_exact_on_active_tokens(by_stream: dict, tokens: int, tol: float = 1e-5) -> None:
+    """{stream: [(dense output, computed), (sparse output, computed)]} of a dense and then a sparse forward on
+    the same input: the sparse one equals the dense one on the tokens it computed (up to `tol`) and hands
+    the others their cached output, the dense one's, unchanged."""
+    from comfyui_sdit.sdit_core.tokens import index_to_mask
+    assert by_stream
+    for (dense, _), (sparse, computed) in by_stream.values():
+        mask = index_to_mask(computed, tokens)
+        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= tol
+        assert torch.equal(sparse[~mask], dense[~mask])
+
+
 def noise_like(latent: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
 

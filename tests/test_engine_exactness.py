@@ -13,7 +13,8 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask, token_grid
-from sdit_testkit import FAMILIES, flux_conditioning, ksample, random_active, sample_with, tiny_flux
+from sdit_testkit import (FAMILIES, assert_exact_on_active_tokens, flux_conditioning, ksample, random_active,
+                          sample_with, tiny_flux)
 
 TOL = 1e-5
 
@@ -370,8 +371,4 @@ def test_flux_redux_attention_bias_over_the_whole_sequence(batch, cfg):
     by_stream = {}
     for index, stream, output, computed in policy.outputs:
         by_stream.setdefault(stream, []).append((output, computed))
-    assert by_stream
-    for (dense, _), (sparse, computed) in by_stream.values():
-        mask = index_to_mask(computed, tokens)
-        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
-        assert torch.equal(sparse[~mask], dense[~mask])
+    assert_exact_on_active_tokens(by_stream, tokens)

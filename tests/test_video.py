@@ -10,9 +10,9 @@ from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from comfyui_sdit.sdit_core.tokens import index_to_mask
-from sdit_testkit import (build_tiny, ksample, random_active, ras_model_patch, ras_sample, sample_with, sdit_model_patch,
-                          sdit_sample, text_conditioning, tiny_hunyuan_video, tiny_wan, tiny_wan22_ti2v, tiny_wan_i2v)
+from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch, ras_sample,
+                          sample_with, sdit_model_patch, sdit_sample, text_conditioning, tiny_hunyuan_video, tiny_wan,
+                          tiny_wan22_ti2v, tiny_wan_i2v)
 from test_engine_exactness import dense_sparse_plain
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
@@ -106,12 +106,7 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(variant, batch, cfg):
     active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
     if batch > 1:
         assert not torch.equal(active[0].sort().values, active[1].sort().values)
-    by_stream = dense_then_sparse(model, latent, active, cfg, make_conds())
-    assert by_stream
-    for (dense, _), (sparse, computed) in by_stream.values():
-        mask = index_to_mask(computed, TOKENS)
-        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
-        assert torch.equal(sparse[~mask], dense[~mask])
+    assert_exact_on_active_tokens(dense_then_sparse(model, latent, active, cfg, make_conds()), TOKENS)
 
 
 def test_per_frame_timesteps_of_wan22_ti2v():
@@ -253,10 +248,7 @@ def test_hunyuan_token_replace_modulates_the_first_frame_apart(cfg):
     model = tiny_hunyuan_video(seed=12)
     latent = video_latent(1)
     active = random_active(1, TOKENS, TOKENS // 3, seed=2)
-    by_stream = dense_then_sparse(model, latent, active, cfg, hunyuan_replace_conds())
-    for (dense, _), (sparse, computed) in by_stream.values():
-        mask = index_to_mask(computed, TOKENS)
-        assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= TOL
+    assert_exact_on_active_tokens(dense_then_sparse(model, latent, active, cfg, hunyuan_replace_conds()), TOKENS)
     plain = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_conds())
     replaced = ksample(model, latent, seed=5, steps=3, cfg=1.0, **hunyuan_replace_conds())
     assert (plain - replaced).abs().max().item() > 1e-4, "the replacement matters"
