@@ -75,7 +75,8 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
         for entry in prompts:
             references = sum(tokens(latent.shape) for latent in adapter.sequence_references(diffusion_model, entry))
             text = adapter.prompt_tokens(model, _text_tokens(entry), entry)
-            layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text) for shape in shapes]
+            layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text, entry)
+                       for shape in shapes]
     except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
         return 0

@@ -52,13 +52,14 @@ class Workflow:
                 node["widgets_values"].append(widgets.pop(name, default))
                 if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-            elif name in inputs:
+            if name in inputs:      # a socket, or a widget whose value comes from a link
                 source, slot = inputs.pop(name)
                 link_id = len(self.links) + 1
                 link_type = self.info[source["type"]]["output"][slot]
                 self.links.append([link_id, source["id"], slot, node_id, len(node["inputs"]), link_type])
                 source["outputs"][slot]["links"].append(link_id)
-                node["inputs"].append({"name": name, "type": spec[0], "link": link_id})
+                socket = {"name": name, "type": spec[0], "link": link_id}
+                node["inputs"].append(dict(socket, widget={"name": name}) if _is_widget(spec) else socket)
         if widgets or inputs:
             raise KeyError(f"{node_type}: unknown inputs {sorted(widgets) + sorted(inputs)}")
         for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"])):
@@ -390,6 +391,33 @@ def hunyuan_video_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan21_vace_sdit(info: dict) -> dict:
+    """Wan 2.1 VACE 14B: a control video (pose, depth, edges, ...) and a reference image guide the video
+    (WanVaceToVideo); the VACE blocks run the same tokens as the video's blocks. The reference image's frame
+    leads the latent and is trimmed after sampling (TrimVideoLatent, by the count WanVaceToVideo gives)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "wan2.1_vace_14B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan_2.1_vae.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "a dancer in a red dress spinning on a rooftop at golden hour",
+                                   "blurry, static, low quality")
+    video = wf.add("LoadVideo", {"file": "control_video.mp4"}, pos=(0, 700), title="Control video (pose, depth, edges)")
+    frames = wf.add("GetVideoComponents", {}, {"video": (video, 0)}, pos=(350, 700))
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(350, 900), title="Reference image")
+    guided = wf.add("WanVaceToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0},
+                    {"positive": positive, "negative": negative, "vae": vae, "control_video": (frames, 0),
+                     "reference_image": (image, 0)}, pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                                     "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
+                     title="Drop the reference frame")
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
+    video_tail(wf, (trimmed, 0), vae, "wan21_vace_sdit", 16.0, x=1750)
+    return wf.to_json()
+
+
 # HunyuanVideo 1.5 and HunyuanImage 2.1 read the prompt with Qwen2.5-VL and quoted text with ByT5 (glyph tokens)
 QWEN_AND_GLYPH_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
 
@@ -439,6 +467,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
+            "wan21_vace_sdit.json": wan21_vace_sdit,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras}
 

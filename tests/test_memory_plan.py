@@ -256,7 +256,7 @@ def test_a_model_the_plan_cannot_read_samples_unplanned(monkeypatch, caplog):
     """A newer ComfyUI that renamed what an adapter reads for the plan: the run samples, without the plan."""
     from comfyui_sdit.nodes.families.flux import FluxFamily
 
-    def renamed(self, diffusion_model, image_tokens, text_tokens):
+    def renamed(self, diffusion_model, image_tokens, text_tokens, values):
         return [(text_tokens + image_tokens, diffusion_model.renamed_width)]
     monkeypatch.setattr(FluxFamily, "kv_cache_layers", renamed)
     device = FakeDevice(monkeypatch, total=80 * GiB, free=0)

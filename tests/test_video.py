@@ -197,9 +197,9 @@ def test_two_experts_each_start_with_a_dense_step():
 def test_video_variants_with_their_own_forward_get_the_not_supported_error():
     import comfy.supported_models
     from sdit_testkit import TINY_WAN
-    vace = build_tiny(comfy.supported_models.WAN21_Vace, dict(TINY_WAN, vace_layers=1, vace_in_dim=96), seed=0)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*VaceWanModel.*not supported.*Wan"):
-        ras_sample(vace, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
+    humo = build_tiny(comfy.supported_models.WAN21_HuMo, dict(TINY_WAN, model_type="humo"), seed=0)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*HumoWanModel.*not supported.*Wan"):
+        ras_sample(humo, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
 
 
 def test_image_models_refuse_video_latents_clearly():

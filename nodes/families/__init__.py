@@ -13,9 +13,10 @@ from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
+from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
-                               HunyuanVideoFamily()]
+                               WanVaceFamily(), HunyuanVideoFamily()]
 
 
 def supported_family_names() -> str:

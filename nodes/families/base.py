@@ -198,10 +198,12 @@ class FamilyAdapter:
         (references, which run on every step): the memory plan counts their tokens in the K/V cache."""
         return []
 
-    def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int) -> List[Tuple[int, int]]:
+    def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int,
+                        values: dict) -> List[Tuple[int, int]]:
         """(tokens, channels) per batch row of each attention layer whose keys and values the K/V cache keeps,
-        in a forward over `image_tokens` image tokens and a prompt of `text_tokens` tokens: what the
-        memory plan counts (memory_plan.py)."""
+        in a forward over `image_tokens` image tokens and a prompt of `text_tokens` tokens with these
+        conditioning values (its dict; a model may run more layers for some, e.g. Wan VACE per control video):
+        what the memory plan counts (memory_plan.py)."""
         raise NotImplementedError
 
     def refused_conditioning(self, diffusion_model, values: dict) -> Optional[str]:

@@ -34,7 +34,7 @@ class FluxFamily(FamilyAdapter):
     def sequence_references(self, diffusion_model, values):
         return reference_latents(values)
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)
         return [(text_tokens + image_tokens, diffusion_model.hidden_size)] * blocks
 

@@ -57,7 +57,7 @@ class HunyuanVideoFamily(FamilyAdapter):
             tokens += int(glyphs.shape[1])
         return tokens
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         blocks = len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)
         return [(image_tokens + text_tokens, diffusion_model.hidden_size)] * blocks
 

@@ -37,7 +37,7 @@ class LuminaFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         multiple = getattr(diffusion_model, "pad_tokens_multiple", None)    # Z-Image pads both to a multiple
 
         def padded(tokens):

@@ -37,7 +37,7 @@ class QwenImageFamily(FamilyAdapter):
     def sequence_references(self, diffusion_model, values):
         return reference_latents(values)
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(text_tokens + image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
 
     def install(self, patcher, slot) -> None:

@@ -20,7 +20,7 @@ class SD3Family(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         joint = diffusion_model.register_length + text_tokens + image_tokens
         layers = []
         for block in diffusion_model.joint_blocks:

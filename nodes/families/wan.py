@@ -13,7 +13,9 @@ Self-attention has no text prefix: the K/V cache holds the video tokens alone. T
 latent's (Phantom's subject frames concatenated in time, newer ComfyUI's in-context `context_latents`)
 run on every step, like Flux Kontext's references; a reference latent embedded before the video
 (`ref_conv`, Wan Fun) is refused when it runs.
-Variants with a forward of their own (VACE, Camera, S2V, Animate, ...) are other models: not covered.
+Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
+same hooks. VACE has its own adapter (wan_vace.py); variants with a forward of their own (S2V, Animate,
+HuMo, ...) are other models: not covered.
 """
 import torch
 
@@ -25,10 +27,11 @@ class WanFamily(FamilyAdapter):
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.wan.model as wan
-        if not isinstance(diffusion_model, wan.WanModel):
-            return False
-        return all(getattr(type(diffusion_model), name) is getattr(wan.WanModel, name)
-                   for name in ("forward_orig", "_forward", "forward") if hasattr(wan.WanModel, name))
+        # Wan Fun Camera's forward_orig adds the camera adapter's features to the embedded video before the
+        # blocks and is Wan's otherwise: the same hooks
+        camera = getattr(wan, "CameraWanModel", None)
+        return (isinstance(diffusion_model, wan.WanModel)
+                and runs_wan_forward(diffusion_model, wan.WanModel if camera is None else (wan.WanModel, camera)))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])
@@ -39,7 +42,7 @@ class WanFamily(FamilyAdapter):
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[0])
 
-    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens):
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)   # self-attention: video alone
 
     def sequence_references(self, diffusion_model, values):
@@ -64,6 +67,18 @@ class WanFamily(FamilyAdapter):
         return None
 
 
+def runs_wan_forward(diffusion_model, forward_orig_owners) -> bool:
+    """The model's class runs `forward_orig` as one of these classes defines it and WanModel's own `_forward`
+    and `forward` (a subclass with a forward of its own is another model)."""
+    import comfy.ldm.wan.model as wan
+    owners = forward_orig_owners if isinstance(forward_orig_owners, tuple) else (forward_orig_owners,)
+    kind = type(diffusion_model)
+    return (any(kind.forward_orig is owner.forward_orig for owner in owners)
+            and all(getattr(kind, name) is getattr(wan.WanModel, name)
+                    for name in ("_forward", "forward") if hasattr(wan.WanModel, name)))
+
+
+BLOCK_MODULATION_DIMS = 4      # a block's modulation is (rows, frames | tokens, 6, channels), the head's has no 6
 LEADING_REFERENCE = ("Wan with a reference latent (ref_conv, e.g. Wan Fun) is not supported by region-adaptive "
                      "sampling; sample it with KSampler")
 
@@ -79,18 +94,20 @@ def _gather_block_inputs(call, arguments) -> None:
     if call.dense:
         return
     arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
-    arguments["e"] = _gathered_modulation(call, arguments["e"])
+    arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS)
 
 
 def _gather_head_modulation(call, arguments) -> None:
     if not call.dense:
-        arguments["e"] = _gathered_modulation(call, arguments["e"])
+        arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS - 1)
 
 
-def _gathered_modulation(call, e: torch.Tensor) -> torch.Tensor:
-    """Modulation per video (dim 1 of size 1) stays; per frame or per token (Wan 2.2 TI2V's per-token
-    timestep) it is spread over every token as the model's own `repeat_e` spreads it, then gathered."""
-    if e.shape[1] == 1:
+def gathered_modulation(call, e: torch.Tensor, dims: int) -> torch.Tensor:
+    """Modulation per video stays; per frame or per token (Wan 2.2 TI2V's per-token timestep) it is spread
+    over every token as the model's own `repeat_e` spreads it, then gathered. Per frame or token it has
+    `dims` dimensions, (rows, frames | tokens, [6,] channels); fewer (VACE's older layout) or one entry on
+    dim 1 is per video."""
+    if e.ndim < dims or e.shape[1] == 1:
         return e
     key = ("modulation", e.data_ptr(), tuple(e.shape))
     if key not in call.scratch:

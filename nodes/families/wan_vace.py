@@ -1,0 +1,51 @@
+"""Wan VACE (comfy/ldm/wan/model.py, VaceWanModel): Wan 2.1 / 2.2 guided by control videos (WanVaceToVideo).
+
+VACE's `forward_orig` runs, beside Wan's blocks, a second stack of blocks over each control video's tokens
+(`vace_context`, embedded on the video's own token grid): after some of Wan's blocks, each control video's
+next VACE block adds its hint, a per-token projection, to the video tokens. The first VACE block starts from
+the control tokens plus the embedded video before any block ran. So the hints line up token for token with
+the video: where the video runs its active tokens, every VACE block runs the same tokens of every control
+video, with a K/V cache of its own for its self-attention (over the control video's tokens, as Wan's is over
+the video's). Everything else is Wan's (wan.py).
+"""
+from .base import gathered_freqs, passthrough_method, patch_method
+from .wan import BLOCK_MODULATION_DIMS, WanFamily, gathered_modulation, runs_wan_forward
+
+
+class WanVaceFamily(WanFamily):
+    names = ("Wan VACE",)
+
+    def matches(self, diffusion_model) -> bool:
+        import comfy.ldm.wan.model as wan
+        vace = getattr(wan, "VaceWanModel", None)
+        return (vace is not None and isinstance(diffusion_model, vace) and runs_wan_forward(diffusion_model, vace)
+                and hasattr(diffusion_model, "vace_blocks"))
+
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
+        control_videos = len(values.get("vace_frames") or [None])     # ComfyUI adds an empty one where none
+        hints = [(image_tokens, diffusion_model.dim)] * (len(diffusion_model.vace_blocks) * control_videos)
+        return super().kv_cache_layers(diffusion_model, image_tokens, text_tokens, values) + hints
+
+    def install(self, patcher, slot) -> None:
+        super().install(patcher, slot)
+        for i, block in enumerate(patcher.model.diffusion_model.vace_blocks):
+            first = block.block_id == 0
+            patch_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.forward",
+                         before=lambda call, arguments, first=first: _gather_hint_inputs(call, arguments, first))
+            passthrough_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.cross_attn.forward")
+
+
+def _gather_hint_inputs(call, arguments, first: bool) -> None:
+    """A VACE block's inputs: the first block gets the control video's tokens and the embedded video, both
+    whole (they come from before the blocks), later ones the tokens the first one ran."""
+    if call.dense:
+        return
+    if call.image_rows is None:
+        raise NotImplementedError("a Wan VACE block ran before the video's tokens were gathered (another node "
+                                  "replaces Wan's first block without running it)")
+    if first:
+        arguments["c"] = call.gather_grid(arguments["c"])
+        arguments["x"] = call.gather_grid(arguments["x"])
+    kwargs = arguments["kwargs"]
+    kwargs["freqs"] = gathered_freqs(call, kwargs["freqs"], prefix=0)
+    kwargs["e"] = gathered_modulation(call, kwargs["e"], BLOCK_MODULATION_DIMS)

@@ -1,0 +1,159 @@
+"""Wan VACE (`comfy.ldm.wan.model.VaceWanModel`: Wan guided by control videos, ComfyUI's WanVaceToVideo) on a
+tiny random-weight instance of its real ComfyUI class (CPU, fp32): the exactness set of test_video.py with one
+and two control videos (each its own stack of VACE blocks, whose hints are added to the video's tokens), a
+reference image's extra leading frame, the memory plan (a K/V cache per VACE block and control video), both
+sampler nodes and both Model Patch nodes end to end."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.supported_models
+
+from comfyui_sdit.nodes.families import adapter_for
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch,
+                          ras_sample, sdit_model_patch, sdit_sample, text_conditioning)
+from test_memory_plan import sample_patched
+from test_ras_sampler import ras_args
+from test_sdit_sampler import defaults as sdit_defaults
+from test_video import dense_then_sparse
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+TOL = 1e-5
+FRAMES, HEIGHT, WIDTH = 5, 8, 12                  # an odd frame count, non-square frames
+TOKENS = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
+# 4 Wan blocks, a VACE block after blocks 0 and 2; a control video is 16 + 16 latent channels (the frames to
+# keep and to repaint) and a 64-channel mask (an 8x8 pixel mask per latent pixel)
+TINY_VACE = dict(TINY_WAN, model_type="vace", num_layers=4, vace_layers=2, vace_in_dim=96)
+
+
+def tiny_vace(seed):
+    return build_tiny(comfy.supported_models.WAN21_Vace, TINY_VACE, seed)
+
+
+def randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def control(seed, frames=FRAMES):
+    """One control video as WanVaceToVideo hands it over: its latent and its mask."""
+    mask = (randn(1, 64, frames, HEIGHT, WIDTH, seed=seed + 1) > 0).float()
+    return randn(1, 32, frames, HEIGHT, WIDTH, seed=seed), mask
+
+
+def vace_prompts(controls=1, strengths=None, frames=FRAMES):
+    """Prompts of different lengths (two streams at cfg > 1), each with `controls` control videos (as chained
+    WanVaceToVideo nodes append them)."""
+    videos = [control(10 * i, frames) for i in range(controls)]
+    values = dict(vace_frames=[v for v, _ in videos], vace_mask=[m for _, m in videos],
+                  vace_strength=list(strengths or [1.0] * controls))
+    return dict(positive=text_conditioning(1, 7, **values), negative=text_conditioning(2, 5, **values))
+
+
+PROMPTS = {"one control video": lambda: vace_prompts(1),
+           "two control videos": lambda: vace_prompts(2, strengths=[0.7, 1.3]),
+           "no control video": lambda: dict(positive=text_conditioning(1, 7), negative=text_conditioning(2, 5))}
+
+
+def test_vace_is_its_own_adapter():
+    model = tiny_vace(seed=0)
+    assert adapter_for(model, "test").names == ("Wan VACE",)
+    assert len(model.model.diffusion_model.vace_blocks) == 2
+
+
+@pytest.mark.parametrize("prompts", sorted(PROMPTS))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_all_tokens_active_equals_unpatched(prompts, batch, cfg):
+    model = tiny_vace(seed=3)
+    latent = torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH)
+    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
+    # all tokens, in another order: a VACE block that gathered its inputs twice would scramble them
+    order = torch.randperm(TOKENS, generator=torch.Generator().manual_seed(0))
+    policy = FixedPlanPolicy([None] + [order.expand(batch, -1)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    sparse = ksample(patched, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
+    assert (sparse - reference).abs().max().item() <= TOL
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("prompts", sorted(PROMPTS))
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_dense_then_sparse_matches_dense_on_active_tokens(prompts, batch, cfg):
+    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
+    by_stream = dense_then_sparse(tiny_vace(seed=4), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), active, cfg,
+                                  PROMPTS[prompts]())
+    assert len(by_stream) == (2 if cfg > 1 else 1)
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+
+
+def test_the_hints_change_the_output():
+    """The control videos matter to this tiny model (its VACE blocks' hints are not zero), so the exactness
+    tests above fail where a sparse forward skips them or adds them to other tokens."""
+    latent = torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)
+    without, weak = (ksample(tiny_vace(seed=4), latent, seed=5, steps=3, **vace_prompts(2, strengths=s))
+                     for s in ([0.0, 0.0], [0.7, 1.3]))
+    assert (without - weak).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("prompts", ["one control video", "two control videos"])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_planned_cache_is_what_the_streams_hold(prompts, cfg):
+    """A K/V cache per VACE block and control video, beside Wan's blocks'."""
+    run = sample_patched(tiny_vace(seed=0), torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH), cfg, PROMPTS[prompts]())
+    assert run.kv_planned_bytes == run.kv_peak_bytes > 0
+    wan_blocks, vace_blocks = 4, 2 * (2 if prompts == "two control videos" else 1)
+    rows = 2 if cfg == 1.0 else 4                  # batch 2; at cfg 3 the negative prompt's rows too
+    assert run.kv_peak_bytes == (wan_blocks + vace_blocks) * rows * TOKENS * TINY_VACE["dim"] * 2 * 4
+
+
+def test_a_reference_image_frame_before_the_video_samples():
+    """WanVaceToVideo with a reference image puts its latent before the video's frames (in the latent and in
+    every control video): one more frame of tokens, sampled like the others and trimmed afterwards."""
+    frames = FRAMES + 1
+    active = random_active(2, frames * (HEIGHT // 2) * (WIDTH // 2), TOKENS // 3, seed=2)
+    by_stream = dense_then_sparse(tiny_vace(seed=5), torch.zeros(2, 16, frames, HEIGHT, WIDTH), active, 3.0,
+                                  vace_prompts(1, frames=frames))
+    assert_exact_on_active_tokens(by_stream, frames * (HEIGHT // 2) * (WIDTH // 2))
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
+    model = tiny_vace(seed=7)
+    latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **vace_prompts(2, strengths=[0.7, 1.3]))
+
+    def plain():
+        return comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                             latent)[0]["samples"]
+    before = plain()
+    if method == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **a)
+    else:
+        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent,
+                                 1.0, **values)
+    assert torch.equal(before, plain()), "the model passed in is unchanged"
+    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2) and trace.batch == 2
+    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
+    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
+
+
+def test_model_patch_nodes_under_ksampler():
+    """RAS Model Patch at ratio 1 under a plain KSampler is the VACE model's own output; the Model Patch
+    nodes at a lower ratio sample."""
+    model = tiny_vace(seed=8)
+    latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
+    prompts = vace_prompts(2, strengths=[0.7, 1.3])
+
+    def sample(m):
+        return comfy_nodes.KSampler().sample(m, 4, 5, 2.0, "euler", "simple", prompts["positive"],
+                                             prompts["negative"], latent)[0]["samples"]
+    reference = sample(model)
+    assert (sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]) - reference).abs().max().item() <= TOL
+    values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
+        out = sample(patched)
+        assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
+    assert torch.equal(sample(model), reference), "the model passed in is unchanged"
