@@ -2,7 +2,8 @@
 tiny random-weight instance of its real ComfyUI class (CPU, fp32): the exactness set of test_video.py with one
 and two control videos (each its own stack of VACE blocks, whose hints are added to the video's tokens), a
 reference image's extra leading frame, the memory plan (a K/V cache per VACE block and control video), both
-sampler nodes and both Model Patch nodes end to end."""
+sampler nodes and both Model Patch nodes end to end, context windows (where ComfyUI cuts the control videos
+per window)."""
 import importlib
 
 import pytest
@@ -157,3 +158,49 @@ def test_model_patch_nodes_under_ksampler():
         out = sample(patched)
         assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
     assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+
+
+def windowed(seed):
+    """Tiny VACE in ComfyUI's context windows of 3 frames over 7, where the handler cuts each window's frames out
+    of the control videos too (newer ComfyUI; older ones hand every window the whole control video)."""
+    import inspect
+    import comfy.context_windows
+    from test_video_windows import with_windows
+    if "vace_context" not in inspect.getsource(comfy.context_windows):
+        pytest.skip("this ComfyUI's context windows do not cut the control videos")
+    return with_windows(tiny_vace(seed))
+
+
+WINDOWED_FRAMES = 7
+
+
+def test_every_token_active_in_windows_equals_plain_windowed_sampling():
+    model = windowed(seed=3)
+    latent = torch.zeros(1, 16, WINDOWED_FRAMES, HEIGHT, WIDTH)
+    prompts = vace_prompts(2, strengths=[0.7, 1.3], frames=WINDOWED_FRAMES)
+    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
+    tokens = WINDOWED_FRAMES * (HEIGHT // 2) * (WIDTH // 2)
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens)[None]] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert (ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts) - reference).abs().max().item() <= TOL
+    run = slot.last_run
+    assert len({c.stream[-1] for e in run.evals for c in e.calls}) >= 3
+    assert all(not c.dense for e in run.evals[1:] for c in e.calls)          # every window ran sparse
+    assert run.kv_planned_bytes == run.kv_peak_bytes                         # per window, VACE blocks included
+
+
+def test_a_sparse_window_forward_matches_the_dense_one_on_the_tokens_it_ran():
+    from comfyui_sdit.sdit_core.frame_windows import window_tokens
+    from comfyui_sdit.sdit_core.tokens import index_to_mask
+    frame_tokens = (HEIGHT // 2) * (WIDTH // 2)
+    tokens = WINDOWED_FRAMES * frame_tokens
+    active = random_active(1, tokens, tokens // 3, seed=1)
+    by_stream = dense_then_sparse(windowed(seed=4), torch.zeros(1, 16, WINDOWED_FRAMES, HEIGHT, WIDTH), active, 3.0,
+                                  vace_prompts(1, frames=WINDOWED_FRAMES))
+    assert len(by_stream) >= 3
+    for stream, ((dense, _), (sparse, computed)) in by_stream.items():
+        planned = index_to_mask(active, tokens)[:, window_tokens(stream[-1], frame_tokens)]
+        ran = index_to_mask(computed, planned.shape[1])
+        assert bool(ran[planned.expand_as(ran)].all())
+        assert (sparse - dense).abs().amax(dim=-1)[ran].max().item() <= TOL
+        assert torch.equal(sparse[~ran], dense[~ran])
