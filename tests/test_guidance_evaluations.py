@@ -19,6 +19,7 @@ from test_neighbours import ksampler, ras_patch
 from test_ras_sampler import latent, ras_args
 from test_sdit_sampler import defaults
 from test_video import conds as video_conds, video_latent
+from test_wan_vace import tiny_vace, vace_prompts
 from sdit_testkit import (flux_conditioning, pooled_conditioning, random_active, ras_sample, sdit_model_patch,
                           tiny_flux, tiny_sd3, tiny_wan)
 
@@ -53,12 +54,18 @@ def wan_args(**overrides):
     return ras_args(**video_conds(), **overrides)
 
 
+def vace_args(**overrides):
+    return ras_args(**vace_prompts(2, strengths=[0.7, 1.3]), **overrides)
+
+
 CASES = {   # model, sampler arguments, latent, the block the perturbed network skips
     "flux": (tiny_flux, ras_args, lambda: latent(1), 1),
     "sd3": (tiny_sd3, sd3_args, lambda: latent(1), 1),
     # Wan's tokens enter sparse at the first block that runs: skipping block 0 must not skip that
     "wan-block0": (tiny_wan, wan_args, lambda: {"samples": video_latent(1)}, 0),
     "wan-block1": (tiny_wan, wan_args, lambda: {"samples": video_latent(1)}, 1),
+    # ... and Wan VACE's first VACE block then runs on the whole video, before the tokens are gathered
+    "wan-vace-block0": (tiny_vace, vace_args, lambda: {"samples": video_latent(1)}, 0),
 }
 
 

