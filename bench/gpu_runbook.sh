@@ -22,7 +22,8 @@
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
 #   video480   Wan 2.1 14B and HunyuanVideo, 480p x 81 frames, cfg 5 (batch 2), 28 steps, RAS and SDiT  (~2 x 10 min:
-#              one model per call: VIDEO_MODEL=hunyuan-video for the second; hunyuan-video-1.5 also runs, same tokens)
+#              one model per call: VIDEO_MODEL=hunyuan-video for the second; hunyuan-video-1.5 and wan21-vace-14b
+#              also run, same command)
 #   video720q  Wan 2.1 14B, 720p x 81 frames, cfg 5 (batch 2), 8 steps, static RAS 0.125, fp8 K/V cache: the
 #              bf16 cache alone would be 115 GiB at batch 2, too much beside the weights on 141 GiB   (~6 min)
 #   newest1024 on a newer ComfyUI (carry .dev-newest alone, from `scripts/device_bundle.sh --newest TREE`):

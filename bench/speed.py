@@ -61,6 +61,10 @@ TINY_FLUX = dict(FLUX_DEV, vec_in_dim=32, context_in_dim=64, hidden_size=128, nu
 WAN21_14B = dict(image_model="wan2.1", model_type="t2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40,
                  in_dim=16, out_dim=16, text_dim=4096, freq_dim=256, eps=1e-6)
 TINY_WAN = dict(WAN21_14B, dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=64, freq_dim=32)
+# Wan 2.1 VACE 14B: 8 VACE blocks (after every 5th Wan block) over a control video's 96 channels; without a
+# control video in the prompt ComfyUI adds an empty one, which costs what a real one does
+WAN21_VACE_14B = dict(WAN21_14B, model_type="vace", vace_layers=8, vace_in_dim=96)
+TINY_WAN_VACE = dict(TINY_WAN, model_type="vace", vace_layers=1, vace_in_dim=96)
 HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
                      context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=20,
                      depth_single_blocks=40, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
@@ -96,6 +100,10 @@ MODELS = {
     "wan21-14b": Spec("WAN21_T2V", WAN21_14B, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True),
     "hunyuan-video": Spec("HunyuanVideo", HUNYUAN_VIDEO, 4096, 768, 6.0, 60, 3072, video=True),
     "tiny-wan": Spec("WAN21_T2V", TINY_WAN, 64, None, None, 2, 64, 2.0, joint=False, video=True),
+    # the VACE blocks are Wan blocks over the control video's tokens: attention layers 40 + 8 (one control video)
+    "wan21-vace-14b": Spec("WAN21_Vace", WAN21_VACE_14B, 4096, None, None, 48, 5120, 13824 / 5120, joint=False,
+                           video=True),
+    "tiny-wan-vace": Spec("WAN21_Vace", TINY_WAN_VACE, 64, None, None, 3, 64, 2.0, joint=False, video=True),
     "tiny-hunyuan-video": Spec("HunyuanVideo", TINY_HUNYUAN_VIDEO, 64, 32, 6.0, 2, 64, video=True),
     # its model type asks for a pooled vector that no layer reads (768 here)
     "hunyuan-video-1.5": Spec("HunyuanVideo15", HUNYUAN_VIDEO_15, 3584, 768, None, 54, 2048, video=True, vae_scale=16,
@@ -397,6 +405,7 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
     for name, res, frames in [("flux-dev", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
+                              ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
                               ("hunyuan-video-1.5", 720, 121)]:
         spec = MODELS[name]
@@ -449,7 +458,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
     parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
-                        help="tiny Wan, HunyuanVideo and HunyuanVideo 1.5, 128 px x 9 frames, 4 steps, one ratio (CI)")
+                        help="tiny Wan, Wan VACE, HunyuanVideo and HunyuanVideo 1.5, 128 px x 9 frames, 8 steps, one "
+                             "ratio (CI)")
     parser.add_argument("--ideals", action="store_true",
                         help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
     parser.add_argument("--fresh-seed", action="store_true",
@@ -481,7 +491,7 @@ def main() -> None:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
-            ["tiny-wan", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5"], [128], 9, 4, [0.5], 16
+            ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5"], [128], 9, 8, [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way

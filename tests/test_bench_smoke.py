@@ -47,6 +47,12 @@ def test_benchmark_runs(name, tmp_path):
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 and r["weights_vram_gib"] > 0 for r in sparse)
         dense = {(r["res"], r["cfg"]): r["kv_cache_gib"] for r in data["rows"] if r["method"] == "full"}
         assert all(dense[r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
+    if name == "speed_video":               # every tiny video model sampled sparsely, its cache as planned
+        assert {r["model"] for r in data["rows"]} == {"tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video",
+                                                      "tiny-hunyuan-video-1.5"}
+        sparse = [r for r in data["rows"] if r["method"] != "full"]
+        assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 for r in sparse)
+        assert all(any(t < r["image_tokens"] for t in r["token_counts"]) for r in sparse if r["method"] == "RAS")
     if name == "speed_forward_compiled":    # compiled, a sparse forward after a dense one is exact on its tokens
         assert data["torch_compile"] == "aot_eager"
         errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
