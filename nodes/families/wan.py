@@ -30,8 +30,8 @@ class WanFamily(FamilyAdapter):
         # Wan Fun Camera's forward_orig adds the camera adapter's features to the embedded video before the
         # blocks and is Wan's otherwise: the same hooks
         camera = getattr(wan, "CameraWanModel", None)
-        return (isinstance(diffusion_model, wan.WanModel)
-                and runs_wan_forward(diffusion_model, wan.WanModel if camera is None else (wan.WanModel, camera)))
+        owners = (wan.WanModel,) if camera is None else (wan.WanModel, camera)
+        return isinstance(diffusion_model, wan.WanModel) and runs_wan_forward(diffusion_model, owners)
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])
@@ -67,11 +67,10 @@ class WanFamily(FamilyAdapter):
         return None
 
 
-def runs_wan_forward(diffusion_model, forward_orig_owners) -> bool:
-    """The model's class runs `forward_orig` as one of these classes defines it and WanModel's own `_forward`
-    and `forward` (a subclass with a forward of its own is another model)."""
+def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
+    """The model's class runs `forward_orig` as one of the `owners` classes defines it and WanModel's own
+    `_forward` and `forward` (a subclass with a forward of its own is another model)."""
     import comfy.ldm.wan.model as wan
-    owners = forward_orig_owners if isinstance(forward_orig_owners, tuple) else (forward_orig_owners,)
     kind = type(diffusion_model)
     return (any(kind.forward_orig is owner.forward_orig for owner in owners)
             and all(getattr(kind, name) is getattr(wan.WanModel, name)

@@ -18,7 +18,7 @@ class WanVaceFamily(WanFamily):
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.wan.model as wan
         vace = getattr(wan, "VaceWanModel", None)
-        return (vace is not None and isinstance(diffusion_model, vace) and runs_wan_forward(diffusion_model, vace)
+        return (vace is not None and isinstance(diffusion_model, vace) and runs_wan_forward(diffusion_model, (vace,))
                 and hasattr(diffusion_model, "vace_blocks"))
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
@@ -35,6 +35,9 @@ class WanVaceFamily(WanFamily):
             passthrough_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.cross_attn.forward")
 
 
+GATHERED_AT = ("vace", "the VACE block that gathered the control videos' tokens")     # a per-forward memo key
+
+
 def _gather_hint_inputs(call, arguments, index: int, first: bool) -> None:
     """A VACE block's inputs. The control videos' tokens come whole from before the blocks and are gathered
     at the first VACE block that runs after the video's tokens were (Skip Layer Guidance may skip Wan's first
@@ -49,6 +52,3 @@ def _gather_hint_inputs(call, arguments, index: int, first: bool) -> None:
     kwargs = arguments["kwargs"]
     kwargs["freqs"] = gathered_freqs(call, kwargs["freqs"], prefix=0)
     kwargs["e"] = gathered_modulation(call, kwargs["e"], BLOCK_MODULATION_DIMS)
-
-
-GATHERED_AT = ("vace", "the VACE block that gathered the control videos' tokens")
