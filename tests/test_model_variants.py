@@ -2,8 +2,8 @@
 instances of their real ComfyUI classes (CPU, fp32), each where the running ComfyUI has it (skipped on older
 ones). An image (and mask) as extra latent channels, concatenated before the patch embedding so they travel
 with their tokens: Flux Fill (`FluxInpaint`: image + an 8x8-unshuffled mask), Flux Canny/Depth, Wan Fun
-Control; Wan Fun Camera (its own class, whose forward adds the camera's features to the embedded video
-before the blocks). Newer ComfyUI: LongCat-Image on the Flux class (text with position ids, the image's positions shifted
+Control; Wan 2.1 / 2.2 Fun Camera (its own class, whose forward adds the camera's features to the embedded
+video before the blocks). Newer ComfyUI: LongCat-Image on the Flux class (text with position ids, the image's positions shifted
 past the text's through `rope_options`) and Wan FlowRVS on the plain Wan class (image-to-image flow: the
 model's output is the prediction), Qwen-Image-Layered (its layers as the frames of a 5-D latent; older ComfyUI
 refuses a latent of several frames for Qwen-Image clearly)."""
@@ -57,12 +57,14 @@ def fun_control_prompts():
                 negative=text_conditioning(2, 5, concat_latent_image=video))
 
 
-def camera_prompts():
-    """Wan Fun Camera: the start image by channels and the camera's per-pixel Plucker features (WanCameraEmbedding:
-    24 channels a latent frame, at the picture's size)."""
+def camera_prompts(mask=False):
+    """Wan Fun Camera: the start image by channels (Wan 2.2's with a mask) and the camera's per-pixel Plucker
+    features (WanCameraEmbedding: 24 channels a latent frame, at the picture's size)."""
     image, camera = randn(1, 16, 3, HEIGHT, WIDTH), randn(1, 24, 3, 8 * HEIGHT, 8 * WIDTH, seed=4)
-    return dict(positive=text_conditioning(1, 7, concat_latent_image=image, camera_conditions=camera),
-                negative=text_conditioning(2, 5, concat_latent_image=image, camera_conditions=camera))
+    values = dict(concat_latent_image=image, camera_conditions=camera)
+    if mask:
+        values["concat_mask"] = torch.ones(1, 1, 3, HEIGHT, WIDTH)
+    return dict(positive=text_conditioning(1, 7, **values), negative=text_conditioning(2, 5, **values))
 
 
 def text_prompts():
@@ -77,6 +79,8 @@ CASES = {   # name: (model config class name, unet config, latent shape, prompts
     "wan-fun-control": ("WAN21_FunControl2V", lambda: dict(TINY_WAN, model_type="i2v", in_dim=48), VIDEO,
                         fun_control_prompts),
     "wan-fun-camera": ("WAN21_Camera", lambda: dict(TINY_WAN, model_type="camera", in_dim=32), VIDEO, camera_prompts),
+    "wan22-fun-camera": ("WAN22_Camera", lambda: dict(TINY_WAN, model_type="camera_2.2", in_dim=36), VIDEO,
+                         lambda: camera_prompts(mask=True)),
     "longcat-image": ("LongCatImage", lambda: flux_unet_config(dict(TINY_FLUX, guidance_embed=False, vec_in_dim=None,
                                                                     txt_ids_dims=[1, 2])), IMAGE, text_prompts),
     "wan-flow-rvs": ("WAN21_FlowRVS", lambda: dict(TINY_WAN, model_type="flow_rvs"), VIDEO, text_prompts),
