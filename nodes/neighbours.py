@@ -10,7 +10,9 @@ Checked, and why:
   DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
   attention): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
-  so custom packs that subclass them are named too.
+  so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
+  where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
+  names those patches (`explain_failed_sparse_forward`, called by the APPLY_MODEL wrapper).
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
 the call's shape (they are chained), block patches (forwards stay eager), Skip Layer Guidance (its
 perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
@@ -49,6 +51,29 @@ def conflicting_node(patcher) -> Tuple[str, str]:
                 if cls.__name__ in _POSITIONAL_PATCHES:
                     return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
     return "", ""
+
+
+def other_patches(transformer_options: dict) -> str:
+    """The patches other nodes put on the model's blocks, by list and class ('' where none): what a sparse
+    forward that failed inside the model is told to look at (a custom pack's patch that works by position
+    over the whole image, which no check here knows)."""
+    named = [f"{type(patch).__name__} ({kind})" for kind, patch_list in transformer_options.get("patches", {}).items()
+             for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
+    return ", ".join(named)
+
+
+def explain_failed_sparse_forward(error: Exception, transformer_options: dict, node: str) -> Exception:
+    """An error raised inside the model during a token-sparse forward, where other nodes' patches are on
+    the model: named as such, with the patches (the original error chained). Otherwise the error itself:
+    ours are clear already, out-of-memory and interrupts are what they say."""
+    import torch
+    patches = other_patches(transformer_options)
+    if (not patches or isinstance(error, (SDiTInputError, NotImplementedError, torch.OutOfMemoryError))
+            or not isinstance(error, (RuntimeError, IndexError, ValueError))):
+        return error
+    return SDiTInputError(node, "model", f"a token-sparse forward failed inside the model ({error}); the model also "
+                                         f"carries patches of other nodes ({patches}), which may need every token "
+                                         f"of the image: remove them or sample with KSampler")
 
 
 def check_neighbours(patcher, node: str) -> None:

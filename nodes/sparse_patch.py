@@ -25,7 +25,7 @@ from ..sdit_core.policy import TokenPolicy
 from ..sdit_core.tokens import image_view, is_latent_shape, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
-from .neighbours import check_neighbours
+from .neighbours import check_neighbours, explain_failed_sparse_forward
 from .sampler_support import dense_reason, warn
 from .comfy_compat import compiler_opaque, context_window_frames, context_windows_at_start, models_loaded_beside
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
@@ -135,6 +135,11 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
             completed = True
             return out
+        except Exception as error:
+            explained = error if call.dense else explain_failed_sparse_forward(error, transformer_options, node)
+            if explained is error:
+                raise
+            raise explained from error
         finally:
             run.close_forward(call, completed)
 

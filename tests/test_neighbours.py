@@ -185,3 +185,38 @@ def test_a_patch_on_the_text_tokens_runs_with_every_token_active_equal_to_it_alo
     assert (out["samples"] - reference).abs().max().item() <= 1e-5
     sparse, trace = ras_sample(model, latent_image=lat, **dict(a, sample_ratio=0.25))
     assert torch.isfinite(sparse["samples"]).all() and min(trace.tokens_per_step) < 64
+
+
+class ShiftEveryTokenByPosition:
+    """A custom pack's block patch no check knows, that adds an input of its own to the image tokens by their
+    position over the whole image (the way a ControlNet patch does): wrong for a forward that runs some tokens."""
+
+    def __call__(self, kwargs):
+        x, img = kwargs["x"], kwargs["img"]
+        whole = (x.shape[-2] // 2) * (x.shape[-1] // 2)
+        shift = 0.01 * torch.arange(whole, dtype=img.dtype, device=img.device)[None, :, None]
+        return dict(kwargs, img=img + shift)
+
+
+def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
+    """A sparse forward that fails inside the model while other nodes' patches are on it gets an error naming
+    those patches (the model's own error chained), not a bare size mismatch; every token active, it samples
+    as the patch alone does."""
+    from sdit_testkit import text_conditioning, tiny_qwen_image
+    model = tiny_qwen_image(seed=48).clone()
+    model.set_model_patch(ShiftEveryTokenByPosition(), "double_block")
+    a = ras_args(cfg=3.0, positive=text_conditioning(1, 7), negative=text_conditioning(2, 7))
+    lat = {"samples": torch.zeros(1, 16, 1, 16, 16)}
+    reference = ksampler(model, a, lat)
+    out, _ = ras_sample(model, latent_image=lat, **dict(a, sample_ratio=1.0))
+    assert (out["samples"] - reference).abs().max().item() <= 1e-5
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model': a token-sparse forward failed inside "
+                                             r"the model .*ShiftEveryTokenByPosition \(double_block\).*KSampler") as caught:
+        ras_sample(model, latent_image=lat, **dict(a, sample_ratio=0.25))
+    assert isinstance(caught.value.__cause__, RuntimeError)          # the model's own error, chained
+    # without other nodes' patches a failing forward raises its own error unchanged
+    from comfyui_sdit.nodes.neighbours import explain_failed_sparse_forward
+    error = RuntimeError("size mismatch")
+    assert explain_failed_sparse_forward(error, {}, "RAS Sampler") is error
+    oom = torch.OutOfMemoryError("out of memory")
+    assert explain_failed_sparse_forward(oom, {"patches": {"double_block": [object()]}}, "RAS Sampler") is oom
