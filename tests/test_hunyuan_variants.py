@@ -19,11 +19,10 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_HUNYUAN_VIDEO, assert_exact_on_active_tokens, build_tiny, ksample, random_active,
-                          ras_sample, sdit_sample, text_conditioning)
+                          ras_sample, text_conditioning)
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
-from test_sdit_sampler import defaults as sdit_defaults
-from test_video import dense_then_sparse
+from test_video import dense_then_sparse, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 TOL = 1e-5
@@ -142,23 +141,12 @@ def test_planned_cache_is_what_the_streams_hold(name):
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, name):
     case = CASES[name]
-    model = case.build(seed=7)
     latent = {"samples": case.latent(2)}
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **case.make_prompts())
-
-    def plain():
-        return comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
-                                             latent)[0]["samples"]
-    before = plain()
-    if method == "RAS":
-        out, trace = ras_sample(model, latent_image=latent, **a)
-    else:
-        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
-        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent,
-                                 1.0, **values)
+    _, samples, trace, _ = sampler_node_end_to_end(case.build(seed=7), latent, case.make_prompts(), method, case.tokens)
+    out = {"samples": samples}
+    assert trace.grid == case.grid
+    if method == "SDiT":
         assert trace.steps[-1].labels.shape == (2, *case.grid)
-    assert torch.equal(before, plain()), "the model passed in is unchanged"
-    assert trace.grid == case.grid and trace.batch == 2
     # maps at the picture's size: these VAEs downscale by 16 / 32 (where ComfyUI's latent formats say so)
     import comfy.latent_formats
     says = hasattr(comfy.latent_formats.LatentFormat, "spacial_downscale_ratio")
@@ -168,8 +156,6 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, name):
     assert drawn.shape[1] == HEIGHT * pixels                  # patch 1: a token is a latent pixel
     _, masks = ComplexityMap().compute(out, 1, 0.5, 1.0, 0.5, -1, 0, region_trace=trace)["result"]
     assert masks.shape[-2:] == (HEIGHT * pixels, WIDTH * pixels)
-    assert any(0 < t < case.tokens for t in trace.tokens_per_step), trace.tokens_per_step
-    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
 
 
 def test_hunyuan_image_refuses_a_video_latent_before_sampling():

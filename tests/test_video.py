@@ -8,7 +8,6 @@ import torch
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch, ras_sample,
                           sample_with, sdit_model_patch, sdit_sample, text_conditioning, tiny_hunyuan_video, tiny_wan,
@@ -143,6 +142,32 @@ def phantom_conds(negative_too: bool = True):
     return prompts if negative_too else dict(prompts, negative=conds()["negative"])
 
 
+SDIT_END_TO_END = dict(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+
+
+def sampler_node_end_to_end(model, latent: dict, prompts: dict, method: str, tokens: int):
+    """The RAS or SDiT Sampler node over `latent` (6 steps, cfg 2.5, ratio 0.3) beside a plain KSampler on
+    the same model: checks the model passed in is unchanged, some step ran sparse and the result differs
+    from full sampling and is finite. Returns (KSampler's samples, the node's samples, its trace, the
+    sampling arguments)."""
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **prompts)
+
+    def plain():
+        return comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
+                                             latent)[0]["samples"]
+    before = plain()
+    if method == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **a)
+    else:
+        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent,
+                                 1.0, **sdit_defaults(**SDIT_END_TO_END))
+    assert torch.equal(before, plain()), "the model passed in is unchanged"
+    assert trace.batch == latent["samples"].shape[0]
+    assert any(0 < t < tokens for t in trace.tokens_per_step), trace.tokens_per_step
+    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
+    return before, out["samples"], trace, a
+
+
 @pytest.mark.parametrize("family", ["wan", "wan-phantom", "wan-phantom-plain-negative", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):
@@ -150,24 +175,13 @@ def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, fa
     latent = {"samples": video_latent(2)}
     make_conds = {"wan": conds, "wan-phantom": phantom_conds, "hunyuan": hunyuan_conds,
                   "wan-phantom-plain-negative": lambda: phantom_conds(negative_too=False)}[family]
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **make_conds())
-    before = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
-                                           latent)[0]["samples"]
+    _, _, trace, a = sampler_node_end_to_end(model, latent, make_conds(), method, TOKENS)
+    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2)
     if method == "RAS":
-        out, trace = ras_sample(model, latent_image=latent, **a)
         (patched,) = ras_model_patch(model, 0.3, 2, "", 0.1, "std", True)
     else:
-        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
-        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
-                                          latent, 1.0, **values)
-        (patched,) = sdit_model_patch(model, **values)
+        (patched,) = sdit_model_patch(model, **sdit_defaults(**SDIT_END_TO_END))
         assert trace.steps[-1].labels.shape == (2, FRAMES, HEIGHT // 2, WIDTH // 2)
-    after = comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
-                                          latent)[0]["samples"]
-    assert torch.equal(before, after), "the model passed in is unchanged"
-    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2) and trace.batch == 2
-    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
-    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
     via_patch = comfy_nodes.KSampler().sample(patched, a["seed"], 6, 2.5, "euler", "simple", a["positive"],
                                               a["negative"], latent)[0]["samples"]
     assert torch.isfinite(via_patch).all()
@@ -212,7 +226,7 @@ def test_region_visualizer_and_complexity_map_take_videos():
     from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
     model = tiny_wan(seed=10)
     latent = {"samples": video_latent()}
-    values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+    values = sdit_defaults(**SDIT_END_TO_END)
     out, trace = sdit_sample(model, 3, 5, 1.0, "euler", "simple", conds()["positive"], conds()["negative"],
                                       latent, 1.0, **values)
     result = RegionVisualizer().draw(trace, -1, 0, 0.6)

@@ -18,7 +18,7 @@ from comfyui_sdit.sdit_core.tokens import index_to_mask
 from sdit_testkit import ksample, random_active, ras_sample, sdit_sample, tiny_hunyuan_video, tiny_wan
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
-from test_video import RecordingPolicy, conds, dense_then_sparse, hunyuan_conds, video_latent
+from test_video import SDIT_END_TO_END, RecordingPolicy, conds, dense_then_sparse, hunyuan_conds, video_latent
 
 TOL = 1e-5
 FRAMES, ROWS, COLS = 7, 4, 6                     # latent 7 x 8 x 12, patch 2: 7 frames of 4 x 6 tokens
@@ -212,7 +212,7 @@ def test_sampler_nodes_sample_windowed_videos_sparsely_and_leave_the_model_untou
     if method == "RAS":
         out, trace = ras_sample(model, latent_image=latent, **a)[:2]
     else:
-        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+        values = sdit_defaults(**SDIT_END_TO_END)
         out, trace = sdit_sample(model, a["seed"], 8, 2.5, "euler", "simple", a["positive"], a["negative"],
                                  latent, 1.0, **values)[:2]
     assert torch.isfinite(out["samples"]).all() and out["samples"].shape == latent["samples"].shape

@@ -15,11 +15,10 @@ from comfyui_sdit.nodes.families import adapter_for
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch,
-                          ras_sample, sdit_model_patch, sdit_sample, text_conditioning)
+                          sdit_model_patch, text_conditioning)
 from test_memory_plan import sample_patched
-from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
-from test_video import dense_then_sparse
+from test_video import SDIT_END_TO_END, dense_then_sparse, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 TOL = 1e-5
@@ -119,24 +118,10 @@ def test_a_reference_image_frame_before_the_video_samples():
 
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
-    model = tiny_vace(seed=7)
     latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **vace_prompts(2, strengths=[0.7, 1.3]))
-
-    def plain():
-        return comfy_nodes.KSampler().sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"],
-                                             latent)[0]["samples"]
-    before = plain()
-    if method == "RAS":
-        out, trace = ras_sample(model, latent_image=latent, **a)
-    else:
-        values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
-        out, trace = sdit_sample(model, a["seed"], 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent,
-                                 1.0, **values)
-    assert torch.equal(before, plain()), "the model passed in is unchanged"
-    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2) and trace.batch == 2
-    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
-    assert torch.isfinite(out["samples"]).all() and (out["samples"] - before).abs().max().item() > 1e-4
+    _, _, trace, _ = sampler_node_end_to_end(tiny_vace(seed=7), latent, vace_prompts(2, strengths=[0.7, 1.3]), method,
+                                             TOKENS)
+    assert trace.grid == (FRAMES, HEIGHT // 2, WIDTH // 2)
 
 
 def test_model_patch_nodes_under_ksampler():
@@ -151,7 +136,7 @@ def test_model_patch_nodes_under_ksampler():
                                              prompts["negative"], latent)[0]["samples"]
     reference = sample(model)
     assert (sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]) - reference).abs().max().item() <= TOL
-    values = sdit_defaults(sample_ratio=0.3, dilation=0, drift_threshold=0.0, warmup_steps=1, cooldown_steps=0)
+    values = sdit_defaults(**SDIT_END_TO_END)
     for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
         out = sample(patched)
         assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
