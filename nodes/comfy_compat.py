@@ -6,6 +6,8 @@ from typing import Callable, List, Optional
 
 import torch
 
+from ..sdit_core.trace import PIXELS_PER_LATENT
+
 
 def dynamic_vram(patcher) -> bool:
     """Does ComfyUI stage this model's weights on demand (dynamic VRAM: `ModelPatcherDynamic`, newer
@@ -76,7 +78,7 @@ def pixels_per_latent(base_model) -> int:
     """Image pixels per latent pixel (side) of the model's VAE: the latent format's `spacial_downscale_ratio`
     (newer ComfyUI); 8 where a ComfyUI does not say (0.3.75: right for all but Wan 2.2 TI2V 5B, HunyuanVideo 1.5
     and HunyuanImage 2.1, whose maps are then drawn smaller than their pictures unless a picture is given)."""
-    return int(getattr(getattr(base_model, "latent_format", None), "spacial_downscale_ratio", 8))
+    return int(getattr(getattr(base_model, "latent_format", None), "spacial_downscale_ratio", PIXELS_PER_LATENT))
 
 
 def context_window_frames(transformer_options: dict, handler) -> Optional[List[int]]:

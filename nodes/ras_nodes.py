@@ -117,12 +117,12 @@ class RASSampler:
         check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size, node)
         patched, slot = patch_ras(model, config, node, unique_id, kv_cache)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
-        run = slot.last_run
+        run, pixels = slot.last_run, pixels_per_latent(model.model)
         if run is None:       # nothing was sampled (denoise 0): the latent as KSampler returns it
             return (latent, empty_trace("RAS", latent_image["samples"].shape, patch_size, vars(config),
-                                        adapter.temporal_patch(model.model.diffusion_model), pixels_per_latent(model.model)))
+                                        adapter.temporal_patch(model.model.diffusion_model), pixels))
         trace = trace_from_run(run, "RAS", metric_maps=run.policy.metric_maps, settings=vars(config),
-                               reasons=run.policy.reasons, pixels_per_latent=pixels_per_latent(model.model))
+                               reasons=run.policy.reasons, pixels_per_latent=pixels)
         return (latent, trace)
 
 

@@ -3,7 +3,7 @@ from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.region_select import DILATION_MODES
 from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
 from ..sdit_core.segmentation import BACKENDS, missing_packages
-from ..sdit_core.trace import empty_trace, trace_from_run
+from ..sdit_core.trace import PIXELS_PER_LATENT, empty_trace, trace_from_run
 from .comfy_compat import pixels_per_latent
 from .errors import SDiTInputError
 from .families import adapter_for
@@ -125,7 +125,7 @@ def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None
                                  ProgressReporter(node_id, "SDiT"), kv_cache)
 
 
-def sdit_trace(run, config: SDiTConfig, pixels: int = 8):
+def sdit_trace(run, config: SDiTConfig, pixels: int = PIXELS_PER_LATENT):
     policy = run.policy
     return trace_from_run(run, "SDiT", metric_maps=policy.complexity_maps, label_maps=policy.label_maps,
                           settings=vars(config), reasons=policy.reasons, drift=policy.drift,
@@ -176,10 +176,11 @@ class SDiTSampler:
         check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size, node)
         patched, slot = patch_sdit(model, config, node, unique_id, kv_cache)
         latent = run_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+        pixels = pixels_per_latent(model.model)
         if slot.last_run is None:     # nothing was sampled (denoise 0): the latent as KSampler returns it
             return (latent, empty_trace("SDiT", latent_image["samples"].shape, patch_size, vars(config),
-                                        adapter.temporal_patch(model.model.diffusion_model), pixels_per_latent(model.model)))
-        return (latent, sdit_trace(slot.last_run, config, pixels_per_latent(model.model)))
+                                        adapter.temporal_patch(model.model.diffusion_model), pixels))
+        return (latent, sdit_trace(slot.last_run, config, pixels))
 
 
 class SDiTModelPatch:

@@ -5,13 +5,11 @@ import numpy as np
 import torch
 
 from ..sdit_core.complexity import token_complexity
-from ..sdit_core.trace import RegionTrace
+from ..sdit_core.trace import PIXELS_PER_LATENT, RegionTrace
 from .errors import SDiTInputError
 from .sampling import CATEGORY
 from .visualize import (MASK_LEGEND, beside, blend, colour_bar, colour_bar_width, heatmap, labels_image, mask_image,
                         render, text_panel, text_panel_width, to_image_batch, upsample_nearest, with_legend)
-
-LATENT_TO_PIXELS = 8   # a latent without a trace: most VAEs downscale by 8 (a trace says its model's)
 
 
 def _check_trace(trace, node: str) -> RegionTrace:
@@ -180,7 +178,7 @@ class ComplexityMap:
         if region_trace is None and (height % patch_size or width % patch_size):
             raise SDiTInputError(node, "patch_size", f"{patch_size} does not divide the latent's {height}x{width}; "
                                                      f"use the model's patch size (2 for Flux, SD3, Lumina, Wan)")
-        pixels = LATENT_TO_PIXELS
+        pixels = PIXELS_PER_LATENT      # a latent without a trace (a trace says its model's)
         if region_trace is not None:
             trace = _check_trace(region_trace, node)
             pixels = trace.pixels_per_latent

@@ -9,6 +9,9 @@ from .engine import EvalRecord, SparseRun
 from .tokens import index_to_mask, token_grid
 
 
+PIXELS_PER_LATENT = 8       # most VAEs downscale by 8 in each side; a model that says otherwise is read
+
+
 @dataclass
 class StepTrace:
     eval_index: int
@@ -33,7 +36,7 @@ class RegionTrace:
     patch_size: int
     steps: List[StepTrace] = field(default_factory=list)
     settings: Dict[str, object] = field(default_factory=dict)
-    pixels_per_latent: int = 8      # image pixels per latent pixel (side): the model's VAE downscale
+    pixels_per_latent: int = PIXELS_PER_LATENT      # image pixels per latent pixel (side): the model's VAE downscale
 
     @property
     def num_tokens(self) -> int:
@@ -71,7 +74,7 @@ class RegionTrace:
 
 
 def empty_trace(method: str, latent_shape, patch_size: int, settings=None, temporal_patch: int = 1,
-                pixels_per_latent: int = 8) -> RegionTrace:
+                pixels_per_latent: int = PIXELS_PER_LATENT) -> RegionTrace:
     """The trace of a run that sampled nothing (denoise 0: the latent comes back unchanged)."""
     grid = token_grid(latent_shape, patch_size, temporal_patch)
     return RegionTrace(method=method, grid=grid, batch=int(latent_shape[0]), patch_size=patch_size,
@@ -93,7 +96,8 @@ def trace_from_run(run: SparseRun, method: str, metric_maps: Optional[Dict[int, 
                    label_maps: Optional[Dict[int, torch.Tensor]] = None, settings=None,
                    reasons: Optional[Dict[int, str]] = None, drift: Optional[Dict[int, float]] = None,
                    probes: Optional[Dict[int, int]] = None,
-                   drift_computed: Optional[Dict[int, float]] = None, pixels_per_latent: int = 8) -> RegionTrace:
+                   drift_computed: Optional[Dict[int, float]] = None,
+                   pixels_per_latent: int = PIXELS_PER_LATENT) -> RegionTrace:
     trace = RegionTrace(method=method, grid=run.grid, batch=run.batch, patch_size=run.patch_size,
                         settings=dict(settings or {}), pixels_per_latent=pixels_per_latent)
     for record in run.evals:
