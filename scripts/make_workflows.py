@@ -418,6 +418,40 @@ def wan21_vace_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan22_animate_ras(info: dict) -> dict:
+    """Wan 2.2 Animate 14B: a reference image's character moved by a pose video and a face video
+    (WanAnimateToVideo; the pose and face videos as a pose and a face preprocessor give them); the face blocks
+    run the same tokens as the video's blocks, each attending to its own frame's face motion. The reference
+    image's frame leads the latent and is trimmed after sampling (TrimVideoLatent, by WanAnimateToVideo's count)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "wan2.2_animate_14B_bf16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan_2.1_vae.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "the character dances on a sunlit stage, smooth natural motion",
+                                   "blurry, static, low quality, distorted face")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the character)")
+    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
+    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
+                  pos=(350, 900))
+    videos = {}
+    for row, kind in ((1050, "pose"), (1250, "face")):
+        loaded = wf.add("LoadVideo", {"file": f"{kind}_video.mp4"}, pos=(0, row), title=f"{kind.title()} video")
+        videos[kind] = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, row))
+    guided = wf.add("WanAnimateToVideo", {"width": 832, "height": 480, "length": 77, "batch_size": 1,
+                                          "continue_motion_max_frames": 5, "video_frame_offset": 0},
+                    {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
+                     "reference_image": (image, 0), "pose_video": (videos["pose"], 0),
+                     "face_video": (videos["face"], 0)}, pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
+                     title="Drop the reference frame")
+    video_tail(wf, (trimmed, 0), vae, "wan22_animate_ras", 16.0, x=1750)
+    return wf.to_json()
+
+
 # HunyuanVideo 1.5 and HunyuanImage 2.1 read the prompt with Qwen2.5-VL and quoted text with ByT5 (glyph tokens)
 QWEN_AND_GLYPH_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
 
@@ -467,7 +501,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
-            "wan21_vace_sdit.json": wan21_vace_sdit,
+            "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras}
 

@@ -13,10 +13,11 @@ from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
+from .wan_animate import WanAnimateFamily
 from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
-                               WanVaceFamily(), HunyuanVideoFamily()]
+                               WanVaceFamily(), WanAnimateFamily(), HunyuanVideoFamily()]
 
 
 def supported_family_names() -> str:

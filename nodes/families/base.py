@@ -88,6 +88,27 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
     patcher.add_object_patch(path + ".forward", forward)
 
 
+def replace_sparse_method(patcher, slot, path: str, sparse: Callable) -> None:
+    """Object-patches the method at `path` of a module that works on the image tokens but cannot take a
+    token-sparse sequence as it is: while a sparse forward of the engine runs on gathered tokens,
+    `sparse(call, module, *args, **kwargs)` computes it in the method's place; otherwise (no forward of the
+    engine, a dense one, or before the tokens are gathered) the method runs unchanged."""
+    owner_path, _ = path.rsplit(".", 1)
+    owner = patcher.get_model_object(owner_path)
+    original = unwrap_ours(patcher.get_model_object(path))
+    sparse = compiler_opaque(sparse)
+
+    @functools.partial(compiler_opaque, callees_compiled=True)
+    def patched(*args, **kwargs):
+        call = slot.current_call()
+        if call is None or call.dense or call.image_rows is None:
+            return original(*args, **kwargs)
+        return sparse(call, owner, *args, **kwargs)
+
+    patched.sdit_wraps = original
+    patcher.add_object_patch(path, patched)
+
+
 def passthrough_method(patcher, slot, path: str) -> None:
     """Object-patches a method whose attention calls are not over the image tokens (cross-attention of
     the image queries to text or image context): while it runs, attention passes the engine's K/V

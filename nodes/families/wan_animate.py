@@ -1,0 +1,59 @@
+"""Wan 2.2 Animate (comfy/ldm/wan/model_animate.py, AnimateWanModel): a character animated by a pose video and a
+face video (WanAnimateToVideo).
+
+Animate's `forward_orig` is Wan's with two additions. Before the blocks, the pose video's latent is embedded and
+added to the video's tokens and the face video is encoded into a few motion tokens per latent frame: both are
+whole-video work, before the tokens are gathered. After every fifth block a face block adds, to each video token,
+attention of that token to the motion tokens of its own frame. The model's face block reshapes the tokens into
+frames of equal size; the running tokens of a frame are any number, so on a sparse step the face block runs here
+on the running tokens, each attending to the motion tokens of every frame with the other frames' masked out: the
+same softmax over its own frame's keys. Everything else is Wan's (wan.py).
+"""
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from .base import replace_sparse_method
+from .wan import WanFamily, runs_wan_forward
+
+
+def _animate_class():
+    try:
+        return importlib.import_module("comfy.ldm.wan.model_animate").AnimateWanModel
+    except (ImportError, AttributeError):       # a ComfyUI without Wan Animate
+        return None
+
+
+class WanAnimateFamily(WanFamily):
+    names = ("Wan 2.2 Animate",)
+
+    def matches(self, diffusion_model) -> bool:
+        animate = _animate_class()
+        return (animate is not None and isinstance(diffusion_model, animate)
+                and runs_wan_forward(diffusion_model, (animate,)) and hasattr(diffusion_model, "face_adapter"))
+
+    def install(self, patcher, slot) -> None:
+        super().install(patcher, slot)
+        for i in range(len(patcher.model.diffusion_model.face_adapter.fuser_blocks)):
+            replace_sparse_method(patcher, slot, f"diffusion_model.face_adapter.fuser_blocks.{i}.forward",
+                                  face_block_on_running_tokens)
+
+
+def face_block_on_running_tokens(call, block, x, motion_vec, motion_mask=None):
+    """The face block's output for the running tokens `x` (rows, n, channels): each token's attention to the
+    motion tokens `motion_vec` (rows, frames, tokens per frame, channels) of its own latent frame."""
+    rows, frames, per_frame, _ = motion_vec.shape
+    q = block.linear1_q(block.pre_norm_feat(x)).unflatten(-1, (block.heads_num, -1))
+    k, v = block.linear1_kv(block.pre_norm_motion(motion_vec)).unflatten(-1, (2, block.heads_num, -1)).unbind(-3)
+    q, k = block.q_norm(q).to(v), block.k_norm(k).to(v)
+    # the model splits the grid's tokens into `frames` equal frames, as the latent's frames are
+    token_frame = call.image_index_now().to(x.device) // (call.grid_tokens // frames)          # (rows, n)
+    key_frame = torch.arange(frames, device=x.device).repeat_interleave(per_frame)            # (frames * per_frame)
+    own_frame = (token_frame[:, :, None] == key_frame)[:, None]                               # (rows, 1, n, keys)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.flatten(1, 2).transpose(1, 2),
+                                         v.flatten(1, 2).transpose(1, 2), attn_mask=own_frame)
+    out = block.linear2(out.transpose(1, 2).flatten(2))
+    if motion_mask is not None:       # (rows, frames, height, width): a weight per token
+        out = out * call.gather_grid(motion_mask.flatten(1).unsqueeze(-1).to(out))
+    return out
