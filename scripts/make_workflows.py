@@ -452,6 +452,35 @@ def wan22_animate_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan21_humo_sdit(info: dict) -> dict:
+    """Wan HuMo 17B: a person from a reference image, speaking or singing to an audio track (Whisper features per
+    frame, WanHuMoImageToVideo); the audio attention runs the same tokens as the video's blocks, each token
+    attending to its own frame's audio. The video is saved with the audio."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "humo_17B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan_2.1_vae.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 5.0}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "a woman sings on a small stage, warm spotlight, expressive face",
+                                   "blurry, static, low quality, distorted face")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the person)")
+    encoder = wf.add("AudioEncoderLoader", {"audio_encoder_name": "whisper_large_v3_fp16.safetensors"}, pos=(0, 900))
+    audio = wf.add("LoadAudio", {"audio": "song.wav"}, pos=(0, 1050), title="Audio")
+    heard = wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
+    guided = wf.add("WanHuMoImageToVideo", {"width": 832, "height": 480, "length": 97, "batch_size": 1},
+                    {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
+                     "ref_image": (image, 0)}, pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                                     "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
+    video = wf.add("CreateVideo", {"fps": 25.0}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
+    wf.add("SaveVideo", {"filename_prefix": "wan21_humo_sdit", "format": "auto", "codec": "auto"},
+           {"video": (video, 0)}, pos=(1900, 100))
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
+    return wf.to_json()
+
+
 # HunyuanVideo 1.5 and HunyuanImage 2.1 read the prompt with Qwen2.5-VL and quoted text with ByT5 (glyph tokens)
 QWEN_AND_GLYPH_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
 
@@ -502,6 +531,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
             "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,
+            "wan21_humo_sdit.json": wan21_humo_sdit,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras}
 

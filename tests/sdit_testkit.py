@@ -56,14 +56,16 @@ def random_active(batch: int, num_tokens: int, n: int, seed: int) -> torch.Tenso
     return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
 
 
-def assert_exact_on_active_tokens(by_stream: dict, tokens: int, tol: float = 1e-5) -> None:
+def assert_exact_on_active_tokens(by_stream: dict, tokens: int, tol: float = 1e-5, extra: int = 0) -> None:
     """{stream: [(dense output, computed), (sparse output, computed)]} of a dense and then a sparse forward on
     the same input: the sparse one equals the dense one on the tokens it computed (up to `tol`) and hands
-    the others their cached output, the dense one's, unchanged."""
+    the others their cached output, the dense one's, unchanged. `extra`: tokens after the grid's `tokens`
+    (references), which run on every step."""
     from comfyui_sdit.sdit_core.tokens import index_to_mask
     assert by_stream
     for (dense, _), (sparse, computed) in by_stream.values():
-        mask = index_to_mask(computed, tokens)
+        mask = torch.cat([index_to_mask(computed, tokens), computed.new_ones(computed.shape[0], extra, dtype=torch.bool)],
+                         dim=1)
         assert (sparse - dense).abs().amax(dim=-1)[mask].max().item() <= tol
         assert torch.equal(sparse[~mask], dense[~mask])
 

@@ -211,9 +211,9 @@ def test_two_experts_each_start_with_a_dense_step():
 def test_video_variants_with_their_own_forward_get_the_not_supported_error():
     import comfy.supported_models
     from sdit_testkit import TINY_WAN
-    humo = build_tiny(comfy.supported_models.WAN21_HuMo, dict(TINY_WAN, model_type="humo"), seed=0)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*HumoWanModel.*not supported.*Wan"):
-        ras_sample(humo, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
+    s2v = build_tiny(comfy.supported_models.WAN22_S2V, dict(TINY_WAN, model_type="s2v"), seed=0)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*WanModel_S2V.*not supported.*Wan"):
+        ras_sample(s2v, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
 
 
 def test_image_models_refuse_video_latents_clearly():

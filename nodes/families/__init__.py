@@ -14,10 +14,12 @@ from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
+from .wan_humo import WanHumoFamily
 from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
-                               WanVaceFamily(), WanAnimateFamily(), HunyuanVideoFamily()]
+                               WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
+                               HunyuanVideoFamily()]
 
 
 def supported_family_names() -> str:

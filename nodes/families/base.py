@@ -89,10 +89,11 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
 
 
 def replace_sparse_method(patcher, slot, path: str, sparse: Callable) -> None:
-    """Object-patches the method at `path` of a module that works on the image tokens but cannot take a
-    token-sparse sequence as it is: while a sparse forward of the engine runs on gathered tokens,
-    `sparse(call, module, *args, **kwargs)` computes it in the method's place; otherwise (no forward of the
-    engine, a dense one, or before the tokens are gathered) the method runs unchanged."""
+    """Object-patches the method at `path` of a module whose attention is the image tokens' to keys of their own
+    frame (frame_attention.py), which the model computes on equal frames: while a sparse forward of the engine
+    runs on gathered tokens, `sparse(call, module, *args, **kwargs)` computes it in the method's place;
+    otherwise (no forward of the engine, a dense one, or before the tokens are gathered) the method runs
+    unchanged, its attention passing the K/V cache by (its keys are not the image's)."""
     owner_path, _ = path.rsplit(".", 1)
     owner = patcher.get_model_object(owner_path)
     original = unwrap_ours(patcher.get_model_object(path))
@@ -101,9 +102,15 @@ def replace_sparse_method(patcher, slot, path: str, sparse: Callable) -> None:
     @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
         call = slot.current_call()
-        if call is None or call.dense or call.image_rows is None:
+        if call is None:
             return original(*args, **kwargs)
-        return sparse(call, owner, *args, **kwargs)
+        if not call.dense and call.image_rows is not None:
+            return sparse(call, owner, *args, **kwargs)
+        call.passthrough += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            call.passthrough -= 1
 
     patched.sdit_wraps = original
     patcher.add_object_patch(path, patched)

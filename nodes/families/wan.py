@@ -14,8 +14,8 @@ latent's (Phantom's subject frames concatenated in time, newer ComfyUI's in-cont
 run on every step, like Flux Kontext's references; a reference latent embedded before the video
 (`ref_conv`, Wan Fun) is refused when it runs.
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
-same hooks. VACE and Animate have adapters of their own (wan_vace.py, wan_animate.py); other variants with a
-forward of their own (S2V, HuMo, ...) are other models: not covered.
+same hooks. VACE, Animate and HuMo have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py); other
+variants with a forward of their own (S2V, ...) are other models: not covered.
 """
 import torch
 

@@ -5,16 +5,13 @@ Animate's `forward_orig` is Wan's with two additions. Before the blocks, the pos
 added to the video's tokens and the face video is encoded into a few motion tokens per latent frame: both are
 whole-video work, before the tokens are gathered. After every fifth block a face block adds, to each video token,
 attention of that token to the motion tokens of its own frame. The model's face block reshapes the tokens into
-frames of equal size; the running tokens of a frame are any number, so on a sparse step the face block runs here
-on the running tokens, each attending to the motion tokens of every frame with the other frames' masked out: the
-same softmax over its own frame's keys. Everything else is Wan's (wan.py).
+frames of equal size; on a sparse step it runs here on the running tokens instead (frame_attention.py).
+Everything else is Wan's (wan.py).
 """
 import importlib
 
-import torch
-import torch.nn.functional as F
-
 from .base import replace_sparse_method
+from .frame_attention import attend_within_frames
 from .wan import WanFamily, runs_wan_forward
 
 
@@ -43,17 +40,10 @@ class WanAnimateFamily(WanFamily):
 def face_block_on_running_tokens(call, block, x, motion_vec, motion_mask=None):
     """The face block's output for the running tokens `x` (rows, n, channels): each token's attention to the
     motion tokens `motion_vec` (rows, frames, tokens per frame, channels) of its own latent frame."""
-    rows, frames, per_frame, _ = motion_vec.shape
     q = block.linear1_q(block.pre_norm_feat(x)).unflatten(-1, (block.heads_num, -1))
     k, v = block.linear1_kv(block.pre_norm_motion(motion_vec)).unflatten(-1, (2, block.heads_num, -1)).unbind(-3)
     q, k = block.q_norm(q).to(v), block.k_norm(k).to(v)
-    # the model splits the grid's tokens into `frames` equal frames, as the latent's frames are
-    token_frame = call.image_index_now().to(x.device) // (call.grid_tokens // frames)          # (rows, n)
-    key_frame = torch.arange(frames, device=x.device).repeat_interleave(per_frame)            # (frames * per_frame)
-    own_frame = (token_frame[:, :, None] == key_frame)[:, None]                               # (rows, 1, n, keys)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.flatten(1, 2).transpose(1, 2),
-                                         v.flatten(1, 2).transpose(1, 2), attn_mask=own_frame)
-    out = block.linear2(out.transpose(1, 2).flatten(2))
+    out = block.linear2(attend_within_frames(call, q, k.flatten(1, 2), v.flatten(1, 2), motion_vec.shape[1]))
     if motion_mask is not None:       # (rows, frames, height, width): a weight per token
         out = out * call.gather_grid(motion_mask.flatten(1).unsqueeze(-1).to(out))
     return out
