@@ -13,6 +13,9 @@ Checked, and why:
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
   names those patches (`explain_failed_sparse_forward`, called by the APPLY_MODEL wrapper).
+After every token-sparse forward: attention that went past the engine (an attention override another node set
+over ours, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an error, naming
+the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
 the call's shape (they are chained), block patches (forwards stay eager), Skip Layer Guidance (its
 perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
@@ -81,3 +84,21 @@ def check_neighbours(patcher, node: str) -> None:
     if other:
         raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which {why}; "
                                             f"remove '{other}' or use KSampler")
+
+
+def check_attention_went_through(call, transformer_options: dict, node: str) -> None:
+    """After a forward: on a token-sparse step every attention over the image tokens must have gone through the
+    engine (its K/V cache holds the tokens that did not run); one that went past it saw only those that ran."""
+    if not call.attention_went_past():
+        return
+    override = transformer_options.get("optimized_attention_override")
+    if override is not None and not hasattr(override, "sdit_wraps"):       # ours carry that mark
+        name = getattr(override, "__qualname__", type(override).__name__)
+        why = (f"another node set an attention override ({name}) over region-adaptive sampling's: apply that node "
+               f"to the model before this one")
+    else:
+        why = ("a node replaced ComfyUI's attention functions (a global SageAttention patch, for example; ComfyUI's "
+               "own --use-sage-attention works), or this model does not hand its attention ComfyUI's "
+               "transformer_options: remove that node or sample with KSampler")
+    raise SDiTInputError(node, "model", "on a token-sparse step the model's attention went past region-adaptive "
+                                        f"sampling's K/V cache, so the tokens that ran would see only each other; {why}")

@@ -25,7 +25,7 @@ from ..sdit_core.policy import TokenPolicy
 from ..sdit_core.tokens import image_view, is_latent_shape, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
-from .neighbours import check_neighbours, explain_failed_sparse_forward
+from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
 from .sampler_support import dense_reason, warn
 from .comfy_compat import compiler_opaque, context_window_frames, context_windows_at_start, models_loaded_beside
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
@@ -133,6 +133,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+            check_attention_went_through(call, transformer_options, node)
             completed = True
             return out
         except Exception as error:

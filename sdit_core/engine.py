@@ -191,6 +191,16 @@ class ForwardCall:
                                   None if self.dense else self.grid_index)
         return full
 
+    def attention_went_past(self) -> bool:
+        """Did attention over the image tokens of this sparse forward go past the engine (called without its
+        override: a global replacement of ComfyUI's attention, an override another node set over ours, a model
+        that does not hand attention ComfyUI's transformer_options)? Then it saw the running tokens only. Every
+        supported model's image tokens attend to each other, so a dense forward that stored no layer, or a
+        sparse forward that ran fewer layers through the cache than the dense one stored, tells."""
+        if self.dense or self.image_rows is None:      # dense, or the model body never ran
+            return False
+        return len(self.stream.kv) == 0 or self.attention_calls != len(self.stream.kv)
+
     # ---- attention ----------------------------------------------------------------------------
     def attention(self, attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   heads: int, kwargs: dict) -> torch.Tensor:

@@ -220,3 +220,35 @@ def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
     assert explain_failed_sparse_forward(error, {}, "RAS Sampler") is error
     oom = torch.OutOfMemoryError("out of memory")
     assert explain_failed_sparse_forward(oom, {"patches": {"double_block": [object()]}}, "RAS Sampler") is oom
+
+
+def test_an_attention_override_set_over_ours_is_named():
+    """A node applied after ours that sets its own attention override (a SageAttention node does) takes every
+    attention call away from the engine: the first sparse step raises, naming the override, where it would
+    otherwise sample an image whose tokens saw only each other. Applied before ours it is chained and samples."""
+    def sage_like(func, *args, **kwargs):
+        return func(*args, **kwargs)
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    over = ras_patch(tiny_flux(seed=49), sample_ratio=0.25).clone()
+    over.model_options["transformer_options"]["optimized_attention_override"] = sage_like
+    with pytest.raises(SDiTInputError, match=r"RAS Model Patch: input 'model': on a token-sparse step the model's attention "
+                                             r"went past .*sage_like.*before this one"):
+        ksampler(over, a, lat)
+    under = tiny_flux(seed=49).clone()
+    under.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sage_like
+    out, trace = ras_sample(under, latent_image=lat, **a)
+    assert torch.isfinite(out["samples"]).all() and min(trace.tokens_per_step) < 64
+
+
+def test_attention_replaced_past_comfyui_override_is_named(monkeypatch):
+    """A global patch of the model's attention function that skips ComfyUI's override mechanism (as older
+    SageAttention patches do): no attention reaches the engine, and the sparse step raises instead of sampling a
+    wrong image."""
+    import comfy.ldm.flux.math as flux_math
+    monkeypatch.setattr(flux_math, "optimized_attention", flux_math.optimized_attention.__wrapped__)
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    with pytest.raises(SDiTInputError, match=r"attention went past .*replaced ComfyUI's attention functions"):
+        ras_sample(tiny_flux(seed=50), latent_image=lat, **a)
+    a = dict(a, sample_ratio=1.0, sampler_name="euler_ancestral")      # a run that stays dense samples as before
+    out, trace = ras_sample(tiny_flux(seed=50), latent_image=lat, **a)
+    assert all(s.dense for s in trace.steps) and torch.isfinite(out["samples"]).all()

@@ -55,7 +55,9 @@ def humo_prompts(audio=True, reference=True, frames=FRAMES):
     return dict(positive=text_conditioning(1, 7, **positive), negative=text_conditioning(2, 5, **negative))
 
 
-PROMPTS = {"audio and reference": lambda: humo_prompts(), "audio only": lambda: humo_prompts(reference=False)}
+PROMPTS = {"audio and reference": lambda: humo_prompts(), "audio only": lambda: humo_prompts(reference=False),
+           "reference only": lambda: humo_prompts(audio=False)}
+WITH_REFERENCE = ("audio and reference", "reference only")
 
 
 def assert_sampled_close(out, reference):
@@ -100,7 +102,7 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(layout, prompts, batch
                                   active, cfg, PROMPTS[prompts]())
     assert len(by_stream) == (2 if cfg > 1 else 1)
     # the output covers the image sequence: the reference frame's tokens follow the video's (and always run)
-    assert_exact_on_active_tokens(by_stream, TOKENS, extra=FRAME_TOKENS if prompts == "audio and reference" else 0)
+    assert_exact_on_active_tokens(by_stream, TOKENS, extra=FRAME_TOKENS if prompts in WITH_REFERENCE else 0)
 
 
 def test_a_frame_with_no_running_token_and_one_with_all():
