@@ -78,7 +78,8 @@ class Workflow:
 NODE_WIDTH = 320
 COLUMN_GAP, ROW_GAP = 80, 50
 SHOWS_RUNS = {"RASSampler", "SDiTSampler", "RASModelPatch", "SDiTModelPatch"}   # the pack's live map + summary
-SHOWS_IMAGES = {"SaveImage", "PreviewImage", "RegionVisualizer", "ComplexityMap", "SaveAnimatedWEBP", "LoadImage"}
+SHOWS_IMAGES = {"SaveImage", "PreviewImage", "RegionVisualizer", "ComplexityMap", "SaveAnimatedWEBP", "LoadImage",
+                "LoadVideo"}
 
 
 def node_height(node: dict, info: dict) -> int:
