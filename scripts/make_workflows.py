@@ -231,7 +231,7 @@ def lumina2_ras(info: dict) -> dict:
     negative = wf.add("CLIPTextEncodeLumina2", {"user_prompt": "blurry, ugly"}, {"clip": (ckpt, 1)},
                       pos=(350, 350), title="Negative")
     latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": (shifted, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)}
+    sockets = {"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 25, "cfg": 4.0, "sampler_name": "res_multistep",
                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, (ckpt, 2), "lumina2_ras", True)
     return wf.to_json()
@@ -276,6 +276,13 @@ def flux2_ras(info: dict) -> dict:
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "flux2_ras", True)
     return wf.to_json()
+
+
+def wan_loaders(wf: "Workflow", unet_name: str, vae_name: str = "wan_2.1_vae.safetensors", shift: float = 8.0) -> tuple:
+    """Wan's diffusion model with its flow shift (ModelSamplingSD3), the umt5 text encoder and a Wan VAE: the
+    model, CLIP and VAE sockets."""
+    model, clip, vae = separate_loaders(wf, unet_name, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", vae_name)
+    return (wf.add("ModelSamplingSD3", {"shift": shift}, {"model": model}, pos=(350, 0)), 0), clip, vae
 
 
 def chroma_ras(info: dict) -> dict:
@@ -333,16 +340,14 @@ def wan22_ti2v_5b_sdit(info: dict) -> dict:
     """Wan 2.2 TI2V 5B image-to-video: the start image's frame is kept (never computed on sparse steps), the
     per-frame timestep's modulation follows the tokens; SDiT Sampler with its region maps."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                                        "wan", "wan2.2_vae.safetensors")
-    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    model, clip, vae = wan_loaders(wf, "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.safetensors")
     positive, negative = text_pair(wf, clip, "the kite rises into a windy blue sky, ribbons fluttering")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(350, 500), title="Start image")
     latent = wf.add("Wan22ImageToVideoLatent", {"width": 1280, "height": 704, "length": 121, "batch_size": 1},
                     {"vae": vae, "start_image": (image, 0)}, pos=(700, 300))
     sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
                                      "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
                      pos=(1050, 100))
     video_tail(wf, (sampler, 0), vae, "wan22_ti2v_sdit", 24.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
@@ -353,12 +358,10 @@ def wan21_context_windows_ras(info: dict) -> dict:
     """Wan 2.1 text-to-video longer than the model's 81 frames, in ComfyUI's context windows (windows kept in
     place by the standard_static schedule, so every window runs its tokens sparsely) + RAS Sampler."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "wan2.1_t2v_14B_fp8_scaled.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                                        "wan", "wan_2.1_vae.safetensors")
-    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    model, clip, vae = wan_loaders(wf, "wan2.1_t2v_14B_fp8_scaled.safetensors")
     windows = wf.add("WanContextWindowsManual", {"context_length": 81, "context_overlap": 16,
                                                  "context_schedule": "standard_static"},
-                     {"model": (shifted, 0)}, pos=(700, 0))
+                     {"model": model}, pos=(700, 0))
     positive, negative = text_pair(wf, clip, "a sailboat crossing a calm bay at sunset, gulls overhead",
                                    "blurry, static, low quality")
     latent = wf.add("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 161, "batch_size": 1},
@@ -386,7 +389,7 @@ def hunyuan_video_ras(info: dict) -> dict:
                     pos=(700, 300))
     sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
                                     "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (negative, 0),
+                     {"model": model, "positive": (guided, 0), "negative": (negative, 0),
                       "latent_image": (latent, 0)}, pos=(1050, 100))
     video_tail(wf, (sampler, 0), (vae, 0), "hunyuan_video_ras", 24.0)
     return wf.to_json()
@@ -397,9 +400,7 @@ def wan21_vace_sdit(info: dict) -> dict:
     (WanVaceToVideo); the VACE blocks run the same tokens as the video's blocks. The reference image's frame
     leads the latent and is trimmed after sampling (TrimVideoLatent, by the count WanVaceToVideo gives)."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "wan2.1_vace_14B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                                        "wan", "wan_2.1_vae.safetensors")
-    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    model, clip, vae = wan_loaders(wf, "wan2.1_vace_14B_fp16.safetensors")
     positive, negative = text_pair(wf, clip, "a dancer in a red dress spinning on a rooftop at golden hour",
                                    "blurry, static, low quality")
     video = wf.add("LoadVideo", {"file": "control_video.mp4"}, pos=(0, 700), title="Control video (pose, depth, edges)")
@@ -410,7 +411,7 @@ def wan21_vace_sdit(info: dict) -> dict:
                      "reference_image": (image, 0)}, pos=(700, 300))
     sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple",
                                      "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
                       "latent_image": (guided, 2)}, pos=(1050, 100))
     trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
                      title="Drop the reference frame")
@@ -425,9 +426,7 @@ def wan22_animate_ras(info: dict) -> dict:
     run the same tokens as the video's blocks, each attending to its own frame's face motion. The reference
     image's frame leads the latent and is trimmed after sampling (TrimVideoLatent, by WanAnimateToVideo's count)."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "wan2.2_animate_14B_bf16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                                        "wan", "wan_2.1_vae.safetensors")
-    shifted = wf.add("ModelSamplingSD3", {"shift": 8.0}, {"model": model}, pos=(350, 0))
+    model, clip, vae = wan_loaders(wf, "wan2.2_animate_14B_bf16.safetensors")
     positive, negative = text_pair(wf, clip, "the character dances on a sunlit stage, smooth natural motion",
                                    "blurry, static, low quality, distorted face")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the character)")
@@ -445,7 +444,7 @@ def wan22_animate_ras(info: dict) -> dict:
                      "face_video": (videos["face"], 0)}, pos=(700, 300))
     sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
                                     "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
                       "latent_image": (guided, 2)}, pos=(1050, 100))
     trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
                      title="Drop the reference frame")
@@ -458,9 +457,7 @@ def wan21_humo_sdit(info: dict) -> dict:
     frame, WanHuMoImageToVideo); the audio attention runs the same tokens as the video's blocks, each token
     attending to its own frame's audio. The video is saved with the audio."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "humo_17B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                                        "wan", "wan_2.1_vae.safetensors")
-    shifted = wf.add("ModelSamplingSD3", {"shift": 5.0}, {"model": model}, pos=(350, 0))
+    model, clip, vae = wan_loaders(wf, "humo_17B_fp16.safetensors", shift=5.0)
     positive, negative = text_pair(wf, clip, "a woman sings on a small stage, warm spotlight, expressive face",
                                    "blurry, static, low quality, distorted face")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the person)")
@@ -472,7 +469,7 @@ def wan21_humo_sdit(info: dict) -> dict:
                      "ref_image": (image, 0)}, pos=(700, 300))
     sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
                                      "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (guided, 1),
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
                       "latent_image": (guided, 2)}, pos=(1050, 100))
     decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
     video = wf.add("CreateVideo", {"fps": 25.0}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))

@@ -168,6 +168,71 @@ def sampler_node_end_to_end(model, latent: dict, prompts: dict, method: str, tok
     return before, out["samples"], trace, a
 
 
+def assert_within(tol: float):
+    """An assertion that samples equal a reference to `tol` (absolute)."""
+    def check(out, reference):
+        assert (out - reference).abs().max().item() <= tol
+    return check
+
+
+def assert_within_scale(rel_tol: float):
+    """An assertion that samples equal a reference to `rel_tol` of the reference's largest value."""
+    def check(out, reference):
+        assert (out - reference).abs().max().item() <= rel_tol * reference.abs().max().item()
+    return check
+
+
+def exact_on_a_third_of_the_tokens(model, latent, cfg: float, prompts: dict, tokens: int, extra: int = 0) -> None:
+    """A dense and then a sparse forward with a third of the `tokens` grid tokens (random order, other ones per
+    image) agree on the tokens that ran, one stream per prompt at cfg > 1 (`extra`: tokens after the grid)."""
+    active = random_active(latent.shape[0], tokens, tokens // 3, seed=1)
+    by_stream = dense_then_sparse(model, latent, active, cfg, prompts)
+    assert len(by_stream) == (2 if cfg > 1 else 1)
+    assert_exact_on_active_tokens(by_stream, tokens, extra=extra)
+
+
+def every_token_active(model, latent, cfg: float, prompts: dict, tokens: int, assert_same) -> None:
+    """4 steps with every token active after a dense first one equal KSampler's (`assert_same(out, reference)`)."""
+    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts)
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(latent.shape[0], -1)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_same(ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts), reference)
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+
+
+def model_patch_nodes_under_ksampler(model, latent: dict, prompts: dict, assert_same) -> None:
+    """RAS Model Patch at ratio 1 under a plain KSampler gives the model's own samples; the RAS and SDiT Model
+    Patch nodes at a lower ratio sample; the model passed in is unchanged."""
+    def sample(m):
+        return comfy_nodes.KSampler().sample(m, 4, 5, 2.0, "euler", "simple", prompts["positive"],
+                                             prompts["negative"], latent)[0]["samples"]
+    reference = sample(model)
+    assert_same(sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]), reference)
+    values = sdit_defaults(**SDIT_END_TO_END)
+    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
+        out = sample(patched)
+        assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
+    assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+
+
+def skip_layer_guidance_skipping_block_0(model, latent, prompts: dict, tokens: int, assert_same) -> None:
+    """Skip Layer Guidance skipping block 0 (its perturbed network gathers the tokens at block 1): every token
+    active it equals Skip Layer Guidance alone; with a third of them all three networks (positive, negative,
+    perturbed) run sparse."""
+    slg = importlib.import_module("comfy_extras.nodes_slg")
+    model = slg.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, "0", "", 0.0)[0]
+    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
+    for active in (torch.arange(tokens)[None], random_active(1, tokens, tokens // 3, seed=3)):
+        policy = FixedPlanPolicy([None] + [active] * 3)
+        patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+        out = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts)
+        streams = {c.stream for e in slot.last_run.evals[1:] for c in e.calls if not c.dense}
+        assert len(streams) == 3
+        assert torch.isfinite(out).all()
+        if active.shape[1] == tokens:
+            assert_same(out, reference)
+
+
 @pytest.mark.parametrize("family", ["wan", "wan-phantom", "wan-phantom-plain-negative", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):

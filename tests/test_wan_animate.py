@@ -9,32 +9,22 @@ The face video is encoded frame by frame by a StyleGAN-like motion encoder at 51
 about 1.7 s a frame on a 2-core CPU) before any token runs; the pack leaves it alone. The tests replace its
 `get_motion` by a cheap projection (an object patch on the tiny model), so each frame still gets motion of its
 own, and keep the face encoder and the face blocks, which the pack does touch."""
-import importlib
-
 import pytest
 import torch
 
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch,
-                          sdit_model_patch, text_conditioning)
+from sdit_testkit import TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, text_conditioning
 from test_memory_plan import sample_patched
-from test_sdit_sampler import defaults as sdit_defaults
-from test_video import SDIT_END_TO_END, dense_then_sparse, sampler_node_end_to_end
+from test_video import (assert_within_scale, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
+                        model_patch_nodes_under_ksampler, sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
 
-comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 # One forward is exact on the active tokens to 1e-5 (assert_exact_on_active_tokens). Sampled runs compare to 4e-6
 # of the largest value (~30 float32 ulps; the outputs here reach 10-15): a face block on the running tokens is one
 # attention call over every frame's motion tokens with the other frames masked out, where the model's is one call
 # per frame, which rounds otherwise.
-SAMPLED_REL_TOL = 4e-6
-
-
-def assert_sampled_close(out, reference):
-    assert (out - reference).abs().max().item() <= SAMPLED_REL_TOL * reference.abs().max().item()
+assert_sampled_close = assert_within_scale(4e-6)
 FRAMES, HEIGHT, WIDTH = 5, 8, 12                  # an odd frame count (the reference image's frame first), non-square
 TOKENS = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
 # 10 blocks: face blocks after blocks 0 and 5; 36 input channels (noise, then the reference image and its mask)
@@ -99,24 +89,16 @@ def test_the_face_changes_every_frame_differently():
 @pytest.mark.parametrize("prompts", sorted(PROMPTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(prompts, batch, cfg):
-    model = tiny_animate(seed=3)
-    latent = torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH)
-    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    assert_sampled_close(ksample(patched, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]()), reference)
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    every_token_active(tiny_animate(seed=3), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg, PROMPTS[prompts](),
+                       TOKENS, assert_sampled_close)
 
 
 @pytest.mark.parametrize("prompts", sorted(PROMPTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_dense_then_sparse_matches_dense_on_active_tokens(prompts, batch, cfg):
     """A third of the tokens, in random order and different per image: frames run unequal numbers of tokens."""
-    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
-    by_stream = dense_then_sparse(tiny_animate(seed=4), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), active, cfg,
-                                  PROMPTS[prompts]())
-    assert len(by_stream) == (2 if cfg > 1 else 1)
-    assert_exact_on_active_tokens(by_stream, TOKENS)
+    exact_on_a_third_of_the_tokens(tiny_animate(seed=4), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg,
+                                   PROMPTS[prompts](), TOKENS)
 
 
 def test_a_frame_with_no_running_token_and_one_with_all():
@@ -143,42 +125,15 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
 
 
 def test_model_patch_nodes_under_ksampler():
-    """RAS Model Patch at ratio 1 under a plain KSampler is the Animate model's own output; the Model Patch
-    nodes at a lower ratio sample."""
-    model = tiny_animate(seed=8)
-    latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
-    prompts = animate_prompts()
-
-    def sample(m):
-        return comfy_nodes.KSampler().sample(m, 4, 5, 2.0, "euler", "simple", prompts["positive"],
-                                             prompts["negative"], latent)[0]["samples"]
-    reference = sample(model)
-    assert_sampled_close(sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]), reference)
-    values = sdit_defaults(**SDIT_END_TO_END)
-    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
-        out = sample(patched)
-        assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
-    assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+    model_patch_nodes_under_ksampler(tiny_animate(seed=8), {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)},
+                                     animate_prompts(), assert_sampled_close)
 
 
 def test_skip_layer_guidance_skipping_the_first_block():
-    """Skip Layer Guidance skipping block 0: in its perturbed network the first face block runs before the tokens
-    are gathered (the model's own face block, on the whole video) and block 1 gathers them. Every token active it
-    equals Skip Layer Guidance alone; with a third of them all three networks run sparse."""
-    slg = importlib.import_module("comfy_extras.nodes_slg")
-    model = slg.SkipLayerGuidanceDiT.execute(tiny_animate(seed=9), 3.0, 0.0, 1.0, "0", "", 0.0)[0]
-    latent = torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)
-    prompts = animate_prompts()
-    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
-    for active in (torch.arange(TOKENS)[None], random_active(1, TOKENS, TOKENS // 3, seed=3)):
-        policy = FixedPlanPolicy([None] + [active] * 3)
-        patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-        out = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts)
-        streams = {c.stream for e in slot.last_run.evals[1:] for c in e.calls if not c.dense}
-        assert len(streams) == 3
-        assert torch.isfinite(out).all()
-        if active.shape[1] == TOKENS:
-            assert_sampled_close(out, reference)
+    """In Skip Layer Guidance's perturbed network, which skips block 0, the first face block runs before the tokens
+    are gathered: the model's own face block, on the whole video."""
+    skip_layer_guidance_skipping_block_0(tiny_animate(seed=9), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH),
+                                         animate_prompts(), TOKENS, assert_sampled_close)
 
 
 WINDOWED_FRAMES = 7

@@ -5,30 +5,24 @@ exactness set of test_video.py with the audio (whose 16 tokens per latent frame 
 to, in every block) and the reference frame, as WanHuMoImageToVideo hands them over (silent audio and a blank
 reference for the negative prompt), the memory plan, both sampler nodes and both Model Patch nodes end to end,
 Skip Layer Guidance skipping the first block."""
-import importlib
-
 import pytest
 import torch
 
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch,
-                          sdit_model_patch, text_conditioning)
+from sdit_testkit import TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, text_conditioning
 from test_memory_plan import sample_patched
-from test_sdit_sampler import defaults as sdit_defaults
-from test_video import SDIT_END_TO_END, dense_then_sparse, sampler_node_end_to_end
+from test_video import (assert_within_scale, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
+                        model_patch_nodes_under_ksampler, sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
 
-comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 FRAMES, HEIGHT, WIDTH = 5, 8, 12                  # an odd frame count, non-square frames
 FRAME_TOKENS = (HEIGHT // 2) * (WIDTH // 2)
 TOKENS = FRAMES * FRAME_TOKENS
 # One forward is exact on the active tokens to 1e-5 (assert_exact_on_active_tokens). Sampled runs compare to 4e-6
 # of the largest value (~30 float32 ulps): the audio attention on the running tokens is one attention call over
 # every frame's audio tokens with the other frames masked out, where the model's is one call per frame.
-SAMPLED_REL_TOL = 4e-6
+assert_sampled_close = assert_within_scale(4e-6)
 LAYOUTS = {"1.7B": dict(TINY_WAN, model_type="humo", num_layers=3),
            "17B": dict(TINY_WAN, model_type="humo", num_layers=3, in_dim=36)}
 
@@ -60,10 +54,6 @@ PROMPTS = {"audio and reference": lambda: humo_prompts(), "audio only": lambda: 
 WITH_REFERENCE = ("audio and reference", "reference only")
 
 
-def assert_sampled_close(out, reference):
-    assert (out - reference).abs().max().item() <= SAMPLED_REL_TOL * reference.abs().max().item()
-
-
 def test_humo_is_its_own_adapter():
     assert adapter_for(tiny_humo(seed=0), "test").names == ("Wan HuMo",)
 
@@ -82,13 +72,8 @@ def test_the_audio_changes_every_frame(layout):
 @pytest.mark.parametrize("prompts", sorted(PROMPTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(layout, prompts, batch, cfg):
-    model = tiny_humo(seed=3, layout=layout)
-    latent = torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH)
-    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    assert_sampled_close(ksample(patched, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]()), reference)
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    every_token_active(tiny_humo(seed=3, layout=layout), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg,
+                       PROMPTS[prompts](), TOKENS, assert_sampled_close)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -97,16 +82,13 @@ def test_all_tokens_active_equals_unpatched(layout, prompts, batch, cfg):
 def test_dense_then_sparse_matches_dense_on_active_tokens(layout, prompts, batch, cfg):
     """A third of the tokens, in random order and different per image: frames run unequal numbers of tokens
     (and the reference frame, after the video's, all of its own)."""
-    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
-    by_stream = dense_then_sparse(tiny_humo(seed=4, layout=layout), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH),
-                                  active, cfg, PROMPTS[prompts]())
-    assert len(by_stream) == (2 if cfg > 1 else 1)
-    # the output covers the image sequence: the reference frame's tokens follow the video's (and always run)
-    assert_exact_on_active_tokens(by_stream, TOKENS, extra=FRAME_TOKENS if prompts in WITH_REFERENCE else 0)
+    exact_on_a_third_of_the_tokens(tiny_humo(seed=4, layout=layout), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg,
+                                   PROMPTS[prompts](), TOKENS, extra=FRAME_TOKENS if prompts in WITH_REFERENCE else 0)
 
 
 def test_a_frame_with_no_running_token_and_one_with_all():
-    active = torch.cat([torch.arange(FRAME_TOKENS, 2 * FRAME_TOKENS), torch.arange(3 * FRAME_TOKENS + 2, 3 * FRAME_TOKENS + 5)])
+    active = torch.cat([torch.arange(FRAME_TOKENS, 2 * FRAME_TOKENS),
+                        torch.arange(3 * FRAME_TOKENS + 2, 3 * FRAME_TOKENS + 5)])
     by_stream = dense_then_sparse(tiny_humo(seed=6), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH), active[None], 3.0,
                                   humo_prompts())
     assert_exact_on_active_tokens(by_stream, TOKENS, extra=FRAME_TOKENS)
@@ -128,38 +110,12 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
 
 
 def test_model_patch_nodes_under_ksampler():
-    """RAS Model Patch at ratio 1 under a plain KSampler is the HuMo model's own output; the Model Patch nodes at a
-    lower ratio sample."""
-    model = tiny_humo(seed=8)
-    latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
-    prompts = humo_prompts()
-
-    def sample(m):
-        return comfy_nodes.KSampler().sample(m, 4, 5, 2.0, "euler", "simple", prompts["positive"],
-                                             prompts["negative"], latent)[0]["samples"]
-    reference = sample(model)
-    assert_sampled_close(sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]), reference)
-    values = sdit_defaults(**SDIT_END_TO_END)
-    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
-        out = sample(patched)
-        assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
-    assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+    model_patch_nodes_under_ksampler(tiny_humo(seed=8), {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)},
+                                     humo_prompts(), assert_sampled_close)
 
 
 def test_skip_layer_guidance_skipping_the_first_block():
-    """Skip Layer Guidance skipping block 0: in its perturbed network block 1 gathers the tokens. Every token
-    active it equals Skip Layer Guidance alone; with a third of them all three networks run sparse."""
-    slg = importlib.import_module("comfy_extras.nodes_slg")
-    model = slg.SkipLayerGuidanceDiT.execute(tiny_humo(seed=9), 3.0, 0.0, 1.0, "0", "", 0.0)[0]
-    latent = torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)
-    prompts = humo_prompts()
-    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
-    for active in (torch.arange(TOKENS)[None], random_active(1, TOKENS, TOKENS // 3, seed=3)):
-        policy = FixedPlanPolicy([None] + [active] * 3)
-        patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-        out = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts)
-        streams = {c.stream for e in slot.last_run.evals[1:] for c in e.calls if not c.dense}
-        assert len(streams) == 3
-        assert torch.isfinite(out).all()
-        if active.shape[1] == TOKENS:
-            assert_sampled_close(out, reference)
+    """In Skip Layer Guidance's perturbed network, which skips block 0, the first audio attention runs before the
+    tokens are gathered: the model's own, on the whole video."""
+    skip_layer_guidance_skipping_block_0(tiny_humo(seed=9), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH), humo_prompts(),
+                                         TOKENS, assert_sampled_close)

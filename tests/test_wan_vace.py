@@ -4,7 +4,6 @@ and two control videos (each its own stack of VACE blocks, whose hints are added
 reference image's extra leading frame, the memory plan (a K/V cache per VACE block and control video), both
 sampler nodes and both Model Patch nodes end to end, context windows (where ComfyUI cuts the control videos
 per window)."""
-import importlib
 
 import pytest
 import torch
@@ -14,13 +13,11 @@ import comfy.supported_models
 from comfyui_sdit.nodes.families import adapter_for
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, ras_model_patch,
-                          sdit_model_patch, text_conditioning)
+from sdit_testkit import TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, random_active, text_conditioning
 from test_memory_plan import sample_patched
-from test_sdit_sampler import defaults as sdit_defaults
-from test_video import SDIT_END_TO_END, dense_then_sparse, sampler_node_end_to_end
+from test_video import (assert_within, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
+                        model_patch_nodes_under_ksampler, sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
 
-comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 TOL = 1e-5
 FRAMES, HEIGHT, WIDTH = 5, 8, 12                  # an odd frame count, non-square frames
 TOKENS = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
@@ -66,24 +63,15 @@ def test_vace_is_its_own_adapter():
 @pytest.mark.parametrize("prompts", sorted(PROMPTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(prompts, batch, cfg):
-    model = tiny_vace(seed=3)
-    latent = torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH)
-    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    sparse = ksample(patched, latent, seed=5, steps=4, cfg=cfg, **PROMPTS[prompts]())
-    assert (sparse - reference).abs().max().item() <= TOL
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    every_token_active(tiny_vace(seed=3), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg, PROMPTS[prompts](), TOKENS,
+                       assert_within(TOL))
 
 
 @pytest.mark.parametrize("prompts", sorted(PROMPTS))
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_dense_then_sparse_matches_dense_on_active_tokens(prompts, batch, cfg):
-    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
-    by_stream = dense_then_sparse(tiny_vace(seed=4), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), active, cfg,
-                                  PROMPTS[prompts]())
-    assert len(by_stream) == (2 if cfg > 1 else 1)
-    assert_exact_on_active_tokens(by_stream, TOKENS)
+    exact_on_a_third_of_the_tokens(tiny_vace(seed=4), torch.zeros(batch, 16, FRAMES, HEIGHT, WIDTH), cfg,
+                                   PROMPTS[prompts](), TOKENS)
 
 
 def test_the_hints_change_the_output():
@@ -125,43 +113,15 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
 
 
 def test_model_patch_nodes_under_ksampler():
-    """RAS Model Patch at ratio 1 under a plain KSampler is the VACE model's own output; the Model Patch
-    nodes at a lower ratio sample."""
-    model = tiny_vace(seed=8)
-    latent = {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)}
-    prompts = vace_prompts(2, strengths=[0.7, 1.3])
-
-    def sample(m):
-        return comfy_nodes.KSampler().sample(m, 4, 5, 2.0, "euler", "simple", prompts["positive"],
-                                             prompts["negative"], latent)[0]["samples"]
-    reference = sample(model)
-    assert (sample(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]) - reference).abs().max().item() <= TOL
-    values = sdit_defaults(**SDIT_END_TO_END)
-    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], sdit_model_patch(model, **values)[0]):
-        out = sample(patched)
-        assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
-    assert torch.equal(sample(model), reference), "the model passed in is unchanged"
+    model_patch_nodes_under_ksampler(tiny_vace(seed=8), {"samples": torch.zeros(2, 16, FRAMES, HEIGHT, WIDTH)},
+                                     vace_prompts(2, strengths=[0.7, 1.3]), assert_within(TOL))
 
 
 def test_skip_layer_guidance_skipping_the_first_block():
-    """Skip Layer Guidance skipping Wan's block 0: in its perturbed network the first VACE block runs before the
-    video's tokens are gathered (on the whole video); the next one gathers the control videos' tokens. Every
-    token active it equals Skip Layer Guidance alone; with a third of them it samples, all three networks
-    (positive, negative, perturbed) sparse."""
-    slg = importlib.import_module("comfy_extras.nodes_slg")
-    model = slg.SkipLayerGuidanceDiT.execute(tiny_vace(seed=9), 3.0, 0.0, 1.0, "0", "", 0.0)[0]
-    latent = torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)
-    prompts = vace_prompts(2, strengths=[0.7, 1.3])
-    reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **prompts)
-    for active in (torch.arange(TOKENS)[None], random_active(1, TOKENS, TOKENS // 3, seed=3)):
-        policy = FixedPlanPolicy([None] + [active] * 3)
-        patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-        out = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **prompts)
-        streams = {c.stream for e in slot.last_run.evals[1:] for c in e.calls if not c.dense}
-        assert len(streams) == 3
-        assert torch.isfinite(out).all()
-        if active.shape[1] == TOKENS:
-            assert (out - reference).abs().max().item() <= TOL
+    """In Skip Layer Guidance's perturbed network, which skips Wan's block 0, the first VACE block runs before the
+    video's tokens are gathered (on the whole video); the next one gathers the control videos' tokens."""
+    skip_layer_guidance_skipping_block_0(tiny_vace(seed=9), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH),
+                                         vace_prompts(2, strengths=[0.7, 1.3]), TOKENS, assert_within(TOL))
 
 
 def windowed(seed):

@@ -88,45 +88,24 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
     patcher.add_object_patch(path + ".forward", forward)
 
 
-def replace_sparse_method(patcher, slot, path: str, sparse: Callable) -> None:
-    """Object-patches the method at `path` of a module whose attention is the image tokens' to keys of their own
-    frame (frame_attention.py), which the model computes on equal frames: while a sparse forward of the engine
-    runs on gathered tokens, `sparse(call, module, *args, **kwargs)` computes it in the method's place;
-    otherwise (no forward of the engine, a dense one, or before the tokens are gathered) the method runs
-    unchanged, its attention passing the K/V cache by (its keys are not the image's)."""
-    owner_path, _ = path.rsplit(".", 1)
-    owner = patcher.get_model_object(owner_path)
-    original = unwrap_ours(patcher.get_model_object(path))
-    sparse = compiler_opaque(sparse)
-
-    @functools.partial(compiler_opaque, callees_compiled=True)
-    def patched(*args, **kwargs):
-        call = slot.current_call()
-        if call is None:
-            return original(*args, **kwargs)
-        if not call.dense and call.image_rows is not None:
-            return sparse(call, owner, *args, **kwargs)
-        call.passthrough += 1
-        try:
-            return original(*args, **kwargs)
-        finally:
-            call.passthrough -= 1
-
-    patched.sdit_wraps = original
-    patcher.add_object_patch(path, patched)
-
-
-def passthrough_method(patcher, slot, path: str) -> None:
+def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = None) -> None:
     """Object-patches a method whose attention calls are not over the image tokens (cross-attention of
     the image queries to text or image context): while it runs, attention passes the engine's K/V
-    cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are."""
+    cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are.
+    `sparse`: for a module whose queries attend to keys of their own frame, which the model computes on
+    frames of equal size (frame_attention.py): on a sparse forward, once the tokens are gathered,
+    `sparse(call, module, *args, **kwargs)` computes it in the method's place."""
+    owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
+    sparse = compiler_opaque(sparse) if sparse is not None else None
 
     @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
         call = slot.current_call()
         if call is None:
             return original(*args, **kwargs)
+        if sparse is not None and not call.dense and call.image_rows is not None:
+            return sparse(call, owner, *args, **kwargs)
         call.passthrough += 1
         try:
             return original(*args, **kwargs)

@@ -10,7 +10,7 @@ Everything else is Wan's (wan.py).
 """
 import importlib
 
-from .base import replace_sparse_method
+from .base import passthrough_method
 from .frame_attention import attend_within_frames
 from .wan import WanFamily, runs_wan_forward
 
@@ -33,8 +33,8 @@ class WanAnimateFamily(WanFamily):
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)
         for i in range(len(patcher.model.diffusion_model.face_adapter.fuser_blocks)):
-            replace_sparse_method(patcher, slot, f"diffusion_model.face_adapter.fuser_blocks.{i}.forward",
-                                  face_block_on_running_tokens)
+            passthrough_method(patcher, slot, f"diffusion_model.face_adapter.fuser_blocks.{i}.forward",
+                               sparse=face_block_on_running_tokens)
 
 
 def face_block_on_running_tokens(call, block, x, motion_vec, motion_mask=None):

@@ -8,7 +8,7 @@ audio tokens (the reference frame's are silent). The model reshapes the tokens i
 on a sparse step it runs here on the running tokens instead (frame_attention.py). Everything else is Wan's
 (wan.py).
 """
-from .base import replace_sparse_method
+from .base import passthrough_method
 from .frame_attention import attend_within_frames
 from .wan import WanFamily, runs_wan_forward
 
@@ -33,8 +33,8 @@ class WanHumoFamily(WanFamily):
         def audio_attention(call, attention, x, context, **kwargs):
             return audio_attention_on_running_tokens(call, attention, x, context, per_frame)
         for i in range(len(diffusion_model.blocks)):
-            replace_sparse_method(patcher, slot, f"diffusion_model.blocks.{i}.audio_cross_attn_wrapper.audio_cross_attn"
-                                  ".forward", audio_attention)
+            passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.audio_cross_attn_wrapper.audio_cross_attn"
+                               ".forward", sparse=audio_attention)
 
 
 def audio_attention_on_running_tokens(call, attention, x, audio, per_frame: int):
