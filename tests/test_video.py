@@ -366,41 +366,61 @@ def test_wan_in_context_latents_run_on_every_step():
     assert run.evals[1].calls[0].attention_image_rows == [20 + (HEIGHT // 2) * 4] * 2
 
 
-def test_wan_reference_latent_before_the_video_is_refused():
-    """Wan Fun's reference latent (`ref_conv`) puts its tokens before the video's: a clear error."""
+def tiny_wan_fun(seed):
+    """Wan Fun with a reference image (`ref_conv`): its tokens come before the video's."""
     import comfy.supported_models
     from sdit_testkit import TINY_WAN
-    model = build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, in_dim_ref_conv=16), seed=15)
+    return build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, in_dim_ref_conv=16), seed=seed)
+
+
+def test_wan_reference_image_before_the_video_runs_on_every_step():
+    """Wan Fun's reference image (`ref_conv`) puts its tokens before the video's: they run on every sparse step
+    (moved after the video's for the engine and back for the model), and both forwards equal the model's."""
+    model = tiny_wan_fun(seed=15)
     g = torch.Generator().manual_seed(8)
     x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
     kwargs = dict(context=torch.randn(1, 7, 32, generator=g), reference_latent=torch.randn(1, 16, HEIGHT, WIDTH, generator=g))
-    with pytest.raises(NotImplementedError, match="reference latent.*not supported.*KSampler"):
-        dense_sparse_plain(model, x, 0.6, 20, **kwargs)
-    # without a reference latent the same model samples sparsely
-    dense, sparse, plain, _ = dense_sparse_plain(model, x, 0.6, 20, context=kwargs["context"])
-    assert (sparse - plain).abs().max().item() <= TOL
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 20, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    reference_tokens = (HEIGHT // 2) * (WIDTH // 2)
+    assert run.evals[1].calls[0].attention_image_rows == [20 + reference_tokens] * 2
+    # the policies see the video's tokens where the latent has them (the grid first, the reference after it)
+    (stream,) = run.streams.values()
+    tokens = plain.view(1, 16, FRAMES, 1, HEIGHT // 2, 2, WIDTH // 2, 2).permute(0, 2, 4, 6, 3, 5, 7, 1).flatten(4)
+    assert (stream.last_output[:, :TOKENS] - tokens.flatten(1, 3)).abs().max().item() <= TOL
+    without = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, context=kwargs["context"])
+    assert (without - plain).abs().max().item() > 1e-3, "the reference image counts"
 
 
-def test_reference_latents_before_the_video_are_refused_before_sampling():
-    """Wan Fun's reference latent and HunyuanVideo's `ref_latent` reach the model through the prompt: the
-    sampler nodes name the input before anything is sampled."""
-    import comfy.supported_models
-    from sdit_testkit import TINY_WAN
-    wan_fun = build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, in_dim_ref_conv=16), seed=15)
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_wan_reference_image_sampled_with_the_sampler_nodes(batch, cfg):
+    """Through the prompt (`reference_latents`, as Wan's Fun nodes set it): every token active equals KSampler
+    (to 4e-6 of the samples' scale: the reference's tokens attend in another place in the sequence, which rounds
+    otherwise); a third of them equal the dense forward on the tokens that ran (the reference's always run); the
+    K/V cache holds what the plan counted, the reference's tokens included."""
+    from test_memory_plan import sample_patched
+    reference = torch.randn(1, 16, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3))
+    prompts = conds(reference_latents=[reference])
+    latent = video_latent(batch)
+    every_token_active(tiny_wan_fun(seed=16), latent, cfg, prompts, TOKENS, assert_within_scale(4e-6))
+    exact_on_a_third_of_the_tokens(tiny_wan_fun(seed=17), latent, cfg, prompts, TOKENS,
+                                   extra=(HEIGHT // 2) * (WIDTH // 2))
+    run = sample_patched(tiny_wan_fun(seed=18), latent, cfg, prompts)
+    assert run.kv_planned_bytes == run.kv_peak_bytes > 0
+
+
+def test_a_hunyuan_video_reference_latent_is_refused_before_sampling():
+    """HunyuanVideo's `ref_latent` reaches the model through the prompt: the sampler nodes name the input before
+    anything is sampled."""
     reference = torch.zeros(1, 16, 1, HEIGHT, WIDTH)
-    cases = [(wan_fun, conds(), dict(positive=text_conditioning(1, 7, reference_latents=[reference])), "positive",
-              "Wan with a reference latent"),
-             (tiny_hunyuan_video(seed=16), hunyuan_conds(), dict(negative=hunyuan_conds(ref_latent=reference)["negative"]),
-              "negative", "HunyuanVideo with a reference latent")]
-    for model, prompts, refused, input_name, message in cases:
-        a = dict(ras_args(steps=2), **dict(prompts, **refused))
-        with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input '{input_name}': {message}"):
-            ras_sample(model, latent_image={"samples": video_latent()}, **a)
-        values = sdit_defaults(sample_ratio=0.3)
-        with pytest.raises(SDiTInputError, match=rf"SDiT Sampler: input '{input_name}': {message}"):
-            sdit_sample(model, 1, 2, 1.0, "euler", "simple", a["positive"], a["negative"], {"samples": video_latent()},
-                        1.0, **values)
-    # the same prompt without the reference samples (a model without ref_conv ignores reference_latents)
+    a = dict(ras_args(steps=2), **dict(hunyuan_conds(), negative=hunyuan_conds(ref_latent=reference)["negative"]))
+    model = tiny_hunyuan_video(seed=16)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'negative': HunyuanVideo with a reference latent"):
+        ras_sample(model, latent_image={"samples": video_latent()}, **a)
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'negative': HunyuanVideo with a reference latent"):
+        sdit_sample(model, 1, 2, 1.0, "euler", "simple", a["positive"], a["negative"], {"samples": video_latent()},
+                    1.0, **sdit_defaults(sample_ratio=0.3))
+    # a Wan model without ref_conv ignores reference_latents
     out, _ = ras_sample(tiny_wan(seed=15), latent_image={"samples": video_latent()},
                         **dict(ras_args(steps=2), **conds(reference_latents=[reference])))
     assert torch.isfinite(out["samples"]).all()

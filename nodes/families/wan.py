@@ -11,8 +11,10 @@ hooks modules, never that function's code:
 - the head gets the running tokens' modulation and its output is scattered back to every token.
 Self-attention has no text prefix: the K/V cache holds the video tokens alone. Tokens that follow the
 latent's (Phantom's subject frames concatenated in time, newer ComfyUI's in-context `context_latents`)
-run on every step, like Flux Kontext's references; a reference latent embedded before the video
-(`ref_conv`, Wan Fun) is refused when it runs.
+run on every step, like Flux Kontext's references. So does Wan Fun's reference image (`ref_conv`), whose
+tokens the model puts before the video's: the first block moves them after the others (with their RoPE
+frequencies and modulation), where the engine keeps tokens that always run, and the head's output moves
+them back. Self-attention and every per-token layer give each token the same result in any order.
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
 same hooks. VACE, Animate and HuMo have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py); other
 variants with a forward of their own (S2V, ...) are other models: not covered.
@@ -46,9 +48,14 @@ class WanFamily(FamilyAdapter):
         return [(image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)   # self-attention: video alone
 
     def sequence_references(self, diffusion_model, values):
-        # Phantom's subject frames, concatenated after the video's in time; in-context latents (newer ComfyUI)
+        # Phantom's subject frames, concatenated after the video's in time; in-context latents (newer ComfyUI);
+        # Wan Fun's reference image (the first frame of the last reference latent), before the video
         subject = values.get("time_dim_concat")
-        return ([] if subject is None else [subject]) + list(values.get("context_latents") or [])
+        references = ([] if subject is None else [subject]) + list(values.get("context_latents") or [])
+        image = list(values.get("reference_latents") or [])[-1:]
+        if image and getattr(diffusion_model, "ref_conv", None) is not None:
+            references.append(image[0][:, :, :1])
+        return references
 
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
@@ -56,15 +63,9 @@ class WanFamily(FamilyAdapter):
             patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_method(patcher, slot, "diffusion_model.head.forward", before=_gather_head_modulation,
-                     after=lambda call, out: call.scatter(out))
+                     after=_scatter_head_output)
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
-            patch_module_forward(patcher, slot, "diffusion_model.ref_conv", before=_refuse_leading_reference)
-
-    def refused_conditioning(self, diffusion_model, values: dict):
-        # ComfyUI hands `reference_latents` to a model with ref_conv as its leading reference latent
-        if getattr(diffusion_model, "ref_conv", None) is not None and values.get("reference_latents") is not None:
-            return LEADING_REFERENCE
-        return None
+            patch_module_forward(patcher, slot, "diffusion_model.ref_conv", after=_count_leading_reference)
 
 
 def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
@@ -78,39 +79,65 @@ def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
 
 
 BLOCK_MODULATION_DIMS = 4      # a block's modulation is (rows, frames | tokens, 6, channels), the head's has no 6
-LEADING_REFERENCE = ("Wan with a reference latent (ref_conv, e.g. Wan Fun) is not supported by region-adaptive "
-                     "sampling; sample it with KSampler")
+LEADING = ("wan", "reference tokens before the video's")     # a per-forward memo key: how many
 
 
-def _refuse_leading_reference(call, reference):
-    # its tokens precede the video's in the sequence, where the engine keeps nothing but the grid
-    raise NotImplementedError(LEADING_REFERENCE)
+def _count_leading_reference(call, reference):
+    call.scratch[LEADING] = reference.shape[-2] * reference.shape[-1]     # (rows, channels, rows, cols) of tokens
+    return reference
+
+
+def _lead_last(tokens: torch.Tensor, lead: int) -> torch.Tensor:
+    """[leading reference | video | ...] (the model's order) -> [video | ... | leading reference] (the engine's)."""
+    return torch.cat([tokens[:, lead:], tokens[:, :lead]], dim=1) if lead else tokens
 
 
 def _gather_block_inputs(call, arguments) -> None:
+    lead = call.scratch.get(LEADING, 0)
     if call.image_rows is None:     # the first block that runs
-        arguments["x"] = call.gather(arguments["x"])     # dense: unchanged, but counted; extra tokens follow the grid
-    if call.dense:
+        if lead and (arguments.get("transformer_options") or {}).get("patches", {}).get("double_block"):
+            raise NotImplementedError("Wan with a reference image (ref_conv) and other nodes' block patches is not "
+                                      "supported by region-adaptive sampling; sample it with KSampler")
+        # dense: unchanged (but for a leading reference), and counted; extra tokens follow the grid
+        arguments["x"] = call.gather(_lead_last(arguments["x"], lead))
+    if call.dense and not lead:
         return
-    arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
-    arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS)
+    arguments["freqs"] = _block_freqs(call, arguments["freqs"], lead)
+    arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS, lead)
+
+
+def _block_freqs(call, freqs: torch.Tensor, lead: int) -> torch.Tensor:
+    key = ("wan freqs", freqs.data_ptr(), tuple(freqs.shape), lead)
+    if key not in call.scratch:
+        ordered = _lead_last(freqs, lead)
+        # the reordered tensor stays in the memo: gathered_freqs memoises by its address
+        call.scratch[key] = (ordered, ordered if call.dense else gathered_freqs(call, ordered, prefix=0))
+    return call.scratch[key][1]
 
 
 def _gather_head_modulation(call, arguments) -> None:
-    if not call.dense:
-        arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS - 1)
+    lead = call.scratch.get(LEADING, 0)
+    if not call.dense or lead:
+        arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS - 1, lead)
 
 
-def gathered_modulation(call, e: torch.Tensor, dims: int) -> torch.Tensor:
+def _scatter_head_output(call, out: torch.Tensor) -> torch.Tensor:
+    lead = call.scratch.get(LEADING, 0)
+    full = call.scatter(out)
+    return torch.cat([full[:, -lead:], full[:, :-lead]], dim=1) if lead else full    # back to the model's order
+
+
+def gathered_modulation(call, e: torch.Tensor, dims: int, lead: int = 0) -> torch.Tensor:
     """Modulation per video stays; per frame or per token (Wan 2.2 TI2V's per-token timestep) it is spread
-    over every token as the model's own `repeat_e` spreads it, then gathered. Per frame or token it has
-    `dims` dimensions, (rows, frames | tokens, [6,] channels); fewer (VACE's older layout) or one entry on
-    dim 1 is per video."""
+    over every token as the model's own `repeat_e` spreads it, then gathered (`lead`: tokens of a reference
+    that the model puts first and the engine last). Per frame or token it has `dims` dimensions, (rows,
+    frames | tokens, [6,] channels); fewer (VACE's older layout) or one entry on dim 1 is per video."""
     if e.ndim < dims or e.shape[1] == 1:
         return e
     key = ("modulation", e.data_ptr(), tuple(e.shape))
     if key not in call.scratch:
         from comfy.ldm.wan.model import repeat_e
-        every_token = e.new_empty(e.shape[0], call.image_sequence_length, 0)   # only its length is read
-        call.scratch[key] = call.gather_grid(repeat_e(e, every_token))
+        length = call.image_rows if call.dense else call.image_sequence_length
+        every_token = e.new_empty(e.shape[0], length, 0)   # only its length is read
+        call.scratch[key] = call.gather_grid(_lead_last(repeat_e(e, every_token), lead))
     return call.scratch[key]
