@@ -73,7 +73,7 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
     try:
         layers = []
         for entry in prompts:
-            references = sum(tokens(latent.shape) for latent in adapter.sequence_references(diffusion_model, entry))
+            references = adapter.sequence_reference_tokens(diffusion_model, entry, tokens)
             text = adapter.prompt_tokens(model, _text_tokens(entry), entry)
             layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text, entry)
                        for shape in shapes]

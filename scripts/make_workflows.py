@@ -231,7 +231,7 @@ def lumina2_ras(info: dict) -> dict:
     negative = wf.add("CLIPTextEncodeLumina2", {"user_prompt": "blurry, ugly"}, {"clip": (ckpt, 1)},
                       pos=(350, 350), title="Negative")
     latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": model, "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)}
+    sockets = {"model": (shifted, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 25, "cfg": 4.0, "sampler_name": "res_multistep",
                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, (ckpt, 2), "lumina2_ras", True)
     return wf.to_json()
@@ -389,7 +389,7 @@ def hunyuan_video_ras(info: dict) -> dict:
                     pos=(700, 300))
     sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
                                     "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (negative, 0),
+                     {"model": (shifted, 0), "positive": (guided, 0), "negative": (negative, 0),
                       "latent_image": (latent, 0)}, pos=(1050, 100))
     video_tail(wf, (sampler, 0), (vae, 0), "hunyuan_video_ras", 24.0)
     return wf.to_json()
@@ -479,6 +479,33 @@ def wan21_humo_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan22_s2v_ras(info: dict) -> dict:
+    """Wan 2.2 S2V 14B: a person from a reference image, speaking to an audio track (wav2vec2 features per frame,
+    WanSoundImageToVideo); the audio injector runs the same tokens as the video's blocks, each attending to its
+    own frame's audio. The video is saved with the audio."""
+    wf = Workflow(info)
+    model, clip, vae = wan_loaders(wf, "wan2.2_s2v_14B_bf16.safetensors")
+    positive, negative = text_pair(wf, clip, "a man talks to the camera in a quiet library, natural gestures",
+                                   "blurry, static, low quality, distorted face")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the person)")
+    encoder = wf.add("AudioEncoderLoader", {"audio_encoder_name": "wav2vec2_large_english_fp16.safetensors"},
+                     pos=(0, 900))
+    audio = wf.add("LoadAudio", {"audio": "speech.wav"}, pos=(0, 1050), title="Audio")
+    heard = wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
+    guided = wf.add("WanSoundImageToVideo", {"width": 832, "height": 480, "length": 77, "batch_size": 1},
+                    {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
+                     "ref_image": (image, 0)}, pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 4.5, "sampler_name": "uni_pc", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1), "latent_image": (guided, 2)},
+                     pos=(1050, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
+    video = wf.add("CreateVideo", {"fps": 16.0}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
+    wf.add("SaveVideo", {"filename_prefix": "wan22_s2v_ras", "format": "auto", "codec": "auto"},
+           {"video": (video, 0)}, pos=(1900, 100))
+    return wf.to_json()
+
+
 # HunyuanVideo 1.5 and HunyuanImage 2.1 read the prompt with Qwen2.5-VL and quoted text with ByT5 (glyph tokens)
 QWEN_AND_GLYPH_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "byt5_small_glyphxl_fp16.safetensors")
 
@@ -529,7 +556,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
             "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,
-            "wan21_humo_sdit.json": wan21_humo_sdit,
+            "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras}
 

@@ -276,9 +276,15 @@ def test_two_experts_each_start_with_a_dense_step():
 def test_video_variants_with_their_own_forward_get_the_not_supported_error():
     import comfy.supported_models
     from sdit_testkit import TINY_WAN
-    s2v = build_tiny(comfy.supported_models.WAN22_S2V, dict(TINY_WAN, model_type="s2v"), seed=0)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*WanModel_S2V.*not supported.*Wan"):
-        ras_sample(s2v, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
+    import comfy.ldm.wan.model
+
+    class WanWithAForwardOfItsOwn(comfy.ldm.wan.model.WanModel):     # as newer ComfyUI's Animate 2, SCAIL, ...
+        def forward_orig(self, *args, **kwargs):
+            return super().forward_orig(*args, **kwargs)
+    model = build_tiny(comfy.supported_models.WAN21_T2V, TINY_WAN, seed=0)
+    model.model.diffusion_model.__class__ = WanWithAForwardOfItsOwn
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*WanWithAForwardOfItsOwn.*not supported.*Wan"):
+        ras_sample(model, latent_image={"samples": video_latent()}, **dict(ras_args(), **conds()))
 
 
 def test_image_models_refuse_video_latents_clearly():

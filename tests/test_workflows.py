@@ -52,6 +52,21 @@ def test_example_workflow_matches_object_info(path, object_info):
     assert workflow_to_prompt(workflow, object_info)
 
 
+GENERATED_WITH = "0.3.75"      # the ComfyUI `make workflows` builds the example workflows against (CI's)
+
+
+def test_example_workflows_are_what_the_script_builds(object_info):
+    """Every builder in scripts/make_workflows.py runs, one per example workflow, and on the ComfyUI they were
+    built against gives the committed file (a change to the script that breaks or changes one shows here)."""
+    import make_workflows
+    from pack_host import comfyui_version
+    built = {name: build(object_info) for name, build in make_workflows.EXAMPLES.items()}
+    assert sorted(built) == [path.name for path in WORKFLOWS]
+    if comfyui_version() == GENERATED_WITH:
+        for path in WORKFLOWS:
+            assert built[path.name] == json.loads(path.read_text()), path.name
+
+
 def test_templates_menu_lists_every_example_workflow_with_its_thumbnail(server):
     """ComfyUI lists a pack's example_workflows/*.json as templates and serves a .jpg beside one as its card."""
     from PIL import Image
@@ -143,7 +158,7 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["f
                     "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json"],
                     # before "Wan", as "HunyuanVideo 1.5" before "HunyuanVideo" below
                     "Wan VACE": ["wan21_vace_sdit.json"], "Wan 2.2 Animate": ["wan22_animate_ras.json"],
-                    "Wan HuMo": ["wan21_humo_sdit.json"],
+                    "Wan HuMo": ["wan21_humo_sdit.json"], "Wan 2.2 S2V": ["wan22_s2v_ras.json"],
                     "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json",
                             "wan21_context_windows_ras.json"],
                     # before "HunyuanVideo": a README family is matched by the first key it starts with

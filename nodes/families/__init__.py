@@ -15,11 +15,12 @@ from .sd3 import SD3Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
 from .wan_humo import WanHumoFamily
+from .wan_s2v import WanS2VFamily
 from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
-                               HunyuanVideoFamily()]
+                               WanS2VFamily(), HunyuanVideoFamily()]
 
 
 def supported_family_names() -> str:

@@ -205,6 +205,11 @@ class FamilyAdapter:
         (references, which run on every step): the memory plan counts their tokens in the K/V cache."""
         return []
 
+    def sequence_reference_tokens(self, diffusion_model, values: dict, tokens: Callable) -> int:
+        """How many tokens those latents put into the sequence (`tokens(latent shape)` counts a latent's): the
+        memory plan's count. A model that embeds a latent of its own way (Wan S2V's packed motion frames) says."""
+        return sum(tokens(latent.shape) for latent in self.sequence_references(diffusion_model, values))
+
     def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int,
                         values: dict) -> List[Tuple[int, int]]:
         """(tokens, channels) per batch row of each attention layer whose keys and values the K/V cache keeps,
