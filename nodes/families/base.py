@@ -93,8 +93,8 @@ def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = No
     the image queries to text or image context): while it runs, attention passes the engine's K/V
     cache by. Image queries stay the gathered ones; the keys are the context's, complete as they are.
     `sparse`: for a module whose queries attend to keys of their own frame, which the model computes on
-    frames of equal size (frame_attention.py): on a sparse forward, once the tokens are gathered,
-    `sparse(call, module, *args, **kwargs)` computes it in the method's place."""
+    frames of equal size (frame_attention.py; Wan S2V's audio injector): on a sparse forward, once the tokens
+    are gathered, `sparse(call, module, *args, **kwargs)` computes it in the method's place."""
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     sparse = compiler_opaque(sparse) if sparse is not None else None
