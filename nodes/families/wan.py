@@ -52,7 +52,7 @@ class WanFamily(FamilyAdapter):
         # Wan Fun's reference image (the first frame of the last reference latent), before the video
         subject = values.get("time_dim_concat")
         references = ([] if subject is None else [subject]) + list(values.get("context_latents") or [])
-        image = list(values.get("reference_latents") or [])[-1:]
+        image = last_reference_latent(values)
         if image and getattr(diffusion_model, "ref_conv", None) is not None:
             references.append(image[0][:, :, :1])
         return references
@@ -78,12 +78,17 @@ def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
                     for name in ("_forward", "forward") if hasattr(wan.WanModel, name)))
 
 
+def last_reference_latent(values: dict) -> list:
+    """The reference latent a prompt's `reference_latents` give a Wan model ([] or [latent]): it embeds the last."""
+    return list(values.get("reference_latents") or [])[-1:]
+
+
 BLOCK_MODULATION_DIMS = 4      # a block's modulation is (rows, frames | tokens, 6, channels), the head's has no 6
 LEADING = ("wan", "reference tokens before the video's")     # a per-forward memo key: how many
 
 
 def _count_leading_reference(call, reference):
-    call.scratch[LEADING] = reference.shape[-2] * reference.shape[-1]     # (rows, channels, rows, cols) of tokens
+    call.scratch[LEADING] = reference.shape[-2] * reference.shape[-1]     # (batch, channels, token rows, cols)
     return reference
 
 

@@ -10,7 +10,7 @@ on a sparse step it runs here on the running tokens instead (frame_attention.py)
 """
 from .base import passthrough_method
 from .frame_attention import attend_within_frames
-from .wan import WanFamily, runs_wan_forward
+from .wan import WanFamily, last_reference_latent, runs_wan_forward
 
 
 class WanHumoFamily(WanFamily):
@@ -23,7 +23,7 @@ class WanHumoFamily(WanFamily):
                 and hasattr(diffusion_model, "audio_proj"))
 
     def sequence_references(self, diffusion_model, values):
-        return list(values.get("reference_latents") or [])[-1:]    # the model embeds the last one
+        return last_reference_latent(values)
 
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)

@@ -13,8 +13,9 @@ frame's audio alone) and the running tokens' results are taken out again. Everyt
 ComfyUI versions whose S2V does not hand its blocks `transformer_options` (0.3.75) keep its attention away from
 the K/V cache: the first sparse step stops with the error of `neighbours.check_attention_went_through`.
 """
+from ...sdit_core.tokens import gather_rows, scatter_rows_
 from .base import passthrough_method
-from .wan import WanFamily, runs_wan_forward
+from .wan import WanFamily, last_reference_latent, runs_wan_forward
 
 
 class WanS2VFamily(WanFamily):
@@ -27,7 +28,7 @@ class WanS2VFamily(WanFamily):
                 and hasattr(diffusion_model, "audio_injector"))
 
     def sequence_references(self, diffusion_model, values):
-        return list(values.get("reference_latents") or [])[-1:]    # the model embeds the last one
+        return last_reference_latent(values)
 
     def sequence_reference_tokens(self, diffusion_model, values, tokens):
         count = super().sequence_reference_tokens(diffusion_model, values, tokens)
@@ -45,7 +46,8 @@ class WanS2VFamily(WanFamily):
 def _inject_on_running_tokens(call, injector, x, block_id, audio_emb, audio_emb_global, seq_len, *args, **kwargs):
     """The audio injector (which works on the first `seq_len` tokens, the video's, as equal frames) on the
     running tokens: the video's running tokens lead the gathered sequence `x`."""
-    from ...sdit_core.tokens import gather_rows, scatter_rows_
+    if block_id not in injector.injected_block_id:      # most blocks have no injector: nothing to do
+        return x
     index = call.grid_index.to(x.device)
     video = scatter_rows_(x.new_zeros(x.shape[0], seq_len, x.shape[2]), index, x[:, :index.shape[1]])
     injected = type(injector).forward(injector, video, block_id, audio_emb, audio_emb_global, seq_len, *args, **kwargs)
