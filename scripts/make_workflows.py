@@ -452,6 +452,21 @@ def wan22_animate_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def audio_features(wf: "Workflow", encoder_name: str, audio_file: str) -> tuple:
+    """An audio file and its features from an audio encoder (Whisper, wav2vec2): the audio and features nodes."""
+    encoder = wf.add("AudioEncoderLoader", {"audio_encoder_name": encoder_name}, pos=(0, 900))
+    audio = wf.add("LoadAudio", {"audio": audio_file}, pos=(0, 1050), title="Audio")
+    return audio, wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
+
+
+def video_with_audio_tail(wf: "Workflow", latent_socket, vae, audio, prefix: str, fps: float) -> None:
+    """Latent video -> VAE decode -> a video file with the audio track (ComfyUI's own nodes)."""
+    decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(1400, 100))
+    video = wf.add("CreateVideo", {"fps": fps}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
+    wf.add("SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, {"video": (video, 0)},
+           pos=(1900, 100))
+
+
 def wan21_humo_sdit(info: dict) -> dict:
     """Wan HuMo 17B: a person from a reference image, speaking or singing to an audio track (Whisper features per
     frame, WanHuMoImageToVideo); the audio attention runs the same tokens as the video's blocks, each token
@@ -461,9 +476,7 @@ def wan21_humo_sdit(info: dict) -> dict:
     positive, negative = text_pair(wf, clip, "a woman sings on a small stage, warm spotlight, expressive face",
                                    "blurry, static, low quality, distorted face")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the person)")
-    encoder = wf.add("AudioEncoderLoader", {"audio_encoder_name": "whisper_large_v3_fp16.safetensors"}, pos=(0, 900))
-    audio = wf.add("LoadAudio", {"audio": "song.wav"}, pos=(0, 1050), title="Audio")
-    heard = wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
+    audio, heard = audio_features(wf, "whisper_large_v3_fp16.safetensors", "song.wav")
     guided = wf.add("WanHuMoImageToVideo", {"width": 832, "height": 480, "length": 97, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
                      "ref_image": (image, 0)}, pos=(700, 300))
@@ -471,10 +484,7 @@ def wan21_humo_sdit(info: dict) -> dict:
                                      "sample_ratio": 0.4},
                      {"model": model, "positive": (guided, 0), "negative": (guided, 1),
                       "latent_image": (guided, 2)}, pos=(1050, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
-    video = wf.add("CreateVideo", {"fps": 25.0}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
-    wf.add("SaveVideo", {"filename_prefix": "wan21_humo_sdit", "format": "auto", "codec": "auto"},
-           {"video": (video, 0)}, pos=(1900, 100))
+    video_with_audio_tail(wf, (sampler, 0), vae, audio, "wan21_humo_sdit", 25.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
     return wf.to_json()
 
@@ -488,10 +498,7 @@ def wan22_s2v_ras(info: dict) -> dict:
     positive, negative = text_pair(wf, clip, "a man talks to the camera in a quiet library, natural gestures",
                                    "blurry, static, low quality, distorted face")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the person)")
-    encoder = wf.add("AudioEncoderLoader", {"audio_encoder_name": "wav2vec2_large_english_fp16.safetensors"},
-                     pos=(0, 900))
-    audio = wf.add("LoadAudio", {"audio": "speech.wav"}, pos=(0, 1050), title="Audio")
-    heard = wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
+    audio, heard = audio_features(wf, "wav2vec2_large_english_fp16.safetensors", "speech.wav")
     guided = wf.add("WanSoundImageToVideo", {"width": 832, "height": 480, "length": 77, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
                      "ref_image": (image, 0)}, pos=(700, 300))
@@ -499,10 +506,7 @@ def wan22_s2v_ras(info: dict) -> dict:
                                     "sample_ratio": 0.4},
                      {"model": model, "positive": (guided, 0), "negative": (guided, 1), "latent_image": (guided, 2)},
                      pos=(1050, 100))
-    decode = wf.add("VAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
-    video = wf.add("CreateVideo", {"fps": 16.0}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
-    wf.add("SaveVideo", {"filename_prefix": "wan22_s2v_ras", "format": "auto", "codec": "auto"},
-           {"video": (video, 0)}, pos=(1900, 100))
+    video_with_audio_tail(wf, (sampler, 0), vae, audio, "wan22_s2v_ras", 16.0)
     return wf.to_json()
 
 
