@@ -19,6 +19,8 @@ Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video
 same hooks. VACE, Animate, HuMo and S2V have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py,
 wan_s2v.py); other variants with a forward of their own are other models: not covered.
 """
+import importlib
+
 import torch
 
 from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
@@ -76,6 +78,17 @@ def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
     return (any(kind.forward_orig is owner.forward_orig for owner in owners)
             and all(getattr(kind, name) is getattr(wan.WanModel, name)
                     for name in ("_forward", "forward") if hasattr(wan.WanModel, name)))
+
+
+def is_wan_variant(diffusion_model, class_name: str, part: str, module: str = "comfy.ldm.wan.model") -> bool:
+    """The model is ComfyUI's Wan variant `class_name` (where the running ComfyUI has it), running that class's
+    `forward_orig` and WanModel's `forward`, with the `part` its adapter patches."""
+    try:
+        variant = getattr(importlib.import_module(module), class_name, None)
+    except ImportError:
+        return False
+    return (variant is not None and isinstance(diffusion_model, variant)
+            and runs_wan_forward(diffusion_model, (variant,)) and hasattr(diffusion_model, part))
 
 
 def last_reference_latent(values: dict) -> list:

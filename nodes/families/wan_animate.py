@@ -8,27 +8,16 @@ attention of that token to the motion tokens of its own frame. The model's face 
 frames of equal size; on a sparse step it runs here on the running tokens instead (frame_attention.py).
 Everything else is Wan's (wan.py).
 """
-import importlib
-
 from .base import passthrough_method
 from .frame_attention import attend_within_frames
-from .wan import WanFamily, runs_wan_forward
-
-
-def _animate_class():
-    try:
-        return importlib.import_module("comfy.ldm.wan.model_animate").AnimateWanModel
-    except (ImportError, AttributeError):       # a ComfyUI without Wan Animate
-        return None
+from .wan import WanFamily, is_wan_variant
 
 
 class WanAnimateFamily(WanFamily):
     names = ("Wan 2.2 Animate",)
 
     def matches(self, diffusion_model) -> bool:
-        animate = _animate_class()
-        return (animate is not None and isinstance(diffusion_model, animate)
-                and runs_wan_forward(diffusion_model, (animate,)) and hasattr(diffusion_model, "face_adapter"))
+        return is_wan_variant(diffusion_model, "AnimateWanModel", "face_adapter", module="comfy.ldm.wan.model_animate")
 
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)

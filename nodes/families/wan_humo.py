@@ -10,17 +10,14 @@ on a sparse step it runs here on the running tokens instead (frame_attention.py)
 """
 from .base import passthrough_method
 from .frame_attention import attend_within_frames
-from .wan import WanFamily, last_reference_latent, runs_wan_forward
+from .wan import WanFamily, is_wan_variant, last_reference_latent
 
 
 class WanHumoFamily(WanFamily):
     names = ("Wan HuMo",)
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.wan.model as wan
-        humo = getattr(wan, "HumoWanModel", None)
-        return (humo is not None and isinstance(diffusion_model, humo) and runs_wan_forward(diffusion_model, (humo,))
-                and hasattr(diffusion_model, "audio_proj"))
+        return is_wan_variant(diffusion_model, "HumoWanModel", "audio_proj")
 
     def sequence_references(self, diffusion_model, values):
         return last_reference_latent(values)

@@ -15,17 +15,14 @@ the K/V cache: the first sparse step stops with the error of `neighbours.check_a
 """
 from ...sdit_core.tokens import gather_rows, scatter_rows_
 from .base import passthrough_method
-from .wan import WanFamily, last_reference_latent, runs_wan_forward
+from .wan import WanFamily, is_wan_variant, last_reference_latent
 
 
 class WanS2VFamily(WanFamily):
     names = ("Wan S2V",)
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.wan.model as wan
-        s2v = getattr(wan, "WanModel_S2V", None)
-        return (s2v is not None and isinstance(diffusion_model, s2v) and runs_wan_forward(diffusion_model, (s2v,))
-                and hasattr(diffusion_model, "audio_injector"))
+        return is_wan_variant(diffusion_model, "WanModel_S2V", "audio_injector")
 
     def sequence_references(self, diffusion_model, values):
         return last_reference_latent(values)

@@ -9,17 +9,14 @@ video, with a K/V cache of its own for its self-attention (over the control vide
 the video's). Everything else is Wan's (wan.py).
 """
 from .base import gathered_freqs, passthrough_method, patch_method
-from .wan import BLOCK_MODULATION_DIMS, WanFamily, gathered_modulation, runs_wan_forward
+from .wan import BLOCK_MODULATION_DIMS, WanFamily, gathered_modulation, is_wan_variant
 
 
 class WanVaceFamily(WanFamily):
     names = ("Wan VACE",)
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.wan.model as wan
-        vace = getattr(wan, "VaceWanModel", None)
-        return (vace is not None and isinstance(diffusion_model, vace) and runs_wan_forward(diffusion_model, (vace,))
-                and hasattr(diffusion_model, "vace_blocks"))
+        return is_wan_variant(diffusion_model, "VaceWanModel", "vace_blocks")
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         control_videos = len(values.get("vace_frames") or [None])     # ComfyUI adds an empty one where none
