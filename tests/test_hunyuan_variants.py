@@ -15,14 +15,11 @@ import comfy.supported_models
 
 from comfyui_sdit.nodes.comfy_compat import hunyuan_video_unet_config
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import (TINY_HUNYUAN_VIDEO, assert_exact_on_active_tokens, build_tiny, ksample, random_active,
-                          ras_sample, text_conditioning)
+from sdit_testkit import TINY_HUNYUAN_VIDEO, build_tiny, ras_sample, text_conditioning
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
-from test_video import dense_then_sparse, sampler_node_end_to_end
+from test_video import assert_within, every_token_active, exact_on_a_third_of_the_tokens, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 TOL = 1e-5
@@ -107,24 +104,17 @@ BATCH_CASES = [(name, batch, cfg) for name in sorted(CASES) for batch, cfg in BA
 @pytest.mark.parametrize("name,batch,cfg", BATCH_CASES)
 def test_all_tokens_active_equals_unpatched(name, batch, cfg):
     case = CASES[name]
-    model = case.build(seed=3)
-    reference = ksample(model, case.latent(batch), seed=5, steps=4, cfg=cfg, **case.make_prompts())
-    policy = FixedPlanPolicy([None] + [torch.arange(case.tokens).expand(batch, -1)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    sparse = ksample(patched, case.latent(batch), seed=5, steps=4, cfg=cfg, **case.make_prompts())
-    assert (sparse - reference).abs().max().item() <= TOL
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
-    assert slot.last_run.grid == case.grid
+    run = every_token_active(case.build(seed=3), case.latent(batch), cfg, case.make_prompts(), case.tokens,
+                             assert_within(TOL))
+    assert run.grid == case.grid
 
 
 @pytest.mark.parametrize("name,batch,cfg", BATCH_CASES)
 def test_dense_then_sparse_matches_dense_on_active_tokens(name, batch, cfg):
     case = CASES[name]
-    active = random_active(batch, case.tokens, case.tokens // 3, seed=1)
-    by_stream = dense_then_sparse(case.build(seed=4), case.latent(batch), active, cfg, case.make_prompts())
-    assert len(by_stream) == (2 if cfg > 1 else 1)
-    assert all(computed.shape == active.shape for _, (_, computed) in by_stream.values())
-    assert_exact_on_active_tokens(by_stream, case.tokens)
+    by_stream = exact_on_a_third_of_the_tokens(case.build(seed=4), case.latent(batch), cfg, case.make_prompts(),
+                                               case.tokens)
+    assert all(computed.shape == (batch, case.tokens // 3) for _, (_, computed) in by_stream.values())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -14,12 +14,10 @@ import comfy.supported_models
 
 from comfyui_sdit.nodes.comfy_compat import flux_unet_config, patchifies_frames
 from comfyui_sdit.nodes.errors import SDiTInputError
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_FLUX, TINY_QWEN_IMAGE, TINY_WAN, assert_exact_on_active_tokens, build_tiny,
-                          flux_conditioning, ksample, random_active, ras_sample, text_conditioning, tiny_qwen_image)
+                          flux_conditioning, random_active, ras_sample, text_conditioning, tiny_qwen_image)
 from test_ras_sampler import ras_args
-from test_video import dense_then_sparse
+from test_video import assert_within, dense_then_sparse, every_token_active
 
 TOL = 1e-5
 HEIGHT, WIDTH = 8, 12
@@ -113,14 +111,8 @@ def case(name):
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_all_tokens_active_equals_unpatched(name, batch, cfg):
     model_config, config, shape, prompts, tokens = case(name)
-    model = build(model_config, config, seed=3)
     latent = 0.5 * randn(batch, *shape, seed=1)                # FlowRVS starts from the latent itself
-    reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts())
-    policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(batch, -1)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    sparse = ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts())
-    assert (sparse - reference).abs().max().item() <= TOL
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    every_token_active(build(model_config, config, seed=3), latent, cfg, prompts(), tokens, assert_within(TOL))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -182,22 +182,26 @@ def assert_within_scale(rel_tol: float):
     return check
 
 
-def exact_on_a_third_of_the_tokens(model, latent, cfg: float, prompts: dict, tokens: int, extra: int = 0) -> None:
+def exact_on_a_third_of_the_tokens(model, latent, cfg: float, prompts: dict, tokens: int, extra: int = 0) -> dict:
     """A dense and then a sparse forward with a third of the `tokens` grid tokens (random order, other ones per
-    image) agree on the tokens that ran, one stream per prompt at cfg > 1 (`extra`: tokens after the grid)."""
+    image) agree on the tokens that ran, one stream per prompt at cfg > 1 (`extra`: tokens after the grid).
+    Returns dense_then_sparse's outputs by stream."""
     active = random_active(latent.shape[0], tokens, tokens // 3, seed=1)
     by_stream = dense_then_sparse(model, latent, active, cfg, prompts)
     assert len(by_stream) == (2 if cfg > 1 else 1)
     assert_exact_on_active_tokens(by_stream, tokens, extra=extra)
+    return by_stream
 
 
-def every_token_active(model, latent, cfg: float, prompts: dict, tokens: int, assert_same) -> None:
-    """4 steps with every token active after a dense first one equal KSampler's (`assert_same(out, reference)`)."""
+def every_token_active(model, latent, cfg: float, prompts: dict, tokens: int, assert_same):
+    """4 steps with every token active after a dense first one equal KSampler's (`assert_same(out, reference)`).
+    Returns the run."""
     reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts)
     policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(latent.shape[0], -1)] * 3)
     patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
     assert_same(ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts), reference)
     assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    return slot.last_run
 
 
 def model_patch_nodes_under_ksampler(model, latent: dict, prompts: dict, assert_same) -> None:
