@@ -135,6 +135,9 @@ POSITIONAL_PATCHES = [        # (module, class, the node named in the error, the
     ("comfy_extras.nodes_model_patch", "ZImageControlPatch", "Apply Z-Image Fun ControlNet", "noise_refiner"),
     ("comfy_extras.nodes_model_patch", "WanUni3CCnetPatch", "Apply Wan Uni3C ControlNet", "double_block"),
     ("comfy.ldm.wan.model_multitalk", "MultiTalkCrossAttnPatch", "WanInfiniteTalkToVideo", "attn2_patch"),
+    ("comfy.ldm.anima.lllite", "AnimaLLLitePatch", "Apply Anima LLLite", "post_input"),
+    ("comfy.ldm.anima.lllite", "AnimaLLLiteAttentionPatch", "Apply Anima LLLite", "attn1_patch"),
+    ("comfy.ldm.anima.lllite", "AnimaLLLiteMLPPatch", "Apply Anima LLLite", "mlp_patch"),
 ]
 
 
@@ -148,7 +151,10 @@ def with_patch_of(model, cls, patch_list: str):
 
 @pytest.mark.parametrize("module,name,node,patch_list", POSITIONAL_PATCHES, ids=[p[1] for p in POSITIONAL_PATCHES])
 def test_patches_that_add_inputs_by_position_over_the_whole_image_are_named(module, name, node, patch_list):
-    cls = getattr(importlib.import_module(module), name, None) if importlib.util.find_spec(module) else None
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        cls = None
     if cls is None:
         pytest.skip(f"this ComfyUI has no {name}")
     model = tiny_flux(seed=46)

@@ -7,6 +7,7 @@ from typing import List
 
 from ..errors import SDiTInputError
 from .base import FamilyAdapter
+from .cosmos import CosmosFamily
 from .flux import FluxFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .lumina import LuminaFamily
@@ -20,7 +21,7 @@ from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
-                               WanS2VFamily(), HunyuanVideoFamily()]
+                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily()]
 
 
 def supported_family_names() -> str:
