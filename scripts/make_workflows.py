@@ -538,6 +538,23 @@ def hunyuan_video15_i2v_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def anima_sdit(info: dict) -> dict:
+    """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
+    (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
+    default er_sde adds noise every step, which SDiT follows only by refreshing more)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "anima-base-v1.0.safetensors", "qwen_3_06b_base.safetensors",
+                                        "stable_diffusion", "qwen_image_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "masterpiece, best quality, 1girl, silver hair, reading a book in a "
+                                             "sunlit library, detailed background",
+                                   "worst quality, low quality, blurry, jpeg artifacts")
+    latent = wf.add("EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "anima_sdit", True)
+    return wf.to_json()
+
+
 def hunyuan_image21_ras(info: dict) -> dict:
     """HunyuanImage 2.1 at 2048²: its diffusion model, the Qwen2.5-VL + ByT5 glyph text encoders (quoted text in
     the prompt becomes glyph tokens beside the text), its VAE + RAS Sampler."""
@@ -562,7 +579,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,
             "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
-            "hunyuan_image21_ras.json": hunyuan_image21_ras}
+            "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit}
 
 
 def main() -> None:
