@@ -2,6 +2,7 @@
 sampling vs RAS and SDiT, batch 2 (cond + uncond, CFG), through ComfyUI's own sampling.
 
     python3 bench/speed.py --models flux-dev sd35-medium sd35-large lumina2 --res 1024 2048   # GPU
+    python3 bench/speed.py --models cosmos-predict2-2b --res 1024                            # Anima's DiT
     python3 bench/speed.py --models flux-dev --res 1024 --methods RAS --cuda-graphs          # graph replay
     .venv/bin/python bench/speed.py --smoke                                                   # CI, CPU
 
@@ -51,6 +52,7 @@ class Spec(NamedTuple):
     vae_scale: int = 8          # pixels per latent pixel (side)
     latent_channels: int = 16
     patch: int = 2              # latent pixels per token (side)
+    single_frame: bool = False  # an image model that takes one-frame 5-D latents (ComfyUI unsqueezes an empty one)
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -79,6 +81,17 @@ HUNYUAN_VIDEO_15 = dict(HUNYUAN_VIDEO, in_channels=65, out_channels=32, vec_in_d
 TINY_HUNYUAN_VIDEO_15 = dict(HUNYUAN_VIDEO_15, context_in_dim=64, hidden_size=64, num_heads=4, depth=2,
                              axes_dim=[4, 6, 6], vision_in_dim=32)
 
+# Cosmos Predict2 2B Text2Image (model_detection.py's config), the DiT Anima runs behind its LLM text adapter: 28
+# blocks of self-attention, cross-attention to the 1024-wide text and a 4x MLP at 2048 wide
+COSMOS_PREDICT2_2B = dict(image_model="cosmos_predict2", max_img_h=240, max_img_w=240, max_frames=128, in_channels=16,
+                          out_channels=16, patch_spatial=2, patch_temporal=1, model_channels=2048, num_blocks=28,
+                          num_heads=16, concat_padding_mask=True, crossattn_emb_channels=1024, pos_emb_cls="rope3d",
+                          pos_emb_learnable=True, pos_emb_interpolation="crop", min_fps=1, max_fps=30,
+                          use_adaln_lora=True, adaln_lora_dim=256, extra_per_block_abs_pos_emb=False,
+                          rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0)
+TINY_COSMOS = dict(COSMOS_PREDICT2_2B, model_channels=64, num_blocks=2, num_heads=4, crossattn_emb_channels=64,
+                   adaln_lora_dim=16)
+
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
     "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
@@ -96,6 +109,9 @@ MODELS = {
                                     axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
                                     ffn_dim_multiplier=4.0), 2304, None, None, 28, 2304),
     "tiny-flux": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128),
+    "cosmos-predict2-2b": Spec("CosmosT2IPredict2", COSMOS_PREDICT2_2B, 1024, None, None, 28, 2048, joint=False,
+                               single_frame=True),
+    "tiny-cosmos": Spec("CosmosT2IPredict2", TINY_COSMOS, 64, None, None, 2, 64, joint=False, single_frame=True),
     # video: --res is the frame height (480 -> 832 x 480, 720 -> 1280 x 720), --frames the pixel frames
     "wan21-14b": Spec("WAN21_T2V", WAN21_14B, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True),
     "hunyuan-video": Spec("HunyuanVideo", HUNYUAN_VIDEO, 4096, 768, 6.0, 60, 3072, video=True),
@@ -119,7 +135,7 @@ def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
     (Wan, HunyuanVideo) also compress time 4x, keeping the first frame: 81 frames -> 21 latent frames."""
     s, c = spec.vae_scale, spec.latent_channels
     if not spec.video:
-        return (1, c, res // s, res // s)
+        return (1, c, 1, res // s, res // s) if spec.single_frame else (1, c, res // s, res // s)
     return (1, c, (frames - 1) // 4 + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
 
 
@@ -404,7 +420,7 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
-    for name, res, frames in [("flux-dev", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
+    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
                               ("hunyuan-video-1.5", 720, 121)]:
@@ -456,7 +472,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
-    parser.add_argument("--smoke", action="store_true", help="tiny Flux, 256 px, 8 steps, one ratio (CI)")
+    parser.add_argument("--smoke", action="store_true", help="tiny Flux and tiny Cosmos Predict2, 256 px, 8 steps, one "
+                                                             "ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
                         help="tiny Wan, Wan VACE, HunyuanVideo and HunyuanVideo 1.5, 128 px x 9 frames, 8 steps, one "
                              "ratio (CI)")
@@ -488,7 +505,7 @@ def main() -> None:
         print(json.dumps(ideal_table(), indent=1))
         return
     if args.smoke:
-        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux"], [256], 8, [0.5], 16
+        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-cosmos"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
             ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5"], [128], 9, 8, [0.5], 16

@@ -45,8 +45,9 @@ def test_benchmark_runs(name, tmp_path):
         assert any(t < r["image_tokens"] for r in sparse for t in r["token_counts"]), "no sparse step ran"
         # the memory plan counted what the caches held; every weight in (CPU) memory
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 and r["weights_vram_gib"] > 0 for r in sparse)
-        dense = {(r["res"], r["cfg"]): r["kv_cache_gib"] for r in data["rows"] if r["method"] == "full"}
-        assert all(dense[r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
+        dense = {(r["model"], r["res"], r["cfg"]): r["kv_cache_gib"] for r in data["rows"] if r["method"] == "full"}
+        assert all(dense[r["model"], r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
+        assert {r["model"] for r in sparse} == {"tiny-flux", "tiny-cosmos"}
     if name == "speed_video":               # every tiny video model sampled sparsely, its cache as planned
         assert {r["model"] for r in data["rows"]} == {"tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video",
                                                       "tiny-hunyuan-video-1.5"}
