@@ -187,3 +187,20 @@ def test_anima_every_token_active_and_a_third_of_them(batch, cfg):
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_anima_sampler_nodes_end_to_end(method):
     sampler_node_end_to_end(tiny_anima(), {"samples": latent(2, 1)}, anima_prompts(), method, FRAME_TOKENS)
+
+
+def test_region_visualizer_and_complexity_map_draw_an_image_run():
+    """An image model on one-frame 5-D latents: the maps are the image's, one frame, as for any image model."""
+    from comfyui_sdit.nodes.visual_nodes import ComplexityMap, RegionVisualizer
+    from test_sdit_sampler import defaults as sdit_defaults
+    from test_video import SDIT_END_TO_END
+    from sdit_testkit import sdit_sample
+    out, trace = sdit_sample(tiny_cosmos(seed=11), 3, 5, 1.0, "euler", "simple", prompts()["positive"],
+                             prompts()["negative"], {"samples": latent(1, 1)}, 1.0, **sdit_defaults(**SDIT_END_TO_END))
+    images = RegionVisualizer().draw(trace, -1, 0, 0.6)["result"][0]
+    token_px = 2 * 8
+    assert images.shape[0] == 2 + len(trace.steps) and images.shape[1] == HEIGHT * 8   # maps, each with a side panel
+    mask = images[-1][::token_px, :WIDTH * 8:token_px, 0] > 0.5
+    assert torch.equal(mask, trace.steps[-1].active[0])
+    image, masks = ComplexityMap().compute({"samples": out["samples"]}, 2, 0.5, 1.0, 0.5, -1, 0)["result"]
+    assert image.shape[1] == HEIGHT * 8 and masks.shape == (1, HEIGHT * 8, WIDTH * 8)     # heatmap + legend
