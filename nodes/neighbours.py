@@ -8,7 +8,7 @@ Checked, and why:
   appends their cached keys/values inside attention: keys no longer match the tokens that ran.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
   DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
-  attention, Anima's LLLite): they need every token's hidden state, the sparse forward has only the running ones
+  attention): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
@@ -35,9 +35,6 @@ _POSITIONAL_PATCHES = {       # patch class -> the node that puts it on the mode
     "WanUni3CCnetPatch": "Apply Wan Uni3C ControlNet",
     "MultiTalkCrossAttnPatch": "WanInfiniteTalkToVideo",
     "MultiTalkGetAttnMapPatch": "WanInfiniteTalkToVideo",
-    "AnimaLLLitePatch": "Apply Anima LLLite",              # its control image's features per token, ...
-    "AnimaLLLiteAttentionPatch": "Apply Anima LLLite",     # ... added to every block's q/k/v and
-    "AnimaLLLiteMLPPatch": "Apply Anima LLLite",           # feed-forward input by position
 }
 
 

@@ -2,7 +2,8 @@
 network behind an LLM text adapter, newer ComfyUI) on tiny random-weight instances of their real ComfyUI classes
 (CPU, fp32): the exactness set of test_video.py on images (one-frame latents) and videos, the 2B layout (AdaLN-LoRA)
 and the 14B one (learned position embeddings added in every block), image-to-video with a given first frame (the
-timestep, and so the modulation, per frame), the memory plan, both sampler nodes and both Model Patch nodes."""
+timestep, and so the modulation, per frame), the memory plan, both sampler nodes and both Model Patch nodes; Anima with
+its LLLite control (features per token added inside every block)."""
 import functools
 import importlib
 
@@ -14,7 +15,7 @@ import comfy.supported_models
 from comfyui_sdit.nodes.families import adapter_for
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import build_tiny, ras_sample, text_conditioning
+from sdit_testkit import build_tiny, ksample, ras_sample, text_conditioning
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
 from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
@@ -204,3 +205,57 @@ def test_region_visualizer_and_complexity_map_draw_an_image_run():
     assert torch.equal(mask, trace.steps[-1].active[0])
     image, masks = ComplexityMap().compute({"samples": out["samples"]}, 2, 0.5, 1.0, 0.5, -1, 0)["result"]
     assert image.shape[1] == HEIGHT * 8 and masks.shape == (1, HEIGHT * 8, WIDTH * 8)     # heatmap + legend
+
+
+# ---- Anima LLLite (newer ComfyUI's "Apply Anima LLLite") ------------------------------------------------------
+LLLITE_TARGETS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "cross_attn_q_proj", "mlp_layer1")
+
+
+def tiny_lllite(seed=12):
+    """A random LLLite checkpoint for the tiny Anima (every block, every target), loaded as "Load Model Patch" loads
+    one: it encodes the control image into one feature vector per token (16 x 16 pixels each)."""
+    lllite = pytest.importorskip("comfy.ldm.anima.lllite")
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.ops
+    from sdit_testkit import init_weights_
+    operations = comfy.ops.manual_cast
+    parts = {"lllite_conditioning1": lllite.AnimaLLLiteConditioning(3, 16, 8, 1, (), operations=operations)}
+    for block in range(TINY_COSMOS["num_blocks"]):
+        for target in LLLITE_TARGETS:
+            parts[f"lllite_dit_blocks_{block}_{target}"] = lllite.AnimaLLLiteModule(TINY_COSMOS["model_channels"], 8,
+                                                                                    8, operations=operations)
+    state = {}
+    for name, part in parts.items():
+        init_weights_(part, seed)
+        state.update({f"{name}.{key}": value for key, value in part.state_dict().items()})
+    model = lllite.AnimaLLLite(state, {}, operations=operations)
+    model.load_state_dict(state)
+    return comfy.model_patcher.CoreModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                offload_device=comfy.model_management.unet_offload_device())
+
+
+def with_lllite(model, strength=1.0):
+    control = torch.rand(1, HEIGHT * 8, WIDTH * 8, 3, generator=torch.Generator().manual_seed(13))
+    apply = importlib.import_module("comfy_extras.nodes_model_patch").AnimaLLLiteApply()
+    return apply.apply_patch(model, tiny_lllite(), control, strength, 0.0, 1.0)[0]
+
+
+def test_anima_lllite_changes_every_token():
+    """The precondition of the tests below: the control features reach the model's output everywhere."""
+    model = tiny_anima()
+    plain, controlled = (ksample(m, latent(1, 1), seed=5, steps=3, **anima_prompts()) for m in (model, with_lllite(model)))
+    assert (plain - controlled).abs().amax(dim=1).min().item() > 1e-4
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_anima_with_lllite_every_token_active_and_a_third_of_them(batch, cfg):
+    """Each running token gets its own control features (the negative prompt's rows too: one control image)."""
+    model = with_lllite(tiny_anima())
+    every_token_active(model, latent(batch, 1), cfg, anima_prompts(), FRAME_TOKENS, assert_within(TOL))
+    exact_on_a_third_of_the_tokens(model, latent(batch, 1), cfg, anima_prompts(), FRAME_TOKENS)
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_anima_with_lllite_sampler_nodes_end_to_end(method):
+    sampler_node_end_to_end(with_lllite(tiny_anima()), {"samples": latent(2, 1)}, anima_prompts(), method, FRAME_TOKENS)

@@ -135,9 +135,6 @@ POSITIONAL_PATCHES = [        # (module, class, the node named in the error, the
     ("comfy_extras.nodes_model_patch", "ZImageControlPatch", "Apply Z-Image Fun ControlNet", "noise_refiner"),
     ("comfy_extras.nodes_model_patch", "WanUni3CCnetPatch", "Apply Wan Uni3C ControlNet", "double_block"),
     ("comfy.ldm.wan.model_multitalk", "MultiTalkCrossAttnPatch", "WanInfiniteTalkToVideo", "attn2_patch"),
-    ("comfy.ldm.anima.lllite", "AnimaLLLitePatch", "Apply Anima LLLite", "post_input"),
-    ("comfy.ldm.anima.lllite", "AnimaLLLiteAttentionPatch", "Apply Anima LLLite", "attn1_patch"),
-    ("comfy.ldm.anima.lllite", "AnimaLLLiteMLPPatch", "Apply Anima LLLite", "mlp_patch"),
 ]
 
 

@@ -14,12 +14,16 @@ The adapter hooks modules, never the forward's code:
 - cross-attention passes the K/V cache by (its keys are the text, complete as they are);
 - the final layer gets the running tokens' modulation and its output is scattered back to the grid.
 Self-attention has no text prefix: the K/V cache holds the image tokens alone.
+Anima LLLite (newer ComfyUI's "Apply Anima LLLite") encodes its control image into features per token before the
+blocks and adds them, through small per-token layers, to every block's q/k/v and feed-forward inputs: on a
+sparse forward the first block hands each running token its own features.
 """
 import torch
 
 from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method
 
 GRID = ("cosmos", "token grid")      # a per-forward memo key: (frames, rows, cols) of the 5-D token tensor
+LLLITE_FEATURES = "AnimaLLLitePatch"     # its post_input patch: the key of its per-token features in model_patch_data
 
 
 class CosmosFamily(FamilyAdapter):
@@ -73,6 +77,7 @@ def _gather_block_inputs(call, arguments) -> None:
         if call.dense:
             return
         arguments["x_B_T_H_W_D"] = _as_sparse_frames(running)
+        _gather_control_features(call, arguments.get("transformer_options") or {})
     if call.dense:
         return
     # RoPE rows are (1, tokens, 1, head_dim / 2, 2, 2) for every image: each image gets its running tokens' rows
@@ -86,6 +91,20 @@ def _gather_block_inputs(call, arguments) -> None:
             rows = call.image_index_now().shape[0]
             call.scratch[key] = _as_sparse_frames(call.gather_grid(_flat(extra).expand(rows, -1, -1)))
         arguments["extra_per_block_pos_emb"] = call.scratch[key]
+
+
+def _gather_control_features(call, transformer_options: dict) -> None:
+    """Anima LLLite's features, (batch | 1, tokens, channels) over the grid in the forward's own `model_patch_data`
+    (a dict the model makes anew each forward), become the running tokens' (its layers repeat one image's features
+    over the batch; so does this)."""
+    data = transformer_options.get("model_patch_data") or {}
+    rows = call.image_index_now().shape[0]
+    for patch, features in list(data.items()):
+        if not (torch.is_tensor(features) and any(c.__name__ == LLLITE_FEATURES for c in type(patch).__mro__)):
+            continue
+        if features.shape[0] != rows and rows % features.shape[0] == 0:
+            features = features.repeat(rows // features.shape[0], 1, 1)
+        data[patch] = call.gather_grid(features)
 
 
 def _per_running_token(call, per_frame):
