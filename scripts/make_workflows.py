@@ -538,6 +538,26 @@ def hunyuan_video15_i2v_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def hidream_i1_ras(info: dict) -> dict:
+    """HiDream-I1 Full: diffusion model with its flow shift, the four text encoders (ComfyUI's QuadrupleCLIPLoader:
+    CLIP-L, CLIP-G, T5-XXL, Llama 3.1 8B), Flux VAE + RAS Sampler with HiDream's recommended uni_pc sampler."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "hidream_i1_full_fp16.safetensors", "weight_dtype": "default"})
+    clip = wf.add("QuadrupleCLIPLoader", {"clip_name1": "clip_l_hidream.safetensors",
+                                          "clip_name2": "clip_g_hidream.safetensors",
+                                          "clip_name3": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                                          "clip_name4": "llama_3.1_8b_instruct_fp8_scaled.safetensors"}, pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "ae.safetensors"}, pos=(0, 350))
+    shifted = wf.add("ModelSamplingSD3", {"shift": 3.0}, {"model": (unet, 0)}, pos=(350, 0))
+    positive, negative = text_pair(wf, (clip, 0), "a lighthouse on a cliff at sunset, waves crashing, oil painting",
+                                   "blurry, low quality")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 50, "cfg": 5.0, "sampler_name": "uni_pc",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "hidream_i1_ras", True)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -579,7 +599,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,
             "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
-            "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit}
+            "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
+            "hidream_i1_ras.json": hidream_i1_ras}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from ..errors import SDiTInputError
 from .base import FamilyAdapter
 from .cosmos import CosmosFamily
 from .flux import FluxFamily
+from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
@@ -21,7 +22,7 @@ from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
-                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily()]
+                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily()]
 
 
 def supported_family_names() -> str:
