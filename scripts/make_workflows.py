@@ -558,6 +558,26 @@ def hidream_i1_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def kandinsky5_t2v_ras(info: dict) -> dict:
+    """Kandinsky 5 Video Lite text-to-video (newer ComfyUI): its diffusion model with its flow shift, the Qwen2.5-VL
+    + CLIP-L text encoders (kandinsky5 type), HunyuanVideo's VAE + RAS Sampler."""
+    wf = Workflow(info)
+    unet, clip, vae = dual_clip_loaders(wf, "kandinsky5lite_t2v_sft_5s.safetensors",
+                                        ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip_l.safetensors"), "kandinsky5",
+                                        "hunyuan_video_vae_bf16.safetensors")
+    shifted = wf.add("ModelSamplingSD3", {"shift": 10.0}, {"model": (unet, 0)}, pos=(350, 0))
+    positive, negative = text_pair(wf, (clip, 0), "a red fox trotting through fresh snow in a pine forest, morning light",
+                                   "static, blurry, low quality")
+    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 768, "height": 512, "length": 121, "batch_size": 1},
+                    pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), (vae, 0), "kandinsky5_t2v_ras", 24.0)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -600,7 +620,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
-            "hidream_i1_ras.json": hidream_i1_ras}
+            "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras}
 
 
 def main() -> None:

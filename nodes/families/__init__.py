@@ -11,6 +11,7 @@ from .cosmos import CosmosFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
+from .kandinsky5 import Kandinsky5Family
 from .lumina import LuminaFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
@@ -22,7 +23,8 @@ from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
-                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily()]
+                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
+                               Kandinsky5Family()]
 
 
 def supported_family_names() -> str:

@@ -1,0 +1,89 @@
+"""Kandinsky 5 (comfy/ldm/kandinsky5/model.py, Kandinsky5; newer ComfyUI): video (T2V, I2V) and image models.
+
+`forward_orig` runs text blocks over the prompt alone, embeds the video with a 3-D patch embedding into tokens
+over (frames, rows, cols) and flattens them, runs visual blocks (self-attention over the video tokens with 3-D RoPE,
+cross-attention to the text, a feed-forward, modulated per video), reshapes the tokens back to the grid and maps
+them to the latent in one per-token layer (`out_layer`), which also unpatchifies. The adapter hooks modules, never
+that function's code:
+- the first visual block that runs gathers the video tokens; every visual block gets their RoPE frequencies;
+- cross-attention passes the K/V cache by (its keys are the text, complete as they are);
+- the last visual block hands back every token's row (the running ones computed, the others zero) so the model's
+  reshape to the grid holds; the output layer's result is cut back into tokens, the running ones kept and the
+  others filled from the policy (`scatter`), and put back together.
+The text blocks' attention runs before the gather: the model's own, untouched.
+"""
+import torch
+
+from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
+from ...sdit_core.tokens import scatter_rows_
+
+
+class Kandinsky5Family(FamilyAdapter):
+    names = ("Kandinsky 5",)
+
+    def matches(self, diffusion_model) -> bool:
+        try:
+            import comfy.ldm.kandinsky5.model as kandinsky5
+        except ImportError:
+            return False
+        model = kandinsky5.Kandinsky5
+        return isinstance(diffusion_model, model) and all(
+            getattr(type(diffusion_model), name) is getattr(model, name) for name in ("forward_orig", "_forward", "forward"))
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[-1])
+
+    def takes_frames(self, diffusion_model) -> bool:
+        return True
+
+    def temporal_patch(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[0])
+
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
+        return [(image_tokens, diffusion_model.model_dim)] * len(diffusion_model.visual_transformer_blocks)
+
+    def install(self, patcher, slot) -> None:
+        blocks = len(patcher.model.diffusion_model.visual_transformer_blocks)
+        for i in range(blocks):
+            patch_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.forward",
+                         before=_gather_block_inputs, after=_every_token_row if i == blocks - 1 else None)
+            passthrough_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.cross_attention.forward")
+        patch_module_forward(patcher, slot, "diffusion_model.visual_embeddings", after=_note_grid)
+        patch_module_forward(patcher, slot, "diffusion_model.out_layer", after=_scatter_output)
+
+
+GRID = ("kandinsky5", "token grid")      # a per-forward memo key: (frames, rows, cols) of the embedded video
+
+
+def _note_grid(call, embedded: torch.Tensor) -> torch.Tensor:
+    call.scratch[GRID] = tuple(embedded.shape[1:4])      # (batch, frames, rows, cols, channels)
+    return embedded
+
+
+def _gather_block_inputs(call, arguments) -> None:
+    if call.image_rows is None:                     # the first visual block that runs
+        arguments["visual_embed"] = call.gather(arguments["visual_embed"])    # dense: unchanged, but counted
+    if not call.dense:
+        arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
+
+
+def _every_token_row(call, out: torch.Tensor) -> torch.Tensor:
+    """The running tokens' rows put in a (batch, tokens, channels) tensor of zeros: the model reshapes it to the
+    grid before its output layer (per token: the zero rows' outputs are not used)."""
+    if call.dense:
+        return out
+    full = out.new_zeros(out.shape[0], call.grid_tokens, out.shape[-1])
+    return scatter_rows_(full, call.image_index_now().to(out.device), out)
+
+
+def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, frames, height, width) latent output -> tokens -> running ones kept, the others the
+    policy's -> the latent output again."""
+    t, h, w = call.scratch[GRID]
+    batch, channels = out.shape[:2]
+    pt, ph, pw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
+    tokens = (out.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+              .reshape(batch, t * h * w, channels * pt * ph * pw))
+    full = call.scatter(tokens if call.dense else call.gather_grid(tokens))
+    return (full.reshape(batch, t, h, w, channels, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+            .reshape(out.shape))
