@@ -88,7 +88,8 @@ COSMOS_PREDICT2_2B = dict(image_model="cosmos_predict2", max_img_h=240, max_img_
                           num_heads=16, concat_padding_mask=True, crossattn_emb_channels=1024, pos_emb_cls="rope3d",
                           pos_emb_learnable=True, pos_emb_interpolation="crop", min_fps=1, max_fps=30,
                           use_adaln_lora=True, adaln_lora_dim=256, extra_per_block_abs_pos_emb=False,
-                          rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0)
+                          rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0,
+                          rope_t_extrapolation_ratio=1.0)
 TINY_COSMOS = dict(COSMOS_PREDICT2_2B, model_channels=64, num_blocks=2, num_heads=4, crossattn_emb_channels=64,
                    adaln_lora_dim=16)
 
@@ -420,7 +421,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
-    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("wan21-14b", 480, 81), ("wan21-14b", 720, 81),
+    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("wan21-14b", 480, 81),
+                              ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
                               ("hunyuan-video-1.5", 720, 121)]:

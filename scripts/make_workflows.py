@@ -554,7 +554,8 @@ def hidream_i1_ras(info: dict) -> dict:
     latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
     sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 50, "cfg": 5.0, "sampler_name": "uni_pc",
-                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "hidream_i1_ras", True)
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, (vae, 0), "hidream_i1_ras",
+                 True)
     return wf.to_json()
 
 
@@ -566,7 +567,8 @@ def kandinsky5_t2v_ras(info: dict) -> dict:
                                         ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip_l.safetensors"), "kandinsky5",
                                         "hunyuan_video_vae_bf16.safetensors")
     shifted = wf.add("ModelSamplingSD3", {"shift": 10.0}, {"model": (unet, 0)}, pos=(350, 0))
-    positive, negative = text_pair(wf, (clip, 0), "a red fox trotting through fresh snow in a pine forest, morning light",
+    positive, negative = text_pair(wf, (clip, 0),
+                                   "a red fox trotting through fresh snow in a pine forest, morning light",
                                    "static, blurry, low quality")
     latent = wf.add("EmptyHunyuanLatentVideo", {"width": 768, "height": 512, "length": 121, "batch_size": 1},
                     pos=(700, 300))

@@ -244,7 +244,8 @@ def with_lllite(model, strength=1.0):
 def test_anima_lllite_changes_every_token():
     """The precondition of the tests below: the control features reach the model's output everywhere."""
     model = tiny_anima()
-    plain, controlled = (ksample(m, latent(1, 1), seed=5, steps=3, **anima_prompts()) for m in (model, with_lllite(model)))
+    plain, controlled = (ksample(m, latent(1, 1), seed=5, steps=3, **anima_prompts())
+                         for m in (model, with_lllite(model)))
     assert (plain - controlled).abs().amax(dim=1).min().item() > 1e-4
 
 

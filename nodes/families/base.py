@@ -1,5 +1,6 @@
 """Interface of a model-family adapter, and the patching helpers every adapter shares."""
 import functools
+import importlib
 import inspect
 import logging
 from typing import Callable, List, Optional, Tuple
@@ -151,6 +152,19 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     if on_multigpu_thread(options):      # one graph pool per run, but the threads' devices differ
         return False
     return not options.get("patches") and not options.get("patches_replace")
+
+
+def runs_class_methods(diffusion_model, module: str, class_name: str, methods: Tuple[str, ...]) -> bool:
+    """The model is an instance of ComfyUI's `module.class_name` (where the running ComfyUI has it) and its class
+    runs that class's own `methods` (those the class has): a subclass that overrides one is another model, which
+    gets the "not supported" error."""
+    try:
+        cls = getattr(importlib.import_module(module), class_name, None)
+    except ImportError:
+        return False
+    return (cls is not None and isinstance(diffusion_model, cls)
+            and all(getattr(type(diffusion_model), name) is getattr(cls, name)
+                    for name in methods if hasattr(cls, name)))
 
 
 def gather_control(call, control: dict) -> dict:

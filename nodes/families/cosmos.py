@@ -20,7 +20,7 @@ sparse forward the first block hands each running token its own features.
 """
 import torch
 
-from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method
+from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, runs_class_methods
 
 GRID = ("cosmos", "token grid")      # a per-forward memo key: (frames, rows, cols) of the 5-D token tensor
 LLLITE_FEATURES = "AnimaLLLitePatch"     # its post_input patch: the key of its per-token features in model_patch_data
@@ -30,14 +30,10 @@ class CosmosFamily(FamilyAdapter):
     names = ("Cosmos Predict2", "Anima")
 
     def matches(self, diffusion_model) -> bool:
-        try:
-            import comfy.ldm.cosmos.predict2 as predict2
-        except ImportError:
-            return False
-        dit = predict2.MiniTrainDIT
         # Anima overrides `forward` only to map its text first; a subclass running blocks of its own is another model
-        return (isinstance(diffusion_model, dit) and type(diffusion_model)._forward is dit._forward
-                and all(type(block).forward is predict2.Block.forward for block in diffusion_model.blocks))
+        return (runs_class_methods(diffusion_model, "comfy.ldm.cosmos.predict2", "MiniTrainDIT", ("_forward",))
+                and all(runs_class_methods(block, "comfy.ldm.cosmos.predict2", "Block", ("forward",))
+                        for block in diffusion_model.blocks))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_spatial)

@@ -13,7 +13,7 @@ grid: not covered (a clear error).
 """
 import torch
 
-from .base import FamilyAdapter, patch_module_forward
+from .base import FamilyAdapter, patch_module_forward, runs_class_methods
 
 EDIT = ("HiDream-E1 (an edit image beside the latent) is not supported by region-adaptive sampling; sample it with "
         "KSampler")
@@ -23,13 +23,8 @@ class HiDreamFamily(FamilyAdapter):
     names = ("HiDream-I1",)
 
     def matches(self, diffusion_model) -> bool:
-        try:
-            import comfy.ldm.hidream.model as hidream
-        except ImportError:
-            return False
-        model = hidream.HiDreamImageTransformer2DModel
-        return isinstance(diffusion_model, model) and all(
-            getattr(type(diffusion_model), name) is getattr(model, name) for name in ("forward", "_forward"))
+        return runs_class_methods(diffusion_model, "comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel",
+                                  ("forward", "_forward"))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)

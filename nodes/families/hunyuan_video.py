@@ -23,18 +23,16 @@ A reference latent (`ref_latent`) puts tokens before the video: not covered (a c
 """
 import torch
 
-from .base import FamilyAdapter, gather_control, passthrough_method, patch_method, patch_module_forward
+from .base import (FamilyAdapter, gather_control, passthrough_method, patch_method, patch_module_forward,
+                   runs_class_methods)
 
 
 class HunyuanVideoFamily(FamilyAdapter):
     names = ("HunyuanVideo",)
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.hunyuan_video.model as hunyuan
-        if not isinstance(diffusion_model, hunyuan.HunyuanVideo):
-            return False
-        return all(getattr(type(diffusion_model), name) is getattr(hunyuan.HunyuanVideo, name)
-                   for name in ("forward_orig", "_forward", "forward") if hasattr(hunyuan.HunyuanVideo, name))
+        return runs_class_methods(diffusion_model, "comfy.ldm.hunyuan_video.model", "HunyuanVideo",
+                                  ("forward_orig", "_forward", "forward"))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])

@@ -14,7 +14,8 @@ The text blocks' attention runs before the gather: the model's own, untouched.
 """
 import torch
 
-from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
+from .base import (FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward,
+                   runs_class_methods)
 from ...sdit_core.tokens import scatter_rows_
 
 
@@ -22,13 +23,8 @@ class Kandinsky5Family(FamilyAdapter):
     names = ("Kandinsky 5",)
 
     def matches(self, diffusion_model) -> bool:
-        try:
-            import comfy.ldm.kandinsky5.model as kandinsky5
-        except ImportError:
-            return False
-        model = kandinsky5.Kandinsky5
-        return isinstance(diffusion_model, model) and all(
-            getattr(type(diffusion_model), name) is getattr(model, name) for name in ("forward_orig", "_forward", "forward"))
+        return runs_class_methods(diffusion_model, "comfy.ldm.kandinsky5.model", "Kandinsky5",
+                                  ("forward_orig", "_forward", "forward"))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size[-1])

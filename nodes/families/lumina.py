@@ -18,21 +18,16 @@ part as "everything before the image rows that ran".
 import torch
 
 from ..comfy_compat import takes_reference_latents
-from .base import FamilyAdapter, gathered_freqs, patch_method
+from .base import FamilyAdapter, gathered_freqs, patch_method, runs_class_methods
 
 
 class LuminaFamily(FamilyAdapter):
     names = ("Lumina 2", "Z-Image")
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.lumina.model
-        next_dit = comfy.ldm.lumina.model.NextDiT
-        if not isinstance(diffusion_model, next_dit):
-            return False
         # A subclass with a forward of its own (Z-Image pixel space: a decoder over a fixed dense token
         # count) is another model: not covered, it gets the "not supported" error.
-        return all(getattr(type(diffusion_model), name) is getattr(next_dit, name)
-                   for name in ("forward", "_forward") if hasattr(next_dit, name))
+        return runs_class_methods(diffusion_model, "comfy.ldm.lumina.model", "NextDiT", ("forward", "_forward"))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
