@@ -11,10 +11,10 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import build_tiny, text_conditioning
+from sdit_testkit import build_tiny, ksample, ras_model_patch, text_conditioning
 from test_memory_plan import sample_patched
 from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
-                        model_patch_nodes_under_ksampler, sampler_node_end_to_end)
+                        model_patch_nodes_under_ksampler, sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
 
 if not hasattr(comfy.supported_models, "Kandinsky5"):
     pytest.skip("this ComfyUI has no Kandinsky 5", allow_module_level=True)
@@ -111,3 +111,15 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method, kind):
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_kandinsky5(seed=8), {"samples": latent(batch=2)}, prompts(),
                                      assert_within(TOL))
+
+
+def test_skip_layer_guidance_on_a_first_block_samples_and_on_the_last_is_refused_clearly():
+    """The last visual block hands the model every token's row: Skip Layer Guidance skipping it is named in a clear
+    error at the first sparse step; skipping the first block, the second gathers the tokens."""
+    model = tiny_kandinsky5(seed=9)
+    skip_layer_guidance_skipping_block_0(model, latent(), prompts(), tokens(), assert_within(TOL))
+    slg = importlib.import_module("comfy_extras.nodes_slg")
+    skipping_last = slg.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, "1", "", 0.0)[0]
+    patched = ras_model_patch(skipping_last, 0.3, 1, "", 0.1, "std", False)[0]
+    with pytest.raises(NotImplementedError, match="last visual block"):
+        ksample(patched, latent(), seed=5, steps=4, cfg=3.0, **prompts())

@@ -56,8 +56,16 @@ def _note_grid(call, embedded: torch.Tensor) -> torch.Tensor:
     return embedded
 
 
+LAST_BLOCK_REPLACED = ("another node replaces Kandinsky 5's last visual block (e.g. Skip Layer Guidance skipping it), "
+                       "which region-adaptive sampling needs to run: choose other layers, or sample with KSampler")
+
+
 def _gather_block_inputs(call, arguments) -> None:
     if call.image_rows is None:                     # the first visual block that runs
+        options = arguments.get("transformer_options") or {}
+        last = options.get("total_blocks", 0) - 1
+        if not call.dense and ("double_block", last) in options.get("patches_replace", {}).get("dit", {}):
+            raise NotImplementedError(LAST_BLOCK_REPLACED)
         arguments["visual_embed"] = call.gather(arguments["visual_embed"])    # dense: unchanged, but counted
     if not call.dense:
         arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
