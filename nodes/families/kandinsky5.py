@@ -9,7 +9,8 @@ that function's code:
 - cross-attention passes the K/V cache by (its keys are the text, complete as they are);
 - the last visual block hands back every token's row (the running ones computed, the others zero) so the model's
   reshape to the grid holds; the output layer's result is cut back into tokens, the running ones kept and the
-  others filled from the policy (`scatter`), and put back together.
+  others filled from the policy (`scatter`), and put back together. Another node replacing that last block (Skip
+  Layer Guidance skipping it) gets a clear error.
 The text blocks' attention runs before the gather: the model's own, untouched.
 """
 import torch
