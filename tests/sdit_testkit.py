@@ -82,13 +82,15 @@ def ksample(model, latent, seed=0, steps=6, cfg=1.0, sampler="euler", scheduler=
                                latent, denoise=denoise, seed=seed, disable_pbar=True)
 
 
-def sample_with(model, latent, sampler_function, sigmas, cfg=1.0, positive=None, negative=None, seed=0):
-    """Runs ComfyUI's sampling with a hand-written sampler function (model evaluations under control)."""
+def sample_with(model, latent, sampler_function, sigmas, cfg=1.0, positive=None, negative=None, seed=0,
+                noise_mask=None):
+    """Runs ComfyUI's sampling with a hand-written sampler function (model evaluations under control);
+    `noise_mask`: the latent's, as KSampler hands it on."""
     positive = positive if positive is not None else flux_conditioning(1)
     negative = negative if negative is not None else flux_conditioning(2)
     sampler = comfy.samplers.KSAMPLER(sampler_function)
     return comfy.sample.sample_custom(model, noise_like(latent, seed), cfg, sampler, sigmas, positive, negative,
-                                      latent, disable_pbar=True, seed=seed)
+                                      latent, noise_mask=noise_mask, disable_pbar=True, seed=seed)
 
 
 TINY_SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,

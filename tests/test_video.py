@@ -63,9 +63,9 @@ class RecordingPolicy(FixedPlanPolicy):
         self.outputs.append((stream, output.clone(), computed))
 
 
-def dense_then_sparse(model, latent, active, cfg, conds) -> dict:
-    """One dense and then one sparse forward on the same input, through ComfyUI's sampling (CFG and all):
-    per stream, [(dense output, computed), (sparse output, computed)]."""
+def dense_then_sparse(model, latent, active, cfg, conds, noise_mask=None) -> dict:
+    """One dense and then one sparse forward on the same input, through ComfyUI's sampling (CFG and all, and the
+    latent's `noise_mask`): per stream, [(dense output, computed), (sparse output, computed)]."""
     policy = RecordingPolicy([None, active])
     patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
 
@@ -74,7 +74,7 @@ def dense_then_sparse(model, latent, active, cfg, conds) -> dict:
         for _ in range(2):
             model(x, sigmas[0] * s_in, **extra_args)
         return x
-    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **conds)
+    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, noise_mask=noise_mask, **conds)
     by_stream = {}
     for stream, out, computed in policy.outputs:
         by_stream.setdefault(stream, []).append((out, computed))

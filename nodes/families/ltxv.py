@@ -1,0 +1,110 @@
+"""LTX-Video (comfy/ldm/lightricks/model.py, LTXVModel): text-to-video, image-to-video, keyframe guides.
+
+The forward patchifies the latent into tokens over (frames, rows, cols) (one latent voxel each), embeds them per token
+(`patchify_proj`), runs blocks (self-attention over the video tokens with 3-D RoPE, cross-attention to the text, a
+feed-forward, each modulated per video or, where a noise mask gives tokens their own timestep, per token), then a
+per-token output (`norm_out`, a modulation, `proj_out`) and unpatchifies. The adapter hooks modules, never that code:
+- the first block that runs gathers the video tokens; every block gets their RoPE rows and, per token, their
+  modulation;
+- cross-attention passes the K/V cache by (its keys are the text, complete as they are);
+- `norm_out` gets every token's row (the running ones computed, the others zero) so the model's per-token modulation
+  of the output lines up; `proj_out`'s result keeps the running tokens' rows and the others come from the policy.
+Image-to-video (LTXVImgToVideo) and keyframe guides (LTXVAddGuide: the guide's frames follow the video's in the
+latent) give tokens a noise mask of 0: they are never picked on a sparse step (the sampler keeps them) and their keys
+stay in the K/V cache. A guide that the model filters (an IC-LoRA reference at reduced resolution) or whose attention
+it scales (strength other than 1, an attention mask: newer ComfyUI) changes the sequence or the attention by position:
+not covered (a clear error). LTX-2 (LTXAVModel, with its audio stream) is another model.
+"""
+import math
+
+import torch
+
+from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward, \
+    runs_class_methods
+from ...sdit_core.tokens import scatter_rows_
+
+FILTERED = ("an LTX-Video guide whose tokens the model filters (an IC-LoRA reference at reduced resolution) is not "
+            "supported by region-adaptive sampling; sample it with KSampler")
+SCALED = ("an LTX-Video guide with a strength other than 1 or an attention mask (which scale attention by position) "
+          "is not supported by region-adaptive sampling; set its strength to 1, or sample with KSampler")
+
+
+class LTXVFamily(FamilyAdapter):
+    names = ("LTX-Video",)
+
+    def matches(self, diffusion_model) -> bool:
+        # newer ComfyUI splits the forward into steps, which LTX-2 (LTXAVModel) overrides: another model
+        return runs_class_methods(diffusion_model, "comfy.ldm.lightricks.model", "LTXVModel",
+                                  ("forward", "_forward", "_process_input", "_process_transformer_blocks",
+                                   "_process_output"))
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patchifier.patch_size[-1])
+
+    def takes_frames(self, diffusion_model) -> bool:
+        return True
+
+    def temporal_patch(self, diffusion_model) -> int:
+        return int(diffusion_model.patchifier.patch_size[0])
+
+    def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
+        return [(image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
+
+    def refused_conditioning(self, diffusion_model, values: dict):
+        for guide in values.get("guide_attention_entries") or ():
+            if guide.get("strength", 1.0) != 1.0 or guide.get("pixel_mask") is not None:
+                return SCALED
+            if guide.get("latent_shape") and math.prod(guide["latent_shape"]) != guide.get("pre_filter_count"):
+                return FILTERED
+        return None
+
+    def install(self, patcher, slot) -> None:
+        for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_gather_block_inputs)
+            passthrough_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.attn2.forward")
+        patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=_every_token_row)
+        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=_scatter_output)
+
+
+def _gather_block_inputs(call, arguments) -> None:
+    if call.image_rows is None:         # the first block that runs
+        if arguments["x"].shape[1] != call.grid_tokens:
+            raise NotImplementedError(FILTERED)
+        # (the model splits its queries by position to attend with it: the engine's attention could not count layers)
+        if arguments.get("self_attention_mask") is not None:
+            raise NotImplementedError(SCALED)
+        arguments["x"] = call.gather(arguments["x"])       # dense: unchanged, but counted
+    if call.dense:
+        return
+    arguments["pe"] = _gathered_rope(call, arguments["pe"])
+    timestep = arguments["timestep"]
+    if timestep.shape[1] != 1:          # per token (a noise mask): (batch, tokens, modulation)
+        arguments["timestep"] = _memo(call, timestep, lambda: call.gather_grid(timestep))
+
+
+def _gathered_rope(call, pe):
+    """Newer ComfyUI: (rotations (batch, tokens, heads, ., 2, 2), split flag); older: (batch, 1, tokens, ., 2, 2)."""
+    if isinstance(pe, tuple):
+        return (gathered_freqs(call, pe[0], prefix=0),) + tuple(pe[1:])
+    return _memo(call, pe, lambda: gathered_freqs(call, pe[:, 0], prefix=0)[:, None])
+
+
+def _memo(call, tensor: torch.Tensor, make):
+    """Computed once per forward: every block gets the same tensor."""
+    key = ("ltxv", tensor.data_ptr(), tuple(tensor.shape))
+    if key not in call.scratch:
+        call.scratch[key] = make()
+    return call.scratch[key]
+
+
+def _every_token_row(call, x: torch.Tensor) -> torch.Tensor:
+    """The running tokens' rows in a (batch, tokens, channels) tensor of zeros: the output's modulation may be per
+    token (the zero rows' outputs are not used)."""
+    if call.dense:
+        return x
+    full = x.new_zeros(x.shape[0], call.image_sequence_length, x.shape[-1])
+    return scatter_rows_(full, call.image_index_now().to(x.device), x)
+
+
+def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
+    return call.scatter(out if call.dense else call.gather_grid(out))
