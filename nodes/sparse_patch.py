@@ -49,13 +49,15 @@ class RunSlot:
 
 
 def _stream_key(transformer_options: dict):
-    """The prompts a call runs, and which of the model's blocks other nodes replace for it: guidance that
-    evaluates a perturbed network within a step (Skip Layer Guidance: the cond prompt again with blocks
-    skipped) is another network, whose K/V cache and cached output are its own."""
+    """The prompts a call runs, and which of the model's blocks other nodes replace or perturb for it: guidance
+    that evaluates a perturbed network within a step (Skip Layer Guidance: the cond prompt again with blocks
+    skipped; newer ComfyUI's LTX-Video STG: with blocks' self-attention skipped) is another network, whose K/V
+    cache and cached output are its own."""
     uuids = transformer_options.get("uuids")
     prompts = tuple(uuids) if uuids else tuple(transformer_options.get("cond_or_uncond", ()))
     replaced = frozenset((kind, key) for kind, patches in transformer_options.get("patches_replace", {}).items()
                          for key in patches)
+    replaced |= {("stg self-attention", block) for block in transformer_options.get("stg_self_attn_blocks") or ()}
     return prompts, replaced
 
 

@@ -580,6 +580,33 @@ def kandinsky5_t2v_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def ltxv_i2v_sdit(info: dict) -> dict:
+    """LTX-Video image-to-video: its checkpoint (diffusion model and VAE), the T5-XXL text encoder (ltxv type), the
+    start image through LTXVImgToVideo (its frame is kept, never computed on sparse steps), the frame rate through
+    LTXVConditioning + SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": "ltx-video-2b-v0.9.5.safetensors"})
+    clip = wf.add("CLIPLoader", {"clip_name": "t5xxl_fp16.safetensors", "type": "ltxv"}, pos=(0, 250))
+    positive, negative = text_pair(wf, (clip, 0), "the lighthouse beam sweeps across a stormy sea, waves crash on "
+                                                  "the rocks, clouds race overhead",
+                                   "low quality, worst quality, deformed, distorted, motion smear, blurry")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(350, 500), title="Start image")
+    start = wf.add("LTXVImgToVideo", {"width": 768, "height": 512, "length": 97, "batch_size": 1, "strength": 1.0},
+                   {"positive": positive, "negative": negative, "vae": (checkpoint, 2), "image": (image, 0)},
+                   pos=(700, 300))
+    rate = wf.add("LTXVConditioning", {"frame_rate": 25.0}, {"positive": (start, 0), "negative": (start, 1)},
+                  pos=(700, 100))
+    shifted = wf.add("ModelSamplingLTXV", {"max_shift": 2.05, "base_shift": 0.95},
+                     {"model": (checkpoint, 0), "latent": (start, 2)}, pos=(700, 0))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 3.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (rate, 0), "negative": (rate, 1), "latent_image": (start, 2)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), (checkpoint, 2), "ltxv_i2v_sdit", 25.0)
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -622,7 +649,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
-            "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras}
+            "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
+            "ltxv_i2v_sdit.json": ltxv_i2v_sdit}
 
 
 def main() -> None:

@@ -175,3 +175,15 @@ def test_guiders_with_three_prompts_are_exact_on_the_active_tokens_of_each_image
     assert (sparse - dense).abs().amax(dim=-1)[on_active].max().item() <= 1e-5
     assert torch.equal(sparse[~on_active], dense[~on_active])
     assert (denoised[1] - denoised[0]).abs().max().item() <= 1e-5
+
+
+def test_a_network_with_self_attention_skipped_is_a_stream_of_its_own():
+    """Newer ComfyUI's LTX-Video STG evaluates the cond prompt again with `stg_self_attn_blocks` in its
+    transformer_options: those blocks skip self-attention, so its forward makes fewer attention calls (another
+    network: its own K/V cache and cached output, as a block replaced by Skip Layer Guidance gives)."""
+    from comfyui_sdit.nodes.sparse_patch import _stream_key
+    plain = {"uuids": ["cond"], "cond_or_uncond": [0]}
+    perturbed = dict(plain, stg_self_attn_blocks=frozenset({1}))
+    assert _stream_key(perturbed) != _stream_key(plain)
+    assert _stream_key(perturbed) == _stream_key(dict(plain, stg_self_attn_blocks={1}))
+    assert _stream_key(dict(plain, stg_self_attn_blocks=frozenset())) == _stream_key(plain)
