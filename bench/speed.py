@@ -53,6 +53,8 @@ class Spec(NamedTuple):
     latent_channels: int = 16
     patch: int = 2              # latent pixels per token (side)
     single_frame: bool = False  # an image model that takes one-frame 5-D latents (ComfyUI unsqueezes an empty one)
+    time_scale: int = 4         # video: pixel frames per latent frame (the first frame alone)
+    text_mask: bool = False     # the prompt comes with its attention mask (LTX-Video's T5 conditioning)
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -93,6 +95,16 @@ COSMOS_PREDICT2_2B = dict(image_model="cosmos_predict2", max_img_h=240, max_img_
 TINY_COSMOS = dict(COSMOS_PREDICT2_2B, model_channels=64, num_blocks=2, num_heads=4, crossattn_emb_channels=64,
                    adaln_lora_dim=16)
 
+# LTX-Video 0.9.x (model_detection.py's config with the class defaults): 2B is 28 blocks at 2048 wide, 13B 48 at 4096,
+# self-attention over the video's tokens (one latent voxel each of a 32x / 8x VAE's 128 channels), cross-attention to
+# T5 (4096 wide, projected to the hidden size) and a 4x MLP
+LTXV_2B = dict(image_model="ltxv", in_channels=128, num_layers=28, attention_head_dim=64, num_attention_heads=32,
+               cross_attention_dim=2048, caption_channels=4096)
+LTXV_13B = dict(LTXV_2B, num_layers=48, attention_head_dim=128, cross_attention_dim=4096)
+TINY_LTXV = dict(LTXV_2B, num_layers=2, attention_head_dim=16, num_attention_heads=4, cross_attention_dim=64,
+                 caption_channels=64)
+LTXV_LATENT = dict(joint=False, video=True, vae_scale=32, latent_channels=128, patch=1, time_scale=8, text_mask=True)
+
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
     "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
@@ -127,17 +139,22 @@ MODELS = {
                               latent_channels=32, patch=1),
     "tiny-hunyuan-video-1.5": Spec("HunyuanVideo15", TINY_HUNYUAN_VIDEO_15, 64, 32, None, 2, 64, video=True,
                                    vae_scale=16, latent_channels=32, patch=1),
+    "ltxv-2b": Spec("LTXV", LTXV_2B, 4096, None, None, 28, 2048, **LTXV_LATENT),
+    "ltxv-13b": Spec("LTXV", LTXV_13B, 4096, None, None, 48, 4096, **LTXV_LATENT),
+    "tiny-ltxv": Spec("LTXV", TINY_LTXV, 64, None, None, 2, 64, **LTXV_LATENT),
 }
-VIDEO_WIDTH = {480: 832, 720: 1280}          # the families' standard 16:9 sizes (smaller heights: square)
+# the families' standard sizes (LTX-Video's 768 x 512 and 1216 x 704; smaller heights: square)
+VIDEO_WIDTH = {480: 832, 720: 1280, 512: 768, 704: 1216}
 
 
 def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
-    """The empty latent for a sampling run: the VAE's spatial compression (8x; HunyuanVideo 1.5 16x); video VAEs
-    (Wan, HunyuanVideo) also compress time 4x, keeping the first frame: 81 frames -> 21 latent frames."""
+    """The empty latent for a sampling run: the VAE's spatial compression (8x; HunyuanVideo 1.5 16x, LTX-Video 32x);
+    video VAEs also compress time (Wan, HunyuanVideo 4x, LTX-Video 8x), keeping the first frame: 81 frames -> 21
+    latent frames."""
     s, c = spec.vae_scale, spec.latent_channels
     if not spec.video:
         return (1, c, 1, res // s, res // s) if spec.single_frame else (1, c, res // s, res // s)
-    return (1, c, (frames - 1) // 4 + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
+    return (1, c, (frames - 1) // spec.time_scale + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
 
 
 def image_tokens(shape: tuple, patch: int = 2) -> int:
@@ -236,6 +253,8 @@ def conditioning(name: str, text: int, seed: int):
         extra["pooled_output"] = torch.randn(1, pooled_dim, generator=g)
     if guidance:
         extra["guidance"] = guidance
+    if spec.text_mask:
+        extra["attention_mask"] = torch.ones(1, text, dtype=torch.long)
     return [[torch.randn(1, text, context_dim, generator=g), extra]]
 
 
@@ -425,7 +444,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
-                              ("hunyuan-video-1.5", 720, 121)]:
+                              ("hunyuan-video-1.5", 720, 121), ("ltxv-2b", 512, 97), ("ltxv-13b", 512, 97),
+                              ("ltxv-13b", 704, 121)]:
         spec = MODELS[name]
         tokens = image_tokens(latent_shape(spec, res, frames), spec.patch)
         rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "text": text,
@@ -458,7 +478,8 @@ def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["flux-dev"], choices=sorted(MODELS))
     parser.add_argument("--res", type=int, nargs="+", default=[1024],
-                        help="image side, or for video models the frame height (480: 832 x 480, 720: 1280 x 720)")
+                        help="image side, or for video models the frame height (480: 832 x 480, 720: 1280 x 720; "
+                             "LTX-Video's 512: 768 x 512, 704: 1216 x 704)")
     parser.add_argument("--frames", type=int, default=81, help="video models: pixel frames (81 -> 21 latent frames)")
     parser.add_argument("--methods", nargs="+", default=["RAS", "SDiT"], choices=["RAS", "RAS-static", "SDiT"],
                         help="RAS-static: RAS with dynamic_ratio off (one token count: CUDA graphs replay)")
@@ -477,8 +498,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny Flux and tiny Cosmos Predict2, 256 px, 8 steps, one "
                                                              "ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
-                        help="tiny Wan, Wan VACE, HunyuanVideo and HunyuanVideo 1.5, 128 px x 9 frames, 8 steps, one "
-                             "ratio (CI)")
+                        help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5 and LTX-Video, 128 px x 9 frames, 8 "
+                             "steps, one ratio (CI)")
     parser.add_argument("--ideals", action="store_true",
                         help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
     parser.add_argument("--fresh-seed", action="store_true",
@@ -510,7 +531,8 @@ def main() -> None:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-cosmos"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
-            ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5"], [128], 9, 8, [0.5], 16
+            ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv"], [128], 9, 8, \
+            [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way

@@ -50,7 +50,7 @@ def test_benchmark_runs(name, tmp_path):
         assert {r["model"] for r in sparse} == {"tiny-flux", "tiny-cosmos"}
     if name == "speed_video":               # every tiny video model sampled sparsely, its cache as planned
         assert {r["model"] for r in data["rows"]} == {"tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video",
-                                                      "tiny-hunyuan-video-1.5"}
+                                                      "tiny-hunyuan-video-1.5", "tiny-ltxv"}
         sparse = [r for r in data["rows"] if r["method"] != "full"]
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 for r in sparse)
         assert all(any(t < r["image_tokens"] for t in r["token_counts"]) for r in sparse if r["method"] == "RAS")
