@@ -607,6 +607,23 @@ def ltxv_i2v_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def mochi_ras(info: dict) -> dict:
+    """Mochi text-to-video: its diffusion model, the T5-XXL text encoder (mochi type), its VAE + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "mochi_preview_bf16.safetensors", "t5xxl_fp16.safetensors", "mochi",
+                                        "mochi_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "a hummingbird hovering at a red flower in slow motion, garden bokeh",
+                                   "blurry, low quality")
+    latent = wf.add("EmptyMochiLatentVideo", {"width": 848, "height": 480, "length": 37, "batch_size": 1},
+                    pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "mochi_ras", 24.0)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -650,7 +667,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
-            "ltxv_i2v_sdit.json": ltxv_i2v_sdit}
+            "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras}
 
 
 def main() -> None:

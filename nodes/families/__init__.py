@@ -13,6 +13,7 @@ from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .kandinsky5 import Kandinsky5Family
 from .lumina import LuminaFamily
+from .mochi import MochiFamily
 from .ltxv import LTXVFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
@@ -25,7 +26,8 @@ from .wan_vace import WanVaceFamily
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
-                               Kandinsky5Family(), LTXVFamily()]
+                               Kandinsky5Family(), LTXVFamily(),
+                               MochiFamily()]
 
 
 def supported_family_names() -> str:
