@@ -624,6 +624,22 @@ def mochi_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def auraflow_sdit(info: dict) -> dict:
+    """AuraFlow 0.3 (checkpoint with its T5 text encoder and SDXL's VAE; Pony Diffusion V7 loads the same way) with
+    its flow shift + SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    ckpt = wf.add("CheckpointLoaderSimple", {"ckpt_name": "aura_flow_0.3.safetensors"})
+    shifted = wf.add("ModelSamplingAuraFlow", {"shift": 1.73}, {"model": (ckpt, 0)}, pos=(350, 0))
+    positive, negative = text_pair(wf, (ckpt, 1), "a close-up of a glass terrarium with moss and a tiny red mushroom, "
+                                                  "soft window light", "blurry, low quality")
+    latent = wf.add("EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (shifted, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 25, "cfg": 3.5, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, (ckpt, 2), "auraflow_sdit",
+                 True)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -667,7 +683,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
-            "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras}
+            "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
+            "auraflow_sdit.json": auraflow_sdit}
 
 
 def main() -> None:

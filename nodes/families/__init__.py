@@ -6,6 +6,7 @@ call through to the original); the engine and the policies stay family-agnostic.
 from typing import List
 
 from ..errors import SDiTInputError
+from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter
 from .cosmos import CosmosFamily
 from .flux import FluxFamily
@@ -27,7 +28,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
-                               MochiFamily()]
+                               MochiFamily(), AuraFlowFamily()]
 
 
 def supported_family_names() -> str:
