@@ -640,6 +640,21 @@ def auraflow_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def krea2_ras(info: dict) -> dict:
+    """Krea 2 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (krea2 type), Wan 2.1's VAE, an empty
+    16-channel image latent + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "krea2_bf16.safetensors", "qwen3vl_4b_krea2.safetensors", "krea2",
+                                        "wan_2.1_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "an editorial photo of a ceramicist at her wheel, clay-dusted hands, "
+                                             "north light", "blurry, low quality")
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "krea2_ras", False)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -684,7 +699,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
-            "auraflow_sdit.json": auraflow_sdit}
+            "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras}
 
 
 def main() -> None:

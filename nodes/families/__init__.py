@@ -13,6 +13,7 @@ from .flux import FluxFamily
 from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .kandinsky5 import Kandinsky5Family
+from .krea2 import Krea2Family
 from .lumina import LuminaFamily
 from .mochi import MochiFamily
 from .ltxv import LTXVFamily
@@ -28,7 +29,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
-                               MochiFamily(), AuraFlowFamily()]
+                               MochiFamily(), AuraFlowFamily(), Krea2Family()]
 
 
 def supported_family_names() -> str:
