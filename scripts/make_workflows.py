@@ -655,6 +655,22 @@ def krea2_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def ideogram4_ras(info: dict) -> dict:
+    """Ideogram 4 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (ideogram4 type), Flux 2's VAE and
+    latent + RAS Sampler (a scheduler of KSampler's: Ideogram 4's own schedule, newer ComfyUI's Ideogram 4 Scheduler,
+    runs with RAS Model Patch under SamplerCustomAdvanced)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "ideogram4_bf16.safetensors", "qwen3vl_ideogram4.safetensors", "ideogram4",
+                                        "flux2-vae.safetensors")
+    positive, negative = text_pair(wf, clip, 'a vintage travel poster of a lighthouse at dusk, the words "NORTH COAST" '
+                                             'in bold letters', "blurry, low quality")
+    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "beta", "sample_ratio": 0.5}, sockets, vae, "ideogram4_ras", True)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -699,7 +715,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
-            "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras}
+            "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
+            "ideogram4_ras.json": ideogram4_ras}
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from .cosmos import CosmosFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
+from .ideogram4 import Ideogram4Family
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lumina import LuminaFamily
@@ -29,7 +30,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
-                               MochiFamily(), AuraFlowFamily(), Krea2Family()]
+                               MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family()]
 
 
 def supported_family_names() -> str:
