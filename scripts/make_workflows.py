@@ -671,6 +671,21 @@ def ideogram4_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def mage_flow_sdit(info: dict) -> dict:
+    """Mage-Flow (newer ComfyUI): its diffusion model, its text encoder (mage type), the Mage VAE, an empty 128-channel
+    latent + SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "mage_flow_bf16.safetensors", "mage_text_encoder.safetensors", "mage",
+                                        "mage_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "a red bicycle leaning on a whitewashed wall, bougainvillea overhead",
+                                   "blurry, low quality")
+    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "mage_flow_sdit", True)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -716,7 +731,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
-            "ideogram4_ras.json": ideogram4_ras}
+            "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit}
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from .ideogram4 import Ideogram4Family
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lumina import LuminaFamily
+from .mage_flow import MageFlowFamily
 from .mochi import MochiFamily
 from .ltxv import LTXVFamily
 from .qwen_image import QwenImageFamily
@@ -30,7 +31,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
-                               MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family()]
+                               MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(),
+                               MageFlowFamily()]
 
 
 def supported_family_names() -> str:
