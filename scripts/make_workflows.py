@@ -686,6 +686,21 @@ def mage_flow_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def lens_ras(info: dict) -> dict:
+    """Lens (newer ComfyUI): its diffusion model, its GPT-OSS text encoder (lens type), Flux 2's VAE and latent + RAS
+    Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "lens_bf16.safetensors", "gpt_oss_20b_lens.safetensors", "lens",
+                                        "flux2-vae.safetensors")
+    positive, negative = text_pair(wf, clip, "a foggy harbor at dawn, fishing boats, gulls, muted colors",
+                                   "blurry, low quality")
+    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "lens_ras", False)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -731,7 +746,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
-            "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit}
+            "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
+            "lens_ras.json": lens_ras}
 
 
 def main() -> None:

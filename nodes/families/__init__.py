@@ -15,6 +15,7 @@ from .hunyuan_video import HunyuanVideoFamily
 from .ideogram4 import Ideogram4Family
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
+from .lens import LensFamily
 from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
 from .mochi import MochiFamily
@@ -32,7 +33,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(),
-                               MageFlowFamily()]
+                               MageFlowFamily(), LensFamily()]
 
 
 def supported_family_names() -> str:
