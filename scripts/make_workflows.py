@@ -701,6 +701,26 @@ def lens_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def joyimage_edit_ras(info: dict) -> dict:
+    """JoyImage edit (newer ComfyUI): its diffusion model, its text encoder (joyimage type), Wan 2.1's VAE; the image
+    to edit encoded and given to both prompts by ReferenceLatent (its tokens run on every step) + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "joyimage_edit_bf16.safetensors", "joyimage_text_encoder.safetensors",
+                                        "joyimage", "wan_2.1_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "make it a snowy winter evening, warm light in the windows",
+                                   "blurry, low quality")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Image to edit")
+    encoded = wf.add("VAEEncode", {}, {"pixels": (image, 0), "vae": vae}, pos=(350, 550))
+    references = [wf.add("ReferenceLatent", {}, {"conditioning": prompt, "latent": (encoded, 0)}, pos=(700, row))
+                  for prompt, row in ((positive, 100), (negative, 250))]
+    sockets = {"model": model, "positive": (references[0], 0), "negative": (references[1], 0),
+               "latent_image": (encoded, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5, "denoise": 1.0}, sockets, vae,
+                 "joyimage_edit_ras", True)
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -747,7 +767,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
-            "lens_ras.json": lens_ras}
+            "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras}
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from .flux import FluxFamily
 from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .ideogram4 import Ideogram4Family
+from .joyimage import JoyImageFamily
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lens import LensFamily
@@ -33,7 +34,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(),
-                               MageFlowFamily(), LensFamily()]
+                               MageFlowFamily(), LensFamily(), JoyImageFamily()]
 
 
 def supported_family_names() -> str:
