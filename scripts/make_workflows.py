@@ -640,67 +640,6 @@ def auraflow_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
-def krea2_ras(info: dict) -> dict:
-    """Krea 2 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (krea2 type), Wan 2.1's VAE, an empty
-    16-channel image latent + RAS Sampler."""
-    wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "krea2_bf16.safetensors", "qwen3vl_4b_krea2.safetensors", "krea2",
-                                        "wan_2.1_vae.safetensors")
-    positive, negative = text_pair(wf, clip, "an editorial photo of a ceramicist at her wheel, clay-dusted hands, "
-                                             "north light", "blurry, low quality")
-    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "krea2_ras", False)
-    return wf.to_json()
-
-
-def ideogram4_ras(info: dict) -> dict:
-    """Ideogram 4 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (ideogram4 type), Flux 2's VAE and
-    latent + RAS Sampler (a scheduler of KSampler's: Ideogram 4's own schedule, newer ComfyUI's Ideogram 4 Scheduler,
-    runs with RAS Model Patch under SamplerCustomAdvanced)."""
-    wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "ideogram4_bf16.safetensors", "qwen3vl_ideogram4.safetensors", "ideogram4",
-                                        "flux2-vae.safetensors")
-    positive, negative = text_pair(wf, clip, 'a vintage travel poster of a lighthouse at dusk, the words "NORTH COAST" '
-                                             'in bold letters', "blurry, low quality")
-    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "beta", "sample_ratio": 0.5}, sockets, vae, "ideogram4_ras", True)
-    return wf.to_json()
-
-
-def mage_flow_sdit(info: dict) -> dict:
-    """Mage-Flow (newer ComfyUI): its diffusion model, its text encoder (mage type), the Mage VAE, an empty 128-channel
-    latent + SDiT Sampler with its region maps."""
-    wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "mage_flow_bf16.safetensors", "mage_text_encoder.safetensors", "mage",
-                                        "mage_vae.safetensors")
-    positive, negative = text_pair(wf, clip, "a red bicycle leaning on a whitewashed wall, bougainvillea overhead",
-                                   "blurry, low quality")
-    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
-                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "mage_flow_sdit", True)
-    return wf.to_json()
-
-
-def lens_ras(info: dict) -> dict:
-    """Lens (newer ComfyUI): its diffusion model, its GPT-OSS text encoder (lens type), Flux 2's VAE and latent + RAS
-    Sampler."""
-    wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "lens_bf16.safetensors", "gpt_oss_20b_lens.safetensors", "lens",
-                                        "flux2-vae.safetensors")
-    positive, negative = text_pair(wf, clip, "a foggy harbor at dawn, fishing boats, gulls, muted colors",
-                                   "blurry, low quality")
-    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "lens_ras", False)
-    return wf.to_json()
-
-
 def joyimage_edit_ras(info: dict) -> dict:
     """JoyImage edit (newer ComfyUI): its diffusion model, its text encoder (joyimage type), Wan 2.1's VAE; the image
     to edit encoded and given to both prompts by ReferenceLatent (its tokens run on every step) + RAS Sampler."""
@@ -719,6 +658,57 @@ def joyimage_edit_ras(info: dict) -> dict:
                                     "scheduler": "simple", "sample_ratio": 0.5, "denoise": 1.0}, sockets, vae,
                  "joyimage_edit_ras", True)
     return wf.to_json()
+
+
+def separate_text_to_image(info: dict, files: tuple, clip_type: str, prompt: str, latent_type: str, sampler_type: str,
+                           widgets: dict, prefix: str, regions: bool) -> dict:
+    """Diffusion model, text encoder and VAE from their own `files` (unet, text encoder, VAE), a prompt and a plain
+    negative, an empty 1024² latent of `latent_type`, the sampler -> decode -> save."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, *files[:2], clip_type, files[2])
+    positive, negative = text_pair(wf, clip, prompt, "blurry, low quality")
+    latent = wf.add(latent_type, {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, sampler_type, dict({"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler"}, **widgets),
+                 sockets, vae, prefix, regions)
+    return wf.to_json()
+
+
+def krea2_ras(info: dict) -> dict:
+    """Krea 2 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (krea2 type), Wan 2.1's VAE, an empty
+    16-channel image latent + RAS Sampler."""
+    return separate_text_to_image(
+        info, ("krea2_bf16.safetensors", "qwen3vl_4b_krea2.safetensors", "wan_2.1_vae.safetensors"), "krea2",
+        "an editorial photo of a ceramicist at her wheel, clay-dusted hands, north light", "EmptySD3LatentImage",
+        "RASSampler", {"scheduler": "simple", "sample_ratio": 0.5}, "krea2_ras", False)
+
+
+def ideogram4_ras(info: dict) -> dict:
+    """Ideogram 4 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (ideogram4 type), Flux 2's VAE and
+    latent + RAS Sampler (a scheduler of KSampler's: Ideogram 4's own schedule, newer ComfyUI's Ideogram 4 Scheduler,
+    runs with RAS Model Patch under SamplerCustomAdvanced)."""
+    return separate_text_to_image(
+        info, ("ideogram4_bf16.safetensors", "qwen3vl_ideogram4.safetensors", "flux2-vae.safetensors"), "ideogram4",
+        'a vintage travel poster of a lighthouse at dusk, the words "NORTH COAST" in bold letters',
+        "EmptyFlux2LatentImage", "RASSampler", {"scheduler": "beta", "sample_ratio": 0.5}, "ideogram4_ras", True)
+
+
+def mage_flow_sdit(info: dict) -> dict:
+    """Mage-Flow (newer ComfyUI): its diffusion model, its text encoder (mage type), the Mage VAE, an empty 128-channel
+    latent + SDiT Sampler with its region maps."""
+    return separate_text_to_image(
+        info, ("mage_flow_bf16.safetensors", "mage_text_encoder.safetensors", "mage_vae.safetensors"), "mage",
+        "a red bicycle leaning on a whitewashed wall, bougainvillea overhead", "EmptyFlux2LatentImage", "SDiTSampler",
+        {"scheduler": "simple", "sample_ratio": 0.5}, "mage_flow_sdit", True)
+
+
+def lens_ras(info: dict) -> dict:
+    """Lens (newer ComfyUI): its diffusion model, its GPT-OSS text encoder (lens type), Flux 2's VAE and latent + RAS
+    Sampler."""
+    return separate_text_to_image(
+        info, ("lens_bf16.safetensors", "gpt_oss_20b_lens.safetensors", "flux2-vae.safetensors"), "lens",
+        "a foggy harbor at dawn, fishing boats, gulls, muted colors", "EmptyFlux2LatentImage", "RASSampler",
+        {"scheduler": "simple", "sample_ratio": 0.5}, "lens_ras", False)
 
 
 def anima_sdit(info: dict) -> dict:

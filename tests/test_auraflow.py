@@ -4,12 +4,10 @@ ComfyUI class (CPU, fp32): register tokens before the text, double blocks with j
 image families (a non-square latent), the memory plan, both sampler nodes and both Model Patch nodes, Skip Layer
 Guidance skipping the first double block, and a model whose double blocks are all replaced (the first single block
 gathers)."""
-import importlib
 
 import pytest
 import torch
 
-import comfy.model_patcher
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for

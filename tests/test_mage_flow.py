@@ -8,10 +8,10 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import build_tiny, ksample, text_conditioning
+from sdit_testkit import build_tiny, text_conditioning
 from test_memory_plan import sample_patched
-from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
-                        model_patch_nodes_under_ksampler, sampler_node_end_to_end)
+from test_video import (a_reference_runs_on_every_step, assert_within, every_token_active,
+                        exact_on_a_third_of_the_tokens, model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
 if not hasattr(comfy.supported_models, "MageFlow"):
     pytest.skip("this ComfyUI has no Mage-Flow", allow_module_level=True)
@@ -60,12 +60,8 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg):
 
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
 def test_a_reference_runs_on_every_step(batch, cfg):
-    model = tiny_mage_flow(seed=6)
-    plain = ksample(model, latent(batch), seed=5, steps=3, cfg=cfg, **prompts())
-    referenced = ksample(model, latent(batch), seed=5, steps=3, cfg=cfg, **with_reference())
-    assert (referenced - plain).abs().max().item() > 1e-4, "precondition: the reference changes the result"
-    every_token_active(model, latent(batch), cfg, with_reference(), TOKENS, assert_within(TOL))
-    exact_on_a_third_of_the_tokens(model, latent(batch), cfg, with_reference(), TOKENS, extra=8)
+    a_reference_runs_on_every_step(tiny_mage_flow(seed=6), latent(batch), cfg, prompts(), with_reference(), TOKENS,
+                                   8, assert_within(TOL))
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

@@ -237,6 +237,26 @@ def skip_layer_guidance_skipping_block_0(model, latent, prompts: dict, tokens: i
             assert_same(out, reference)
 
 
+def a_reference_runs_on_every_step(model, latent, cfg: float, prompts: dict, referenced: dict, tokens: int,
+                                   extra: int, assert_same) -> None:
+    """With a reference latent in the `referenced` prompts (which changes the result: the precondition), every token
+    active equals the model's own sampling and a third of the tokens are exact (`extra`: the reference's tokens in the
+    model's output, 0 where the model cuts them off first)."""
+    plain = ksample(model, latent, seed=5, steps=3, cfg=cfg, **prompts)
+    assert (ksample(model, latent, seed=5, steps=3, cfg=cfg, **referenced) - plain).abs().max().item() > 1e-4
+    every_token_active(model, latent, cfg, referenced, tokens, assert_same)
+    exact_on_a_third_of_the_tokens(model, latent, cfg, referenced, tokens, extra=extra)
+
+
+def padding_is_masked(model, latent, prompts: dict) -> None:
+    """The precondition of exactness tests with a padded negative prompt: its mask changes the result at cfg 3."""
+    masked = ksample(model, latent, seed=5, steps=3, cfg=3.0, **prompts)
+    negative = [[prompts["negative"][0][0], dict(prompts["negative"][0][1])]]
+    negative[0][1]["attention_mask"] = torch.ones_like(negative[0][1]["attention_mask"])
+    unmasked = ksample(model, latent, seed=5, steps=3, cfg=3.0, **dict(prompts, negative=negative))
+    assert (unmasked - masked).abs().max().item() > 1e-4
+
+
 @pytest.mark.parametrize("family", ["wan", "wan-phantom", "wan-phantom-plain-negative", "hunyuan"])
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_and_patch_nodes_end_to_end_leave_the_model_untouched(method, family):

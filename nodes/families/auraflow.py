@@ -8,9 +8,7 @@ a per-token final layer. The adapter hooks modules, never the forward's code:
   argument, a single block (the double ones all replaced by another node) the image part of its sequence;
 - the final linear layer's output is scattered back to every token.
 """
-import torch
-
-from .base import FamilyAdapter, patch_method, patch_module_forward, runs_class_methods
+from .base import FamilyAdapter, gather_image_after, patch_method, patch_module_forward, runs_class_methods
 
 
 class AuraFlowFamily(FamilyAdapter):
@@ -46,8 +44,4 @@ def _gather_image(call, arguments) -> None:
 def _gather_joint(call, arguments) -> None:
     """[registers + text | image]: the image part gathered where no double block gathered it."""
     if call.image_rows is None:
-        cx = arguments["cx"]
-        text = cx.shape[1] - call.grid_tokens
-        image = call.gather(cx[:, text:])               # dense: unchanged, but counted
-        if not call.dense:
-            arguments["cx"] = torch.cat([cx[:, :text], image], dim=1)
+        arguments["cx"] = gather_image_after(call, arguments["cx"], arguments["cx"].shape[1] - call.grid_tokens)

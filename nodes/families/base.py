@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..comfy_compat import compiler_opaque, on_multigpu_thread, weights_may_move
+from ...sdit_core.tokens import scatter_rows_
 
 
 def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
@@ -152,6 +153,36 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     if on_multigpu_thread(options):      # one graph pool per run, but the threads' devices differ
         return False
     return not options.get("patches") and not options.get("patches_replace")
+
+
+def gather_image_after(call, sequence: torch.Tensor, start: int) -> torch.Tensor:
+    """[prefix | image sequence] with the image from `start` -> [prefix | running image tokens] (dense: unchanged, but
+    counted): for a model that joins the text (or registers) before the image tokens ahead of its blocks."""
+    image = call.gather(sequence[:, start:])
+    return sequence if call.dense else torch.cat([sequence[:, :start], image], dim=1)
+
+
+def scatter_image_after_prefix(call, out: torch.Tensor) -> torch.Tensor:
+    """An output over [prefix | running image tokens] -> [prefix | every image token's row]: the running ones
+    computed, the others from the policy."""
+    prefix = out.shape[1] - call.image_rows
+    return torch.cat([out[:, :prefix], call.scatter(out[:, prefix:])], dim=1)
+
+
+def every_token_row(call, tokens: torch.Tensor) -> torch.Tensor:
+    """The running tokens' rows in a (batch, whole image sequence, channels) tensor of zeros, for a model that cuts or
+    reshapes the image sequence by position before a per-token output layer (the zero rows' outputs are not used:
+    `scatter_every_row` replaces them)."""
+    if call.dense:
+        return tokens
+    full = tokens.new_zeros(tokens.shape[0], call.image_sequence_length, tokens.shape[-1])
+    return scatter_rows_(full, call.image_index_now().to(tokens.device), tokens)
+
+
+def scatter_every_row(call, out: torch.Tensor) -> torch.Tensor:
+    """A per-token output computed over every token's row (after `every_token_row`) -> the running tokens' rows kept,
+    the others from the policy."""
+    return call.scatter(out if call.dense else call.gather_grid(out))
 
 
 def runs_class_methods(diffusion_model, module: str, class_name: str, methods: Tuple[str, ...]) -> bool:

@@ -9,9 +9,8 @@ The adapter hooks modules, never the forward's code:
   attention fits the model's mask, built for the whole sequence, to the running queries and the cached keys);
 - the final layer's output gets every image token's row back: the running ones computed, the others from the policy.
 """
-import torch
-
-from .base import FamilyAdapter, gathered_freqs, patch_method, runs_class_methods
+from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, runs_class_methods,
+                   scatter_image_after_prefix)
 
 
 class Ideogram4Family(FamilyAdapter):
@@ -31,22 +30,14 @@ class Ideogram4Family(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.layers)):
             patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_block_inputs)
-        patch_method(patcher, slot, "diffusion_model.final_layer.forward", after=_scatter_image_rows)
+        patch_method(patcher, slot, "diffusion_model.final_layer.forward",
+                     after=lambda call, out: scatter_image_after_prefix(call, out))
 
 
 def _gather_block_inputs(call, arguments) -> None:
-    x = arguments["x"]
     if call.image_rows is None:                     # the first block: [text | image], the text maybe empty
-        text = x.shape[1] - call.grid_tokens
-        image = call.gather(x[:, text:])                # dense: unchanged, but counted
-        if not call.dense:
-            arguments["x"] = torch.cat([x[:, :text], image], dim=1)
+        arguments["x"] = gather_image_after(call, arguments["x"], arguments["x"].shape[1] - call.grid_tokens)
     if call.dense:
         return
     text = arguments["x"].shape[1] - call.image_rows
     arguments["freqs_cis"] = gathered_freqs(call, arguments["freqs_cis"], prefix=text)   # (1, tokens, 1, ., 2, 2)
-
-
-def _scatter_image_rows(call, out: torch.Tensor) -> torch.Tensor:
-    text = out.shape[1] - call.image_rows
-    return torch.cat([out[:, :text], call.scatter(out[:, text:])], dim=1)

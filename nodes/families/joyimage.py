@@ -11,9 +11,8 @@ image's) and maps them per token to the latent (`proj_out`). The adapter hooks m
   `proj_out`'s output keeps the running tokens' rows and the others come from the policy. Another node replacing
   that last block (Skip Layer Guidance skipping it) gets a clear error.
 """
-from .base import (FamilyAdapter, gathered_freqs, patch_method, patch_module_forward, reference_latents,
-                   runs_class_methods)
-from ...sdit_core.tokens import scatter_rows_
+from .base import (FamilyAdapter, every_token_row, gathered_freqs, patch_method, patch_module_forward,
+                   reference_latents, runs_class_methods, scatter_every_row)
 
 LAST_BLOCK_REPLACED = ("another node replaces JoyImage's last block (e.g. Skip Layer Guidance skipping it), which "
                        "region-adaptive sampling needs to run: choose other layers, or sample with KSampler")
@@ -44,7 +43,7 @@ class JoyImageFamily(FamilyAdapter):
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.double_blocks.{i}.forward", before=_gather_block_inputs,
                          after=_every_image_row if i == blocks - 1 else None)
-        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=_scatter_output)
+        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=scatter_every_row)
 
 
 def _gather_block_inputs(call, arguments) -> None:
@@ -62,12 +61,5 @@ def _gather_block_inputs(call, arguments) -> None:
 def _every_image_row(call, out):
     """(image, text) -> the image's sequence back at full length: the running tokens' rows in place, the skipped
     ones zero (the model keeps the image's rows by position; the zero rows' outputs are not used)."""
-    if call.dense:
-        return out
     image, text = out
-    full = image.new_zeros(image.shape[0], call.image_sequence_length, image.shape[-1])
-    return scatter_rows_(full, call.image_index_now().to(image.device), image), text
-
-
-def _scatter_output(call, out):
-    return call.scatter(out if call.dense else call.gather_grid(out))
+    return every_token_row(call, image), text

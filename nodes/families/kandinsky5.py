@@ -15,9 +15,8 @@ The text blocks' attention runs before the gather: the model's own, untouched.
 """
 import torch
 
-from .base import (FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward,
-                   runs_class_methods)
-from ...sdit_core.tokens import scatter_rows_
+from .base import (FamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
+                   patch_module_forward, runs_class_methods, scatter_every_row)
 
 
 class Kandinsky5Family(FamilyAdapter):
@@ -43,7 +42,7 @@ class Kandinsky5Family(FamilyAdapter):
         blocks = len(patcher.model.diffusion_model.visual_transformer_blocks)
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.forward",
-                         before=_gather_block_inputs, after=_every_token_row if i == blocks - 1 else None)
+                         before=_gather_block_inputs, after=every_token_row if i == blocks - 1 else None)
             passthrough_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.cross_attention.forward")
         patch_module_forward(patcher, slot, "diffusion_model.visual_embeddings", after=_note_grid)
         patch_module_forward(patcher, slot, "diffusion_model.out_layer", after=_scatter_output)
@@ -72,15 +71,6 @@ def _gather_block_inputs(call, arguments) -> None:
         arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
 
 
-def _every_token_row(call, out: torch.Tensor) -> torch.Tensor:
-    """The running tokens' rows put in a (batch, tokens, channels) tensor of zeros: the model reshapes it to the
-    grid before its output layer (per token: the zero rows' outputs are not used)."""
-    if call.dense:
-        return out
-    full = out.new_zeros(out.shape[0], call.grid_tokens, out.shape[-1])
-    return scatter_rows_(full, call.image_index_now().to(out.device), out)
-
-
 def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
     """(batch, channels, frames, height, width) latent output -> tokens -> running ones kept, the others the
     policy's -> the latent output again."""
@@ -89,6 +79,6 @@ def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
     pt, ph, pw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
     tokens = (out.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
               .reshape(batch, t * h * w, channels * pt * ph * pw))
-    full = call.scatter(tokens if call.dense else call.gather_grid(tokens))
+    full = scatter_every_row(call, tokens)
     return (full.reshape(batch, t, h, w, channels, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
             .reshape(out.shape))

@@ -11,9 +11,8 @@ hooks modules, never the forward's code:
   ones computed, the others from the policy.
 References always run (the engine keeps tokens after the grid on every step).
 """
-import torch
-
-from .base import FamilyAdapter, gathered_freqs, patch_method, reference_latents, runs_class_methods
+from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, reference_latents,
+                   runs_class_methods, scatter_image_after_prefix)
 
 
 class Krea2Family(FamilyAdapter):
@@ -36,7 +35,8 @@ class Krea2Family(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.blocks)):
             patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
-        patch_method(patcher, slot, "diffusion_model.last.forward", after=_scatter_image_rows)
+        patch_method(patcher, slot, "diffusion_model.last.forward",
+                     after=lambda call, out: scatter_image_after_prefix(call, out))
 
 
 def _gather_block_inputs(call, arguments) -> None:
@@ -45,10 +45,7 @@ def _gather_block_inputs(call, arguments) -> None:
         if text is None:
             raise NotImplementedError("Krea 2: this ComfyUI does not say where the image tokens start (img_slice); "
                                       "sample it with KSampler")
-        x = arguments["x"]
-        image = call.gather(x[:, text:])                # dense: unchanged, but counted
-        if not call.dense:
-            arguments["x"] = torch.cat([x[:, :text], image], dim=1)
+        arguments["x"] = gather_image_after(call, arguments["x"], text)
     if call.dense:
         return
     freqs = arguments["freqs"]                      # (batch | 1, 1, text + image, ., 2, 2)
@@ -56,8 +53,3 @@ def _gather_block_inputs(call, arguments) -> None:
     zero = arguments.get("timestep_zero_index")
     if zero is not None:                            # where the references start, after the text
         arguments["timestep_zero_index"] = text + call.position_after_gather(int(zero) - text)
-
-
-def _scatter_image_rows(call, out: torch.Tensor) -> torch.Tensor:
-    text = out.shape[1] - call.image_rows
-    return torch.cat([out[:, :text], call.scatter(out[:, text:])], dim=1)

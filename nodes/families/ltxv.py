@@ -19,9 +19,8 @@ import math
 
 import torch
 
-from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward, \
-    runs_class_methods
-from ...sdit_core.tokens import scatter_rows_
+from .base import (FamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
+                   patch_module_forward, runs_class_methods, scatter_every_row)
 
 FILTERED = ("an LTX-Video guide whose tokens the model filters (an IC-LoRA reference at reduced resolution) is not "
             "supported by region-adaptive sampling; sample it with KSampler")
@@ -62,8 +61,9 @@ class LTXVFamily(FamilyAdapter):
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_gather_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.attn2.forward")
-        patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=_every_token_row)
-        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=_scatter_output)
+        # the output's modulation may be per token: it gets every token's row (the skipped ones zero)
+        patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=every_token_row)
+        patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=scatter_every_row)
 
 
 def _gather_block_inputs(call, arguments) -> None:
@@ -95,16 +95,3 @@ def _memo(call, tensor: torch.Tensor, make):
     if key not in call.scratch:
         call.scratch[key] = make()
     return call.scratch[key]
-
-
-def _every_token_row(call, x: torch.Tensor) -> torch.Tensor:
-    """The running tokens' rows in a (batch, tokens, channels) tensor of zeros: the output's modulation may be per
-    token (the zero rows' outputs are not used)."""
-    if call.dense:
-        return x
-    full = x.new_zeros(x.shape[0], call.image_sequence_length, x.shape[-1])
-    return scatter_rows_(full, call.image_index_now().to(x.device), x)
-
-
-def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
-    return call.scatter(out if call.dense else call.gather_grid(out))
