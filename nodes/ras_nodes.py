@@ -71,7 +71,7 @@ def ras_config(node: str, sample_ratio: float, options=None) -> tuple:
 def patch_ras(model, config: RASConfig, node: str, node_id=None, kv_cache=None):
     """Clone of `model` that samples with RAS; returns (patched, slot). With a node id, live maps and
     the run summary go to that node in the UI. `kv_cache`: how the K/V cache stores (kv_cache.STORES)."""
-    return patch_region_adaptive(model, lambda run: RASPolicy(config, run.patch_size), node,
+    return patch_region_adaptive(model, lambda run: RASPolicy(config, run.patch_size, run.temporal_patch), node,
                                  ProgressReporter(node_id, "RAS"), kv_cache)
 
 

@@ -121,7 +121,7 @@ def sdit_config(node: str, sample_ratio: float, options=None) -> tuple:
 
 
 def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None):
-    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size), node,
+    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size, run.temporal_patch), node,
                                  ProgressReporter(node_id, "SDiT"), kv_cache)
 
 

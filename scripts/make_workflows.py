@@ -711,6 +711,25 @@ def lens_ras(info: dict) -> dict:
         {"scheduler": "simple", "sample_ratio": 0.5}, "lens_ras", False)
 
 
+def cogvideox_t2v_sdit(info: dict) -> dict:
+    """CogVideoX 5B text-to-video (newer ComfyUI): its diffusion model, the T5-XXL text encoder (cogvideox type), its
+    VAE, a 720 x 480 x 49-frame latent + SDiT Sampler (batch size 1: the model's rotary table is one for the batch)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "cogvideox_5b_bf16.safetensors", "t5xxl_fp16.safetensors", "cogvideox",
+                                        "cogvideox_vae.safetensors")
+    positive, negative = text_pair(wf, clip, "a golden retriever runs along a beach at sunset, waves rolling in",
+                                   "blurry, distorted, low quality")
+    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 720, "height": 480, "length": 49, "batch_size": 1},
+                    pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.4},
+                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "cogvideox_t2v_sdit", 8.0)
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
+    return wf.to_json()
+
+
 def anima_sdit(info: dict) -> dict:
     """Anima (Cosmos Predict2's network behind an LLM text adapter): diffusion model, Qwen3 0.6B text encoder
     (recognised by its weights, any CLIP type), Qwen-Image VAE + SDiT Sampler (a deterministic sampler: Anima's
@@ -757,7 +776,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
-            "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras}
+            "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
+            "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit}
 
 
 def main() -> None:

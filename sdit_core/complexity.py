@@ -23,10 +23,11 @@ def pixel_complexity(x_t: torch.Tensor, x_pred: torch.Tensor, alpha: float, gamm
     return score.mean(dim=1)
 
 
-def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.25, temporal=0.0) -> torch.Tensor:
-    """Eq. 5 averaged over each token's patch: (B, h, w), or for a video (B, C, T, H, W) -> (B, T, h, w),
+def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.25, temporal=0.0,
+                     temporal_patch: int = 1) -> torch.Tensor:
+    """Eq. 5 averaged over each token's patch: (B, h, w), or for a video (B, C, T, H, W) -> (B, T', h, w),
     each frame's spatial terms plus `temporal` x the mean |x_pred| difference to its neighbouring frames
-    (motion: what changes from frame to frame needs computing)."""
+    (motion: what changes from frame to frame needs computing), averaged over each token's `temporal_patch` frames."""
     if x_pred.ndim == 4:
         return patch_average(pixel_complexity(x_t, x_pred, alpha, gamma, beta), patch_size)
     b, c, t, h, w = x_pred.shape
@@ -41,7 +42,7 @@ def token_complexity(x_t, x_pred, patch_size: int, alpha=1.0, gamma=0.5, beta=0.
         count[:, 1:] += 1
         count[:, :-1] += 1
         score = score + temporal * motion / count
-    return patch_average(score, patch_size)
+    return patch_average(score, patch_size, temporal_patch)
 
 
 def region_scores(labels: torch.Tensor, complexity: torch.Tensor, top_q: float, regions: int = 0) -> torch.Tensor:

@@ -69,9 +69,10 @@ class RASSchedule:
 
 
 class RASPolicy(TokenPolicy):
-    def __init__(self, config: RASConfig, patch_size: int):
+    def __init__(self, config: RASConfig, patch_size: int, temporal_patch: int = 1):
         self.config = config.validate()
         self.patch_size = patch_size
+        self.temporal_patch = temporal_patch           # latent frames per token (video)
         self._schedule: Optional[RASSchedule] = None
         self._metric: Optional[torch.Tensor] = None        # (B, N) from the latest evaluation
         self.drop_count: Optional[torch.Tensor] = None     # (B, N) D of Eq. 1
@@ -109,7 +110,7 @@ class RASPolicy(TokenPolicy):
     def observe(self, step: StepOutput) -> None:
         """Scores tokens from this evaluation's post-CFG output for the next evaluation."""
         output = noise_prediction(step.x, step.denoised, step.sigma)      # the model-output space (Eq. 1's N)
-        metric = token_metric(output, self.patch_size, self.config.metric)
+        metric = token_metric(output, self.patch_size, self.config.metric, self.temporal_patch)
         self._metric = metric.flatten(1)
         if self._last_info is not None:
             self.metric_maps[self._last_info.index] = metric.detach().to(torch.float16)

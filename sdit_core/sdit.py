@@ -95,9 +95,10 @@ class SDiTConfig:
 class SDiTPolicy(TokenPolicy):
     follows_fresh_noise = True         # drift probes see reused outputs go stale and ask for refreshes
 
-    def __init__(self, config: SDiTConfig, patch_size: int):
+    def __init__(self, config: SDiTConfig, patch_size: int, temporal_patch: int = 1):
         self.config = config.validate()
         self.patch_size = patch_size
+        self.temporal_patch = temporal_patch           # latent frames per token (video)
         self._dense: Optional[Dict[int, str]] = None     # dense step -> why (warm-up, reset, cool-down)
         self._counts: Dict[int, int] = {}
         self._labels: Optional[torch.Tensor] = None          # (B, *grid) from the latest evaluation
@@ -183,12 +184,12 @@ class SDiTPolicy(TokenPolicy):
     def observe(self, step: StepOutput) -> None:
         """Segments and scores this evaluation's output for the next evaluation's choice."""
         c = self.config
-        features = token_features(step.denoised, step.noise, self.patch_size)     # (B, h, w, 2C)
+        features = token_features(step.denoised, step.noise, self.patch_size, self.temporal_patch)  # (B, h, w, 2C)
         params = c.quickshift()
         with profiling.span(profiling.SEGMENT):
             labels = segment_batch(features, params, c.backend, c.frame_scale)
         complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta,
-                                      c.temporal_weight)
+                                      c.temporal_weight, self.temporal_patch)
         self._labels = labels
         self._complexity = complexity
         self._scores = region_scores_batch(labels, complexity, c.top_q)

@@ -2,11 +2,14 @@
 import torch
 import torch.nn.functional as F
 
+from .token_metrics import pool_frames
 
-def token_features(x_pred: torch.Tensor, noise: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, [T,] H, W) x2 -> (B, [T,] h, w, 2C): both maps averaged over each token's patch (per
-    frame), each channel standardised over the image (video), scaled so two unrelated tokens lie about
-    sqrt(2) apart (Quickshift's `ratio` then weighs features against token positions)."""
+
+def token_features(x_pred: torch.Tensor, noise: torch.Tensor, patch_size: int, temporal_patch: int = 1) -> torch.Tensor:
+    """(B, C, [T,] H, W) x2 -> (B, [T',] h, w, 2C): both maps averaged over each token's patch (per
+    frame, and over each token's `temporal_patch` frames), each channel standardised over the image (video), scaled
+    so two unrelated tokens lie about sqrt(2) apart (Quickshift's `ratio` then weighs features against token
+    positions)."""
     pooled = torch.cat([x_pred.float(), noise.float()], dim=1)
     lead = pooled.shape[:-2]                                                     # (B, 2C[, T])
     flat = pooled.reshape(-1, 1, *pooled.shape[-2:])
@@ -15,6 +18,8 @@ def token_features(x_pred: torch.Tensor, noise: torch.Tensor, patch_size: int) -
         flat = F.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
     flat = F.avg_pool2d(flat, patch_size)
     pooled = flat.view(*lead, *flat.shape[-2:])                                  # (B, 2C, [T,] h, w)
+    if pooled.ndim == 5:
+        pooled = pool_frames(pooled, temporal_patch, dim=2)
     axes = tuple(range(2, pooled.ndim))
     mean = pooled.mean(dim=axes, keepdim=True)
     std = pooled.std(dim=axes, keepdim=True).clamp_min(1e-6)

@@ -174,3 +174,26 @@ def test_counts_saturate_at_every_token_and_keep_the_total():
     assert max(near.values()) <= 64 and sum(near.values()) == round(0.9 * 64) * len(sparse)
     tiny = ssd_counts(sparse, 20, 64, 0.01, 0.9)
     assert min(tiny.values()) >= 1 and sum(tiny.values()) == 1 * len(sparse)
+
+
+def test_tokens_spanning_two_latent_frames_pool_them_by_hand():
+    """CogVideoX 1.5's tokens span two latent frames (an odd count padded by one): each token frame's scores are
+    the mean of its latent frames', the last one repeated to fill its pair; every map the policies make lands on
+    the token grid."""
+    from comfyui_sdit.sdit_core.complexity import token_complexity
+    from comfyui_sdit.sdit_core.token_features import token_features
+    from comfyui_sdit.sdit_core.token_metrics import patch_average, pool_frames, token_metric
+    from comfyui_sdit.sdit_core.tokens import token_grid
+    frames = torch.arange(5.0).view(1, 5, 1, 1)
+    assert pool_frames(frames, 2, dim=1).flatten().tolist() == [0.5, 2.5, 4.0]
+    assert torch.equal(pool_frames(frames, 1, dim=1), frames)
+    values = torch.arange(5.0).view(1, 5, 1, 1).expand(1, 5, 4, 4)
+    assert patch_average(values, 2, 2)[0, :, 0, 0].tolist() == [0.5, 2.5, 4.0]
+    latent = torch.randn(2, 4, 5, 8, 12, generator=torch.Generator().manual_seed(0))
+    grid = token_grid(latent.shape, 2, 2)
+    assert grid == (3, 4, 6)
+    assert token_metric(latent, 2, temporal_patch=2).shape == (2, *grid)
+    assert token_features(latent, latent.flip(2), 2, temporal_patch=2).shape == (2, *grid, 8)
+    assert token_complexity(latent, latent.flip(2), 2, temporal=1.0, temporal_patch=2).shape == (2, *grid)
+    # one latent frame per token: unchanged
+    assert token_metric(latent, 2).shape == (2, 5, 4, 6)

@@ -8,6 +8,7 @@ from typing import List
 from ..errors import SDiTInputError
 from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter
+from .cogvideox import CogVideoXFamily
 from .cosmos import CosmosFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
@@ -34,7 +35,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(),
-                               MageFlowFamily(), LensFamily(), JoyImageFamily()]
+                               MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily()]
 
 
 def supported_family_names() -> str:
