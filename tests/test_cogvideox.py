@@ -8,11 +8,13 @@ import torch
 
 import comfy.supported_models
 
+from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import build_tiny, ksample, random_active, text_conditioning
+from sdit_testkit import build_tiny, ksample, random_active, ras_sample, text_conditioning
 from test_memory_plan import sample_patched
+from test_ras_sampler import ras_args
 from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
@@ -81,6 +83,9 @@ def test_image_to_video_by_channels():
 
 
 def test_a_batch_of_videos_running_other_tokens_is_refused_clearly():
+    """By the sampler nodes before sampling; under a Model Patch node at the first sparse step."""
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'latent_image'.*batch size 1"):
+        ras_sample(tiny_cogvideox(7), latent_image={"samples": latent(2)}, **ras_args(**prompts()))
     n = tokens("1.0-rope")
     policy = FixedPlanPolicy([None, random_active(2, n, n // 3, seed=1)])
     patched, _ = apply_token_sparse(tiny_cogvideox(7), lambda run: policy, node="test")

@@ -263,6 +263,11 @@ class FamilyAdapter:
         what the memory plan counts (memory_plan.py)."""
         raise NotImplementedError
 
+    def refused_latent(self, diffusion_model, shape: tuple) -> Optional[str]:
+        """Why a latent of this shape cannot be sampled region-adaptively with this model, or None (asked by the
+        sampler nodes before sampling, as `refused_conditioning` is)."""
+        return None
+
     def refused_conditioning(self, diffusion_model, values: dict) -> Optional[str]:
         """Why a conditioning entry's values (its dict) cannot be sampled region-adaptively with this
         model, or None. The sampler nodes ask before sampling; the adapter's patches still refuse at

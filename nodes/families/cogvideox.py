@@ -9,7 +9,8 @@ forward's code:
 - the first block gathers the video tokens; every block gets the running tokens' RoPE rows;
 - `proj_out`'s output is scattered back to every token.
 The model's RoPE is one (tokens, channels) table for the whole batch: a sparse step needs every row of the batch to
-run the same tokens (one video, its cond and uncond rows); a batch of several videos gets a clear error.
+run the same tokens (one video, its cond and uncond rows); the sampler nodes refuse a batch of several videos
+before sampling, and a Model Patch node's run stops with the same clear error at its first sparse step.
 """
 from .base import FamilyAdapter, patch_method, patch_module_forward, runs_class_methods
 
@@ -32,6 +33,9 @@ class CogVideoXFamily(FamilyAdapter):
 
     def temporal_patch(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size_t or 1)
+
+    def refused_latent(self, diffusion_model, shape):
+        return BATCH if shape[0] > 1 else None
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(text_tokens + image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)
