@@ -18,10 +18,10 @@ from .joyimage import JoyImageFamily
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lens import LensFamily
+from .ltxv import LTXVFamily
 from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
 from .mochi import MochiFamily
-from .ltxv import LTXVFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
@@ -33,9 +33,8 @@ from .wan_vace import WanVaceFamily
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
                                WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
-                               Kandinsky5Family(), LTXVFamily(),
-                               MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(),
-                               MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily()]
+                               Kandinsky5Family(), LTXVFamily(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
+                               Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily()]
 
 
 def supported_family_names() -> str:
