@@ -104,6 +104,7 @@ class ForwardCall:
         self.attention_calls = 0          # attention calls over the image tokens so far: the next one's K/V layer
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
+        self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]), grid_tokens)
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
@@ -231,26 +232,28 @@ class ForwardCall:
             k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
         if mask is not None:
-            image_start = 0 if self.image_first else others
-            kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, image_start, k_full.shape[seq_dim]))
+            kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, self.image_start(others), k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
+
+    def image_start(self, others: int) -> int:
+        """Where the image sequence starts in a joint sequence with `others` tokens beside it: after them
+        ([others | image]) or, image first, after the `image_lead` of them ([lead | image | the rest])."""
+        return self.image_lead if self.image_first else others
 
     def joint_rows(self, device: torch.device, others: int) -> torch.Tensor:
         """(rows, others + n): where each row that runs sits in the full joint sequence, [others | image]
-        or, image first, [image | others] (the whole image sequence before the others); computed once
-        per forward, so attention layers launch no index arithmetic."""
+        or, image first, [lead | image | the other others] (the whole image sequence between them);
+        computed once per forward, so attention layers launch no index arithmetic."""
         key = (others, device)
         if key not in self._joint_rows:
             if self._image_index is None:
                 raise RuntimeError("attention ran before the image tokens were gathered")
             image = self._image_index.to(device)
-            if self.image_first:
-                image_total = self.image_sequence_length
-                text = torch.arange(image_total, image_total + others, device=device).expand(image.shape[0], -1)
-                self._joint_rows[key] = torch.cat([image, text], dim=1)
-            else:
-                text = torch.arange(others, device=device).expand(image.shape[0], -1)
-                self._joint_rows[key] = torch.cat([text, image + others], dim=1)
+            start, image_total = self.image_start(others), self.image_sequence_length
+            before = torch.arange(start, device=device)
+            after = torch.arange(start + image_total, image_total + others, device=device)
+            self._joint_rows[key] = torch.cat([before.expand(image.shape[0], -1), image + start,
+                                               after.expand(image.shape[0], -1)], dim=1)
         return self._joint_rows[key]
 
     def _fit_mask(self, mask: torch.Tensor, rows: torch.Tensor, image_start: int, full_len: int) -> torch.Tensor:

@@ -372,3 +372,19 @@ def test_flux_redux_attention_bias_over_the_whole_sequence(batch, cfg):
     for index, stream, output, computed in policy.outputs:
         by_stream.setdefault(stream, []).append((output, computed))
     assert_exact_on_active_tokens(by_stream, tokens)
+
+
+@pytest.mark.parametrize("image_first,lead,expected", [
+    (False, 0, [0, 1, 2, 3 + 0, 3 + 2, 3 + 3]),             # [text | image]
+    (True, 0, [0, 2, 3, 4, 5, 6]),                          # [image | text]
+    (True, 1, [0, 1 + 0, 1 + 2, 1 + 3, 5, 6])])             # [reference | image | text] (HunyuanVideo's ref_latent)
+def test_joint_rows_place_the_running_tokens_in_each_layout(image_first, lead, expected):
+    """Where each row of a sparse joint sequence sits in the whole one: 3 tokens beside an image sequence of a
+    3-token grid (tokens 0 and 2 run) and one extra token, which always runs."""
+    run = SparseRun(FixedPlanPolicy([None, torch.tensor([[0, 2]])]), (1, 16, 2, 6), patch_size=2)
+    run.close_forward(run.open_forward((1, 16, 2, 6), 0.9, None, "s"), True)     # dense
+    run.streams["s", 1, (1, 3)].primed = True
+    call = run.open_forward((1, 16, 2, 6), 0.8, None, "s")
+    call.image_first, call.image_lead = image_first, lead
+    call.gather(torch.zeros(1, 4, 8))
+    assert call.joint_rows(torch.device("cpu"), 3).tolist() == [expected]

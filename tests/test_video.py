@@ -439,18 +439,65 @@ def test_wan_reference_image_sampled_with_the_sampler_nodes(batch, cfg):
     assert run.kv_planned_bytes == run.kv_peak_bytes > 0
 
 
-def test_a_hunyuan_video_reference_latent_is_refused_before_sampling():
-    """HunyuanVideo's `ref_latent` reaches the model through the prompt: the sampler nodes name the input before
-    anything is sampled."""
-    reference = torch.zeros(1, 16, 1, HEIGHT, WIDTH)
-    a = dict(ras_args(steps=2), **dict(hunyuan_conds(), negative=hunyuan_conds(ref_latent=reference)["negative"]))
+def hunyuan_reference(batch=1):
+    """HunyuanImageToVideo's "custom" guidance: the start image's latent, one frame, as `ref_latent`."""
+    return torch.randn(batch, 16, 1, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3))
+
+
+def test_hunyuan_video_reference_latent_runs_on_every_step():
+    """HunyuanVideo's reference latent is embedded before the video's tokens: they run on every sparse step beside
+    the text (not among the image tokens: [reference | video | text] image first, [text | reference | video] text
+    first), and both forwards equal the model's."""
+    model = tiny_hunyuan_video(seed=15)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=g)
+    kwargs = dict(context=torch.randn(1, 7, 32, generator=g), y=torch.randn(1, 32, generator=g),
+                  guidance=torch.full((1,), 3.5), ref_latent=hunyuan_reference())
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 20, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    blocks = len(model.model.diffusion_model.double_blocks) + len(model.model.diffusion_model.single_blocks)
+    assert run.evals[1].calls[0].attention_image_rows == [20] * blocks
+    without = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={},
+                                          **dict(kwargs, ref_latent=None))
+    assert (without - plain).abs().max().item() > 1e-3, "the reference latent counts"
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_hunyuan_video_reference_latent_sampled_with_the_sampler_nodes(cfg):
+    """Through the prompt (`ref_latent`, as HunyuanImageToVideo's "custom" guidance sets it): every token active
+    equals KSampler; a third of them equal the dense forward on the tokens that ran; the K/V cache holds what the
+    plan counted, the reference's tokens included. One video, its prompts of other lengths run apart: ComfyUI's
+    model writes into the reference's positions, a broadcast view where a forward has several rows (it fails
+    there with or without the pack)."""
+    batch = 1
+    from test_memory_plan import sample_patched
+    prompts = hunyuan_conds(ref_latent=hunyuan_reference())
+    latent = video_latent(batch)
+    every_token_active(tiny_hunyuan_video(seed=16), latent, cfg, prompts, TOKENS, assert_within_scale(4e-6))
+    exact_on_a_third_of_the_tokens(tiny_hunyuan_video(seed=17), latent, cfg, prompts, TOKENS)
+    run = sample_patched(tiny_hunyuan_video(seed=18), latent, cfg, prompts)
+    assert run.kv_planned_bytes == run.kv_peak_bytes > 0
+
+
+def test_hunyuan_video_reference_latent_with_token_replacement_is_refused():
+    """A reference latent and token replacement together (the replaced frame's modulation spans count from the
+    reference's first token): the sampler nodes name the input before anything is sampled; under KSampler a
+    Model Patch node's first forward stops."""
+    both = hunyuan_conds(ref_latent=hunyuan_reference(), guiding_frame_index=0)
+    a = dict(ras_args(steps=2), **dict(hunyuan_conds(), negative=both["negative"]))
     model = tiny_hunyuan_video(seed=16)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'negative': HunyuanVideo with a reference latent"):
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'negative': HunyuanVideo with both a reference"):
         ras_sample(model, latent_image={"samples": video_latent()}, **a)
-    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'negative': HunyuanVideo with a reference latent"):
+    with pytest.raises(SDiTInputError, match=r"SDiT Sampler: input 'negative': HunyuanVideo with both a reference"):
         sdit_sample(model, 1, 2, 1.0, "euler", "simple", a["positive"], a["negative"], {"samples": video_latent()},
                     1.0, **sdit_defaults(sample_ratio=0.3))
-    # a Wan model without ref_conv ignores reference_latents
+    patched = ras_model_patch(model, 0.5, 1, "", 0.1, "std", False)[0]
+    with pytest.raises(NotImplementedError, match="HunyuanVideo with both a reference latent"):
+        comfy_nodes.KSampler().sample(patched, 4, 2, 1.0, "euler", "simple", both["positive"], both["negative"],
+                                      {"samples": video_latent()})
+
+
+def test_a_wan_model_without_ref_conv_ignores_reference_latents():
     out, _ = ras_sample(tiny_wan(seed=15), latent_image={"samples": video_latent()},
-                        **dict(ras_args(steps=2), **conds(reference_latents=[reference])))
+                        **dict(ras_args(steps=2), **conds(reference_latents=[hunyuan_reference()])))
     assert torch.isfinite(out["samples"]).all()

@@ -19,7 +19,11 @@ later): the adapter reads it from the positions the model embeds. It hooks, neve
 Image channels (image-to-video, the refiners) are concatenated to the latent before `img_in`, so they are
 gathered with the tokens. HunyuanVideo 1.5 and HunyuanImage 2.1 join a CLIP-vision image's tokens and ByT5
 glyph tokens to the text: they run on every step as the text does (the memory plan counts them).
-A reference latent (`ref_latent`) puts tokens before the video: not covered (a clear error).
+A reference latent (`ref_latent`, HunyuanImageToVideo's "custom" guidance) is embedded by `img_in` too and put
+before the video's tokens, [reference | video]: its tokens run on every step, beside the text, as part of
+what is not the video (before the text, image first; after it, text first: [text | reference | video]). The
+model cuts them off before the final layer. With token replacement (`guiding_frame_index`), whose modulation
+spans count from the reference's first token, it is refused.
 """
 import torch
 
@@ -63,7 +67,7 @@ class HunyuanVideoFamily(FamilyAdapter):
         dm = patcher.model.diffusion_model
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=_prepare)
         patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", before=_read_layout)
-        patch_module_forward(patcher, slot, "diffusion_model.img_in", after=lambda call, out: call.gather(out))
+        patch_module_forward(patcher, slot, "diffusion_model.img_in", after=_gather_video)
         passthrough_method(patcher, slot, "diffusion_model.txt_in.forward")      # the text refiner: text alone
         for i in range(len(dm.double_blocks)):
             patch_method(patcher, slot, f"diffusion_model.double_blocks.{i}.forward",
@@ -75,27 +79,46 @@ class HunyuanVideoFamily(FamilyAdapter):
                      before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"),
                      after=lambda call, out: call.scatter(out))
 
+    def sequence_references(self, diffusion_model, values):
+        reference = values.get("ref_latent")
+        return [] if reference is None else [reference]
+
     def refused_conditioning(self, diffusion_model, values: dict):
-        return REFERENCE if values.get("ref_latent") is not None else None
+        both = values.get("ref_latent") is not None and values.get("guiding_frame_index") is not None
+        return REFERENCE_AND_REPLACE if both else None
 
 
-REFERENCE = "HunyuanVideo with a reference latent is not supported by region-adaptive sampling; sample it with KSampler"
+REFERENCE_AND_REPLACE = ("HunyuanVideo with both a reference latent and image-to-video by token replacement "
+                         "(guiding_frame_index) is not supported by region-adaptive sampling; sample it with KSampler")
+REFERENCE_TOKENS = ("hunyuan video", "reference tokens")      # per-forward memo keys: how many,
+VIDEO_EMBEDDED = ("hunyuan video", "video embedded")          # and whether `img_in` embedded the video yet
 
 
 def _prepare(call, arguments) -> None:
-    if arguments.get("ref_latent") is not None:
-        raise NotImplementedError(REFERENCE)
+    if arguments.get("ref_latent") is not None and arguments.get("guiding_frame_index") is not None:
+        raise NotImplementedError(REFERENCE_AND_REPLACE)
     arguments["img_ids"] = call.scratch["img_ids"] = call.gather(arguments["img_ids"])
     arguments["control"] = gather_control(call, arguments.get("control"))
 
 
+def _gather_video(call, tokens):
+    """`img_in` embeds the video first, then any reference latent: the video's tokens are gathered, the
+    reference's counted (they stay whole and run on every step)."""
+    if VIDEO_EMBEDDED not in call.scratch:
+        call.scratch[VIDEO_EMBEDDED] = True
+        return call.gather(tokens)
+    call.scratch[REFERENCE_TOKENS] = tokens.shape[1]
+    return tokens
+
+
 def _read_layout(call, ids):
     """Which comes first in joint attention: the (gathered) video positions at the start of the embedded
-    positions, or at their end."""
+    positions (after a reference's), or at their end."""
     video = call.scratch.get("img_ids")
     n = 0 if video is None else video.shape[1]
-    if video is not None and ids.shape[1] > n and torch.equal(ids[:, :n], video):
-        call.image_first = True
+    lead = call.scratch.get(REFERENCE_TOKENS, 0)
+    if video is not None and ids.shape[1] > n + lead and torch.equal(ids[:, lead:lead + n], video):
+        call.image_first, call.image_lead = True, lead
     elif video is not None and ids.shape[1] > n and torch.equal(ids[:, -n:], video):
         call.image_first = False
     else:
