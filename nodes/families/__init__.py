@@ -26,13 +26,15 @@ from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
+from .wan_dancer import WanDancerFamily
 from .wan_humo import WanHumoFamily
 from .wan_s2v import WanS2VFamily
+from .wan_scail import WanSCAILFamily
 from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
-                               WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(),
-                               WanS2VFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
+                               WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(), WanS2VFamily(), WanSCAILFamily(),
+                               WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
                                Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily()]
 

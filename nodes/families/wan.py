@@ -64,10 +64,14 @@ class WanFamily(FamilyAdapter):
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
-        patch_method(patcher, slot, "diffusion_model.head.forward", before=_gather_head_modulation,
-                     after=_scatter_head_output)
+        patch_head(patcher, slot, "diffusion_model.head")
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
             patch_module_forward(patcher, slot, "diffusion_model.ref_conv", after=_count_leading_reference)
+
+
+def patch_head(patcher, slot, path: str) -> None:
+    """The head at `path` gets the running tokens' modulation; its output is scattered back to every token."""
+    patch_method(patcher, slot, path + ".forward", before=_gather_head_modulation, after=_scatter_head_output)
 
 
 def runs_wan_forward(diffusion_model, owners: tuple) -> bool:
@@ -114,8 +118,9 @@ def _gather_block_inputs(call, arguments) -> None:
     lead = call.scratch.get(LEADING, 0)
     if call.image_rows is None:     # the first block that runs
         if lead and (arguments.get("transformer_options") or {}).get("patches", {}).get("double_block"):
-            raise NotImplementedError("Wan with a reference image (ref_conv) and other nodes' block patches is not "
-                                      "supported by region-adaptive sampling; sample it with KSampler")
+            raise NotImplementedError("Wan with reference images before the video's tokens (Wan Fun's ref_conv, "
+                                      "SCAIL) and other nodes' block patches is not supported by region-adaptive "
+                                      "sampling; sample it with KSampler")
         # dense: unchanged (but for a leading reference), and counted; extra tokens follow the grid
         arguments["x"] = call.gather(_lead_last(arguments["x"], lead))
     if call.dense and not lead:

@@ -37,10 +37,10 @@ class WanS2VFamily(WanFamily):
 
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)
-        passthrough_method(patcher, slot, "diffusion_model.audio_injector.forward", sparse=_inject_on_running_tokens)
+        passthrough_method(patcher, slot, "diffusion_model.audio_injector.forward", sparse=inject_on_running_tokens)
 
 
-def _inject_on_running_tokens(call, injector, x, block_id, audio_emb, audio_emb_global, seq_len, *args, **kwargs):
+def inject_on_running_tokens(call, injector, x, block_id, audio_emb, audio_emb_global, seq_len, *args, **kwargs):
     """The audio injector (which works on the first `seq_len` tokens, the video's, as equal frames) on the
     running tokens: the video's running tokens lead the gathered sequence `x`."""
     if block_id not in injector.injected_block_id:      # most blocks have no injector: nothing to do
