@@ -2,7 +2,11 @@
 serves a .jpg beside a workflow as its thumbnail). Each is the workflow's graph as ComfyUI's own UI draws it
 (headless chromium, the bundled frontend, the whole graph in view).
 
-    .venv/bin/python scripts/make_thumbnails.py [--chromium /usr/bin/chromium]
+    .venv/bin/python scripts/make_thumbnails.py [--chromium /usr/bin/chromium] [name ...]
+
+Names (e.g. wandancer_sdit) draw only those workflows: the ones of newer ComfyUI's nodes with COMFYUI_PATH set to
+such a tree (make_workflows.py --newer), so that their nodes are drawn, and --front-end-root the frontend the
+others were drawn with (CI's ComfyUI's: .venv's comfyui_frontend_package/static).
 """
 import argparse
 import io
@@ -44,11 +48,15 @@ def crop_to_graph(shot, pad: int = 24):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--front-end-root", help="the frontend to draw with (as ComfyUI's --front-end-root): the "
+                                                 "other thumbnails' one, where COMFYUI_PATH's differs")
+    parser.add_argument("names", nargs="*", help="workflows to draw (file stems); all by default")
     args = parser.parse_args()
     from PIL import Image
     from playwright.sync_api import sync_playwright
     comfy = pathlib.Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
-    with tempfile.TemporaryDirectory() as out, ComfyServer(comfy, pathlib.Path(out)) as server, \
+    frontend = ["--front-end-root", args.front_end_root] if args.front_end_root else []
+    with tempfile.TemporaryDirectory() as out, ComfyServer(comfy, pathlib.Path(out), extra_args=frontend) as server, \
             sync_playwright() as playwright:
         server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": False,
                                   "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
@@ -62,6 +70,8 @@ def main() -> int:
         page.add_style_tag(content="body * { visibility: hidden !important; } "
                                    "#graph-canvas { visibility: visible !important; }")
         for path in sorted((REPO / "example_workflows").glob("*.json")):
+            if args.names and path.stem not in args.names:
+                continue
             page.keyboard.press("Escape")
             page.evaluate("workflow => app.loadGraphData(workflow)", json.loads(path.read_text()))
             page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")   # whole graph

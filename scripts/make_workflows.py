@@ -1,6 +1,7 @@
 """Writes example_workflows/*.json (ComfyUI UI format) from a live ComfyUI's /object_info.
 
     .venv/bin/python scripts/make_workflows.py        # starts ComfyUI headless, regenerates the files
+    COMFYUI_PATH=<newer tree> <its python> scripts/make_workflows.py --newer   # the newer-ComfyUI-only ones
 
 Widget values are taken by input name (defaults from /object_info fill the rest), so the files always
 match the node definitions; tests re-validate them against a running server.
@@ -763,6 +764,61 @@ def hunyuan_image21_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan21_scail2_ras(info: dict) -> dict:
+    """Wan SCAIL-2 14B (newer ComfyUI): a reference image's character moved by a pose video (WanSCAILToVideo: the
+    reference's tokens before the video's, the half-size pose video's after them, both running on every step)."""
+    wf = Workflow(info)
+    model, clip, vae = wan_loaders(wf, "wan2.1_14B_SCAIL_2_fp8_scaled.safetensors", shift=5.0)
+    positive, negative = text_pair(wf, clip, "the character dances in a bright studio, smooth natural motion",
+                                   "blurry, static, low quality, distorted body")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the character)")
+    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
+    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
+                  pos=(350, 900))
+    loaded = wf.add("LoadVideo", {"file": "pose_video.mp4"}, pos=(0, 1050), title="Pose video")
+    pose = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1050))
+    guided = wf.add("WanSCAILToVideo", {"width": 512, "height": 896, "length": 81, "batch_size": 1},
+                    {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
+                     "reference_image": (image, 0), "pose_video": (pose, 0)}, pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.4},
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
+                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "wan21_scail2_ras", 16.0)
+    return wf.to_json()
+
+
+def wandancer_sdit(info: dict) -> dict:
+    """WanDancer 14B (newer ComfyUI): a dance from a start image to a music track (WanDancerEncodeAudio's beat and
+    timbre features, eight music tokens a latent frame; its frame-rate words joined to the prompt as WanDancer was
+    trained); the music injector runs the same tokens as the video's blocks. The video is saved with the music."""
+    wf = Workflow(info)
+    model, clip, vae = wan_loaders(wf, "wandancer_14B_fp8_scaled.safetensors", shift=5.0)
+    audio = wf.add("LoadAudio", {"audio": "music.wav"}, pos=(0, 1050), title="Music")
+    heard = wf.add("WanDancerEncodeAudio", {"video_frames": 149, "audio_inject_scale": 1.0}, {"audio": (audio, 0)},
+                   pos=(350, 1150))
+    words = wf.add("StringConcatenate", {"string_a": "a dancer performs on a rooftop at sunset, full body",
+                                         "delimiter": ""}, {"string_b": (heard, 1)}, pos=(0, 650),
+                   title="Prompt and frame rate")
+    positive = wf.add("CLIPTextEncode", {}, {"clip": clip, "text": (words, 0)}, pos=(350, 100), title="Prompt")
+    negative = wf.add("CLIPTextEncode", {"text": "blurry, static, low quality, distorted body"}, {"clip": clip},
+                      pos=(350, 300), title="Negative")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 350), title="Start image (the dancer)")
+    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
+    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
+                  pos=(350, 900))
+    guided = wf.add("WanDancerVideo", {"width": 480, "height": 832, "length": 149},
+                    {"positive": (positive, 0), "negative": (negative, 0), "vae": vae, "start_image": (image, 0),
+                     "clip_vision_output": (seen, 0), "audio_encoder_output": (heard, 0)}, pos=(700, 300))
+    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
+                                     "sample_ratio": 0.4},
+                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
+                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    video_with_audio_tail(wf, (sampler, 0), vae, audio, "wandancer_sdit", 30.0)
+    wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
@@ -778,15 +834,24 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit}
+# Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
+# NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
+NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit}
+NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate")
+NEWER_GENERATED_WITH = "0.29.0"
 
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     import os
+    newer = "--newer" in sys.argv[1:]
     comfy = pathlib.Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui")
     with ComfyServer(comfy, REPO / ".comfyui-out") as server:
         info = server.get("/object_info")
-    for name, build in EXAMPLES.items():
+    missing = [node for node in NEWER_NODES if node not in info]
+    if newer and missing:
+        sys.exit(f"--newer needs a ComfyUI with {', '.join(missing)}: set COMFYUI_PATH to a newer tree")
+    for name, build in (NEWER_EXAMPLES if newer else EXAMPLES).items():
         path = REPO / "example_workflows" / name
         path.write_text(json.dumps(build(info), indent=1) + "\n")
         print("wrote", path)
