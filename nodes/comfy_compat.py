@@ -187,3 +187,15 @@ def load_state_dict_strictly(module, state: dict) -> None:
                     break
         mapped[key] = value
     module.load_state_dict(mapped, strict=True)
+
+
+def attention_takes_grouped_kv(attention_forward: Callable) -> bool:
+    """Does this attention module hand ComfyUI's attention keys and values with fewer heads than its queries
+    (grouped-query attention, `enable_gqa`: newer ComfyUI's OmniGen2) instead of repeating them to the queries'
+    heads first (0.3.75)? Read in its source, the one place where the two differ; where the source cannot be
+    read, the repeated (larger) count is assumed, so the memory plan never falls short."""
+    import inspect
+    try:
+        return "enable_gqa" in inspect.getsource(attention_forward)
+    except (OSError, TypeError):
+        return False

@@ -661,6 +661,27 @@ def joyimage_edit_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def omnigen2_edit_sdit(info: dict) -> dict:
+    """OmniGen2: its diffusion model, the Qwen2.5-VL text encoder (omnigen2 type), Flux's VAE; the image to edit
+    encoded and given to both prompts by ReferenceLatent (its tokens run on every step, before the image's) + SDiT
+    Sampler with its region maps."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "omnigen2_fp16.safetensors", "qwen_2.5_vl_fp16.safetensors", "omnigen2",
+                                        "ae.safetensors")
+    positive, negative = text_pair(wf, clip, "replace the sky with a dramatic sunset, keep everything else",
+                                   "blurry, low quality")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Image to edit")
+    encoded = wf.add("VAEEncode", {}, {"pixels": (image, 0), "vae": vae}, pos=(350, 550))
+    references = [wf.add("ReferenceLatent", {}, {"conditioning": prompt, "latent": (encoded, 0)}, pos=(700, row))
+                  for prompt, row in ((positive, 100), (negative, 250))]
+    sockets = {"model": model, "positive": (references[0], 0), "negative": (references[1], 0),
+               "latent_image": (encoded, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5, "denoise": 1.0}, sockets, vae,
+                 "omnigen2_edit_sdit", True)
+    return wf.to_json()
+
+
 def separate_text_to_image(info: dict, files: tuple, clip_type: str, prompt: str, latent_type: str, sampler_type: str,
                            widgets: dict, prefix: str, regions: bool) -> dict:
     """Diffusion model, text encoder and VAE from their own `files` (unet, text encoder, VAE), a prompt and a plain
@@ -833,7 +854,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
-            "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit}
+            "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit}

@@ -22,6 +22,7 @@ from .ltxv import LTXVFamily
 from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
 from .mochi import MochiFamily
+from .omnigen2 import OmniGen2Family
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
@@ -36,7 +37,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(), WanS2VFamily(), WanSCAILFamily(),
                                WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
-                               Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily()]
+                               Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily(),
+                               OmniGen2Family()]
 
 
 def supported_family_names() -> str:
