@@ -682,6 +682,15 @@ def omnigen2_edit_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def boogu_ras(info: dict) -> dict:
+    """Boogu-Image (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (boogu type), Flux's VAE, an empty
+    16-channel image latent + RAS Sampler."""
+    return separate_text_to_image(
+        info, ("boogu_image_0.1_bf16.safetensors", "qwen3vl_8b_boogu.safetensors", "ae.safetensors"), "boogu",
+        "a cozy reading nook by a rainy window, soft lamp light, film photo", "EmptySD3LatentImage", "RASSampler",
+        {"scheduler": "simple", "sample_ratio": 0.5}, "boogu_ras", False)
+
+
 def separate_text_to_image(info: dict, files: tuple, clip_type: str, prompt: str, latent_type: str, sampler_type: str,
                            widgets: dict, prefix: str, regions: bool) -> dict:
     """Diffusion model, text encoder and VAE from their own `files` (unet, text encoder, VAE), a prompt and a plain
@@ -854,7 +863,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
-            "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit}
+            "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
+            "boogu_ras.json": boogu_ras}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit}

@@ -2,8 +2,7 @@
 ComfyUI class (CPU, fp32): Lumina-like refiners (caption alone, image alone, each reference alone) and joint layers
 over [caption | references | image] with grouped-query attention (fewer K/V heads than query heads); the exactness
 set of the image families (a non-square latent), reference images (their tokens always run, before
-the image's), the memory plan, both sampler nodes and both Model Patch nodes, Skip Layer Guidance skipping the first
-joint layer."""
+the image's), the memory plan, both sampler nodes and both Model Patch nodes."""
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from sdit_testkit import build_tiny, ksample, text_conditioning
 from test_memory_plan import sample_patched
 from test_video import (a_reference_runs_on_every_step, assert_within, every_token_active,
                         exact_on_a_third_of_the_tokens, model_patch_nodes_under_ksampler,
-                        sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
+                        sampler_node_end_to_end)
 
 TOL = 1e-5
 HEIGHT, WIDTH = 8, 12                            # a non-square latent: 4 x 6 tokens
@@ -99,10 +98,6 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_omnigen2(seed=8), {"samples": latent(2)}, with_references(),
                                      assert_within(TOL))
-
-
-def test_skip_layer_guidance_skipping_the_first_block():
-    skip_layer_guidance_skipping_block_0(tiny_omnigen2(seed=9), latent(), prompts(), TOKENS, assert_within(TOL))
 
 
 def test_the_grouped_kv_probe_reads_this_comfyui():

@@ -8,6 +8,7 @@ from typing import List
 from ..errors import SDiTInputError
 from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter
+from .boogu import BooguFamily
 from .cogvideox import CogVideoXFamily
 from .cosmos import CosmosFamily
 from .flux import FluxFamily
@@ -38,7 +39,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
                                Kandinsky5Family(), LTXVFamily(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
                                Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily(),
-                               OmniGen2Family()]
+                               OmniGen2Family(), BooguFamily()]
 
 
 def supported_family_names() -> str:

@@ -32,27 +32,37 @@ class OmniGen2Family(FamilyAdapter):
         return int(diffusion_model.patch_size)
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
-        attention = diffusion_model.layers[0].attn
-        heads = attention.kv_heads if attention_takes_grouped_kv(type(attention).forward) else attention.heads
-        channels = heads * attention.dim_head
+        channels = kv_channels(diffusion_model.layers[0].attn)
         p = diffusion_model.patch_size
         references = sum(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p) for r in reference_latents(values))
         return ([(image_tokens, channels)] * len(diffusion_model.noise_refiner)
                 + [(text_tokens + references + image_tokens, channels)] * len(diffusion_model.layers))
 
+    def joint_layers(self, diffusion_model) -> str:
+        """The joint layers' attribute (OmniGen2's layers over [caption | references | image])."""
+        return "layers"
+
     def install(self, patcher, slot) -> None:
         dm = patcher.model.diffusion_model
         if len(dm.noise_refiner) == 0:
-            raise ValueError("OmniGen2 model without noise-refiner layers is not supported")
+            raise ValueError(f"{self.names[0]} model without noise-refiner layers is not supported")
         for i in range(len(dm.noise_refiner)):
             patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
                          before=_gather_tokens_and_freqs if i == 0 else _gather_freqs)
         for i in range(len(dm.ref_image_refiner)):
             passthrough_method(patcher, slot, f"diffusion_model.ref_image_refiner.{i}.forward")
-        for i in range(len(dm.layers)):
-            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs)
+        joint = self.joint_layers(dm)
+        for i in range(len(getattr(dm, joint))):
+            patch_method(patcher, slot, f"diffusion_model.{joint}.{i}.forward", before=_gather_freqs)
         patch_method(patcher, slot, "diffusion_model.norm_out.forward",
                      after=lambda call, out: scatter_image_after_prefix(call, out))
+
+
+def kv_channels(attention) -> int:
+    """Channels of the keys (and values) an OmniGen2 attention module hands ComfyUI's attention: its K/V heads' where
+    this ComfyUI passes grouped K/V, its query heads' where it repeats them first."""
+    heads = attention.kv_heads if attention_takes_grouped_kv(type(attention).forward) else attention.heads
+    return heads * attention.dim_head
 
 
 def _gather_tokens_and_freqs(call, arguments) -> None:
