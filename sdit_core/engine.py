@@ -86,7 +86,7 @@ class ForwardCall:
     """One forward of the diffusion model under the engine."""
 
     def __init__(self, run: "SparseRun", stream: Stream, info: EvalInfo, dense: bool,
-                 grid_index: Optional[torch.Tensor], grid_tokens: int, shared_index: bool = False,
+                 grid_index: Optional[torch.Tensor], grid: Tuple[int, ...], shared_index: bool = False,
                  keeps_cache: bool = True):
         self.run = run
         self.stream = stream
@@ -94,7 +94,8 @@ class ForwardCall:
         self.dense = dense
         self.keeps_cache = keeps_cache    # a dense forward stores its K/V (not where nothing will read them)
         self.grid_index = grid_index      # (rows, n) active grid tokens, None when dense
-        self.grid_tokens = grid_tokens    # tokens of the latent grid (extra tokens such as references follow)
+        self.grid = tuple(grid)           # this call's latent token grid: (rows, cols) or (frames, rows, cols)
+        self.grid_tokens = math.prod(grid)   # its tokens (extra tokens such as references follow)
         self.text_len = 0                 # adapters that need it: text tokens of this forward
         self.shared_index = shared_index  # every row has the same active tokens (known on the CPU)
         self.image_rows: Optional[int] = None   # image-sequence tokens that entered the blocks (None: not yet)
@@ -106,7 +107,8 @@ class ForwardCall:
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
-        self.record = CallRecord(stream.key, 0, dense, grid_tokens if dense else int(grid_index.shape[1]), grid_tokens)
+        self.record = CallRecord(stream.key, 0, dense, self.grid_tokens if dense else int(grid_index.shape[1]),
+                                 self.grid_tokens)
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
 
     # ---- gather / scatter -------------------------------------------------------------------
@@ -416,7 +418,7 @@ class SparseRun:
             else:
                 index, shared = self._window_index(record, window)
         grid_index = None if dense else index.repeat(rows // self.batch, 1)
-        call = ForwardCall(self, stream, record.info, dense, grid_index, math.prod(grid), shared_index=shared,
+        call = ForwardCall(self, stream, record.info, dense, grid_index, grid, shared_index=shared,
                            keeps_cache=keeps_cache)
         call.record.rows = rows
         call.eval_record = record

@@ -1,8 +1,8 @@
-"""HiDream-I1 (`comfy.ldm.hidream.model.HiDreamImageTransformer2DModel`) on tiny random-weight instances of its real
-ComfyUI class (CPU, fp32): joint attention with the image first and text that differs per block (T5 and the last
+"""HiDream-I1 and E1 (`comfy.ldm.hidream.model.HiDreamImageTransformer2DModel`) on tiny random-weight instances of its
+real ComfyUI class (CPU, fp32): joint attention with the image first and text that differs per block (T5 and the last
 Llama layer carried along, one Llama layer per block), a mixture-of-experts feed-forward routed per token; the
 exactness set of the image families, the memory plan, both sampler nodes and both Model Patch nodes, and HiDream-E1's
-edit image refused clearly."""
+edit image beside the latent (its tokens run on every step)."""
 import importlib
 
 import pytest
@@ -10,12 +10,11 @@ import torch
 
 import comfy.supported_models
 
-from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import build_tiny, ras_model_patch, ras_sample, text_conditioning
+from sdit_testkit import build_tiny, ksample, text_conditioning
+from test_engine_exactness import dense_sparse_plain
 from test_memory_plan import sample_patched
-from test_ras_sampler import ras_args
-from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
+from test_video import (assert_within, assert_within_scale, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
@@ -52,7 +51,7 @@ def prompts(**extra):
 
 
 def test_hidream_is_its_own_adapter():
-    assert adapter_for(tiny_hidream(seed=0), "test").names == ("HiDream-I1",)
+    assert adapter_for(tiny_hidream(seed=0), "test").names == ("HiDream-I1", "HiDream-E1")
 
 
 def test_tokens_take_different_experts():
@@ -95,13 +94,45 @@ def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_hidream(seed=8), {"samples": latent(2)}, prompts(), assert_within(TOL))
 
 
-def test_an_edit_image_is_refused_before_sampling_and_under_ksampler():
-    """HiDream-E1: the edit image's latent is concatenated beside the latent, its tokens inside every row."""
-    edit = prompts(concat_latent_image=torch.randn(1, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(5)))
-    model = tiny_hidream(seed=9)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'positive'.*HiDream-E1.*not supported"):
-        ras_sample(model, latent_image={"samples": latent()}, **dict(ras_args(), **edit))
-    patched = ras_model_patch(model, 0.5, 1, "", 0.1, "std", False)[0]
-    with pytest.raises(Exception, match=r"HiDream-E1.*not supported"):
-        comfy_nodes.KSampler().sample(patched, 1, 4, 1.0, "euler", "simple", edit["positive"], edit["negative"],
-                                      {"samples": latent()})
+def edit_prompts():
+    """HiDream-E1: the image to edit (its latent, as ComfyUI's edit nodes give it) beside the latent."""
+    return prompts(concat_latent_image=torch.randn(1, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_an_edit_image_runs_on_every_step(batch, cfg):
+    """HiDream-E1's edit image beside the latent: each row of tokens is the latent's and then the edit image's. The
+    edit image's tokens run on every step; every token active equals the model's own sampling and a third of them
+    equal the dense forward (the output the policies read: the latent's grid, then the edit image's tokens)."""
+    model = tiny_hidream(seed=10)
+    plain = ksample(model, latent(batch), seed=5, steps=3, cfg=cfg, **prompts())
+    assert (ksample(model, latent(batch), seed=5, steps=3, cfg=cfg, **edit_prompts()) - plain).abs().max().item() > 1e-4
+    # to 4e-6 of the samples' scale: the tokens attend in another order than the model's, which rounds otherwise
+    every_token_active(model, latent(batch), cfg, edit_prompts(), TOKENS, assert_within_scale(4e-6))
+    exact_on_a_third_of_the_tokens(tiny_hidream(seed=11), latent(batch), cfg, edit_prompts(), TOKENS, extra=TOKENS)
+
+
+def test_the_policies_see_the_latent_where_it_is():
+    """The output the policies read has the latent's tokens first, in the latent's order: the model's own output
+    patchified, though the model's rows interleave the latent's and the edit image's tokens."""
+    model = tiny_hidream(seed=12)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 16, HEIGHT, WIDTH, generator=g)
+    conditioning = prompt(1, 7, 5)[0]
+    kwargs = dict(context=conditioning[0], y=conditioning[1]["pooled_output"],
+                  encoder_hidden_states_llama3=conditioning[1]["conditioning_llama3"],
+                  image_cond=torch.randn(1, 16, HEIGHT, WIDTH, generator=g))
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, 10, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    (stream,) = run.streams.values()
+    tokens = plain.view(1, 16, HEIGHT // 2, 2, WIDTH // 2, 2).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+    assert (stream.last_output[:, :TOKENS] + tokens).abs().max().item() <= TOL      # the model returns minus its output
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_planned_cache_holds_the_edit_image(cfg):
+    run = sample_patched(tiny_hidream(seed=0), latent(2), cfg, edit_prompts())
+    inner = TINY_HIDREAM["num_attention_heads"] * TINY_HIDREAM["attention_head_dim"]
+    per_row = {7 + 2 * 5: 2, 5 + 2 * 4: 2 if cfg > 1 else 0}
+    expected = sum(4 * rows * (2 * TOKENS + text) * inner * 2 * 4 for text, rows in per_row.items())
+    assert run.kv_planned_bytes == run.kv_peak_bytes == expected

@@ -22,8 +22,8 @@ TOKENS = (HEIGHT // 2) * (WIDTH // 2)
 # ComfyUI's OmniGen2 config, made tiny: 2 joint layers and one of each refiner, 4 query heads of 16 and 2 K/V heads,
 # RoPE axes 4 / 6 / 6, a 32-wide text encoder
 TINY_OMNIGEN2 = dict(image_model="omnigen2", patch_size=2, in_channels=16, hidden_size=64, num_layers=2,
-                     num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 6, 6),
-                     text_feat_dim=32)
+                     num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+                     axes_dim_rope=(4, 6, 6), text_feat_dim=32)
 
 
 def tiny_omnigen2(seed):

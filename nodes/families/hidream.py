@@ -1,4 +1,4 @@
-"""HiDream-I1 (comfy/ldm/hidream/model.py, HiDreamImageTransformer2DModel).
+"""HiDream-I1 and E1 (comfy/ldm/hidream/model.py, HiDreamImageTransformer2DModel).
 
 `_forward` patchifies the latent into tokens over (rows, cols), embeds them per token (`x_embedder`), builds RoPE
 for [image | text] (`pe_embedder`), runs double-stream blocks (joint attention over [image | text], where each block
@@ -8,19 +8,18 @@ The adapter hooks modules, never that function's code:
 - `x_embedder`'s output: the image tokens are gathered; attention is image first;
 - `pe_embedder`'s output: the image part of RoPE is gathered, the text part stays;
 - the final layer's output is scattered back to every token before `unpatchify`.
-HiDream-E1 (an edit image concatenated beside the latent, `image_cond`) puts its tokens inside every row of the
-grid: not covered (a clear error).
+HiDream-E1 concatenates the image to edit (`image_cond`) beside the latent, so each row of tokens is the latent's
+row and then the edit image's: the tokens (and their RoPE rows) are put in the engine's order, the latent's grid and
+then the edit image's tokens (which run on every step), before they are gathered, and the final layer's output is
+put back in the model's order.
 """
 import torch
 
 from .base import FamilyAdapter, patch_module_forward, runs_class_methods
 
-EDIT = ("HiDream-E1 (an edit image beside the latent) is not supported by region-adaptive sampling; sample it with "
-        "KSampler")
-
 
 class HiDreamFamily(FamilyAdapter):
-    names = ("HiDream-I1",)
+    names = ("HiDream-I1", "HiDream-E1")
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel",
@@ -39,25 +38,51 @@ class HiDreamFamily(FamilyAdapter):
         blocks = len(diffusion_model.double_stream_blocks) + len(diffusion_model.single_stream_blocks)
         return [(image_tokens + text_tokens, diffusion_model.inner_dim)] * blocks
 
-    def refused_conditioning(self, diffusion_model, values: dict):
-        return EDIT if values.get("concat_latent_image") is not None else None
+    def sequence_references(self, diffusion_model, values):
+        edit = values.get("concat_latent_image")        # HiDream-E1's image to edit: as many tokens as the latent
+        return [] if edit is None else [edit]
 
     def install(self, patcher, slot) -> None:
         patch_module_forward(patcher, slot, "diffusion_model.x_embedder", after=_gather_image_tokens)
         patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", after=_gather_image_rope)
-        patch_module_forward(patcher, slot, "diffusion_model.final_layer", after=lambda call, out: call.scatter(out))
+        patch_module_forward(patcher, slot, "diffusion_model.final_layer", after=_scatter_output)
+
+
+IMAGE_TOKENS = ("hidream", "image tokens")       # a per-forward memo key: the model's image tokens (E1: both images')
 
 
 def _gather_image_tokens(call, tokens):
-    if tokens.shape[1] != call.grid_tokens:         # HiDream-E1: the edit image's tokens inside every row
-        raise NotImplementedError(EDIT)
     call.image_first = True
-    return call.gather(tokens)                      # dense: unchanged, but counted
+    call.scratch[IMAGE_TOKENS] = tokens.shape[1]
+    return call.gather(_in_engine_order(call, tokens))     # dense: unchanged (but for E1's order), and counted
 
 
 def _gather_image_rope(call, rope):
     """(batch, image + text, 1, head_dim / 2, 2, 2) -> the running image tokens' rows, then the text's."""
-    if call.dense:
-        return rope
-    grid = call.grid_tokens
-    return torch.cat([call.gather_grid(rope[:, :grid]), rope[:, grid:]], dim=1)
+    image = call.scratch[IMAGE_TOKENS]
+    return torch.cat([call.gather(_in_engine_order(call, rope[:, :image])), rope[:, image:]], dim=1)
+
+
+def _scatter_output(call, out):
+    full = call.scatter(out)
+    order = _engine_order(call, full.shape[1], full.device)
+    return full if order is None else torch.empty_like(full).index_copy_(1, order, full)
+
+
+def _in_engine_order(call, tokens):
+    order = _engine_order(call, tokens.shape[1], tokens.device)
+    return tokens if order is None else tokens.index_select(1, order)
+
+
+def _engine_order(call, image_tokens: int, device):
+    """Where the engine's tokens are in the model's image sequence: None where that is the latent's grid alone
+    (HiDream-I1); HiDream-E1's rows of [latent | edit image] side by side -> the latent's grid, then the edit image's
+    tokens (row by row)."""
+    if image_tokens == call.grid_tokens:
+        return None
+    key = ("hidream order", image_tokens, device)
+    if key not in call.scratch:
+        rows, cols = call.grid
+        position = torch.arange(image_tokens, device=device).view(rows, image_tokens // rows)
+        call.scratch[key] = torch.cat([position[:, :cols].flatten(), position[:, cols:].flatten()])
+    return call.scratch[key]

@@ -75,4 +75,5 @@ def _gather_freqs(call, arguments) -> None:
     """The running tokens' rows of a layer's RoPE, after those of what precedes the image (caption, references)."""
     freqs = arguments["image_rotary_emb"]
     if not call.dense and freqs.shape[1] != arguments["hidden_states"].shape[1]:
-        arguments["image_rotary_emb"] = gathered_freqs(call, freqs, arguments["hidden_states"].shape[1] - call.image_rows)
+        before = arguments["hidden_states"].shape[1] - call.image_rows
+        arguments["image_rotary_emb"] = gathered_freqs(call, freqs, before)
