@@ -641,45 +641,40 @@ def auraflow_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
-def joyimage_edit_ras(info: dict) -> dict:
-    """JoyImage edit (newer ComfyUI): its diffusion model, its text encoder (joyimage type), Wan 2.1's VAE; the image
-    to edit encoded and given to both prompts by ReferenceLatent (its tokens run on every step) + RAS Sampler."""
+def reference_edit(info: dict, files: tuple, clip_type: str, prompt: str, sampler_type: str, widgets: dict,
+                   prefix: str) -> dict:
+    """Diffusion model, text encoder and VAE from their own `files` (unet, text encoder, VAE); the image to edit
+    encoded and given to both prompts by ReferenceLatent (its tokens run on every step), and as the latent to sample
+    (denoise 1) + the sampler -> decode -> save, with the Region Visualizer."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "joyimage_edit_bf16.safetensors", "joyimage_text_encoder.safetensors",
-                                        "joyimage", "wan_2.1_vae.safetensors")
-    positive, negative = text_pair(wf, clip, "make it a snowy winter evening, warm light in the windows",
-                                   "blurry, low quality")
+    model, clip, vae = separate_loaders(wf, *files[:2], clip_type, files[2])
+    positive, negative = text_pair(wf, clip, prompt, "blurry, low quality")
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Image to edit")
     encoded = wf.add("VAEEncode", {}, {"pixels": (image, 0), "vae": vae}, pos=(350, 550))
-    references = [wf.add("ReferenceLatent", {}, {"conditioning": prompt, "latent": (encoded, 0)}, pos=(700, row))
-                  for prompt, row in ((positive, 100), (negative, 250))]
+    references = [wf.add("ReferenceLatent", {}, {"conditioning": p, "latent": (encoded, 0)}, pos=(700, row))
+                  for p, row in ((positive, 100), (negative, 250))]
     sockets = {"model": model, "positive": (references[0], 0), "negative": (references[1], 0),
                "latent_image": (encoded, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.5, "denoise": 1.0}, sockets, vae,
-                 "joyimage_edit_ras", True)
+    sampler_tail(wf, sampler_type, dict({"seed": 42, "steps": 30, "sampler_name": "euler", "scheduler": "simple",
+                                         "sample_ratio": 0.5, "denoise": 1.0}, **widgets), sockets, vae, prefix, True)
     return wf.to_json()
+
+
+def joyimage_edit_ras(info: dict) -> dict:
+    """JoyImage edit (newer ComfyUI): its diffusion model, its text encoder (joyimage type), Wan 2.1's VAE; the image
+    to edit by ReferenceLatent + RAS Sampler."""
+    return reference_edit(info, ("joyimage_edit_bf16.safetensors", "joyimage_text_encoder.safetensors",
+                                 "wan_2.1_vae.safetensors"), "joyimage",
+                          "make it a snowy winter evening, warm light in the windows", "RASSampler", {"cfg": 4.0},
+                          "joyimage_edit_ras")
 
 
 def omnigen2_edit_sdit(info: dict) -> dict:
-    """OmniGen2: its diffusion model, the Qwen2.5-VL text encoder (omnigen2 type), Flux's VAE; the image to edit
-    encoded and given to both prompts by ReferenceLatent (its tokens run on every step, before the image's) + SDiT
-    Sampler with its region maps."""
-    wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "omnigen2_fp16.safetensors", "qwen_2.5_vl_fp16.safetensors", "omnigen2",
-                                        "ae.safetensors")
-    positive, negative = text_pair(wf, clip, "replace the sky with a dramatic sunset, keep everything else",
-                                   "blurry, low quality")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Image to edit")
-    encoded = wf.add("VAEEncode", {}, {"pixels": (image, 0), "vae": vae}, pos=(350, 550))
-    references = [wf.add("ReferenceLatent", {}, {"conditioning": prompt, "latent": (encoded, 0)}, pos=(700, row))
-                  for prompt, row in ((positive, 100), (negative, 250))]
-    sockets = {"model": model, "positive": (references[0], 0), "negative": (references[1], 0),
-               "latent_image": (encoded, 0)}
-    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "euler",
-                                     "scheduler": "simple", "sample_ratio": 0.5, "denoise": 1.0}, sockets, vae,
-                 "omnigen2_edit_sdit", True)
-    return wf.to_json()
+    """OmniGen2: its diffusion model, the Qwen2.5-VL text encoder (omnigen2 type), Flux's VAE; the image to edit by
+    ReferenceLatent (its tokens run before the image's) + SDiT Sampler with its region maps."""
+    return reference_edit(info, ("omnigen2_fp16.safetensors", "qwen_2.5_vl_fp16.safetensors", "ae.safetensors"),
+                          "omnigen2", "replace the sky with a dramatic sunset, keep everything else", "SDiTSampler",
+                          {"cfg": 5.0}, "omnigen2_edit_sdit")
 
 
 def boogu_ras(info: dict) -> dict:

@@ -178,6 +178,16 @@ def tiny_flux2(seed: int = 0):
     return build_tiny(comfy.supported_models.Flux2, flux_unet_config(TINY_FLUX2), seed)
 
 
+class StandInWanVAE:
+    """Wan 2.1's VAE as ComfyUI's Wan conditioning nodes use it: a latent of the right shape for the pixels it encodes
+    (4 frames and 8 pixels a latent pixel; random, fixed by the pixels' shape)."""
+
+    def encode(self, pixels):
+        frames = (pixels.shape[0] - 1) // 4 + 1
+        generator = torch.Generator().manual_seed(pixels.shape[0] * 7 + pixels.shape[1])
+        return torch.randn(1, 16, frames, pixels.shape[1] // 8, pixels.shape[2] // 8, generator=generator)
+
+
 def text_conditioning(seed: int, text_tokens: int, context_dim: int = 32, **extra):
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, text_tokens, context_dim, generator=generator), dict(extra)]]

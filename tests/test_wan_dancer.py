@@ -15,8 +15,8 @@ import comfy.supported_models
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import (TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, ras_model_patch, ras_sample,
-                          text_conditioning)
+from sdit_testkit import (TINY_WAN, StandInWanVAE, assert_exact_on_active_tokens, build_tiny, ksample,
+                          ras_model_patch, ras_sample, text_conditioning)
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
 from test_video import (assert_within_scale, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
@@ -41,16 +41,6 @@ def tiny_dancer(seed, reference=False):
                       dict(TINY_DANCER, in_dim_ref_conv=16) if reference else TINY_DANCER, seed)
 
 
-class StandInVAE:
-    """Wan's VAE as WanDancerVideo uses it: a latent of the right shape for the pixels it encodes (4 frames and 8
-    pixels a latent pixel; random, fixed by the pixels' shape)."""
-
-    def encode(self, pixels):
-        frames = (pixels.shape[0] - 1) // 4 + 1
-        generator = torch.Generator().manual_seed(pixels.shape[0] * 7 + pixels.shape[1])
-        return torch.randn(1, 16, frames, pixels.shape[1] // 8, pixels.shape[2] // 8, generator=generator)
-
-
 def randn(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -62,7 +52,7 @@ def dancer_prompts(music=True, fps=30.0, **more):
     vision = types.SimpleNamespace(penultimate_hidden_states=randn(1, 257, 1280, seed=1))
     audio = {"audio_feature": randn(1, 3 * length, 35, seed=2), "fps": fps, "audio_inject_scale": 1.0}
     out = nodes_wandancer.WanDancerVideo.execute(
-        positive=text_conditioning(1, 7, **more), negative=text_conditioning(2, 5, **more), vae=StandInVAE(),
+        positive=text_conditioning(1, 7, **more), negative=text_conditioning(2, 5, **more), vae=StandInWanVAE(),
         width=WIDTH * 8, height=HEIGHT * 8, length=length, start_image=torch.rand(1, HEIGHT * 8, WIDTH * 8, 3),
         clip_vision_output=vision, audio_encoder_output=audio if music else None)
     positive, negative = tuple(out.result)[:2]

@@ -12,7 +12,8 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import TINY_WAN, assert_exact_on_active_tokens, build_tiny, ksample, text_conditioning
+from sdit_testkit import (TINY_WAN, StandInWanVAE, assert_exact_on_active_tokens, build_tiny, ksample,
+                          text_conditioning)
 from test_engine_exactness import dense_sparse_plain
 from test_memory_plan import sample_patched
 from test_video import (assert_within_scale, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
@@ -37,16 +38,6 @@ def tiny_scail(seed, version="SCAIL-2"):
                                               in_dim=20, num_layers=3), seed)
 
 
-class StandInVAE:
-    """Wan's VAE as WanSCAILToVideo uses it: a latent of the right shape for the pixels it encodes (4 frames and 8
-    pixels a latent pixel; random, fixed by the pixels' shape)."""
-
-    def encode(self, pixels):
-        frames = (pixels.shape[0] - 1) // 4 + 1
-        generator = torch.Generator().manual_seed(pixels.shape[0] * 7 + pixels.shape[1])
-        return torch.randn(1, 16, frames, pixels.shape[1] // 8, pixels.shape[2] // 8, generator=generator)
-
-
 def pixels(frames, height, width, seed, colours=False):
     images = torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(seed))
     return (images > 0.5).float() if colours else images
@@ -66,7 +57,7 @@ def scail_prompts(references=2, pose=True, masks=True, replacement=False, batch=
         if masks:
             extra["pose_video_mask"] = pixels(length, height // 2, width // 2, seed=4, colours=True)
     out = nodes_scail.WanSCAILToVideo.execute(
-        positive=text_conditioning(1, 7), negative=text_conditioning(2, 5), vae=StandInVAE(), width=width,
+        positive=text_conditioning(1, 7), negative=text_conditioning(2, 5), vae=StandInWanVAE(), width=width,
         height=height, length=length, batch_size=batch, pose_strength=1.0, pose_start=0.0, pose_end=1.0,
         video_frame_offset=0, previous_frame_count=5, replacement_mode=replacement, **extra)
     positive, negative, latent = tuple(out.result)[:3]
