@@ -150,19 +150,13 @@ def test_lumina_subclass_with_its_own_forward_is_not_matched():
     assert adapter_for(plain, "SDiT Sampler").names == ("Lumina 2", "Z-Image")
 
 
-def test_z_image_omni_references_are_refused_before_sampling():
-    """Where the model takes reference latents (newer ComfyUI's Z-Image Omni), a prompt carrying them is
-    refused by the sampler node, naming the input; where it ignores them (older ComfyUI), it samples."""
-    from comfyui_sdit.nodes.comfy_compat import takes_reference_latents
+def test_z_image_reference_latents_sample_in_either_comfyui():
+    """Where the model takes reference latents (newer ComfyUI's Z-Image Omni: tests/test_zimage_omni.py) and where it
+    ignores them (older ComfyUI), a prompt carrying them samples."""
     from sdit_testkit import text_conditioning
     spec = FAMILIES["zimage"]
     model = spec.build(seed=32)
     latent = {"samples": spec.latent(1, 8, 8)}
     positive = text_conditioning(1, 7, reference_latents=[torch.zeros(1, 16, 8, 8)])
-    common = (4, 3, 1.0, "euler", "simple", positive, spec.negative(), latent, 1.0)
-    if takes_reference_latents(model.model.diffusion_model):
-        with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'positive': .*Omni.*not supported"):
-            ras_sample(model, *common, **ras_values())
-    else:
-        out, _ = ras_sample(model, *common, **ras_values())
-        assert torch.isfinite(out["samples"]).all()
+    out, _ = ras_sample(model, 4, 3, 1.0, "euler", "simple", positive, spec.negative(), latent, 1.0, **ras_values())
+    assert torch.isfinite(out["samples"]).all()

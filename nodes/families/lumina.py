@@ -7,6 +7,11 @@ The adapter hooks layers, never that function's code:
 - the first noise-refiner layer gathers the image tokens (grid tokens; padding tokens always run)
   and, like every later layer, the image part of its RoPE frequencies;
 - `unpatchify` scatters the image part of the final layer's output back to the full grid.
+Z-Image Omni (newer ComfyUI: reference images, each with its own caption and SigLIP features) puts the reference
+images' tokens before the image's in the noise refiner's sequence, and marks the image's slice of each sequence for
+the current timestep's modulation (`timestep_zero_index`; the rest takes timestep 0's). The first noise-refiner layer
+moves the references' tokens after the image's (they run on every step, as the padding does), every layer gets its
+RoPE rows in that order and the image's slice where it now is, and so does the final layer.
 Each layer's sparse calls may replay from a CUDA graph of that layer (forward_graphs.py).
 Attention before the first gather (the caption refiner) passes through untouched.
 
@@ -15,6 +20,8 @@ built for one image and broadcast (newer) or per image (older), and the caption 
 `unpatchify` may be derived from the dense image length (newer), so the adapter takes the caption
 part as "everything before the image rows that ran".
 """
+import math
+
 import torch
 
 from ..comfy_compat import takes_reference_latents
@@ -37,9 +44,25 @@ class LuminaFamily(FamilyAdapter):
 
         def padded(tokens):
             return tokens + (-tokens) % multiple if multiple else tokens
-        image, joint = padded(image_tokens), padded(text_tokens) + padded(image_tokens)
+        references, captions = self._omni_tokens(diffusion_model, values, padded)
+        image = padded(image_tokens) + references
+        joint = padded(text_tokens) + captions + image
         return ([(image, diffusion_model.dim)] * len(diffusion_model.noise_refiner)
                 + [(joint, diffusion_model.dim)] * len(diffusion_model.layers))
+
+    @staticmethod
+    def _omni_tokens(diffusion_model, values: dict, padded) -> tuple:
+        """Z-Image Omni: the tokens its reference images put into the image sequence (each padded), and into the
+        caption (each reference's own text, or a block of pad tokens). Its SigLIP tokens are left out (the engine
+        says when the caches outgrow the plan)."""
+        references = list(values.get("reference_latents") or []) if takes_reference_latents(diffusion_model) else []
+        p = int(diffusion_model.patch_size)
+        image = sum(padded(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p)) for r in references)
+        texts = list(values.get("reference_latents_text_embeds") or [])
+        multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 0
+        captions = sum(padded(int(texts[i].shape[1])) if i < len(texts) else multiple for i in range(len(references)))
+        captions += sum(padded(int(t.shape[1])) for t in texts[len(references):])
+        return image, captions
 
     def install(self, patcher, slot) -> None:
         diffusion_model = patcher.model.diffusion_model
@@ -51,34 +74,69 @@ class LuminaFamily(FamilyAdapter):
                          before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
         for i in range(len(diffusion_model.layers)):
             patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs, graph=True)
+        patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_final_image_slice)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
 
-    def refused_conditioning(self, diffusion_model, values: dict):
-        if values.get("reference_latents") is not None and takes_reference_latents(diffusion_model):
-            return OMNI
-        return None
 
-
-OMNI = ("Lumina 2 / Z-Image with reference images (Omni) is not supported by region-adaptive sampling; "
+OMNI = ("Z-Image Omni's reference images with an image padding mask are not supported by region-adaptive sampling; "
         "sample it with KSampler")
 
 
+LEAD = ("lumina", "reference tokens")    # a per-forward memo key: Z-Image Omni's reference images' tokens
+
+
 def _gather_tokens_and_freqs(call, arguments) -> None:
-    """First noise-refiner layer: the image tokens (and their padding mask, if any) enter sparse here."""
-    if arguments.get("timestep_zero_index") is not None:
-        # Z-Image Omni (reference images): their tokens precede the image's in this sequence
+    """First noise-refiner layer: the image tokens (and their padding mask, if any) enter sparse here. Z-Image
+    Omni's reference images' tokens lead this sequence (the image's are the last ones, `timestep_zero_index`'s
+    slice): they are moved after the image's, where the engine keeps tokens that always run."""
+    zero = arguments.get("timestep_zero_index")
+    lead = call.scratch[LEAD] = zero[0][0] if zero else 0
+    if lead and arguments.get("x_mask") is not None:
         raise NotImplementedError(OMNI)
-    arguments["x"] = call.gather(arguments["x"])           # dense: unchanged, but counted
+    arguments["x"] = call.gather(_lead_last(arguments["x"], lead))    # dense: unchanged (but for Omni's order)
     if arguments.get("x_mask") is not None and not call.dense:
         arguments["x_mask"] = call.gather(arguments["x_mask"])
     _gather_freqs(call, arguments)
 
 
 def _gather_freqs(call, arguments) -> None:
+    """A layer's RoPE rows for the image sequence that runs (after the caption's), and for Z-Image Omni the
+    image's slice of the sequence (`timestep_zero_index`, which takes the current timestep's modulation)."""
+    if call.image_rows is None:
+        return
+    lead = call.scratch.get(LEAD, 0)
+    if lead:
+        _image_slice(call, arguments, lead)
+    if call.dense and not lead:
+        return
     freqs = arguments["freqs_cis"]
-    if not call.dense and call.image_rows is not None and freqs.shape[1] != arguments["x"].shape[1]:
-        prefix = arguments["x"].shape[1] - call.image_rows
-        arguments["freqs_cis"] = gathered_freqs(call, freqs, prefix)
+    image = call.image_rows if call.dense else call.image_sequence_length    # the whole image sequence's tokens
+    prefix = freqs.shape[1] - image
+    key = ("lumina freqs", freqs.data_ptr(), tuple(freqs.shape), lead)
+    if key not in call.scratch:
+        ordered = torch.cat([freqs[:, :prefix], _lead_last(freqs[:, prefix:], lead)], dim=1) if lead else freqs
+        # the reordered tensor stays in the memo: gathered_freqs memoises by its address
+        call.scratch[key] = (ordered, ordered if call.dense else gathered_freqs(call, ordered, prefix))
+    arguments["freqs_cis"] = call.scratch[key][1]
+
+
+def _image_slice(call, arguments, lead: int) -> None:
+    """Z-Image Omni: the image's tokens in the sequence that runs ([caption ... | image | references]), as the
+    first slice of `timestep_zero_index` (the others, the caption's, stay)."""
+    zero = arguments.get("timestep_zero_index")
+    if zero:
+        start = arguments["x"].shape[1] - call.image_rows
+        arguments["timestep_zero_index"] = [(start, start + call.image_rows - lead)] + list(zero[1:])
+
+
+def _final_image_slice(call, arguments) -> None:
+    lead = call.scratch.get(LEAD, 0)
+    if lead and call.image_rows is not None:
+        _image_slice(call, arguments, lead)
+
+
+def _lead_last(tokens: torch.Tensor, lead: int) -> torch.Tensor:
+    return torch.cat([tokens[:, lead:], tokens[:, :lead]], dim=1) if lead else tokens
 
 
 def _scatter_image_part(call, arguments) -> None:
