@@ -12,6 +12,8 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_WAN, StandInWanVAE, assert_exact_on_active_tokens, build_tiny, ksample,
                           text_conditioning)
 from test_engine_exactness import dense_sparse_plain
@@ -43,7 +45,7 @@ def pixels(frames, height, width, seed, colours=False):
     return (images > 0.5).float() if colours else images
 
 
-def scail_prompts(references=2, pose=True, masks=True, replacement=False, batch=1):
+def scail_prompts(references=2, pose=True, masks=True, replacement=False, batch=1, pose_end=1.0):
     """Prompts of different lengths (two streams at cfg > 1) through WanSCAILToVideo: `references` reference
     images (the first the primary one), the pose video, SCAIL-2's identity masks of both (colour images)."""
     height, width, length = HEIGHT * 8, WIDTH * 8, (FRAMES - 1) * 4 + 1
@@ -58,7 +60,7 @@ def scail_prompts(references=2, pose=True, masks=True, replacement=False, batch=
             extra["pose_video_mask"] = pixels(length, height // 2, width // 2, seed=4, colours=True)
     out = nodes_scail.WanSCAILToVideo.execute(
         positive=text_conditioning(1, 7), negative=text_conditioning(2, 5), vae=StandInWanVAE(), width=width,
-        height=height, length=length, batch_size=batch, pose_strength=1.0, pose_start=0.0, pose_end=1.0,
+        height=height, length=length, batch_size=batch, pose_strength=1.0, pose_start=0.0, pose_end=pose_end,
         video_frame_offset=0, previous_frame_count=5, replacement_mode=replacement, **extra)
     positive, negative, latent = tuple(out.result)[:3]
     return dict(positive=positive, negative=negative), latent
@@ -138,6 +140,20 @@ def test_a_frame_with_no_running_token_and_one_with_all():
     conditioning, latent = scail_prompts()
     by_stream = dense_then_sparse(tiny_scail(seed=6), latent["samples"], active[None], 3.0, conditioning)
     assert_exact_on_active_tokens(by_stream, TOKENS, extra=extra_tokens())
+
+
+def test_a_pose_for_part_of_the_run():
+    """WanSCAILToVideo's pose_end < 1: each prompt becomes an entry with the pose (until then) and one without it
+    (after), sequences of other lengths: the one without starts dense where it begins (a stream of its own, whose K/V
+    cache is complete), and with every token active the run equals KSampler."""
+    conditioning, latent = scail_prompts(pose_end=0.5)
+    assert len(conditioning["positive"]) == 2
+    model = tiny_scail(seed=9)
+    reference = ksample(model, latent["samples"], seed=5, steps=4, **conditioning)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_sampled_close(ksample(patched, latent["samples"], seed=5, steps=4, **conditioning), reference)
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, True]      # the switch: the last step
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
