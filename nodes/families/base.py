@@ -246,8 +246,9 @@ class FamilyAdapter:
         return tokens
 
     def sequence_references(self, diffusion_model, values: dict) -> list:
-        """Latents a prompt's conditioning values (its dict) put into the sequence after the image's tokens
-        (references, which run on every step): the memory plan counts their tokens in the K/V cache."""
+        """Latents a prompt's conditioning values (its dict) put into the sequence beside the image's tokens
+        (references, which run on every step; most models put them after the image's): the memory plan counts
+        their tokens in the K/V cache."""
         return []
 
     def sequence_reference_tokens(self, diffusion_model, values: dict, tokens: Callable) -> int:
