@@ -302,6 +302,15 @@ def chroma_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def guided_sampler(wf: "Workflow", sampler_type: str, steps: int, cfg: float, sampler_name: str, model, guided):
+    """The sampler (ratio 0.4) after a video conditioning node `guided`, whose outputs are the positive and negative
+    prompts and the latent."""
+    return wf.add(sampler_type, {"seed": 42, "steps": steps, "cfg": cfg, "sampler_name": sampler_name,
+                                 "scheduler": "simple", "sample_ratio": 0.4},
+                  {"model": model, "positive": (guided, 0), "negative": (guided, 1), "latent_image": (guided, 2)},
+                  pos=(1050, 100))
+
+
 def video_tail(wf: "Workflow", latent_socket, vae, prefix: str, fps: float, x: int = 1400) -> None:
     """Latent video -> VAE decode -> animated WEBP (ComfyUI's own nodes)."""
     decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(x, 100))
@@ -410,10 +419,7 @@ def wan21_vace_sdit(info: dict) -> dict:
     guided = wf.add("WanVaceToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0},
                     {"positive": positive, "negative": negative, "vae": vae, "control_video": (frames, 0),
                      "reference_image": (image, 0)}, pos=(700, 300))
-    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple",
-                                     "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
-                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    sampler = guided_sampler(wf, "SDiTSampler", 30, 6.0, "uni_pc", model, guided)
     trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
                      title="Drop the reference frame")
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
@@ -443,10 +449,7 @@ def wan22_animate_ras(info: dict) -> dict:
                     {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
                      "reference_image": (image, 0), "pose_video": (videos["pose"], 0),
                      "face_video": (videos["face"], 0)}, pos=(700, 300))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
-                                    "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
-                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    sampler = guided_sampler(wf, "RASSampler", 20, 5.0, "euler", model, guided)
     trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
                      title="Drop the reference frame")
     video_tail(wf, (trimmed, 0), vae, "wan22_animate_ras", 16.0, x=1750)
@@ -481,10 +484,7 @@ def wan21_humo_sdit(info: dict) -> dict:
     guided = wf.add("WanHuMoImageToVideo", {"width": 832, "height": 480, "length": 97, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
                      "ref_image": (image, 0)}, pos=(700, 300))
-    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
-                                     "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
-                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    sampler = guided_sampler(wf, "SDiTSampler", 30, 5.0, "uni_pc", model, guided)
     video_with_audio_tail(wf, (sampler, 0), vae, audio, "wan21_humo_sdit", 25.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
     return wf.to_json()
@@ -503,10 +503,7 @@ def wan22_s2v_ras(info: dict) -> dict:
     guided = wf.add("WanSoundImageToVideo", {"width": 832, "height": 480, "length": 77, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "audio_encoder_output": (heard, 0),
                      "ref_image": (image, 0)}, pos=(700, 300))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 4.5, "sampler_name": "uni_pc", "scheduler": "simple",
-                                    "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1), "latent_image": (guided, 2)},
-                     pos=(1050, 100))
+    sampler = guided_sampler(wf, "RASSampler", 20, 4.5, "uni_pc", model, guided)
     video_with_audio_tail(wf, (sampler, 0), vae, audio, "wan22_s2v_ras", 16.0)
     return wf.to_json()
 
@@ -805,10 +802,7 @@ def wan21_scail2_ras(info: dict) -> dict:
     guided = wf.add("WanSCAILToVideo", {"width": 512, "height": 896, "length": 81, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
                      "reference_image": (image, 0), "pose_video": (pose, 0)}, pos=(700, 300))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
-                                    "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
-                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    sampler = guided_sampler(wf, "RASSampler", 20, 4.0, "euler", model, guided)
     video_tail(wf, (sampler, 0), vae, "wan21_scail2_ras", 16.0)
     return wf.to_json()
 
@@ -835,10 +829,7 @@ def wandancer_sdit(info: dict) -> dict:
     guided = wf.add("WanDancerVideo", {"width": 480, "height": 832, "length": 149},
                     {"positive": (positive, 0), "negative": (negative, 0), "vae": vae, "start_image": (image, 0),
                      "clip_vision_output": (seen, 0), "audio_encoder_output": (heard, 0)}, pos=(700, 300))
-    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple",
-                                     "sample_ratio": 0.4},
-                     {"model": model, "positive": (guided, 0), "negative": (guided, 1),
-                      "latent_image": (guided, 2)}, pos=(1050, 100))
+    sampler = guided_sampler(wf, "SDiTSampler", 30, 5.0, "uni_pc", model, guided)
     video_with_audio_tail(wf, (sampler, 0), vae, audio, "wandancer_sdit", 30.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
     return wf.to_json()
