@@ -7,10 +7,8 @@ image], RoPE for that sequence), then the references and the image alone ([refer
 after the instruction's rows): each block gets the running tokens' rows of both. The references' tokens run on
 every step, before the image's, as in OmniGen2.
 """
-import math
-
-from .base import gathered_freqs, patch_method, reference_latents, runs_class_methods
-from .omnigen2 import OmniGen2Family, kv_channels
+from .base import gathered_freqs, patch_method, runs_class_methods
+from .omnigen2 import OmniGen2Family, kv_channels, reference_tokens
 
 
 class BooguFamily(OmniGen2Family):
@@ -22,8 +20,7 @@ class BooguFamily(OmniGen2Family):
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         channels = kv_channels(diffusion_model.single_stream_layers[0].attn)
-        p = diffusion_model.patch_size
-        references = sum(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p) for r in reference_latents(values))
+        references = reference_tokens(diffusion_model, values)
         joint, images = text_tokens + references + image_tokens, references + image_tokens
         return ([(image_tokens, channels)] * len(diffusion_model.noise_refiner)
                 + [(joint, channels), (images, channels)] * len(diffusion_model.double_stream_layers)

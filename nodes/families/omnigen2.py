@@ -33,8 +33,7 @@ class OmniGen2Family(FamilyAdapter):
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         channels = kv_channels(diffusion_model.layers[0].attn)
-        p = diffusion_model.patch_size
-        references = sum(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p) for r in reference_latents(values))
+        references = reference_tokens(diffusion_model, values)
         return ([(image_tokens, channels)] * len(diffusion_model.noise_refiner)
                 + [(text_tokens + references + image_tokens, channels)] * len(diffusion_model.layers))
 
@@ -56,6 +55,12 @@ class OmniGen2Family(FamilyAdapter):
             patch_method(patcher, slot, f"diffusion_model.{joint}.{i}.forward", before=_gather_freqs)
         patch_method(patcher, slot, "diffusion_model.norm_out.forward",
                      after=lambda call, out: scatter_image_after_prefix(call, out))
+
+
+def reference_tokens(diffusion_model, values: dict) -> int:
+    """Tokens a prompt's reference latents put into the sequence (each padded to the patch)."""
+    p = diffusion_model.patch_size
+    return sum(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p) for r in reference_latents(values))
 
 
 def kv_channels(attention) -> int:
