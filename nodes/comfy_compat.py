@@ -54,6 +54,22 @@ def on_multigpu_thread(transformer_options: dict) -> bool:
     return transformer_options.get("multigpu_thread_device") is not None
 
 
+def leading_latent_shape(x_shape, latent_shapes) -> tuple:
+    """The shape of the latent the model's tokens come from. Newer ComfyUI samples a latent of several parts
+    (LTX-2's video and audio: a NestedTensor) packed as (batch, 1, every part's values in turn) and says the
+    parts' shapes in `latent_shapes` (outer_sample's argument, a condition of every model call): the first part's
+    (the video), for `x_shape`'s batch; a latent of one part: `x_shape` itself."""
+    if latent_shapes is None or len(latent_shapes) < 2:
+        return tuple(x_shape)
+    return (int(x_shape[0]),) + tuple(int(d) for d in latent_shapes[0][1:])
+
+
+def first_part(samples):
+    """A LATENT's samples, or where newer ComfyUI holds a latent of several parts (a NestedTensor: LTX-2's video and
+    audio) its first part, the video's."""
+    return samples.unbind()[0] if getattr(samples, "is_nested", False) and hasattr(samples, "unbind") else samples
+
+
 def takes_reference_latents(diffusion_model) -> bool:
     """Does this model's forward take reference latents (`ref_latents`: newer ComfyUI's Lumina 2 /
     Z-Image Omni), which ComfyUI fills from a prompt's `reference_latents`? Older ones ignore them."""

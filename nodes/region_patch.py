@@ -11,7 +11,7 @@ import torch
 from ..sdit_core import profiling
 from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import StepOutput
-from ..sdit_core.tokens import image_view
+from ..sdit_core.tokens import image_view, leading_part
 from .live_progress import ProgressReporter
 from .sparse_patch import apply_token_sparse
 
@@ -37,9 +37,11 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
         if run is not None:
             x, x_pred, sigma = args["input"], args["denoised"], args["sigma"]
             noise = predicted_noise(args["model"].model_sampling, x, x_pred, sigma)
+
+            def view(latent):       # the tokens' latent: an image's as (B, C, H, W), a packed latent's first part
+                return image_view(leading_part(latent, run.latent_shape))
             with profiling.span(profiling.OBSERVE):
-                run.policy.observe(StepOutput(x=image_view(x), denoised=image_view(x_pred), noise=image_view(noise),
-                                              sigma=sigma))
+                run.policy.observe(StepOutput(x=view(x), denoised=view(x_pred), noise=view(noise), sigma=sigma))
             if reporter is not None:
                 reporter.evaluation_done(run)
         return args["denoised"]

@@ -6,6 +6,7 @@ import comfy.samplers
 
 from ..sdit_core.kv_cache import STORES as KV_CACHE_STORES
 from ..sdit_core.tokens import is_image_shape, is_latent_shape
+from .comfy_compat import first_part
 from .errors import SDiTInputError
 
 CATEGORY = "sampling/region adaptive"
@@ -78,15 +79,20 @@ def check_kv_cache(value, node: str) -> str:
 
 
 def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False) -> None:
-    samples = latent.get("samples") if isinstance(latent, dict) else None
+    """A LATENT input fits the model (a latent of several parts: its first part, the video's)."""
+    samples = first_part(latent.get("samples")) if isinstance(latent, dict) else None
+    shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
+    check_latent_shape(shape, patch_size, node, input_name, video)
+
+
+def check_latent_shape(shape, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False) -> None:
     accepted = is_latent_shape if video else is_image_shape
-    if samples is None or not hasattr(samples, "shape") or not accepted(samples.shape):
-        shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
+    if shape is None or not accepted(shape):
         expected = ("an image or video latent (batch, channels, [frames,] height, width)" if video else
                     "an image latent (batch, channels, height, width); video latents need a video model (Wan, "
                     "HunyuanVideo), layered ones Qwen-Image on a newer ComfyUI")
         raise SDiTInputError(node, input_name, f"expected {expected}, got shape {shape}")
-    height, width = samples.shape[-2:]
+    height, width = shape[-2:]
     if height % patch_size or width % patch_size:
         raise SDiTInputError(
             node, input_name,

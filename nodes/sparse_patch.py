@@ -22,14 +22,16 @@ from ..sdit_core.count_grid import count_grid
 from ..sdit_core.engine import ForwardCall, SparseRun
 from ..sdit_core.forward_graphs import default_backend
 from ..sdit_core.policy import TokenPolicy
-from ..sdit_core.tokens import image_view, is_latent_shape, tokens_inside
+from ..sdit_core.tokens import is_latent_shape, leading_part, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
 from .sampler_support import dense_reason, warn
-from .comfy_compat import compiler_opaque, context_window_frames, context_windows_at_start, models_loaded_beside
+from .comfy_compat import (compiler_opaque, context_window_frames, context_windows_at_start, leading_latent_shape,
+                           models_loaded_beside)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
-from .sampling import check_latent
+from .errors import SDiTInputError
+from .sampling import check_latent_shape
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
 # Names of optimized_attention's positional parameters after (q, k, v, heads).
@@ -81,11 +83,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
         noise = arguments["noise"]
-        check_latent({"samples": noise}, patch_size, node, video=takes_frames)
+        latent_shape = leading_latent_shape(noise.shape, arguments.get("latent_shapes"))
+        check_latent_shape(latent_shape, patch_size, node, video=takes_frames)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
         check_neighbours(sampled, node)
-        run = SparseRun(TokenPolicy(), noise.shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
+        run = SparseRun(TokenPolicy(), latent_shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache, dequantize=dequantize_fp8, temporal_patch=temporal_patch)
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
         run.count_grid = count_grid(getattr(patched.load_device, "type", "cpu"), math.prod(run.grid))
@@ -95,13 +98,17 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run.dense_only, run.note = True, reason
             warn(reason, node)
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
-            run.policy.selectable = tokens_inside(arguments["denoise_mask"], image_view(noise).shape, patch_size,
-                                                  temporal_patch)
+            run.policy.selectable = tokens_inside(leading_part(arguments["denoise_mask"], latent_shape), latent_shape,
+                                                  patch_size, temporal_patch)
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
-        windows = context_windows_at_start(run.context_handler, sampled.model, noise.shape, arguments["sigmas"])
+        if run.context_handler is not None and tuple(noise.shape) != latent_shape:
+            raise SDiTInputError(node, "model", "ComfyUI's context windows over a latent of several parts (LTX-2's "
+                                 "video and audio) are not supported by region-adaptive sampling: remove the context "
+                                 "windows node, or sample with KSampler")
+        windows = context_windows_at_start(run.context_handler, sampled.model, latent_shape, arguments["sigmas"])
         run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
-            adapter, sampled, noise.shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
+            adapter, sampled, latent_shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
             windows)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
         slot.run = run
@@ -125,11 +132,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
 
     def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         run = slot.run
-        if run is None or not is_latent_shape(x.shape):
+        latent_shape = leading_latent_shape(x.shape, kwargs.get("latent_shapes"))
+        if run is None or not is_latent_shape(latent_shape):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)
-        call = run.open_forward(x.shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
+        call = run.open_forward(latent_shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
                                 (_stream_key(transformer_options), str(x.device)),
                                 frames=context_window_frames(transformer_options, run.context_handler))
         completed = False

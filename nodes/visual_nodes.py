@@ -6,6 +6,7 @@ import torch
 
 from ..sdit_core.complexity import token_complexity
 from ..sdit_core.trace import PIXELS_PER_LATENT, RegionTrace
+from .comfy_compat import first_part
 from .errors import SDiTInputError
 from .sampling import CATEGORY
 from .visualize import (MASK_LEGEND, beside, blend, colour_bar, colour_bar_width, heatmap, labels_image, mask_image,
@@ -168,7 +169,7 @@ class ComplexityMap:
 
     def compute(self, latent, patch_size, mask_quantile, alpha, gamma, step, batch_index, region_trace=None):
         node = "Complexity Map"
-        samples = latent.get("samples") if isinstance(latent, dict) else None
+        samples = first_part(latent.get("samples")) if isinstance(latent, dict) else None
         if samples is None or samples.ndim not in (4, 5):
             raise SDiTInputError(node, "latent", "expected an image or video latent (batch, channels, [frames,] "
                                                  "height, width)")

@@ -104,6 +104,7 @@ class ForwardCall:
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self.attention_calls = 0          # attention calls over the image tokens so far: the next one's K/V layer
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
+        self.image_keys = 0               # > 0 inside attention of other queries to the image tokens alone (LTX-2's audio)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
@@ -212,16 +213,26 @@ class ForwardCall:
         if self.image_rows is None or self.passthrough:   # text-only layers, cross-attention to the context
             return attend(q, k, v, heads, **kwargs)
         seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
-        # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
-        # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix. Families that put
-        # the image first (HunyuanVideo) have the text as a suffix instead.
-        others = q.shape[seq_dim] - self.image_rows
-        if k.shape[seq_dim] != q.shape[seq_dim]:
-            raise NotImplementedError(
-                f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
-                "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot follow")
-        if others < 0:
-            raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image tokens")
+        if self.image_keys:
+            # Queries of another sequence (LTX-2's audio, which always runs) attend to the image tokens alone:
+            # their keys and values are completed from the cache as in self-attention, the queries stay as they are.
+            others = 0
+            if k.shape[seq_dim] != self.image_rows or kwargs.get("mask") is not None:
+                raise NotImplementedError(f"attention to {k.shape[seq_dim]} keys with a mask or other than the "
+                                          f"{self.image_rows} image tokens that run cannot use the K/V cache")
+        else:
+            # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
+            # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix. Families that put
+            # the image first (HunyuanVideo) have the text as a suffix instead.
+            others = q.shape[seq_dim] - self.image_rows
+            if k.shape[seq_dim] != q.shape[seq_dim]:
+                raise NotImplementedError(
+                    f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
+                    "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot "
+                    "follow")
+            if others < 0:
+                raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image "
+                                 "tokens")
         layer = self.attention_calls
         self.attention_calls += 1
         self.record.attention_image_rows.append(self.image_rows)
@@ -317,6 +328,7 @@ class SparseRun:
                              f"{tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])
+        self.latent_shape = tuple(int(d) for d in latent_shape)   # the latent the tokens come from (a packed one's first part)
         self.patch_size = int(patch_size)
         self.temporal_patch = int(temporal_patch)
         self.write_rows = write_rows

@@ -1,4 +1,6 @@
 """Gathering and scattering rows of token sequences with a per-batch-row index."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,14 @@ def token_grid(shape, patch_size: int, temporal_patch: int = 1):
 def image_view(x: torch.Tensor) -> torch.Tensor:
     """A single-frame 5-D latent as (batch, channels, height, width); 4-D and videos unchanged."""
     return x[:, :, 0] if x.ndim == 5 and x.shape[2] == 1 else x
+
+
+def leading_part(x: torch.Tensor, latent_shape) -> torch.Tensor:
+    """A latent of several parts packed as (batch, 1, every part's values in turn) -> its first part, of
+    `latent_shape`'s channels, frames and size (the batch is x's); a latent of `latent_shape`'s rank unchanged."""
+    if x.ndim == len(latent_shape):
+        return x
+    return x[:, 0, :math.prod(latent_shape[1:])].reshape(x.shape[0], *latent_shape[1:])
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from .joyimage import JoyImageFamily
 from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lens import LensFamily
+from .ltx2 import LTX2Family
 from .ltxv import LTXVFamily
 from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
@@ -37,7 +38,7 @@ from .wan_vace import WanVaceFamily
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(), WanS2VFamily(), WanSCAILFamily(),
                                WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
-                               Kandinsky5Family(), LTXVFamily(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
+                               Kandinsky5Family(), LTXVFamily(), LTX2Family(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
                                Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily(),
                                OmniGen2Family(), BooguFamily()]
 

@@ -97,6 +97,19 @@ def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = No
     `sparse`: for a module whose queries attend to keys of their own frame, which the model computes on
     frames of equal size (frame_attention.py; Wan S2V's audio injector): on a sparse forward, once the tokens
     are gathered, `sparse(call, module, *args, **kwargs)` computes it in the method's place."""
+    _patch_attention_kind(patcher, slot, path, "passthrough", sparse)
+
+
+def image_keys_method(patcher, slot, path: str) -> None:
+    """Object-patches a method whose attention has queries of another sequence, which always runs, and the image
+    tokens alone as keys (LTX-2's audio attending to the video): while it runs, attention completes the keys and
+    values of the tokens that ran from the K/V cache (a layer of its own), as in self-attention."""
+    _patch_attention_kind(patcher, slot, path, "image_keys")
+
+
+def _patch_attention_kind(patcher, slot, path: str, counter: str, sparse: Optional[Callable] = None) -> None:
+    """While the method at `path` runs in a forward of the engine, the call's `counter` (what kind of attention
+    runs: engine.ForwardCall) is raised."""
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     sparse = compiler_opaque(sparse) if sparse is not None else None
@@ -108,11 +121,11 @@ def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = No
             return original(*args, **kwargs)
         if sparse is not None and not call.dense and call.image_rows is not None:
             return sparse(call, owner, *args, **kwargs)
-        call.passthrough += 1
+        setattr(call, counter, getattr(call, counter) + 1)
         try:
             return original(*args, **kwargs)
         finally:
-            call.passthrough -= 1
+            setattr(call, counter, getattr(call, counter) - 1)
 
     patched.sdit_wraps = original
     patcher.add_object_patch(path, patched)

@@ -1,0 +1,240 @@
+"""LTX-2 (`comfy.ldm.lightricks.av_model.LTXAVModel`, newer ComfyUI) on tiny random-weight instances of its real class
+(CPU, fp32): video and audio sampled together as one latent of two parts (ComfyUI's NestedTensor, made by its own
+LTXVConcatAVLatent node); the video's tokens sparse, the audio's always running and attending to every video token's
+keys through the K/V cache. The exactness set of test_video.py (an odd frame count, non-square frames) on both
+parts, image-to-video through LTXVImgToVideo, the memory plan, both sampler nodes and both Model Patch nodes, and
+context windows refused clearly."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.sample
+import comfy.supported_models
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.families import adapter_for
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_active, ras_model_patch, ras_sample,
+                          sdit_model_patch, sdit_sample, text_conditioning)
+from test_ras_sampler import ras_args
+from test_sdit_sampler import defaults as sdit_defaults
+from test_video import RecordingPolicy, SDIT_END_TO_END
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.lightricks.av_model") is None,
+                                reason="this ComfyUI has no LTX-2")
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+nodes_lt = importlib.import_module("comfy_extras.nodes_lt")
+TOL = 1e-5
+FRAMES, HEIGHT, WIDTH = 5, 4, 6                  # 33 frames of 128 x 192 pixels: an odd frame count, non-square
+PIXELS = dict(width=WIDTH * 32, height=HEIGHT * 32, length=(FRAMES - 1) * 8 + 1)
+TOKENS = FRAMES * HEIGHT * WIDTH                 # patch 1: a token per latent voxel
+AUDIO_FRAMES = 7                                 # the audio latent: (batch, 8 channels, frames, 16 frequency bins)
+# ComfyUI's LTX-2 config (model_detection.py), made tiny: the text arrives projected for both streams (the video's
+# and the audio's halves side by side), the audio's heads as wide as its cross-attention RoPE
+TINY_LTX2 = dict(image_model="ltxav", in_channels=128, num_layers=2, attention_head_dim=16, num_attention_heads=4,
+                 cross_attention_dim=64, caption_channels=32, audio_in_channels=128, audio_attention_head_dim=8,
+                 audio_num_attention_heads=4, audio_cross_attention_dim=32)
+
+
+def tiny_ltx2(seed):
+    return build_tiny(comfy.supported_models.LTXAV, TINY_LTX2, seed)
+
+
+def outputs(node_output):
+    return tuple(node_output.result) if hasattr(node_output, "result") else tuple(node_output)
+
+
+def av_latent(batch=1, video=None):
+    """ComfyUI's LTXVConcatAVLatent over an empty LTX-Video latent (or `video`, a LATENT) and an audio latent."""
+    video = video if video is not None else outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=batch,
+                                                                                          **PIXELS))[0]
+    audio = {"samples": torch.zeros(batch, 8, AUDIO_FRAMES, 16), "type": "audio"}
+    return outputs(nodes_lt.LTXVConcatAVLatent.execute(video_latent=video, audio_latent=audio))[0]
+
+
+def prompts():
+    """Projected text for both streams (2 x caption_channels); prompts of different lengths run as two streams."""
+    return dict(positive=text_conditioning(1, 7, 64), negative=text_conditioning(2, 5, 64))
+
+
+def noise_for(samples, seed):
+    g = torch.Generator().manual_seed(seed)
+    return type(samples)([torch.randn(part.shape, generator=g) for part in samples.unbind()])
+
+
+def sample(model, latent: dict, cfg, steps=4, seed=5, conditioning=None):
+    """ComfyUI's sampling over the video and audio latent: (video, audio)."""
+    conditioning = conditioning or prompts()
+    samples = latent["samples"]
+    out = comfy.sample.sample(model, noise_for(samples, seed), steps, cfg, "euler", "simple", conditioning["positive"],
+                              conditioning["negative"], samples, noise_mask=latent.get("noise_mask"), seed=seed,
+                              disable_pbar=True)
+    return tuple(out.unbind())
+
+
+def assert_parts_within(out, reference, tol):
+    for part, expected in zip(out, reference, strict=True):
+        assert (part - expected).abs().max().item() <= tol
+
+
+def test_ltx2_is_its_own_adapter():
+    assert adapter_for(tiny_ltx2(seed=0), "test").names == ("LTX-2",)
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_all_tokens_active_equals_unpatched(batch, cfg):
+    """Every video token through the sparse path after a dense first step: the video and the audio as without the
+    pack."""
+    model, latent = tiny_ltx2(seed=3), av_latent(batch)
+    reference = sample(model, latent, cfg)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS).expand(batch, -1)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, cfg), reference, TOL)
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    assert slot.last_run.grid == (FRAMES, HEIGHT, WIDTH)
+
+
+def dense_then_sparse(model, latent: dict, active, cfg, conditioning=None):
+    """One dense and then one sparse forward on the same input through ComfyUI's sampling: the video's token outputs
+    by stream ([(dense, computed), (sparse, computed)]) and the audio's part of the two evaluations' outputs."""
+    policy = RecordingPolicy([None, active])
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    audio = []
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for _ in range(2):
+            audio.append(model(x, sigmas[0] * s_in, **extra_args)[:, 0, -8 * AUDIO_FRAMES * 16:].clone())
+        return x
+    conditioning = conditioning or prompts()
+    samples = latent["samples"]
+    comfy.sample.sample_custom(patched, noise_for(samples, 9), cfg, comfy.samplers.KSAMPLER(twice),
+                               torch.tensor([0.8, 0.0]), conditioning["positive"], conditioning["negative"], samples,
+                               noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=9)
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    return by_stream, audio
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_dense_then_sparse_matches_dense_on_active_tokens_and_the_whole_audio(batch, cfg):
+    """A third of the video tokens (random order, other ones per video): they equal the dense forward's, and so does
+    all of the audio, whose queries saw every video token's keys (the others' from the cache)."""
+    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
+    by_stream, audio = dense_then_sparse(tiny_ltx2(seed=4), av_latent(batch), active, cfg)
+    assert len(by_stream) == (2 if cfg > 1 else 1)
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+    dense, sparse = audio
+    assert dense.abs().max().item() > 0.1
+    assert (sparse - dense).abs().max().item() <= TOL
+
+
+def image_to_video(batch=1):
+    """LTXVImgToVideo: the start image's latent in frame 0 of the video, kept by a noise mask of 0 (its tokens'
+    timestep 0), concatenated with the audio (the audio's mask all ones)."""
+    image = torch.rand(1, PIXELS["height"], PIXELS["width"], 3, generator=torch.Generator().manual_seed(4))
+    from test_ltxv import StandInVAE
+    positive, negative, video = outputs(nodes_lt.LTXVImgToVideo.execute(
+        vae=StandInVAE(), image=image, batch_size=batch, strength=1.0, **prompts(), **PIXELS))
+    return dict(positive=positive, negative=negative), av_latent(batch, video)
+
+
+def test_image_to_video_keeps_its_start_frame():
+    """The start frame's tokens have their own timestep (a per-frame modulation, gathered with the tokens): every token
+    through the sparse path is exact, a third of them are; the RAS Sampler never picks the start frame and keeps it."""
+    model = tiny_ltx2(seed=6)
+    conditioning, latent = image_to_video()
+    reference = sample(model, latent, 3.0, conditioning=conditioning)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
+    by_stream, audio = dense_then_sparse(model, latent, random_active(1, TOKENS, TOKENS // 3, seed=2), 3.0,
+                                         conditioning)
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+    assert (audio[1] - audio[0]).abs().max().item() <= TOL
+    out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
+                                                                    **conditioning))
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and not any(s.active[:, 0].any() for s in sparse), "the start frame is never computed"
+    video = out["samples"].unbind()[0]
+    assert (video[:, :, 0] - reference[0][:, :, 0]).abs().max().item() <= TOL, "the start frame is kept"
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_planned_cache_is_what_the_streams_hold(cfg):
+    """Per block, the video's self-attention and the audio's attention to the video: every video token's keys."""
+    policy = FixedPlanPolicy([None, torch.arange(8).expand(2, -1)])
+    patched, slot = apply_token_sparse(tiny_ltx2(seed=0), lambda run: policy, node="test")
+    sample(patched, av_latent(batch=2), cfg, steps=2)
+    run = slot.last_run
+    rows = 2 if cfg == 1.0 else 4
+    video = TINY_LTX2["attention_head_dim"] * TINY_LTX2["num_attention_heads"]
+    audio = TINY_LTX2["audio_attention_head_dim"] * TINY_LTX2["audio_num_attention_heads"]
+    assert run.kv_planned_bytes == run.kv_peak_bytes == TINY_LTX2["num_layers"] * rows * TOKENS * (video + audio) * 2 * 4
+
+
+def ksampler(model, latent: dict, cfg=2.5, steps=6):
+    conditioning = prompts()
+    out = comfy_nodes.KSampler().sample(model, 3, steps, cfg, "euler", "simple", conditioning["positive"],
+                                        conditioning["negative"], latent)[0]["samples"]
+    return tuple(out.unbind())
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
+    """The sampler node over the video and audio latent beside KSampler: some steps sparse, a video and an audio that
+    differ from full sampling and are finite, the trace over the video's tokens, the model passed in unchanged."""
+    model, latent = tiny_ltx2(seed=9), av_latent(2)
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **prompts())
+    before = ksampler(model, latent)
+    if method == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **a)
+    else:
+        out, trace = sdit_sample(model, 3, 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent, 1.0,
+                                 **sdit_defaults(**SDIT_END_TO_END))
+    assert all(torch.equal(x, y) for x, y in zip(before, ksampler(model, latent))), "the model passed in is unchanged"
+    assert trace.grid == (FRAMES, HEIGHT, WIDTH) and trace.batch == 2
+    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
+    parts = out["samples"].unbind()
+    assert [p.shape for p in parts] == [p.shape for p in before]
+    for part, full in zip(parts, before):
+        assert torch.isfinite(part).all() and (part - full).abs().max().item() > 1e-4
+
+
+def test_model_patch_nodes_under_ksampler():
+    """RAS Model Patch at ratio 1 under KSampler gives the model's own video and audio; RAS and SDiT Model Patch at a
+    lower ratio sample; the model passed in is unchanged."""
+    model, latent = tiny_ltx2(seed=10), av_latent(2)
+    reference = ksampler(model, latent, cfg=2.0, steps=5)
+    assert_parts_within(ksampler(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0], latent, 2.0, 5),
+                        reference, TOL)
+    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0],
+                    sdit_model_patch(model, **sdit_defaults(**SDIT_END_TO_END))[0]):
+        video, audio = ksampler(patched, latent, 2.0, 5)
+        assert torch.isfinite(video).all() and (video - reference[0]).abs().max().item() > 1e-4
+        assert torch.isfinite(audio).all()
+    assert all(torch.equal(x, y) for x, y in zip(ksampler(model, latent, 2.0, 5), reference))
+
+
+def test_context_windows_over_video_and_audio_are_refused_clearly():
+    """ComfyUI's context windows (its LTXV Context Windows node) cut the video and the audio per window: the sampler
+    nodes say so before sampling."""
+    windows = importlib.import_module("comfy_extras.nodes_context_windows")
+    schedules = importlib.import_module("comfy.context_windows")
+    model = outputs(windows.LTXVContextWindowsNode.execute(
+        tiny_ltx2(seed=11), context_length=17, context_overlap=8,
+        context_schedule=schedules.ContextSchedules.STATIC_STANDARD, fuse_method=schedules.ContextFuseMethods.PYRAMID,
+        freenoise=False))[0]
+    with pytest.raises(SDiTInputError, match="RAS Sampler: input 'model'.*context windows over a latent of several"):
+        ras_sample(model, latent_image=av_latent(1), **ras_args(steps=3, **prompts()))
+
+
+def test_complexity_map_takes_the_video_of_a_video_and_audio_latent():
+    visual = importlib.import_module("comfyui_sdit.nodes.visual_nodes")
+    latent = av_latent(1)
+    latent["samples"] = noise_for(latent["samples"], 1)
+    image, mask = visual.ComplexityMap().compute(latent, 1, 0.5, 1.0, 1.0, -1, 0)["result"]
+    assert mask.shape[0] == FRAMES and image.ndim == 4
