@@ -50,16 +50,23 @@ class RunSlot:
         return self.run.current if self.run is not None else None
 
 
+# transformer_options flags that switch parts of LTX-2's blocks off for a pass (comfy/ldm/lightricks/av_model.py)
+_LTX2_PASS_FLAGS = ("run_vx", "run_ax", "a2v_cross_attn", "v2a_cross_attn")
+
+
 def _stream_key(transformer_options: dict):
     """The prompts a call runs, and which of the model's blocks other nodes replace or perturb for it: guidance
     that evaluates a perturbed network within a step (Skip Layer Guidance: the cond prompt again with blocks
-    skipped; newer ComfyUI's LTX-Video STG: with blocks' self-attention skipped) is another network, whose K/V
-    cache and cached output are its own."""
+    skipped; newer ComfyUI's LTX-Video STG: with blocks' self-attention skipped; LTX-2 guiders' modality-isolated
+    pass: without the attention between video and audio) is another network, whose K/V cache and cached output are
+    its own."""
     uuids = transformer_options.get("uuids")
     prompts = tuple(uuids) if uuids else tuple(transformer_options.get("cond_or_uncond", ()))
     replaced = frozenset((kind, key) for kind, patches in transformer_options.get("patches_replace", {}).items()
                          for key in patches)
     replaced |= {("stg self-attention", block) for block in transformer_options.get("stg_self_attn_blocks") or ()}
+    # LTX-2's guiders evaluate the cond prompt again with a stream or the attention between video and audio off
+    replaced |= {("ltx-2 pass off", flag) for flag in _LTX2_PASS_FLAGS if transformer_options.get(flag) is False}
     return prompts, replaced
 
 
@@ -84,6 +91,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
         noise = arguments["noise"]
         latent_shape = leading_latent_shape(noise.shape, arguments.get("latent_shapes"))
+        packed = tuple(noise.shape) != latent_shape         # a latent of several parts (LTX-2's video and audio)
         check_latent_shape(latent_shape, patch_size, node, video=takes_frames)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
@@ -98,11 +106,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run.dense_only, run.note = True, reason
             warn(reason, node)
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
-            run.policy.selectable = tokens_inside(leading_part(arguments["denoise_mask"], latent_shape), latent_shape,
-                                                  patch_size, temporal_patch)
+            mask = arguments["denoise_mask"]
+            mask = leading_part(mask, latent_shape) if packed else mask
+            run.policy.selectable = tokens_inside(mask, latent_shape, patch_size, temporal_patch)
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
-        if run.context_handler is not None and tuple(noise.shape) != latent_shape:
+        if run.context_handler is not None and packed:
             raise SDiTInputError(node, "model", "ComfyUI's context windows over a latent of several parts (LTX-2's "
                                  "video and audio) are not supported by region-adaptive sampling: remove the context "
                                  "windows node, or sample with KSampler")

@@ -151,7 +151,8 @@ def _is_widget(spec: list) -> bool:
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if options.get("forceInput"):
         return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    # an input of several types ("FLOAT,INT") is drawn as the widget its `widgetType` names
+    return isinstance(kind, list) or kind in WIDGET_TYPES or options.get("widgetType") in WIDGET_TYPES
 
 
 def _input_type(spec: list) -> str:

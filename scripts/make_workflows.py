@@ -463,12 +463,12 @@ def audio_features(wf: "Workflow", encoder_name: str, audio_file: str) -> tuple:
     return audio, wf.add("AudioEncoderEncode", {}, {"audio_encoder": (encoder, 0), "audio": (audio, 0)}, pos=(350, 950))
 
 
-def video_with_audio_tail(wf: "Workflow", latent_socket, vae, audio, prefix: str, fps: float) -> None:
+def video_with_audio_tail(wf: "Workflow", latent_socket, vae, audio, prefix: str, fps: float, x: int = 1400) -> None:
     """Latent video -> VAE decode -> a video file with the audio track (ComfyUI's own nodes)."""
-    decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(1400, 100))
-    video = wf.add("CreateVideo", {"fps": fps}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(1650, 100))
+    decode = wf.add("VAEDecode", {}, {"samples": latent_socket, "vae": vae}, pos=(x, 100))
+    video = wf.add("CreateVideo", {"fps": fps}, {"images": (decode, 0), "audio": (audio, 0)}, pos=(x + 250, 100))
     wf.add("SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, {"video": (video, 0)},
-           pos=(1900, 100))
+           pos=(x + 500, 100))
 
 
 def wan21_humo_sdit(info: dict) -> dict:
@@ -835,6 +835,39 @@ def wandancer_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def ltx2_t2av_ras(info: dict) -> dict:
+    """LTX-2.3 text to video with audio (newer ComfyUI): its checkpoint (diffusion model and video VAE), the Gemma 3
+    text encoder, its audio VAE; the video and audio latents joined (LTXVConcatAVLatent) and sampled together with the
+    RAS Sampler (the video's tokens sparse, the audio's on every step), then parted, decoded and saved as one video."""
+    wf = Workflow(info)
+    checkpoint_name = "ltx-2.3-22b-dev-fp8.safetensors"
+    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint_name})
+    clip = wf.add("LTXAVTextEncoderLoader", {"text_encoder": "gemma_3_12B_it_fp4_mixed.safetensors",
+                                             "ckpt_name": checkpoint_name, "device": "default"}, pos=(0, 250))
+    audio_vae = wf.add("LTXVAudioVAELoader", {"ckpt_name": checkpoint_name}, pos=(0, 500))
+    positive, negative = text_pair(wf, (clip, 0), "a street musician plays a saxophone on a rainy night, neon "
+                                                  "reflections on the wet pavement, the melody echoes between the "
+                                                  "buildings", "low quality, worst quality, deformed, distorted, "
+                                                                "motion smear, blurry, muffled audio")
+    rate = wf.add("LTXVConditioning", {"frame_rate": 25.0}, {"positive": positive, "negative": negative},
+                  pos=(700, 100))
+    video = wf.add("EmptyLTXVLatentVideo", {"width": 768, "height": 512, "length": 121, "batch_size": 1},
+                   pos=(350, 550))
+    audio = wf.add("LTXVEmptyLatentAudio", {"frames_number": 121, "frame_rate": 25, "batch_size": 1},
+                   {"audio_vae": (audio_vae, 0)}, pos=(350, 750))
+    joined = wf.add("LTXVConcatAVLatent", {}, {"video_latent": (video, 0), "audio_latent": (audio, 0)}, pos=(700, 550))
+    shifted = wf.add("ModelSamplingLTXV", {"max_shift": 2.05, "base_shift": 0.95},
+                     {"model": (checkpoint, 0), "latent": (joined, 0)}, pos=(700, 0))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.4},
+                     {"model": (shifted, 0), "positive": (rate, 0), "negative": (rate, 1), "latent_image": (joined, 0)},
+                     pos=(1050, 100))
+    parted = wf.add("LTXVSeparateAVLatent", {}, {"av_latent": (sampler, 0)}, pos=(1400, 100))
+    sound = wf.add("LTXVAudioVAEDecode", {}, {"samples": (parted, 1), "audio_vae": (audio_vae, 0)}, pos=(1650, 350))
+    video_with_audio_tail(wf, (parted, 0), (checkpoint, 2), sound, "ltx2_t2av_ras", 25.0, x=1650)
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
@@ -853,8 +886,11 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "boogu_ras.json": boogu_ras}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
-NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit}
-NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate")
+NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
+                  "ltx2_t2av_ras.json": ltx2_t2av_ras}
+NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
+               "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
+               "LTXVAudioVAEDecode")
 NEWER_GENERATED_WITH = "0.29.0"
 
 

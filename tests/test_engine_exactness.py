@@ -388,3 +388,27 @@ def test_joint_rows_place_the_running_tokens_in_each_layout(image_first, lead, e
     call.image_first, call.image_lead = image_first, lead
     call.gather(torch.zeros(1, 4, 8))
     assert call.joint_rows(torch.device("cpu"), 3).tolist() == [expected]
+
+
+def test_other_queries_attend_to_every_image_token_through_the_cache():
+    """Attention whose keys are the image tokens alone and whose queries are another sequence's, which always runs
+    (LTX-2's audio attending to the video): on a sparse forward after a dense one, the keys and values of the tokens
+    that did not run come from the cache, so the queries see the dense forward's keys and the result is the dense
+    one. Outside that kind of attention the shorter keys are refused."""
+    def attend(q, k, v, heads, **kwargs):
+        return torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, 8, generator=g) for n in (5, 3, 3))
+    run = SparseRun(FixedPlanPolicy([None, torch.tensor([[0, 2]])]), (1, 16, 2, 6), patch_size=2)   # 3 tokens
+    outputs = []
+    for sigma, rows in ((0.9, [0, 1, 2]), (0.8, [0, 2])):
+        call = run.open_forward((1, 16, 2, 6), sigma, None, "s")
+        call.gather(torch.zeros(1, 3, 8))
+        if rows != [0, 1, 2]:
+            with pytest.raises(NotImplementedError):
+                call.attention(attend, q, k[:, rows], v[:, rows], 1, {})
+        call.image_keys += 1
+        outputs.append(call.attention(attend, q, k[:, rows], v[:, rows], 1, {}))
+        assert call.dense == (sigma == 0.9)
+        run.close_forward(call, True)
+    assert torch.allclose(outputs[1], outputs[0], atol=1e-6)

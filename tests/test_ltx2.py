@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import comfy.sample
+import comfy.samplers
 import comfy.supported_models
 
 from comfyui_sdit.nodes.errors import SDiTInputError
@@ -217,6 +218,30 @@ def test_model_patch_nodes_under_ksampler():
         assert torch.isfinite(video).all() and (video - reference[0]).abs().max().item() > 1e-4
         assert torch.isfinite(audio).all()
     assert all(torch.equal(x, y) for x, y in zip(ksampler(model, latent, 2.0, 5), reference))
+
+
+def with_a_modality_isolated_pass(model):
+    """As LTX-2's multimodal guiders (custom nodes) do after CFG: the cond prompt evaluated again with the attention
+    between video and audio off, its difference to the cond prediction added."""
+    def guide(args):
+        options = dict(args["model_options"])
+        options["transformer_options"] = dict(options.get("transformer_options", {}), a2v_cross_attn=False,
+                                              v2a_cross_attn=False)
+        isolated = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"],
+                                                  options)[0]
+        return args["denoised"] + 0.5 * (args["cond_denoised"] - isolated)
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(guide)
+    return patched
+
+
+def test_a_modality_isolated_pass_is_a_network_of_its_own():
+    """A guider's pass without the attention between video and audio gets its own K/V cache and cached output: with a
+    third of the tokens, every network's sparse forward equals its dense one on the tokens that ran."""
+    model = with_a_modality_isolated_pass(tiny_ltx2(seed=12))
+    by_stream, _ = dense_then_sparse(model, av_latent(1), random_active(1, TOKENS, TOKENS // 3, seed=5), 3.0)
+    assert len(by_stream) == 3 and all(len(outputs) == 2 for outputs in by_stream.values())
+    assert_exact_on_active_tokens(by_stream, TOKENS)
 
 
 def test_context_windows_over_video_and_audio_are_refused_clearly():

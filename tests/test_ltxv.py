@@ -205,8 +205,8 @@ def test_skip_layer_guidance_skipping_block_0():
 
 
 def test_a_model_with_steps_of_its_own_gets_the_not_supported_error():
-    """LTX-2 (LTXAVModel, newer ComfyUI) is an LTXVModel whose input, blocks and output steps are its own (an audio
-    stream beside the video's): another model."""
+    """A subclass of LTXVModel whose input, blocks and output steps are its own (as LTX-2's LTXAVModel, which has an
+    adapter of its own) is another model: the LTX-Video adapter does not take it."""
     class WithAnInputOfItsOwn(comfy.ldm.lightricks.model.LTXVModel):
         def _process_input(self, *args, **kwargs):
             return super()._process_input(*args, **kwargs)
