@@ -21,6 +21,7 @@ from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_acti
                           sdit_model_patch, sdit_sample, text_conditioning)
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
+from test_ltxv import StandInVAE, image
 from test_video import RecordingPolicy, SDIT_END_TO_END
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.lightricks.av_model") is None,
@@ -136,10 +137,8 @@ def test_dense_then_sparse_matches_dense_on_active_tokens_and_the_whole_audio(ba
 def image_to_video(batch=1):
     """LTXVImgToVideo: the start image's latent in frame 0 of the video, kept by a noise mask of 0 (its tokens'
     timestep 0), concatenated with the audio (the audio's mask all ones)."""
-    image = torch.rand(1, PIXELS["height"], PIXELS["width"], 3, generator=torch.Generator().manual_seed(4))
-    from test_ltxv import StandInVAE
     positive, negative, video = outputs(nodes_lt.LTXVImgToVideo.execute(
-        vae=StandInVAE(), image=image, batch_size=batch, strength=1.0, **prompts(), **PIXELS))
+        vae=StandInVAE(), image=image(), batch_size=batch, strength=1.0, **prompts(), **PIXELS))
     return dict(positive=positive, negative=negative), av_latent(batch, video)
 
 
@@ -162,6 +161,32 @@ def test_image_to_video_keeps_its_start_frame():
     assert sparse and not any(s.active[:, 0].any() for s in sparse), "the start frame is never computed"
     video = out["samples"].unbind()[0]
     assert (video[:, :, 0] - reference[0][:, :, 0]).abs().max().item() <= TOL, "the start frame is kept"
+
+
+def test_a_keyframe_guide_runs_and_is_kept():
+    """LTXVAddGuide's end frame follows the video's frames (its own positions and timestep 0), then the audio is joined:
+    exact with every token and with a third of them (the audio too), never picked by the RAS Sampler, kept."""
+    model = tiny_ltx2(seed=7)
+    empty = outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=1, **PIXELS))[0]
+    positive, negative, video = outputs(nodes_lt.LTXVAddGuide.execute(
+        vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=1.0, **prompts()))
+    conditioning = dict(positive=positive, negative=negative)
+    latent = av_latent(1, video)
+    tokens = (FRAMES + 1) * HEIGHT * WIDTH
+    reference = sample(model, latent, 3.0, conditioning=conditioning)
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens)[None]] * 3)
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
+    by_stream, audio = dense_then_sparse(model, latent, random_active(1, tokens, tokens // 3, seed=3), 3.0,
+                                         conditioning)
+    assert_exact_on_active_tokens(by_stream, tokens)
+    assert (audio[1] - audio[0]).abs().max().item() <= TOL
+    out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
+                                                                    **conditioning))
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and not any(s.active[:, -1].any() for s in sparse), "the guide frame is never computed"
+    guided = out["samples"].unbind()[0]
+    assert (guided[:, :, -1] - reference[0][:, :, -1]).abs().max().item() <= TOL, "the guide frame is kept"
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
