@@ -31,6 +31,8 @@
 #   newest1024 on a newer ComfyUI (carry .dev-newest alone, from `scripts/device_bundle.sh --newest TREE`):
 #              Flux-dev 1024², cfg 3.5 and 1, RAS and SDiT at 0.25/0.125, with its default dynamic VRAM and
 #              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
+#   newestltx2 LTX-2 19B (newer ComfyUI only; carry .dev-newest), 768 x 512 x 121 frames with audio, cfg 3 (batch 2),
+#              every ratio, RAS and SDiT (eager)                                                   (~6 min)
 #   memory24   Flux-dev bf16 at 1024², cfg 3.5, as on a 24-GiB GPU (--vram-gib): the K/V cache in ComfyUI's
 #              memory plan (weights offloaded for it), then without the plan (expected: the cache's OOM error) (~6 min)
 #   train      the demo model at 512² (8 minutes of training)                    (~9 min)
@@ -39,7 +41,7 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 (its own carry); memory24; grid128 speed1024; speed1024b lumina0125;
+#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024; speed1024b lumina0125;
 #   then compile1024, agreement (fp8 cache with its new kernel), video480q, video480 (one call per
 #   VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048, train as time allows.
 set -uo pipefail
@@ -158,6 +160,11 @@ for part in "$@"; do
         --dynamic-vram --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_dynamic_$day.json" 2>&1 | tee "$out/$part.log"
       newest timeout 250 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.25 0.125 \
         --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_legacy_$day.json" 2>&1 | tee -a "$out/$part.log" ;;
+    newestltx2)      # LTX-2 19B, a newer ComfyUI's model: 768 x 512 x 121 frames with its audio, cfg 3 (batch 2), every
+                     # ratio, the model loaded the legacy way (eager: no graph sites)
+      [ -f .dev-newest/comfyui.tgz ] || { echo "newestltx2 needs .dev-newest in carry"; continue; }
+      newest timeout 450 python3 bench/speed.py --models ltx2-19b --res 512 --frames 121 --cfg 3 --text 128 \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     *) echo "unknown part '$part'"; exit 2 ;;
   esac
 done

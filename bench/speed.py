@@ -55,6 +55,7 @@ class Spec(NamedTuple):
     single_frame: bool = False  # an image model that takes one-frame 5-D latents (ComfyUI unsqueezes an empty one)
     time_scale: int = 4         # video: pixel frames per latent frame (the first frame alone)
     text_mask: bool = False     # the prompt comes with its attention mask (LTX-Video's T5 conditioning)
+    audio_hidden: int = 0       # a stream of audio tokens beside the video's, this wide (LTX-2), which always runs
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -105,6 +106,18 @@ TINY_LTXV = dict(LTXV_2B, num_layers=2, attention_head_dim=16, num_attention_hea
                  caption_channels=64)
 LTXV_LATENT = dict(joint=False, video=True, vae_scale=32, latent_channels=128, patch=1, time_scale=8, text_mask=True)
 
+# LTX-2 19B (LTXAVModel's defaults; newer ComfyUI): LTX-Video 13B's video stream beside an audio stream 2048 wide (32 x
+# 64 heads, 25 latent frames a second: one per video frame at 25 fps); each block adds the audio's self-attention,
+# text cross-attention and MLP, and attention from the video to the audio and from the audio to the video. The text
+# arrives processed for both streams (2 x 3840 wide)
+LTX2_19B = dict(image_model="ltxav", in_channels=128, num_layers=48, attention_head_dim=128, num_attention_heads=32,
+                cross_attention_dim=4096, caption_channels=3840, audio_in_channels=128, audio_attention_head_dim=64,
+                audio_num_attention_heads=32, audio_cross_attention_dim=2048)
+TINY_LTX2 = dict(LTX2_19B, num_layers=2, attention_head_dim=16, num_attention_heads=4, cross_attention_dim=64,
+                 caption_channels=32, audio_attention_head_dim=8, audio_num_attention_heads=4,
+                 audio_cross_attention_dim=32)
+AUDIO_LATENTS_PER_SECOND, LTX_FPS = 25, 25
+
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
     "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
@@ -142,6 +155,8 @@ MODELS = {
     "ltxv-2b": Spec("LTXV", LTXV_2B, 4096, None, None, 28, 2048, **LTXV_LATENT),
     "ltxv-13b": Spec("LTXV", LTXV_13B, 4096, None, None, 48, 4096, **LTXV_LATENT),
     "tiny-ltxv": Spec("LTXV", TINY_LTXV, 64, None, None, 2, 64, **LTXV_LATENT),
+    "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
+    "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
 }
 # the families' standard sizes (LTX-Video's 768 x 512 and 1216 x 704; smaller heights: square)
 VIDEO_WIDTH = {480: 832, 720: 1280, 512: 768, 704: 1216}
@@ -157,13 +172,28 @@ def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
     return (1, c, (frames - 1) // spec.time_scale + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
 
 
+def audio_tokens(spec: Spec, frames: int) -> int:
+    """The audio stream's tokens for a video of `frames` pixel frames at LTX-2's 25 fps (0: no audio stream)."""
+    return -(-frames * AUDIO_LATENTS_PER_SECOND // LTX_FPS) if spec.audio_hidden else 0
+
+
+def sampled_latent(spec: Spec, res: int, frames: int):
+    """The empty latent a run samples: the video's, or with an audio stream ComfyUI's latent of two parts (video,
+    audio: 8 channels x 16 frequency bins a token, as LTXVConcatAVLatent joins them)."""
+    video = torch.zeros(latent_shape(spec, res, frames))
+    if not spec.audio_hidden:
+        return video
+    import comfy.nested_tensor
+    return comfy.nested_tensor.NestedTensor((video, torch.zeros(1, 8, audio_tokens(spec, frames), 16)))
+
+
 def image_tokens(shape: tuple, patch: int = 2) -> int:
     """Tokens of a latent: patch x patch per token in space, one latent frame per token in time."""
     frames = shape[2] if len(shape) == 5 else 1
     return frames * (shape[-2] // patch) * (shape[-1] // patch)
 
 
-def forward_flops(spec: Spec, running: int, tokens: int, text: int) -> float:
+def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int = 0) -> float:
     """FLOPs of one forward per batch row with `running` of `tokens` video/image tokens computed and `text`
     prompt tokens, summed over the attention layers (multiply-add = 2):
     - projections (q, k, v, out: 4 d^2) and MLP (2 r d^2) over every row that runs;
@@ -171,6 +201,10 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int) -> float:
       quadratic in the tokens when all run, running x all when sparse (the K/V cache holds the rest);
     - joint families run the text rows in self-attention too; cross-attention families (Wan) add q/out
       projections per running row, the text's k/v projections once, and running x text pairs.
+    - an audio stream (LTX-2, `audio` tokens at width a, always running): its own self-attention, text
+      cross-attention and MLP, the video's running queries to the audio's keys (q/out projections d x a per running
+      row, the audio's k/v a x a), and the audio's queries to every video token's keys (k/v projections of the
+      running rows only: the rest come from the K/V cache).
     Embedding, modulation and the head are left out (a few per mille)."""
     d, r = spec.hidden, spec.mlp_ratio
     if spec.joint:
@@ -180,22 +214,30 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int) -> float:
         self_attention = running * (4 + 2 * r) * d * d * 2 + running * tokens * 4 * d
         cross_attention = (running * 2 + text * 2) * d * d * 2 + running * text * 4 * d
         per_layer = self_attention + cross_attention
+    a = spec.audio_hidden
+    if a and audio:
+        audio_own = audio * (4 + 2 * r) * a * a * 2 + audio * audio * 4 * a
+        audio_text = (audio * 2 + text * 2) * a * a * 2 + audio * text * 4 * a
+        video_to_audio = (running * 2 * d * a + audio * 2 * a * a) * 2 + running * audio * 4 * a
+        audio_to_video = (audio * 2 * a * a + running * 2 * d * a) * 2 + audio * tokens * 4 * a
+        per_layer += audio_own + audio_text + video_to_audio + audio_to_video
     return spec.attention_layers * per_layer
 
 
-def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int) -> float:
+def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, audio: int = 0) -> float:
     """The schedule's FLOP-ideal speedup: full sampling's FLOPs over the run's (one entry per evaluation)."""
-    full = forward_flops(spec, tokens, tokens, text) * len(tokens_per_evaluation)
-    return full / sum(forward_flops(spec, n, tokens, text) for n in tokens_per_evaluation)
+    full = forward_flops(spec, tokens, tokens, text, audio) * len(tokens_per_evaluation)
+    return full / sum(forward_flops(spec, n, tokens, text, audio) for n in tokens_per_evaluation)
 
 
-def attention_share(spec: Spec, tokens: int, text: int) -> float:
-    """The part of a dense forward's FLOPs that is attention scores and values (grows with the tokens)."""
+def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0) -> float:
+    """The part of a dense forward's FLOPs that is the video's (image's) attention scores and values (grows with
+    the tokens)."""
     d = spec.hidden
     keys = text + tokens if spec.joint else tokens
     rows = keys
     pairs = rows * keys + (0 if spec.joint else tokens * text)
-    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text)
+    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio)
 
 
 def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
@@ -337,15 +379,19 @@ def run(args) -> dict:
                "comfyui": comfyui_version(), "dynamic_vram": args.dynamic_vram, "vram_gib": args.vram_gib,
                "memory_plan": not args.no_memory_plan,
                "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
+    import comfy.supported_models
     for name in args.models:
+        if not hasattr(comfy.supported_models, MODELS[name].cls):
+            print(f"{name}: this ComfyUI has no {MODELS[name].cls} model, skipped", flush=True)
+            continue
         model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
             simulate_vram(device, args.vram_gib)
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
-            latent = torch.zeros(latent_shape(spec, res, args.frames))
-            tokens = image_tokens(latent.shape, spec.patch)
+            latent = sampled_latent(spec, res, args.frames)
+            tokens, audio = image_tokens(latent.shape, spec.patch), audio_tokens(spec, args.frames)
             noise = comfy.sample.prepare_noise(latent, 0)
             # --fresh-seed: timed runs sample other noise than the warm-up (a user's next seed: SDiT's
             # token counts change with the image, so attention meets counts the warm-up did not)
@@ -375,7 +421,8 @@ def run(args) -> dict:
                 kv_gib = planned_cache_gib(model, latent.shape, positive + (negative if batch == 2 else []),
                                            args.kv_cache)
                 base = {"model": name, "res": res, "latent": list(latent.shape), "cfg": cfg, "batch": batch,
-                        "image_tokens": tokens, "attention_share": round(attention_share(spec, tokens, args.text), 3)}
+                        "image_tokens": tokens, "audio_tokens": audio,
+                        "attention_share": round(attention_share(spec, tokens, args.text, audio), 3)}
                 dense_row = dict(base, method="full", ratio=1.0, seconds=dense_s, speedup=1.0, ideal=1.0,
                                  peak_gib=dense_peak, kv_cache_gib=kv_gib, step_ms=1000 * dense_s / args.steps)
                 if cuda:
@@ -413,7 +460,7 @@ def run(args) -> dict:
                         seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
                         run_state = slot.last_run
                         trace = trace_of(run_state)
-                        ideal = flop_ideal(spec, trace.tokens_per_step, tokens, args.text)
+                        ideal = flop_ideal(spec, trace.tokens_per_step, tokens, args.text, audio)
                         row = dict(
                             base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
                             of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
@@ -445,13 +492,14 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
                               ("hunyuan-video-1.5", 720, 121), ("ltxv-2b", 512, 97), ("ltxv-13b", 512, 97),
-                              ("ltxv-13b", 704, 121)]:
+                              ("ltxv-13b", 704, 121), ("ltx2-19b", 512, 121), ("ltx2-19b", 704, 121)]:
         spec = MODELS[name]
-        tokens = image_tokens(latent_shape(spec, res, frames), spec.patch)
-        rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "text": text,
-                     "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text) / 1e12, 1),
-                     "attention_share": round(attention_share(spec, tokens, text), 3),
-                     **{f"ideal_{r}": round(flop_ideal(spec, [max(1, round(r * tokens))], tokens, text), 3)
+        tokens, audio = image_tokens(latent_shape(spec, res, frames), spec.patch), audio_tokens(spec, frames)
+        rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "audio_tokens": audio,
+                     "text": text,
+                     "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text, audio) / 1e12, 1),
+                     "attention_share": round(attention_share(spec, tokens, text, audio), 3),
+                     **{f"ideal_{r}": round(flop_ideal(spec, [max(1, round(r * tokens))], tokens, text, audio), 3)
                         for r in ratios}})
     return rows
 
@@ -498,8 +546,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny Flux and tiny Cosmos Predict2, 256 px, 8 steps, one "
                                                              "ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
-                        help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5 and LTX-Video, 128 px x 9 frames, 8 "
-                             "steps, one ratio (CI)")
+                        help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5, LTX-Video and LTX-2 (where the "
+                             "ComfyUI has it), 128 px x 9 frames, 8 steps, one ratio (CI)")
     parser.add_argument("--ideals", action="store_true",
                         help="print the FLOP ideal of every real-size configuration at constant ratios, run nothing")
     parser.add_argument("--fresh-seed", action="store_true",
@@ -530,9 +578,9 @@ def main() -> None:
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-cosmos"], [256], 8, [0.5], 16
     if args.smoke_video:
-        args.models, args.res, args.frames, args.steps, args.ratios, args.text = \
-            ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv"], [128], 9, 8, \
-            [0.5], 16
+        args.models = ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv",
+                       "tiny-ltx2"]
+        args.res, args.frames, args.steps, args.ratios, args.text = [128], 9, 8, [0.5], 16
     if args.profile_ratios is None:
         args.profile_ratios = args.ratios
     os.environ["SDIT_CUDA_GRAPHS"] = "1" if args.cuda_graphs else "0"     # explicit either way
