@@ -14,7 +14,7 @@ CATEGORY = "sampling/region adaptive"
 
 def ksampler_inputs() -> dict:
     return {
-        "model": ("MODEL", {"tooltip": "A diffusion-transformer model: Flux, Flux 2, Chroma, SD3/3.5, Lumina 2, Z-Image or Qwen-Image. It is not modified: a patched copy samples."}),
+        "model": ("MODEL", {"tooltip": "A diffusion-transformer model: Flux, SD3/3.5, Lumina 2 / Z-Image, Qwen-Image, Wan, HunyuanVideo, LTX-Video / LTX-2 and the other families in the pack's README. It is not modified: a patched copy samples."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                          "tooltip": "Random seed of the initial noise, as in KSampler."}),
         "steps": ("INT", {"default": 28, "min": 1, "max": 10000, "tooltip": "Sampling steps, as in KSampler."}),

@@ -18,7 +18,7 @@ output layers for the video and the audio's own. The adapter hooks modules, as L
 """
 from .base import (every_token_row, image_keys_method, passthrough_method, patch_method, patch_module_forward,
                    runs_class_methods, scatter_every_row)
-from .ltxv import FILTERED, SCALED, LTXVFamily, _gathered_rope, _memo
+from .ltxv import LTXVFamily, gathered_at_first_block, gathered_rope, memo_per_forward
 
 # block arguments that hold the video's tokens' RoPE rows: its self-attention's, the audio cross-attentions'
 _VIDEO_ROPE = ("v_pe", "v_cross_pe")
@@ -55,16 +55,11 @@ class LTX2Family(LTXVFamily):
 
 def _gather_block_inputs(call, arguments) -> None:
     video, audio = arguments["x"]
-    if call.image_rows is None:         # the first block that runs
-        if video.shape[1] != call.grid_tokens:
-            raise NotImplementedError(FILTERED)
-        if arguments.get("self_attention_mask") is not None:
-            raise NotImplementedError(SCALED)
-        arguments["x"] = (call.gather(video), audio)      # dense: unchanged, but counted
+    arguments["x"] = (gathered_at_first_block(call, video, arguments), audio)
     if call.dense:
         return
     for name in _VIDEO_ROPE:
-        arguments[name] = _gathered_rope(call, arguments[name])
+        arguments[name] = gathered_rope(call, arguments[name])
     for name in _VIDEO_MODULATION:
         arguments[name] = _running_tokens_modulation(call, arguments[name])
 
@@ -78,7 +73,7 @@ def _running_tokens_modulation(call, modulation):
     if hasattr(modulation, "expand_for_computation"):       # CompressedTimestep
         if modulation.data.shape[1] == 1:
             return modulation.data
-        return _memo(call, modulation.data, lambda: call.gather_grid(modulation.expand()))
+        return memo_per_forward(call, modulation.data, lambda: call.gather_grid(modulation.expand()))
     if modulation.shape[1] == 1:
         return modulation
-    return _memo(call, modulation, lambda: call.gather_grid(modulation))
+    return memo_per_forward(call, modulation, lambda: call.gather_grid(modulation))

@@ -67,29 +67,36 @@ class LTXVFamily(FamilyAdapter):
 
 
 def _gather_block_inputs(call, arguments) -> None:
-    if call.image_rows is None:         # the first block that runs
-        if arguments["x"].shape[1] != call.grid_tokens:
-            raise NotImplementedError(FILTERED)
-        # (the model splits its queries by position to attend with it: the engine's attention could not count layers)
-        if arguments.get("self_attention_mask") is not None:
-            raise NotImplementedError(SCALED)
-        arguments["x"] = call.gather(arguments["x"])       # dense: unchanged, but counted
+    arguments["x"] = gathered_at_first_block(call, arguments["x"], arguments)
     if call.dense:
         return
-    arguments["pe"] = _gathered_rope(call, arguments["pe"])
+    arguments["pe"] = gathered_rope(call, arguments["pe"])
     timestep = arguments["timestep"]
     if timestep.shape[1] != 1:          # per token (a noise mask): (batch, tokens, modulation)
-        arguments["timestep"] = _memo(call, timestep, lambda: call.gather_grid(timestep))
+        arguments["timestep"] = memo_per_forward(call, timestep, lambda: call.gather_grid(timestep))
 
 
-def _gathered_rope(call, pe):
+def gathered_at_first_block(call, video, arguments):
+    """The video's tokens as a block gets them: gathered at the first block that runs (dense: unchanged, but counted),
+    where guides the model filters or scales by position are refused."""
+    if call.image_rows is not None:
+        return video
+    if video.shape[1] != call.grid_tokens:
+        raise NotImplementedError(FILTERED)
+    # (the model splits its queries by position to attend with it: the engine's attention could not count layers)
+    if arguments.get("self_attention_mask") is not None:
+        raise NotImplementedError(SCALED)
+    return call.gather(video)
+
+
+def gathered_rope(call, pe):
     """Newer ComfyUI: (rotations (batch, tokens, heads, ., 2, 2), split flag); older: (batch, 1, tokens, ., 2, 2)."""
     if isinstance(pe, tuple):
         return (gathered_freqs(call, pe[0], prefix=0),) + tuple(pe[1:])
-    return _memo(call, pe, lambda: gathered_freqs(call, pe[:, 0], prefix=0)[:, None])
+    return memo_per_forward(call, pe, lambda: gathered_freqs(call, pe[:, 0], prefix=0)[:, None])
 
 
-def _memo(call, tensor: torch.Tensor, make):
+def memo_per_forward(call, tensor: torch.Tensor, make):
     """Computed once per forward: every block gets the same tensor."""
     key = ("ltxv", tensor.data_ptr(), tuple(tensor.shape))
     if key not in call.scratch:
