@@ -70,6 +70,13 @@ def _stream_key(transformer_options: dict):
     return prompts, replaced
 
 
+def _conditions_key(conditions: dict):
+    """Which conditions a model call gets (their names): a guider that evaluates a prompt again without one of them
+    (LTX-2's identity guidance: the cond prompt without its reference voice) runs another network on the same
+    prompts, whose K/V cache and cached output are its own, even where the image's tokens are the same."""
+    return tuple(sorted(name for name, value in conditions.items() if value is not None))
+
+
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
                        on_run_end: Optional[Callable[[SparseRun, float], None]] = None,
                        graph_backend: Callable[[], Any] = default_backend, kv_cache: Optional[str] = None,
@@ -147,7 +154,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)
         call = run.open_forward(latent_shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
-                                (_stream_key(transformer_options), str(x.device)),
+                                (_stream_key(transformer_options), _conditions_key(kwargs), str(x.device)),
                                 frames=context_window_frames(transformer_options, run.context_handler))
         completed = False
         try:

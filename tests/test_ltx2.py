@@ -269,6 +269,38 @@ def test_a_modality_isolated_pass_is_a_network_of_its_own():
     assert_exact_on_active_tokens(by_stream, TOKENS)
 
 
+class StandInAudioVAE:
+    """LTX-2's audio VAE as LTXVReferenceAudio uses it: its sample rate and a latent of the right shape (random, fixed
+    by the samples it encodes)."""
+    audio_sample_rate = 16000
+
+    def encode(self, waveform):
+        frames = waveform.shape[1] // 640          # 25 latent frames a second
+        return torch.randn(1, 8, frames, 16, generator=torch.Generator().manual_seed(waveform.shape[1]))
+
+
+def test_a_reference_voice_with_identity_guidance():
+    """ComfyUI's LTXVReferenceAudio (ID-LoRA): the reference voice's tokens lead the audio's and always run; its
+    identity guidance evaluates the cond prompt again without them each step, another network on the same prompt
+    (its own K/V cache): every token through the sparse path equals the unpatched run, and with a third of the tokens
+    all three networks' sparse forwards equal their dense ones on the tokens that ran."""
+    model = tiny_ltx2(seed=13)
+    voice = {"waveform": torch.randn(1, 1, 16000 * 3 // 25 * 4, generator=torch.Generator().manual_seed(1)),
+             "sample_rate": 16000}
+    guided, positive, negative = outputs(nodes_lt.LTXVReferenceAudio.execute(
+        model, reference_audio=voice, audio_vae=StandInAudioVAE(), identity_guidance_scale=3.0, start_percent=0.0,
+        end_percent=1.0, **prompts()))
+    conditioning, latent = dict(positive=positive, negative=negative), av_latent(1)
+    reference = sample(guided, latent, 3.0, conditioning=conditioning)
+    assert (reference[1] - sample(model, latent, 3.0)[1]).abs().max().item() > 1e-3, "the voice changes the audio"
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(guided, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
+    by_stream, _ = dense_then_sparse(guided, latent, random_active(1, TOKENS, TOKENS // 3, seed=6), 3.0, conditioning)
+    assert len(by_stream) == 3 and all(len(outputs) == 2 for outputs in by_stream.values())
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+
+
 def test_context_windows_over_video_and_audio_are_refused_clearly():
     """ComfyUI's context windows (its LTXV Context Windows node) cut the video and the audio per window: the sampler
     nodes say so before sampling."""
