@@ -115,7 +115,8 @@ LTX2_19B = dict(image_model="ltxav", in_channels=128, num_layers=48, attention_h
                 audio_num_attention_heads=32, audio_cross_attention_dim=2048)
 TINY_LTX2 = dict(LTX2_19B, num_layers=2, attention_head_dim=16, num_attention_heads=4, cross_attention_dim=64,
                  caption_channels=32, audio_attention_head_dim=8, audio_num_attention_heads=4,
-                 audio_cross_attention_dim=32)
+                 audio_cross_attention_dim=32, connector_attention_head_dim=8, connector_num_attention_heads=4,
+                 connector_num_layers=1)
 AUDIO_LATENTS_PER_SECOND, LTX_FPS = 25, 25
 
 MODELS = {

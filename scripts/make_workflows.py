@@ -578,6 +578,17 @@ def kandinsky5_t2v_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def ltx_sampler(wf: "Workflow", sampler_type: str, cfg: float, checkpoint, rate, latent):
+    """LTX-Video's (and LTX-2's) flow shift for the latent's size (ModelSamplingLTXV) and the sampler (30 steps, ratio
+    0.4) after LTXVConditioning `rate`, over the `latent` socket."""
+    shifted = wf.add("ModelSamplingLTXV", {"max_shift": 2.05, "base_shift": 0.95},
+                     {"model": (checkpoint, 0), "latent": latent}, pos=(700, 0))
+    return wf.add(sampler_type, {"seed": 42, "steps": 30, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+                                 "sample_ratio": 0.4},
+                  {"model": (shifted, 0), "positive": (rate, 0), "negative": (rate, 1), "latent_image": latent},
+                  pos=(1050, 100))
+
+
 def ltxv_i2v_sdit(info: dict) -> dict:
     """LTX-Video image-to-video: its checkpoint (diffusion model and VAE), the T5-XXL text encoder (ltxv type), the
     start image through LTXVImgToVideo (its frame is kept, never computed on sparse steps), the frame rate through
@@ -594,12 +605,7 @@ def ltxv_i2v_sdit(info: dict) -> dict:
                    pos=(700, 300))
     rate = wf.add("LTXVConditioning", {"frame_rate": 25.0}, {"positive": (start, 0), "negative": (start, 1)},
                   pos=(700, 100))
-    shifted = wf.add("ModelSamplingLTXV", {"max_shift": 2.05, "base_shift": 0.95},
-                     {"model": (checkpoint, 0), "latent": (start, 2)}, pos=(700, 0))
-    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 30, "cfg": 3.0, "sampler_name": "euler",
-                                     "scheduler": "simple", "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (rate, 0), "negative": (rate, 1), "latent_image": (start, 2)},
-                     pos=(1050, 100))
+    sampler = ltx_sampler(wf, "SDiTSampler", 3.0, checkpoint, rate, (start, 2))
     video_tail(wf, (sampler, 0), (checkpoint, 2), "ltxv_i2v_sdit", 25.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
     return wf.to_json()
@@ -856,12 +862,7 @@ def ltx2_t2av_ras(info: dict) -> dict:
     audio = wf.add("LTXVEmptyLatentAudio", {"frames_number": 121, "frame_rate": 25, "batch_size": 1},
                    {"audio_vae": (audio_vae, 0)}, pos=(350, 750))
     joined = wf.add("LTXVConcatAVLatent", {}, {"video_latent": (video, 0), "audio_latent": (audio, 0)}, pos=(700, 550))
-    shifted = wf.add("ModelSamplingLTXV", {"max_shift": 2.05, "base_shift": 0.95},
-                     {"model": (checkpoint, 0), "latent": (joined, 0)}, pos=(700, 0))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.4},
-                     {"model": (shifted, 0), "positive": (rate, 0), "negative": (rate, 1), "latent_image": (joined, 0)},
-                     pos=(1050, 100))
+    sampler = ltx_sampler(wf, "RASSampler", 4.0, checkpoint, rate, (joined, 0))
     parted = wf.add("LTXVSeparateAVLatent", {}, {"av_latent": (sampler, 0)}, pos=(1400, 100))
     sound = wf.add("LTXVAudioVAEDecode", {}, {"samples": (parted, 1), "audio_vae": (audio_vae, 0)}, pos=(1650, 350))
     video_with_audio_tail(wf, (parted, 0), (checkpoint, 2), sound, "ltx2_t2av_ras", 25.0, x=1650)

@@ -21,23 +21,21 @@ from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_acti
                           sdit_model_patch, sdit_sample, text_conditioning)
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
-from test_ltxv import StandInVAE, image
+from test_ltxv import FRAMES, HEIGHT, PIXELS, TOKENS, TOL, WIDTH, StandInVAE, image   # its video's sizes
 from test_video import RecordingPolicy, SDIT_END_TO_END
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.lightricks.av_model") is None,
                                 reason="this ComfyUI has no LTX-2")
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 nodes_lt = importlib.import_module("comfy_extras.nodes_lt")
-TOL = 1e-5
-FRAMES, HEIGHT, WIDTH = 5, 4, 6                  # 33 frames of 128 x 192 pixels: an odd frame count, non-square
-PIXELS = dict(width=WIDTH * 32, height=HEIGHT * 32, length=(FRAMES - 1) * 8 + 1)
-TOKENS = FRAMES * HEIGHT * WIDTH                 # patch 1: a token per latent voxel
 AUDIO_FRAMES = 7                                 # the audio latent: (batch, 8 channels, frames, 16 frequency bins)
 # ComfyUI's LTX-2 config (model_detection.py), made tiny: the text arrives projected for both streams (the video's
 # and the audio's halves side by side), the audio's heads as wide as its cross-attention RoPE
 TINY_LTX2 = dict(image_model="ltxav", in_channels=128, num_layers=2, attention_head_dim=16, num_attention_heads=4,
                  cross_attention_dim=64, caption_channels=32, audio_in_channels=128, audio_attention_head_dim=8,
-                 audio_num_attention_heads=4, audio_cross_attention_dim=32)
+                 audio_num_attention_heads=4, audio_cross_attention_dim=32,
+                 # its text connectors (unused: the text arrives processed) small (their defaults: 2.6 GB of fp32 weights)
+                 connector_attention_head_dim=8, connector_num_attention_heads=4, connector_num_layers=1)
 
 
 def tiny_ltx2(seed):
@@ -142,51 +140,39 @@ def image_to_video(batch=1):
     return dict(positive=positive, negative=negative), av_latent(batch, video)
 
 
-def test_image_to_video_keeps_its_start_frame():
-    """The start frame's tokens have their own timestep (a per-frame modulation, gathered with the tokens): every token
-    through the sparse path is exact, a third of them are; the RAS Sampler never picks the start frame and keeps it."""
-    model = tiny_ltx2(seed=6)
-    conditioning, latent = image_to_video()
-    reference = sample(model, latent, 3.0, conditioning=conditioning)
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
-    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
-    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
-    by_stream, audio = dense_then_sparse(model, latent, random_active(1, TOKENS, TOKENS // 3, seed=2), 3.0,
-                                         conditioning)
-    assert_exact_on_active_tokens(by_stream, TOKENS)
-    assert (audio[1] - audio[0]).abs().max().item() <= TOL
-    out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
-                                                                    **conditioning))
-    sparse = [s for s in trace.steps if not s.dense]
-    assert sparse and not any(s.active[:, 0].any() for s in sparse), "the start frame is never computed"
-    video = out["samples"].unbind()[0]
-    assert (video[:, :, 0] - reference[0][:, :, 0]).abs().max().item() <= TOL, "the start frame is kept"
-
-
-def test_a_keyframe_guide_runs_and_is_kept():
-    """LTXVAddGuide's end frame follows the video's frames (its own positions and timestep 0), then the audio is joined:
-    exact with every token and with a third of them (the audio too), never picked by the RAS Sampler, kept."""
-    model = tiny_ltx2(seed=7)
-    empty = outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=1, **PIXELS))[0]
-    positive, negative, video = outputs(nodes_lt.LTXVAddGuide.execute(
-        vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=1.0, **prompts()))
-    conditioning = dict(positive=positive, negative=negative)
-    latent = av_latent(1, video)
-    tokens = (FRAMES + 1) * HEIGHT * WIDTH
+def a_kept_frame_is_exact_and_never_computed(model, conditioning: dict, latent: dict, tokens: int, frame: int, seed: int):
+    """A frame the video latent's noise mask keeps (timestep 0, a modulation of its own gathered with its tokens):
+    every token through the sparse path equals the unpatched run, a third of them are exact and so is the audio; the
+    RAS Sampler never computes the frame and keeps it."""
     reference = sample(model, latent, 3.0, conditioning=conditioning)
     policy = FixedPlanPolicy([None] + [torch.arange(tokens)[None]] * 3)
     patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
     assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
-    by_stream, audio = dense_then_sparse(model, latent, random_active(1, tokens, tokens // 3, seed=3), 3.0,
+    by_stream, audio = dense_then_sparse(model, latent, random_active(1, tokens, tokens // 3, seed=seed), 3.0,
                                          conditioning)
     assert_exact_on_active_tokens(by_stream, tokens)
     assert (audio[1] - audio[0]).abs().max().item() <= TOL
     out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
                                                                     **conditioning))
     sparse = [s for s in trace.steps if not s.dense]
-    assert sparse and not any(s.active[:, -1].any() for s in sparse), "the guide frame is never computed"
-    guided = out["samples"].unbind()[0]
-    assert (guided[:, :, -1] - reference[0][:, :, -1]).abs().max().item() <= TOL, "the guide frame is kept"
+    assert sparse and not any(s.active[:, frame].any() for s in sparse), "the kept frame is never computed"
+    video = out["samples"].unbind()[0]
+    assert (video[:, :, frame] - reference[0][:, :, frame]).abs().max().item() <= TOL, "the frame is kept"
+
+
+def test_image_to_video_keeps_its_start_frame():
+    """LTXVImgToVideo's start frame, then the audio joined."""
+    conditioning, latent = image_to_video()
+    a_kept_frame_is_exact_and_never_computed(tiny_ltx2(seed=6), conditioning, latent, TOKENS, frame=0, seed=2)
+
+
+def test_a_keyframe_guide_runs_and_is_kept():
+    """LTXVAddGuide's end frame follows the video's frames (its own positions), then the audio is joined."""
+    empty = outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=1, **PIXELS))[0]
+    positive, negative, video = outputs(nodes_lt.LTXVAddGuide.execute(
+        vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=1.0, **prompts()))
+    a_kept_frame_is_exact_and_never_computed(tiny_ltx2(seed=7), dict(positive=positive, negative=negative),
+                                             av_latent(1, video), (FRAMES + 1) * HEIGHT * WIDTH, frame=-1, seed=3)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
