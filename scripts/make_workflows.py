@@ -427,6 +427,14 @@ def wan21_vace_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def seen_image(wf: "Workflow", y: int, title: str) -> tuple:
+    """An image to load (at `y`) and its CLIP-vision tokens (Wan's clip_vision_h): the image and encode nodes."""
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, y), title=title)
+    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
+    return image, wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
+                         pos=(350, 900))
+
+
 def wan22_animate_ras(info: dict) -> dict:
     """Wan 2.2 Animate 14B: a reference image's character moved by a pose video and a face video
     (WanAnimateToVideo; the pose and face videos as a pose and a face preprocessor give them); the face blocks
@@ -436,10 +444,7 @@ def wan22_animate_ras(info: dict) -> dict:
     model, clip, vae = wan_loaders(wf, "wan2.2_animate_14B_bf16.safetensors")
     positive, negative = text_pair(wf, clip, "the character dances on a sunlit stage, smooth natural motion",
                                    "blurry, static, low quality, distorted face")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the character)")
-    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
-    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
-                  pos=(350, 900))
+    image, seen = seen_image(wf, 550, "Reference image (the character)")
     videos = {}
     for row, kind in ((1050, "pose"), (1250, "face")):
         loaded = wf.add("LoadVideo", {"file": f"{kind}_video.mp4"}, pos=(0, row), title=f"{kind.title()} video")
@@ -799,10 +804,7 @@ def wan21_scail2_ras(info: dict) -> dict:
     model, clip, vae = wan_loaders(wf, "wan2.1_14B_SCAIL_2_fp8_scaled.safetensors", shift=5.0)
     positive, negative = text_pair(wf, clip, "the character dances in a bright studio, smooth natural motion",
                                    "blurry, static, low quality, distorted body")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Reference image (the character)")
-    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
-    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
-                  pos=(350, 900))
+    image, seen = seen_image(wf, 550, "Reference image (the character)")
     loaded = wf.add("LoadVideo", {"file": "pose_video.mp4"}, pos=(0, 1050), title="Pose video")
     pose = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1050))
     guided = wf.add("WanSCAILToVideo", {"width": 512, "height": 896, "length": 81, "batch_size": 1},
@@ -828,10 +830,7 @@ def wandancer_sdit(info: dict) -> dict:
     positive = wf.add("CLIPTextEncode", {}, {"clip": clip, "text": (words, 0)}, pos=(350, 100), title="Prompt")
     negative = wf.add("CLIPTextEncode", {"text": "blurry, static, low quality, distorted body"}, {"clip": clip},
                       pos=(350, 300), title="Negative")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 350), title="Start image (the dancer)")
-    vision = wf.add("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, pos=(0, 900))
-    seen = wf.add("CLIPVisionEncode", {"crop": "none"}, {"clip_vision": (vision, 0), "image": (image, 0)},
-                  pos=(350, 900))
+    image, seen = seen_image(wf, 350, "Start image (the dancer)")
     guided = wf.add("WanDancerVideo", {"width": 480, "height": 832, "length": 149},
                     {"positive": (positive, 0), "negative": (negative, 0), "vae": vae, "start_image": (image, 0),
                      "clip_vision_output": (seen, 0), "audio_encoder_output": (heard, 0)}, pos=(700, 300))
