@@ -104,7 +104,7 @@ class ForwardCall:
         self._joint_rows: Dict[Tuple[int, torch.device], torch.Tensor] = {}   # by text prefix length
         self.attention_calls = 0          # attention calls over the image tokens so far: the next one's K/V layer
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
-        self.image_keys = 0               # > 0 inside attention of other queries to the image tokens alone (LTX-2's audio)
+        self.image_keys = 0               # > 0 inside attention of others' queries to the image tokens (LTX-2's audio)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
@@ -328,7 +328,7 @@ class SparseRun:
                              f"{tuple(latent_shape)}")
         self.policy = policy
         self.batch = int(latent_shape[0])
-        self.latent_shape = tuple(int(d) for d in latent_shape)   # the latent the tokens come from (a packed one's first part)
+        self.latent_shape = tuple(int(d) for d in latent_shape)   # the tokens' latent (a packed one's first part)
         self.patch_size = int(patch_size)
         self.temporal_patch = int(temporal_patch)
         self.write_rows = write_rows

@@ -50,10 +50,9 @@ def test_benchmark_runs(name, tmp_path):
         assert all(dense[r["model"], r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
         assert {r["model"] for r in sparse} == {"tiny-flux", "tiny-cosmos"}
     if name == "speed_video":               # every tiny video model sampled sparsely, its cache as planned
-        has_ltx2 = importlib.util.find_spec("comfy.ldm.lightricks.av_model") is not None     # newer ComfyUI
+        ltx2 = {"tiny-ltx2"} if importlib.util.find_spec("comfy.ldm.lightricks.av_model") else set()  # newer ComfyUI
         assert {r["model"] for r in data["rows"]} == {"tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video",
-                                                      "tiny-hunyuan-video-1.5", "tiny-ltxv"} | ({"tiny-ltx2"} if has_ltx2
-                                                                                                 else set())
+                                                      "tiny-hunyuan-video-1.5", "tiny-ltxv"} | ltx2
         sparse = [r for r in data["rows"] if r["method"] != "full"]
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 for r in sparse)
         assert all(any(t < r["image_tokens"] for t in r["token_counts"]) for r in sparse if r["method"] == "RAS")

@@ -59,7 +59,8 @@ def test_an_audio_stream_by_hand(speed):
     d, a, r, layers, n, N, T, A = 4096, 2048, 4.0, 48, 1000, 6144, 512, 121
     video = n * (4 + 2 * r) * d * d * 2 + n * N * 4 * d + (2 * n + 2 * T) * d * d * 2 + n * T * 4 * d
     audio = (A * (4 + 2 * r) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
-             + (n * 2 * d * a + A * 2 * a * a) * 2 + n * A * 4 * a + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+             + (n * 2 * d * a + A * 2 * a * a) * 2 + n * A * 4 * a
+             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
     assert speed.forward_flops(ltx2, n, N, T, A) == pytest.approx(layers * (video + audio), rel=1e-12)
     assert speed.forward_flops(ltx2, n, N, T) == pytest.approx(layers * video, rel=1e-12)
     # 121 frames at 25 fps: 121 audio tokens; the audio, always running, keeps the ideal under LTX-Video 13B's

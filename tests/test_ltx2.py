@@ -34,7 +34,7 @@ AUDIO_FRAMES = 7                                 # the audio latent: (batch, 8 c
 TINY_LTX2 = dict(image_model="ltxav", in_channels=128, num_layers=2, attention_head_dim=16, num_attention_heads=4,
                  cross_attention_dim=64, caption_channels=32, audio_in_channels=128, audio_attention_head_dim=8,
                  audio_num_attention_heads=4, audio_cross_attention_dim=32,
-                 # its text connectors (unused: the text arrives processed) small (their defaults: 2.6 GB of fp32 weights)
+                 # its text connectors (unused: the text arrives processed) small (the defaults: 2.6 GB of fp32)
                  connector_attention_head_dim=8, connector_num_attention_heads=4, connector_num_layers=1)
 
 
@@ -140,7 +140,8 @@ def image_to_video(batch=1):
     return dict(positive=positive, negative=negative), av_latent(batch, video)
 
 
-def a_kept_frame_is_exact_and_never_computed(model, conditioning: dict, latent: dict, tokens: int, frame: int, seed: int):
+def a_kept_frame_is_exact_and_never_computed(model, conditioning: dict, latent: dict, tokens: int, frame: int,
+                                             seed: int):
     """A frame the video latent's noise mask keeps (timestep 0, a modulation of its own gathered with its tokens):
     every token through the sparse path equals the unpatched run, a third of them are exact and so is the audio; the
     RAS Sampler never computes the frame and keeps it."""
@@ -185,7 +186,8 @@ def test_planned_cache_is_what_the_streams_hold(cfg):
     rows = 2 if cfg == 1.0 else 4
     video = TINY_LTX2["attention_head_dim"] * TINY_LTX2["num_attention_heads"]
     audio = TINY_LTX2["audio_attention_head_dim"] * TINY_LTX2["audio_num_attention_heads"]
-    assert run.kv_planned_bytes == run.kv_peak_bytes == TINY_LTX2["num_layers"] * rows * TOKENS * (video + audio) * 2 * 4
+    layers = TINY_LTX2["num_layers"]
+    assert run.kv_planned_bytes == run.kv_peak_bytes == layers * rows * TOKENS * (video + audio) * 2 * 4
 
 
 def ksampler(model, latent: dict, cfg=2.5, steps=6):

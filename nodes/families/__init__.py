@@ -38,7 +38,8 @@ from .wan_vace import WanVaceFamily
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(), WanS2VFamily(), WanSCAILFamily(),
                                WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
-                               Kandinsky5Family(), LTXVFamily(), LTX2Family(), MochiFamily(), AuraFlowFamily(), Krea2Family(),
+                               Kandinsky5Family(), LTXVFamily(), LTX2Family(), MochiFamily(), AuraFlowFamily(),
+                               Krea2Family(),
                                Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily(),
                                OmniGen2Family(), BooguFamily()]
 
