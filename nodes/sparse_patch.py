@@ -149,7 +149,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     def apply_model(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         run = slot.run
         latent_shape = leading_latent_shape(x.shape, kwargs.get("latent_shapes"))
-        if run is None or not is_latent_shape(latent_shape):
+        # (LTX-2 with its video switched off for the call, a guider's or a custom node's audio-only pass: no video
+        # tokens run, none to skip)
+        if run is None or not is_latent_shape(latent_shape) or transformer_options.get("run_vx") is False:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)

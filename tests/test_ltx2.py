@@ -289,6 +289,36 @@ def test_a_reference_voice_with_identity_guidance():
     assert_exact_on_active_tokens(by_stream, TOKENS)
 
 
+def test_passes_with_the_video_switched_off_run_as_the_model_does():
+    """Custom nodes sample LTX-2's audio alone (`run_vx` off for the run) or guide with an audio-only pass: no video
+    token runs there, so the pack leaves those calls to the model. The RAS Sampler over an audio-only model gives
+    KSampler's result; a guider's audio-only pass beside sparse steps samples (and every token active equals the
+    unpatched run)."""
+    model, latent = tiny_ltx2(seed=14), av_latent(1)
+    audio_only = model.clone()
+    audio_only.model_options["transformer_options"] = dict(run_vx=False, a2v_cross_attn=False, v2a_cross_attn=False)
+    a = dict(ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps=""), **prompts())
+    plain = comfy_nodes.KSampler().sample(audio_only, a["seed"], 4, 3.0, "euler", "simple", a["positive"],
+                                          a["negative"], latent)[0]["samples"]
+    out, _ = ras_sample(audio_only, latent_image=latent, **a)
+    assert all(torch.equal(x, y) for x, y in zip(out["samples"].unbind(), plain.unbind()))
+
+    def guide(args):
+        options = dict(args["model_options"])
+        options["transformer_options"] = dict(options.get("transformer_options", {}), run_vx=False)
+        audio_pass = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"],
+                                                    options)[0]
+        return args["denoised"] + 0.5 * (args["cond_denoised"] - audio_pass)
+    guided = model.clone()
+    guided.set_model_sampler_post_cfg_function(guide)
+    reference = sample(guided, latent, 3.0)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(guided, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0), reference, TOL)
+    out, trace = ras_sample(guided, latent_image=latent, **a)
+    assert any(not s.dense for s in trace.steps) and all(torch.isfinite(part).all() for part in out["samples"].unbind())
+
+
 def test_context_windows_over_video_and_audio_are_refused_clearly():
     """ComfyUI's context windows (its LTXV Context Windows node) cut the video and the audio per window: the sampler
     nodes say so before sampling."""
