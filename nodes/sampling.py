@@ -104,7 +104,7 @@ def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch
     """Before a sampler node samples: the latent fits the model, and neither prompt carries what the
     model's adapter refuses (e.g. a reference latent before a video's tokens)."""
     check_latent(latent_image, patch_size, node, video=adapter.takes_frames(model.model.diffusion_model))
-    reason = adapter.refused_latent(model.model.diffusion_model, tuple(latent_image["samples"].shape))
+    reason = adapter.refused_latent(model.model.diffusion_model, tuple(first_part(latent_image["samples"]).shape))
     if reason:
         raise SDiTInputError(node, "latent_image", reason)
     for input_name, conditioning in (("positive", positive), ("negative", negative)):
