@@ -193,14 +193,15 @@ def exact_on_a_third_of_the_tokens(model, latent, cfg: float, prompts: dict, tok
     return by_stream
 
 
-def every_token_active(model, latent, cfg: float, prompts: dict, tokens: int, assert_same):
-    """4 steps with every token active after a dense first one equal KSampler's (`assert_same(out, reference)`).
-    Returns the run."""
+def every_token_active(model, latent, cfg: float, prompts: dict, tokens: int, assert_same,
+                       dense=(True, False, False, False)):
+    """4 steps with every token active after a dense first one equal KSampler's (`assert_same(out, reference)`);
+    `dense`: which steps ran dense. Returns the run."""
     reference = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts)
     policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(latent.shape[0], -1)] * 3)
     patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
     assert_same(ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts), reference)
-    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    assert [e.dense for e in slot.last_run.evals] == list(dense)
     return slot.last_run
 
 

@@ -29,6 +29,7 @@ from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
+from .wan_animate2 import WanAnimate2Family
 from .wan_dancer import WanDancerFamily
 from .wan_humo import WanHumoFamily
 from .wan_s2v import WanS2VFamily
@@ -36,12 +37,11 @@ from .wan_scail import WanSCAILFamily
 from .wan_vace import WanVaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
-                               WanVaceFamily(), WanAnimateFamily(), WanHumoFamily(), WanS2VFamily(), WanSCAILFamily(),
-                               WanDancerFamily(), HunyuanVideoFamily(), CosmosFamily(), HiDreamFamily(),
-                               Kandinsky5Family(), LTXVFamily(), LTX2Family(), MochiFamily(), AuraFlowFamily(),
-                               Krea2Family(),
-                               Ideogram4Family(), MageFlowFamily(), LensFamily(), JoyImageFamily(), CogVideoXFamily(),
-                               OmniGen2Family(), BooguFamily()]
+                               WanVaceFamily(), WanAnimateFamily(), WanAnimate2Family(), WanHumoFamily(),
+                               WanS2VFamily(), WanSCAILFamily(), WanDancerFamily(), HunyuanVideoFamily(),
+                               CosmosFamily(), HiDreamFamily(), Kandinsky5Family(), LTXVFamily(), LTX2Family(),
+                               MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
+                               LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily()]
 
 
 def supported_family_names() -> str:

@@ -62,7 +62,7 @@ class WanFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
-            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=gather_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_head(patcher, slot, "diffusion_model.head")
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
@@ -114,7 +114,9 @@ def _lead_last(tokens: torch.Tensor, lead: int) -> torch.Tensor:
     return torch.cat([tokens[:, lead:], tokens[:, :lead]], dim=1) if lead else tokens
 
 
-def _gather_block_inputs(call, arguments) -> None:
+def gather_block_inputs(call, arguments) -> None:
+    """The first block that runs gathers the video's tokens; every block gets the running tokens' RoPE rows and
+    modulation."""
     lead = call.scratch.get(LEADING, 0)
     if call.image_rows is None:     # the first block that runs
         if lead and (arguments.get("transformer_options") or {}).get("patches", {}).get("double_block"):
