@@ -21,7 +21,10 @@ import urllib.request
 import uuid
 from typing import Dict, List, Optional
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# newer ComfyUI's DynamicCombo (e.g. SaveVideo's format): a combo whose chosen option adds widgets of its own,
+# named "<combo>.<input>", right after it (recursively), as the frontend draws and serialises them
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -155,6 +158,29 @@ def _is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES or options.get("widgetType") in WIDGET_TYPES
 
 
+def widget_default(spec: list):
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], list):
+        return spec[0][0] if spec[0] else None
+    if spec[0] == DYNAMIC_COMBO:
+        return options["options"][0]["key"]
+    return None
+
+
+def chosen_option_inputs(name: str, spec: list, value) -> Dict[str, list]:
+    """The widgets a DynamicCombo `name` set to `value` adds after itself ({} for other inputs): "<name>.<input>" ->
+    spec, required then optional."""
+    if spec[0] != DYNAMIC_COMBO:
+        return {}
+    option = next((o for o in spec[1]["options"] if o["key"] == value), None)
+    if option is None:
+        raise ValueError(f"{name}: {value!r} is not one of {[o['key'] for o in spec[1]['options']]}")
+    return {f"{name}.{key}": sub for section in ("required", "optional")
+            for key, sub in option["inputs"].get(section, {}).items()}
+
+
 def _input_type(spec: list) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
 
@@ -195,7 +221,9 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         values = list(node.get("widgets_values", []))
         inputs = {}
-        for name, spec in _input_specs(info).items():
+        specs = list(_input_specs(info).items())
+        while specs:
+            name, spec = specs.pop(0)
             if _is_widget(spec) and values:
                 value = values.pop(0)
                 options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
@@ -203,6 +231,7 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
                     values.pop(0)
                 if name not in linked:
                     inputs[name] = value
+                    specs[:0] = chosen_option_inputs(name, spec, value).items()
             if name in linked:
                 link = linked[name]
                 inputs[name] = [str(link[1]), link[2]]

@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from comfy_client import ComfyServer, _input_specs, _is_widget  # noqa: E402
+from comfy_client import ComfyServer, _input_specs, _is_widget, chosen_option_inputs, widget_default  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # settings beyond sample_ratio live on an Options node plugged into the sampler's `options` input
@@ -46,13 +46,16 @@ class Workflow:
                 "properties": {"Node name for S&R": node_type}, "widgets_values": []}
         if title:
             node["title"] = title
-        for name, spec in _input_specs(info).items():
+        specs = list(_input_specs(info).items())
+        while specs:
+            name, spec = specs.pop(0)
             if _is_widget(spec):
                 options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                default = options.get("default", spec[0][0] if isinstance(spec[0], list) and spec[0] else None)
-                node["widgets_values"].append(widgets.pop(name, default))
+                value = widgets.pop(name, widget_default(spec))
+                node["widgets_values"].append(value)
                 if options.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
+                specs[:0] = chosen_option_inputs(name, spec, value).items()    # a DynamicCombo's option's widgets
             if name in inputs:      # a socket, or a widget whose value comes from a link
                 source, slot = inputs.pop(name)
                 link_id = len(self.links) + 1
@@ -840,6 +843,29 @@ def wandancer_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan_animate2_ras(info: dict) -> dict:
+    """Wan Animate 2 14B (newer ComfyUI): a reference image's character moved by a pose video (WanAnimate2ToVideo;
+    the pose branch runs whole beside the video's running tokens, and WanAnimate2Cache keeps it between steps). The
+    reference image's frame leads the latent and is trimmed after sampling (TrimVideoLatent, by the node's count)."""
+    wf = Workflow(info)
+    model, clip, vae = wan_loaders(wf, "wan_animate_2_14B_bf16.safetensors", shift=5.0)
+    cached = wf.add("WanAnimate2Cache", {"device": "cpu", "dtype": "default"}, {"model": model}, pos=(700, 0))
+    positive, negative = text_pair(wf, clip, "the character dances in a bright studio, smooth natural motion",
+                                   "blurry, static, low quality, distorted body")
+    image, seen = seen_image(wf, 550, "Reference image (the character)")
+    loaded = wf.add("LoadVideo", {"file": "pose_video.mp4"}, pos=(0, 1050), title="Pose video")
+    pose = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1050))
+    guided = wf.add("WanAnimate2ToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1,
+                                           "video_frame_offset": 0},
+                    {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
+                     "reference_image": (image, 0), "pose_video": (pose, 0)}, pos=(700, 300))
+    sampler = guided_sampler(wf, "RASSampler", 20, 5.0, "euler", (cached, 0), guided)
+    trimmed = wf.add("TrimVideoLatent", {}, {"samples": (sampler, 0), "trim_amount": (guided, 3)}, pos=(1400, 100),
+                     title="Drop the reference frame")
+    video_tail(wf, (trimmed, 0), vae, "wan_animate2_ras", 16.0, x=1750)
+    return wf.to_json()
+
+
 def ltx2_t2av_ras(info: dict) -> dict:
     """LTX-2.3 text to video with audio (newer ComfyUI): its checkpoint (diffusion model and video VAE), the Gemma 3
     text encoder, its audio VAE; the video and audio latents joined (LTXVConcatAVLatent) and sampled together with the
@@ -887,11 +913,11 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
-                  "ltx2_t2av_ras.json": ltx2_t2av_ras}
+                  "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
-               "LTXVAudioVAEDecode")
-NEWER_GENERATED_WITH = "0.29.0"
+               "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache")
+NEWER_GENERATED_WITH = "0.33.0"
 
 
 def main() -> None:
