@@ -257,6 +257,52 @@ def test_a_modality_isolated_pass_is_a_network_of_its_own():
     assert_exact_on_active_tokens(by_stream, TOKENS)
 
 
+COMFYUI_GUIDANCE = {"LTXVSpatioTemporalGuidance": dict(scale=1.0, blocks="1", start_percent=0.0, end_percent=1.0),
+                    "LTXVModalityGuidance": dict(modality_scale=3.0, start_percent=0.0, end_percent=1.0)}
+
+
+@pytest.mark.parametrize("node", sorted(COMFYUI_GUIDANCE))
+def test_comfyui_guidance_passes_are_networks_of_their_own(node):
+    """Newer ComfyUI's LTX-2 guidance nodes evaluate the cond prompt again after CFG: STG with block 1's
+    self-attention a pass-through of its values (the video's and the audio's), modality guidance without the attention
+    between video and audio. Every token through the sparse path equals the guided model's own sampling; with a third
+    of the tokens all three networks' sparse forwards equal their dense ones on the tokens that ran, and the audio's."""
+    if not hasattr(nodes_lt, node):
+        pytest.skip(f"this ComfyUI has no {node}")
+    model = tiny_ltx2(seed=14)
+    guided = outputs(getattr(nodes_lt, node).execute(model, **COMFYUI_GUIDANCE[node]))[0]
+    latent = av_latent(1)
+    reference = sample(guided, latent, 3.0)
+    assert (reference[0] - sample(model, latent, 3.0)[0]).abs().max().item() > 1e-3, "the guidance changes the video"
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(guided, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0), reference, TOL)
+    by_stream, audio = dense_then_sparse(guided, latent, random_active(1, TOKENS, TOKENS // 3, seed=7), 3.0)
+    assert len(by_stream) == 3 and all(len(outputs) == 2 for outputs in by_stream.values())
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+
+
+def test_comfyui_dual_cfg_guider():
+    """Newer ComfyUI's LTXV Dual CFG Guider (its own CFG for the video and for the audio, on the packed latent) through
+    SamplerCustomAdvanced: the RAS Model Patch at ratio 1 gives the guider's own samples, at 0.3 it samples."""
+    if not hasattr(nodes_lt, "LTXVDualCFGGuider"):
+        pytest.skip("this ComfyUI has no LTXVDualCFGGuider")
+    custom = importlib.import_module("comfy_extras.nodes_custom_sampler")
+    model, latent = tiny_ltx2(seed=15), av_latent(1)
+
+    def run(m):
+        guider = outputs(nodes_lt.LTXVDualCFGGuider.execute(m, video_cfg=2.0, audio_cfg=4.0, **prompts()))[0]
+        sigmas = outputs(custom.BasicScheduler.execute(m, "simple", 4, 1.0))[0]
+        sampler = outputs(custom.KSamplerSelect.execute("euler"))[0]
+        noise = outputs(custom.RandomNoise.execute(5))[0]
+        return outputs(custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent))[0]["samples"]
+    reference = run(model).unbind()
+    assert_parts_within(run(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]).unbind(), reference, TOL)
+    video, audio = run(ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0]).unbind()
+    assert torch.isfinite(video).all() and torch.isfinite(audio).all()
+    assert (video - reference[0]).abs().max().item() > 1e-4
+
+
 class StandInAudioVAE:
     """LTX-2's audio VAE as LTXVReferenceAudio uses it: its sample rate and a latent of the right shape (random, fixed
     by the samples it encodes)."""
