@@ -102,7 +102,20 @@ class _Tiny:
         return build_tiny(comfy.supported_models.HunyuanDiT, config, seed=0)
 
 
-UNSUPPORTED = {"SD1.5 UNet": (tiny_sd15, "UNetModel"), "HunyuanDiT": (_Tiny.hunyuan_dit, "HunyuanDiT")}
+    @staticmethod
+    def minimax_h3():
+        """MiniMax H3 (newer ComfyUI): an audio-video DiT over one packed sequence without a batch dimension."""
+        import comfy.supported_models
+        if not hasattr(comfy.supported_models, "MiniMaxH3"):
+            pytest.skip("this ComfyUI has no MiniMax H3")
+        config = dict(image_model="minimax_h3", hidden_size=64, num_layers=1, token_refiner_num_layers=1,
+                      num_attention_heads=4, attention_head_dim=16, ffn_hidden_size=128, text_dim=32,
+                      timestep_input_dim=32, time_embed_hidden_size=64, time_embed_dim=32)
+        return build_tiny(comfy.supported_models.MiniMaxH3, config, seed=0)
+
+
+UNSUPPORTED = {"SD1.5 UNet": (tiny_sd15, "UNetModel"), "HunyuanDiT": (_Tiny.hunyuan_dit, "HunyuanDiT"),
+               "MiniMax H3": (_Tiny.minimax_h3, "MiniMaxH3")}
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
@@ -125,7 +138,7 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
 
 
 def test_supported_family_names_list_every_family():
-    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image"
+    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image"
 
 
 def test_lumina_subclass_with_its_own_forward_is_not_matched():
