@@ -20,6 +20,21 @@ if [ "${1:-}" = "--newest" ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .dev-newest/whl $wanted trampoline==0.1.2
+  # comfy-kitchen ships a ROCm library beside its CUDA one (10 MB packed; it loads only under a ROCm torch): left
+  # out, so the bundle stays under the device's 64 MiB carry (0.33's comfy-kitchen 0.2.31 is 58 MB packed)
+  python3 - .dev-newest/whl/comfy_kitchen-*.whl <<'PY'
+import sys, zipfile
+for path in sys.argv[1:]:
+    def dropped(name):
+        return name.startswith("comfy_kitchen/backends/hip/") and ".so" in name
+    with zipfile.ZipFile(path) as old:
+        entries = [(info, old.read(info)) for info in old.infolist() if not dropped(info.filename)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as new:
+        for info, data in entries:
+            if info.filename.endswith(".dist-info/RECORD"):
+                data = b"".join(line for line in data.splitlines(True) if not dropped(line.decode()))
+            new.writestr(info, data)
+PY
   du -sh .dev-newest
   exit 0
 fi
