@@ -56,6 +56,9 @@ class Spec(NamedTuple):
     time_scale: int = 4         # video: pixel frames per latent frame (the first frame alone)
     text_mask: bool = False     # the prompt comes with its attention mask (LTX-Video's T5 conditioning)
     audio_hidden: int = 0       # a stream of audio tokens beside the video's, this wide (LTX-2), which always runs
+    # Wan Animate 2's pose branch, a frame fewer than the video's (whose first latent frame is the reference image's):
+    # "run" every step in full, or "cached" between steps by WanAnimate2Cache (its blocks' K/V projections only)
+    pose: str = ""
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -156,6 +159,11 @@ MODELS = {
     "ltxv-2b": Spec("LTXV", LTXV_2B, 4096, None, None, 28, 2048, **LTXV_LATENT),
     "ltxv-13b": Spec("LTXV", LTXV_13B, 4096, None, None, 48, 4096, **LTXV_LATENT),
     "tiny-ltxv": Spec("LTXV", TINY_LTXV, 64, None, None, 2, 64, **LTXV_LATENT),
+    # FLOP ideals only (the benchmark has no pose video to sample with yet): run() skips them
+    "wan-animate2-14b": Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40,
+                             5120, 13824 / 5120, joint=False, video=True, pose="run"),
+    "wan-animate2-14b-cached": Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None,
+                                    None, 40, 5120, 13824 / 5120, joint=False, video=True, pose="cached"),
     "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
     "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
 }
@@ -166,11 +174,11 @@ VIDEO_WIDTH = {480: 832, 720: 1280, 512: 768, 704: 1216}
 def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
     """The empty latent for a sampling run: the VAE's spatial compression (8x; HunyuanVideo 1.5 16x, LTX-Video 32x);
     video VAEs also compress time (Wan, HunyuanVideo 4x, LTX-Video 8x), keeping the first frame: 81 frames -> 21
-    latent frames."""
+    latent frames (Wan Animate 2: one more, the reference image's)."""
     s, c = spec.vae_scale, spec.latent_channels
     if not spec.video:
         return (1, c, 1, res // s, res // s) if spec.single_frame else (1, c, res // s, res // s)
-    return (1, c, (frames - 1) // spec.time_scale + 1, res // s, VIDEO_WIDTH.get(res, res) // s)
+    return (1, c, (frames - 1) // spec.time_scale + 1 + bool(spec.pose), res // s, VIDEO_WIDTH.get(res, res) // s)
 
 
 def audio_tokens(spec: Spec, frames: int) -> int:
@@ -194,7 +202,7 @@ def image_tokens(shape: tuple, patch: int = 2) -> int:
     return frames * (shape[-2] // patch) * (shape[-1] // patch)
 
 
-def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int = 0) -> float:
+def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int = 0, frames: int = 1) -> float:
     """FLOPs of one forward per batch row with `running` of `tokens` video/image tokens computed and `text`
     prompt tokens, summed over the attention layers (multiply-add = 2):
     - projections (q, k, v, out: 4 d^2) and MLP (2 r d^2) over every row that runs;
@@ -206,6 +214,9 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
       cross-attention and MLP, the video's running queries to the audio's keys (q/out projections d x a per running
       row, the audio's k/v a x a), and the audio's queries to every video token's keys (k/v projections of the
       running rows only: the rest come from the K/V cache).
+    - Wan Animate 2's pose branch over `frames` - 1 frames of the video's `tokens` / `frames` tokens each: the running
+      queries outside the first frame also attend to one pose frame's keys; the branch's blocks run in full over its
+      tokens every step ("run"), or only their k/v projections ("cached", WanAnimate2Cache).
     Embedding, modulation and the head are left out (a few per mille)."""
     d, r = spec.hidden, spec.mlp_ratio
     if spec.joint:
@@ -222,23 +233,33 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
         video_to_audio = (running * 2 * d * a + audio * 2 * a * a) * 2 + running * audio * 4 * a
         audio_to_video = (audio * 2 * a * a + running * 2 * d * a) * 2 + audio * tokens * 4 * a
         per_layer += audio_own + audio_text + video_to_audio + audio_to_video
+    if spec.pose:
+        frame = tokens // frames
+        pose = tokens - frame
+        per_layer += running * (frames - 1) / frames * frame * 4 * d
+        if spec.pose == "run":
+            per_layer += (pose * (4 + 2 * r) * d * d * 2 + pose * pose * 4 * d
+                          + (pose * 2 + text * 2) * d * d * 2 + pose * text * 4 * d)
+        else:
+            per_layer += pose * 2 * d * d * 2
     return spec.attention_layers * per_layer
 
 
-def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, audio: int = 0) -> float:
+def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, audio: int = 0,
+               frames: int = 1) -> float:
     """The schedule's FLOP-ideal speedup: full sampling's FLOPs over the run's (one entry per evaluation)."""
-    full = forward_flops(spec, tokens, tokens, text, audio) * len(tokens_per_evaluation)
-    return full / sum(forward_flops(spec, n, tokens, text, audio) for n in tokens_per_evaluation)
+    full = forward_flops(spec, tokens, tokens, text, audio, frames) * len(tokens_per_evaluation)
+    return full / sum(forward_flops(spec, n, tokens, text, audio, frames) for n in tokens_per_evaluation)
 
 
-def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0) -> float:
+def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0, frames: int = 1) -> float:
     """The part of a dense forward's FLOPs that is the video's (image's) attention scores and values (grows with
     the tokens)."""
     d = spec.hidden
     keys = text + tokens if spec.joint else tokens
     rows = keys
     pairs = rows * keys + (0 if spec.joint else tokens * text)
-    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio)
+    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio, frames)
 
 
 def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
@@ -385,6 +406,9 @@ def run(args) -> dict:
         if not hasattr(comfy.supported_models, MODELS[name].cls):
             print(f"{name}: this ComfyUI has no {MODELS[name].cls} model, skipped", flush=True)
             continue
+        if MODELS[name].pose:
+            print(f"{name}: FLOP ideals only (no pose video to sample with yet), skipped", flush=True)
+            continue
         model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
             simulate_vram(device, args.vram_gib)
@@ -493,14 +517,20 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
                               ("hunyuan-video-1.5", 720, 121), ("ltxv-2b", 512, 97), ("ltxv-13b", 512, 97),
-                              ("ltxv-13b", 704, 121), ("ltx2-19b", 512, 121), ("ltx2-19b", 704, 121)]:
+                              ("ltxv-13b", 704, 121), ("ltx2-19b", 512, 121), ("ltx2-19b", 704, 121),
+                              ("wan-animate2-14b", 480, 81), ("wan-animate2-14b-cached", 480, 81),
+                              ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81)]:
         spec = MODELS[name]
-        tokens, audio = image_tokens(latent_shape(spec, res, frames), spec.patch), audio_tokens(spec, frames)
+        shape = latent_shape(spec, res, frames)
+        tokens, audio = image_tokens(shape, spec.patch), audio_tokens(spec, frames)
+        token_frames = shape[2] if len(shape) == 5 else 1
         rows.append({"model": name, "res": res, "frames": frames, "tokens": tokens, "audio_tokens": audio,
                      "text": text,
-                     "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text, audio) / 1e12, 1),
-                     "attention_share": round(attention_share(spec, tokens, text, audio), 3),
-                     **{f"ideal_{r}": round(flop_ideal(spec, [max(1, round(r * tokens))], tokens, text, audio), 3)
+                     "dense_tflop_per_row": round(forward_flops(spec, tokens, tokens, text, audio, token_frames) / 1e12,
+                                                  1),
+                     "attention_share": round(attention_share(spec, tokens, text, audio, token_frames), 3),
+                     **{f"ideal_{r}": round(flop_ideal(spec, [max(1, round(r * tokens))], tokens, text, audio,
+                                                       token_frames), 3)
                         for r in ratios}})
     return rows
 

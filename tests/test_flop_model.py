@@ -66,3 +66,23 @@ def test_an_audio_stream_by_hand(speed):
     # 121 frames at 25 fps: 121 audio tokens; the audio, always running, keeps the ideal under LTX-Video 13B's
     assert speed.audio_tokens(ltx2, 121) == 121 and speed.audio_tokens(speed.MODELS["ltxv-13b"], 121) == 0
     assert speed.flop_ideal(ltx2, [N // 8], N, T, A) < speed.flop_ideal(ltx2, [N // 8], N, T)
+
+
+def test_a_pose_branch_by_hand(speed):
+    """Wan Animate 2: Wan's terms over the video (its first latent frame the reference image's) plus, per layer, the
+    running queries outside that frame against one pose frame's keys, and the pose branch (a frame fewer): its whole
+    blocks every step, or with WanAnimate2Cache only its k/v projections."""
+    run, cached, wan = (speed.MODELS[name] for name in ("wan-animate2-14b", "wan-animate2-14b-cached", "wan21-14b"))
+    shape = speed.latent_shape(run, 480, 81)
+    assert shape == (1, 16, 22, 60, 104)                     # 21 frames of video after the reference image's
+    d, r, layers, F, T = 5120, 13824 / 5120, 40, 22, 512
+    N = speed.image_tokens(shape)
+    frame, n = N // F, 4000
+    P = N - frame
+    video = speed.forward_flops(wan, n, N, T) / layers + n * (F - 1) / F * frame * 4 * d
+    whole = P * (4 + 2 * r) * d * d * 2 + P * P * 4 * d + (2 * P + 2 * T) * d * d * 2 + P * T * 4 * d
+    assert speed.forward_flops(run, n, N, T, frames=F) == pytest.approx(layers * (video + whole), rel=1e-12)
+    assert speed.forward_flops(cached, n, N, T, frames=F) == pytest.approx(layers * (video + P * 2 * d * d * 2),
+                                                                           rel=1e-12)
+    # the pose branch does not shrink with the running tokens: without the cache the ideal stays under 2x
+    assert speed.flop_ideal(run, [N // 8], N, T, frames=F) < 2 < speed.flop_ideal(cached, [N // 8], N, T, frames=F)
