@@ -100,6 +100,24 @@ def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = No
     _patch_attention_kind(patcher, slot, path, "passthrough", sparse)
 
 
+def replace_in_forwards(patcher, slot, path: str, replacement: Callable) -> None:
+    """Object-patches the method at `path`: while a forward of the engine is open (dense or sparse),
+    `replacement(call, owner, *args, **kwargs)` runs in its place."""
+    owner = patcher.get_model_object(path.rsplit(".", 1)[0])
+    original = unwrap_ours(patcher.get_model_object(path))
+    replacement = compiler_opaque(replacement)
+
+    @functools.partial(compiler_opaque, callees_compiled=True)
+    def patched(*args, **kwargs):
+        call = slot.current_call()
+        if call is None:
+            return original(*args, **kwargs)
+        return replacement(call, owner, *args, **kwargs)
+
+    patched.sdit_wraps = original
+    patcher.add_object_patch(path, patched)
+
+
 def image_keys_method(patcher, slot, path: str) -> None:
     """Object-patches a method whose attention has queries of another sequence, which always runs, and the image
     tokens alone as keys (LTX-2's audio attending to the video): while it runs, attention completes the keys and

@@ -11,14 +11,12 @@ here it runs on the running tokens (dense or sparse): each frame's running queri
 and values from the K/V cache and to their pose frame's. Everything else is Wan's (wan.py): the first block gathers
 the video's tokens, RoPE rows and modulation, cross-attention passes the cache by, the head's output is scattered.
 """
-import functools
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from ..comfy_compat import compiler_opaque
 from ...sdit_core.tokens import gather_rows, scatter_rows_
-from .base import passthrough_method, patch_method, runs_class_methods, unwrap_ours
+from .base import passthrough_method, patch_method, replace_in_forwards, runs_class_methods
 from .wan import WanFamily, gather_block_inputs, patch_head
 
 _MODULE = "comfy.ldm.wan.model_animate2"
@@ -46,24 +44,6 @@ class WanAnimate2Family(WanFamily):
             passthrough_method(patcher, slot, f"{block}.cross_attn.forward")
             passthrough_method(patcher, slot, f"{block}.forward_pose")     # the pose branch's own attention
         patch_head(patcher, slot, "diffusion_model.head")
-
-
-def replace_in_forwards(patcher, slot, path: str, replacement: Callable) -> None:
-    """Object-patches the method at `path`: while a forward of the engine is open (dense or sparse),
-    `replacement(call, owner, *args, **kwargs)` runs in its place."""
-    owner = patcher.get_model_object(path.rsplit(".", 1)[0])
-    original = unwrap_ours(patcher.get_model_object(path))
-    replacement = compiler_opaque(replacement)
-
-    @functools.partial(compiler_opaque, callees_compiled=True)
-    def patched(*args, **kwargs):
-        call = slot.current_call()
-        if call is None:
-            return original(*args, **kwargs)
-        return replacement(call, owner, *args, **kwargs)
-
-    patched.sdit_wraps = original
-    patcher.add_object_patch(path, patched)
 
 
 def self_attention_per_frame(call, attention, x, freqs, k_pose, v_pose, f_gen, hw, buffers, ref_strength=1.0,
