@@ -121,6 +121,9 @@ TINY_LTX2 = dict(LTX2_19B, num_layers=2, attention_head_dim=16, num_attention_he
                  audio_cross_attention_dim=32, connector_attention_head_dim=8, connector_num_attention_heads=4,
                  connector_num_layers=1)
 AUDIO_LATENTS_PER_SECOND, LTX_FPS = 25, 25
+# Wan Animate 2 14B: Wan 2.1 I2V 14B's blocks beside its pose branch (every step here; WanAnimate2Cache: `pose="cached"`)
+WAN_ANIMATE2_14B = Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40, 5120,
+                        13824 / 5120, joint=False, video=True, pose="run")
 
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
@@ -160,10 +163,8 @@ MODELS = {
     "ltxv-13b": Spec("LTXV", LTXV_13B, 4096, None, None, 48, 4096, **LTXV_LATENT),
     "tiny-ltxv": Spec("LTXV", TINY_LTXV, 64, None, None, 2, 64, **LTXV_LATENT),
     # FLOP ideals only (the benchmark has no pose video to sample with yet): run() skips them
-    "wan-animate2-14b": Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40,
-                             5120, 13824 / 5120, joint=False, video=True, pose="run"),
-    "wan-animate2-14b-cached": Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None,
-                                    None, 40, 5120, 13824 / 5120, joint=False, video=True, pose="cached"),
+    "wan-animate2-14b": WAN_ANIMATE2_14B,
+    "wan-animate2-14b-cached": WAN_ANIMATE2_14B._replace(pose="cached"),
     "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
     "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
 }

@@ -87,7 +87,8 @@ def _attend_per_frame(call, q, k_all, v_all, k_pose, v_pose, hw: int, attend) ->
     """Each query of frame j attends to [every video token | pose frame j - 1] (frame 0: the video's alone), one
     attention call per frame over that frame's running queries of every row (padded to the row with most)."""
     out = q.new_empty(q.shape[0], q.shape[1] + 1, q.shape[2])                # the last row takes the padding
-    padded = torch.cat([q, q.new_zeros(q.shape[0], 1, q.shape[2])], dim=1)
+    # sparse: a zero query where a row's positions are padded (dense forwards read whole frames by slices)
+    padded = q if call.dense else torch.cat([q, q.new_zeros(q.shape[0], 1, q.shape[2])], dim=1)
     for frame, positions in _frame_positions(call, q.shape[1], hw, q.device):
         q_frame = padded[:, positions] if isinstance(positions, slice) else gather_rows(padded, positions)
         keys, values = k_all, v_all
