@@ -11,6 +11,7 @@ from .base import FamilyAdapter
 from .boogu import BooguFamily
 from .cogvideox import CogVideoXFamily
 from .cosmos import CosmosFamily
+from .ernie import ErnieImageFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
 from .hunyuan_video import HunyuanVideoFamily
@@ -41,7 +42,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                WanS2VFamily(), WanSCAILFamily(), WanDancerFamily(), HunyuanVideoFamily(),
                                CosmosFamily(), HiDreamFamily(), Kandinsky5Family(), LTXVFamily(), LTX2Family(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
-                               LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily()]
+                               LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
+                               ErnieImageFamily()]
 
 
 def supported_family_names() -> str:

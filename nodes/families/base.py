@@ -118,6 +118,48 @@ def replace_in_forwards(patcher, slot, path: str, replacement: Callable) -> None
     patcher.add_object_patch(path, patched)
 
 
+def attention_through_cache(patcher, slot, path: str, replacement: Callable, family: str, check: bool) -> None:
+    """Object-patches an attention module's forward that calls ComfyUI's attention without `transformer_options`
+    (so the engine's override never sees it): while a forward of the engine is open, `replacement(call, module,
+    *args, **kwargs)` computes it from the module's own layers through `call.attention`. The replacement restates
+    the model's few lines around attention. `check` (for one layer: the model's layers share the class): on the first
+    dense forward after patching the replacement is checked against the model's own method on the same input, so that
+    a ComfyUI whose attention computes something else stops with a clear error instead of sampling a wrong image."""
+    owner = patcher.get_model_object(path.rsplit(".", 1)[0])
+    original = unwrap_ours(patcher.get_model_object(path))
+    replacement = compiler_opaque(replacement)
+    unchecked = [check]
+
+    @compiler_opaque
+    def check_against_original(call, out, args, kwargs):
+        unchecked[0] = False
+        call.passthrough += 1                       # the model's own attention: past the K/V cache
+        try:
+            expected = original(*args, **kwargs)
+        finally:
+            call.passthrough -= 1
+        error = float((out.float() - expected.float()).abs().max())
+        scale = float(expected.float().abs().max())
+        if not error <= 0.05 * scale + 1e-6:        # bf16 and fused kernels differ by far less; NaN fails too
+            raise NotImplementedError(
+                f"{family}: this ComfyUI's {type(owner).__name__}.forward computes something other than what "
+                f"region-adaptive sampling restates for its K/V cache (they differ by {error:.3g} on outputs of "
+                f"{scale:.3g}): sample it with KSampler, or update this node pack")
+
+    @functools.partial(compiler_opaque, callees_compiled=True)
+    def patched(*args, **kwargs):
+        call = slot.current_call()
+        if call is None:
+            return original(*args, **kwargs)
+        out = replacement(call, owner, *args, **kwargs)
+        if unchecked[0] and call.dense:
+            check_against_original(call, out, args, kwargs)
+        return out
+
+    patched.sdit_wraps = original
+    patcher.add_object_patch(path, patched)
+
+
 def image_keys_method(patcher, slot, path: str) -> None:
     """Object-patches a method whose attention has queries of another sequence, which always runs, and the image
     tokens alone as keys (LTX-2's audio attending to the video): while it runs, attention completes the keys and
