@@ -26,6 +26,7 @@ from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
 from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
+from .pixart import PixArtFamily
 from .qwen_image import QwenImageFamily
 from .sd3 import SD3Family
 from .wan import WanFamily
@@ -43,7 +44,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                CosmosFamily(), HiDreamFamily(), Kandinsky5Family(), LTXVFamily(), LTX2Family(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
-                               ErnieImageFamily()]
+                               ErnieImageFamily(), PixArtFamily()]
 
 
 def supported_family_names() -> str:
@@ -58,6 +59,9 @@ def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAd
         raise SDiTInputError(node, input_name, f"expected a diffusion MODEL, got {type(model_patcher).__name__}")
     for family in FAMILIES:
         if family.matches(diffusion_model):
+            reason = family.refused_model(diffusion_model)
+            if reason:
+                raise SDiTInputError(node, input_name, reason)
             return family
     raise SDiTInputError(
         node, input_name,

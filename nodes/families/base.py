@@ -337,6 +337,11 @@ class FamilyAdapter:
         what the memory plan counts (memory_plan.py)."""
         raise NotImplementedError
 
+    def refused_model(self, diffusion_model) -> Optional[str]:
+        """Why this model of the family, as configured, cannot be sampled region-adaptively, or None (asked by every
+        node before anything else)."""
+        return None
+
     def refused_latent(self, diffusion_model, shape: tuple) -> Optional[str]:
         """Why a latent of this shape cannot be sampled region-adaptively with this model, or None (asked by the
         sampler nodes before sampling, as `refused_conditioning` is)."""
