@@ -739,6 +739,24 @@ def mage_flow_sdit(info: dict) -> dict:
         {"scheduler": "simple", "sample_ratio": 0.5}, "mage_flow_sdit", True)
 
 
+def pixart_sigma_ras(info: dict) -> dict:
+    """PixArt-Σ: its diffusion model, the T5 text encoder (pixart type), SDXL's VAE, an empty 4-channel latent + RAS
+    Sampler."""
+    return separate_text_to_image(
+        info, ("PixArt-Sigma-XL-2-1024-MS.safetensors", "t5xxl_fp16.safetensors", "sdxl_vae.safetensors"), "pixart",
+        "a paper lantern festival over a river at night, long exposure", "EmptyLatentImage", "RASSampler",
+        {"scheduler": "normal", "sample_ratio": 0.5}, "pixart_sigma_ras", False)
+
+
+def ernie_image_sdit(info: dict) -> dict:
+    """ERNIE-Image (newer ComfyUI): its diffusion model, the Ministral 3 3B text encoder (found by its weights, whatever
+    the type), Flux 2's VAE and latent + SDiT Sampler with its region maps."""
+    return separate_text_to_image(
+        info, ("ernie_image_bf16.safetensors", "ministral_3_3b.safetensors", "flux2-vae.safetensors"), "flux2",
+        'a hand-lettered cafe chalkboard menu, "SOUP OF THE DAY" at the top, warm window light',
+        "EmptyFlux2LatentImage", "SDiTSampler", {"scheduler": "simple", "sample_ratio": 0.5}, "ernie_image_sdit", True)
+
+
 def lens_ras(info: dict) -> dict:
     """Lens (newer ComfyUI): its diffusion model, its GPT-OSS text encoder (lens type), Flux 2's VAE and latent + RAS
     Sampler."""
@@ -909,7 +927,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "ideogram4_ras.json": ideogram4_ras, "mage_flow_sdit.json": mage_flow_sdit,
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
-            "boogu_ras.json": boogu_ras}
+            "boogu_ras.json": boogu_ras, "ernie_image_sdit.json": ernie_image_sdit,
+            "pixart_sigma_ras.json": pixart_sigma_ras}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
