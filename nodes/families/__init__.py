@@ -28,6 +28,7 @@ from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
 from .pixart import PixArtFamily
 from .qwen_image import QwenImageFamily
+from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
@@ -44,7 +45,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                CosmosFamily(), HiDreamFamily(), Kandinsky5Family(), LTXVFamily(), LTX2Family(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
-                               ErnieImageFamily(), PixArtFamily()]
+                               ErnieImageFamily(), PixArtFamily(), QwenImage21Family()]
 
 
 def supported_family_names() -> str:
