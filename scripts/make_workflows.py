@@ -305,6 +305,23 @@ def chroma_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def chroma_radiance_sdit(info: dict) -> dict:
+    """Chroma Radiance (pixel space): diffusion model, T5-XXL text encoder (chroma type), the pixel-space "VAE" and
+    Radiance's empty RGB image + SDiT Sampler with its region maps."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "Chroma1-Radiance.safetensors", "t5xxl_fp16.safetensors", "chroma",
+                                        "pixel_space")
+    tokens = wf.add("T5TokenizerOptions", {"min_padding": 1, "min_length": 0}, {"clip": clip}, pos=(175, 150))
+    positive, negative = text_pair(wf, (tokens, 0), "a glass greenhouse full of ferns at golden hour, film grain",
+                                   "low quality, blurry")
+    latent = wf.add("EmptyChromaRadianceLatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 26, "cfg": 4.0, "sampler_name": "euler",
+                                     "scheduler": "beta", "sample_ratio": 0.5}, sockets, vae, "chroma_radiance_sdit",
+                 True)
+    return wf.to_json()
+
+
 def guided_sampler(wf: "Workflow", sampler_type: str, steps: int, cfg: float, sampler_name: str, model, guided):
     """The sampler (ratio 0.4) after a video conditioning node `guided`, whose outputs are the positive and negative
     prompts and the latent."""
@@ -928,7 +945,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
             "boogu_ras.json": boogu_ras, "ernie_image_sdit.json": ernie_image_sdit,
-            "pixart_sigma_ras.json": pixart_sigma_ras}
+            "pixart_sigma_ras.json": pixart_sigma_ras, "chroma_radiance_sdit.json": chroma_radiance_sdit}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,

@@ -80,6 +80,7 @@ class Stream:
         self.primed = False             # a dense forward completed: caches hold every token
         self.window: Optional[Tuple[int, ...]] = None   # the context window's frames (frame_windows.py)
         self.last_eval = -1             # the evaluation that last ran it
+        self.carried: dict = {}         # what an adapter keeps between this stream's forwards, by its own key
 
 
 class ForwardCall:

@@ -9,6 +9,7 @@ from ..errors import SDiTInputError
 from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter
 from .boogu import BooguFamily
+from .chroma_radiance import ChromaRadianceFamily
 from .cogvideox import CogVideoXFamily
 from .cosmos import CosmosFamily
 from .ernie import ErnieImageFamily
@@ -45,7 +46,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                CosmosFamily(), HiDreamFamily(), Kandinsky5Family(), LTXVFamily(), LTX2Family(),
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
-                               ErnieImageFamily(), PixArtFamily(), QwenImage21Family()]
+                               ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
+                               ChromaRadianceFamily()]
 
 
 def supported_family_names() -> str:

@@ -20,7 +20,7 @@ class FluxFamily(FamilyAdapter):
         import comfy.ldm.chroma.model
         import comfy.ldm.chroma_radiance.model
         import comfy.ldm.flux.model
-        # Chroma Radiance works in pixel space with a NeRF head after the blocks: not covered
+        # Chroma Radiance works in pixel space with a NeRF head after the blocks: an adapter of its own
         return (isinstance(diffusion_model, (comfy.ldm.flux.model.Flux, comfy.ldm.chroma.model.Chroma))
                 and not isinstance(diffusion_model, comfy.ldm.chroma_radiance.model.ChromaRadiance))
 
