@@ -212,6 +212,20 @@ def separate_loaders(wf: "Workflow", unet_name: str, clip_name: str, clip_type: 
     return model, (clip, 0), (vae, 0)
 
 
+def hunyuan_dit_ras(info: dict) -> dict:
+    """HunyuanDiT 1.2 (checkpoint with its CLIP and mT5 text encoders and VAE) + RAS Sampler."""
+    wf = Workflow(info)
+    ckpt = wf.add("CheckpointLoaderSimple", {"ckpt_name": "hunyuan_dit_1.2.safetensors"})
+    positive, negative = text_pair(wf, (ckpt, 1), "an ink painting of cranes over a misty lake, rice paper texture",
+                                   "blurry, low quality")
+    latent = wf.add("EmptyLatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (ckpt, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "euler",
+                                    "scheduler": "normal", "sample_ratio": 0.5}, sockets, (ckpt, 2), "hunyuan_dit_ras",
+                 False)
+    return wf.to_json()
+
+
 def sd35_sdit(info: dict) -> dict:
     """SD3.5 medium (checkpoint with its text encoders) + SDiT Sampler."""
     wf = Workflow(info)
@@ -945,7 +959,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "lens_ras.json": lens_ras, "joyimage_edit_ras.json": joyimage_edit_ras,
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
             "boogu_ras.json": boogu_ras, "ernie_image_sdit.json": ernie_image_sdit,
-            "pixart_sigma_ras.json": pixart_sigma_ras, "chroma_radiance_sdit.json": chroma_radiance_sdit}
+            "pixart_sigma_ras.json": pixart_sigma_ras, "chroma_radiance_sdit.json": chroma_radiance_sdit,
+            "hunyuan_dit_ras.json": hunyuan_dit_ras}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,

@@ -15,6 +15,7 @@ from .cosmos import CosmosFamily
 from .ernie import ErnieImageFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
+from .hunyuan_dit import HunyuanDiTFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .ideogram4 import Ideogram4Family
 from .joyimage import JoyImageFamily
@@ -47,7 +48,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
-                               ChromaRadianceFamily()]
+                               ChromaRadianceFamily(), HunyuanDiTFamily()]
 
 
 def supported_family_names() -> str:

@@ -138,6 +138,8 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
             expected = original(*args, **kwargs)
         finally:
             call.passthrough -= 1
+        out, expected = (o[0] if isinstance(o, (tuple, list)) else o for o in (out, expected))   # (out,) tuples too
+        out, expected = out.detach(), expected.detach()
         error = float((out.float() - expected.float()).abs().max())
         scale = float(expected.float().abs().max())
         if not error <= 0.05 * scale + 1e-6:        # bf16 and fused kernels differ by far less; NaN fails too
