@@ -8,12 +8,11 @@ prefix cache of its own for the sampling run: the first step runs the prefix thr
 called with `prefix_len` equal to its rows) and then the target alone against the cached prefix; later steps run the
 target alone. Where that cache is off (hooks, no room) every block runs [prefix | target] with `prefix_len` rows of
 prefix. The adapter hooks modules, never the forward's code:
-- `build_sequence`'s attention segments are kept for the forward;
 - a block over the prefix alone runs as it is, past the engine's K/V cache;
-- the first block over the target gathers its tokens; every block gets their RoPE rows, and an attention function
-  that sends the target's keys and values through the K/V cache and attends with the model's own functions: the
-  target's running queries to [prefix | every target token] (`prefix_cached_attention`), the prefix's queries as the
-  model does (`block_causal_attention` over the prefix's segments);
+- the first block over the target gathers its tokens; every block gets their RoPE rows, and its attention function
+  wrapped: the target's keys and values go through the K/V cache, then the model's own function attends the prefix's
+  queries and the target's running ones over [prefix | every target token] (its block-causal segments end the
+  target's at the whole sequence's end), filling the model's prefix cache where it does that;
 - `proj_out`'s output is scattered back to every token.
 The K/V cache holds the target's tokens only: the prefix's are complete on every step (computed, or the model's own).
 """
@@ -22,7 +21,6 @@ import torch
 from .base import FamilyAdapter, gather_image_after, gathered_freqs, patch_method, patch_module_forward, runs_class_methods
 
 _MODULE = "comfy.ldm.qwen_image21.model"
-_SEGMENTS = ("qwen-image 2.1", "segments")        # a per-forward memo key: build_sequence's attention segments
 
 
 class QwenImage21Family(FamilyAdapter):
@@ -41,15 +39,9 @@ class QwenImage21Family(FamilyAdapter):
         return [(image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
 
     def install(self, patcher, slot) -> None:
-        patch_method(patcher, slot, "diffusion_model.build_sequence", after=_keep_segments)
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_block_inputs)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
-
-
-def _keep_segments(call, result):
-    call.scratch[_SEGMENTS] = result[2]
-    return result
 
 
 def _block_inputs(call, arguments) -> None:
@@ -61,7 +53,7 @@ def _block_inputs(call, arguments) -> None:
         arguments["x"] = gather_image_after(call, x, prefix)
     if not call.dense:
         arguments["pe"] = gathered_freqs(call, arguments["pe"], prefix=prefix)     # (1, tokens, 1, ., 2, 2)
-    arguments["attn_fn"] = _through_the_cache(call, attn_fn, prefix, arguments.get("transformer_options") or {})
+    arguments["attn_fn"] = _through_the_cache(call, attn_fn, prefix)
 
 
 def _past_the_cache(call, attn_fn):
@@ -74,28 +66,23 @@ def _past_the_cache(call, attn_fn):
     return attn
 
 
-def _through_the_cache(call, attn_fn, prefix: int, transformer_options: dict):
-    """The block's attention function for (rows, prefix + n, heads, head dim) queries, keys and values: the target's go
-    through the K/V cache, attention runs through the model's own functions (past the cache)."""
-    import comfy.ldm.qwen_image21.model as qwen_image21
-
+def _through_the_cache(call, attn_fn, prefix: int):
+    """The block's attention function for (rows, prefix + n, heads, head dim) queries, keys and values: the target's keys
+    and values go through the K/V cache, and the model's own function attends over [prefix | every target token] (past
+    the cache), so it also fills the model's prefix cache where it does that."""
     def attn(q, k, v, heads, preferred_attention=None):
-        if prefix == 0:          # the target alone against the model's cached prefix: its own attention function
-            attend_target = _past_the_cache(call, attn_fn)
-        else:
-            attend_target = _past_the_cache(call, qwen_image21.prefix_cached_attention(
-                k[:, :prefix], v[:, :prefix], transformer_options))
+        prefix_out = []
 
-        def attend(q_, k_full, v_full, heads_, **kwargs):       # (rows, n | every target token, heads * head dim)
-            return attend_target(q_, k_full.unflatten(2, k.shape[2:]), v_full.unflatten(2, v.shape[2:]), heads,
-                                 preferred_attention=preferred_attention)
+        def attend(q_, k_full, v_full, heads_, **kwargs):      # (rows, n | every target token, heads * head dim)
+            q_, k_full, v_full = (t.unflatten(2, q.shape[2:]) for t in (q_, k_full, v_full))
+            if prefix:
+                q_, k_full, v_full = (torch.cat([whole[:, :prefix], t], dim=1) for whole, t in
+                                      ((q, q_), (k, k_full), (v, v_full)))
+            out = _past_the_cache(call, attn_fn)(q_, k_full, v_full, heads, preferred_attention=preferred_attention)
+            prefix_out.append(out[:, :prefix])
+            return out[:, prefix:]
 
         target = call.attention(attend, q[:, prefix:].flatten(2), k[:, prefix:].flatten(2), v[:, prefix:].flatten(2),
                                 heads, {})
-        if prefix == 0:
-            return target
-        segments = call.scratch[_SEGMENTS][:-1]     # the prefix's, as the model attends within it
-        own = _past_the_cache(call, qwen_image21.block_causal_attention(segments, transformer_options))
-        return torch.cat([own(q[:, :prefix], k[:, :prefix], v[:, :prefix], heads,
-                              preferred_attention=preferred_attention), target], dim=1)
+        return torch.cat([prefix_out[0], target], dim=1) if prefix else target
     return attn
