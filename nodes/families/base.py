@@ -230,6 +230,13 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     return not options.get("patches") and not options.get("patches_replace")
 
 
+def gather_image_first(call, tokens: torch.Tensor) -> torch.Tensor:
+    """The image's tokens, embedded for a model whose joint attention puts them first ([image | text]): gathered, and the
+    engine told the image comes first (dense: unchanged, but counted)."""
+    call.image_first = True
+    return call.gather(tokens)
+
+
 def gather_image_after(call, sequence: torch.Tensor, start: int) -> torch.Tensor:
     """[prefix | image sequence] with the image from `start` -> [prefix | running image tokens] (dense: unchanged, but
     counted): for a model that joins the text (or registers) before the image tokens ahead of its blocks."""

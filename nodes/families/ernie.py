@@ -14,7 +14,7 @@ engine's override never sees it. The adapter hooks modules, never the forward's 
 """
 import torch
 
-from .base import FamilyAdapter, attention_through_cache, patch_module_forward, runs_class_methods
+from .base import FamilyAdapter, attention_through_cache, gather_image_first, patch_module_forward, runs_class_methods
 
 _MODULE = "comfy.ldm.ernie.model"
 
@@ -35,18 +35,13 @@ class ErnieImageFamily(FamilyAdapter):
         return [(image_tokens + text_tokens, diffusion_model.hidden_size)] * len(diffusion_model.layers)
 
     def install(self, patcher, slot) -> None:
-        patch_module_forward(patcher, slot, "diffusion_model.x_embedder", after=_gather_image_tokens)
+        patch_module_forward(patcher, slot, "diffusion_model.x_embedder", after=gather_image_first)
         patch_module_forward(patcher, slot, "diffusion_model.pos_embed", after=_gather_image_rope)
         for i in range(len(patcher.model.diffusion_model.layers)):
             attention_through_cache(patcher, slot, f"diffusion_model.layers.{i}.self_attention.forward",
                                     _attention, "ERNIE-Image", check=i == 0)
         patch_module_forward(patcher, slot, "diffusion_model.final_linear",
                              after=lambda call, out: call.scatter(out[:, :call.image_rows]))
-
-
-def _gather_image_tokens(call, tokens):
-    call.image_first = True
-    return call.gather(tokens)                      # dense: unchanged, but counted
 
 
 def _gather_image_rope(call, rope):

@@ -12,7 +12,7 @@ hooks modules, never the forward's code:
 """
 import torch
 
-from .base import FamilyAdapter, patch_method, patch_module_forward, runs_class_methods
+from .base import FamilyAdapter, gather_image_first, patch_method, patch_module_forward, runs_class_methods
 
 
 class LensFamily(FamilyAdapter):
@@ -29,16 +29,11 @@ class LensFamily(FamilyAdapter):
         return [(image_tokens + text_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
 
     def install(self, patcher, slot) -> None:
-        patch_module_forward(patcher, slot, "diffusion_model.img_in", before=_gather_image_tokens)
+        patch_module_forward(patcher, slot, "diffusion_model.img_in", before=gather_image_first)
         patch_module_forward(patcher, slot, "diffusion_model.pos_embed", before=_gather_image_ids)
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_mask_columns)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
-
-
-def _gather_image_tokens(call, tokens):
-    call.image_first = True
-    return call.gather(tokens)                      # dense: unchanged, but counted
 
 
 def _gather_image_ids(call, ids):
