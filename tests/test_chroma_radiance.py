@@ -81,7 +81,8 @@ def test_an_image_off_the_patch_grid_is_refused_in_pixels():
     """A pixel-space model: the error names the image size the patch needs, not eight times it (where the latent format
     says how many pixels a latent pixel covers: ComfyUI 0.3.75's does not)."""
     says = hasattr(comfy.latent_formats.LatentFormat, "spacial_downscale_ratio")
-    with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input 'latent_image'.*multiple of {4 if says else 32} pixels"):
+    pixels = 4 if says else 32
+    with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input 'latent_image'.*multiple of {pixels} pixels"):
         ras_sample(tiny_radiance("linear", seed=0), latent_image={"samples": torch.zeros(1, 3, 18, 24)},
                    **dict(ras_args(), **prompts()))
 

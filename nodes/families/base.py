@@ -231,8 +231,8 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
 
 
 def gather_image_first(call, tokens: torch.Tensor) -> torch.Tensor:
-    """The image's tokens, embedded for a model whose joint attention puts them first ([image | text]): gathered, and the
-    engine told the image comes first (dense: unchanged, but counted)."""
+    """The image's tokens, embedded for a model whose joint attention puts them first ([image | text]): gathered, and
+    the engine told the image comes first (dense: unchanged, but counted)."""
     call.image_first = True
     return call.gather(tokens)
 

@@ -18,7 +18,8 @@ The K/V cache holds the target's tokens only: the prefix's are complete on every
 """
 import torch
 
-from .base import FamilyAdapter, gather_image_after, gathered_freqs, patch_method, patch_module_forward, runs_class_methods
+from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, patch_module_forward,
+                   runs_class_methods)
 
 _MODULE = "comfy.ldm.qwen_image21.model"
 
@@ -57,6 +58,7 @@ def _block_inputs(call, arguments) -> None:
 
 
 def _past_the_cache(call, attn_fn):
+    """The model's attention function, its calls to ComfyUI's attention passing the engine's K/V cache by."""
     def attn(*args, **kwargs):
         call.passthrough += 1
         try:
@@ -67,9 +69,9 @@ def _past_the_cache(call, attn_fn):
 
 
 def _through_the_cache(call, attn_fn, prefix: int):
-    """The block's attention function for (rows, prefix + n, heads, head dim) queries, keys and values: the target's keys
-    and values go through the K/V cache, and the model's own function attends over [prefix | every target token] (past
-    the cache), so it also fills the model's prefix cache where it does that."""
+    """The block's attention function for (rows, prefix + n, heads, head dim) queries, keys and values: the target's
+    keys and values go through the K/V cache, and the model's own function attends over [prefix | every target token]
+    (past the cache), so it also fills the model's prefix cache where it does that."""
     def attn(q, k, v, heads, preferred_attention=None):
         prefix_out = []
 
