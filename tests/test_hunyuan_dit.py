@@ -10,7 +10,9 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
+from comfyui_sdit.sdit_core.engine import SparseRun
 from sdit_testkit import assert_exact_on_active_tokens, build_tiny, random_active
+from test_engine_exactness import engine_forward, patch
 from test_memory_plan import sample_patched
 from test_video import (assert_within, dense_then_sparse, every_token_active, model_patch_nodes_under_ksampler,
                         sampler_node_end_to_end)
@@ -65,6 +67,36 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg):
     by_stream = dense_then_sparse(tiny_hunyuan_dit(seed=4), latent(batch), active, cfg, prompts())
     assert len(by_stream) == 1
     assert_exact_on_active_tokens(by_stream, TOKENS)
+
+
+def test_controlnet_residuals_on_the_long_skips_are_gathered():
+    """HunyuanDiT's ControlNet adds a residual to each long skip (the model pops them from the list it is given, so
+    each forward gets its own list): with a third of the tokens, the sparse forward equals the dense one on them."""
+    model = tiny_hunyuan_dit(seed=9)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, HEIGHT, WIDTH, generator=g)
+    residual = 0.1 * torch.randn(1, TOKENS, 64, generator=g)         # one long skip in 4 blocks
+    cond = prompts()["positive"][0]
+    text = dict(context=cond[0].clone(), text_embedding_mask=cond[1]["attention_mask"],
+                encoder_hidden_states_t5=cond[1]["conditioning_mt5xl"],
+                text_embedding_mask_t5=cond[1]["attention_mask_mt5xl"], image_meta_size=torch.zeros(1, 6))
+
+    def kwargs(control=True):
+        return dict(text, context=text["context"].clone(), control={"output": [residual]} if control else None)
+    active = random_active(1, TOKENS, TOKENS // 3, seed=4)
+    patched, slot, policy = patch(model, [None, active])
+    run = SparseRun(policy, x.shape, patch_size=2)
+    slot.run = run
+    try:
+        with engine_forward(patched, run, 0.6) as forward:
+            dense, sparse = forward(x, **kwargs()), forward(x, **kwargs())
+    finally:
+        slot.run = None
+    plain = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **kwargs())
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    assert run.evals[1].calls[0].attention_image_rows == [TOKENS // 3] * 4
+    without = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **kwargs(control=False))
+    assert (without - plain).abs().max().item() > 1e-3, "the residuals count"
 
 
 @pytest.mark.parametrize("module", ["Attention", "CrossAttention"])
