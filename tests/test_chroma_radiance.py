@@ -17,6 +17,7 @@ from comfyui_sdit.nodes.comfy_compat import complete_params
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
 from sdit_testkit import build_tiny, chroma_conditioning, ras_sample
+from test_engine_exactness import dense_sparse_plain
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
 from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
@@ -75,6 +76,22 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(variant, batch, cfg):
     neighbour, from the skipped patches' features as last computed: here (the same input twice) those of the dense
     forward, so the running patches are exact up to their borders."""
     exact_on_a_third_of_the_tokens(tiny_radiance(variant, seed=4), image(batch), cfg, prompts(), TOKENS)
+
+
+def test_controlnet_residuals_are_gathered():
+    """Chroma's ControlNet residuals (per double and single block, over every token) follow the running tokens."""
+    model = tiny_radiance("linear", seed=9)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, ROWS * PATCH, COLS * PATCH, generator=g)
+    control = {"input": [0.1 * torch.randn(1, TOKENS, 64, generator=g), None],
+               "output": [0.1 * torch.randn(1, TOKENS, 64, generator=g)]}
+    cond = prompts()["positive"][0]
+    kwargs = dict(context=cond[0], guidance=torch.tensor([0.0]), control=control)
+    dense, sparse, plain, run = dense_sparse_plain(model, x, 0.6, TOKENS // 3, patch_size=PATCH, **kwargs)
+    assert (dense - plain).abs().max().item() <= TOL and (sparse - plain).abs().max().item() <= TOL
+    assert run.evals[1].calls[0].attention_image_rows == [TOKENS // 3] * 4
+    without = model.model.diffusion_model(x, torch.full((1,), 0.6), transformer_options={}, **dict(kwargs, control=None))
+    assert (without - plain).abs().max().item() > 1e-3, "the residuals count"
 
 
 def test_an_image_off_the_patch_grid_is_refused_in_pixels():
