@@ -269,6 +269,20 @@ def zimage_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def zimage_pixel_ras(info: dict) -> dict:
+    """Z-Image pixel space (newer ComfyUI): diffusion model, Qwen3 text encoder (lumina2 type), the pixel-space "VAE"
+    and an empty RGB image (Chroma Radiance's node) + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "z_image_pixel_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+                                        "pixel_space", shift=3.0)
+    positive, negative = text_pair(wf, clip, "a lighthouse on basalt cliffs under a stormy sky, film photo")
+    latent = wf.add("EmptyChromaRadianceLatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "zimage_pixel_ras", False)
+    return wf.to_json()
+
+
 def qwen_image_sdit(info: dict) -> dict:
     """Qwen-Image: diffusion model, Qwen2.5-VL text encoder, its VAE + SDiT Sampler."""
     wf = Workflow(info)
@@ -960,7 +974,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
             "boogu_ras.json": boogu_ras, "ernie_image_sdit.json": ernie_image_sdit,
             "pixart_sigma_ras.json": pixart_sigma_ras, "chroma_radiance_sdit.json": chroma_radiance_sdit,
-            "hunyuan_dit_ras.json": hunyuan_dit_ras}
+            "hunyuan_dit_ras.json": hunyuan_dit_ras, "zimage_pixel_ras.json": zimage_pixel_ras}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,

@@ -137,24 +137,21 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
 
 
 def test_supported_family_names_list_every_family():
-    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT"
+    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space"
 
 
 def test_lumina_subclass_with_its_own_forward_is_not_matched():
-    """Z-Image pixel space (newer ComfyUI's NextDiTPixelSpace) subclasses NextDiT with a forward of its own
-    that decodes a fixed dense token count: it must get the "not supported" error, not a wrong image."""
+    """A NextDiT subclass with a forward of its own is another model: it gets the "not supported" error, not a wrong
+    image (newer ComfyUI's Z-Image pixel space, NextDiTPixelSpace, has an adapter of its own: test_zimage_pixel.py)."""
     import types
 
     import comfy.ldm.lumina.model
     from comfyui_sdit.nodes.families import adapter_for
 
-    pixel_space = getattr(comfy.ldm.lumina.model, "NextDiTPixelSpace", None)
-    if pixel_space is None:
-        class PixelSpace(comfy.ldm.lumina.model.NextDiT):
-            def _forward(self, *args, **kwargs):
-                raise AssertionError("never called")
-        pixel_space = PixelSpace
-    patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(pixel_space)))
+    class OwnForward(comfy.ldm.lumina.model.NextDiT):
+        def _forward(self, *args, **kwargs):
+            raise AssertionError("never called")
+    patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(OwnForward)))
     with pytest.raises(SDiTInputError, match="not supported"):
         adapter_for(patcher, "SDiT Sampler")
     plain = types.SimpleNamespace(model=types.SimpleNamespace(

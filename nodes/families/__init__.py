@@ -40,6 +40,7 @@ from .wan_humo import WanHumoFamily
 from .wan_s2v import WanS2VFamily
 from .wan_scail import WanSCAILFamily
 from .wan_vace import WanVaceFamily
+from .zimage_pixel import ZImagePixelSpaceFamily
 
 FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), QwenImageFamily(), WanFamily(),
                                WanVaceFamily(), WanAnimateFamily(), WanAnimate2Family(), WanHumoFamily(),
@@ -48,7 +49,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                MochiFamily(), AuraFlowFamily(), Krea2Family(), Ideogram4Family(), MageFlowFamily(),
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
-                               ChromaRadianceFamily(), HunyuanDiTFamily()]
+                               ChromaRadianceFamily(), HunyuanDiTFamily(),
+                               ZImagePixelSpaceFamily()]
 
 
 def supported_family_names() -> str:

@@ -32,8 +32,7 @@ class LuminaFamily(FamilyAdapter):
     names = ("Lumina 2", "Z-Image")
 
     def matches(self, diffusion_model) -> bool:
-        # A subclass with a forward of its own (Z-Image pixel space: a decoder over a fixed dense token
-        # count) is another model: not covered, it gets the "not supported" error.
+        # A subclass with a forward of its own is another model (Z-Image pixel space: an adapter of its own).
         return runs_class_methods(diffusion_model, "comfy.ldm.lumina.model", "NextDiT", ("forward", "_forward"))
 
     def patch_size(self, diffusion_model) -> int:
@@ -65,17 +64,25 @@ class LuminaFamily(FamilyAdapter):
         return image, captions
 
     def install(self, patcher, slot) -> None:
-        diffusion_model = patcher.model.diffusion_model
-        if len(diffusion_model.noise_refiner) == 0:
-            raise ValueError("Lumina 2 model without noise-refiner layers is not supported")
-        # no method spans the sparse part alone (it starts inside patchify_and_embed): a graph per layer
-        for i in range(len(diffusion_model.noise_refiner)):
-            patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
-                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
-        for i in range(len(diffusion_model.layers)):
-            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs, graph=True)
+        install_layers(patcher, slot)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_final_image_slice)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
+
+
+def install_layers(patcher, slot, after_last=None) -> None:
+    """The noise-refiner and joint layers' patches (the gather at the first noise-refiner layer, every layer's RoPE
+    rows); `after_last(call, out)` maps the last joint layer's output."""
+    diffusion_model = patcher.model.diffusion_model
+    if len(diffusion_model.noise_refiner) == 0:
+        raise ValueError("Lumina 2 model without noise-refiner layers is not supported")
+    # no method spans the sparse part alone (it starts inside patchify_and_embed): a graph per layer
+    for i in range(len(diffusion_model.noise_refiner)):
+        patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
+                     before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
+    last = len(diffusion_model.layers) - 1
+    for i in range(last + 1):
+        patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs,
+                     after=after_last if i == last else None, graph=True)
 
 
 OMNI = ("Z-Image Omni's reference images with an image padding mask are not supported by region-adaptive sampling; "
