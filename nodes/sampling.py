@@ -6,7 +6,7 @@ import comfy.samplers
 
 from ..sdit_core.kv_cache import STORES as KV_CACHE_STORES
 from ..sdit_core.tokens import is_image_shape, is_latent_shape
-from .comfy_compat import first_part
+from .comfy_compat import first_part, pixels_per_latent
 from .errors import SDiTInputError
 
 CATEGORY = "sampling/region adaptive"
@@ -79,21 +79,16 @@ def check_kv_cache(value, node: str) -> str:
 
 
 def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False,
-                 pixels_per_latent: int = 8) -> None:
-    """A LATENT input fits the model (a latent of several parts: its first part, the video's)."""
+                 pixels: int = 8) -> None:
+    """A LATENT input fits the model (a latent of several parts: its first part, the video's); `pixels`: image pixels
+    per latent pixel (side), for the error's advice."""
     samples = first_part(latent.get("samples")) if isinstance(latent, dict) else None
     shape = tuple(samples.shape) if samples is not None and hasattr(samples, "shape") else None
-    check_latent_shape(shape, patch_size, node, input_name, video, pixels_per_latent)
-
-
-def pixels_per_latent(model) -> int:
-    """Image pixels per latent pixel along a side: the model's latent format says (16 for Flux 2's autoencoder, 1 for
-    a pixel-space model such as Chroma Radiance); 8, the common one, where it does not."""
-    return int(getattr(getattr(model.model, "latent_format", None), "spacial_downscale_ratio", 8) or 8)
+    check_latent_shape(shape, patch_size, node, input_name, video, pixels)
 
 
 def check_latent_shape(shape, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False,
-                       pixels_per_latent: int = 8) -> None:
+                       pixels: int = 8) -> None:
     accepted = is_latent_shape if video else is_image_shape
     if shape is None or not accepted(shape):
         expected = ("an image or video latent (batch, channels, [frames,] height, width)" if video else
@@ -105,14 +100,14 @@ def check_latent_shape(shape, patch_size: int, node: str, input_name: str = "lat
         raise SDiTInputError(
             node, input_name,
             f"latent size {height}x{width} is not a multiple of the model's patch size {patch_size}; "
-            f"use an image size that is a multiple of {pixels_per_latent * patch_size} pixels")
+            f"use an image size that is a multiple of {pixels * patch_size} pixels")
 
 
 def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size: int, node: str) -> None:
     """Before a sampler node samples: the latent fits the model, and neither prompt carries what the
     model's adapter refuses (e.g. a reference latent before a video's tokens)."""
     check_latent(latent_image, patch_size, node, video=adapter.takes_frames(model.model.diffusion_model),
-                 pixels_per_latent=pixels_per_latent(model))
+                 pixels=pixels_per_latent(model.model))
     reason = adapter.refused_latent(model.model.diffusion_model, tuple(first_part(latent_image["samples"]).shape))
     if reason:
         raise SDiTInputError(node, "latent_image", reason)

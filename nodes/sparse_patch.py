@@ -28,10 +28,10 @@ from .families.base import unwrap_ours
 from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
 from .sampler_support import dense_reason, warn
 from .comfy_compat import (compiler_opaque, context_window_frames, context_windows_at_start, leading_latent_shape,
-                           models_loaded_beside)
+                           models_loaded_beside, pixels_per_latent)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .errors import SDiTInputError
-from .sampling import check_latent_shape, pixels_per_latent
+from .sampling import check_latent_shape
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
 # Names of optimized_attention's positional parameters after (q, k, v, heads).
@@ -99,7 +99,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         noise = arguments["noise"]
         latent_shape = leading_latent_shape(noise.shape, arguments.get("latent_shapes"))
         packed = tuple(noise.shape) != latent_shape         # a latent of several parts (LTX-2's video and audio)
-        check_latent_shape(latent_shape, patch_size, node, video=takes_frames, pixels_per_latent=pixels_per_latent(model))
+        check_latent_shape(latent_shape, patch_size, node, video=takes_frames, pixels=pixels_per_latent(model.model))
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
         check_neighbours(sampled, node)

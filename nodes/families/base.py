@@ -128,11 +128,12 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     replacement = compiler_opaque(replacement)
-    unchecked = [check]
+    unchecked = check
 
     @compiler_opaque
     def check_against_original(call, out, args, kwargs):
-        unchecked[0] = False
+        nonlocal unchecked
+        unchecked = False
         call.passthrough += 1                       # the model's own attention: past the K/V cache
         try:
             expected = original(*args, **kwargs)
@@ -154,7 +155,7 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
         if call is None:
             return original(*args, **kwargs)
         out = replacement(call, owner, *args, **kwargs)
-        if unchecked[0] and call.dense:
+        if unchecked and call.dense:
             check_against_original(call, out, args, kwargs)
         return out
 
