@@ -57,11 +57,10 @@ def _every_patch_hidden(call, arguments) -> None:
         call.stream.carried[_HIDDEN] = hidden.detach().clone()
         return
     last = call.stream.carried.get(_HIDDEN)
-    if last is None or last.shape[0] != hidden.shape[0]:
-        last = hidden.new_zeros(hidden.shape[0], call.grid_tokens, hidden.shape[-1])
-    full = scatter_rows_(last.to(hidden.device, hidden.dtype, copy=True), call.grid_index.to(hidden.device), hidden)
-    call.stream.carried[_HIDDEN] = full.detach()
-    arguments["img_out"] = full
+    if last is None or last.shape[0] != hidden.shape[0] or (last.device, last.dtype) != (hidden.device, hidden.dtype):
+        last = call.stream.carried[_HIDDEN] = hidden.new_zeros(hidden.shape[0], call.grid_tokens, hidden.shape[-1])
+    # written in place: the stream's copy is this forward's input and the next one's starting point
+    arguments["img_out"] = scatter_rows_(last, call.grid_index.to(hidden.device), hidden.detach())
 
 
 def _scatter_patches(call, image: torch.Tensor) -> torch.Tensor:
