@@ -125,7 +125,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         windows = context_windows_at_start(run.context_handler, sampled.model, latent_shape, arguments["sigmas"])
         run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
             adapter, sampled, latent_shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
-            windows)
+            windows, arguments.get("latent_shapes"))
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
         slot.run = run
         started = time.monotonic()

@@ -957,6 +957,33 @@ def ltx2_t2av_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def minimax_h3_t2av_ras(info: dict) -> dict:
+    """MiniMax H3 text to video with audio (newer ComfyUI), as ComfyUI's own template: its diffusion model, the
+    Qwen3-VL text encoder (minimax type), its video and audio VAEs; MiniMaxH3ImageToVideo gives the prompt and the
+    video-and-audio latent, sampled together with the RAS Sampler at cfg 1 (one video at a time; the video's tokens
+    sparse, the audio's on every step), then decoded (each VAE takes its part) and saved as one video."""
+    wf = Workflow(info)
+    unet = wf.add("UNETLoader", {"unet_name": "minimax_h3_fl2va_pruned_int8_convrot.safetensors",
+                                 "weight_dtype": "default"})
+    clip = wf.add("CLIPLoader", {"clip_name": "qwen3vl_32b_minimax_h3_nvfp4_awq.safetensors", "type": "minimax"},
+                  pos=(0, 150))
+    vae = wf.add("VAELoader", {"vae_name": "minimax_h3_video_vae_fp16.safetensors"}, pos=(0, 350))
+    audio_vae = wf.add("VAELoader", {"vae_name": "minimax_h3_audio_vae_fp32.safetensors"}, pos=(0, 500))
+    prompted = wf.add("MiniMaxH3ImageToVideo", {
+        "prompt": "a street musician plays a saxophone on a rainy night, neon reflections on the wet pavement, the "
+                  "camera slowly circles him. Audio: the saxophone melody, rain on the pavement, distant traffic",
+        "width": 1344, "height": 768, "length": 124}, {"clip": (clip, 0), "vae": (vae, 0)}, pos=(350, 100))
+    unused = wf.add("ConditioningZeroOut", {}, {"conditioning": (prompted, 0)}, pos=(700, 350),
+                    title="Negative (unused at cfg 1)")
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "res_multistep",
+                                    "scheduler": "simple", "sample_ratio": 0.4},
+                     {"model": (unet, 0), "positive": (prompted, 0), "negative": (unused, 0),
+                      "latent_image": (prompted, 1)}, pos=(1050, 100))
+    sound = wf.add("VAEDecodeAudio", {}, {"samples": (sampler, 0), "vae": (audio_vae, 0)}, pos=(1400, 350))
+    video_with_audio_tail(wf, (sampler, 0), (vae, 0), sound, "minimax_h3_t2av_ras", 24.0, x=1400)
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
@@ -978,10 +1005,11 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
-                  "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras}
+                  "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
+                  "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
-               "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache")
+               "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo")
 NEWER_GENERATED_WITH = "0.33.0"
 
 

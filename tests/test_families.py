@@ -10,7 +10,7 @@ import torch
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import supported_family_names
 from comfyui_sdit.nodes.sdit_nodes import SAMPLE_RATIO_INPUT, SDIT_OPTIONS
-from sdit_testkit import FAMILIES, build_tiny, ras_model_patch, ras_sample, sdit_model_patch, sdit_sample, tiny_sd15
+from sdit_testkit import FAMILIES, ras_model_patch, ras_sample, sdit_model_patch, sdit_sample, tiny_sd15
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 
@@ -90,31 +90,7 @@ def test_lumina2_prompt_padding_mask_stays_correct():
     assert torch.isfinite(half["samples"]).all()
 
 
-class _Tiny:
-    """A model that is not a supported family: a UNet, and a DiT of a family the pack does not know."""
-
-    @staticmethod
-    def hunyuan_dit():
-        import comfy.supported_models
-        config = dict(image_model="hydit", depth=2, hidden_size=64, num_heads=4, patch_size=2, in_channels=4,
-                      text_states_dim=32, text_states_dim_t5=32, text_len=4, text_len_t5=4, mlp_ratio=2.0,
-                      size_cond=False, use_style_cond=False)
-        return build_tiny(comfy.supported_models.HunyuanDiT, config, seed=0)
-
-
-    @staticmethod
-    def minimax_h3():
-        """MiniMax H3 (newer ComfyUI): an audio-video DiT over one packed sequence without a batch dimension."""
-        import comfy.supported_models
-        if not hasattr(comfy.supported_models, "MiniMaxH3"):
-            pytest.skip("this ComfyUI has no MiniMax H3")
-        config = dict(image_model="minimax_h3", hidden_size=64, num_layers=1, token_refiner_num_layers=1,
-                      num_attention_heads=4, attention_head_dim=16, ffn_hidden_size=128, text_dim=32,
-                      timestep_input_dim=32, time_embed_hidden_size=64, time_embed_dim=32)
-        return build_tiny(comfy.supported_models.MiniMaxH3, config, seed=0)
-
-
-UNSUPPORTED = {"SD1.5 UNet": (tiny_sd15, "UNetModel"), "MiniMax H3": (_Tiny.minimax_h3, "MiniMaxH3")}
+UNSUPPORTED = {"SD1.5 UNet": (tiny_sd15, "UNetModel")}
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
@@ -137,7 +113,7 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
 
 
 def test_supported_family_names_list_every_family():
-    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space"
+    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space, MiniMax H3"
 
 
 def test_lumina_subclass_with_its_own_forward_is_not_matched():

@@ -26,6 +26,7 @@ from .ltx2 import LTX2Family
 from .ltxv import LTXVFamily
 from .lumina import LuminaFamily
 from .mage_flow import MageFlowFamily
+from .minimax_h3 import MiniMaxH3Family
 from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
 from .pixart import PixArtFamily
@@ -50,7 +51,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
-                               ZImagePixelSpaceFamily()]
+                               ZImagePixelSpaceFamily(), MiniMaxH3Family()]
 
 
 def supported_family_names() -> str:

@@ -339,6 +339,12 @@ class FamilyAdapter:
         memory plan's count. A model that embeds a latent of its own way (Wan S2V's packed motion frames) says."""
         return sum(tokens(latent.shape) for latent in self.sequence_references(diffusion_model, values))
 
+    def latent_parts_tokens(self, diffusion_model, latent_shapes: list, text_tokens: int, values: dict) -> int:
+        """Tokens the other parts of a latent of several parts (`latent_shapes`: each part's shape, the image's first)
+        put into the image's attention beside a prompt of `text_tokens` tokens with these conditioning values (its
+        dict): MiniMax H3's audio in one sequence with the video. Most models attend over the image's part alone."""
+        return 0
+
     def kv_cache_layers(self, diffusion_model, image_tokens: int, text_tokens: int,
                         values: dict) -> List[Tuple[int, int]]:
         """(tokens, channels) per batch row of each attention layer whose keys and values the K/V cache keeps,

@@ -1,0 +1,261 @@
+"""MiniMax H3 (`comfy.ldm.minimax.model.MiniMaxH3Model`, newer ComfyUI) on tiny random-weight instances of its real
+class (CPU, fp32): video and audio sampled together as one latent of two parts (ComfyUI's NestedTensor, made by its own
+EmptyMiniMaxH3LatentAV node), one packed sequence [text | keyframes | audio | video]; the video's tokens sparse, the
+audio's always running and attending to every video token's keys through the K/V cache. The exactness set of
+test_video.py (an odd frame count, non-square frames) on both parts, a keyframe guide (MiniMaxH3AddGuide, image and
+audio) with a kept frame (a noise mask: per-token timesteps), the memory plan, both sampler nodes and both Model Patch
+nodes, and a batch of two refused clearly."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.sample
+import comfy.samplers
+import comfy.supported_models
+
+from comfyui_sdit.nodes.errors import SDiTInputError
+from comfyui_sdit.nodes.families import adapter_for
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_active, ras_model_patch, ras_sample,
+                          sdit_model_patch, sdit_sample, text_conditioning)
+from test_ras_sampler import ras_args
+from test_sdit_sampler import defaults as sdit_defaults
+from test_video import RecordingPolicy, SDIT_END_TO_END
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.minimax") is None,
+                                reason="this ComfyUI has no MiniMax H3")
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+TOL = 2e-5
+# 22 frames of 192 x 128 pixels: 7 latent frames (an odd count) of 8 x 12 latent pixels, 2 x 2 patches: 4 x 6 tokens
+PIXELS = dict(width=192, height=128, length=22)
+FRAMES, HEIGHT, WIDTH = 7, 4, 6
+TOKENS = FRAMES * HEIGHT * WIDTH
+AUDIO_FRAMES = 37                                # 22 frames at 24 fps, 40 audio latent frames a second
+AUDIO_VALUES = 32 * 2 * AUDIO_FRAMES             # (batch, 32 channels, stereo, frames)
+# ComfyUI's MiniMax H3 config, made tiny: the text arrives at the hidden size (its refiner passed by), RoPE of 3 axes x 2
+# frequencies fits the 16-wide heads
+TINY_H3 = dict(image_model="minimax_h3", hidden_size=64, num_layers=2, token_refiner_num_layers=1,
+               num_attention_heads=4, attention_head_dim=16, ffn_hidden_size=128, text_dim=32, timestep_input_dim=32,
+               time_embed_hidden_size=64, time_embed_dim=32, rope_inv_freq_len=2)
+
+
+def tiny_h3(seed):
+    model = build_tiny(comfy.supported_models.MiniMaxH3, TINY_H3, seed)
+    with torch.no_grad():                        # a buffer ComfyUI leaves for the checkpoint to fill
+        model.model.diffusion_model.rope.inv_freq.copy_(torch.tensor([1.0, 0.3]))
+    return model
+
+
+def outputs(node_output):
+    return tuple(node_output.result) if hasattr(node_output, "result") else tuple(node_output)
+
+
+def av_latent():
+    return outputs(importlib.import_module("comfy_extras.nodes_minimax_h3").EmptyMiniMaxH3LatentAV.execute(**PIXELS))[0]
+
+
+def prompts():
+    """Text at the model's hidden size; prompts of different lengths (and payloads) run as two streams."""
+    return dict(positive=text_conditioning(1, 7, 64), negative=text_conditioning(2, 5, 64))
+
+
+def noise_for(samples, seed):
+    g = torch.Generator().manual_seed(seed)
+    return type(samples)([torch.randn(part.shape, generator=g) for part in samples.unbind()])
+
+
+def sample(model, latent: dict, cfg, steps=4, seed=5, conditioning=None):
+    """ComfyUI's sampling over the video and audio latent: (video, audio)."""
+    conditioning = conditioning or prompts()
+    samples = latent["samples"]
+    out = comfy.sample.sample(model, noise_for(samples, seed), steps, cfg, "euler", "simple", conditioning["positive"],
+                              conditioning["negative"], samples, noise_mask=latent.get("noise_mask"), seed=seed,
+                              disable_pbar=True)
+    return tuple(out.unbind())
+
+
+def assert_parts_within(out, reference, tol):
+    for part, expected in zip(out, reference, strict=True):
+        assert (part - expected).abs().max().item() <= tol
+
+
+def test_minimax_h3_is_its_own_adapter():
+    assert adapter_for(tiny_h3(seed=0), "test").names == ("MiniMax H3",)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_all_tokens_active_equals_unpatched(cfg):
+    """Every video token through the sparse path after a dense first step: the video and the audio as without the
+    pack."""
+    model, latent = tiny_h3(seed=3), av_latent()
+    reference = sample(model, latent, cfg)
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, cfg), reference, TOL)
+    assert [e.dense for e in slot.last_run.evals] == [True, False, False, False]
+    assert slot.last_run.grid == (FRAMES, HEIGHT, WIDTH)
+
+
+def dense_then_sparse(model, latent: dict, active, cfg, conditioning=None):
+    """One dense and then one sparse forward on the same input through ComfyUI's sampling: the video's token outputs
+    by stream ([(dense, computed), (sparse, computed)]) and the audio's part of the two evaluations' outputs."""
+    policy = RecordingPolicy([None, active])
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    audio = []
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for _ in range(2):
+            audio.append(model(x, sigmas[0] * s_in, **extra_args)[:, 0, -AUDIO_VALUES:].clone())
+        return x
+    conditioning = conditioning or prompts()
+    samples = latent["samples"]
+    comfy.sample.sample_custom(patched, noise_for(samples, 9), cfg, comfy.samplers.KSAMPLER(twice),
+                               torch.tensor([0.8, 0.0]), conditioning["positive"], conditioning["negative"], samples,
+                               noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=9)
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    return by_stream, audio
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_dense_then_sparse_matches_dense_on_active_tokens_and_the_whole_audio(cfg):
+    """A third of the video tokens (random order): they equal the dense forward's, and so does all of the audio, whose
+    queries saw every video token's keys (the others' from the cache)."""
+    by_stream, audio = dense_then_sparse(tiny_h3(seed=4), av_latent(), random_active(1, TOKENS, TOKENS // 3, seed=1),
+                                         cfg)
+    assert len(by_stream) == (2 if cfg > 1 else 1)
+    assert_exact_on_active_tokens(by_stream, TOKENS, tol=TOL)
+    dense, sparse = audio
+    assert dense.abs().max().item() > 0.1
+    assert (sparse - dense).abs().max().item() <= TOL
+
+
+class StandInVAE:
+    """MiniMax H3's video VAE as MiniMaxH3AddGuide uses it: a latent of the right shape for the pixels it encodes
+    (random, fixed by their size)."""
+
+    def encode(self, pixels):
+        generator = torch.Generator().manual_seed(pixels.shape[0] * 7 + pixels.shape[1])
+        return torch.randn(1, 24, 1, pixels.shape[1] // 16, pixels.shape[2] // 16, generator=generator)
+
+
+class StandInAudioVAE:
+    """Its audio VAE: its sample rate and a latent of the right shape (40 latent frames a second)."""
+    audio_sample_rate = 32000
+
+    def encode(self, waveform):
+        return torch.randn(1, 32, 2, waveform.shape[1] // 800, generator=torch.Generator().manual_seed(3))
+
+
+def guided_and_kept_first_frame():
+    """MiniMaxH3AddGuide anchors an image and a sound at frame 0 (keyframe rows before the audio, always running), and
+    a noise mask keeps the video's first latent frame (its tokens at a timestep of their own: per-token modulation
+    rows) and the whole audio free."""
+    latent = av_latent()
+    guide = importlib.import_module("comfy_extras.nodes_minimax_h3").MiniMaxH3AddGuide
+    sound = {"waveform": torch.randn(1, 2, 32000 // 4, generator=torch.Generator().manual_seed(2)),
+             "sample_rate": 32000}
+    picture = torch.rand(1, PIXELS["height"], PIXELS["width"], 3, generator=torch.Generator().manual_seed(4))
+    conditioning = prompts()
+    conditioning["positive"] = outputs(guide.execute(conditioning["positive"], latent, 0, vae=StandInVAE(),
+                                                     audio_vae=StandInAudioVAE(), image=picture, audio=sound))[0]
+    video, audio = latent["samples"].unbind()
+    video_mask = torch.ones_like(video)
+    video_mask[:, :, 0] = 0.0
+    latent = dict(latent, noise_mask=type(latent["samples"])((video_mask, torch.ones_like(audio))))
+    return conditioning, latent
+
+
+def test_a_keyframe_guide_and_a_kept_frame():
+    """The keyframe's rows run every step; the kept frame's tokens carry their own modulation rows, gathered with them:
+    every token through the sparse path equals the unpatched run, a third of them are exact and so is the audio; the
+    RAS Sampler never computes the kept frame and keeps it."""
+    model = tiny_h3(seed=6)
+    conditioning, latent = guided_and_kept_first_frame()
+    reference = sample(model, latent, 3.0, conditioning=conditioning)
+    assert (reference[0] - sample(model, latent, 3.0)[0]).abs().max().item() > 1e-3, "the guide changes the video"
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
+    by_stream, audio = dense_then_sparse(model, latent, random_active(1, TOKENS, TOKENS // 3, seed=2), 3.0,
+                                         conditioning)
+    assert_exact_on_active_tokens(by_stream, TOKENS, tol=TOL)
+    assert (audio[1] - audio[0]).abs().max().item() <= TOL
+    out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
+                                                                    **conditioning))
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and not any(s.active[:, 0].any() for s in sparse), "the kept frame is never computed"
+    video = out["samples"].unbind()[0]
+    assert (video[:, :, 0] - reference[0][:, :, 0]).abs().max().item() <= TOL, "the frame is kept"
+
+
+@pytest.mark.parametrize("cfg,guided", [(1.0, False), (3.0, True)])
+def test_planned_cache_is_what_the_streams_hold(cfg, guided):
+    """Per block, the joint attention's keys and values of the whole sequence: text, the keyframe's rows, the audio
+    and every video token, as the model lays it out (the plan counts the audio from the latent's parts)."""
+    conditioning, latent = guided_and_kept_first_frame() if guided else (prompts(), av_latent())
+    policy = FixedPlanPolicy([None, torch.arange(8)[None]])
+    patched, slot = apply_token_sparse(tiny_h3(seed=0), lambda run: policy, node="test")
+    sample(patched, latent, cfg, steps=2, conditioning=conditioning)
+    run = slot.last_run
+    keyframe = HEIGHT * WIDTH + 2 * 10 if guided else 0    # an image's latent frame, 10 frames of stereo sound
+    streams = [7 + keyframe] + ([5] if cfg > 1 else [])
+    width = TINY_H3["num_attention_heads"] * TINY_H3["attention_head_dim"]
+    expected = sum(TINY_H3["num_layers"] * (text + 2 * AUDIO_FRAMES + TOKENS) * width * 2 * 4 for text in streams)
+    assert run.kv_planned_bytes == run.kv_peak_bytes == expected
+
+
+def ksampler(model, latent: dict, cfg=2.5, steps=6):
+    conditioning = prompts()
+    out = comfy_nodes.KSampler().sample(model, 3, steps, cfg, "euler", "simple", conditioning["positive"],
+                                        conditioning["negative"], latent)[0]["samples"]
+    return tuple(out.unbind())
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
+    """The sampler node over the video and audio latent beside KSampler: some steps sparse, a video and an audio that
+    differ from full sampling and are finite, the trace over the video's tokens, the model passed in unchanged."""
+    model, latent = tiny_h3(seed=9), av_latent()
+    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **prompts())
+    before = ksampler(model, latent)
+    if method == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **a)
+    else:
+        out, trace = sdit_sample(model, 3, 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent, 1.0,
+                                 **sdit_defaults(**SDIT_END_TO_END))
+    assert all(torch.equal(x, y) for x, y in zip(before, ksampler(model, latent))), "the model passed in is unchanged"
+    assert trace.grid == (FRAMES, HEIGHT, WIDTH) and trace.batch == 1
+    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
+    parts = out["samples"].unbind()
+    assert [p.shape for p in parts] == [p.shape for p in before]
+    for part, full in zip(parts, before):
+        assert torch.isfinite(part).all() and (part - full).abs().max().item() > 1e-4
+
+
+def test_model_patch_nodes_under_ksampler():
+    """RAS Model Patch at ratio 1 under KSampler gives the model's own video and audio; RAS and SDiT Model Patch at a
+    lower ratio sample; the model passed in is unchanged."""
+    model, latent = tiny_h3(seed=10), av_latent()
+    reference = ksampler(model, latent, cfg=2.0, steps=5)
+    assert_parts_within(ksampler(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0], latent, 2.0, 5),
+                        reference, TOL)
+    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0],
+                    sdit_model_patch(model, **sdit_defaults(**SDIT_END_TO_END))[0]):
+        video, audio = ksampler(patched, latent, 2.0, 5)
+        assert torch.isfinite(video).all() and (video - reference[0]).abs().max().item() > 1e-4
+        assert torch.isfinite(audio).all()
+    assert all(torch.equal(x, y) for x, y in zip(ksampler(model, latent, 2.0, 5), reference))
+
+
+def test_a_batch_of_two_is_refused_before_sampling():
+    """The model samples one video at a time: a batch of two is refused by the sampler nodes before sampling."""
+    latent = av_latent()
+    latent = dict(latent, samples=type(latent["samples"])([part.repeat(2, *[1] * (part.ndim - 1))
+                                                           for part in latent["samples"].unbind()]))
+    with pytest.raises(SDiTInputError, match="RAS Sampler: input 'latent_image'.*one video at a time"):
+        ras_sample(tiny_h3(seed=0), latent_image=latent, **ras_args(steps=3, **prompts()))
