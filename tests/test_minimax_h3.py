@@ -3,7 +3,7 @@ class (CPU, fp32): video and audio sampled together as one latent of two parts (
 EmptyMiniMaxH3LatentAV node), one packed sequence [text | keyframes | audio | video]; the video's tokens sparse, the
 audio's always running and attending to every video token's keys through the K/V cache. The exactness set of
 test_video.py (an odd frame count, non-square frames) on both parts, a keyframe guide (MiniMaxH3AddGuide, image and
-audio) with a kept frame (a noise mask: per-token timesteps), the memory plan, both sampler nodes and both Model Patch
+audio) and a reference image with a kept frame (a noise mask: per-token timesteps), the memory plan, both sampler nodes and both Model Patch
 nodes, and a batch of two refused clearly."""
 import importlib
 
@@ -27,6 +27,7 @@ from test_video import RecordingPolicy, SDIT_END_TO_END
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.minimax") is None,
                                 reason="this ComfyUI has no MiniMax H3")
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+node_helpers = importlib.import_module("node_helpers")
 TOL = 2e-5
 # 22 frames of 192 x 128 pixels: 7 latent frames (an odd count) of 8 x 12 latent pixels, 2 x 2 patches: 4 x 6 tokens
 PIXELS = dict(width=192, height=128, length=22)
@@ -152,9 +153,10 @@ class StandInAudioVAE:
 
 
 def guided_and_kept_first_frame():
-    """MiniMaxH3AddGuide anchors an image and a sound at frame 0 (keyframe rows before the audio, always running), and
-    a noise mask keeps the video's first latent frame (its tokens at a timestep of their own: per-token modulation
-    rows) and the whole audio free."""
+    """MiniMaxH3AddGuide anchors an image and a sound at frame 0 and a reference image rides along (as
+    MiniMaxH3ReferenceToVideo gives it, whose text encoder a test cannot load): their rows go before the audio and
+    always run; a noise mask keeps the video's first latent frame (its tokens at a timestep of their own: per-token
+    modulation rows) and leaves the whole audio free."""
     latent = av_latent()
     guide = importlib.import_module("comfy_extras.nodes_minimax_h3").MiniMaxH3AddGuide
     sound = {"waveform": torch.randn(1, 2, 32000 // 4, generator=torch.Generator().manual_seed(2)),
@@ -163,6 +165,9 @@ def guided_and_kept_first_frame():
     conditioning = prompts()
     conditioning["positive"] = outputs(guide.execute(conditioning["positive"], latent, 0, vae=StandInVAE(),
                                                      audio_vae=StandInAudioVAE(), image=picture, audio=sound))[0]
+    reference = {"kind": "image", "latent_h": 4, "latent_w": 4, "latent": StandInVAE().encode(picture[:, :64, :64])}
+    conditioning["positive"] = node_helpers.conditioning_set_values(conditioning["positive"],
+                                                                    {"minimax_refs": [reference]})
     video, audio = latent["samples"].unbind()
     video_mask = torch.ones_like(video)
     video_mask[:, :, 0] = 0.0
@@ -195,15 +200,17 @@ def test_a_keyframe_guide_and_a_kept_frame():
 
 @pytest.mark.parametrize("cfg,guided", [(1.0, False), (3.0, True)])
 def test_planned_cache_is_what_the_streams_hold(cfg, guided):
-    """Per block, the joint attention's keys and values of the whole sequence: text, the keyframe's rows, the audio
-    and every video token, as the model lays it out (the plan counts the audio from the latent's parts)."""
+    """Per block, the joint attention's keys and values of the whole sequence: text, the keyframe's and the reference's
+    rows, the audio and every video token, as the model lays it out (the plan counts the audio from the latent's
+    parts)."""
     conditioning, latent = guided_and_kept_first_frame() if guided else (prompts(), av_latent())
     policy = FixedPlanPolicy([None, torch.arange(8)[None]])
     patched, slot = apply_token_sparse(tiny_h3(seed=0), lambda run: policy, node="test")
     sample(patched, latent, cfg, steps=2, conditioning=conditioning)
     run = slot.last_run
-    keyframe = HEIGHT * WIDTH + 2 * 10 if guided else 0    # an image's latent frame, 10 frames of stereo sound
-    streams = [7 + keyframe] + ([5] if cfg > 1 else [])
+    # the keyframe: an image's latent frame and 10 frames of stereo sound; the reference: a 64 x 64 image
+    conditions = HEIGHT * WIDTH + 2 * 10 + 2 * 2 if guided else 0
+    streams = [7 + conditions] + ([5] if cfg > 1 else [])
     width = TINY_H3["num_attention_heads"] * TINY_H3["attention_head_dim"]
     expected = sum(TINY_H3["num_layers"] * (text + 2 * AUDIO_FRAMES + TOKENS) * width * 2 * 4 for text in streams)
     assert run.kv_planned_bytes == run.kv_peak_bytes == expected
