@@ -9,7 +9,6 @@ import importlib
 import pytest
 import torch
 
-import comfy.sample
 import comfy.samplers
 import comfy.supported_models
 
@@ -17,12 +16,12 @@ from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+import av_sampling
+from av_sampling import assert_parts_within, noise_for, outputs
 from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_active, ras_model_patch, ras_sample,
-                          sdit_model_patch, sdit_sample, text_conditioning)
+                          text_conditioning)
 from test_ras_sampler import ras_args
-from test_sdit_sampler import defaults as sdit_defaults
 from test_ltxv import FRAMES, HEIGHT, PIXELS, TOKENS, TOL, WIDTH, StandInVAE, image   # its video's sizes
-from test_video import RecordingPolicy, SDIT_END_TO_END
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.lightricks.av_model") is None,
                                 reason="this ComfyUI has no LTX-2")
@@ -42,10 +41,6 @@ def tiny_ltx2(seed):
     return build_tiny(comfy.supported_models.LTXAV, TINY_LTX2, seed)
 
 
-def outputs(node_output):
-    return tuple(node_output.result) if hasattr(node_output, "result") else tuple(node_output)
-
-
 def av_latent(batch=1, video=None):
     """ComfyUI's LTXVConcatAVLatent over an empty LTX-Video latent (or `video`, a LATENT) and an audio latent."""
     video = video if video is not None else outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=batch,
@@ -59,24 +54,9 @@ def prompts():
     return dict(positive=text_conditioning(1, 7, 64), negative=text_conditioning(2, 5, 64))
 
 
-def noise_for(samples, seed):
-    g = torch.Generator().manual_seed(seed)
-    return type(samples)([torch.randn(part.shape, generator=g) for part in samples.unbind()])
-
-
 def sample(model, latent: dict, cfg, steps=4, seed=5, conditioning=None):
     """ComfyUI's sampling over the video and audio latent: (video, audio)."""
-    conditioning = conditioning or prompts()
-    samples = latent["samples"]
-    out = comfy.sample.sample(model, noise_for(samples, seed), steps, cfg, "euler", "simple", conditioning["positive"],
-                              conditioning["negative"], samples, noise_mask=latent.get("noise_mask"), seed=seed,
-                              disable_pbar=True)
-    return tuple(out.unbind())
-
-
-def assert_parts_within(out, reference, tol):
-    for part, expected in zip(out, reference, strict=True):
-        assert (part - expected).abs().max().item() <= tol
+    return av_sampling.sample(model, latent, cfg, conditioning or prompts(), steps, seed)
 
 
 def test_ltx2_is_its_own_adapter():
@@ -97,26 +77,8 @@ def test_all_tokens_active_equals_unpatched(batch, cfg):
 
 
 def dense_then_sparse(model, latent: dict, active, cfg, conditioning=None):
-    """One dense and then one sparse forward on the same input through ComfyUI's sampling: the video's token outputs
-    by stream ([(dense, computed), (sparse, computed)]) and the audio's part of the two evaluations' outputs."""
-    policy = RecordingPolicy([None, active])
-    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
-    audio = []
-
-    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        s_in = x.new_ones([x.shape[0]])
-        for _ in range(2):
-            audio.append(model(x, sigmas[0] * s_in, **extra_args)[:, 0, -8 * AUDIO_FRAMES * 16:].clone())
-        return x
-    conditioning = conditioning or prompts()
-    samples = latent["samples"]
-    comfy.sample.sample_custom(patched, noise_for(samples, 9), cfg, comfy.samplers.KSAMPLER(twice),
-                               torch.tensor([0.8, 0.0]), conditioning["positive"], conditioning["negative"], samples,
-                               noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=9)
-    by_stream = {}
-    for stream, out, computed in policy.outputs:
-        by_stream.setdefault(stream, []).append((out, computed))
-    return by_stream, audio
+    """A dense and then a sparse forward: the video's token outputs by stream and the audio's part of both outputs."""
+    return av_sampling.dense_then_sparse(model, latent, active, cfg, conditioning or prompts(), 8 * AUDIO_FRAMES * 16)
 
 
 @pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
@@ -190,47 +152,13 @@ def test_planned_cache_is_what_the_streams_hold(cfg):
     assert run.kv_planned_bytes == run.kv_peak_bytes == layers * rows * TOKENS * (video + audio) * 2 * 4
 
 
-def ksampler(model, latent: dict, cfg=2.5, steps=6):
-    conditioning = prompts()
-    out = comfy_nodes.KSampler().sample(model, 3, steps, cfg, "euler", "simple", conditioning["positive"],
-                                        conditioning["negative"], latent)[0]["samples"]
-    return tuple(out.unbind())
-
-
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
-    """The sampler node over the video and audio latent beside KSampler: some steps sparse, a video and an audio that
-    differ from full sampling and are finite, the trace over the video's tokens, the model passed in unchanged."""
-    model, latent = tiny_ltx2(seed=9), av_latent(2)
-    a = dict(ras_args(steps=6, cfg=2.5, sample_ratio=0.3, reset_steps=""), **prompts())
-    before = ksampler(model, latent)
-    if method == "RAS":
-        out, trace = ras_sample(model, latent_image=latent, **a)
-    else:
-        out, trace = sdit_sample(model, 3, 6, 2.5, "euler", "simple", a["positive"], a["negative"], latent, 1.0,
-                                 **sdit_defaults(**SDIT_END_TO_END))
-    assert all(torch.equal(x, y) for x, y in zip(before, ksampler(model, latent))), "the model passed in is unchanged"
-    assert trace.grid == (FRAMES, HEIGHT, WIDTH) and trace.batch == 2
-    assert any(0 < t < TOKENS for t in trace.tokens_per_step), trace.tokens_per_step
-    parts = out["samples"].unbind()
-    assert [p.shape for p in parts] == [p.shape for p in before]
-    for part, full in zip(parts, before):
-        assert torch.isfinite(part).all() and (part - full).abs().max().item() > 1e-4
+    av_sampling.sampler_node_end_to_end(tiny_ltx2(seed=9), av_latent(2), prompts(), method, (FRAMES, HEIGHT, WIDTH), TOKENS)
 
 
 def test_model_patch_nodes_under_ksampler():
-    """RAS Model Patch at ratio 1 under KSampler gives the model's own video and audio; RAS and SDiT Model Patch at a
-    lower ratio sample; the model passed in is unchanged."""
-    model, latent = tiny_ltx2(seed=10), av_latent(2)
-    reference = ksampler(model, latent, cfg=2.0, steps=5)
-    assert_parts_within(ksampler(ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0], latent, 2.0, 5),
-                        reference, TOL)
-    for patched in (ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0],
-                    sdit_model_patch(model, **sdit_defaults(**SDIT_END_TO_END))[0]):
-        video, audio = ksampler(patched, latent, 2.0, 5)
-        assert torch.isfinite(video).all() and (video - reference[0]).abs().max().item() > 1e-4
-        assert torch.isfinite(audio).all()
-    assert all(torch.equal(x, y) for x, y in zip(ksampler(model, latent, 2.0, 5), reference))
+    av_sampling.model_patch_nodes_under_ksampler(tiny_ltx2(seed=10), av_latent(2), prompts(), TOL)
 
 
 def with_a_modality_isolated_pass(model):
