@@ -847,6 +847,26 @@ def anima_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def cosmos1_t2w_ras(info: dict) -> dict:
+    """Cosmos 1.0 7B Text2World: its diffusion model, the older T5-XXL text encoder (cosmos type), its 8x8x8 VAE and
+    empty video latent (1280 x 704, 121 frames) + RAS Sampler with res_multistep, the sampler made for it."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "Cosmos-1_0-Diffusion-7B-Text2World.safetensors",
+                                        "oldt5_xxl_fp8_e4m3fn_scaled.safetensors", "cosmos",
+                                        "cosmos_cv8x8x8_1.0.safetensors")
+    positive, negative = text_pair(wf, clip, "a robot arm in a bright warehouse picks up a cardboard box from a "
+                                             "conveyor belt and places it on a shelf, smooth camera pan",
+                                   "low quality, blurry, distorted, jittery motion, static, watermark")
+    latent = wf.add("EmptyCosmosLatentVideo", {"width": 1280, "height": 704, "length": 121, "batch_size": 1},
+                    pos=(700, 300))
+    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 7.0, "sampler_name": "res_multistep",
+                                    "scheduler": "karras", "sample_ratio": 0.4},
+                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, "cosmos1_t2w_ras", 24.0)
+    return wf.to_json()
+
+
 def hunyuan_image21_ras(info: dict) -> dict:
     """HunyuanImage 2.1 at 2048²: its diffusion model, the Qwen2.5-VL + ByT5 glyph text encoders (quoted text in
     the prompt becomes glyph tokens beside the text), its VAE + RAS Sampler."""
@@ -993,6 +1013,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "wan21_humo_sdit.json": wan21_humo_sdit, "wan22_s2v_ras.json": wan22_s2v_ras,
             "hunyuan_video_ras.json": hunyuan_video_ras, "hunyuan_video15_i2v_sdit.json": hunyuan_video15_i2v_sdit,
             "hunyuan_image21_ras.json": hunyuan_image21_ras, "anima_sdit.json": anima_sdit,
+            "cosmos1_t2w_ras.json": cosmos1_t2w_ras,
             "hidream_i1_ras.json": hidream_i1_ras, "kandinsky5_t2v_ras.json": kandinsky5_t2v_ras,
             "ltxv_i2v_sdit.json": ltxv_i2v_sdit, "mochi_ras.json": mochi_ras,
             "auraflow_sdit.json": auraflow_sdit, "krea2_ras.json": krea2_ras,

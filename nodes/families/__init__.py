@@ -12,6 +12,7 @@ from .boogu import BooguFamily
 from .chroma_radiance import ChromaRadianceFamily
 from .cogvideox import CogVideoXFamily
 from .cosmos import CosmosFamily
+from .cosmos1 import Cosmos1Family
 from .ernie import ErnieImageFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
@@ -51,7 +52,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
-                               ZImagePixelSpaceFamily(), MiniMaxH3Family()]
+                               ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family()]
 
 
 def supported_family_names() -> str:
