@@ -13,12 +13,10 @@ import torch
 import comfy.supported_models
 
 from comfyui_sdit.nodes.families import adapter_for
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import build_tiny, ksample, ras_sample, text_conditioning
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
-from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
+from test_video import (a_given_first_frame_is_kept, assert_within, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
@@ -94,23 +92,8 @@ def test_image_to_video_with_a_timestep_per_frame(batch):
     """Video2World with a given first frame: the model's timestep, and so its modulation, is per frame and is
     gathered with the tokens (every token through the sparse path == KSampler); the given frame never runs on a
     sparse step and is kept."""
-    model = tiny_cosmos(seed=6, layout="image-to-video")
-    given = first_frame_given(batch)
-    a = ras_args(steps=6, sample_ratio=0.5, warmup_steps=1, reset_steps="", **prompts())
-
-    def ksampler(m):
-        return comfy_nodes.KSampler().sample(m, a["seed"], 6, 3.0, "euler", "simple", a["positive"], a["negative"],
-                                             given)[0]["samples"]
-    reference = ksampler(model)
-    policy = FixedPlanPolicy([None] + [torch.arange(FRAMES * FRAME_TOKENS).expand(batch, -1)] * 5)
-    everything = ksampler(apply_token_sparse(model, lambda run: policy, node="test")[0])
-    assert (everything - reference).abs().max().item() <= TOL
-    out, trace = ras_sample(model, latent_image=given, **dict(a, cfg=3.0))
-    sparse = [s for s in trace.steps if not s.dense]
-    assert sparse and torch.isfinite(out["samples"]).all()
-    for s in sparse:
-        assert not s.active[:, 0].any(), "the given first frame is never computed on sparse steps"
-    assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
+    a_given_first_frame_is_kept(tiny_cosmos(seed=6, layout="image-to-video"), first_frame_given(batch), prompts(),
+                                FRAMES * FRAME_TOKENS, cfg=3.0)
 
 
 def test_per_frame_modulation_matters():

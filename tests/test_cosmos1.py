@@ -3,8 +3,6 @@ real ComfyUI class (CPU, fp32), configured as ComfyUI's loader configures the 7B
 cols, batch, channels) grid, learned position embeddings added before every block, AdaLN-LoRA): the exactness set of
 test_video.py (an odd frame count, non-square frames), Video2World with a given first frame, the memory plan, both
 sampler nodes and both Model Patch nodes, and a block layout ComfyUI never configures refused clearly."""
-import importlib
-
 import pytest
 import torch
 
@@ -12,15 +10,12 @@ import comfy.supported_models
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
-from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import build_tiny, ras_sample, text_conditioning
 from test_memory_plan import sample_patched
 from test_ras_sampler import ras_args
-from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
+from test_video import (a_given_first_frame_is_kept, assert_within, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
-comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 TOL = 1e-5
 FRAMES, HEIGHT, WIDTH = 3, 8, 12                 # an odd frame count, non-square frames
 TOKENS = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
@@ -70,26 +65,11 @@ def test_video_to_world_keeps_its_given_first_frame():
     """What CosmosImageToVideoLatent hands the sampler for a start image: its latent in frame 0 and a noise mask
     that keeps that frame (its inverse concatenated to the model's input). Every token through the sparse path ==
     KSampler; the given frame never runs on a sparse step and is kept."""
-    model = tiny_cosmos1(seed=6, image_to_video=True)
     samples = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
     mask = torch.ones(1, 1, FRAMES, HEIGHT, WIDTH)
     mask[:, :, 0] = 0.0
-    given = {"samples": samples, "noise_mask": mask}
-    a = ras_args(steps=6, sample_ratio=0.5, warmup_steps=1, reset_steps="", **prompts())
-
-    def ksampler(m):
-        return comfy_nodes.KSampler().sample(m, a["seed"], 6, 3.0, "euler", "simple", a["positive"], a["negative"],
-                                             given)[0]["samples"]
-    reference = ksampler(model)
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 5)
-    everything = ksampler(apply_token_sparse(model, lambda run: policy, node="test")[0])
-    assert (everything - reference).abs().max().item() <= TOL
-    out, trace = ras_sample(model, latent_image=given, **dict(a, cfg=3.0))
-    sparse = [s for s in trace.steps if not s.dense]
-    assert sparse and torch.isfinite(out["samples"]).all()
-    for s in sparse:
-        assert not s.active[:, 0].any(), "the given first frame is never computed on sparse steps"
-    assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
+    a_given_first_frame_is_kept(tiny_cosmos1(seed=6, image_to_video=True), {"samples": samples, "noise_mask": mask},
+                                prompts(), TOKENS, cfg=3.0)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

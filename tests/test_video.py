@@ -108,30 +108,37 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(variant, batch, cfg):
     assert_exact_on_active_tokens(dense_then_sparse(model, latent, active, cfg, make_conds()), TOKENS)
 
 
-def test_per_frame_timesteps_of_wan22_ti2v():
-    """Wan 2.2 TI2V 5B: with a first-frame image the timestep is per frame, so the modulation is per token
-    and is gathered with the tokens; the kept first frame is never picked (it is not repainted)."""
-    model = tiny_wan22_ti2v(seed=6)
-    samples = torch.randn(1, 48, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(1, 1, FRAMES, HEIGHT, WIDTH)
-    mask[:, :, 0] = 0.0                                        # frame 0 is the given image
-    latent = {"samples": samples, "noise_mask": mask}
-    a = ras_args(steps=6, sample_ratio=0.5, warmup_steps=1, reset_steps="", **conds())
-    reference = comfy_nodes.KSampler().sample(model, a["seed"], 6, 1.0, "euler", "simple", a["positive"],
-                                              a["negative"], latent)[0]["samples"]
-    # every token through the sparse path (per-token modulation gathered) == KSampler
-    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 5)
-    everything = comfy_nodes.KSampler().sample(apply_token_sparse(model, lambda run: policy, node="test")[0],
-                                               a["seed"], 6, 1.0, "euler", "simple", a["positive"], a["negative"],
-                                               latent)[0]["samples"]
-    assert (everything - reference).abs().max().item() <= TOL
+def a_given_first_frame_is_kept(model, latent: dict, prompts: dict, tokens: int, cfg: float, tol: float = TOL):
+    """A latent whose noise mask keeps frame 0 (a given start image): every token through the sparse path equals
+    KSampler (a modulation per frame or per token is gathered with the tokens); the RAS Sampler never computes that
+    frame on a sparse step and keeps it. Returns the RAS Sampler's trace."""
+    a = ras_args(steps=6, sample_ratio=0.5, warmup_steps=1, reset_steps="", cfg=cfg, **prompts)
+
+    def ksampler(m):
+        return comfy_nodes.KSampler().sample(m, a["seed"], 6, cfg, "euler", "simple", a["positive"], a["negative"],
+                                             latent)[0]["samples"]
+    reference = ksampler(model)
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(latent["samples"].shape[0], -1)] * 5)
+    everything = ksampler(apply_token_sparse(model, lambda run: policy, node="test")[0])
+    assert (everything - reference).abs().max().item() <= tol
     out, trace = ras_sample(model, latent_image=latent, **a)
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and torch.isfinite(out["samples"]).all()
     for s in sparse:
-        assert s.active.shape == (1, FRAMES, HEIGHT // 2, WIDTH // 2)
-        assert not s.active[0, 0].any(), "the given first frame is never computed on sparse steps"
+        assert not s.active[:, 0].any(), "the given first frame is never computed on sparse steps"
     assert torch.equal(out["samples"][:, :, 0], reference[:, :, 0]), "the given frame is kept"
+    return trace
+
+
+def test_per_frame_timesteps_of_wan22_ti2v():
+    """Wan 2.2 TI2V 5B: with a first-frame image the timestep is per frame, so the modulation is per token
+    and is gathered with the tokens; the kept first frame is never picked (it is not repainted)."""
+    samples = torch.randn(1, 48, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(1, 1, FRAMES, HEIGHT, WIDTH)
+    mask[:, :, 0] = 0.0                                        # frame 0 is the given image
+    trace = a_given_first_frame_is_kept(tiny_wan22_ti2v(seed=6), {"samples": samples, "noise_mask": mask}, conds(),
+                                        TOKENS, cfg=1.0)
+    assert all(s.active.shape == (1, FRAMES, HEIGHT // 2, WIDTH // 2) for s in trace.steps if not s.dense)
 
 
 def phantom_conds(negative_too: bool = True):
