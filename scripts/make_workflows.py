@@ -365,6 +365,21 @@ def video_tail(wf: "Workflow", latent_socket, vae, prefix: str, fps: float, x: i
     wf.add("SaveAnimatedWEBP", {"filename_prefix": prefix, "fps": fps}, {"images": (decode, 0)}, pos=(x + 250, 100))
 
 
+def separate_text_to_video(wf: "Workflow", files: tuple, clip_type: str, prompt: str, negative: str, latent_type: str,
+                           size: tuple, sampler_type: str, widgets: dict, prefix: str, fps: float):
+    """Diffusion model, text encoder and VAE from their own `files` (unet, text encoder, VAE), the prompt pair, an empty
+    video latent of `latent_type` and `size` (width, height, frames), the sampler (ratio 0.4) -> decode -> animated
+    WEBP. Returns the sampler node."""
+    model, clip, vae = separate_loaders(wf, *files[:2], clip_type, files[2])
+    positive, negative = text_pair(wf, clip, prompt, negative)
+    latent = wf.add(latent_type, dict(zip(("width", "height", "length"), size), batch_size=1), pos=(700, 300))
+    sampler = wf.add(sampler_type, dict({"seed": 42, "sample_ratio": 0.4}, **widgets),
+                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
+                     pos=(1050, 100))
+    video_tail(wf, (sampler, 0), vae, prefix, fps)
+    return sampler
+
+
 def wan22_t2v_two_experts_ras(info: dict) -> dict:
     """Wan 2.2 A14B text-to-video: the high-noise and the low-noise expert, each with RAS Model Patch, through
     two KSamplerAdvanced (the second expert's run starts with a dense step)."""
@@ -667,17 +682,10 @@ def ltxv_i2v_sdit(info: dict) -> dict:
 def mochi_ras(info: dict) -> dict:
     """Mochi text-to-video: its diffusion model, the T5-XXL text encoder (mochi type), its VAE + RAS Sampler."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "mochi_preview_bf16.safetensors", "t5xxl_fp16.safetensors", "mochi",
-                                        "mochi_vae.safetensors")
-    positive, negative = text_pair(wf, clip, "a hummingbird hovering at a red flower in slow motion, garden bokeh",
-                                   "blurry, low quality")
-    latent = wf.add("EmptyMochiLatentVideo", {"width": 848, "height": 480, "length": 37, "batch_size": 1},
-                    pos=(700, 300))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
-                                    "sample_ratio": 0.4},
-                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
-                     pos=(1050, 100))
-    video_tail(wf, (sampler, 0), vae, "mochi_ras", 24.0)
+    separate_text_to_video(wf, ("mochi_preview_bf16.safetensors", "t5xxl_fp16.safetensors", "mochi_vae.safetensors"),
+                           "mochi", "a hummingbird hovering at a red flower in slow motion, garden bokeh",
+                           "blurry, low quality", "EmptyMochiLatentVideo", (848, 480, 37), "RASSampler",
+                           {"steps": 30, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple"}, "mochi_ras", 24.0)
     return wf.to_json()
 
 
@@ -815,17 +823,11 @@ def cogvideox_t2v_sdit(info: dict) -> dict:
     """CogVideoX 5B text-to-video (newer ComfyUI): its diffusion model, the T5-XXL text encoder (cogvideox type), its
     VAE, a 720 x 480 x 49-frame latent + SDiT Sampler (batch size 1: the model's rotary table is one for the batch)."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "cogvideox_5b_bf16.safetensors", "t5xxl_fp16.safetensors", "cogvideox",
-                                        "cogvideox_vae.safetensors")
-    positive, negative = text_pair(wf, clip, "a golden retriever runs along a beach at sunset, waves rolling in",
-                                   "blurry, distorted, low quality")
-    latent = wf.add("EmptyHunyuanLatentVideo", {"width": 720, "height": 480, "length": 49, "batch_size": 1},
-                    pos=(700, 300))
-    sampler = wf.add("SDiTSampler", {"seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler",
-                                     "scheduler": "simple", "sample_ratio": 0.4},
-                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
-                     pos=(1050, 100))
-    video_tail(wf, (sampler, 0), vae, "cogvideox_t2v_sdit", 8.0)
+    sampler = separate_text_to_video(
+        wf, ("cogvideox_5b_bf16.safetensors", "t5xxl_fp16.safetensors", "cogvideox_vae.safetensors"), "cogvideox",
+        "a golden retriever runs along a beach at sunset, waves rolling in", "blurry, distorted, low quality",
+        "EmptyHunyuanLatentVideo", (720, 480, 49), "SDiTSampler",
+        {"steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple"}, "cogvideox_t2v_sdit", 8.0)
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1450, 450))
     return wf.to_json()
 
@@ -851,19 +853,13 @@ def cosmos1_t2w_ras(info: dict) -> dict:
     """Cosmos 1.0 7B Text2World: its diffusion model, the older T5-XXL text encoder (cosmos type), its 8x8x8 VAE and
     empty video latent (1280 x 704, 121 frames) + RAS Sampler with res_multistep, the sampler made for it."""
     wf = Workflow(info)
-    model, clip, vae = separate_loaders(wf, "Cosmos-1_0-Diffusion-7B-Text2World.safetensors",
-                                        "oldt5_xxl_fp8_e4m3fn_scaled.safetensors", "cosmos",
-                                        "cosmos_cv8x8x8_1.0.safetensors")
-    positive, negative = text_pair(wf, clip, "a robot arm in a bright warehouse picks up a cardboard box from a "
-                                             "conveyor belt and places it on a shelf, smooth camera pan",
-                                   "low quality, blurry, distorted, jittery motion, static, watermark")
-    latent = wf.add("EmptyCosmosLatentVideo", {"width": 1280, "height": 704, "length": 121, "batch_size": 1},
-                    pos=(700, 300))
-    sampler = wf.add("RASSampler", {"seed": 42, "steps": 30, "cfg": 7.0, "sampler_name": "res_multistep",
-                                    "scheduler": "karras", "sample_ratio": 0.4},
-                     {"model": model, "positive": positive, "negative": negative, "latent_image": (latent, 0)},
-                     pos=(1050, 100))
-    video_tail(wf, (sampler, 0), vae, "cosmos1_t2w_ras", 24.0)
+    separate_text_to_video(
+        wf, ("Cosmos-1_0-Diffusion-7B-Text2World.safetensors", "oldt5_xxl_fp8_e4m3fn_scaled.safetensors",
+             "cosmos_cv8x8x8_1.0.safetensors"), "cosmos",
+        "a robot arm in a bright warehouse picks up a cardboard box from a conveyor belt and places it on a shelf, "
+        "smooth camera pan", "low quality, blurry, distorted, jittery motion, static, watermark",
+        "EmptyCosmosLatentVideo", (1280, 704, 121), "RASSampler",
+        {"steps": 30, "cfg": 7.0, "sampler_name": "res_multistep", "scheduler": "karras"}, "cosmos1_t2w_ras", 24.0)
     return wf.to_json()
 
 
