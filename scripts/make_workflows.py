@@ -764,6 +764,17 @@ def separate_text_to_image(info: dict, files: tuple, clip_type: str, prompt: str
     return wf.to_json()
 
 
+def pixeldit_sdit(info: dict) -> dict:
+    """PixelDiT (pixel space, newer ComfyUI), as ComfyUI's own template: its diffusion model, the Gemma 2 2B text
+    encoder (pixeldit type), the pixel-space "VAE", an empty RGB image (one image: batch size 1) + SDiT Sampler with
+    its region maps (euler: the template's er_sde adds noise every step, which SDiT follows only by refreshing more)."""
+    return separate_text_to_image(
+        info, ("pixeldit_1300m_1024px_bf16.safetensors", "gemma_2_2b_it_elm_bf16.safetensors", "pixel_space"),
+        "pixeldit", "a lighthouse on a basalt cliff at dawn, long exposure sea, soft pastel sky",
+        "EmptyChromaRadianceLatentImage", "SDiTSampler",
+        {"steps": 30, "scheduler": "simple", "sample_ratio": 0.5}, "pixeldit_sdit", True)
+
+
 def krea2_ras(info: dict) -> dict:
     """Krea 2 (newer ComfyUI): its diffusion model, the Qwen3-VL text encoder (krea2 type), Wan 2.1's VAE, an empty
     16-channel image latent + RAS Sampler."""
@@ -1018,7 +1029,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "cogvideox_t2v_sdit.json": cogvideox_t2v_sdit, "omnigen2_edit_sdit.json": omnigen2_edit_sdit,
             "boogu_ras.json": boogu_ras, "ernie_image_sdit.json": ernie_image_sdit,
             "pixart_sigma_ras.json": pixart_sigma_ras, "chroma_radiance_sdit.json": chroma_radiance_sdit,
-            "hunyuan_dit_ras.json": hunyuan_dit_ras, "zimage_pixel_ras.json": zimage_pixel_ras}
+            "hunyuan_dit_ras.json": hunyuan_dit_ras, "zimage_pixel_ras.json": zimage_pixel_ras,
+            "pixeldit_sdit.json": pixeldit_sdit}
 # Workflows of families whose conditioning nodes only newer ComfyUI has (NEWER_NODES): built against such a tree,
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,

@@ -31,6 +31,7 @@ from .minimax_h3 import MiniMaxH3Family
 from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
 from .pixart import PixArtFamily
+from .pixeldit import PixelDiTFamily
 from .qwen_image import QwenImageFamily
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
@@ -52,7 +53,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                LensFamily(), JoyImageFamily(), CogVideoXFamily(), OmniGen2Family(), BooguFamily(),
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
-                               ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family()]
+                               ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
+                               PixelDiTFamily()]
 
 
 def supported_family_names() -> str:
