@@ -6,6 +6,9 @@ Checked, and why:
   again at every step and computes attention itself, so our K/V cache would not see those calls.
 - ComfyUI's "Flux KV Cache" strips reference tokens from the image sequence after the first step and
   appends their cached keys/values inside attention: keys no longer match the tokens that ran.
+- ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
+  image rolled by part of a patch: those passes would see other image content at the tokens the engine picked,
+  and one forward of the engine would run the model several times.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
   DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
   attention): they need every token's hidden state, the sparse forward has only the running ones
@@ -26,6 +29,7 @@ from .errors import SDiTInputError
 
 _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE callback key
 _FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                 # its attn1_patch class
+_SEAM_SMOOTHING_WRAPPER = "hidream_o1_patch_seam_smoothing"   # its DIFFUSION_MODEL wrapper key
 _CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
 _BY_POSITION = ("adds its own inputs to the image tokens by their position in the whole image, while "
                 "region-adaptive sampling runs only some of those tokens")
@@ -45,6 +49,11 @@ def conflicting_node(patcher) -> Tuple[str, str]:
     if callable(get_callbacks) and get_callbacks(patcher_extension.CallbacksMP.ON_PREPARE_STATE,
                                                  _BLOCK_SPARSE_CALLBACK):
         return "Model Sparse Attention", _CHANGES_ATTENTION
+    get_wrappers = getattr(patcher, "get_wrappers", None)
+    if callable(get_wrappers) and get_wrappers(patcher_extension.WrappersMP.DIFFUSION_MODEL, _SEAM_SMOOTHING_WRAPPER):
+        return "HiDream-O1 Patch Seam Smoothing", ("runs the model again on the image shifted by part of a patch, "
+                                                   "where other image content sits at the tokens region-adaptive "
+                                                   "sampling picked")
     patches = patcher.model_options.get("transformer_options", {}).get("patches", {})
     if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
         return "Flux KV Cache", _CHANGES_ATTENTION

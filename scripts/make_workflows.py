@@ -1011,6 +1011,23 @@ def minimax_h3_t2av_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def hidream_o1_ras(info: dict) -> dict:
+    """HiDream-O1 (pixel space, newer ComfyUI): its checkpoint (model, tokenizer and the pixel-space "VAE" in one file),
+    an empty 2048² image (the size it was trained at) + RAS Sampler, as ComfyUI's own template without its Patch Seam
+    Smoothing (it runs the model again on a shifted image: refused) and with dpmpp_2m for its dpmpp_2m_sde (fresh noise
+    every step: RAS would run dense)."""
+    wf = Workflow(info)
+    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": "hidream_o1_image_bf16.safetensors"})
+    positive, negative = text_pair(wf, (checkpoint, 1), "a watercolor map of an imaginary island, compass rose, "
+                                                        "hand-lettered place names, soft paper texture")
+    latent = wf.add("EmptyHiDreamO1LatentImage", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (checkpoint, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 40, "cfg": 5.0, "sampler_name": "dpmpp_2m",
+                                    "scheduler": "normal", "sample_ratio": 0.4}, sockets, (checkpoint, 2),
+                 "hidream_o1_ras", False)
+    return wf.to_json()
+
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
@@ -1035,10 +1052,11 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
                   "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
-                  "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras}
+                  "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
-               "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo")
+               "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",
+               "EmptyHiDreamO1LatentImage")
 NEWER_GENERATED_WITH = "0.33.0"
 
 

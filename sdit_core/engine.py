@@ -108,6 +108,7 @@ class ForwardCall:
         self.image_keys = 0               # > 0 inside attention of others' queries to the image tokens (LTX-2's audio)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
+        self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1's generation pass)
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, self.grid_tokens if dense else int(grid_index.shape[1]),
                                  self.grid_tokens)
@@ -224,9 +225,11 @@ class ForwardCall:
         else:
             # Image tokens come last; whatever precedes them (text, registers) always runs. Image-only
             # attention (SD3.5's second attention, Lumina's noise refiner) has no prefix. Families that put
-            # the image first (HunyuanVideo) have the text as a suffix instead.
-            others = q.shape[seq_dim] - self.image_rows
-            if k.shape[seq_dim] != q.shape[seq_dim]:
+            # the image first (HunyuanVideo) have the text as a suffix instead. Where the adapter says so, the
+            # queries are the keys' last rows (the keys' first rows attend apart): the layout is the keys'.
+            others = k.shape[seq_dim] - self.image_rows
+            if k.shape[seq_dim] != q.shape[seq_dim] and not (self.queries_end_keys
+                                                             and k.shape[seq_dim] > q.shape[seq_dim]):
                 raise NotImplementedError(
                     f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
                     "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot "

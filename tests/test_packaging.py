@@ -49,7 +49,8 @@ def test_package_ships_only_what_runs_in_comfyui():
     assert {path.split("/")[0] for path in files} == RUNTIME
     assert not [f for f in files if f.endswith(".json") and not f.startswith("example_workflows/")]
     size = sum((REPO_ROOT / f).stat().st_size for f in files if (REPO_ROOT / f).is_file())
-    assert size < 9 * 2 ** 20, f"package is {size / 2 ** 20:.1f} MiB"
+    # the demo model's weights (7.8 MiB) and the example workflows with their thumbnails (~20 KiB each): nothing else big
+    assert size < 10 * 2 ** 20, f"package is {size / 2 ** 20:.1f} MiB"
 
 
 def test_license_file_matches_pyproject():

@@ -181,7 +181,7 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["f
                     "HunyuanVideo 1.5": ["hunyuan_video15_i2v_sdit.json", "hunyuan_image21_ras.json"],
                     "HunyuanVideo": ["hunyuan_video_ras.json"], "Cosmos 1.0": ["cosmos1_t2w_ras.json"],
                     "Cosmos Predict2": ["anima_sdit.json"],
-                    "HiDream": ["hidream_i1_ras.json"], "Kandinsky 5": ["kandinsky5_t2v_ras.json"],
+                    "HiDream-O1": ["hidream_o1_ras.json"], "HiDream": ["hidream_i1_ras.json"], "Kandinsky 5": ["kandinsky5_t2v_ras.json"],
                     "LTX-Video": ["ltxv_i2v_sdit.json"], "LTX-2": ["ltx2_t2av_ras.json"], "Mochi": ["mochi_ras.json"],
                     "AuraFlow": ["auraflow_sdit.json"], "Krea 2": ["krea2_ras.json"],
                     "Ideogram 4": ["ideogram4_ras.json"], "Mage-Flow": ["mage_flow_sdit.json"],

@@ -16,6 +16,7 @@ from .cosmos1 import Cosmos1Family
 from .ernie import ErnieImageFamily
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
+from .hidream_o1 import HiDreamO1Family
 from .hunyuan_dit import HunyuanDiTFamily
 from .hunyuan_video import HunyuanVideoFamily
 from .ideogram4 import Ideogram4Family
@@ -54,7 +55,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
-                               PixelDiTFamily()]
+                               PixelDiTFamily(), HiDreamO1Family()]
 
 
 def supported_family_names() -> str:
