@@ -11,7 +11,8 @@ Checked, and why:
   and one forward of the engine would run the model several times.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
   DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
-  attention): they need every token's hidden state, the sparse forward has only the running ones
+  attention, newer ComfyUI's MiniMax H3 Fun ControlNet, a block replacement running a control tower over the
+  whole sequence): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
@@ -39,6 +40,7 @@ _POSITIONAL_PATCHES = {       # patch class -> the node that puts it on the mode
     "WanUni3CCnetPatch": "Apply Wan Uni3C ControlNet",
     "MultiTalkCrossAttnPatch": "WanInfiniteTalkToVideo",
     "MultiTalkGetAttnMapPatch": "WanInfiniteTalkToVideo",
+    "MiniMaxH3FunControlBlockPatch": "Apply MiniMax H3 Fun ControlNet",     # a block replacement (newer ComfyUI)
 }
 
 
@@ -57,11 +59,14 @@ def conflicting_node(patcher) -> Tuple[str, str]:
     patches = patcher.model_options.get("transformer_options", {}).get("patches", {})
     if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
         return "Flux KV Cache", _CHANGES_ATTENTION
-    for patch_list in patches.values():
-        for patch in patch_list if isinstance(patch_list, (list, tuple)) else ():
-            for cls in type(patch).__mro__:
-                if cls.__name__ in _POSITIONAL_PATCHES:
-                    return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
+    replacements = patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
+    listed = [patch for patch_list in patches.values()
+              for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
+    listed += [patch for by_block in replacements.values() if isinstance(by_block, dict) for patch in by_block.values()]
+    for patch in listed:
+        for cls in type(patch).__mro__:
+            if cls.__name__ in _POSITIONAL_PATCHES:
+                return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
     return "", ""
 
 

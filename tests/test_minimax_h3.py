@@ -191,3 +191,19 @@ def test_a_batch_of_two_is_refused_before_sampling():
                                                            for part in latent["samples"].unbind()]))
     with pytest.raises(SDiTInputError, match="RAS Sampler: input 'latent_image'.*one video at a time"):
         ras_sample(tiny_h3(seed=0), latent_image=latent, **ras_args(steps=3, **prompts()))
+
+
+class MiniMaxH3FunControlBlockPatch:
+    """Stands in for newer ComfyUI's (0.38+, read in the search index) MiniMax H3 Fun ControlNet block patch, which
+    "Apply MiniMax H3 Fun ControlNet" puts on every fifth block as a block replacement: it runs a control tower over
+    the whole packed sequence by its layout's positions and adds it to the blocks' output. Found by class name."""
+
+    def __call__(self, args, extra):
+        return extra["original_block"](args)
+
+
+def test_the_fun_controlnet_is_refused_clearly():
+    model = tiny_h3(seed=0).clone()
+    model.set_model_patch_replace(MiniMaxH3FunControlBlockPatch(), "dit", "double_block", 0)
+    with pytest.raises(SDiTInputError, match="RAS Sampler: input 'model'.*'Apply MiniMax H3 Fun ControlNet'.*position"):
+        ras_sample(model, latent_image=av_latent(), **ras_args(steps=3, **prompts()))
