@@ -56,13 +56,14 @@ def conflicting_node(patcher) -> Tuple[str, str]:
         return "HiDream-O1 Patch Seam Smoothing", ("runs the model again on the image shifted by part of a patch, "
                                                    "where other image content sits at the tokens region-adaptive "
                                                    "sampling picked")
-    patches = patcher.model_options.get("transformer_options", {}).get("patches", {})
+    options = patcher.model_options.get("transformer_options", {})
+    patches = options.get("patches", {})
     if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
         return "Flux KV Cache", _CHANGES_ATTENTION
-    replacements = patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
     listed = [patch for patch_list in patches.values()
               for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
-    listed += [patch for by_block in replacements.values() if isinstance(by_block, dict) for patch in by_block.values()]
+    listed += [patch for by_block in options.get("patches_replace", {}).values() if isinstance(by_block, dict)
+               for patch in by_block.values()]
     for patch in listed:
         for cls in type(patch).__mro__:
             if cls.__name__ in _POSITIONAL_PATCHES:

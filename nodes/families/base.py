@@ -262,6 +262,26 @@ def every_token_row(call, tokens: torch.Tensor) -> torch.Tensor:
     return scatter_rows_(full, call.image_index_now().to(tokens.device), tokens)
 
 
+def every_image_row_after(call, out: torch.Tensor, prefix: int) -> torch.Tensor:
+    """[prefix | running image tokens] -> [prefix | every image token's row] (`every_token_row` on the image part; dense:
+    unchanged), for a model that cuts the image's rows out of a joint sequence by position."""
+    if call.dense:
+        return out
+    return torch.cat([out[:, :prefix], every_token_row(call, out[:, prefix:])], dim=1)
+
+
+def shared_table_rows(call, table: torch.Tensor, refusal: str) -> torch.Tensor:
+    """A table with a row per image token, one for the whole batch (a model's RoPE) -> the running tokens' rows, once per
+    forward and table. It serves the batch only where every row runs the same tokens (one image, its cond and uncond
+    rows): otherwise NotImplementedError(refusal)."""
+    if not call.shared_index:
+        raise NotImplementedError(refusal)
+    key = ("shared table rows", table.data_ptr(), tuple(table.shape))
+    if key not in call.scratch:
+        call.scratch[key] = table.index_select(0, call.image_index_now()[0].to(table.device))
+    return call.scratch[key]
+
+
 def scatter_every_row(call, out: torch.Tensor) -> torch.Tensor:
     """A per-token output computed over every token's row (after `every_token_row`) -> the running tokens' rows kept,
     the others from the policy."""

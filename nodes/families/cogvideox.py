@@ -12,7 +12,7 @@ The model's RoPE is one (tokens, channels) table for the whole batch: a sparse s
 run the same tokens (one video, its cond and uncond rows); the sampler nodes refuse a batch of several videos
 before sampling, and a Model Patch node's run stops with the same clear error at its first sparse step.
 """
-from .base import FamilyAdapter, patch_method, patch_module_forward, runs_class_methods
+from .base import FamilyAdapter, patch_method, patch_module_forward, runs_class_methods, shared_table_rows
 
 BATCH = ("CogVideoX with a batch of several videos is not supported by region-adaptive sampling (its rotary "
          "embedding is one table for the batch, and each video runs other tokens): use batch size 1")
@@ -52,10 +52,4 @@ def _gather_block_inputs(call, arguments) -> None:
     rope = arguments.get("image_rotary_emb")
     if call.dense or rope is None:
         return
-    if not call.shared_index:
-        raise NotImplementedError(BATCH)
-    key = ("cogvideox rope", rope[0].data_ptr())
-    if key not in call.scratch:                     # (tokens, channels) each -> the running tokens' rows
-        index = call.image_index_now()[0].to(rope[0].device)
-        call.scratch[key] = tuple(table.index_select(0, index) for table in rope)
-    arguments["image_rotary_emb"] = call.scratch[key]
+    arguments["image_rotary_emb"] = tuple(shared_table_rows(call, table, BATCH) for table in rope)   # (tokens, .)

@@ -45,7 +45,7 @@ class Cosmos1Family(FamilyAdapter):
         patch_method(patcher, slot, "diffusion_model.forward_before_blocks", after=_running_tokens)
         for path in _layers(diffusion_model, ("cross_attn", "ca")):
             passthrough_method(patcher, slot, f"diffusion_model.{path}.block.forward")
-        patch_method(patcher, slot, "diffusion_model.final_layer.forward", after=_every_token_row)
+        patch_method(patcher, slot, "diffusion_model.final_layer.forward", after=_every_token_output)
 
 
 def _layers(diffusion_model, kinds) -> list:
@@ -81,7 +81,7 @@ def _frames(tokens):
     return tokens.movedim(0, 1)[:, None, None]
 
 
-def _every_token_row(call, out):
+def _every_token_output(call, out):
     """The final layer's rows ((batch x frames, rows x cols, .), or one per running token) -> a row per token of the
     whole grid, (batch x tokens, 1, .): the running ones computed, the others from the policy."""
     rows = out.reshape(-1, call.image_rows, out.shape[-1])

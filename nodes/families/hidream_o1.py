@@ -15,9 +15,7 @@ keys are the cached ones followed by theirs. The adapter hooks modules, never th
 The final layer predicts the clean image per patch (the model turns it into a velocity): the policies reuse and
 extrapolate that prediction for the skipped patches.
 """
-import torch
-
-from .base import (FamilyAdapter, every_token_row, gather_image_after, gathered_freqs, patch_method,
+from .base import (FamilyAdapter, every_image_row_after, gather_image_after, gathered_freqs, patch_method,
                    patch_module_forward, runs_class_methods, scatter_every_row)
 
 _VISION = "hidream_o1 vision rows"          # call.scratch: the image sequence's length (the patch embedder's rows)
@@ -76,7 +74,4 @@ def _running_rows(call, table):
 
 
 def _every_image_row(call, x):
-    if call.dense:
-        return x
-    prefix = call.scratch[_PREFIX]
-    return torch.cat([x[:, :prefix], every_token_row(call, x[:, prefix:])], dim=1)
+    return every_image_row_after(call, x, call.scratch[_PREFIX])

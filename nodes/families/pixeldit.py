@@ -16,7 +16,7 @@ Both RoPE tables are one for the whole batch: a sparse step needs every row of t
 image, its cond and uncond rows); the sampler nodes refuse a batch of several images before sampling, and a Model Patch
 node's run stops with the same clear error at its first sparse step.
 """
-from .base import FamilyAdapter, every_token_row, patch_method, runs_class_methods
+from .base import FamilyAdapter, every_token_row, patch_method, runs_class_methods, shared_table_rows
 
 BATCH = ("PixelDiT with a batch of several images is not supported by region-adaptive sampling (its rotary "
          "embeddings are one table for the batch, and each image runs other patches): use batch size 1")
@@ -62,15 +62,8 @@ def _gather_patch_block_inputs(call, arguments) -> None:
 
 
 def _running_rows(call, table):
-    """A RoPE table with a row per patch of the grid -> the running patches' rows (once per forward and table)."""
-    if call.dense:
-        return table
-    if not call.shared_index:
-        raise NotImplementedError(BATCH)
-    key = ("pixeldit rope", table.data_ptr(), tuple(table.shape))
-    if key not in call.scratch:
-        call.scratch[key] = table.index_select(0, call.image_index_now()[0].to(table.device))
-    return call.scratch[key]
+    """A RoPE table with a row per patch of the grid -> the running patches' rows."""
+    return table if call.dense else shared_table_rows(call, table, BATCH)
 
 
 def _gather_pixel_block_inputs(call, arguments) -> None:

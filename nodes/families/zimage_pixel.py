@@ -10,9 +10,7 @@ image's first N rows (every patch's, by position) before the decoder. The adapte
   computed, the others from the policy.
 Reference images (Z-Image Omni's conditioning) are refused: this forward's cut assumes the image's rows come first.
 """
-import torch
-
-from .base import every_token_row, patch_method, runs_class_methods
+from .base import every_image_row_after, patch_method, runs_class_methods
 from .lumina import LEAD, LuminaFamily, install_layers
 
 _MODULE = "comfy.ldm.lumina.model"
@@ -50,10 +48,7 @@ def _every_image_row(call, out):
     """[caption | running image tokens | padding] -> [caption | every image token's row | padding]."""
     if call.scratch.get(LEAD):
         raise NotImplementedError(REFERENCES)
-    if call.dense:
-        return out
-    caption = out.shape[1] - call.image_rows
-    return torch.cat([out[:, :caption], every_token_row(call, out[:, caption:])], dim=1)
+    return every_image_row_after(call, out, out.shape[1] - call.image_rows)
 
 
 def _running_patches(call, arguments) -> None:
