@@ -75,13 +75,13 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
     try:
         layers = []
         for entry in prompts:
-            references = adapter.sequence_reference_tokens(diffusion_model, entry, tokens)
+            references = adapter.sequence_reference_tokens(diffusion_model, entry, tokens, tuple(noise_shape))
             text = adapter.prompt_tokens(model, _text_tokens(entry), entry)
             if latent_shapes is not None and len(latent_shapes) > 1:
                 text += adapter.latent_parts_tokens(diffusion_model, latent_shapes, _text_tokens(entry), entry)
             layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text, entry)
                        for shape in shapes]
-    except AttributeError as error:     # a newer ComfyUI renamed what the adapter reads: sample unplanned
+    except (AttributeError, ImportError) as error:  # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)
         return 0
     return sum(cache_bytes(prompt_layers, int(noise_shape[0]), value_bytes, store) for prompt_layers in layers)

@@ -81,14 +81,28 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, prefix_cac
     assert bool(model.model.diffusion_model._kv_cache_entries) == prefix_cache, "the prefix cache was (not) used"
 
 
+@pytest.mark.parametrize("reference", [False, True])
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_planned_cache_is_what_the_streams_hold(cfg):
-    """Per layer, the keys and values (the key/value heads') of the prompt and every patch."""
-    run = sample_patched(tiny_hidream_o1(seed=0), image(2), cfg, prompts())
+def test_planned_cache_is_what_the_streams_hold(cfg, reference):
+    """Per layer, the keys and values (the key/value heads') of the prompt and every patch; with a reference image,
+    also its vision tower's tokens spliced into the prompt and its patches (counted here by the model's own
+    conditioning: the sequence its forward gets)."""
+    conditioning = with_a_reference_image()[0] if reference else prompts()
+    run = sample_patched(tiny_hidream_o1(seed=0), image(2), cfg, conditioning)
     width = TINY_TEXT["num_key_value_heads"] * TINY_TEXT["head_dim"]
-    lengths = [prompts()[name][0][1]["text_input_ids"].shape[1] for name in ("positive", "negative")]
-    rows = [(lengths[0], 2)] + ([(lengths[1], 2)] if cfg > 1 else [])   # (prompt tokens, rows: batch 2)
-    expected = sum(TINY_TEXT["num_hidden_layers"] * n * (text + TOKENS) * width * 2 * 4 for text, n in rows)
+
+    def sequence(name):
+        from comfy.ldm.hidream_o1.conditioning import build_extra_conds
+        values = conditioning[name][0][1]
+        model_inputs = build_extra_conds(values["text_input_ids"], image(2), ref_images=values.get("reference_latents"))
+        references = model_inputs["ref_patches"].shape[1] if reference else 0
+        return model_inputs["input_ids"].shape[1] + TOKENS + references
+    rows = [(sequence("positive"), 2)] + ([(sequence("negative"), 2)] if cfg > 1 else [])   # (tokens, rows: batch 2)
+    expected = sum(TINY_TEXT["num_hidden_layers"] * n * tokens * width * 2 * 4 for tokens, n in rows)
+    if reference:
+        assert expected > sum(TINY_TEXT["num_hidden_layers"] * n * (prompts()[name][0][1]["text_input_ids"].shape[1]
+                                                                     + TOKENS) * width * 2 * 4
+                              for name, n in zip(("positive", "negative"), (2, 2 if cfg > 1 else 0)))
     assert run.kv_planned_bytes == run.kv_peak_bytes == expected
 
 

@@ -92,6 +92,66 @@ def test_planned_cache_is_what_the_streams_hold(cfg):
     assert run.kv_planned_bytes == run.kv_peak_bytes > 0
 
 
+SIGLIP = 24      # a SigLIP image encoder's hidden size (the real model's is 1152)
+
+
+def tiny_zimage_siglip(seed: int):
+    """Z-Image Omni as its checkpoint is (a SigLIP embedder and refiner: ComfyUI configures them where the weights
+    have `siglip_embedder`): the joint layers run over [captions | SigLIP tokens | image | references]."""
+    from sdit_testkit import build_tiny
+    import comfy.supported_models
+    return build_tiny(comfy.supported_models.ZImage, dict(TINY_ZIMAGE, siglip_feat_dim=SIGLIP), seed)
+
+
+def siglip_prompts(references=2):
+    """TextEncodeZImageOmni's conditioning with an image encoder: each reference with its SigLIP features (a grid of
+    16-px cells: 3 x 5 and 2 x 2 here, padded to 32 each), beside the image's own block of SigLIP padding."""
+    import comfy.clip_vision
+    encoded = []
+    for i, (height, width) in enumerate([(48, 80), (32, 32)][:references]):
+        output = comfy.clip_vision.Output()
+        output["last_hidden_state"] = randn(1, (height // 16) * (width // 16), SIGLIP, seed=20 + i)
+        output["image_sizes"] = [(3, height, width)]
+        encoded.append(output)
+    conditioning = prompts(references=references, own_caption=True)
+    for entry in (*conditioning["positive"], *conditioning["negative"]):
+        entry[1]["clip_vision_outputs"] = encoded
+    return conditioning
+
+
+def test_siglip_features_change_the_image():
+    model = tiny_zimage_siglip(seed=4)
+    plain = ksample(model, latent(), seed=5, steps=3, **prompts(references=2, own_caption=True))
+    assert (ksample(model, latent(), seed=5, steps=3, **siglip_prompts()) - plain).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_siglip_all_tokens_active_equals_unpatched(batch, cfg):
+    every_token_active(tiny_zimage_siglip(seed=3), latent(batch), cfg, siglip_prompts(), TOKENS, assert_sampled_close)
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_siglip_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg):
+    """The SigLIP refiner runs before the image's tokens enter (untouched); its tokens join the captions' before the
+    image's in the joint layers and run on every step."""
+    exact_on_a_third_of_the_tokens(tiny_zimage_siglip(seed=4), latent(batch), cfg, siglip_prompts(), TOKENS,
+                                   extra=MULTIPLE - TOKENS + reference_tokens(references=2))
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("references", [1, 2])
+def test_planned_cache_counts_the_siglip_tokens(cfg, references):
+    """The joint layers' keys also hold every reference's SigLIP tokens and the image's block of SigLIP padding (one
+    reference: a block of 32; two: 32 each (15 and 4 features padded), and the image's 32)."""
+    run = sample_patched(tiny_zimage_siglip(seed=0), latent(2), cfg, siglip_prompts(references))
+    without = sample_patched(tiny_zimage(seed=0), latent(2), cfg, prompts(references=references, own_caption=True))
+    joint_layers, width, rows, value_bytes = TINY_ZIMAGE["n_layers"], TINY_ZIMAGE["dim"], 2, 4
+    streams = 2 if cfg > 1 else 1
+    siglip_tokens = MULTIPLE * (references + 1)
+    assert run.kv_planned_bytes == run.kv_peak_bytes == (
+        without.kv_peak_bytes + streams * joint_layers * rows * siglip_tokens * width * 2 * value_bytes)
+
+
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
     _, _, trace, _ = sampler_node_end_to_end(tiny_zimage(seed=7), {"samples": latent(2)}, prompts(), method, TOKENS)

@@ -354,9 +354,10 @@ class FamilyAdapter:
         their tokens in the K/V cache."""
         return []
 
-    def sequence_reference_tokens(self, diffusion_model, values: dict, tokens: Callable) -> int:
-        """How many tokens those latents put into the sequence (`tokens(latent shape)` counts a latent's): the
-        memory plan's count. A model that embeds a latent of its own way (Wan S2V's packed motion frames) says."""
+    def sequence_reference_tokens(self, diffusion_model, values: dict, tokens: Callable, image_shape: tuple) -> int:
+        """How many tokens those latents put into the sequence (`tokens(latent shape)` counts a latent's) beside an
+        image latent of `image_shape`: the memory plan's count. A model that embeds references of its own way (Wan
+        S2V's packed motion frames, HiDream-O1's images sized to the target) says."""
         return sum(tokens(latent.shape) for latent in self.sequence_references(diffusion_model, values))
 
     def latent_parts_tokens(self, diffusion_model, latent_shapes: list, text_tokens: int, values: dict) -> int:

@@ -38,6 +38,18 @@ class HiDreamO1Family(FamilyAdapter):
                     "sample it with KSampler")
         return None
 
+    def sequence_reference_tokens(self, diffusion_model, values, tokens, image_shape):
+        """HiDream-O1 Reference Images' images, each sized to the target by the model's own preparation: its 32-px
+        patches after the target's, and its vision tower's tokens spliced into the prompt between a start and an
+        end token."""
+        images = values.get("reference_latents") or []
+        if not images:
+            return 0
+        from comfy.ldm.hidream_o1.conditioning import prepare_ref_images
+        prepared = prepare_ref_images(images, *image_shape[-2:], device="cpu", dtype=images[0].dtype)
+        return (sum(rows * cols for rows, cols in prepared["per_ref_patch_grids"])
+                + sum(vision + 2 for vision in prepared["per_ref_vit_tokens"]))
+
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         config = diffusion_model.text_config
         return ([(text_tokens + image_tokens, config.num_key_value_heads * config.head_dim)]

@@ -43,17 +43,18 @@ class LuminaFamily(FamilyAdapter):
 
         def padded(tokens):
             return tokens + (-tokens) % multiple if multiple else tokens
-        references, captions = self._omni_tokens(diffusion_model, values, padded)
+        references, captions, siglip = self._omni_tokens(diffusion_model, values, padded)
         image = padded(image_tokens) + references
-        joint = padded(text_tokens) + captions + image
+        joint = padded(text_tokens) + captions + siglip + image
         return ([(image, diffusion_model.dim)] * len(diffusion_model.noise_refiner)
                 + [(joint, diffusion_model.dim)] * len(diffusion_model.layers))
 
     @staticmethod
     def _omni_tokens(diffusion_model, values: dict, padded) -> tuple:
-        """Z-Image Omni: the tokens its reference images put into the image sequence (each padded), and into the
-        caption (each reference's own text, or a block of pad tokens). Its SigLIP tokens are left out (the engine
-        says when the caches outgrow the plan)."""
+        """Z-Image Omni: the tokens its reference images put into the image sequence (each padded), into the
+        caption (each reference's own text, or a block of pad tokens), and, where the model has a SigLIP embedder,
+        into the SigLIP part before the image's (each reference's image-encoder features, or a block of pad tokens,
+        and a block of pad tokens for the image)."""
         references = list(values.get("reference_latents") or []) if takes_reference_latents(diffusion_model) else []
         p = int(diffusion_model.patch_size)
         image = sum(padded(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p)) for r in references)
@@ -61,7 +62,16 @@ class LuminaFamily(FamilyAdapter):
         multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 0
         captions = sum(padded(int(texts[i].shape[1])) if i < len(texts) else multiple for i in range(len(references)))
         captions += sum(padded(int(t.shape[1])) for t in texts[len(references):])
-        return image, captions
+        siglip = 0
+        if references and getattr(diffusion_model, "siglip_embedder", None) is not None:
+            # what TextEncodeZImageOmni's image encoder gave (one per image; none: the model's padding blocks), else
+            # unCLIP conditioning's, as the model's extra_conds reads them
+            outputs = values.get("clip_vision_outputs",
+                                 [u.get("clip_vision_output") for u in values.get("unclip_conditioning") or []])
+            features = [o["last_hidden_state"] for o in outputs or [] if o is not None]
+            siglip = sum(padded(int(features[i].shape[1])) if i < len(features) else multiple
+                         for i in range(len(references))) + multiple
+        return image, captions, siglip
 
     def install(self, patcher, slot) -> None:
         install_layers(patcher, slot)

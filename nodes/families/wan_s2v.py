@@ -27,8 +27,8 @@ class WanS2VFamily(WanFamily):
     def sequence_references(self, diffusion_model, values):
         return last_reference_latent(values)
 
-    def sequence_reference_tokens(self, diffusion_model, values, tokens):
-        count = super().sequence_reference_tokens(diffusion_model, values, tokens)
+    def sequence_reference_tokens(self, diffusion_model, values, tokens, image_shape):
+        count = super().sequence_reference_tokens(diffusion_model, values, tokens, image_shape)
         motion = values.get("reference_motion")
         if motion is not None:   # the frame packer: 1 frame at the video's patch, 2 at twice it, 16 at 4 times it
             height, width = motion.shape[-2:]
