@@ -90,6 +90,21 @@ def patchifies_frames(diffusion_model) -> bool:
     return tokens.shape[1] == 2
 
 
+def lumina_takes_frames(diffusion_model) -> bool:
+    """Does this Lumina model (`NextDiT`) take latents with a frame axis (newer ComfyUI: Ming-Image's Wan 2.1 VAE
+    latents, Ming-Image-Layer's composite and layers as frames)? Its `unpatchify` then takes the frame count."""
+    import inspect
+    unpatchify = getattr(type(diffusion_model), "unpatchify", None)
+    return unpatchify is not None and "frames" in inspect.signature(unpatchify).parameters
+
+
+def references_follow_as_frames(diffusion_model) -> bool:
+    """Does ComfyUI hand this Lumina model a prompt's reference latents as clean frames after the image's tokens
+    (`ref_frames`: Ming-Image, marked by its `__ming_image__` buffer) rather than as Z-Image Omni's references
+    before them (`ref_latents`)?"""
+    return hasattr(diffusion_model, "__ming_image__")
+
+
 def pixels_per_latent(base_model) -> int:
     """Image pixels per latent pixel (side) of the model's VAE: the latent format's `spacial_downscale_ratio`
     (newer ComfyUI); 8 where a ComfyUI does not say (0.3.75: right for all but Wan 2.2 TI2V 5B, HunyuanVideo 1.5

@@ -12,6 +12,10 @@ images' tokens before the image's in the noise refiner's sequence, and marks the
 the current timestep's modulation (`timestep_zero_index`; the rest takes timestep 0's). The first noise-refiner layer
 moves the references' tokens after the image's (they run on every step, as the padding does), every layer gets its
 RoPE rows in that order and the image's slice where it now is, and so does the final layer.
+Ming-Image (newer ComfyUI: `image_model="ming_image"`, Z-Image's network without learned padding) takes latents with a
+frame axis (one frame, or Ming-Image-Layer's composite and layers: tokens numbered (frame, row, column) as it embeds
+them), the text encoder's `direct_context` tokens after the caption's, and reference latents as clean frames after the
+image's tokens (`ref_frames`: they run on every step, as the padding does); nothing else differs for the adapter.
 Each layer's sparse calls may replay from a CUDA graph of that layer (forward_graphs.py).
 Attention before the first gather (the caption refiner) passes through untouched.
 
@@ -24,12 +28,12 @@ import math
 
 import torch
 
-from ..comfy_compat import takes_reference_latents
+from ..comfy_compat import lumina_takes_frames, references_follow_as_frames, takes_reference_latents
 from .base import FamilyAdapter, gathered_freqs, patch_method, runs_class_methods
 
 
 class LuminaFamily(FamilyAdapter):
-    names = ("Lumina 2", "Z-Image")
+    names = ("Lumina 2", "Z-Image", "Ming-Image")
 
     def matches(self, diffusion_model) -> bool:
         # A subclass with a forward of its own is another model (Z-Image pixel space: an adapter of its own).
@@ -38,16 +42,32 @@ class LuminaFamily(FamilyAdapter):
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
 
+    def takes_frames(self, diffusion_model) -> bool:
+        return lumina_takes_frames(diffusion_model)
+
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         multiple = getattr(diffusion_model, "pad_tokens_multiple", None)    # Z-Image pads both to a multiple
 
         def padded(tokens):
             return tokens + (-tokens) % multiple if multiple else tokens
-        references, captions, siglip = self._omni_tokens(diffusion_model, values, padded)
-        image = padded(image_tokens) + references
-        joint = padded(text_tokens) + captions + siglip + image
+        direct = values.get("direct_context")       # Ming-Image: the text encoder's own tokens after the caption's
+        caption = padded(text_tokens + (int(direct.shape[-2]) if direct is not None else 0))
+        if references_follow_as_frames(diffusion_model):
+            image = padded(image_tokens + self._reference_frame_tokens(diffusion_model, values))
+            joint = caption + image
+        else:
+            references, captions, siglip = self._omni_tokens(diffusion_model, values, padded)
+            image = padded(image_tokens) + references
+            joint = caption + captions + siglip + image
         return ([(image, diffusion_model.dim)] * len(diffusion_model.noise_refiner)
                 + [(joint, diffusion_model.dim)] * len(diffusion_model.layers))
+
+    @staticmethod
+    def _reference_frame_tokens(diffusion_model, values: dict) -> int:
+        """Ming-Image: every frame of every reference latent, embedded after the image's tokens."""
+        p = int(diffusion_model.patch_size)
+        return sum((r.shape[2] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p)
+                   for r in values.get("reference_latents") or [])
 
     @staticmethod
     def _omni_tokens(diffusion_model, values: dict, padded) -> tuple:
