@@ -92,10 +92,15 @@ def patchifies_frames(diffusion_model) -> bool:
 
 def lumina_takes_frames(diffusion_model) -> bool:
     """Does this Lumina model (`NextDiT`) take latents with a frame axis (newer ComfyUI: Ming-Image's Wan 2.1 VAE
-    latents, Ming-Image-Layer's composite and layers as frames)? Its `unpatchify` then takes the frame count."""
+    latents, Ming-Image-Layer's composite and layers as frames)? Its `unpatchify` then takes the frame count and its
+    own `_forward` the reference frames that came with them (Z-Image pixel space's `_forward`, which unpacks four
+    dimensions, does not)."""
     import inspect
-    unpatchify = getattr(type(diffusion_model), "unpatchify", None)
-    return unpatchify is not None and "frames" in inspect.signature(unpatchify).parameters
+
+    def takes(method, parameter):
+        return method is not None and parameter in inspect.signature(method).parameters
+    cls = type(diffusion_model)
+    return takes(getattr(cls, "unpatchify", None), "frames") and takes(getattr(cls, "_forward", None), "ref_frames")
 
 
 def references_follow_as_frames(diffusion_model) -> bool:

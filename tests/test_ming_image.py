@@ -127,3 +127,15 @@ def test_sampler_node_on_layers():
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_ming(seed=8), {"samples": latent(2)}, prompts(reference=True),
                                      assert_within(TOL))
+
+
+def test_z_image_pixel_space_still_refuses_frames():
+    """Z-Image pixel space shares the newer `unpatchify` but its own `_forward` takes an image latent only: a latent
+    of several frames gets the clear error before sampling."""
+    from comfyui_sdit.nodes.errors import SDiTInputError
+    from sdit_testkit import ras_sample
+    from test_ras_sampler import ras_args
+    from test_zimage_pixel import prompts as pixel_prompts, tiny_zimage_pixel
+    with pytest.raises(SDiTInputError, match="RAS Sampler: input 'latent_image'.*an image latent"):
+        ras_sample(tiny_zimage_pixel(seed=0), latent_image={"samples": torch.zeros(1, 3, 3, 32, 32)},
+                   **ras_args(**pixel_prompts()))
