@@ -65,9 +65,7 @@ class LuminaFamily(FamilyAdapter):
     @staticmethod
     def _reference_frame_tokens(diffusion_model, values: dict) -> int:
         """Ming-Image: every frame of every reference latent, embedded after the image's tokens."""
-        p = int(diffusion_model.patch_size)
-        return sum((r.shape[2] if r.ndim == 5 else 1) * math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p)
-                   for r in values.get("reference_latents") or [])
+        return sum(_latent_tokens(r, int(diffusion_model.patch_size)) for r in values.get("reference_latents") or [])
 
     @staticmethod
     def _omni_tokens(diffusion_model, values: dict, padded) -> tuple:
@@ -76,8 +74,7 @@ class LuminaFamily(FamilyAdapter):
         into the SigLIP part before the image's (each reference's image-encoder features, or a block of pad tokens,
         and a block of pad tokens for the image)."""
         references = list(values.get("reference_latents") or []) if takes_reference_latents(diffusion_model) else []
-        p = int(diffusion_model.patch_size)
-        image = sum(padded(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p)) for r in references)
+        image = sum(padded(_latent_tokens(r, int(diffusion_model.patch_size))) for r in references)
         texts = list(values.get("reference_latents_text_embeds") or [])
         multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 0
         captions = sum(padded(int(texts[i].shape[1])) if i < len(texts) else multiple for i in range(len(references)))
@@ -97,6 +94,12 @@ class LuminaFamily(FamilyAdapter):
         install_layers(patcher, slot)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_final_image_slice)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
+
+
+def _latent_tokens(latent, patch_size: int) -> int:
+    """A latent's tokens as the model embeds it: each frame padded to the patch size."""
+    frames = latent.shape[2] if latent.ndim == 5 else 1
+    return frames * math.ceil(latent.shape[-2] / patch_size) * math.ceil(latent.shape[-1] / patch_size)
 
 
 def install_layers(patcher, slot, after_last=None) -> None:
