@@ -41,13 +41,14 @@ def device_memory(device) -> Optional[Tuple[int, int]]:
 def evaluated_prompts(guider) -> List[dict]:
     """The conditioning entries the guider evaluates every step (each over the latent's whole batch): their
     text (`cross_attn`) and values (references, ...). ComfyUI's CFGGuider leaves the negative prompt out
-    at cfg 1 (unless a node turned that off)."""
+    at cfg 1 (unless a node turned that off). Each entry says which prompt it is (`prompt_type`, as ComfyUI tells the
+    model's conditioning: some models build another prompt for the negative, SenseNova U1.5 an image-only one)."""
     conds = getattr(guider, "conds", None) or {}
     skips_negative = (getattr(type(guider), "predict_noise", None) is comfy.samplers.CFGGuider.predict_noise
                       and math.isclose(getattr(guider, "cfg", 0.0), 1.0)
                       and not (getattr(guider, "model_options", None) or {}).get("disable_cfg1_optimization"))
-    return [entry for key, entries in conds.items() if not (key == "negative" and skips_negative)
-            for entry in entries or [] if isinstance(entry, dict)]
+    return [dict(entry, prompt_type=entry.get("prompt_type", key)) for key, entries in conds.items()
+            if not (key == "negative" and skips_negative) for entry in entries or [] if isinstance(entry, dict)]
 
 
 def _text_tokens(entry: dict) -> int:

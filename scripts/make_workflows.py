@@ -1028,6 +1028,21 @@ def hidream_o1_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def sensenova_ras(info: dict) -> dict:
+    """SenseNova U1.5 (pixel space, newest ComfyUI): its checkpoint (model, tokenizer and the pixel-space "VAE" in one
+    file), its prompt through CLIPTextEncode (the language model lives in the diffusion model: the text encoder only
+    tokenizes), an empty 2048² RGB image + RAS Sampler."""
+    wf = Workflow(info)
+    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": "sensenova_u1_5_bf16.safetensors"})
+    positive, negative = text_pair(wf, (checkpoint, 1), "a ceramic teapot shaped like a sleeping cat on a wooden "
+                                                        "table, soft window light")
+    latent = wf.add("EmptyHiDreamO1LatentImage", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (checkpoint, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.4}, sockets, (checkpoint, 2),
+                 "sensenova_ras", False)
+    return wf.to_json()
+
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
@@ -1052,7 +1067,8 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
 # NEWER_GENERATED_WITH, by `COMFYUI_PATH=<tree> python scripts/make_workflows.py --newer`.
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
                   "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
-                  "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras}
+                  "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras,
+                  "sensenova_ras.json": sensenova_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
                "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",

@@ -190,7 +190,8 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["f
                     "Boogu-Image": ["boogu_ras.json"], "ERNIE-Image": ["ernie_image_sdit.json"],
                     "PixArt": ["pixart_sigma_ras.json"], "Chroma Radiance": ["chroma_radiance_sdit.json"],
                     "HunyuanDiT": ["hunyuan_dit_ras.json"], "Z-Image pixel space": ["zimage_pixel_ras.json"], "PixelDiT": ["pixeldit_sdit.json"],
-                    "MiniMax H3": ["minimax_h3_t2av_ras.json"]}
+                    "MiniMax H3": ["minimax_h3_t2av_ras.json"],
+                    "SenseNova U1.5": ["sensenova_ras.json"]}
 
 
 def test_every_supported_family_has_an_example_workflow():

@@ -36,6 +36,7 @@ from .pixeldit import PixelDiTFamily
 from .qwen_image import QwenImageFamily
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
+from .sensenova import SenseNovaFamily
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
 from .wan_animate2 import WanAnimate2Family
@@ -55,7 +56,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
-                               PixelDiTFamily(), HiDreamO1Family()]
+                               PixelDiTFamily(), HiDreamO1Family(), SenseNovaFamily()]
 
 
 def supported_family_names() -> str:

@@ -270,6 +270,32 @@ def every_image_row_after(call, out: torch.Tensor, prefix: int) -> torch.Tensor:
     return torch.cat([out[:, :prefix], every_token_row(call, out[:, prefix:])], dim=1)
 
 
+def every_token_carried(call, hidden: torch.Tensor, key) -> torch.Tensor:
+    """(rows, running tokens, channels) -> (rows, every token, channels): the running ones now, the others as last
+    computed in this stream (`Stream.carried`, under `key`: it lives for the sampling run), for a model whose output
+    layer mixes neighbouring tokens (a convolution over the token grid: its border pixels see their neighbours' latest
+    features). A dense forward's hidden states are kept as they are."""
+    if call.dense:
+        call.stream.carried[key] = hidden.detach().clone()
+        return hidden
+    last = call.stream.carried.get(key)
+    if last is None or last.shape[0] != hidden.shape[0] or (last.device, last.dtype) != (hidden.device, hidden.dtype):
+        last = call.stream.carried[key] = hidden.new_zeros(hidden.shape[0], call.grid_tokens, hidden.shape[-1])
+    # written in place: the stream's copy is this forward's input and the next one's starting point
+    return scatter_rows_(last, call.grid_index.to(hidden.device), hidden.detach())
+
+
+def scatter_pixel_patches(call, image: torch.Tensor, patch: int) -> torch.Tensor:
+    """(rows, channels, height, width) decoded from every token of a pixel-space model -> the running tokens' patches
+    kept, the others filled by the policy (as per-token outputs of channels * patch * patch values)."""
+    height, width = image.shape[-2:]
+    patches = torch.nn.functional.unfold(image, kernel_size=patch, stride=patch).transpose(1, 2)
+    if not call.dense:
+        patches = patches.gather(1, call.grid_index.to(image.device)[..., None].expand(-1, -1, patches.shape[-1]))
+    full = call.scatter(patches)
+    return torch.nn.functional.fold(full.transpose(1, 2), output_size=(height, width), kernel_size=patch, stride=patch)
+
+
 def shared_table_rows(call, table: torch.Tensor, refusal: str) -> torch.Tensor:
     """A table with a row per image token, one for the whole batch (a model's RoPE) -> the running tokens' rows, once per
     forward and table. It serves the batch only where every row runs the same tokens (one image, its cond and uncond

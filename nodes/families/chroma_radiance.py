@@ -15,8 +15,8 @@ into each neighbour, so a running patch next to a skipped one differs from a den
 """
 import torch
 
-from ...sdit_core.tokens import scatter_rows_
-from .base import FamilyAdapter, gather_control, patch_method, runs_class_methods
+from .base import (FamilyAdapter, every_token_carried, gather_control, patch_method, runs_class_methods,
+                   scatter_pixel_patches)
 
 _MODULE = "comfy.ldm.chroma_radiance.model"
 _PATCH = ("chroma radiance", "patch")          # a per-forward memo key: the patch size forward_nerf decodes with
@@ -49,27 +49,9 @@ def _gather_ids(call, arguments) -> None:
 
 
 def _every_patch_hidden(call, arguments) -> None:
-    """(rows, running patches, hidden) -> (rows, every patch, hidden): the running ones now, the others as last
-    computed in this stream (`Stream.carried`: it lives for the sampling run)."""
     call.scratch[_PATCH] = int(arguments["params"].patch_size)
-    hidden = arguments["img_out"]
-    if call.dense:
-        call.stream.carried[_HIDDEN] = hidden.detach().clone()
-        return
-    last = call.stream.carried.get(_HIDDEN)
-    if last is None or last.shape[0] != hidden.shape[0] or (last.device, last.dtype) != (hidden.device, hidden.dtype):
-        last = call.stream.carried[_HIDDEN] = hidden.new_zeros(hidden.shape[0], call.grid_tokens, hidden.shape[-1])
-    # written in place: the stream's copy is this forward's input and the next one's starting point
-    arguments["img_out"] = scatter_rows_(last, call.grid_index.to(hidden.device), hidden.detach())
+    arguments["img_out"] = every_token_carried(call, arguments["img_out"], _HIDDEN)
 
 
 def _scatter_patches(call, image: torch.Tensor) -> torch.Tensor:
-    """(rows, channels, height, width) decoded from every patch -> the running patches' pixels kept, the others filled
-    by the policy (as per-patch outputs of channels * patch * patch values)."""
-    rows, channels, height, width = image.shape
-    patch = call.scratch[_PATCH]
-    patches = torch.nn.functional.unfold(image, kernel_size=patch, stride=patch).transpose(1, 2)
-    if not call.dense:
-        patches = patches.gather(1, call.grid_index.to(image.device)[..., None].expand(-1, -1, patches.shape[-1]))
-    full = call.scatter(patches)
-    return torch.nn.functional.fold(full.transpose(1, 2), output_size=(height, width), kernel_size=patch, stride=patch)
+    return scatter_pixel_patches(call, image, call.scratch[_PATCH])
