@@ -175,7 +175,13 @@ def tiny_qwen_image(seed: int = 0):
 
 
 def tiny_flux2(seed: int = 0):
-    return build_tiny(comfy.supported_models.Flux2, flux_unet_config(TINY_FLUX2), seed)
+    """Where ComfyUI gives the text tokens position ids (newer ComfyUI), on the axis the real checkpoints' config sets."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    real_text_ids = "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    config = dict(TINY_FLUX2, txt_ids_dims=[3]) if real_text_ids else TINY_FLUX2
+    return build_tiny(comfy.supported_models.Flux2, flux_unet_config(config), seed)
 
 
 class StandInWanVAE:
