@@ -1011,37 +1011,37 @@ def minimax_h3_t2av_ras(info: dict) -> dict:
     return wf.to_json()
 
 
-def hidream_o1_ras(info: dict) -> dict:
-    """HiDream-O1 (pixel space, newer ComfyUI): its checkpoint (model, tokenizer and the pixel-space "VAE" in one file),
-    an empty 2048² image (the size it was trained at) + RAS Sampler, as ComfyUI's own template without its Patch Seam
-    Smoothing (it runs the model again on a shifted image: refused) and with dpmpp_2m for its dpmpp_2m_sde (fresh noise
-    every step: RAS would run dense)."""
+def pixel_checkpoint_ras(info: dict, checkpoint_name: str, prompt: str, sampling: dict, name: str) -> dict:
+    """A pixel-space model whose checkpoint holds the model, its tokenizer and the pixel-space "VAE": its prompts through
+    CLIPTextEncode, an empty 2048² RGB image (EmptyHiDreamO1LatentImage) + RAS Sampler with `sampling`, saved as `name`."""
     wf = Workflow(info)
-    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": "hidream_o1_image_bf16.safetensors"})
-    positive, negative = text_pair(wf, (checkpoint, 1), "a watercolor map of an imaginary island, compass rose, "
-                                                        "hand-lettered place names, soft paper texture")
+    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": checkpoint_name})
+    positive, negative = text_pair(wf, (checkpoint, 1), prompt)
     latent = wf.add("EmptyHiDreamO1LatentImage", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))
     sockets = {"model": (checkpoint, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 40, "cfg": 5.0, "sampler_name": "dpmpp_2m",
-                                    "scheduler": "normal", "sample_ratio": 0.4}, sockets, (checkpoint, 2),
-                 "hidream_o1_ras", False)
+    sampler_tail(wf, "RASSampler", dict(seed=42, **sampling, sample_ratio=0.4), sockets, (checkpoint, 2), name, False)
     return wf.to_json()
+
+
+def hidream_o1_ras(info: dict) -> dict:
+    """HiDream-O1 (pixel space, newer ComfyUI) at 2048² (the size it was trained at), as ComfyUI's own template without
+    its Patch Seam Smoothing (it runs the model again on a shifted image: refused) and with dpmpp_2m for its
+    dpmpp_2m_sde (fresh noise every step: RAS would run dense)."""
+    return pixel_checkpoint_ras(info, "hidream_o1_image_bf16.safetensors",
+                                "a watercolor map of an imaginary island, compass rose, hand-lettered place names, soft "
+                                "paper texture",
+                                {"steps": 40, "cfg": 5.0, "sampler_name": "dpmpp_2m", "scheduler": "normal"},
+                                "hidream_o1_ras")
 
 
 def sensenova_ras(info: dict) -> dict:
-    """SenseNova U1.5 (pixel space, newest ComfyUI): its checkpoint (model, tokenizer and the pixel-space "VAE" in one
-    file), its prompt through CLIPTextEncode (the language model lives in the diffusion model: the text encoder only
-    tokenizes), an empty 2048² RGB image + RAS Sampler."""
-    wf = Workflow(info)
-    checkpoint = wf.add("CheckpointLoaderSimple", {"ckpt_name": "sensenova_u1_5_bf16.safetensors"})
-    positive, negative = text_pair(wf, (checkpoint, 1), "a ceramic teapot shaped like a sleeping cat on a wooden "
-                                                        "table, soft window light")
-    latent = wf.add("EmptyHiDreamO1LatentImage", {"width": 2048, "height": 2048, "batch_size": 1}, pos=(700, 300))
-    sockets = {"model": (checkpoint, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
-    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 30, "cfg": 4.0, "sampler_name": "euler",
-                                    "scheduler": "simple", "sample_ratio": 0.4}, sockets, (checkpoint, 2),
-                 "sensenova_ras", False)
-    return wf.to_json()
+    """SenseNova U1.5 (pixel space, newest ComfyUI): the language model lives in the diffusion model, so the text
+    encoder only tokenizes."""
+    return pixel_checkpoint_ras(info, "sensenova_u1_5_bf16.safetensors",
+                                "a ceramic teapot shaped like a sleeping cat on a wooden table, soft window light",
+                                {"steps": 30, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple"},
+                                "sensenova_ras")
+
 
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
