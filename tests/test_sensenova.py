@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import init_weights_, ksample, make_patcher
+from sdit_testkit import assert_exact_on_active_tokens, init_weights_, ksample, make_patcher, random_active
 from test_memory_plan import sample_patched
-from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
+from test_video import (assert_within, dense_then_sparse, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.sensenova") is None,
@@ -118,6 +118,16 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, hooks):
     states as the dense forward left them."""
     exact_on_a_third_of_the_tokens(tiny_sensenova(seed=4), image(batch), cfg, prompts(hooks), TOKENS)
 
+
+def test_prompts_of_one_length_run_batched():
+    """Prompts of equal length: ComfyUI batches the positive and negative passes into one forward (the prompt's keys
+    one row per guidance branch, the model repeating each for its images): one stream of 4 rows."""
+    model = tiny_sensenova(seed=3)
+    conditioning = dict(positive=prompt("a red fox"), negative=prompt("a red cat"))
+    every_token_active(model, image(2), 3.0, conditioning, TOKENS, assert_within(TOL))
+    by_stream = dense_then_sparse(model, image(2), random_active(2, TOKENS, TOKENS // 3, seed=1), 3.0, conditioning)
+    assert [key[1] for key in by_stream] == [4]
+    assert_exact_on_active_tokens(by_stream, TOKENS)
 
 def _prefix_length(model, values, prompt_type) -> int:
     """The prompt's length as the model's own conditioning builds it (its keys' rows)."""
