@@ -32,7 +32,7 @@ class SenseNovaFamily(FamilyAdapter):
         return runs_class_methods(diffusion_model, _MODULE, "SenseNovaU15", ("forward", "_forward"))
 
     def patch_size(self, diffusion_model) -> int:
-        return int(sys.modules[type(diffusion_model).__module__].MERGED_PATCH_SIZE)
+        return int(_model_module(diffusion_model).MERGED_PATCH_SIZE)
 
     def prompt_tokens(self, base_model, tokens, values):
         """The prefix the model builds from the prompt: its tokens with the reference images' spliced in (an
@@ -40,8 +40,8 @@ class SenseNovaFamily(FamilyAdapter):
         estimate counts it (the prefix's keys, one layer's worth per layer and token, or the prompt's mask)."""
         shapes = base_model.extra_conds_shapes(**values)
         if "prefix_keys" in shapes:
-            model = sys.modules[type(base_model.diffusion_model).__module__]
-            return shapes["prefix_keys"][-1] // (model.NUM_LAYERS * model.HEAD_DIM)
+            sizes = _model_module(base_model.diffusion_model)
+            return shapes["prefix_keys"][-1] // (sizes.NUM_LAYERS * sizes.HEAD_DIM)
         return shapes["prefix_mask"][-1] if "prefix_mask" in shapes else tokens
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
@@ -59,6 +59,11 @@ class SenseNovaFamily(FamilyAdapter):
         patch = self.patch_size(patcher.model.diffusion_model)
         patch_module_forward(patcher, slot, "diffusion_model.fm_modules.fm_head",
                              after=lambda call, image: scatter_pixel_patches(call, image, patch))
+
+
+def _model_module(diffusion_model):
+    """The model's module: the class keeps its sizes there (module constants), not on the instance."""
+    return sys.modules[type(diffusion_model).__module__]
 
 
 def _gather_tokens(call, tokens):
