@@ -108,7 +108,7 @@ class ForwardCall:
         self.image_keys = 0               # > 0 inside attention of others' queries to the image tokens (LTX-2's audio)
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
-        self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1's generation pass)
+        self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         self.record = CallRecord(stream.key, 0, dense, self.grid_tokens if dense else int(grid_index.shape[1]),
                                  self.grid_tokens)
