@@ -7,7 +7,8 @@ token count. A CUDA graph records those launches once and replays them with one 
 
 What is graphed is a method an adapter marks: the whole token-sparse part of the forward where one
 method spans it (Flux, SD3), else each layer (Lumina 2 / Z-Image, whose sparse part starts inside
-`patchify_and_embed`): one graph per layer, each writing its own layer's K/V, keyed by where it sits.
+`patchify_and_embed`; Qwen-Image's blocks, which return a pair of tensors): one graph per layer, each
+writing its own layer's K/V, keyed by where it sits.
 Static buffers are the stream's, shared by every graph of the same signature (replays run one at a
 time and copy their inputs in first), so graphing 30 layers does not hold 30 copies of the hidden state.
 
@@ -31,7 +32,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple, Union
 
 import torch
 
@@ -118,7 +119,7 @@ def _signature(value: Any) -> Hashable:
 @dataclass
 class _Graph:
     replay: Callable[[], None]
-    output: torch.Tensor
+    output: Union[torch.Tensor, Tuple[torch.Tensor, ...]]     # a layer may return several tensors (Qwen-Image's pair)
     static_args: Dict[str, torch.Tensor]      # argument name -> its static buffer
     static_index: torch.Tensor
     attention_image_rows: List[int]
@@ -185,6 +186,8 @@ class GraphedForwards:
         self.replays += 1
         call.record.attention_image_rows.extend(graph.attention_image_rows)
         call.attention_calls = first_layer + graph.attention_calls
+        if isinstance(graph.output, tuple):
+            return tuple(output.clone() for output in graph.output)
         return graph.output.clone()
 
     def worth_keying(self, call) -> bool:
@@ -233,8 +236,10 @@ class GraphedForwards:
             recorded[:] = rows[start:]          # what a replay adds to its call's record
             del rows[start:]
             made[0] = call.attention_calls - first_layer
-            # into the stream's shared output buffer (allocated in the graphs' pool at the first capture
+            # into the stream's shared output buffers (allocated in the graphs' pool at the first capture
             # and kept), so the output the capture allocated goes back to the pool
+            if isinstance(output, tuple):
+                return tuple(self._buffer(f"output {i}", part) for i, part in enumerate(output))
             return self._buffer("output", output)
 
         replay, output = self.backend.capture(body)

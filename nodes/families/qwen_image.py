@@ -58,9 +58,11 @@ class QwenImageFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", before=self._gather_image_ids)
         patch_module_forward(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
-        # newer ComfyUI: edit references that take timestep 0 start at `timestep_zero_index` (the dense grid size)
+        # newer ComfyUI: edit references that take timestep 0 start at `timestep_zero_index` (the dense grid size);
+        # each block's sparse calls may replay from a CUDA graph of its own (the sparse part starts inside `_forward`)
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
-            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=self._map_reference_start)
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=self._map_reference_start,
+                         graph=True)
 
     @staticmethod
     def _map_reference_start(call, arguments):
