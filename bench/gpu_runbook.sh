@@ -17,6 +17,7 @@
 #   grid1024   Flux-dev 1024² RAS and SDiT at 0.125, timed on a new seed: token grid 64 (default) vs off (~6 min)
 #   grid128    the same at 0.125 with a grid of 128 tokens (whole 128-row GEMM tiles with a 256-token prompt) (~3 min)
 #   lumina0125 Lumina 2 at 1024², 0.125, static RAS (per-layer graphs captured) vs dynamic (eager) (~3 min)
+#   qwen0125   Qwen-Image 20B at 1024², 0.125, static RAS (per-block graphs captured) vs dynamic (eager) (~5 min)
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   cosmos1024 Cosmos Predict2 2B (Anima's DiT) at 1024², cfg 4 and 1, every ratio (eager: no graph sites) (~5 min)
@@ -41,7 +42,7 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024; speed1024b lumina0125;
+#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024; speed1024b lumina0125 qwen0125;
 #   then compile1024, agreement (fp8 cache with its new kernel), video480q, video480 (one call per
 #   VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048, train as time allows.
 set -uo pipefail
@@ -115,6 +116,9 @@ for part in "$@"; do
         --profile-ratios --fresh-seed --token-grid 128 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     lumina0125)      # Lumina's per-layer CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
       timeout 280 python3 bench/speed.py --models lumina2 --res 1024 --cfg 3.5 1 --methods RAS-static RAS --ratios 0.125 \
+        --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    qwen0125)        # Qwen-Image's per-block CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
+      timeout 400 python3 bench/speed.py --models qwen-image --res 1024 --cfg 4 1 --methods RAS-static RAS --ratios 0.125 \
         --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
       timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \

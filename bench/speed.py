@@ -125,6 +125,14 @@ AUDIO_LATENTS_PER_SECOND, LTX_FPS = 25, 25
 WAN_ANIMATE2_14B = Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40, 5120,
                         13824 / 5120, joint=False, video=True, pose="run")
 
+# Qwen-Image 20B (model_detection.py's config with the class's defaults): 60 double-stream blocks 3072 wide (24 heads of
+# 128) over [text | image], the prompt from Qwen2.5-VL (3584 wide), a 4x MLP; 64 channels a token (16 latent channels,
+# 2 x 2 patches)
+QWEN_IMAGE = dict(image_model="qwen_image", in_channels=64, out_channels=16, patch_size=2, num_layers=60,
+                  attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584)
+TINY_QWEN_IMAGE = dict(QWEN_IMAGE, num_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
+                       axes_dims_rope=(4, 6, 6))
+
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
     "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
@@ -142,6 +150,8 @@ MODELS = {
                                     axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
                                     ffn_dim_multiplier=4.0), 2304, None, None, 28, 2304),
     "tiny-flux": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128),
+    "qwen-image": Spec("QwenImage", QWEN_IMAGE, 3584, None, None, 60, 3072, single_frame=True),
+    "tiny-qwen-image": Spec("QwenImage", TINY_QWEN_IMAGE, 64, None, None, 2, 64, single_frame=True),
     "cosmos-predict2-2b": Spec("CosmosT2IPredict2", COSMOS_PREDICT2_2B, 1024, None, None, 28, 2048, joint=False,
                                single_frame=True),
     "tiny-cosmos": Spec("CosmosT2IPredict2", TINY_COSMOS, 64, None, None, 2, 64, joint=False, single_frame=True),
@@ -513,7 +523,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
-    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("wan21-14b", 480, 81),
+    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("qwen-image", 1024, 1),
+                              ("wan21-14b", 480, 81),
                               ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
                               ("hunyuan-video", 480, 81), ("hunyuan-video", 720, 81), ("hunyuan-video-1.5", 480, 121),
