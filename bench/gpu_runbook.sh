@@ -18,9 +18,11 @@
 #   grid128    the same at 0.125 with a grid of 128 tokens (whole 128-row GEMM tiles with a 256-token prompt) (~3 min)
 #   lumina0125 Lumina 2 at 1024², 0.125, static RAS (per-layer graphs captured) vs dynamic (eager) (~3 min)
 #   qwen0125   Qwen-Image 20B at 1024², 0.125, static RAS (per-block graphs captured) vs dynamic (eager) (~5 min)
+#   cosmos0125 Cosmos Predict2 2B (Anima's DiT) at 1024², 0.125, static RAS (per-block graphs captured) vs dynamic
+#              (eager): a 2B model at batch 1 is the most launch-bound of all                  (~3 min)
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
-#   cosmos1024 Cosmos Predict2 2B (Anima's DiT) at 1024², cfg 4 and 1, every ratio (eager: no graph sites) (~5 min)
+#   cosmos1024 Cosmos Predict2 2B (Anima's DiT) at 1024², cfg 4 and 1, every ratio                 (~5 min)
 #   ltxv512    LTX-Video 13B, 768 x 512 x 97 frames, cfg 3 (batch 2), every ratio (eager: no graph sites) (~5 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
@@ -42,9 +44,10 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024; speed1024b lumina0125 qwen0125;
-#   then compile1024, agreement (fp8 cache with its new kernel), video480q, video480 (one call per
-#   VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048, train as time allows.
+#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024;
+#   speed1024b lumina0125 qwen0125 cosmos0125; then compile1024, agreement (fp8 cache with its new kernel),
+#   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048,
+#   train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -120,6 +123,9 @@ for part in "$@"; do
     qwen0125)        # Qwen-Image's per-block CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
       timeout 400 python3 bench/speed.py --models qwen-image --res 1024 --cfg 4 1 --methods RAS-static RAS --ratios 0.125 \
         --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    cosmos0125)      # Cosmos's per-block CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
+      timeout 280 python3 bench/speed.py --models cosmos-predict2-2b --res 1024 --cfg 4 1 --methods RAS-static RAS \
+        --ratios 0.125 --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
       timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
@@ -127,7 +133,7 @@ for part in "$@"; do
       python3 bench/speed.py --models sd35-large lumina2 --res 1024 --cfg 3.5 1 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     cosmos1024)
-      timeout 450 python3 bench/speed.py --models cosmos-predict2-2b --res 1024 --cfg 4 1 \
+      timeout 450 python3 bench/speed.py --models cosmos-predict2-2b --res 1024 --cfg 4 1 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     ltxv512)
       timeout 450 python3 bench/speed.py --models ltxv-13b --res 512 --frames 97 --cfg 3 --text 128 \

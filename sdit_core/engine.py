@@ -110,6 +110,9 @@ class ForwardCall:
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
+        # adapters' facts of this forward's token layout (grid shape, leading tokens), learnt as it runs: unlike the
+        # memos, kept when a graph capture recomputes what derives from the index
+        self.layout: Dict[Hashable, object] = {}
         self.record = CallRecord(stream.key, 0, dense, self.grid_tokens if dense else int(grid_index.shape[1]),
                                  self.grid_tokens)
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
@@ -168,7 +171,7 @@ class ForwardCall:
 
     def forget_derived(self) -> None:
         """Drops what attention derived from the index (joint rows, adapters' memos): a graphed
-        forward computes them again from the static index buffer."""
+        forward computes them again from the static index buffer. `layout` stays: no index made it."""
         self._joint_rows.clear()
         self.scratch.clear()
 

@@ -8,6 +8,7 @@ the sampled result differs from eager sampling (the negative control below shows
 On a GPU machine, `SDIT_TESTS_ON_GPU=1` adds the real CUDA-graph backend to the equality test, and
 bench/speed_forward.py --cuda-graphs times it.
 """
+import importlib
 import logging
 
 import comfy.model_management
@@ -20,7 +21,15 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core import engine, forward_graphs
 from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import FAMILIES, ksample, random_active
+from sdit_testkit import FAMILIES, TinyFamily, ksample, random_active, text_conditioning
+from test_cosmos import CONTEXT as COSMOS_CONTEXT, tiny_cosmos
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+
+# the image families, and Cosmos Predict2 / Anima on one-frame latents (a family of video tests elsewhere)
+GRAPHED = dict(FAMILIES, cosmos=TinyFamily(tiny_cosmos, lambda: text_conditioning(1, 7, COSMOS_CONTEXT),
+                                           lambda: text_conditioning(2, 7, COSMOS_CONTEXT), frames=True,
+                                           attention_layers=2))
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +73,7 @@ def collecting(backends: list, backend=None, **options):
 
 
 def sample(model, family, plans, make_backend=None, steps=6, batch=2, size=(16, 16), cfg=3.0):
-    spec = FAMILIES[family]
+    spec = GRAPHED[family]
     patched, slot = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
                                        graph_backend=make_backend or (lambda: None))
     latent = spec.latent(batch, *size)
@@ -73,7 +82,7 @@ def sample(model, family, plans, make_backend=None, steps=6, batch=2, size=(16, 
 
 
 def plans_for(family, batch=2, size=(16, 16), ratio=0.25, evals=6, shared=False):
-    tokens = FAMILIES[family].tokens(*size)
+    tokens = GRAPHED[family].tokens(*size)
     n = int(tokens * ratio)
     plans = [None]
     for e in range(1, evals):
@@ -107,15 +116,16 @@ BACKENDS = [pytest.param(ReplayByRerun, id="stand-in"),
 
 
 # graphed parts of one forward: Flux and SD3 the whole sparse part; Lumina 2 / Z-Image each of their
-# 2 noise-refiner and 2 joint layers; Qwen-Image each of its 2 blocks (a pair of outputs: text, image)
-GRAPHS_PER_FORWARD = {"flux": 1, "sd3": 1, "lumina2": 4, "zimage": 4, "qwen_image": 2}
+# 2 noise-refiner and 2 joint layers; Qwen-Image each of its 2 blocks (a pair of outputs: text, image);
+# Cosmos Predict2 / Anima each of its 2 blocks
+GRAPHS_PER_FORWARD = {"flux": 1, "sd3": 1, "lumina2": 4, "zimage": 4, "qwen_image": 2, "cosmos": 2}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(GRAPHS_PER_FORWARD))
 @pytest.mark.parametrize("shared", [False, True], ids=["per-image-sets", "shared-set"])
 def test_replayed_forwards_equal_eager_ones(family, shared, backend):
-    model = FAMILIES[family].build(seed=2)
+    model = GRAPHED[family].build(seed=2)
     plans = plans_for(family, shared=shared)
     eager, eager_run = sample(model, family, plans)
     backends = []
@@ -130,6 +140,46 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
     assert backends[0].replays == 4 * graphs
     assert ([c.attention_image_rows for e in graphed_run.evals for c in e.calls]
             == [c.attention_image_rows for e in eager_run.evals for c in e.calls])
+
+
+def sample_cosmos(model, latent: dict, prompts: dict, plans, make_backend=None, cfg=3.0):
+    patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
+                                    graph_backend=make_backend or (lambda: None))
+    return comfy_nodes.KSampler().sample(patched, 5, len(plans), cfg, "euler", "simple", prompts["positive"],
+                                         prompts["negative"], latent)[0]["samples"]
+
+
+def per_image_plans(tokens: int, batch: int = 2, evals: int = 6):
+    return [None] + [random_active(batch, tokens, tokens // 3, seed=e).sort(dim=1).values for e in range(1, evals)]
+
+
+@pytest.mark.parametrize("layout", ["2B", "14B", "image-to-video"])
+def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout):
+    """Cosmos on a 5-frame video, two prompts of different lengths (two streams): the 14B layout's learned position
+    embeddings and Video2World's modulation per frame (a given first frame) are block arguments gathered per running
+    token; the grid the final layer scatters to, learnt at the first block, outlives each capture."""
+    from test_cosmos import FRAME_TOKENS, FRAMES, first_frame_given, latent, prompts
+    model = tiny_cosmos(seed=3, layout=layout)
+    given = first_frame_given(2) if layout == "image-to-video" else {"samples": latent(2)}
+    plans = per_image_plans(FRAMES * FRAME_TOKENS)
+    eager = sample_cosmos(model, given, prompts(), plans)
+    backends = []
+    graphed = sample_cosmos(model, given, prompts(), plans, collecting(backends))
+    assert torch.equal(graphed, eager)
+    assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
+
+
+def test_anima_lllite_keeps_the_blocks_eager():
+    """Anima LLLite hands each block its control features through the forward's options (a post-input patch):
+    a replay would read the capture's, so its blocks run eagerly."""
+    from test_cosmos import FRAME_TOKENS, anima_prompts, latent, tiny_anima, with_lllite
+    model = with_lllite(tiny_anima())
+    plans = per_image_plans(FRAME_TOKENS)
+    eager = sample_cosmos(model, {"samples": latent(2, 1)}, anima_prompts(), plans)
+    backends = []
+    graphed = sample_cosmos(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
+    assert torch.equal(graphed, eager), "values"
+    assert backends[0].captures == 0
 
 
 def test_layer_graphs_share_their_static_buffers(monkeypatch):

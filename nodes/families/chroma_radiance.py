@@ -19,7 +19,7 @@ from .base import (FamilyAdapter, every_token_carried, gather_control, patch_met
                    scatter_pixel_patches)
 
 _MODULE = "comfy.ldm.chroma_radiance.model"
-_PATCH = ("chroma radiance", "patch")          # a per-forward memo key: the patch size forward_nerf decodes with
+_PATCH = ("chroma radiance", "patch")          # a per-forward layout key: the patch size forward_nerf decodes with
 _HIDDEN = ("chroma radiance", "hidden")        # the stream's every-patch hidden states, as last computed
 
 
@@ -49,9 +49,9 @@ def _gather_ids(call, arguments) -> None:
 
 
 def _every_patch_hidden(call, arguments) -> None:
-    call.scratch[_PATCH] = int(arguments["params"].patch_size)
+    call.layout[_PATCH] = int(arguments["params"].patch_size)
     arguments["img_out"] = every_token_carried(call, arguments["img_out"], _HIDDEN)
 
 
 def _scatter_patches(call, image: torch.Tensor) -> torch.Tensor:
-    return scatter_pixel_patches(call, image, call.scratch[_PATCH])
+    return scatter_pixel_patches(call, image, call.layout[_PATCH])

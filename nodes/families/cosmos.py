@@ -12,7 +12,9 @@ The adapter hooks modules, never the forward's code:
   become per-token ones: every block gets the running tokens' RoPE rows, their frame's modulation and,
   where the model has them (extra_per_block_abs_pos_emb), their learned position embeddings;
 - cross-attention passes the K/V cache by (its keys are the text, complete as they are);
-- the final layer gets the running tokens' modulation and its output is scattered back to the grid.
+- the final layer gets the running tokens' modulation and its output is scattered back to the grid;
+- each block's sparse calls may replay from a CUDA graph (forward_graphs.py): a block reads its arguments, the
+  index and the K/V cache alone (Anima LLLite's features come through a patch, which keeps the blocks eager).
 Self-attention has no text prefix: the K/V cache holds the image tokens alone.
 Anima LLLite (newer ComfyUI's "Apply Anima LLLite") encodes its control image into features per token before the
 blocks and adds them, through small per-token layers, to every block's q/k/v and feed-forward inputs: on a
@@ -22,7 +24,7 @@ import torch
 
 from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, runs_class_methods
 
-GRID = ("cosmos", "token grid")      # a per-forward memo key: (frames, rows, cols) of the 5-D token tensor
+GRID = ("cosmos", "token grid")      # a per-forward layout key: (frames, rows, cols) of the 5-D token tensor
 LLLITE_FEATURES = "AnimaLLLitePatch"     # its post_input patch: the key of its per-token features in model_patch_data
 
 
@@ -48,8 +50,9 @@ class CosmosFamily(FamilyAdapter):
         return [(image_tokens, diffusion_model.model_channels)] * len(diffusion_model.blocks)
 
     def install(self, patcher, slot) -> None:
+        # the sparse part starts inside `_forward`: each block's sparse calls may replay from a CUDA graph of its own
         for i in range(len(patcher.model.diffusion_model.blocks)):
-            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs, graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_gather_final_modulation,
                      after=_scatter_final_output)
@@ -68,7 +71,7 @@ def _flat(grid_tensor: torch.Tensor) -> torch.Tensor:
 def _gather_block_inputs(call, arguments) -> None:
     if call.image_rows is None:         # the first block that runs
         x = arguments["x_B_T_H_W_D"]
-        call.scratch[GRID] = tuple(x.shape[1:4])
+        call.layout[GRID] = tuple(x.shape[1:4])
         running = call.gather(_flat(x))     # dense: unchanged, but counted
         if call.dense:
             return
@@ -110,7 +113,7 @@ def _per_running_token(call, per_frame):
         return per_frame
     key = ("cosmos per frame", per_frame.data_ptr(), tuple(per_frame.shape))
     if key not in call.scratch:
-        frames, rows, cols = call.scratch[GRID]
+        frames, rows, cols = call.layout[GRID]
         if per_frame.shape[1] != frames:
             raise ValueError(f"modulation for {per_frame.shape[1]} frames, the tokens have {frames}")
         every_token = per_frame[:, :, None].expand(-1, -1, rows * cols, -1).reshape(per_frame.shape[0], -1,
@@ -127,4 +130,4 @@ def _gather_final_modulation(call, arguments) -> None:
 
 def _scatter_final_output(call, out: torch.Tensor) -> torch.Tensor:
     full = call.scatter(_flat(out))
-    return full.reshape(full.shape[0], *call.scratch[GRID], full.shape[-1])
+    return full.reshape(full.shape[0], *call.layout[GRID], full.shape[-1])

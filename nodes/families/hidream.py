@@ -48,18 +48,18 @@ class HiDreamFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.final_layer", after=_scatter_output)
 
 
-IMAGE_TOKENS = ("hidream", "image tokens")       # a per-forward memo key: the model's image tokens (E1: both images')
+IMAGE_TOKENS = ("hidream", "image tokens")       # a per-forward layout key: the model's image tokens (E1: both images')
 
 
 def _gather_image_tokens(call, tokens):
     call.image_first = True
-    call.scratch[IMAGE_TOKENS] = tokens.shape[1]
+    call.layout[IMAGE_TOKENS] = tokens.shape[1]
     return call.gather(_in_engine_order(call, tokens))     # dense: unchanged (but for E1's order), and counted
 
 
 def _gather_image_rope(call, rope):
     """(batch, image + text, 1, head_dim / 2, 2, 2) -> the running image tokens' rows, then the text's."""
-    image = call.scratch[IMAGE_TOKENS]
+    image = call.layout[IMAGE_TOKENS]
     return torch.cat([call.gather(_in_engine_order(call, rope[:, :image])), rope[:, image:]], dim=1)
 
 

@@ -18,8 +18,8 @@ extrapolate that prediction for the skipped patches.
 from .base import (FamilyAdapter, every_image_row_after, gather_image_after, gathered_freqs, patch_method,
                    patch_module_forward, runs_class_methods, scatter_every_row)
 
-_VISION = "hidream_o1 vision rows"          # call.scratch: the image sequence's length (the patch embedder's rows)
-_PREFIX = "hidream_o1 prefix"               # call.scratch: the rows before it in the layers' input
+_VISION = "hidream_o1 vision rows"          # call.layout: the image sequence's length (the patch embedder's rows)
+_PREFIX = "hidream_o1 prefix"               # call.layout: the rows before it in the layers' input
 
 
 class HiDreamO1Family(FamilyAdapter):
@@ -64,16 +64,16 @@ class HiDreamO1Family(FamilyAdapter):
 
 
 def _count_vision_rows(call, out):
-    call.scratch[_VISION] = out.shape[1]            # the target's patches, then the references'
+    call.layout[_VISION] = out.shape[1]            # the target's patches, then the references'
     return out
 
 
 def _gather_layer_inputs(call, arguments) -> None:
     if call.image_rows is None:                     # the first layer: [prompt | target | references]
         x = arguments["x"]
-        call.scratch[_PREFIX] = x.shape[1] - call.scratch[_VISION]
+        call.layout[_PREFIX] = x.shape[1] - call.layout[_VISION]
         call.queries_end_keys = True                # the generation pass: queries the keys' last rows
-        arguments["x"] = gather_image_after(call, x, call.scratch[_PREFIX])
+        arguments["x"] = gather_image_after(call, x, call.layout[_PREFIX])
     if not call.dense:                              # (cos, sin, -sin), each (1, [1,] tokens, channels)
         arguments["freqs_cis"] = tuple(_running_rows(call, table) for table in arguments["freqs_cis"])
 
@@ -82,8 +82,8 @@ def _running_rows(call, table):
     """A RoPE table over [prefix | image sequence] -> over [prefix | running image tokens], per row of the batch (each
     may run other tokens): (batch, 1, tokens, channels), broadcast over the heads."""
     rows = table if table.ndim == 3 else table[:, 0]
-    return gathered_freqs(call, rows, call.scratch[_PREFIX])[:, None]
+    return gathered_freqs(call, rows, call.layout[_PREFIX])[:, None]
 
 
 def _every_image_row(call, x):
-    return every_image_row_after(call, x, call.scratch[_PREFIX])
+    return every_image_row_after(call, x, call.layout[_PREFIX])

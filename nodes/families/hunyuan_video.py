@@ -90,7 +90,7 @@ class HunyuanVideoFamily(FamilyAdapter):
 
 REFERENCE_AND_REPLACE = ("HunyuanVideo with both a reference latent and image-to-video by token replacement "
                          "(guiding_frame_index) is not supported by region-adaptive sampling; sample it with KSampler")
-REFERENCE_TOKENS = ("hunyuan video", "reference tokens")      # per-forward memo keys: how many,
+REFERENCE_TOKENS = ("hunyuan video", "reference tokens")      # per-forward layout keys: how many,
 VIDEO_EMBEDDED = ("hunyuan video", "video embedded")          # and whether `img_in` embedded the video yet
 
 
@@ -104,10 +104,10 @@ def _prepare(call, arguments) -> None:
 def _gather_video(call, tokens):
     """`img_in` embeds the video first, then any reference latent: the video's tokens are gathered, the
     reference's counted (they stay whole and run on every step)."""
-    if VIDEO_EMBEDDED not in call.scratch:
-        call.scratch[VIDEO_EMBEDDED] = True
+    if VIDEO_EMBEDDED not in call.layout:
+        call.layout[VIDEO_EMBEDDED] = True
         return call.gather(tokens)
-    call.scratch[REFERENCE_TOKENS] = tokens.shape[1]
+    call.layout[REFERENCE_TOKENS] = tokens.shape[1]
     return tokens
 
 
@@ -116,7 +116,7 @@ def _read_layout(call, ids):
     positions (after a reference's), or at their end."""
     video = call.scratch.get("img_ids")
     n = 0 if video is None else video.shape[1]
-    lead = call.scratch.get(REFERENCE_TOKENS, 0)
+    lead = call.layout.get(REFERENCE_TOKENS, 0)
     if video is not None and ids.shape[1] > n + lead and torch.equal(ids[:, lead:lead + n], video):
         call.image_first, call.image_lead = True, lead
     elif video is not None and ids.shape[1] > n and torch.equal(ids[:, -n:], video):

@@ -48,11 +48,11 @@ class Kandinsky5Family(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.out_layer", after=_scatter_output)
 
 
-GRID = ("kandinsky5", "token grid")      # a per-forward memo key: (frames, rows, cols) of the embedded video
+GRID = ("kandinsky5", "token grid")      # a per-forward layout key: (frames, rows, cols) of the embedded video
 
 
 def _note_grid(call, embedded: torch.Tensor) -> torch.Tensor:
-    call.scratch[GRID] = tuple(embedded.shape[1:4])      # (batch, frames, rows, cols, channels)
+    call.layout[GRID] = tuple(embedded.shape[1:4])      # (batch, frames, rows, cols, channels)
     return embedded
 
 
@@ -74,7 +74,7 @@ def _gather_block_inputs(call, arguments) -> None:
 def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
     """(batch, channels, frames, height, width) latent output -> tokens -> running ones kept, the others the
     policy's -> the latent output again."""
-    t, h, w = call.scratch[GRID]
+    t, h, w = call.layout[GRID]
     batch, channels = out.shape[:2]
     pt, ph, pw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
     tokens = (out.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)

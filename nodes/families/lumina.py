@@ -122,7 +122,7 @@ OMNI = ("Z-Image Omni's reference images with an image padding mask are not supp
         "sample it with KSampler")
 
 
-LEAD = ("lumina", "reference tokens")    # a per-forward memo key: Z-Image Omni's reference images' tokens
+LEAD = ("lumina", "reference tokens")    # a per-forward layout key: Z-Image Omni's reference images' tokens
 
 
 def _gather_tokens_and_freqs(call, arguments) -> None:
@@ -130,7 +130,7 @@ def _gather_tokens_and_freqs(call, arguments) -> None:
     Omni's reference images' tokens lead this sequence (the image's are the last ones, `timestep_zero_index`'s
     slice): they are moved after the image's, where the engine keeps tokens that always run."""
     zero = arguments.get("timestep_zero_index")
-    lead = call.scratch[LEAD] = zero[0][0] if zero else 0
+    lead = call.layout[LEAD] = zero[0][0] if zero else 0
     if lead and arguments.get("x_mask") is not None:
         raise NotImplementedError(OMNI)
     arguments["x"] = call.gather(_lead_last(arguments["x"], lead))    # dense: unchanged (but for Omni's order)
@@ -144,7 +144,7 @@ def _gather_freqs(call, arguments) -> None:
     image's slice of the sequence (`timestep_zero_index`, which takes the current timestep's modulation)."""
     if call.image_rows is None:
         return
-    lead = call.scratch.get(LEAD, 0)
+    lead = call.layout.get(LEAD, 0)
     if lead:
         _image_slice(call, arguments, lead)
     if call.dense and not lead:
@@ -170,7 +170,7 @@ def _image_slice(call, arguments, lead: int) -> None:
 
 
 def _final_image_slice(call, arguments) -> None:
-    lead = call.scratch.get(LEAD, 0)
+    lead = call.layout.get(LEAD, 0)
     if lead and call.image_rows is not None:
         _image_slice(call, arguments, lead)
 

@@ -72,8 +72,8 @@ def _gather_pixel_block_inputs(call, arguments) -> None:
     x, features = arguments["x"], arguments["s_cond"]
     patches = call.grid_tokens
     batch = features.shape[0] // patches
-    if "pixeldit pixels gathered" not in call.scratch:     # the first pixel block: every patch's pixels
-        call.scratch["pixeldit pixels gathered"] = True
+    if "pixeldit pixels gathered" not in call.layout:     # the first pixel block: every patch's pixels
+        call.layout["pixeldit pixels gathered"] = True
         arguments["x"] = call.gather_grid(x.view(batch, patches, -1)).view(-1, *x.shape[1:])
     key = ("pixeldit features", features.data_ptr())
     if key not in call.scratch:                     # every pixel block gets the same features

@@ -101,11 +101,11 @@ def last_reference_latent(values: dict) -> list:
 
 
 BLOCK_MODULATION_DIMS = 4      # a block's modulation is (rows, frames | tokens, 6, channels), the head's has no 6
-LEADING = ("wan", "reference tokens before the video's")     # a per-forward memo key: how many
+LEADING = ("wan", "reference tokens before the video's")     # a per-forward layout key: how many
 
 
 def _count_leading_reference(call, reference):
-    call.scratch[LEADING] = reference.shape[-2] * reference.shape[-1]     # (batch, channels, token rows, cols)
+    call.layout[LEADING] = reference.shape[-2] * reference.shape[-1]     # (batch, channels, token rows, cols)
     return reference
 
 
@@ -117,7 +117,7 @@ def _lead_last(tokens: torch.Tensor, lead: int) -> torch.Tensor:
 def gather_block_inputs(call, arguments) -> None:
     """The first block that runs gathers the video's tokens; every block gets the running tokens' RoPE rows and
     modulation."""
-    lead = call.scratch.get(LEADING, 0)
+    lead = call.layout.get(LEADING, 0)
     if call.image_rows is None:     # the first block that runs
         if lead and (arguments.get("transformer_options") or {}).get("patches", {}).get("double_block"):
             raise NotImplementedError("Wan with reference images before the video's tokens (Wan Fun's ref_conv, "
@@ -141,13 +141,13 @@ def _block_freqs(call, freqs: torch.Tensor, lead: int) -> torch.Tensor:
 
 
 def _gather_head_modulation(call, arguments) -> None:
-    lead = call.scratch.get(LEADING, 0)
+    lead = call.layout.get(LEADING, 0)
     if not call.dense or lead:
         arguments["e"] = gathered_modulation(call, arguments["e"], BLOCK_MODULATION_DIMS - 1, lead)
 
 
 def _scatter_head_output(call, out: torch.Tensor) -> torch.Tensor:
-    lead = call.scratch.get(LEADING, 0)
+    lead = call.layout.get(LEADING, 0)
     full = call.scatter(out)
     return torch.cat([full[:, -lead:], full[:, :-lead]], dim=1) if lead else full    # back to the model's order
 

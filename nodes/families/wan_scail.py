@@ -37,5 +37,5 @@ class WanSCAILFamily(WanFamily):
             """The references' tokens lead the sequence: as many as their latent (padded to the patch) has patches."""
             reference = arguments.get("reference_latent")
             if reference is not None:
-                call.scratch[LEADING] = math.prod(size // step for size, step in zip(reference.shape[2:], patch))
+                call.layout[LEADING] = math.prod(size // step for size, step in zip(reference.shape[2:], patch))
         patch_method(patcher, slot, "diffusion_model.forward_orig", before=count_reference_tokens)

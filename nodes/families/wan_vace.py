@@ -32,7 +32,7 @@ class WanVaceFamily(WanFamily):
             passthrough_method(patcher, slot, f"diffusion_model.vace_blocks.{i}.cross_attn.forward")
 
 
-GATHERED_AT = ("vace", "the VACE block that gathered the control videos' tokens")     # a per-forward memo key
+GATHERED_AT = ("vace", "the VACE block that gathered the control videos' tokens")     # a per-forward layout key
 
 
 def _gather_hint_inputs(call, arguments, index: int, first: bool) -> None:
@@ -42,7 +42,7 @@ def _gather_hint_inputs(call, arguments, index: int, first: bool) -> None:
     VACE block also gets the embedded video, whole."""
     if call.dense or call.image_rows is None:
         return
-    if call.scratch.setdefault(GATHERED_AT, index) == index:     # every control video passes this block
+    if call.layout.setdefault(GATHERED_AT, index) == index:     # every control video passes this block
         arguments["c"] = call.gather_grid(arguments["c"])
         if first:
             arguments["x"] = call.gather_grid(arguments["x"])

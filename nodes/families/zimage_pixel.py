@@ -46,7 +46,7 @@ def _caption_length(call, result):
 
 def _every_image_row(call, out):
     """[caption | running image tokens | padding] -> [caption | every image token's row | padding]."""
-    if call.scratch.get(LEAD):
+    if call.layout.get(LEAD):
         raise NotImplementedError(REFERENCES)
     return every_image_row_after(call, out, out.shape[1] - call.image_rows)
 
