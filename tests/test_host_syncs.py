@@ -94,8 +94,15 @@ def _hunyuan_video(depth, g):
                                           guidance=torch.tensor([3.5]))
 
 
-FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qwen_image, "wan": _wan,
-            "hunyuan_video": _hunyuan_video}
+def _cosmos(depth, g):
+    import comfy.supported_models
+    from test_cosmos import TINY_COSMOS
+    model = build_tiny(comfy.supported_models.CosmosT2IPredict2, dict(TINY_COSMOS, num_blocks=depth), seed=1)
+    return model, (1, 16, 1, 8, 12), dict(context=_context(g))
+
+
+FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qwen_image, "cosmos": _cosmos,
+            "wan": _wan, "hunyuan_video": _hunyuan_video}
 
 
 def syncs_added(family: str, depth: int):
