@@ -7,8 +7,9 @@ token count. A CUDA graph records those launches once and replays them with one 
 
 What is graphed is a method an adapter marks: the whole token-sparse part of the forward where one
 method spans it (Flux, SD3), else each layer (Lumina 2 / Z-Image, whose sparse part starts inside
-`patchify_and_embed`; Qwen-Image's blocks, which return a pair of tensors): one graph per layer, each
-writing its own layer's K/V, keyed by where it sits.
+`patchify_and_embed`; the blocks of Qwen-Image, which return a pair of tensors, of Cosmos and of the
+other families listed in docs/ARCHITECTURE.md): one graph per layer, each writing its own layer's K/V,
+keyed by where it sits and by its plain arguments' values (baked in at capture).
 Static buffers are the stream's, shared by every graph of the same signature (replays run one at a
 time and copy their inputs in first), so graphing 30 layers does not hold 30 copies of the hidden state.
 
@@ -111,8 +112,18 @@ def default_backend():
 def _signature(value: Any) -> Hashable:
     if torch.is_tensor(value):
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.stride())
+    return _plain(value)
+
+
+def _plain(value: Any) -> Hashable:
+    """A value the graph bakes in at capture (a grid's (rows, cols), empty keyword arguments): keyed by value.
+    Tensors inside containers would be baked in too, so they make the call ungraphable (TypeError)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_plain(item) for item in value)
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return ("dict",) + tuple(sorted((key, _plain(item)) for key, item in value.items()))
     raise TypeError(type(value).__name__)
 
 

@@ -8,6 +8,7 @@ the sampled result differs from eager sampling (the negative control below shows
 On a GPU machine, `SDIT_TESTS_ON_GPU=1` adds the real CUDA-graph backend to the equality test, and
 bench/speed_forward.py --cuda-graphs times it.
 """
+import contextlib
 import importlib
 import logging
 
@@ -23,6 +24,7 @@ from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import FAMILIES, TinyFamily, ksample, random_active, text_conditioning
 from test_cosmos import CONTEXT as COSMOS_CONTEXT, tiny_cosmos
+from test_host_syncs import SyncCounter
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
 
@@ -41,27 +43,45 @@ def capture_any_repeated_count(monkeypatch):
 
 class ReplayByRerun:
     """Graph backend stand-in: capture runs the body once; replay runs it again and copies the result
-    into the static output (what a CUDA graph's replay leaves in the captured output tensor)."""
+    into the static output (what a CUDA graph's replay leaves in the captured output tensor). It notes the
+    operators of a capture that would make the host wait for the GPU, which a CUDA capture refuses."""
 
     def __init__(self, fail: bool = False):
         self.fail = fail
         self.captures = 0
         self.replays = 0
+        self.syncs = []
 
     def supports(self, tensor):
         return True
 
     def capture(self, body):
-        output = body()
+        with SyncCounter() as counter, as_if_capturing():
+            output = body()
+        self.syncs.extend(counter.ops)
         if self.fail:                            # fails after the forward ran, leaving its traces behind
             raise RuntimeError("operation not permitted when stream is capturing")
         self.captures += 1
 
         def replay():
             self.replays += 1
-            for static, value in zip(*((output, body()) if isinstance(output, tuple) else ((output,), (body(),)))):
+            with as_if_capturing():
+                again = body()
+            for static, value in zip(*((output, again) if isinstance(output, tuple) else ((output,), (again,)))):
                 static.copy_(value)
         return replay, output
+
+
+@contextlib.contextmanager
+def as_if_capturing():
+    """What the engine sees while CUDA captures a graph (`capturing_graph`): it skips its one-off host checks,
+    which the eager forward before every capture made."""
+    seen = engine.capturing_graph
+    engine.capturing_graph = lambda tensor: True
+    try:
+        yield
+    finally:
+        engine.capturing_graph = seen
 
 
 def collecting(backends: list, backend=None, **options):
@@ -138,6 +158,7 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
     backends = []
     graphed, graphed_run = sample(model, family, plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
     # first sparse forward eager (warm-up), second captured, then replayed: 4 replays of 5 sparse forwards
     graphs = GRAPHS_PER_FORWARD[family]
     assert [b.captures for b in backends] == [graphs]
@@ -174,6 +195,45 @@ def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
     assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
 
 
+# families whose blocks replay one by one: their test module (with `prompts()` of two lengths: two streams at cfg 3),
+# its tiny model, a latent of two images and their token count
+BLOCK_GRAPHS = {
+    "AuraFlow": ("test_auraflow", lambda m: m.tiny_auraflow(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "Krea 2": ("test_krea2", lambda m: m.tiny_krea2(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "Ideogram 4": ("test_ideogram4", lambda m: m.tiny_ideogram4(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "JoyImage": ("test_joyimage", lambda m: m.tiny_joyimage(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "Lens": ("test_lens", lambda m: m.tiny_lens(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "OmniGen2": ("test_omnigen2", lambda m: m.tiny("OmniGen2", seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "Boogu-Image": ("test_omnigen2", lambda m: m.tiny("Boogu-Image", seed=3), lambda m: m.latent(2),
+                    lambda m: m.TOKENS),
+    "PixArt-Σ": ("test_pixart", lambda m: m.tiny_pixart("PixArt-Σ", seed=3), lambda m: m.latent(2),
+                 lambda m: m.TOKENS),
+    "Kandinsky 5 image": ("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
+                          lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
+    "Kandinsky 5 video": ("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3), lambda m: m.latent("video", 2),
+                          lambda m: m.tokens("video")),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", sorted(BLOCK_GRAPHS))
+def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
+    """Each block's sparse calls replay from a graph of its own, two streams (prompts of two lengths, cfg 3), the
+    active sets per image: equal to eager, no host read inside a capture, every block captured once per stream."""
+    module_name, build, make_latent, tokens = BLOCK_GRAPHS[family]
+    module = importlib.import_module(module_name)          # skips where this ComfyUI lacks the family
+    model, latent = build(module), {"samples": make_latent(module)}
+    plans = per_image_plans(tokens(module))
+    eager = sample_cosmos(model, latent, module.prompts(), plans)
+    backends = []
+    graphed = sample_cosmos(model, latent, module.prompts(), plans, collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
+    patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test")
+    blocks = sum(getattr(patch, "sdit_graph", False) for patch in patched.object_patches.values())
+    assert blocks > 0 and backends[0].captures == 2 * blocks and backends[0].replays == 4 * 2 * blocks
+
+
 def test_anima_lllite_keeps_the_blocks_eager():
     """Anima LLLite hands each block its control features through the forward's options (a post-input patch):
     a replay would read the capture's, so its blocks run eagerly."""
@@ -185,6 +245,17 @@ def test_anima_lllite_keeps_the_blocks_eager():
     graphed = sample_cosmos(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
     assert torch.equal(graphed, eager), "values"
     assert backends[0].captures == 0
+
+
+def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_them_keep_it_eager():
+    """A block's plain arguments (PixArt's grid (rows, cols), empty keyword arguments) are baked into its graph at
+    capture, so they are part of its key; a tensor inside a container would be baked in too: no graph."""
+    signature = forward_graphs._signature
+    assert signature((4, 6)) == signature((4, 6)) != signature((4, 8)) != signature([4, 8])
+    assert signature({}) == signature({}) and signature({"scale": 2.0}) != signature({"scale": 3.0})
+    for nested in ([torch.zeros(2)], {"features": torch.zeros(2)}, ((1, torch.zeros(2)),)):
+        with pytest.raises(TypeError):
+            signature(nested)
 
 
 def test_layer_graphs_share_their_static_buffers(monkeypatch):

@@ -30,9 +30,9 @@ class AuraFlowFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         dm = patcher.model.diffusion_model
         for i in range(len(dm.double_layers)):
-            patch_method(patcher, slot, f"diffusion_model.double_layers.{i}.forward", before=_gather_image)
+            patch_method(patcher, slot, f"diffusion_model.double_layers.{i}.forward", before=_gather_image, graph=True)
         for i in range(len(dm.single_layers)):
-            patch_method(patcher, slot, f"diffusion_model.single_layers.{i}.forward", before=_gather_joint)
+            patch_method(patcher, slot, f"diffusion_model.single_layers.{i}.forward", before=_gather_joint, graph=True)
         patch_module_forward(patcher, slot, "diffusion_model.final_linear", after=lambda call, out: call.scatter(out))
 
 

@@ -60,6 +60,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         return finish(call, result) if finish is not None else result
 
     patched.sdit_wraps = original
+    patched.sdit_graph = graph
     patcher.add_object_patch(path, patched)
 
 

@@ -29,7 +29,8 @@ class Ideogram4Family(FamilyAdapter):
 
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.layers)):
-            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_block_inputs,
+                         graph=True)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward",
                      after=lambda call, out: scatter_image_after_prefix(call, out))
 

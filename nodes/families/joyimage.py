@@ -42,7 +42,7 @@ class JoyImageFamily(FamilyAdapter):
         blocks = len(patcher.model.diffusion_model.double_blocks)
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.double_blocks.{i}.forward", before=_gather_block_inputs,
-                         after=_every_image_row if i == blocks - 1 else None)
+                         after=_every_image_row if i == blocks - 1 else None, graph=True)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=scatter_every_row)
 
 

@@ -42,7 +42,8 @@ class Kandinsky5Family(FamilyAdapter):
         blocks = len(patcher.model.diffusion_model.visual_transformer_blocks)
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.forward",
-                         before=_gather_block_inputs, after=every_token_row if i == blocks - 1 else None)
+                         before=_gather_block_inputs, after=every_token_row if i == blocks - 1 else None,
+                         graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.cross_attention.forward")
         patch_module_forward(patcher, slot, "diffusion_model.visual_embeddings", after=_note_grid)
         patch_module_forward(patcher, slot, "diffusion_model.out_layer", after=_scatter_output)

@@ -34,7 +34,7 @@ class Krea2Family(FamilyAdapter):
 
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.blocks)):
-            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs, graph=True)
         patch_method(patcher, slot, "diffusion_model.last.forward",
                      after=lambda call, out: scatter_image_after_prefix(call, out))
 

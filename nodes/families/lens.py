@@ -32,7 +32,8 @@ class LensFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.img_in", before=gather_image_first)
         patch_module_forward(patcher, slot, "diffusion_model.pos_embed", before=_gather_image_ids)
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
-            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_mask_columns)
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_mask_columns,
+                         graph=True)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
 
 

@@ -47,12 +47,12 @@ class OmniGen2Family(FamilyAdapter):
             raise ValueError(f"{self.names[0]} model without noise-refiner layers is not supported")
         for i in range(len(dm.noise_refiner)):
             patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
-                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs)
+                         before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
         for i in range(len(dm.ref_image_refiner)):
             passthrough_method(patcher, slot, f"diffusion_model.ref_image_refiner.{i}.forward")
         joint = self.joint_layers(dm)
         for i in range(len(getattr(dm, joint))):
-            patch_method(patcher, slot, f"diffusion_model.{joint}.{i}.forward", before=_gather_freqs)
+            patch_method(patcher, slot, f"diffusion_model.{joint}.{i}.forward", before=_gather_freqs, graph=True)
         patch_method(patcher, slot, "diffusion_model.norm_out.forward",
                      after=lambda call, out: scatter_image_after_prefix(call, out))
 

@@ -41,8 +41,9 @@ class PixArtFamily(FamilyAdapter):
 
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
-        patch_method(patcher, slot, "diffusion_model.blocks.0.forward", before=_gather_image_tokens)
         for i in range(blocks):
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward",
+                         before=_gather_image_tokens if i == 0 else None, graph=True)
             attention_through_cache(patcher, slot, f"diffusion_model.blocks.{i}.attn.forward", _self_attention,
                                     "PixArt", check=i == 0)
         patch_module_forward(patcher, slot, "diffusion_model.final_layer", after=lambda call, out: call.scatter(out))
