@@ -103,7 +103,11 @@ def sample(model, family, plans, make_backend=None, steps=6, batch=2, size=(16, 
 
 def plans_for(family, batch=2, size=(16, 16), ratio=0.25, evals=6, shared=False):
     tokens = GRAPHED[family].tokens(*size)
-    n = int(tokens * ratio)
+    return random_plans(tokens, int(tokens * ratio), batch, evals, shared)
+
+
+def random_plans(tokens: int, n: int, batch: int = 2, evals: int = 6, shared: bool = False) -> list:
+    """A dense evaluation, then sparse ones of n random tokens, per image or one set for every image."""
     plans = [None]
     for e in range(1, evals):
         active = random_active(batch, tokens, n, seed=e).sort(dim=1).values
@@ -167,15 +171,11 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
             == [c.attention_image_rows for e in eager_run.evals for c in e.calls])
 
 
-def sample_cosmos(model, latent: dict, prompts: dict, plans, make_backend=None, cfg=3.0):
+def ksample_planned(model, latent: dict, prompts: dict, plans, make_backend=None, cfg=3.0):
     patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
                                     graph_backend=make_backend or (lambda: None))
     return comfy_nodes.KSampler().sample(patched, 5, len(plans), cfg, "euler", "simple", prompts["positive"],
                                          prompts["negative"], latent)[0]["samples"]
-
-
-def per_image_plans(tokens: int, batch: int = 2, evals: int = 6):
-    return [None] + [random_active(batch, tokens, tokens // 3, seed=e).sort(dim=1).values for e in range(1, evals)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -187,11 +187,12 @@ def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
     from test_cosmos import FRAME_TOKENS, FRAMES, first_frame_given, latent, prompts
     model = tiny_cosmos(seed=3, layout=layout)
     given = first_frame_given(2) if layout == "image-to-video" else {"samples": latent(2)}
-    plans = per_image_plans(FRAMES * FRAME_TOKENS)
-    eager = sample_cosmos(model, given, prompts(), plans)
+    plans = random_plans(FRAMES * FRAME_TOKENS, FRAMES * FRAME_TOKENS // 3)      # a third of the tokens
+    eager = ksample_planned(model, given, prompts(), plans)
     backends = []
-    graphed = sample_cosmos(model, given, prompts(), plans, collecting(backends, backend=backend))
+    graphed = ksample_planned(model, given, prompts(), plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
     assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
 
 
@@ -223,10 +224,11 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     module_name, build, make_latent, tokens = BLOCK_GRAPHS[family]
     module = importlib.import_module(module_name)          # skips where this ComfyUI lacks the family
     model, latent = build(module), {"samples": make_latent(module)}
-    plans = per_image_plans(tokens(module))
-    eager = sample_cosmos(model, latent, module.prompts(), plans)
+    count = tokens(module)
+    plans = random_plans(count, count // 3)
+    eager = ksample_planned(model, latent, module.prompts(), plans)
     backends = []
-    graphed = sample_cosmos(model, latent, module.prompts(), plans, collecting(backends, backend=backend))
+    graphed = ksample_planned(model, latent, module.prompts(), plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test")
@@ -239,11 +241,11 @@ def test_anima_lllite_keeps_the_blocks_eager():
     a replay would read the capture's, so its blocks run eagerly."""
     from test_cosmos import FRAME_TOKENS, anima_prompts, latent, tiny_anima, with_lllite
     model = with_lllite(tiny_anima())
-    plans = per_image_plans(FRAME_TOKENS)
-    eager = sample_cosmos(model, {"samples": latent(2, 1)}, anima_prompts(), plans)
+    plans = random_plans(FRAME_TOKENS, FRAME_TOKENS // 3)
+    eager = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans)
     backends = []
-    graphed = sample_cosmos(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
-    assert torch.equal(graphed, eager), "values"
+    graphed = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
+    assert torch.equal(graphed, eager)
     assert backends[0].captures == 0
 
 
