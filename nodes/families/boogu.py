@@ -32,7 +32,8 @@ class BooguFamily(OmniGen2Family):
     def install(self, patcher, slot) -> None:
         super().install(patcher, slot)
         for i in range(len(patcher.model.diffusion_model.double_stream_layers)):
-            patch_method(patcher, slot, f"diffusion_model.double_stream_layers.{i}.forward", before=_gather_freqs_twice)
+            patch_method(patcher, slot, f"diffusion_model.double_stream_layers.{i}.forward", before=_gather_freqs_twice,
+                         graph=True)
 
 
 def _gather_freqs_twice(call, arguments) -> None:
