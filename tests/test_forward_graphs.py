@@ -213,6 +213,9 @@ BLOCK_GRAPHS = {
                           lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": ("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3), lambda m: m.latent("video", 2),
                           lambda m: m.tokens("video")),
+    # Lumina 2's layers with a reference image leading the sequence: how many lead, learnt at the first layer,
+    # outlives each capture (call.layout)
+    "Z-Image Omni": ("test_zimage_omni", lambda m: m.tiny_zimage(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
 }
 
 
