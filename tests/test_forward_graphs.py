@@ -239,6 +239,29 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     assert blocks > 0 and backends[0].captures == 2 * blocks and backends[0].replays == 4 * 2 * blocks
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux2_edit_references_replay_what_eager_forwards_compute(backend):
+    """Flux 2 edit: the reference tokens (always running, after the grid) take timestep 0 from a position handed to
+    the forward as a list of [start, end) pairs, a plain argument: its graph is keyed by them."""
+    import comfy.ldm.flux.model
+    from test_engine_exactness import knows_reference_method
+    if not knows_reference_method(comfy.ldm.flux.model, "index_timestep_zero"):
+        pytest.skip("this ComfyUI has no index_timestep_zero reference method")
+    spec = FAMILIES["flux2"]
+    reference = dict(reference_latents=[torch.randn(1, 128, 4, 4, generator=torch.Generator().manual_seed(3))],
+                     reference_latents_method="index_timestep_zero", guidance=None, pooled_output=None)
+    prompts = dict(positive=text_conditioning(1, 7, **reference), negative=text_conditioning(2, 5, **reference))
+    latent = {"samples": spec.latent(2, 8, 8)}
+    plans = random_plans(spec.tokens(8, 8), spec.tokens(8, 8) // 3)
+    model = spec.build(seed=2)
+    eager = ksample_planned(model, latent, prompts, plans)
+    backends = []
+    graphed = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    # one stream: ComfyUI pads Flux 2's prompts to one length, so cond and uncond run batched
+    assert backends[0].captures == 1 and backends[0].replays == 4
+
+
 def test_anima_lllite_keeps_the_blocks_eager():
     """Anima LLLite hands each block its control features through the forward's options (a post-input patch):
     a replay would read the capture's, so its blocks run eagerly."""
