@@ -11,6 +11,7 @@ bench/speed_forward.py --cuda-graphs times it.
 import contextlib
 import importlib
 import logging
+from typing import Callable, NamedTuple
 
 import comfy.model_management
 import comfy.model_patcher
@@ -196,26 +197,34 @@ def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
     assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
 
 
-# families whose blocks replay one by one: their test module (with `prompts()` of two lengths: two streams at cfg 3),
-# its tiny model, a latent of two images and their token count
+class BlockGraphCase(NamedTuple):
+    """A family whose blocks replay one by one: its test module, its tiny model, a latent of two images, their token
+    count and prompts of two lengths (two streams at cfg 3)."""
+    module: str
+    build: Callable
+    latent: Callable
+    tokens: Callable = lambda m: m.TOKENS
+    prompts: Callable = lambda m: m.prompts()
+
+
 BLOCK_GRAPHS = {
-    "AuraFlow": ("test_auraflow", lambda m: m.tiny_auraflow(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "Krea 2": ("test_krea2", lambda m: m.tiny_krea2(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "Ideogram 4": ("test_ideogram4", lambda m: m.tiny_ideogram4(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "JoyImage": ("test_joyimage", lambda m: m.tiny_joyimage(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "Lens": ("test_lens", lambda m: m.tiny_lens(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "OmniGen2": ("test_omnigen2", lambda m: m.tiny("OmniGen2", seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
-    "Boogu-Image": ("test_omnigen2", lambda m: m.tiny("Boogu-Image", seed=3), lambda m: m.latent(2),
-                    lambda m: m.TOKENS),
-    "PixArt-Σ": ("test_pixart", lambda m: m.tiny_pixart("PixArt-Σ", seed=3), lambda m: m.latent(2),
-                 lambda m: m.TOKENS),
-    "Kandinsky 5 image": ("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
-                          lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
-    "Kandinsky 5 video": ("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3), lambda m: m.latent("video", 2),
-                          lambda m: m.tokens("video")),
-    # Lumina 2's layers with a reference image leading the sequence: how many lead, learnt at the first layer,
-    # outlives each capture (call.layout)
-    "Z-Image Omni": ("test_zimage_omni", lambda m: m.tiny_zimage(seed=3), lambda m: m.latent(2), lambda m: m.TOKENS),
+    "AuraFlow": BlockGraphCase("test_auraflow", lambda m: m.tiny_auraflow(seed=3), lambda m: m.latent(2)),
+    "Krea 2": BlockGraphCase("test_krea2", lambda m: m.tiny_krea2(seed=3), lambda m: m.latent(2)),
+    "Ideogram 4": BlockGraphCase("test_ideogram4", lambda m: m.tiny_ideogram4(seed=3), lambda m: m.latent(2)),
+    "JoyImage": BlockGraphCase("test_joyimage", lambda m: m.tiny_joyimage(seed=3), lambda m: m.latent(2)),
+    "Lens": BlockGraphCase("test_lens", lambda m: m.tiny_lens(seed=3), lambda m: m.latent(2)),
+    "OmniGen2": BlockGraphCase("test_omnigen2", lambda m: m.tiny("OmniGen2", seed=3), lambda m: m.latent(2)),
+    "Boogu-Image": BlockGraphCase("test_omnigen2", lambda m: m.tiny("Boogu-Image", seed=3), lambda m: m.latent(2)),
+    "PixArt-Σ": BlockGraphCase("test_pixart", lambda m: m.tiny_pixart("PixArt-Σ", seed=3), lambda m: m.latent(2)),
+    "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
+                                        lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
+    "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),
+                                        lambda m: m.latent("video", 2), lambda m: m.tokens("video")),
+    # Lumina 2's layers with reference images leading the sequence (Z-Image Omni) or following it as frames
+    # (Ming-Image edit): how many lead, learnt at the first layer, outlives each capture (call.layout)
+    "Z-Image Omni": BlockGraphCase("test_zimage_omni", lambda m: m.tiny_zimage(seed=3), lambda m: m.latent(2)),
+    "Ming-Image edit": BlockGraphCase("test_ming_image", lambda m: m.tiny_ming(seed=3), lambda m: m.latent(2),
+                                      lambda m: m.GRID, lambda m: m.prompts(direct=True, reference=True)),
 }
 
 
@@ -224,14 +233,14 @@ BLOCK_GRAPHS = {
 def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     """Each block's sparse calls replay from a graph of its own, two streams (prompts of two lengths, cfg 3), the
     active sets per image: equal to eager, no host read inside a capture, every block captured once per stream."""
-    module_name, build, make_latent, tokens = BLOCK_GRAPHS[family]
-    module = importlib.import_module(module_name)          # skips where this ComfyUI lacks the family
-    model, latent = build(module), {"samples": make_latent(module)}
-    count = tokens(module)
+    case = BLOCK_GRAPHS[family]
+    module = importlib.import_module(case.module)          # skips where this ComfyUI lacks the family
+    model, latent, prompts = case.build(module), {"samples": case.latent(module)}, case.prompts(module)
+    count = case.tokens(module)
     plans = random_plans(count, count // 3)
-    eager = ksample_planned(model, latent, module.prompts(), plans)
+    eager = ksample_planned(model, latent, prompts, plans)
     backends = []
-    graphed = ksample_planned(model, latent, module.prompts(), plans, collecting(backends, backend=backend))
+    graphed = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test")
