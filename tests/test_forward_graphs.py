@@ -5,8 +5,9 @@ replay sees only what the capture saw. It replays by running the captured forwar
 capture-time call object, its arguments and its index taken from the static buffers; anything the
 forward reads from the new call, or from a tensor that is not a static buffer, comes out stale, and
 the sampled result differs from eager sampling (the negative control below shows that it does).
-On a GPU machine, `SDIT_TESTS_ON_GPU=1` adds the real CUDA-graph backend to the equality test, and
-bench/speed_forward.py --cuda-graphs times it.
+The stand-in also notes every host read inside a capture (a CUDA capture refuses them). On a GPU machine,
+`SDIT_TESTS_ON_GPU=1` adds the real CUDA-graph backend to the equality tests, and bench/speed_forward.py
+--cuda-graphs times it.
 """
 import contextlib
 import importlib
