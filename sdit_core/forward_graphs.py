@@ -46,6 +46,13 @@ ENV_FLAG = "SDIT_CUDA_GRAPHS"
 # of that, now runs once per process: to be measured again, runbook part `graphs1024`.)
 MIN_USES_FLAG = "SDIT_GRAPH_MIN_USES"
 MIN_USES = 17
+# Graphs pay where launching kernels takes longer than running them: image sizes. Beyond a 2048² image at 16
+# pixels a token (Flux's 16,384 tokens) even the sparse rows keep the GPU busy while the host launches (Flux-dev at
+# 1024² and 0.125 was launch-bound with 768 rows, docs/BENCHMARKS.md), and a captured graph would keep a forward's
+# whole working memory in the graphs' pool, outside ComfyUI's memory plan: videos (32,760 tokens for Wan 480p x 81
+# frames) run eagerly.
+MAX_TOKENS_FLAG = "SDIT_GRAPH_MAX_TOKENS"
+MAX_TOKENS = 16384
 # Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
 PASSTHROUGH = ("transformer_options",)
 
@@ -57,6 +64,10 @@ def capturing_graph(tensor: torch.Tensor) -> bool:
 
 def min_uses() -> int:
     return int(os.environ.get(MIN_USES_FLAG, MIN_USES))
+
+
+def max_tokens() -> int:
+    return int(os.environ.get(MAX_TOKENS_FLAG, MAX_TOKENS))
 
 
 def graphs_requested() -> bool:
@@ -208,11 +219,13 @@ class GraphedForwards:
 
     @staticmethod
     def _capture_pays(call) -> bool:
-        """Will this count come back often enough to repay a capture? Only the policy knows its plan.
-        Asked once per forward (a forward graphed layer by layer asks at every layer)."""
+        """Will this count come back often enough to repay a capture, on a grid small enough to gain from
+        one (MAX_TOKENS)? Only the policy knows its plan. Asked once per forward (a forward graphed layer
+        by layer asks at every layer)."""
         if "capture pays" not in call.scratch:
             uses = call.run.policy.planned_uses(call.info, int(call.grid_index.shape[1]))
-            call.scratch["capture pays"] = uses is not None and uses >= min_uses()
+            call.scratch["capture pays"] = (uses is not None and uses >= min_uses()
+                                            and call.grid_tokens <= max_tokens())
         return call.scratch["capture pays"]
 
     def _buffer(self, role: str, like: torch.Tensor) -> torch.Tensor:

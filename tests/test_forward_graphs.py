@@ -324,6 +324,19 @@ def test_a_forward_reading_a_non_static_index_is_caught(monkeypatch):
     assert not torch.equal(graphed, eager)
 
 
+def test_grids_above_the_bound_run_eagerly(monkeypatch):
+    """Videos' grids (above SDIT_GRAPH_MAX_TOKENS) are not captured: GPU-bound, and a graph would keep a forward's
+    working memory in its pool; up to the bound they are."""
+    tokens = FAMILIES["flux"].tokens(16, 16)
+    model = FAMILIES["flux"].build(seed=2)
+    for bound, captures in ((tokens - 1, 0), (tokens, 1)):
+        monkeypatch.setenv(forward_graphs.MAX_TOKENS_FLAG, str(bound))
+        backends = []
+        sample(model, "flux", plans_for("flux"), collecting(backends))
+        assert backends[0].captures == captures
+    assert forward_graphs.MAX_TOKENS < 21 * 30 * 52          # Wan 2.1 at 480p x 81 frames
+
+
 def test_every_token_count_gets_its_own_graph():
     model = FAMILIES["flux"].build(seed=2)
     tokens = FAMILIES["flux"].tokens(16, 16)
