@@ -47,10 +47,10 @@ ENV_FLAG = "SDIT_CUDA_GRAPHS"
 MIN_USES_FLAG = "SDIT_GRAPH_MIN_USES"
 MIN_USES = 17
 # Graphs pay where launching kernels takes longer than running them: image sizes. Beyond a 2048² image at 16
-# pixels a token (Flux's 16,384 tokens) even the sparse rows keep the GPU busy while the host launches (Flux-dev at
-# 1024² and 0.125 was launch-bound with 768 rows, docs/BENCHMARKS.md), and a captured graph would keep a forward's
-# whole working memory in the graphs' pool, outside ComfyUI's memory plan: videos (32,760 tokens for Wan 480p x 81
-# frames) run eagerly.
+# pixels a token (Flux's 16,384 tokens) the sparse rows should keep the GPU busy while the host launches (an
+# estimate: Flux-dev at 1024² and 0.125 was launch-bound with 768 rows, docs/BENCHMARKS.md; 2048² is runbook part
+# `speed2048`), and a captured graph would keep a forward's whole working memory in the graphs' pool, outside
+# ComfyUI's memory plan: videos (32,760 tokens for Wan 480p x 81 frames) run eagerly.
 MAX_TOKENS_FLAG = "SDIT_GRAPH_MAX_TOKENS"
 MAX_TOKENS = 16384
 # Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
