@@ -94,13 +94,20 @@ def collecting(backends: list, backend=None, **options):
     return make
 
 
-def sample(model, family, plans, make_backend=None, steps=6, batch=2, size=(16, 16), cfg=3.0):
-    spec = GRAPHED[family]
+def ksample_planned(model, latent: dict, prompts: dict, plans, make_backend=None, cfg=3.0):
+    """KSampler on `latent`, one step per plan (each step one evaluation): the samples and the run."""
     patched, slot = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
                                        graph_backend=make_backend or (lambda: None))
-    latent = spec.latent(batch, *size)
-    out = ksample(patched, latent, seed=5, steps=steps, cfg=cfg, positive=spec.positive(), negative=spec.negative())
-    return out, slot.last_run
+    samples = comfy_nodes.KSampler().sample(patched, 5, len(plans), cfg, "euler", "simple", prompts["positive"],
+                                            prompts["negative"], latent)[0]["samples"]
+    return samples, slot.last_run
+
+
+def sample(model, family, plans, make_backend=None, batch=2, size=(16, 16), cfg=3.0):
+    """A family of GRAPHED sampled with `plans`: the samples and the run."""
+    spec = GRAPHED[family]
+    return ksample_planned(model, {"samples": spec.latent(batch, *size)},
+                           dict(positive=spec.positive(), negative=spec.negative()), plans, make_backend, cfg)
 
 
 def plans_for(family, batch=2, size=(16, 16), ratio=0.25, evals=6, shared=False):
@@ -173,13 +180,6 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
             == [c.attention_image_rows for e in eager_run.evals for c in e.calls])
 
 
-def ksample_planned(model, latent: dict, prompts: dict, plans, make_backend=None, cfg=3.0):
-    patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test",
-                                    graph_backend=make_backend or (lambda: None))
-    return comfy_nodes.KSampler().sample(patched, 5, len(plans), cfg, "euler", "simple", prompts["positive"],
-                                         prompts["negative"], latent)[0]["samples"]
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["2B", "14B", "image-to-video"])
 def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
@@ -190,9 +190,9 @@ def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
     model = tiny_cosmos(seed=3, layout=layout)
     given = first_frame_given(2) if layout == "image-to-video" else {"samples": latent(2)}
     plans = random_plans(FRAMES * FRAME_TOKENS, FRAMES * FRAME_TOKENS // 3)      # a third of the tokens
-    eager = ksample_planned(model, given, prompts(), plans)
+    eager, _ = ksample_planned(model, given, prompts(), plans)
     backends = []
-    graphed = ksample_planned(model, given, prompts(), plans, collecting(backends, backend=backend))
+    graphed, _ = ksample_planned(model, given, prompts(), plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
@@ -239,9 +239,9 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     model, latent, prompts = case.build(module), {"samples": case.latent(module)}, case.prompts(module)
     count = case.tokens(module)
     plans = random_plans(count, count // 3)
-    eager = ksample_planned(model, latent, prompts, plans)
+    eager, _ = ksample_planned(model, latent, prompts, plans)
     backends = []
-    graphed = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
+    graphed, _ = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test")
@@ -264,9 +264,9 @@ def test_flux2_edit_references_replay_what_eager_forwards_compute(backend):
     latent = {"samples": spec.latent(2, 8, 8)}
     plans = random_plans(spec.tokens(8, 8), spec.tokens(8, 8) // 3)
     model = spec.build(seed=2)
-    eager = ksample_planned(model, latent, prompts, plans)
+    eager, _ = ksample_planned(model, latent, prompts, plans)
     backends = []
-    graphed = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
+    graphed, _ = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     # one stream: ComfyUI pads Flux 2's prompts to one length, so cond and uncond run batched
     assert backends[0].captures == 1 and backends[0].replays == 4
@@ -278,9 +278,9 @@ def test_anima_lllite_keeps_the_blocks_eager():
     from test_cosmos import FRAME_TOKENS, anima_prompts, latent, tiny_anima, with_lllite
     model = with_lllite(tiny_anima())
     plans = random_plans(FRAME_TOKENS, FRAME_TOKENS // 3)
-    eager = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans)
+    eager, _ = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans)
     backends = []
-    graphed = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
+    graphed, _ = ksample_planned(model, {"samples": latent(2, 1)}, anima_prompts(), plans, collecting(backends))
     assert torch.equal(graphed, eager)
     assert backends[0].captures == 0
 
@@ -343,9 +343,9 @@ def test_every_token_count_gets_its_own_graph():
     small = [random_active(2, tokens, tokens // 4, seed=e).sort(dim=1).values for e in range(3)]
     large = [random_active(2, tokens, tokens // 2, seed=e).sort(dim=1).values for e in range(3)]
     plans = [None, small[0], large[0], small[1], large[1], small[2], large[2]]
-    eager, _ = sample(model, "flux", plans, steps=7)
+    eager, _ = sample(model, "flux", plans)
     backends = []
-    graphed, _ = sample(model, "flux", plans, collecting(backends), steps=7)
+    graphed, _ = sample(model, "flux", plans, collecting(backends))
     assert torch.equal(graphed, eager)
     assert backends[0].captures == 2 and backends[0].replays == 4
 
@@ -360,11 +360,11 @@ def test_cache_reallocation_drops_the_graphs():
     def reallocating(self, layer, k, v, seq_dim=1):
         self._layers.pop(layer, None)            # as if the shapes had changed
         original(self, layer, k, v, seq_dim)
-    eager, _ = sample(model, "flux", plans, steps=7)
+    eager, _ = sample(model, "flux", plans)
     backends = []
     engine.JointKVCache.store_dense = reallocating
     try:
-        graphed, _ = sample(model, "flux", plans, collecting(backends), steps=7)
+        graphed, _ = sample(model, "flux", plans, collecting(backends))
     finally:
         engine.JointKVCache.store_dense = original
     assert torch.equal(graphed, eager)
@@ -471,8 +471,8 @@ def test_a_count_is_captured_only_when_planned_often_enough(monkeypatch, sparse_
     active = random_active(2, tokens, tokens // 4, seed=1).sort(dim=1).values
     plans = [None] + [active] * sparse_evals
     backends = []
-    eager, _ = sample(model, "flux", plans, steps=len(plans))
-    graphed, _ = sample(model, "flux", plans, collecting(backends), steps=len(plans))
+    eager, _ = sample(model, "flux", plans)
+    graphed, _ = sample(model, "flux", plans, collecting(backends))
     assert torch.equal(graphed, eager)
     # at the second sighting sparse_evals - 1 evaluations remain at that count, this one included
     assert backends[0].captures == (1 if captured else 0)

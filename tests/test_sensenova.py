@@ -129,6 +129,7 @@ def test_prompts_of_one_length_run_batched():
     assert [key[1] for key in by_stream] == [4]
     assert_exact_on_active_tokens(by_stream, TOKENS)
 
+
 def _prefix_length(model, values, prompt_type) -> int:
     """The prompt's length as the model's own conditioning builds it (its keys' rows)."""
     out = model.model.extra_conds(device=torch.device("cpu"), noise=image(), **dict(values, prompt_type=prompt_type))
