@@ -14,7 +14,8 @@ Static buffers are the stream's, shared by every graph of the same signature (re
 time and copy their inputs in first), so graphing 30 layers does not hold 30 copies of the hidden state.
 
 A replayed forward may depend only on
-- its static input buffers: every tensor argument of the graphed method, copied in before a replay;
+- its static input buffers: every tensor argument of the graphed method (and each tensor of a tuple or list
+  argument: HunyuanDiT's RoPE tables), copied in before a replay;
 - the static index buffer: the forward's active rows of the image sequence (`ForwardCall`);
 - the stream's K/V cache buffers (fixed addresses; a reallocation changes the cache's generation,
   which is part of the graph key) and the weights (fixed while a sampling run lasts).
@@ -121,14 +122,19 @@ def default_backend():
 
 
 def _signature(value: Any) -> Hashable:
+    """A graphed method's argument as its graph's key sees it: a tensor by its layout (a static buffer holds it), a
+    tuple or list item by item (a pair of RoPE tables gets a buffer each), anything else by value (`_plain`)."""
     if torch.is_tensor(value):
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.stride())
+    if type(value) in (tuple, list):
+        return (type(value).__name__,) + tuple(_signature(item) for item in value)
     return _plain(value)
 
 
 def _plain(value: Any) -> Hashable:
     """A value the graph bakes in at capture (a grid's (rows, cols), empty keyword arguments): keyed by value.
-    Tensors inside containers would be baked in too, so they make the call ungraphable (TypeError)."""
+    Tensors in a dict (ControlNet's residuals, a structure of their own) would be baked in too, so they make the call
+    ungraphable (TypeError)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (tuple, list)):
@@ -138,11 +144,29 @@ def _plain(value: Any) -> Hashable:
     raise TypeError(type(value).__name__)
 
 
+def tensors_in(value: Any) -> List[torch.Tensor]:
+    """The tensors a graph copies in for an argument: itself, or those of a tuple or list (nested)."""
+    if torch.is_tensor(value):
+        return [value]
+    if type(value) in (tuple, list):
+        return [tensor for item in value for tensor in tensors_in(item)]
+    return []
+
+
+def _copy_in(static: Any, value: Any) -> None:
+    """Copies an argument's tensors into its static buffers (`static` has the argument's structure)."""
+    if torch.is_tensor(static):
+        static.copy_(value)
+    elif type(static) in (tuple, list):
+        for static_item, item in zip(static, value):
+            _copy_in(static_item, item)
+
+
 @dataclass
 class _Graph:
     replay: Callable[[], None]
     output: Union[torch.Tensor, Tuple[torch.Tensor, ...]]     # a layer may return several tensors (Qwen-Image's pair)
-    static_args: Dict[str, torch.Tensor]      # argument name -> its static buffer
+    static_args: Dict[str, Any]               # argument name -> its static buffer (a tuple or list of them)
     static_index: torch.Tensor
     attention_image_rows: List[int]
     attention_calls: int                      # the forward's attention calls the graph makes
@@ -200,8 +224,8 @@ class GraphedForwards:
                 call.forget_derived()           # what the failed capture derived is not to be trusted
                 call.attention_calls = attention_before
                 return forward(arguments)
-        for name, buffer in graph.static_args.items():
-            buffer.copy_(arguments[name])
+        for name, static in graph.static_args.items():
+            _copy_in(static, arguments[name])
         graph.static_index.copy_(call.image_index_now())
         first_layer = call.attention_calls
         graph.replay()
@@ -235,9 +259,17 @@ class GraphedForwards:
             self._buffers[key] = torch.empty_like(like)
         return self._buffers[key].copy_(like)
 
+    def _static(self, role: str, value: Any) -> Any:
+        """`value` with each of its tensors replaced by the stream's static buffer for it (`_buffer`)."""
+        if torch.is_tensor(value):
+            return self._buffer(role, value)
+        if type(value) in (tuple, list):
+            return type(value)(self._static(f"{role}.{i}", item) for i, item in enumerate(value))
+        return value
+
     def _capture(self, key, call, arguments, forward) -> _Graph:
-        static_args = {name: self._buffer("argument " + name, value) for name, value in arguments.items()
-                       if torch.is_tensor(value) and name not in PASSTHROUGH}
+        static_args = {name: self._static("argument " + name, value) for name, value in arguments.items()
+                       if tensors_in(value) and name not in PASSTHROUGH}
         static_index = self._buffer("index", call.image_index_now())
         capture_arguments = dict(arguments, **static_args)
         recorded: List[int] = []

@@ -206,6 +206,7 @@ class BlockGraphCase(NamedTuple):
     latent: Callable
     tokens: Callable = lambda m: m.TOKENS
     prompts: Callable = lambda m: m.prompts()
+    streams: int = 2                            # 1 where the model pads both prompts to one length
 
 
 BLOCK_GRAPHS = {
@@ -217,6 +218,9 @@ BLOCK_GRAPHS = {
     "OmniGen2": BlockGraphCase("test_omnigen2", lambda m: m.tiny("OmniGen2", seed=3), lambda m: m.latent(2)),
     "Boogu-Image": BlockGraphCase("test_omnigen2", lambda m: m.tiny("Boogu-Image", seed=3), lambda m: m.latent(2)),
     "PixArt-Σ": BlockGraphCase("test_pixart", lambda m: m.tiny_pixart("PixArt-Σ", seed=3), lambda m: m.latent(2)),
+    # its RoPE tables come as a (cos, sin) pair: a static buffer each
+    "HunyuanDiT": BlockGraphCase("test_hunyuan_dit", lambda m: m.tiny_hunyuan_dit(seed=3), lambda m: m.latent(2),
+                                 streams=1),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),
@@ -232,8 +236,9 @@ BLOCK_GRAPHS = {
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(BLOCK_GRAPHS))
 def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
-    """Each block's sparse calls replay from a graph of its own, two streams (prompts of two lengths, cfg 3), the
-    active sets per image: equal to eager, no host read inside a capture, every block captured once per stream."""
+    """Each block's sparse calls replay from a graph of its own, two streams (prompts of two lengths, cfg 3) where the
+    model keeps them apart, the active sets per image: equal to eager, no host read inside a capture, every block
+    captured once per stream."""
     case = BLOCK_GRAPHS[family]
     module = importlib.import_module(case.module)          # skips where this ComfyUI lacks the family
     model, latent, prompts = case.build(module), {"samples": case.latent(module)}, case.prompts(module)
@@ -246,7 +251,8 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     assert getattr(backends[0], "syncs", []) == []
     patched, _ = apply_token_sparse(model, lambda run: FixedPlanPolicy(plans), node="test")
     blocks = sum(getattr(patch, "sdit_graph", False) for patch in patched.object_patches.values())
-    assert blocks > 0 and backends[0].captures == 2 * blocks and backends[0].replays == 4 * 2 * blocks
+    graphs = case.streams * blocks
+    assert blocks > 0 and backends[0].captures == graphs and backends[0].replays == 4 * graphs
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -285,13 +291,18 @@ def test_anima_lllite_keeps_the_blocks_eager():
     assert backends[0].captures == 0
 
 
-def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_them_keep_it_eager():
+def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_dicts_keep_it_eager():
     """A block's plain arguments (PixArt's grid (rows, cols), empty keyword arguments) are baked into its graph at
-    capture, so they are part of its key; a tensor inside a container would be baked in too: no graph."""
+    capture, so they are part of its key; tensors in tuples and lists (RoPE tables) get static buffers, keyed by their
+    layout; a tensor inside a dict would be baked in: no graph."""
     signature = forward_graphs._signature
     assert signature((4, 6)) == signature((4, 6)) != signature((4, 8)) != signature([4, 8])
     assert signature({}) == signature({}) and signature({"scale": 2.0}) != signature({"scale": 3.0})
-    for nested in ([torch.zeros(2)], {"features": torch.zeros(2)}, ((1, torch.zeros(2)),)):
+    tables = (torch.zeros(2, 3), torch.ones(2, 3))
+    assert signature(tables) == signature((torch.ones(2, 3), torch.ones(2, 3))) != signature((torch.zeros(2, 4),) * 2)
+    assert signature(((1, torch.zeros(2)),)) != signature(((2, torch.zeros(2)),))
+    assert [t.shape for t in forward_graphs.tensors_in([(1, tables[0]), tables[1], None])] == [(2, 3), (2, 3)]
+    for nested in ({"features": torch.zeros(2)}, ({"features": [torch.zeros(2)]},), {"pair": (1, torch.zeros(2))}):
         with pytest.raises(TypeError):
             signature(nested)
 

@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..comfy_compat import compiler_opaque, on_multigpu_thread, weights_may_move
+from ...sdit_core.forward_graphs import tensors_in
 from ...sdit_core.tokens import scatter_rows_
 
 
@@ -217,7 +218,7 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     graphs = call.stream.graphs
     if graphs is None or call.dense or not graphs.worth_keying(call):
         return False
-    tensors = [value for value in arguments.values() if torch.is_tensor(value)]
+    tensors = [tensor for value in arguments.values() for tensor in tensors_in(value)]
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):
         return False
     if weights_may_move(patcher):       # for the whole run, said once: the user can change it

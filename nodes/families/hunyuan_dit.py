@@ -7,7 +7,8 @@ residuals added to them), and a per-token final layer before `unpatchify`. Its a
 `transformer_options`, and its RoPE checks that the table covers every token. The adapter hooks modules, never the
 forward's code:
 - the forward: ControlNet residuals are gathered; `x_embedder`'s output: the image tokens are gathered;
-- every block gets the running tokens' rows of the RoPE tables; its self-attention is restated on its own layers
+- every block gets the running tokens' rows of the RoPE tables (and replays from a CUDA graph of its own, the tables
+  copied into its static buffers); its self-attention is restated on its own layers
   through the K/V cache, its cross-attention (queries rotated, keys the prompt's) past it, both checked against the
   model's own on the first dense forward (base.attention_through_cache);
 - the final layer's output is scattered back to every token.
@@ -42,7 +43,7 @@ class HunyuanDiTFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.x_embedder", after=lambda call, x: call.gather(x))
         for i in range(len(patcher.model.diffusion_model.blocks)):
             block = f"diffusion_model.blocks.{i}"
-            patch_method(patcher, slot, f"{block}.forward", before=_gather_rope)
+            patch_method(patcher, slot, f"{block}.forward", before=_gather_rope, graph=True)
             attention_through_cache(patcher, slot, f"{block}.attn1.forward", _self_attention, "HunyuanDiT", i == 0)
             attention_through_cache(patcher, slot, f"{block}.attn2.forward", _cross_attention, "HunyuanDiT", i == 0)
         patch_module_forward(patcher, slot, "diffusion_model.final_layer", after=lambda call, out: call.scatter(out))
