@@ -221,6 +221,10 @@ BLOCK_GRAPHS = {
     # its RoPE tables come as a (cos, sin) pair: a static buffer each
     "HunyuanDiT": BlockGraphCase("test_hunyuan_dit", lambda m: m.tiny_hunyuan_dit(seed=3), lambda m: m.latent(2),
                                  streams=1),
+    "ERNIE-Image": BlockGraphCase("test_ernie", lambda m: m.tiny_ernie(seed=3), lambda m: m.latent(2)),
+    "Mage-Flow": BlockGraphCase("test_mage_flow", lambda m: m.tiny_mage_flow(seed=3), lambda m: m.latent(2)),
+    "Mage-Flow reference": BlockGraphCase("test_mage_flow", lambda m: m.tiny_mage_flow(seed=3), lambda m: m.latent(2),
+                                          prompts=lambda m: m.with_reference()),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),

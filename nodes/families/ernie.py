@@ -8,13 +8,15 @@ engine's override never sees it. The adapter hooks modules, never the forward's 
 - `x_embedder`'s output: the image tokens are gathered; attention is image first;
 - `pos_embed`'s output: the image part of RoPE is gathered, the text part stays;
 - every block's attention (`ErnieImageAttention.forward`) is restated on its own layers through the K/V cache,
-  checked against the model's own on the first dense forward (base.attention_through_cache);
+  checked against the model's own on the first dense forward (base.attention_through_cache); each block may replay
+  from a CUDA graph of its own (its shared modulation, a list of six tensors, copied into its static buffers);
 - `final_linear`'s output (over [running image | text]) becomes every image token's row: the running ones computed,
   the others from the policy.
 """
 import torch
 
-from .base import FamilyAdapter, attention_through_cache, gather_image_first, patch_module_forward, runs_class_methods
+from .base import (FamilyAdapter, attention_through_cache, gather_image_first, patch_method, patch_module_forward,
+                   runs_class_methods)
 
 _MODULE = "comfy.ldm.ernie.model"
 
@@ -38,6 +40,8 @@ class ErnieImageFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.x_embedder", after=gather_image_first)
         patch_module_forward(patcher, slot, "diffusion_model.pos_embed", after=_gather_image_rope)
         for i in range(len(patcher.model.diffusion_model.layers)):
+            # each block's sparse calls may replay from a CUDA graph of its own (its modulation comes as a list of six)
+            patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", graph=True)
             attention_through_cache(patcher, slot, f"diffusion_model.layers.{i}.self_attention.forward",
                                     _attention, "ERNIE-Image", check=i == 0)
         patch_module_forward(patcher, slot, "diffusion_model.final_linear",

@@ -6,11 +6,12 @@ ids] (`pe_embedder`; the text unrotated), runs the blocks (joint attention over 
 token (`proj_out`). The adapter hooks those per-token modules, never the forward's code:
 - `img_in`'s input: the image tokens are gathered (references follow and always run);
 - `pe_embedder`'s input: the image part of the ids is gathered;
+- each block may replay from a CUDA graph of its own;
 - `proj_out`'s output is scattered back to every token.
 """
 import torch
 
-from .base import FamilyAdapter, patch_module_forward, reference_latents, runs_class_methods
+from .base import FamilyAdapter, patch_method, patch_module_forward, reference_latents, runs_class_methods
 
 
 class MageFlowFamily(FamilyAdapter):
@@ -32,6 +33,9 @@ class MageFlowFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         patch_module_forward(patcher, slot, "diffusion_model.img_in", before=lambda call, x: call.gather(x))
         patch_module_forward(patcher, slot, "diffusion_model.pe_embedder", before=_gather_image_ids)
+        # the sparse part starts inside `_forward`: each block's sparse calls may replay from a CUDA graph of its own
+        for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", graph=True)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
 
 
