@@ -109,6 +109,9 @@ class ForwardCall:
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
+        # an adapter hands its graphed parts plain values that follow the active set, not only its size (HunyuanVideo's
+        # token-replacement spans): a graph keyed by them would seldom come back, so this forward runs eagerly
+        self.stays_eager = False
         self.scratch: Dict[Hashable, torch.Tensor] = {}   # adapters' per-forward memo (e.g. gathered RoPE)
         # adapters' facts of this forward's token layout (grid shape, leading tokens), learnt as it runs: unlike the
         # memos, kept when a graph capture recomputes what derives from the index

@@ -24,7 +24,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core import engine, forward_graphs
 from comfyui_sdit.sdit_core.forward_graphs import CudaGraphBackend
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import FAMILIES, TinyFamily, ksample, random_active, text_conditioning
+from sdit_testkit import FAMILIES, TinyFamily, ksample, random_active, text_conditioning, tiny_wan
 from test_cosmos import CONTEXT as COSMOS_CONTEXT, tiny_cosmos
 from test_host_syncs import SyncCounter
 
@@ -225,6 +225,39 @@ BLOCK_GRAPHS = {
     "Mage-Flow": BlockGraphCase("test_mage_flow", lambda m: m.tiny_mage_flow(seed=3), lambda m: m.latent(2)),
     "Mage-Flow reference": BlockGraphCase("test_mage_flow", lambda m: m.tiny_mage_flow(seed=3), lambda m: m.latent(2),
                                           prompts=lambda m: m.with_reference()),
+    # Wan and its variants: one frame (Wan as an image model) or a short video, under the token bound
+    "Wan 2.1 T2V": BlockGraphCase("test_video", lambda m: m.tiny_wan(seed=3), lambda m: m.video_latent(2),
+                                  prompts=lambda m: m.conds()),
+    "Wan 2.1 T2I": BlockGraphCase("test_video", lambda m: m.tiny_wan(seed=3), lambda m: m.video_latent(2, frames=1),
+                                  tokens=lambda m: m.TOKENS // m.FRAMES, prompts=lambda m: m.conds()),
+    "Wan 2.1 I2V": BlockGraphCase("test_video", lambda m: m.tiny_wan_i2v(seed=3), lambda m: m.video_latent(2),
+                                  prompts=lambda m: m.i2v_conds()),
+    # per-token timesteps (a given first frame): the modulation is a block argument gathered per running token
+    "Wan 2.2 TI2V": BlockGraphCase("test_video", lambda m: m.tiny_wan22_ti2v(seed=3), lambda m: given_first_frame(m),
+                                   prompts=lambda m: m.conds()),
+    "Wan VACE": BlockGraphCase("test_wan_vace", lambda m: m.tiny_vace(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+                               prompts=lambda m: m.vace_prompts(2, strengths=[0.7, 1.3])),
+    "Wan Animate": BlockGraphCase("test_wan_animate", lambda m: m.tiny_animate(seed=3),
+                                  lambda m: m.torch.zeros(2, 16, 5, 8, 12), prompts=lambda m: m.animate_prompts()),
+    "Wan HuMo": BlockGraphCase("test_wan_humo", lambda m: m.tiny_humo(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+                               prompts=lambda m: m.humo_prompts()),
+    "Wan S2V": BlockGraphCase("test_wan_s2v", lambda m: m.tiny_s2v(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+                              prompts=lambda m: m.s2v_prompts()),
+    "Wan SCAIL": BlockGraphCase("test_wan_scail", lambda m: m.tiny_scail(seed=3),
+                                lambda m: m.scail_prompts(batch=2)[1]["samples"],
+                                prompts=lambda m: m.scail_prompts(batch=2)[0]),
+    "WanDancer": BlockGraphCase("test_wan_dancer", lambda m: m.tiny_dancer(seed=3), lambda m: m.latent(2),
+                                prompts=lambda m: m.dancer_prompts()),
+    # HunyuanVideo's double and single blocks
+    "HunyuanVideo": BlockGraphCase("test_video", lambda m: m.tiny_hunyuan_video(seed=3), lambda m: m.video_latent(2),
+                                   prompts=lambda m: m.hunyuan_conds()),
+    "HunyuanVideo 1.5 I2V": BlockGraphCase("test_hunyuan_variants", lambda m: m.CASES["hunyuan-video-1.5-i2v"].build(3),
+                                           lambda m: m.CASES["hunyuan-video-1.5-i2v"].latent(2),
+                                           lambda m: m.CASES["hunyuan-video-1.5-i2v"].tokens, lambda m: m.hv15_i2v()),
+    "HunyuanImage 2.1": BlockGraphCase("test_hunyuan_variants", lambda m: m.CASES["hunyuan-image-2.1"].build(3),
+                                       lambda m: m.CASES["hunyuan-image-2.1"].latent(2),
+                                       lambda m: m.CASES["hunyuan-image-2.1"].tokens,
+                                       lambda m: m.CASES["hunyuan-image-2.1"].make_prompts()),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),
@@ -237,6 +270,15 @@ BLOCK_GRAPHS = {
 }
 
 
+def given_first_frame(module) -> dict:
+    """Two videos of Wan 2.2 TI2V's 48 channels whose first frame is given (ComfyUI's noise mask): its timestep per
+    frame."""
+    samples = torch.randn(2, 48, module.FRAMES, module.HEIGHT, module.WIDTH, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 1, module.FRAMES, module.HEIGHT, module.WIDTH)
+    mask[:, :, 0] = 0.0
+    return {"samples": samples, "noise_mask": mask}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(BLOCK_GRAPHS))
 def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
@@ -245,7 +287,9 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     captured once per stream."""
     case = BLOCK_GRAPHS[family]
     module = importlib.import_module(case.module)          # skips where this ComfyUI lacks the family
-    model, latent, prompts = case.build(module), {"samples": case.latent(module)}, case.prompts(module)
+    latent = case.latent(module)
+    latent = latent if isinstance(latent, dict) else {"samples": latent}
+    model, prompts = case.build(module), case.prompts(module)
     count = case.tokens(module)
     plans = random_plans(count, count // 3)
     eager, _ = ksample_planned(model, latent, prompts, plans)
@@ -257,6 +301,23 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     blocks = sum(getattr(patch, "sdit_graph", False) for patch in patched.object_patches.values())
     graphs = case.streams * blocks
     assert blocks > 0 and backends[0].captures == graphs and backends[0].replays == 4 * graphs
+
+
+def test_wan_context_windows_stay_eager_with_graphs_on():
+    """ComfyUI's context windows: a window runs its share of the step's plan, a count the policy never planned (it
+    plans whole videos), so no window is captured, and sampling with graphs on equals sampling without."""
+    from test_video import conds, video_latent
+    from test_video_windows import FRAMES, TOKENS, with_windows
+    model = with_windows(tiny_wan(seed=3))
+    active = random_active(1, TOKENS, TOKENS // 3, seed=1).sort(dim=1).values
+    plans = [None] + [active] * 5
+    latent = {"samples": video_latent(1, frames=FRAMES)}       # (the windows take one video at a time)
+    eager, _ = ksample_planned(model, latent, conds(), plans)
+    backends = []
+    graphed, run = ksample_planned(model, latent, conds(), plans, collecting(backends))
+    assert torch.equal(graphed, eager)
+    assert len({call.stream for e in run.evals for call in e.calls}) == 6      # 3 windows x 2 prompts
+    assert backends[0].captures == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -280,6 +341,23 @@ def test_flux2_edit_references_replay_what_eager_forwards_compute(backend):
     assert_replays_equal(graphed, eager, backend)
     # one stream: ComfyUI pads Flux 2's prompts to one length, so cond and uncond run batched
     assert backends[0].captures == 1 and backends[0].replays == 4
+
+
+def test_hunyuan_video_token_replacement_keeps_the_blocks_eager():
+    """HunyuanVideo image-to-video by token replacement modulates the first frame's running tokens apart by spans
+    (plain values a graph bakes in) that follow where they are: a graph would seldom come back, so it runs eagerly."""
+    from test_video import TOKENS, hunyuan_conds, hunyuan_replace_conds, tiny_hunyuan_video, video_latent
+    model = tiny_hunyuan_video(seed=3)
+    active = random_active(2, TOKENS, TOKENS // 3, seed=1).sort(dim=1).values[:1].expand(2, -1).contiguous()
+    plans = [None] + [active] * 5                 # the same spans every time: a graph would be captured
+    eager, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_replace_conds(), plans)
+    backends = []
+    graphed, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_replace_conds(), plans,
+                                 collecting(backends))
+    assert torch.equal(graphed, eager)
+    assert backends[0].captures == 0
+    _, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_conds(), plans, collecting(backends))
+    assert backends[1].captures > 0              # without token replacement the same blocks are captured
 
 
 def test_anima_lllite_keeps_the_blocks_eager():

@@ -216,7 +216,7 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     graphs do, the weights stay where they are (comfy_compat.weights_may_move) and no other node
     patches the blocks (their Python code would run only at capture)."""
     graphs = call.stream.graphs
-    if graphs is None or call.dense or not graphs.worth_keying(call):
+    if graphs is None or call.dense or call.stays_eager or not graphs.worth_keying(call):
         return False
     tensors = [tensor for value in arguments.values() for tensor in tensors_in(value)]
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):

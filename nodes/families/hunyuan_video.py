@@ -15,7 +15,8 @@ later): the adapter reads it from the positions the model embeds. It hooks, neve
 - image-to-video by token replacement (`guiding_frame_index`) modulates the first frame's tokens apart
   by position: each block and the final layer get those positions in the gathered sequence;
 - the text refiner's attention (text alone, after the video was gathered) passes the K/V cache by;
-- the final layer's output is scattered back to every token.
+- the final layer's output is scattered back to every token;
+- each block may replay from a CUDA graph of its own, but for token replacement, whose spans follow the active set.
 Image channels (image-to-video, the refiners) are concatenated to the latent before `img_in`, so they are
 gathered with the tokens. HunyuanVideo 1.5 and HunyuanImage 2.1 join a CLIP-vision image's tokens and ByT5
 glyph tokens to the text: they run on every step as the text does (the memory plan counts them).
@@ -71,10 +72,10 @@ class HunyuanVideoFamily(FamilyAdapter):
         passthrough_method(patcher, slot, "diffusion_model.txt_in.forward")      # the text refiner: text alone
         for i in range(len(dm.double_blocks)):
             patch_method(patcher, slot, f"diffusion_model.double_blocks.{i}.forward",
-                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims_img"))
+                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims_img"), graph=True)
         for i in range(len(dm.single_blocks)):
             patch_method(patcher, slot, f"diffusion_model.single_blocks.{i}.forward",
-                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims", joint="x"))
+                         before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims", joint="x"), graph=True)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward",
                      before=lambda call, a: _map_modulation_dims(call, a, "modulation_dims"),
                      after=lambda call, out: call.scatter(out))
@@ -135,6 +136,7 @@ def _map_modulation_dims(call, arguments, name: str, joint: str = None) -> None:
     dims = arguments.get(name)
     if dims is None or call.dense:
         return
+    call.stays_eager = True             # the spans follow where the first frame's running tokens are
     if joint is not None and not call.image_first:
         text = arguments[joint].shape[1] - call.image_index_now().shape[1]
         key = ("modulation_dims", "text first", tuple(dims))

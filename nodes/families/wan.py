@@ -62,7 +62,7 @@ class WanFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
-            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=gather_block_inputs, graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.blocks.{i}.cross_attn.forward")
         patch_head(patcher, slot, "diffusion_model.head")
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
