@@ -207,6 +207,7 @@ class BlockGraphCase(NamedTuple):
     tokens: Callable = lambda m: m.TOKENS
     prompts: Callable = lambda m: m.prompts()
     streams: int = 2                            # 1 where the model pads both prompts to one length
+    skip: Callable = lambda m: None             # why this ComfyUI cannot sample it sparse, if it cannot
 
 
 BLOCK_GRAPHS = {
@@ -242,7 +243,8 @@ BLOCK_GRAPHS = {
     "Wan HuMo": BlockGraphCase("test_wan_humo", lambda m: m.tiny_humo(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
                                prompts=lambda m: m.humo_prompts()),
     "Wan S2V": BlockGraphCase("test_wan_s2v", lambda m: m.tiny_s2v(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
-                              prompts=lambda m: m.s2v_prompts()),
+                              prompts=lambda m: m.s2v_prompts(),
+                              skip=lambda m: None if m.HANDS_OPTIONS_TO_BLOCKS else "its blocks get no options here"),
     "Wan SCAIL": BlockGraphCase("test_wan_scail", lambda m: m.tiny_scail(seed=3),
                                 lambda m: m.scail_prompts(batch=2)[1]["samples"],
                                 prompts=lambda m: m.scail_prompts(batch=2)[0]),
@@ -287,6 +289,8 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     captured once per stream."""
     case = BLOCK_GRAPHS[family]
     module = importlib.import_module(case.module)          # skips where this ComfyUI lacks the family
+    if case.skip(module):
+        pytest.skip(case.skip(module))
     latent = case.latent(module)
     latent = latent if isinstance(latent, dict) else {"samples": latent}
     model, prompts = case.build(module), case.prompts(module)
@@ -348,15 +352,15 @@ def test_hunyuan_video_token_replacement_keeps_the_blocks_eager():
     (plain values a graph bakes in) that follow where they are: a graph would seldom come back, so it runs eagerly."""
     from test_video import TOKENS, hunyuan_conds, hunyuan_replace_conds, tiny_hunyuan_video, video_latent
     model = tiny_hunyuan_video(seed=3)
-    active = random_active(2, TOKENS, TOKENS // 3, seed=1).sort(dim=1).values[:1].expand(2, -1).contiguous()
+    active = random_active(1, TOKENS, TOKENS // 3, seed=1).sort(dim=1).values
     plans = [None] + [active] * 5                 # the same spans every time: a graph would be captured
-    eager, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_replace_conds(), plans)
+    latent = {"samples": video_latent(1)}         # (ComfyUI runs token replacement one video at a time)
+    eager, _ = ksample_planned(model, latent, hunyuan_replace_conds(), plans)
     backends = []
-    graphed, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_replace_conds(), plans,
-                                 collecting(backends))
+    graphed, _ = ksample_planned(model, latent, hunyuan_replace_conds(), plans, collecting(backends))
     assert torch.equal(graphed, eager)
     assert backends[0].captures == 0
-    _, _ = ksample_planned(model, {"samples": video_latent(2)}, hunyuan_conds(), plans, collecting(backends))
+    ksample_planned(model, latent, hunyuan_conds(), plans, collecting(backends))
     assert backends[1].captures > 0              # without token replacement the same blocks are captured
 
 
