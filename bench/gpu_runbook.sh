@@ -20,6 +20,8 @@
 #   qwen0125   Qwen-Image 20B at 1024², 0.125, static RAS (per-block graphs captured) vs dynamic (eager) (~5 min)
 #   cosmos0125 Cosmos Predict2 2B (Anima's DiT) at 1024², 0.125, static RAS (per-block graphs captured) vs dynamic
 #              (eager): a 2B model at batch 1 is the most launch-bound of all                  (~3 min)
+#   wan0125    Wan 2.1 14B as an image model (one frame) at 1024², 0.125, static RAS (per-block graphs captured) vs
+#              dynamic (eager), cfg 5 and 1: what Wan text-to-image users get                       (~5 min)
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   cosmos1024 Cosmos Predict2 2B (Anima's DiT) at 1024², cfg 4 and 1, every ratio                 (~5 min)
@@ -45,7 +47,7 @@
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
 #   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024;
-#   speed1024b lumina0125 qwen0125 cosmos0125; then compile1024, agreement (fp8 cache with its new kernel),
+#   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
 #   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048,
 #   train as time allows.
 set -uo pipefail
@@ -127,6 +129,10 @@ for part in "$@"; do
     cosmos0125)      # Cosmos's per-block CUDA graphs: a static count is captured, the dynamic schedule runs eagerly
       timeout 280 python3 bench/speed.py --models cosmos-predict2-2b --res 1024 --cfg 4 1 --methods RAS-static RAS \
         --ratios 0.125 --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    wan0125)         # Wan's per-block CUDA graphs on one frame (a video above SDIT_GRAPH_MAX_TOKENS runs eagerly)
+      timeout 330 python3 bench/speed.py --models wan21-14b --res 1024 --frames 1 --cfg 5 1 --text 512 \
+        --methods RAS-static RAS --ratios 0.125 --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 \
+        | tee "$out/$part.log" ;;
     models0125)      # SD3.5-large and Lumina 2 at the lowest ratio only
       timeout 240 python3 bench/speed.py --models sd35-large lumina2 --res 1024 --ratios 0.125 --cuda-graphs \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
