@@ -25,7 +25,9 @@
 #   models0125 SD3.5-large and Lumina 2 at 1024², cfg 3.5, ratio 0.125                (~3 min)
 #   models1024 SD3.5-large and Lumina 2 at 1024², cfg 3.5 and 1, every ratio          (~8 min)
 #   cosmos1024 Cosmos Predict2 2B (Anima's DiT) at 1024², cfg 4 and 1, every ratio                 (~5 min)
-#   ltxv512    LTX-Video 13B, 768 x 512 x 97 frames, cfg 3 (batch 2), every ratio (eager: no graph sites) (~5 min)
+#   ltxv512    LTX-Video 13B, 768 x 512 x 97 frames, cfg 3 (batch 2), every ratio (dynamic schedules: eager) (~5 min)
+#   ltxv0125   the same at 0.125, static RAS (its 4,992 tokens under the graph bound: per-block graphs captured) vs
+#              dynamic (eager)                                                                   (~4 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
 #   video480   Wan 2.1 14B and HunyuanVideo, 480p x 81 frames, cfg 5 (batch 2), 28 steps, RAS and SDiT  (~2 x 10 min:
@@ -48,7 +50,7 @@
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
 #   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
-#   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, speed2048,
+#   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, ltxv0125, speed2048,
 #   train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -145,6 +147,10 @@ for part in "$@"; do
     ltxv512)
       timeout 450 python3 bench/speed.py --models ltxv-13b --res 512 --frames 97 --cfg 3 --text 128 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    ltxv0125)
+      timeout 330 python3 bench/speed.py --models ltxv-13b --res 512 --frames 97 --cfg 3 --text 128 \
+        --methods RAS-static RAS --ratios 0.125 --cuda-graphs --profile-ratios --json "$out/${part}_$day.json" 2>&1 \
+        | tee "$out/$part.log" ;;
     speed2048)
       python3 bench/speed.py --models flux-dev --res 2048 --cuda-graphs --profile-ratios 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
@@ -178,7 +184,7 @@ for part in "$@"; do
       newest timeout 250 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.25 0.125 \
         --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_legacy_$day.json" 2>&1 | tee -a "$out/$part.log" ;;
     newestltx2)      # LTX-2 19B, a newer ComfyUI's model: 768 x 512 x 121 frames with its audio, cfg 3 (batch 2), every
-                     # ratio, the model loaded the legacy way (eager: no graph sites)
+                     # ratio, the model loaded the legacy way (dynamic schedules: eager)
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestltx2 needs .dev-newest in carry"; continue; }
       newest timeout 450 python3 bench/speed.py --models ltx2-19b --res 512 --frames 121 --cfg 3 --text 128 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;

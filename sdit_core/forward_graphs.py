@@ -54,7 +54,8 @@ MIN_USES = 17
 # ComfyUI's memory plan: videos (32,760 tokens for Wan 480p x 81 frames) run eagerly.
 MAX_TOKENS_FLAG = "SDIT_GRAPH_MAX_TOKENS"
 MAX_TOKENS = 16384
-# Arguments a graph neither copies nor keys on: the options dict (its Python values are read only at capture)
+# Arguments a graph does not copy: the options dict (its Python values are read only at capture, so its plain
+# top-level values, flags such as LTX-2's `run_vx` among them, are part of the key: `_option_flags`)
 PASSTHROUGH = ("transformer_options",)
 
 
@@ -144,6 +145,14 @@ def _plain(value: Any) -> Hashable:
     raise TypeError(type(value).__name__)
 
 
+def _option_flags(arguments: Dict[str, Any]) -> Hashable:
+    """The plain top-level values of a graphed method's options (block index, LTX-2's `run_vx` / `a2v_cross_attn`):
+    what the model's code reads there at capture is baked in, so a graph serves only the values it was captured with."""
+    options = arguments.get("transformer_options") or {}
+    return tuple(sorted((name, value) for name, value in options.items()
+                        if value is None or isinstance(value, (bool, int, float, str))))
+
+
 def tensors_in(value: Any) -> List[torch.Tensor]:
     """The tensors a graph copies in for an argument: itself, or those of a tuple or list (nested)."""
     if torch.is_tensor(value):
@@ -196,8 +205,8 @@ class GraphedForwards:
         index = call.image_index_now()
         if index is None:
             return None
-        return (site, call.attention_calls, args, tuple(index.shape), index.device, call.shared_index,
-                call.stream.kv.generation)
+        return (site, call.attention_calls, args, _option_flags(arguments), tuple(index.shape), index.device,
+                call.shared_index, call.stream.kv.generation)
 
     def run(self, call, arguments: Dict[str, Any], forward: Callable[[Dict[str, Any]], torch.Tensor],
             site: str = "") -> torch.Tensor:

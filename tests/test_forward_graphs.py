@@ -155,6 +155,10 @@ GRAPHS_PER_FORWARD = {"flux": 1, "sd3": 1, "lumina2": 4, "zimage": 4, "qwen_imag
 
 
 def assert_replays_equal(graphed, eager, backend):
+    if not isinstance(graphed, torch.Tensor):            # LTX-2's video and audio latent (ComfyUI's NestedTensor)
+        for graphed_part, eager_part in zip(graphed.unbind(), eager.unbind(), strict=True):
+            assert_replays_equal(graphed_part, eager_part, backend)
+        return
     if backend is ReplayByRerun:
         assert torch.equal(graphed, eager)
     else:   # the same kernels; cuBLAS may pick another algorithm on the capture stream
@@ -260,6 +264,15 @@ BLOCK_GRAPHS = {
                                        lambda m: m.CASES["hunyuan-image-2.1"].latent(2),
                                        lambda m: m.CASES["hunyuan-image-2.1"].tokens,
                                        lambda m: m.CASES["hunyuan-image-2.1"].make_prompts()),
+    "LTX-Video": BlockGraphCase("test_ltxv", lambda m: m.tiny_ltxv(seed=3), lambda m: m.latent(2)),
+    # the start frame's tokens at timestep 0: the modulation is per token, a block argument gathered with them
+    "LTX-Video I2V": BlockGraphCase("test_ltxv", lambda m: m.tiny_ltxv(seed=3), lambda m: m.image_to_video(2)[1],
+                                    prompts=lambda m: m.image_to_video(2)[0]),
+    # LTX-2: the block's input is a (video, audio) pair; a multimodal guider's pass without the attention between
+    # them (flags in the options) is a third network
+    "LTX-2": BlockGraphCase("test_ltx2", lambda m: m.tiny_ltx2(seed=3), lambda m: m.av_latent(2)),
+    "LTX-2 modality pass": BlockGraphCase("test_ltx2", lambda m: m.with_a_modality_isolated_pass(m.tiny_ltx2(seed=3)),
+                                          lambda m: m.av_latent(2), streams=3),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),
@@ -270,6 +283,15 @@ BLOCK_GRAPHS = {
     "Ming-Image edit": BlockGraphCase("test_ming_image", lambda m: m.tiny_ming(seed=3), lambda m: m.latent(2),
                                       lambda m: m.GRID, lambda m: m.prompts(direct=True, reference=True)),
 }
+
+
+def module_skip_reason(module):
+    """Why a test module's own tests skip on this ComfyUI (its module-level `skipif` mark), if they do."""
+    marks = getattr(module, "pytestmark", [])
+    for mark in marks if isinstance(marks, list) else [marks]:
+        if mark.name == "skipif" and mark.args and mark.args[0]:
+            return mark.kwargs.get("reason", "skipped by its module")
+    return None
 
 
 def given_first_frame(module) -> dict:
@@ -289,9 +311,10 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     captured once per stream."""
     case = BLOCK_GRAPHS[family]
     module = importlib.import_module(case.module)          # skips where this ComfyUI lacks the family
-    if case.skip(module):
-        pytest.skip(case.skip(module))
-    latent = case.latent(module)
+    reason = module_skip_reason(module) or case.skip(module)
+    if reason:
+        pytest.skip(reason)
+    latent = case.latent(module)                           # a latent, or a LATENT dict (a noise mask, two parts)
     latent = latent if isinstance(latent, dict) else {"samples": latent}
     model, prompts = case.build(module), case.prompts(module)
     count = case.tokens(module)
@@ -391,6 +414,22 @@ def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_dicts_keep_it_e
     for nested in ({"features": torch.zeros(2)}, ({"features": [torch.zeros(2)]},), {"pair": (1, torch.zeros(2))}):
         with pytest.raises(TypeError):
             signature(nested)
+
+
+def test_a_graph_is_keyed_by_the_plain_values_of_the_options():
+    """The model's code reads the options at capture only: their flags (LTX-2's `run_vx`, `a2v_cross_attn`) and the
+    block index are baked into the graph, so they are part of its key; what is not plain (sigmas, uuids) is not."""
+    import types
+    call = types.SimpleNamespace(attention_calls=0, shared_index=False, image_index_now=lambda: torch.zeros(2, 3),
+                                 stream=types.SimpleNamespace(kv=types.SimpleNamespace(generation=0)))
+    graphs = forward_graphs.GraphedForwards(ReplayByRerun())
+
+    def key(**options):
+        return graphs.key(call, {"x": torch.zeros(2, 3, 4), "transformer_options": options})
+    assert key(run_vx=True, block_index=1) == key(block_index=1, run_vx=True)
+    assert key(run_vx=True) != key(run_vx=False) != key()
+    assert key(block_index=1) != key(block_index=2)
+    assert key(sigmas=torch.ones(1), uuids=[object()]) == key(sigmas=torch.zeros(1), uuids=[object()])
 
 
 def test_layer_graphs_share_their_static_buffers(monkeypatch):

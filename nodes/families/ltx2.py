@@ -14,7 +14,10 @@ output layers for the video and the audio's own. The adapter hooks modules, as L
 - the audio's attention to the video is a layer of the K/V cache of its own: the audio's queries see the keys and
   values of every video token, the ones that ran fresh and the others from the cache, so a sparse step after a dense
   one leaves the audio exact too;
-- LTX-Video's output hooks (`norm_out` over every token's row, `proj_out` scattered).
+- LTX-Video's output hooks (`norm_out` over every token's row, `proj_out` scattered);
+- each block may replay from a CUDA graph of its own (the (video, audio) pair and the RoPE pairs in its static
+  buffers; the passes that switch a stream or the attention between them off, by flags in the options, get graphs
+  of their own: forward_graphs keys on the options' plain values).
 """
 from .base import (every_token_row, image_keys_method, passthrough_method, patch_method, patch_module_forward,
                    runs_class_methods, scatter_every_row)
@@ -45,7 +48,7 @@ class LTX2Family(LTXVFamily):
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             block = f"diffusion_model.transformer_blocks.{i}"
-            patch_method(patcher, slot, f"{block}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"{block}.forward", before=_gather_block_inputs, graph=True)
             for name in _PASSED_BY:
                 passthrough_method(patcher, slot, f"{block}.{name}.forward")
             image_keys_method(patcher, slot, f"{block}.video_to_audio_attn.forward")

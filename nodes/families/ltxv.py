@@ -7,6 +7,8 @@ per-token output (`norm_out`, a modulation, `proj_out`) and unpatchifies. The ad
 - the first block that runs gathers the video tokens; every block gets their RoPE rows and, per token, their
   modulation;
 - cross-attention passes the K/V cache by (its keys are the text, complete as they are);
+- each block may replay from a CUDA graph of its own (LTX-Video's latent is small: 768 x 512 x 97 frames is 4,992
+  tokens, under SDIT_GRAPH_MAX_TOKENS);
 - `norm_out` gets every token's row (the running ones computed, the others zero) so the model's per-token modulation
   of the output lines up; `proj_out`'s result keeps the running tokens' rows and the others come from the policy.
 Image-to-video (LTXVImgToVideo) and keyframe guides (LTXVAddGuide: the guide's frames follow the video's in the
@@ -59,7 +61,8 @@ class LTXVFamily(FamilyAdapter):
 
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
-            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_gather_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_gather_block_inputs,
+                         graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.attn2.forward")
         # the output's modulation may be per token: it gets every token's row (the skipped ones zero)
         patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=every_token_row)
