@@ -119,6 +119,24 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg, hooks):
     exact_on_a_third_of_the_tokens(tiny_sensenova(seed=4), image(batch), cfg, prompts(hooks), TOKENS)
 
 
+@pytest.mark.parametrize("hooks", [False, True])
+def test_generation_layers_replay_what_eager_layers_compute(monkeypatch, hooks):
+    """Each layer's generation pass replays from a CUDA graph of its own (the CPU stand-in of test_forward_graphs):
+    the prompt's keys and values, its RoPE tables (a pair per axis) in static buffers; equal to eager, no host read
+    inside a capture, every layer captured once per stream (two prompts of different lengths)."""
+    from comfyui_sdit.sdit_core import forward_graphs
+    from test_forward_graphs import collecting, ksample_planned, random_plans
+    monkeypatch.setenv(forward_graphs.MIN_USES_FLAG, "1")
+    model, latent, conditioning = tiny_sensenova(seed=3), {"samples": image(2)}, prompts(hooks)
+    plans = random_plans(TOKENS, TOKENS // 3)
+    eager, _ = ksample_planned(model, latent, conditioning, plans)
+    backends = []
+    graphed, _ = ksample_planned(model, latent, conditioning, plans, collecting(backends))
+    assert torch.equal(graphed, eager) and backends[0].syncs == []
+    layers = len(model.model.diffusion_model.language_model.model.layers)
+    assert backends[0].captures == 2 * layers and backends[0].replays == 4 * 2 * layers
+
+
 def test_prompts_of_one_length_run_batched():
     """Prompts of equal length: ComfyUI batches the positive and negative passes into one forward (the prompt's keys
     one row per guidance branch, the model repeating each for its images): one stream of 4 rows."""

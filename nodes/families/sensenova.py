@@ -9,8 +9,9 @@ time, row and column). A 3x3-convolution head decodes the whole token grid into 
 turns into a velocity. The adapter hooks modules, never the forward's code:
 - the generation vision model's output: the running patches' tokens; the engine is told a layer's queries are the
   keys' last rows (the prompt's keys come first);
-- every layer's generation pass gets the running tokens' RoPE rows; its prompt pass and thinking's decoding (they run
-  in the forward where hooks keep the prompt from being precomputed) attend past the K/V cache;
+- every layer's generation pass gets the running tokens' RoPE rows, and may replay from a CUDA graph of its own (the
+  prompt's keys and values copied into its static buffers); its prompt pass and thinking's decoding (they run in the
+  forward where hooks keep the prompt from being precomputed) attend past the K/V cache;
 - the final norm gets every token's hidden state: the running ones computed, the others as last computed in this
   stream (as Chroma Radiance's convolution head: a running patch beside a skipped one sees its neighbour's latest
   features, exact right after a dense step);
@@ -52,7 +53,7 @@ class SenseNovaFamily(FamilyAdapter):
         patch_module_forward(patcher, slot, "diffusion_model.fm_modules.vision_model_mot_gen", after=_gather_tokens)
         for i in range(len(patcher.model.diffusion_model.language_model.model.layers)):
             layer = f"diffusion_model.language_model.model.layers.{i}"
-            patch_method(patcher, slot, f"{layer}.forward_generation", before=_running_rope_rows)
+            patch_method(patcher, slot, f"{layer}.forward_generation", before=_running_rope_rows, graph=True)
             passthrough_method(patcher, slot, f"{layer}.forward_prefix")
             passthrough_method(patcher, slot, f"{layer}.forward_decode")
         patch_module_forward(patcher, slot, "diffusion_model.language_model.model.norm_mot_gen", before=_every_token)
