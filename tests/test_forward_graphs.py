@@ -212,6 +212,7 @@ class BlockGraphCase(NamedTuple):
     prompts: Callable = lambda m: m.prompts()
     streams: int = 2                            # 1 where the model pads both prompts to one length
     skip: Callable = lambda m: None             # why this ComfyUI cannot sample it sparse, if it cannot
+    shared: bool = False                        # one active set for every image (a model that asks for it)
 
 
 BLOCK_GRAPHS = {
@@ -273,6 +274,9 @@ BLOCK_GRAPHS = {
     "LTX-2": BlockGraphCase("test_ltx2", lambda m: m.tiny_ltx2(seed=3), lambda m: m.av_latent(2)),
     "LTX-2 modality pass": BlockGraphCase("test_ltx2", lambda m: m.with_a_modality_isolated_pass(m.tiny_ltx2(seed=3)),
                                           lambda m: m.av_latent(2), streams=3),
+    # PixelDiT's patch blocks and pixel blocks (whose RoPE rows, fetched inside, follow the static index); it runs one
+    # set of patches for a batch
+    "PixelDiT": BlockGraphCase("test_pixeldit", lambda m: m.tiny_pixeldit(seed=3), lambda m: m.image(2), shared=True),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),
@@ -318,7 +322,7 @@ def test_block_graphs_replay_what_eager_blocks_compute(family, backend):
     latent = latent if isinstance(latent, dict) else {"samples": latent}
     model, prompts = case.build(module), case.prompts(module)
     count = case.tokens(module)
-    plans = random_plans(count, count // 3)
+    plans = random_plans(count, count // 3, shared=case.shared)
     eager, _ = ksample_planned(model, latent, prompts, plans)
     backends = []
     graphed, _ = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))

@@ -45,11 +45,12 @@ class PixelDiTFamily(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         diffusion_model = patcher.model.diffusion_model
         for i in range(len(diffusion_model.patch_blocks)):
-            patch_method(patcher, slot, f"diffusion_model.patch_blocks.{i}.forward", before=_gather_patch_block_inputs)
+            patch_method(patcher, slot, f"diffusion_model.patch_blocks.{i}.forward", before=_gather_patch_block_inputs,
+                         graph=True)
         patch_method(patcher, slot, "diffusion_model._pre_pixel_blocks", after=every_token_row)
         for i in range(len(diffusion_model.pixel_blocks)):
             block = f"diffusion_model.pixel_blocks.{i}"
-            patch_method(patcher, slot, f"{block}.forward", before=_gather_pixel_block_inputs)
+            patch_method(patcher, slot, f"{block}.forward", before=_gather_pixel_block_inputs, graph=True)
             patch_method(patcher, slot, f"{block}._fetch_pos", before=_whole_grid, after=_running_rows)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", after=_every_patch)
 
