@@ -38,6 +38,8 @@
 #   newest1024 on a newer ComfyUI (carry .dev-newest alone, from `scripts/device_bundle.sh --newest TREE`):
 #              Flux-dev 1024², cfg 3.5 and 1, RAS and SDiT at 0.25/0.125, with its default dynamic VRAM and
 #              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
+#   newestcheck the graph tests with the real CUDA backend on the newer tree (carry .dev-newest): the graphed families
+#              ComfyUI 0.3.75 lacks (LTX-2, Z-Image Omni, Anima, Kandinsky 5, ...)                     (~2 min)
 #   newestltx2 LTX-2 19B (newer ComfyUI only; carry .dev-newest), 768 x 512 x 121 frames with audio, cfg 3 (batch 2),
 #              every ratio, RAS and SDiT (eager)                                                   (~6 min)
 #   memory24   Flux-dev bf16 at 1024², cfg 3.5, as on a 24-GiB GPU (--vram-gib): the K/V cache in ComfyUI's
@@ -48,7 +50,7 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 then newestltx2 (their own carry); memory24; grid128 speed1024;
+#   later sessions: grid1024; newest1024 then newestcheck newestltx2 (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
 #   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, ltxv0125, speed2048,
 #   train as time allows.
@@ -183,6 +185,10 @@ for part in "$@"; do
         --dynamic-vram --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_dynamic_$day.json" 2>&1 | tee "$out/$part.log"
       newest timeout 250 python3 bench/speed.py --models flux-dev --res 1024 --cfg 3.5 1 --ratios 0.25 0.125 \
         --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_legacy_$day.json" 2>&1 | tee -a "$out/$part.log" ;;
+    newestcheck)
+      [ -f .dev-newest/comfyui.tgz ] || { echo "newestcheck needs .dev-newest in carry"; continue; }
+      SDIT_TESTS_ON_GPU=1 newest timeout 300 python3 -m pytest -q -k "not stand-in" tests/test_forward_graphs.py 2>&1 \
+        | tee "$out/$part.log" ;;
     newestltx2)      # LTX-2 19B, a newer ComfyUI's model: 768 x 512 x 121 frames with its audio, cfg 3 (batch 2), every
                      # ratio, the model loaded the legacy way (dynamic schedules: eager)
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestltx2 needs .dev-newest in carry"; continue; }

@@ -95,3 +95,5 @@ def test_newest_parts_run_on_the_newer_tree_and_the_rest_on_the_vendored_one(tmp
             else:
                 assert call["comfyui"].endswith("/repo/.dev/comfyui") and call["pythonpath"] == "/tmp/site", call
     assert any("--dynamic-vram" in c["argv"] for c in calls["newest1024"])
+    tests = [c for c in calls["newestcheck"] if "tests/test_forward_graphs.py" in c["argv"]]
+    assert tests and all(c["comfyui"] == "/tmp/comfyui-newest" for c in tests)
