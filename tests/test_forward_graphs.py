@@ -202,9 +202,14 @@ def test_cosmos_video_blocks_replay_what_eager_ones_compute(layout, backend):
     assert backends[0].captures == 2 * 2 and backends[0].replays == 2 * 4 * 2     # streams x replays x blocks
 
 
+def wan_videos(module) -> torch.Tensor:
+    """Two empty videos of a Wan variant's test module, at its sizes."""
+    return torch.zeros(2, 16, module.FRAMES, module.HEIGHT, module.WIDTH)
+
+
 class BlockGraphCase(NamedTuple):
-    """A family whose blocks replay one by one: its test module, its tiny model, a latent of two images, their token
-    count and prompts of two lengths (two streams at cfg 3)."""
+    """A family whose blocks replay one by one: its test module, its tiny model, a latent (or a LATENT dict) of two
+    images or videos, their token count and prompts of two lengths (two streams at cfg 3)."""
     module: str
     build: Callable
     latent: Callable
@@ -213,6 +218,12 @@ class BlockGraphCase(NamedTuple):
     streams: int = 2                            # 1 where the model pads both prompts to one length
     skip: Callable = lambda m: None             # why this ComfyUI cannot sample it sparse, if it cannot
     shared: bool = False                        # one active set for every image (a model that asks for it)
+
+
+def hunyuan_variant(name: str) -> BlockGraphCase:
+    """A model on HunyuanVideo's class, as test_hunyuan_variants.py builds it (its CASES)."""
+    return BlockGraphCase("test_hunyuan_variants", lambda m: m.CASES[name].build(3), lambda m: m.CASES[name].latent(2),
+                          lambda m: m.CASES[name].tokens, lambda m: m.CASES[name].make_prompts())
 
 
 BLOCK_GRAPHS = {
@@ -241,13 +252,13 @@ BLOCK_GRAPHS = {
     # per-token timesteps (a given first frame): the modulation is a block argument gathered per running token
     "Wan 2.2 TI2V": BlockGraphCase("test_video", lambda m: m.tiny_wan22_ti2v(seed=3), lambda m: given_first_frame(m),
                                    prompts=lambda m: m.conds()),
-    "Wan VACE": BlockGraphCase("test_wan_vace", lambda m: m.tiny_vace(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+    "Wan VACE": BlockGraphCase("test_wan_vace", lambda m: m.tiny_vace(seed=3), wan_videos,
                                prompts=lambda m: m.vace_prompts(2, strengths=[0.7, 1.3])),
     "Wan Animate": BlockGraphCase("test_wan_animate", lambda m: m.tiny_animate(seed=3),
-                                  lambda m: m.torch.zeros(2, 16, 5, 8, 12), prompts=lambda m: m.animate_prompts()),
-    "Wan HuMo": BlockGraphCase("test_wan_humo", lambda m: m.tiny_humo(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+                                  wan_videos, prompts=lambda m: m.animate_prompts()),
+    "Wan HuMo": BlockGraphCase("test_wan_humo", lambda m: m.tiny_humo(seed=3), wan_videos,
                                prompts=lambda m: m.humo_prompts()),
-    "Wan S2V": BlockGraphCase("test_wan_s2v", lambda m: m.tiny_s2v(seed=3), lambda m: m.torch.zeros(2, 16, 5, 8, 12),
+    "Wan S2V": BlockGraphCase("test_wan_s2v", lambda m: m.tiny_s2v(seed=3), wan_videos,
                               prompts=lambda m: m.s2v_prompts(),
                               skip=lambda m: None if m.HANDS_OPTIONS_TO_BLOCKS else "its blocks get no options here"),
     "Wan SCAIL": BlockGraphCase("test_wan_scail", lambda m: m.tiny_scail(seed=3),
@@ -258,13 +269,8 @@ BLOCK_GRAPHS = {
     # HunyuanVideo's double and single blocks
     "HunyuanVideo": BlockGraphCase("test_video", lambda m: m.tiny_hunyuan_video(seed=3), lambda m: m.video_latent(2),
                                    prompts=lambda m: m.hunyuan_conds()),
-    "HunyuanVideo 1.5 I2V": BlockGraphCase("test_hunyuan_variants", lambda m: m.CASES["hunyuan-video-1.5-i2v"].build(3),
-                                           lambda m: m.CASES["hunyuan-video-1.5-i2v"].latent(2),
-                                           lambda m: m.CASES["hunyuan-video-1.5-i2v"].tokens, lambda m: m.hv15_i2v()),
-    "HunyuanImage 2.1": BlockGraphCase("test_hunyuan_variants", lambda m: m.CASES["hunyuan-image-2.1"].build(3),
-                                       lambda m: m.CASES["hunyuan-image-2.1"].latent(2),
-                                       lambda m: m.CASES["hunyuan-image-2.1"].tokens,
-                                       lambda m: m.CASES["hunyuan-image-2.1"].make_prompts()),
+    "HunyuanVideo 1.5 I2V": hunyuan_variant("hunyuan-video-1.5-i2v"),
+    "HunyuanImage 2.1": hunyuan_variant("hunyuan-image-2.1"),
     "LTX-Video": BlockGraphCase("test_ltxv", lambda m: m.tiny_ltxv(seed=3), lambda m: m.latent(2)),
     # the start frame's tokens at timestep 0: the modulation is per token, a block argument gathered with them
     "LTX-Video I2V": BlockGraphCase("test_ltxv", lambda m: m.tiny_ltxv(seed=3), lambda m: m.image_to_video(2)[1],
