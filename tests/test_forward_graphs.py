@@ -151,7 +151,8 @@ BACKENDS = [pytest.param(ReplayByRerun, id="stand-in"),
 # graphed parts of one forward: Flux and SD3 the whole sparse part; Lumina 2 / Z-Image each of their
 # 2 noise-refiner and 2 joint layers; Qwen-Image each of its 2 blocks (a pair of outputs: text, image);
 # Cosmos Predict2 / Anima each of its 2 blocks
-GRAPHS_PER_FORWARD = {"flux": 1, "sd3": 1, "lumina2": 4, "zimage": 4, "qwen_image": 2, "cosmos": 2}
+GRAPHS_PER_FORWARD = {"flux": 1, "chroma": 1, "flux2": 1, "sd3": 1, "sd35": 1, "lumina2": 4, "zimage": 4, "qwen_image": 2,
+                      "cosmos": 2}
 
 
 def assert_replays_equal(graphed, eager, backend):
@@ -176,8 +177,8 @@ def test_replayed_forwards_equal_eager_ones(family, shared, backend):
     graphed, graphed_run = sample(model, family, plans, collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
-    # first sparse forward eager (warm-up), second captured, then replayed: 4 replays of 5 sparse forwards
-    graphs = GRAPHS_PER_FORWARD[family]
+    # first sparse forward eager (warm-up), second captured, then replayed: 4 replays of 5 sparse forwards, per stream
+    graphs = GRAPHS_PER_FORWARD[family] * GRAPHED[family].cfg_streams
     assert [b.captures for b in backends] == [graphs]
     assert backends[0].replays == 4 * graphs
     assert ([c.attention_image_rows for e in graphed_run.evals for c in e.calls]
