@@ -101,8 +101,24 @@ def _cosmos(depth, g):
     return model, (1, 16, 1, 8, 12), dict(context=_context(g))
 
 
+def _ltxv(depth, g):
+    import comfy.supported_models
+    from test_ltxv import TINY_LTXV
+    model = build_tiny(comfy.supported_models.LTXV, dict(TINY_LTXV, num_layers=depth), seed=1)
+    return model, (1, 128, 3, 8, 12), dict(context=_context(g), attention_mask=torch.ones(1, 7, dtype=torch.long))
+
+
+def _hunyuan_dit(depth, g):
+    import comfy.supported_models
+    from test_hunyuan_dit import TINY_HUNYUAN_DIT
+    model = build_tiny(comfy.supported_models.HunyuanDiT, dict(TINY_HUNYUAN_DIT, depth=depth), seed=1)
+    return model, (1, 4, 8, 12), dict(context=_context(g, 6), text_embedding_mask=torch.ones(1, 6),
+                                      encoder_hidden_states_t5=_context(g, 5), text_embedding_mask_t5=torch.ones(1, 5))
+
+
 FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qwen_image, "cosmos": _cosmos,
-            "wan": _wan, "hunyuan_video": _hunyuan_video}
+            "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit}
+PATCH = {"ltxv": 1}                     # a token per latent voxel; the others 2 x 2 latent pixels
 
 
 def syncs_added(family: str, depth: int):
@@ -112,9 +128,10 @@ def syncs_added(family: str, depth: int):
     g = torch.Generator().manual_seed(0)
     model, shape, kwargs = FAMILIES[family](depth, g)
     x = torch.randn(shape, generator=g)
-    grid = shape[2] * (shape[-2] // 2) * (shape[-1] // 2) if len(shape) == 5 else (shape[-2] // 2) * (shape[-1] // 2)
+    patch_size = PATCH.get(family, 2)
+    grid = (shape[-2] // patch_size) * (shape[-1] // patch_size) * (shape[2] if len(shape) == 5 else 1)
     patched, slot, policy = patch(model, [None, random_active(1, grid, grid // 3, seed=4)])
-    run = SparseRun(policy, shape, patch_size=2)
+    run = SparseRun(policy, shape, patch_size=patch_size)
     sigma = torch.full((1,), 0.6)
     slot.run = run
     patched.patch_model(load_weights=False)
