@@ -4,6 +4,7 @@ would serialise the forward. The CPU cannot see a GPU wait, so these tests count
 cause one, through PyTorch's dispatcher, in a sparse forward of each family at two depths: what the
 pack adds must not grow with the number of layers (and stays within a small constant)."""
 import contextlib
+import importlib
 
 import pytest
 import torch
@@ -116,9 +117,22 @@ def _hunyuan_dit(depth, g):
                                       encoder_hidden_states_t5=_context(g, 5), text_embedding_mask_t5=torch.ones(1, 5))
 
 
+def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
+    """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
+    def build(depth, g):
+        import comfy.supported_models
+        pytest.importorskip(module)
+        tiny = getattr(importlib.import_module(config_module), config)
+        model = build_tiny(getattr(comfy.supported_models, model_class), dict(tiny, **{depth_key: depth}), seed=1)
+        return model, (1, 128, 8, 12), dict(context=_context(g))
+    return build
+
+
 FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qwen_image, "cosmos": _cosmos,
-            "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit}
-PATCH = {"ltxv": 1}                     # a token per latent voxel; the others 2 x 2 latent pixels
+            "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit,
+            "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
+            "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers")}
+PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
 def syncs_added(family: str, depth: int):
