@@ -14,8 +14,8 @@ Static buffers are the stream's, shared by every graph of the same signature (re
 time and copy their inputs in first), so graphing 30 layers does not hold 30 copies of the hidden state.
 
 A replayed forward may depend only on
-- its static input buffers: every tensor argument of the graphed method (and each tensor of a tuple or list
-  argument: HunyuanDiT's RoPE tables), copied in before a replay;
+- its static input buffers: every tensor argument of the graphed method (and each tensor of a tuple, list or dict
+  argument: HunyuanDiT's RoPE tables, ControlNet's residuals), copied in before a replay;
 - the static index buffer: the forward's active rows of the image sequence (`ForwardCall`);
 - the stream's K/V cache buffers (fixed addresses; a reallocation changes the cache's generation,
   which is part of the graph key) and the weights (fixed while a sampling run lasts).
@@ -122,26 +122,32 @@ def default_backend():
     return CudaGraphBackend() if graphs_requested() else None
 
 
+def _is_structure(value: Any) -> bool:
+    """A tuple, list or dict of named items whose tensors get static buffers (RoPE pairs, modulation lists,
+    ControlNet's residuals: {"input": [a tensor or None per block], ...})."""
+    return type(value) in (tuple, list) or (type(value) is dict and all(isinstance(key, str) for key in value))
+
+
+def _items(value: Any):
+    """(name, item) of a structure, in the order its signature and its buffers follow."""
+    return sorted(value.items()) if type(value) is dict else enumerate(value)
+
+
 def _signature(value: Any) -> Hashable:
     """A graphed method's argument as its graph's key sees it: a tensor by its layout (a static buffer holds it), a
-    tuple or list item by item (a pair of RoPE tables gets a buffer each), anything else by value (`_plain`)."""
+    structure item by item (a pair of RoPE tables gets a buffer each), anything else by value (`_plain`)."""
     if torch.is_tensor(value):
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.stride())
-    if type(value) in (tuple, list):
-        return (type(value).__name__,) + tuple(_signature(item) for item in value)
+    if _is_structure(value):
+        return (type(value).__name__,) + tuple((name, _signature(item)) for name, item in _items(value))
     return _plain(value)
 
 
 def _plain(value: Any) -> Hashable:
-    """A value the graph bakes in at capture (a grid's (rows, cols), empty keyword arguments): keyed by value.
-    Tensors in a dict (ControlNet's residuals, a structure of their own) would be baked in too, so they make the call
-    ungraphable (TypeError)."""
+    """A value the graph bakes in at capture (a grid's (rows, cols)): keyed by value. Anything else (an object, a
+    dict with other keys) makes the call ungraphable (TypeError)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__,) + tuple(_plain(item) for item in value)
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return ("dict",) + tuple(sorted((key, _plain(item)) for key, item in value.items()))
     raise TypeError(type(value).__name__)
 
 
@@ -154,21 +160,21 @@ def _option_flags(arguments: Dict[str, Any]) -> Hashable:
 
 
 def tensors_in(value: Any) -> List[torch.Tensor]:
-    """The tensors a graph copies in for an argument: itself, or those of a tuple or list (nested)."""
+    """The tensors a graph copies in for an argument: itself, or those of a structure (nested)."""
     if torch.is_tensor(value):
         return [value]
-    if type(value) in (tuple, list):
-        return [tensor for item in value for tensor in tensors_in(item)]
+    if _is_structure(value):
+        return [tensor for _, item in _items(value) for tensor in tensors_in(item)]
     return []
 
 
 def _copy_in(static: Any, value: Any) -> None:
-    """Copies an argument's tensors into its static buffers (`static` has the argument's structure)."""
+    """Copies an argument's tensors into its static buffers (`static` has the argument's structure: the key says)."""
     if torch.is_tensor(static):
         static.copy_(value)
-    elif type(static) in (tuple, list):
-        for static_item, item in zip(static, value):
-            _copy_in(static_item, item)
+    elif _is_structure(static):
+        for name, static_item in _items(static):
+            _copy_in(static_item, value[name])
 
 
 @dataclass
@@ -201,7 +207,7 @@ class GraphedForwards:
         try:
             args = tuple((name, _signature(value)) for name, value in arguments.items() if name not in PASSTHROUGH)
         except TypeError:
-            return None                         # e.g. ControlNet residuals in a dict: run eagerly
+            return None                         # an argument of another kind (an object): run eagerly
         index = call.image_index_now()
         if index is None:
             return None
@@ -272,6 +278,8 @@ class GraphedForwards:
         """`value` with each of its tensors replaced by the stream's static buffer for it (`_buffer`)."""
         if torch.is_tensor(value):
             return self._buffer(role, value)
+        if type(value) is dict:
+            return {name: self._static(f"{role}.{name}", item) for name, item in value.items()}
         if type(value) in (tuple, list):
             return type(value)(self._static(f"{role}.{i}", item) for i, item in enumerate(value))
         return value

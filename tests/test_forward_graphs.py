@@ -381,6 +381,47 @@ def test_flux2_edit_references_replay_what_eager_forwards_compute(backend):
     assert backends[0].captures == 1 and backends[0].replays == 4
 
 
+def flux_controlnet_prompts(end_percent: float):
+    """Flux prompts under a tiny XLabs-style Flux ControlNet (ComfyUI's own ControlNetFlux, random weights) applied by
+    ComfyUI's ControlNetApplyAdvanced up to `end_percent` of the steps: residuals for every block, new each step."""
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+    from sdit_testkit import TINY_FLUX, flux_conditioning, init_weights_
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+    config = {name: value for name, value in flux_unet_config(TINY_FLUX).items() if name != "image_model"}
+    control_model = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init, **config)
+    init_weights_(control_model, seed=5)
+    control = comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device(),
+                                          extra_conds=["y", "guidance"])
+    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(4))
+    positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        flux_conditioning(1), flux_conditioning(2), control, hint, 1.0, 0.0, end_percent)
+    return dict(positive=positive, negative=negative)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend):
+    """ControlNet's residuals reach the graphed forward as a dict of lists of tensors: each gets a static buffer,
+    copied in before a replay (a replay that read the capture's residuals would differ). Without control (after its
+    end percent) the forward has another key: its own graph."""
+    spec = FAMILIES["flux"]
+    latent = {"samples": spec.latent(2, 16, 16)}
+    plans = plans_for("flux", evals=9)
+    model = spec.build(seed=2)
+    eager, _ = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans)
+    plain, _ = ksample_planned(model, latent, dict(positive=spec.positive(), negative=spec.negative()), plans)
+    assert (eager - plain).abs().max().item() > 1e-3, "the residuals count"
+    backends = []
+    graphed, run = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans,
+                                   collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
+    # 8 sparse evaluations, the first ones with residuals, the last ones without: each of the two keys sighted
+    # eagerly once, then captured (and replayed) and replayed from then on
+    assert backends[0].captures == 2 and backends[0].replays == 8 - 2
+
+
 def test_hunyuan_video_token_replacement_keeps_the_blocks_eager():
     """HunyuanVideo image-to-video by token replacement modulates the first frame's running tokens apart by spans
     (plain values a graph bakes in) that follow where they are: a graph would seldom come back, so it runs eagerly."""
@@ -411,10 +452,10 @@ def test_anima_lllite_keeps_the_blocks_eager():
     assert backends[0].captures == 0
 
 
-def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_dicts_keep_it_eager():
+def test_plain_arguments_key_a_graph_by_value_and_tensors_get_static_buffers_by_layout():
     """A block's plain arguments (PixArt's grid (rows, cols), empty keyword arguments) are baked into its graph at
-    capture, so they are part of its key; tensors in tuples and lists (RoPE tables) get static buffers, keyed by their
-    layout; a tensor inside a dict would be baked in: no graph."""
+    capture, so they are part of its key; tensors in tuples, lists and dicts (RoPE tables, ControlNet's residuals) get
+    static buffers, keyed by their layout; an argument of another kind (an object) would be baked in: no graph."""
     signature = forward_graphs._signature
     assert signature((4, 6)) == signature((4, 6)) != signature((4, 8)) != signature([4, 8])
     assert signature({}) == signature({}) and signature({"scale": 2.0}) != signature({"scale": 3.0})
@@ -422,9 +463,25 @@ def test_plain_arguments_key_a_graph_by_value_and_tensors_inside_dicts_keep_it_e
     assert signature(tables) == signature((torch.ones(2, 3), torch.ones(2, 3))) != signature((torch.zeros(2, 4),) * 2)
     assert signature(((1, torch.zeros(2)),)) != signature(((2, torch.zeros(2)),))
     assert [t.shape for t in forward_graphs.tensors_in([(1, tables[0]), tables[1], None])] == [(2, 3), (2, 3)]
-    for nested in ({"features": torch.zeros(2)}, ({"features": [torch.zeros(2)]},), {"pair": (1, torch.zeros(2))}):
+    control = {"output": [torch.zeros(2, 5)], "input": [torch.zeros(2, 3), None]}
+    assert signature(control) == signature({"input": [torch.ones(2, 3), None], "output": [torch.ones(2, 5)]})
+    assert signature(control) != signature({"input": [torch.zeros(2, 3)], "output": [torch.zeros(2, 5)]})
+    assert signature(control) != signature(dict(control, input=[torch.zeros(2, 4), None]))
+    assert [t.shape for t in forward_graphs.tensors_in(control)] == [(2, 3), (2, 5)]
+    for other in (object(), {1: torch.zeros(2)}, ({"features": [object()]},)):
         with pytest.raises(TypeError):
-            signature(nested)
+            signature(other)
+
+
+def test_tensors_in_a_dict_are_copied_into_their_static_buffers():
+    """What a replay reads of a dict argument: the static buffers, holding this call's values."""
+    graphs = forward_graphs.GraphedForwards(ReplayByRerun())
+    control = {"input": [torch.zeros(2, 3), None], "output": [torch.ones(2, 5)]}
+    static = graphs._static("argument control", control)
+    assert static["input"][1] is None and static["input"][0] is not control["input"][0]
+    later = {"output": [torch.full((2, 5), 7.0)], "input": [torch.full((2, 3), 3.0), None]}
+    forward_graphs._copy_in(static, later)
+    assert torch.equal(static["input"][0], later["input"][0]) and torch.equal(static["output"][0], later["output"][0])
 
 
 def test_a_graph_is_keyed_by_the_plain_values_of_the_options():
