@@ -590,6 +590,23 @@ def test_block_patches_of_other_nodes_keep_forwards_eager():
     assert backends[0].captures == 0 and len(calls) == 6       # the replacement ran in every forward
 
 
+class RefusingDoubles(ReplayByRerun):
+    """A backend for float32 tensors only (as CUDA graphs are for CUDA tensors only)."""
+
+    def supports(self, tensor):
+        return tensor.dtype != torch.float64
+
+
+def test_tensors_in_the_options_do_not_decide_whether_a_forward_is_graphed():
+    """The options a graphed method gets hold tensors the graph never copies in (the sigmas, and whatever other nodes
+    put there, on any device): only the tensors of the other arguments must be the backend's."""
+    model = FAMILIES["flux"].build(seed=2).clone()
+    model.model_options.setdefault("transformer_options", {})["another_node"] = {"table": [torch.zeros(2, dtype=torch.float64)]}
+    backends = []
+    sample(model, "flux", plans_for("flux"), collecting(backends, backend=RefusingDoubles))
+    assert backends[0].captures == 1 and backends[0].replays == 4
+
+
 def test_a_failed_capture_falls_back_to_eager(caplog):
     model = FAMILIES["flux"].build(seed=2)
     plans = plans_for("flux")
