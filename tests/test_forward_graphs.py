@@ -401,10 +401,17 @@ def flux_controlnet_prompts(end_percent: float):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend):
+def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, monkeypatch):
     """ControlNet's residuals reach the graphed forward as a dict of lists of tensors: each gets a static buffer,
     copied in before a replay (a replay that read the capture's residuals would differ). Without control (after its
     end percent) the forward has another key: its own graph."""
+    graphs = []
+    capture = forward_graphs.GraphedForwards._capture
+
+    def keeping(self, *args):
+        graphs.append(capture(self, *args))
+        return graphs[-1]
+    monkeypatch.setattr(forward_graphs.GraphedForwards, "_capture", keeping)
     spec = FAMILIES["flux"]
     latent = {"samples": spec.latent(2, 16, 16)}
     plans = plans_for("flux", evals=9)
@@ -420,6 +427,10 @@ def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend):
     # 8 sparse evaluations, the first ones with residuals, the last ones without: each of the two keys sighted
     # eagerly once, then captured (and replayed) and replayed from then on
     assert backends[0].captures == 2 and backends[0].replays == 8 - 2
+    # the tiny ControlNet's 2 double and 2 single blocks' residuals, for the model's 19 + 38 blocks: 4 buffers
+    control = graphs[0].static_args["control"]
+    assert (len(control["input"]), len(control["output"])) == (19, 38)
+    assert len({id(residual) for residual in control["input"] + control["output"]}) == 4
 
 
 def test_hunyuan_video_token_replacement_keeps_the_blocks_eager():
@@ -482,6 +493,22 @@ def test_tensors_in_a_dict_are_copied_into_their_static_buffers():
     later = {"output": [torch.full((2, 5), 7.0)], "input": [torch.full((2, 3), 3.0), None]}
     forward_graphs._copy_in(static, later)
     assert torch.equal(static["input"][0], later["input"][0]) and torch.equal(static["output"][0], later["output"][0])
+
+
+def test_a_tensor_that_recurs_in_an_argument_has_one_static_buffer_and_the_key_says_where():
+    """A ControlNet with fewer blocks than the model hands each residual to several blocks: one buffer per tensor, not
+    per block, and a graph captured with shared entries never serves a call whose entries differ (it would read one
+    buffer for both)."""
+    signature = forward_graphs._signature
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    assert signature({"input": [a, a, b]}) == signature({"input": [b, b, a]}) != signature({"input": [a, b, b]})
+    assert signature({"input": [a], "output": [a]}) != signature({"input": [a], "output": [b]})
+    graphs = forward_graphs.GraphedForwards(ReplayByRerun())
+    static = graphs._static("argument control", {"input": [a, a, b], "output": [a]})
+    assert static["input"][0] is static["input"][1] is static["output"][0] is not static["input"][2]
+    c, d = torch.full((2, 3), 5.0), torch.full((2, 3), 6.0)
+    forward_graphs._copy_in(static, {"input": [c, c, d], "output": [c]})
+    assert torch.equal(static["input"][0], c) and torch.equal(static["input"][2], d)
 
 
 def test_a_graph_is_keyed_by_the_plain_values_of_the_options():

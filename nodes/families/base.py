@@ -332,13 +332,21 @@ def runs_class_methods(diffusion_model, module: str, class_name: str, methods: T
 
 
 def gather_control(call, control: dict) -> dict:
-    """ControlNet residuals are added to the image tokens block by block: gather them alike."""
+    """ControlNet residuals are added to the image tokens block by block: gather them alike. A ControlNet with fewer
+    blocks than the model hands the same residual to several (Flux's XLabs and InstantX ones repeat a few tensors over
+    the model's 19 double and 38 single blocks): each distinct tensor is gathered once, and the entries share it, as
+    they did."""
     if control is None or call.dense:
         return control
-    gathered = {}
+    gathered, done = {}, {}
+
+    def gather_once(residual):
+        if id(residual) not in done:
+            done[id(residual)] = call.gather_grid(residual)
+        return done[id(residual)]
     for name, residuals in control.items():
         if isinstance(residuals, (list, tuple)):
-            gathered[name] = [call.gather_grid(r) if torch.is_tensor(r) else r for r in residuals]
+            gathered[name] = [gather_once(r) if torch.is_tensor(r) else r for r in residuals]
         else:
             gathered[name] = residuals
     return gathered
