@@ -43,6 +43,19 @@ def capture_any_repeated_count(monkeypatch):
     monkeypatch.setenv(forward_graphs.MIN_USES_FLAG, "1")
 
 
+@pytest.fixture
+def captured_graphs(monkeypatch) -> list:
+    """Every graph the test's runs capture (forward_graphs._Graph: its static buffers), in order."""
+    graphs = []
+    capture = forward_graphs.GraphedForwards._capture
+
+    def keeping(self, *args):
+        graphs.append(capture(self, *args))
+        return graphs[-1]
+    monkeypatch.setattr(forward_graphs.GraphedForwards, "_capture", keeping)
+    return graphs
+
+
 class ReplayByRerun:
     """Graph backend stand-in: capture runs the body once; replay runs it again and copies the result
     into the static output (what a CUDA graph's replay leaves in the captured output tensor). It notes the
@@ -401,17 +414,10 @@ def flux_controlnet_prompts(end_percent: float):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, monkeypatch):
+def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, captured_graphs):
     """ControlNet's residuals reach the graphed forward as a dict of lists of tensors: each gets a static buffer,
     copied in before a replay (a replay that read the capture's residuals would differ). Without control (after its
     end percent) the forward has another key: its own graph."""
-    graphs = []
-    capture = forward_graphs.GraphedForwards._capture
-
-    def keeping(self, *args):
-        graphs.append(capture(self, *args))
-        return graphs[-1]
-    monkeypatch.setattr(forward_graphs.GraphedForwards, "_capture", keeping)
     spec = FAMILIES["flux"]
     latent = {"samples": spec.latent(2, 16, 16)}
     plans = plans_for("flux", evals=9)
@@ -428,7 +434,7 @@ def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, m
     # eagerly once, then captured (and replayed) and replayed from then on
     assert backends[0].captures == 2 and backends[0].replays == 8 - 2
     # the tiny ControlNet's 2 double and 2 single blocks' residuals, for the model's 19 + 38 blocks: 4 buffers
-    control = graphs[0].static_args["control"]
+    control = captured_graphs[0].static_args["control"]
     assert (len(control["input"]), len(control["output"])) == (19, 38)
     assert len({id(residual) for residual in control["input"] + control["output"]}) == 4
 
@@ -527,18 +533,12 @@ def test_a_graph_is_keyed_by_the_plain_values_of_the_options():
     assert key(sigmas=torch.ones(1), uuids=[object()]) == key(sigmas=torch.zeros(1), uuids=[object()])
 
 
-def test_layer_graphs_share_their_static_buffers(monkeypatch):
+def test_layer_graphs_share_their_static_buffers(captured_graphs):
     """Lumina 2 graphs each layer; the layers of one signature share the stream's input, index and output
     buffers (one set per token count, not one per layer: these are as wide as the hidden state)."""
-    graphs = []
-    capture = forward_graphs.GraphedForwards._capture
-
-    def keeping(self, *args):
-        graphs.append(capture(self, *args))
-        return graphs[-1]
-    monkeypatch.setattr(forward_graphs.GraphedForwards, "_capture", keeping)
     model = FAMILIES["lumina2"].build(seed=2)
     sample(model, "lumina2", plans_for("lumina2", shared=True), collecting([]))
+    graphs = captured_graphs
     joint = graphs[-2:]                        # the two joint layers ([caption | image] rows)
     assert joint[0].static_args["x"] is joint[1].static_args["x"]
     assert joint[0].output is joint[1].output and joint[0].static_index is joint[1].static_index
