@@ -439,6 +439,48 @@ def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, c
     assert len({id(residual) for residual in control["input"] + control["output"]}) == 4
 
 
+def projecting_control(channels: int, hidden: int, entries: int):
+    """A ControlNet as ComfyUI's sampler sees one (comfy.controlnet.ControlBase): residuals for the first `entries` of
+    SD3's joint blocks from the noisy latent (each 2 x 2 patch projected to the hidden size), two distinct tensors
+    handed out in turn, as a ControlNet with fewer blocks than the model does."""
+    import comfy.controlnet
+    g = torch.Generator().manual_seed(6)
+    projections = [0.1 * torch.randn(channels * 4, hidden, generator=g) for _ in range(2)]
+
+    class ProjectingControl(comfy.controlnet.ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            b, c, h, w = x_noisy.shape
+            patches = x_noisy.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)
+            residuals = [patches @ projection.to(x_noisy) for projection in projections]
+            return {"output": [residuals[i % 2] for i in range(entries)]}
+
+        def copy(self):
+            return ProjectingControl()
+    return ProjectingControl()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["sd3", "sd35"])
+def test_sd3_controlnet_residuals_replay_what_eager_forwards_compute(family, backend, captured_graphs):
+    """SD3's graphed forward gets the residuals of its joint blocks in a dict: one buffer per distinct tensor."""
+    spec = FAMILIES[family]
+    model = spec.build(seed=2)
+    control = projecting_control(16, model.model.diffusion_model.x_embedder.proj.out_channels, entries=3)
+    prompts = {name: [[text, dict(values, control=control)] for text, values in conditioning]
+               for name, conditioning in dict(positive=spec.positive(), negative=spec.negative()).items()}
+    latent = {"samples": spec.latent(2, 16, 16)}
+    plans = plans_for(family)
+    eager, _ = ksample_planned(model, latent, prompts, plans)
+    plain, _ = ksample_planned(model, latent, dict(positive=spec.positive(), negative=spec.negative()), plans)
+    assert (eager - plain).abs().max().item() > 1e-3, "the residuals count"
+    backends = []
+    graphed, _ = ksample_planned(model, latent, prompts, plans, collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert backends[0].captures == 1 and backends[0].replays == 4
+    residuals = captured_graphs[0].static_args["control"]["output"]
+    assert residuals[0] is residuals[2] is not residuals[1]
+
+
 def test_hunyuan_video_token_replacement_keeps_the_blocks_eager():
     """HunyuanVideo image-to-video by token replacement modulates the first frame's running tokens apart by spans
     (plain values a graph bakes in) that follow where they are: a graph would seldom come back, so it runs eagerly."""
