@@ -426,8 +426,8 @@ def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, c
     plain, _ = ksample_planned(model, latent, dict(positive=spec.positive(), negative=spec.negative()), plans)
     assert (eager - plain).abs().max().item() > 1e-3, "the residuals count"
     backends = []
-    graphed, run = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans,
-                                   collecting(backends, backend=backend))
+    graphed, _ = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans,
+                                 collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     # 8 sparse evaluations, the first ones with residuals, the last ones without: each of the two keys sighted
