@@ -138,14 +138,13 @@ def _signature(value: Any, seen: Optional[Dict[int, int]] = None) -> Hashable:
     structure item by item (a pair of RoPE tables gets a buffer each), anything else by value (`_plain`). A tensor a
     structure holds more than once (a ControlNet's residual handed to several blocks) has one buffer, so where it
     recurs the key says so (`seen`: the structure's tensors so far, by identity)."""
+    seen = {} if seen is None else seen
     if torch.is_tensor(value):
-        if seen is not None:
-            if id(value) in seen:
-                return ("same as", seen[id(value)])
-            seen[id(value)] = len(seen)
+        if id(value) in seen:
+            return ("same as", seen[id(value)])
+        seen[id(value)] = len(seen)
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.stride())
     if _is_structure(value):
-        seen = {} if seen is None else seen
         return (type(value).__name__,) + tuple((name, _signature(item, seen)) for name, item in _items(value))
     return _plain(value)
 
@@ -178,13 +177,12 @@ def tensors_in(value: Any) -> List[torch.Tensor]:
 def _copy_in(static: Any, value: Any, done: Optional[set] = None) -> None:
     """Copies an argument's tensors into its static buffers (`static` has the argument's structure, and the same
     tensor where `value` has: the key says), each buffer once."""
+    done = set() if done is None else done
     if torch.is_tensor(static):
-        if done is None or id(static) not in done:
+        if id(static) not in done:
             static.copy_(value)
-        if done is not None:
             done.add(id(static))
     elif _is_structure(static):
-        done = set() if done is None else done
         for name, static_item in _items(static):
             _copy_in(static_item, value[name], done)
 
@@ -289,13 +287,11 @@ class GraphedForwards:
     def _static(self, role: str, value: Any, made: Optional[Dict[int, torch.Tensor]] = None) -> Any:
         """`value` with each of its tensors replaced by the stream's static buffer for it (`_buffer`); a tensor that
         recurs in a structure by the same buffer (`made`: the structure's buffers so far, by the tensor's identity)."""
+        made = {} if made is None else made
         if torch.is_tensor(value):
-            if made is None:
-                return self._buffer(role, value)
             if id(value) not in made:
                 made[id(value)] = self._buffer(role, value)
             return made[id(value)]
-        made = {} if made is None else made
         if type(value) is dict:
             return {name: self._static(f"{role}.{name}", item, made) for name, item in value.items()}
         if type(value) in (tuple, list):
