@@ -174,6 +174,12 @@ def tensors_in(value: Any) -> List[torch.Tensor]:
     return []
 
 
+def copied_tensors(arguments: Dict[str, Any]) -> List[torch.Tensor]:
+    """Every tensor a graph copies in for a call's arguments: the options are not copied (their own tensors, the
+    sigmas, the graph never reads), so they never decide whether a call can be graphed."""
+    return [tensor for name, value in arguments.items() if name not in PASSTHROUGH for tensor in tensors_in(value)]
+
+
 def _copy_in(static: Any, value: Any, done: Optional[set] = None) -> None:
     """Copies an argument's tensors into its static buffers (`static` has the argument's structure, and the same
     tensor where `value` has: the key says), each buffer once."""
@@ -191,7 +197,7 @@ def _copy_in(static: Any, value: Any, done: Optional[set] = None) -> None:
 class _Graph:
     replay: Callable[[], None]
     output: Union[torch.Tensor, Tuple[torch.Tensor, ...]]     # a layer may return several tensors (Qwen-Image's pair)
-    static_args: Dict[str, Any]               # argument name -> its static buffer (a tuple or list of them)
+    static_args: Dict[str, Any]               # argument name -> its static buffer (or its structure of them)
     static_index: torch.Tensor
     attention_image_rows: List[int]
     attention_calls: int                      # the forward's attention calls the graph makes

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..comfy_compat import compiler_opaque, on_multigpu_thread, weights_may_move
-from ...sdit_core.forward_graphs import PASSTHROUGH, tensors_in
+from ...sdit_core.forward_graphs import copied_tensors
 from ...sdit_core.tokens import scatter_rows_
 
 
@@ -218,9 +218,7 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     graphs = call.stream.graphs
     if graphs is None or call.dense or call.stays_eager or not graphs.worth_keying(call):
         return False
-    # the tensors a graph copies in (the options are not: `transformer_options` holds tensors of its own, the
-    # sigmas, that the graph never reads)
-    tensors = [tensor for name, value in arguments.items() if name not in PASSTHROUGH for tensor in tensors_in(value)]
+    tensors = copied_tensors(arguments)
     if not tensors or not all(graphs.backend.supports(t) for t in tensors):
         return False
     if weights_may_move(patcher):       # for the whole run, said once: the user can change it
