@@ -80,9 +80,11 @@ for part in "$@"; do
       SDIT_TESTS_ON_GPU=1 python3 -m pytest -q -k "not stand-in" tests/test_forward_graphs.py tests/test_kernels.py \
         tests/test_policies_on_device.py 2>&1 | tee "$out/check.log"
       python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernel, on the GPU
-      for grid in 64 128; do
-        python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \
-          --json "$out/segmentation_cuda_${grid}_$day.json" 2>&1 | tee -a "$out/check.log"
+      for grid in 64 128; do        # the window pass as Triton kernels (the default), then its PyTorch reference
+        for kernels in auto torch; do
+          SDIT_KERNELS=$kernels python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \
+            --json "$out/segmentation_cuda_${grid}_${kernels}_$day.json" 2>&1 | tee -a "$out/check.log"
+        done
       done
       python3 bench/policy_cost.py --device cuda --grid 64 128 --json "$out/policy_cost_cuda_$day.json" 2>&1 | tee -a "$out/check.log"
       for video in "21 30 52" "21 45 80"; do       # Wan 480p and 720p x 81 frames: SDiT's 3-D Quickshift

@@ -9,12 +9,14 @@ kernel launches and host syncs, not of work: each dispatched operator costs the 
 and each value read on the host waits for the GPU's queue. This counts both for one evaluation of each
 phase (plan, inactive_output, on_output, observe) on synthetic post-CFG outputs of a `grid` x `grid`
 token image, batch 2 (cfg > 1: one active set per image, two rows each): operators through PyTorch's
-dispatcher (launches: views excluded, they launch nothing), syncs through `torch.cuda.set_sync_debug_mode` on CUDA
-(every synchronising CUDA call) and through the dispatcher's value reads on the CPU; time is the median
+dispatcher (launches: views excluded, they launch nothing) and Triton's launches (SDiT's window pass on a
+GPU, kernels/quickshift.py; on the CPU with TRITON_INTERPRET=1), syncs through
+`torch.cuda.set_sync_debug_mode` on CUDA (every synchronising CUDA call) and through the dispatcher's value reads on the CPU; time is the median
 wall time of the phase with the GPU idle before it (the bubble it puts between two forwards).
 """
 import argparse
 import collections
+import contextlib
 import json
 import pathlib
 import statistics
@@ -32,7 +34,9 @@ VALUE_READS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "ate
 
 
 def counting_mode():
-    """Counts every operator dispatched, and those that launch a kernel on a GPU (views launch none)."""
+    """Counts every operator dispatched, and those that launch a kernel on a GPU (views launch none);
+    `triton_launches` counts Triton's launches, and the operators Triton's interpreter dispatches while
+    it runs a kernel on the CPU (its copies of the arguments) are not counted."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from comfyui_sdit.sdit_core.profiling import launches_kernel
 
@@ -41,11 +45,42 @@ def counting_mode():
             super().__init__()
             self.ops = collections.Counter()
             self.launches = 0
+            self.triton_launches = 0
+            self.in_triton = False
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.name()] += 1
-            self.launches += launches_kernel(func)
+            if not self.in_triton:
+                self.ops[func.name()] += 1
+                self.launches += launches_kernel(func)
             return func(*args, **(kwargs or {}))
+
+        @contextlib.contextmanager
+        def counting_triton(self):
+            """Counts Triton kernel launches (compiled or interpreted), which the dispatcher does not see."""
+            try:
+                from triton.runtime.interpreter import InterpretedFunction
+                from triton.runtime.jit import JITFunction
+            except ImportError:
+                yield
+                return
+            originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+            def counted(original):
+                def run(kernel, *args, **kwargs):
+                    self.triton_launches += not kwargs.get("warmup")
+                    self.in_triton = True
+                    try:
+                        return original(kernel, *args, **kwargs)
+                    finally:
+                        self.in_triton = False
+                return run
+            for cls, original in originals.items():
+                cls.run = counted(original)
+            try:
+                yield
+            finally:
+                for cls, original in originals.items():
+                    cls.run = original
     return Counter()
 
 
@@ -63,9 +98,11 @@ def policies():
     """Node defaults but for the dense steps (one warm-up step, no resets: every measured evaluation is
     sparse); SDiT's drift threshold is 0 so that random outputs trigger no reset (its error is still
     measured every evaluation, as at the default)."""
+    from comfyui_sdit.kernels.quickshift import quickshift_parents
     from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy
     from comfyui_sdit.sdit_core.sdit import SDiTConfig, SDiTPolicy
-    return {"SDiT": lambda: SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, drift_threshold=0.0), 2),
+    return {"SDiT": lambda: SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, drift_threshold=0.0), 2,
+                                       quickshift_parents=quickshift_parents),     # as the node makes it
             "RAS": lambda: RASPolicy(RASConfig(sample_ratio=0.25, warmup_steps=1, reset_steps=()), 2)}
 
 
@@ -101,7 +138,7 @@ def measure(make_policy, grid: int, device: str, repeats: int) -> dict:
 
 def count(phase, device: str) -> dict:
     mode = counting_mode()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, mode.counting_triton():
         warnings.simplefilter("always")
         if device == "cuda":
             torch.cuda.synchronize()
@@ -114,7 +151,8 @@ def count(phase, device: str) -> dict:
                 torch.cuda.set_sync_debug_mode("default")
     reads = sum(n for name, n in mode.ops.items() if name in VALUE_READS)
     syncs = sum("synchronizing" in str(w.message) for w in caught) if device == "cuda" else reads
-    return {"operators": sum(mode.ops.values()), "launches": mode.launches, "syncs": syncs}
+    return {"operators": sum(mode.ops.values()), "launches": mode.launches + mode.triton_launches,
+            "triton_launches": mode.triton_launches, "syncs": syncs}
 
 
 def timed(phase, device: str) -> float:

@@ -4,6 +4,11 @@
     python bench/segmentation.py --device cuda        # GPU timing of the torch backend
     python bench/segmentation.py --backends torch --batch 2   # + a batch of 2 in one pass vs one by one
     python bench/segmentation.py --device cuda --video 21 30 52   # a 480p x 81-frame Wan video's grid
+    SDIT_KERNELS=torch python bench/segmentation.py --device cuda # the PyTorch reference of the window pass
+
+The torch backend's window pass (density and parents) goes through kernels/quickshift.py as the SDiT node
+runs it: Triton kernels on a GPU, the PyTorch reference on the CPU or with SDIT_KERNELS=torch (the row's
+`window_pass` says which ran).
 
 Features are what SDiT segments: the token descriptors [x_pred || eps] (32 channels, standardised)
 of a synthetic latent with a smooth background, a few objects and white noise. Agreement is the adjusted Rand index (ARI) of each backend
@@ -77,6 +82,7 @@ def main() -> None:
     load_pack()
     if args.video:
         return time_video(args)
+    from comfyui_sdit.kernels.quickshift import quickshift_parents as window
     from comfyui_sdit.sdit_core import segmentation as seg
     from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index as ari
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
@@ -89,26 +95,26 @@ def main() -> None:
             features = synthetic_features(seed, args.grid)
             reference = seg.segment(features, params, "skimage")
             on_device = features.to(device)
-            labels = seg.segment(on_device, params, backend)
+            labels = seg.segment(on_device, params, backend, parents=window)
             scores.append(ari(labels.cpu(), reference))
             counts.append(int(labels.max()) + 1)
             if seed < 2:
-                millis.append(time_call(lambda: seg.segment(on_device, params, backend), device,
+                millis.append(time_call(lambda: seg.segment(on_device, params, backend, parents=window), device,
                                         args.repeats if backend == "torch" else 3))
-        rows.append({"backend": backend, "device": device, "ms": round(statistics.median(millis), 3),
+        rows.append({"backend": backend, "device": device, "window_pass": window_pass(backend, device), "ms": round(statistics.median(millis), 3),
                      "regions": round(statistics.mean(counts), 1), "ari_vs_skimage_min": round(min(scores), 4),
                      "ari_vs_skimage_mean": round(statistics.mean(scores), 4)})
-        print(f"{backend:8s} {device:5s} {rows[-1]['ms']:9.3f} ms  regions {rows[-1]['regions']:6.1f}  "
+        print(f"{backend:8s} {device:5s} {rows[-1]['window_pass']:15s} {rows[-1]['ms']:9.3f} ms  regions {rows[-1]['regions']:6.1f}  "
               f"ARI vs skimage: mean {rows[-1]['ari_vs_skimage_mean']:.4f} min {rows[-1]['ari_vs_skimage_min']:.4f}")
         if backend == "torch" and args.batch > 1:      # what one SDiT step of a batch costs, both ways
             batch = torch.stack([synthetic_features(seed, args.grid) for seed in range(args.batch)]).to(device)
-            assert torch.equal(seg.segment_batch(batch, params, backend),
-                               torch.stack([seg.segment(item, params, backend) for item in batch]))
+            assert torch.equal(seg.segment_batch(batch, params, backend, parents=window),
+                               torch.stack([seg.segment(item, params, backend, parents=window) for item in batch]))
             rows[-1]["batch"] = args.batch
-            rows[-1]["batch_one_pass_ms"] = round(time_call(lambda: seg.segment_batch(batch, params, backend),
+            rows[-1]["batch_one_pass_ms"] = round(time_call(lambda: seg.segment_batch(batch, params, backend, parents=window),
                                                             device, args.repeats), 3)
             rows[-1]["batch_one_by_one_ms"] = round(time_call(
-                lambda: [seg.segment(item, params, backend) for item in batch], device, args.repeats), 3)
+                lambda: [seg.segment(item, params, backend, parents=window) for item in batch], device, args.repeats), 3)
             print(f"         batch of {args.batch}: one pass {rows[-1]['batch_one_pass_ms']:.3f} ms, "
                   f"one by one {rows[-1]['batch_one_by_one_ms']:.3f} ms")
     result = {"grid": args.grid, "seeds": args.seeds, "params": vars(params), "rows": rows,
@@ -126,16 +132,32 @@ def video_features(frames: int, rows: int, cols: int) -> torch.Tensor:
     return frame[None] + drift
 
 
+def window_pass(backend: str, device: str) -> str:
+    """Which window pass the torch backend ran: kernels/quickshift.py's choice."""
+    from comfyui_sdit.kernels import triton_enabled
+    if backend != "torch":
+        return "-"
+    return "triton" if triton_enabled(torch.empty(0, device=device)) else "torch reference"
+
+
 def time_video(args) -> None:
+    from comfyui_sdit.kernels.quickshift import quickshift_parents as window
     from comfyui_sdit.sdit_core import segmentation as seg
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
     config = SDiTConfig()
     features = video_features(*args.video).to(args.device)
-    labels = seg.segment(features, config.quickshift(), "torch", config.frame_scale)
-    ms = time_call(lambda: seg.segment(features, config.quickshift(), "torch", config.frame_scale), args.device,
+    labels = seg.segment(features, config.quickshift(), "torch", config.frame_scale, window)
+    ms = time_call(lambda: seg.segment(features, config.quickshift(), "torch", config.frame_scale, window), args.device,
                    min(args.repeats, 5))
-    row = {"backend": "torch", "device": args.device, "grid": list(args.video), "ms": round(ms, 1),
+    row = {"backend": "torch", "device": args.device, "window_pass": window_pass("torch", args.device),
+           "grid": list(args.video), "ms": round(ms, 1),
            "regions": int(labels.max()) + 1, "frame_scale": config.frame_scale}
+    if row["window_pass"] == "triton":          # the kernels against the PyTorch reference: labels and time
+        from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index
+        reference = seg.segment(features, config.quickshift(), "torch", config.frame_scale)
+        row["ari_vs_reference"] = round(adjusted_rand_index(labels.cpu(), reference.cpu()), 4)
+        row["reference_ms"] = round(time_call(lambda: seg.segment(features, config.quickshift(), "torch",
+                                                                  config.frame_scale), args.device, 2), 1)
     print(json.dumps(row))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"rows": [row], "params": vars(config.quickshift()),

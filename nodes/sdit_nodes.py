@@ -1,4 +1,5 @@
 """`SDiT Sampler` and `SDiT Model Patch` nodes."""
+from ..kernels.quickshift import quickshift_parents
 from ..sdit_core.refresh_schedule import parse_step_list
 from ..sdit_core.region_select import DILATION_MODES
 from ..sdit_core.sdit import SDiTConfig, SDiTPolicy
@@ -121,7 +122,8 @@ def sdit_config(node: str, sample_ratio: float, options=None) -> tuple:
 
 
 def patch_sdit(model, config: SDiTConfig, node: str, node_id=None, kv_cache=None):
-    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size, run.temporal_patch), node,
+    return patch_region_adaptive(model, lambda run: SDiTPolicy(config, run.patch_size, run.temporal_patch,
+                                                               quickshift_parents), node,
                                  ProgressReporter(node_id, "SDiT"), kv_cache)
 
 

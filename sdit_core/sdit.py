@@ -95,10 +95,11 @@ class SDiTConfig:
 class SDiTPolicy(TokenPolicy):
     follows_fresh_noise = True         # drift probes see reused outputs go stale and ask for refreshes
 
-    def __init__(self, config: SDiTConfig, patch_size: int, temporal_patch: int = 1):
+    def __init__(self, config: SDiTConfig, patch_size: int, temporal_patch: int = 1, quickshift_parents=None):
         self.config = config.validate()
         self.patch_size = patch_size
         self.temporal_patch = temporal_patch           # latent frames per token (video)
+        self.quickshift_parents = quickshift_parents   # the torch backend's window pass (None: its reference)
         self._dense: Optional[Dict[int, str]] = None     # dense step -> why (warm-up, reset, cool-down)
         self._counts: Dict[int, int] = {}
         self._labels: Optional[torch.Tensor] = None          # (B, *grid) from the latest evaluation
@@ -187,7 +188,7 @@ class SDiTPolicy(TokenPolicy):
         features = token_features(step.denoised, step.noise, self.patch_size, self.temporal_patch)  # (B, h, w, 2C)
         params = c.quickshift()
         with profiling.span(profiling.SEGMENT):
-            labels = segment_batch(features, params, c.backend, c.frame_scale)
+            labels = segment_batch(features, params, c.backend, c.frame_scale, self.quickshift_parents)
         complexity = token_complexity(step.x, step.denoised, self.patch_size, c.alpha, c.gamma, c.beta,
                                       c.temporal_weight, self.temporal_patch)
         self._labels = labels

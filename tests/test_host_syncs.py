@@ -191,17 +191,17 @@ def test_segmentation_reads_back_once():
     video = torch.randn(3, 12, 14, 8, generator=g).cumsum(1).cumsum(2) * 0.05          # a 3-D grid, 3 frames
     with SyncCounter() as counter, counting_reads() as reads:
         segment(video, params, "torch", frame_scale=1.0)
-    assert counter.ops == [] and reads == [(3, 12, 14)]
+    assert counter.ops == [] and reads == [(1, 3, 12, 14)]                        # a batch of one video
     snake = snake_labels(128, 128)
     with SyncCounter() as counter, counting_reads() as reads:
         labels = split_disconnected(snake)
     assert labels[snake == 1].unique().numel() == 1, "the snake is one region"
     assert counter.ops == [] and reads == [(128, 128)]
     # the tie-breaking noise reaches the device once per grid (on a GPU its copy blocks the host)
-    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import _tie_noise_on, window_constants
-    before = _tie_noise_on.cache_info().misses, window_constants.cache_info().misses
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import tie_noise_on, window_constants
+    before = tie_noise_on.cache_info().misses, window_constants.cache_info().misses
     assert torch.equal(segment_batch(features, params), segment_batch(features, params))
-    assert (_tie_noise_on.cache_info().misses, window_constants.cache_info().misses) == before
+    assert (tie_noise_on.cache_info().misses, window_constants.cache_info().misses) == before
 
 
 @contextlib.contextmanager

@@ -22,3 +22,4 @@ def test_kv_write_triton_matches_reference_in_interpreter():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kv_write ok" in result.stdout
     assert "fp8_dequant ok" in result.stdout
+    assert "quickshift ok" in result.stdout

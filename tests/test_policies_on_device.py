@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from comfyui_sdit.kernels.quickshift import quickshift_parents
 from comfyui_sdit.sdit_core.policy import EvalInfo, StepOutput
 from comfyui_sdit.sdit_core.ras import RASConfig, RASPolicy
 from comfyui_sdit.sdit_core.region_select import select_regions
@@ -64,7 +65,8 @@ def longest_skip(plans, selectable):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sdit_plans_on_the_device_with_forced_and_masked_tokens(device):
-    policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0, max_skip_age=3), PATCH)
+    policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0, max_skip_age=3), PATCH,
+                        quickshift_parents=quickshift_parents)     # as the node makes it: Triton on a GPU
     policy.selectable = inpaint_mask(device)
     plans = drive(policy, device)
     sparse = [p for p in plans if p is not None]
@@ -109,7 +111,8 @@ def test_a_sparse_sdit_evaluation_syncs_a_few_times():
     tests/test_host_syncs.py pins the reads on the CPU."""
     import warnings
     device = "cuda"
-    policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0), PATCH)
+    policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0), PATCH,
+                        quickshift_parents=quickshift_parents)
     drive(policy, device)                                      # warm-up: caches, lazy constants, a history
     x = torch.randn(BATCH, 4, GRID[0] * PATCH, GRID[1] * PATCH).to(device)
     step = StepOutput(x, x.cumsum(-1) / 4, x, torch.full((BATCH,), 0.5, device=device))

@@ -229,3 +229,20 @@ def test_sdit_follows_samplers_that_add_fresh_noise_but_not_lcm():
     _, lcm = sdit_sample(model, *common, "lcm", "simple", flux_conditioning(1), flux_conditioning(2),
                                   latent, 1.0, **defaults())
     assert all(s.dense for s in lcm.steps)
+
+
+def test_the_node_segments_through_the_kernels_dispatcher(monkeypatch):
+    """The SDiT node hands its policy kernels.quickshift's window pass (Triton kernels on a GPU, tested
+    against the reference in test_kernels.py; the reference here on the CPU): every evaluation's
+    segmentation goes through it, the batch's images in one call."""
+    from comfyui_sdit.kernels import quickshift
+    from comfyui_sdit.nodes import sdit_nodes
+    calls = []
+
+    def spy(features, params, frame_scale=1.0):
+        calls.append(tuple(features.shape))
+        return quickshift.quickshift_parents(features, params, frame_scale)
+    monkeypatch.setattr(sdit_nodes, "quickshift_parents", spy)
+    _, trace = run(tiny_flux(seed=23), batch=2, steps=6, cfg=2.0)
+    assert len(trace.steps) == 6 and len(calls) == 6
+    assert set(calls) == {(2, 1, 8, 8, 32)}

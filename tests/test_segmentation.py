@@ -209,6 +209,7 @@ def test_video_quickshift_equals_its_definition(unfold, monkeypatch):
     the offset-by-offset definition, ties included."""
     from comfyui_sdit.sdit_core.segmentation import QuickshiftParams
     from comfyui_sdit.sdit_core.segmentation import quickshift_video as module
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import tree_roots
     monkeypatch.setattr(module, "CHUNK_ELEMENTS", 4 * 49 * 9 * 11 * 2)     # a few frames per chunk
     for seed in range(12):
         g = torch.Generator().manual_seed(seed)
@@ -217,4 +218,5 @@ def test_video_quickshift_equals_its_definition(unfold, monkeypatch):
         params = QuickshiftParams(kernel_size=0.7 + 0.1 * seed, max_dist=2.0 + seed % 4, ratio=2.0)
         frame_scale = (0.5, 1.0, 3.0)[seed % 3]
         expected = video_quickshift_by_offsets(features, params, frame_scale)
-        assert torch.equal(module.quickshift_video(features, params, frame_scale, unfold=unfold), expected), seed
+        parents = module.quickshift_video_parents(features, params, frame_scale, unfold=unfold)
+        assert torch.equal(tree_roots(parents[None]).view(t, h, w), expected), seed

@@ -58,17 +58,14 @@ def tie_noise(height: int, width: int, seed: int) -> torch.Tensor:
 
 
 def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(), backend: str = "torch",
-            frame_scale: float = 1.0) -> torch.Tensor:
+            frame_scale: float = 1.0, parents=None) -> torch.Tensor:
     params.validate()
-    if features.ndim == 4:
-        if backend != "torch":
-            raise ValueError(f"segmentation backend '{backend}' is 2-D only; videos are segmented by 'torch'")
-        from .quickshift_video import quickshift_video
-        return split_disconnected(quickshift_video(features, params, frame_scale))
-    if features.ndim != 3:
+    if features.ndim not in (3, 4):
         raise ValueError(f"features must be (H, W, F) or (T, H, W, F), got {tuple(features.shape)}")
-    if backend == "torch":          # one code path for images: a batch of one
-        return segment_batch(features[None], params, backend)[0]
+    if backend == "torch":          # one code path for images and videos: a batch of one
+        return segment_batch(features[None], params, backend, frame_scale, parents)[0]
+    if features.ndim == 4:
+        raise ValueError(f"segmentation backend '{backend}' is 2-D only; videos are segmented by 'torch'")
     if backend == "hnsw":
         from .quickshift_hnsw import quickshift_hnsw as run
     elif backend == "skimage":
@@ -80,12 +77,18 @@ def segment(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(
 
 
 def segment_batch(features: torch.Tensor, params: QuickshiftParams = QuickshiftParams(), backend: str = "torch",
-                  frame_scale: float = 1.0) -> torch.Tensor:
+                  frame_scale: float = 1.0, parents=None) -> torch.Tensor:
     """(B, H, W, F) or (B, T, H, W, F) -> (B, H, W) or (B, T, H, W): segment() of every item, equal to
-    stacking them. The torch backend segments a batch of images in one pass (fewer kernel launches and
-    host syncs per sampler step); other backends and videos go item by item."""
+    stacking them. The torch backend segments the whole batch in one pass (fewer kernel launches and
+    host syncs per sampler step); the others go item by item. `parents`: how the torch backend computes
+    Quickshift's parents, as `quickshift_torch.grid_parents` (its default) does: the node hands it
+    kernels.quickshift.quickshift_parents (Triton kernels on a GPU)."""
     params.validate()
-    if backend == "torch" and features.ndim == 4:
-        from .quickshift_torch import quickshift_roots
-        return split_disconnected(quickshift_roots(features, params), batch_dims=1)
-    return torch.stack([segment(item, params, backend, frame_scale) for item in features])
+    if backend != "torch":
+        return torch.stack([segment(item, params, backend, frame_scale) for item in features])
+    if features.ndim not in (4, 5):
+        raise ValueError(f"features must be (B, H, W, F) or (B, T, H, W, F), got {tuple(features.shape)}")
+    from .quickshift_torch import grid_parents, tree_roots
+    grid = features if features.ndim == 5 else features[:, None]
+    roots = tree_roots((parents or grid_parents)(grid, params, frame_scale))
+    return split_disconnected(roots.view(features.shape[:-1]), batch_dims=1)

@@ -4,6 +4,9 @@
     density_i = sum_{j in window} exp(-d_ij^2 / (2 kernel_size^2)),  d^2 = |ratio (f_i - f_j)|^2 + dy^2 + dx^2
     parent_i  = nearest j in the window with density_j > density_i, if d_ij <= max_dist, else i
     label_i   = root of i's tree (pointer jumping)
+
+On a GPU the node runs density and parents as Triton kernels (kernels/quickshift.py); this is their
+reference.
 """
 import functools
 import math
@@ -50,32 +53,50 @@ def window_constants(h: int, w: int, half: int, device: torch.device, dtype: tor
     return inside, (dy * dy + dx * dx).reshape(-1, 1).to(dtype), (dy * w + dx).reshape(-1)
 
 
+def window_reach(kernel_size: float, frames: int = 1, frame_scale: float = 1.0):
+    """How far the window reaches, in tokens: (rows and cols, frames), 3 sigma each way."""
+    return int(math.ceil(3 * kernel_size)), min(frames - 1, int(math.ceil(3 * kernel_size / max(frame_scale, 1e-6))))
+
+
 @functools.lru_cache(maxsize=16)
-def _tie_noise_on(h: int, w: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def tie_noise_on(h: int, w: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """tie_noise on the features' device, (1, HW), drawn and copied once (a copy to a GPU blocks the host)."""
     return tie_noise(h, w, seed).to(device, dtype).reshape(1, -1)
 
 
-def quickshift_roots(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
-    """(B, H, W, F) -> (B, H, W): each token's tree root (a flat index into its own image). One pass for
-    the whole batch: a sampler step segments every image of its batch with the same kernels."""
+def quickshift_parents(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
+    """(B, H, W, F) -> (B, HW): each token's parent, a flat index into its own image (itself where no
+    denser token lies within max_dist). One pass for the whole batch: a sampler step segments every
+    image of its batch with the same kernels."""
     batch, h, w, _ = features.shape
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
     x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()         # (B, F, H, W)
-    half = int(math.ceil(3 * params.kernel_size))
+    half, _ = window_reach(params.kernel_size)
     inside, spatial, linear = window_constants(h, w, half, x.device, dtype)          # (O, HW), (O, 1), (O,)
 
     d2 = _window_sq_dist(x, half) + spatial                                           # (B, O, HW)
     density = torch.where(inside, torch.exp(d2 * (-0.5 / params.kernel_size ** 2)), 0).sum(1)      # (B, HW)
-    density = density + _tie_noise_on(h, w, params.seed, x.device, dtype)
+    density = density + tie_noise_on(h, w, params.seed, x.device, dtype)
 
     neighbour_density = _window(density.view(batch, 1, h, w), half, float("-inf"))[:, 0]          # (B, O, HW)
     candidate = torch.where(inside & (neighbour_density > density[:, None]), d2, math.inf)
     closest, best = candidate.min(1)                                                  # (B, HW)
     index = torch.arange(h * w, device=x.device).expand(batch, -1)
-    parent = torch.where(closest <= params.max_dist ** 2, index + linear[best], index)
+    return torch.where(closest <= params.max_dist ** 2, index + linear[best], index)
 
-    for _ in range(max(1, math.ceil(math.log2(h * w))) + 1):   # depth <= HW: log2(HW) jumps reach the roots
+
+def grid_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: float = 1.0) -> torch.Tensor:
+    """(B, T, H, W, F) -> (B, THW): Quickshift's parents over each item's grid of T frames (T = 1: an
+    image; videos: quickshift_video.py). The PyTorch reference of kernels/quickshift.py."""
+    if features.shape[1] == 1:
+        return quickshift_parents(features[:, 0], params)
+    from .quickshift_video import quickshift_video_parents
+    return torch.stack([quickshift_video_parents(item, params, frame_scale) for item in features])
+
+
+def tree_roots(parent: torch.Tensor) -> torch.Tensor:
+    """(B, N) parents -> (B, N) each token's tree root, by pointer jumping: a tree is at most N deep, and
+    log2(N) jumps reach the roots."""
+    for _ in range(max(1, math.ceil(math.log2(parent.shape[1]))) + 1):
         parent = parent.gather(1, parent)
-    return parent.view(batch, h, w)
-
+    return parent

@@ -15,7 +15,7 @@ import math
 import torch
 
 from . import QuickshiftParams
-from .quickshift_torch import _tie_noise_on, _window, _window_sq_dist, window_constants
+from .quickshift_torch import _window, _window_sq_dist, tie_noise_on, window_constants, window_reach
 
 CHUNK_ELEMENTS = 1 << 25           # unfolded window elements per chunk of frames (128 MiB in float32)
 
@@ -42,18 +42,17 @@ def _window_terms(x: torch.Tensor, density: torch.Tensor, src: torch.Tensor, dt:
         yield frames, d2, neighbour_density
 
 
-def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
-                     unfold: bool = None) -> torch.Tensor:
-    """features (T, H, W, F) -> (T, H, W): each token's tree root, a flat index into the video (the
-    contiguity pass numbers the regions)."""
+def quickshift_video_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
+                             unfold: bool = None) -> torch.Tensor:
+    """features (T, H, W, F) -> (THW,): each token's parent, a flat index into the video (itself where no
+    denser token lies within max_dist)."""
     t, h, w, _ = features.shape
     dtype = torch.float64 if features.device.type == "cpu" else torch.float32
     x = (features.to(dtype) * params.ratio).permute(0, 3, 1, 2).contiguous()               # (T, F, H, W)
-    half = int(math.ceil(3 * params.kernel_size))
-    half_t = min(t - 1, int(math.ceil(3 * params.kernel_size / max(frame_scale, 1e-6))))
+    half, half_t = window_reach(params.kernel_size, t, frame_scale)
     inside, _, linear = window_constants(h, w, half, x.device, dtype)                      # (O, HW), (O,)
     gamma = -0.5 / params.kernel_size ** 2
-    density = _tie_noise_on(t, h * w, params.seed, x.device, dtype).view(t, h * w).clone()   # (T, HW)
+    density = tie_noise_on(t, h * w, params.seed, x.device, dtype).view(t, h * w).clone()   # (T, HW)
     zero = torch.zeros((), dtype=dtype, device=x.device)
     for dt in range(-half_t, half_t + 1):
         src = _frames(t, dt)
@@ -72,7 +71,4 @@ def quickshift_video(features: torch.Tensor, params: QuickshiftParams, frame_sca
             better = nearest < closest[frames]
             closest[frames] = torch.where(better, nearest, closest[frames])
             parent[frames] = torch.where(better, index[frames] + dt * h * w + linear[best], parent[frames])
-    parent = torch.where(closest <= params.max_dist ** 2, parent, index).reshape(-1)
-    for _ in range(max(1, math.ceil(math.log2(t * h * w))) + 1):
-        parent = parent[parent]
-    return parent.view(t, h, w)
+    return torch.where(closest <= params.max_dist ** 2, parent, index).reshape(-1)
