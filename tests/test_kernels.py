@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT
 
@@ -23,3 +24,86 @@ def test_kv_write_triton_matches_reference_in_interpreter():
     assert "kv_write ok" in result.stdout
     assert "fp8_dequant ok" in result.stdout
     assert "quickshift ok" in result.stdout
+
+
+# GPUs the kernels must compile for: Ampere (A100), Hopper (H100/H200), Blackwell (B200); fp8 e4m3
+# converts from compute capability 8.9 on (kernels/fp8_dequant.py falls back below it)
+TARGETS = {"sm80": 80, "sm90": 90, "sm100": 100}
+TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+                torch.int32: "i32", torch.uint8: "u8"}
+
+
+def recorded_launches(monkeypatch, module, kernel_names, call):
+    """Runs a kernel's Python wrapper with its kernels replaced by recorders: each launch's kernel and
+    arguments, as the wrapper builds them (nothing runs)."""
+    launches = []
+    for name in kernel_names:
+        kernel = getattr(module, name)
+        kernel = kernel.kernel if isinstance(kernel, LaunchRecorder) else kernel     # left by an earlier call
+        monkeypatch.setattr(module, name, LaunchRecorder(kernel, launches))
+    call()
+    return launches
+
+
+class LaunchRecorder:
+    """Stands for a Triton kernel: `kernel[grid](*args, **constexprs)` records the launch."""
+    def __init__(self, kernel, launches: list):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.kernel, args, kwargs))
+
+
+def triton_signature(kernel, args, constexprs):
+    def kind(value):
+        if isinstance(value, torch.Tensor):
+            return "*" + TRITON_TYPES[value.dtype]
+        if isinstance(value, bool):
+            return "i1"
+        if isinstance(value, int):
+            return "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+        return "fp32"
+    signature = {name: kind(value) for name, value in zip(kernel.arg_names, args)}
+    signature.update({name: "constexpr" for name in constexprs})
+    return signature
+
+
+def kernel_launches(monkeypatch):
+    """Every Triton kernel of the pack as its wrapper launches it, in the layouts and dtypes the pack uses."""
+    from comfyui_sdit.kernels import fp8_dequant_triton, kv_write_triton, quickshift_triton
+    g = torch.Generator().manual_seed(0)
+    launches = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        cache, fresh = torch.zeros(2, 3, 40, 64, dtype=dtype), torch.randn(2, 3, 9, 64, generator=g).to(dtype)
+        rows = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(2)])
+        launches += recorded_launches(monkeypatch, kv_write_triton, ["_kv_write_kernel"], lambda: kv_write_triton.
+                                      kv_write_triton(cache, cache.clone(), fresh, fresh.clone(), rows, 2))
+        bits = torch.zeros(2, 3, 40, 64, dtype=torch.uint8)
+        scale = torch.ones(2, 3, 1, 64, dtype=dtype)
+        launches += recorded_launches(monkeypatch, fp8_dequant_triton, ["_fp8_dequant_kernel"], lambda: fp8_dequant_triton.
+                                      fp8_dequant_triton(bits, scale, torch.empty(bits.shape, dtype=dtype), 2))
+    for frames, width in ((1, 32), (3, 96)):
+        x, noise = torch.randn(2, frames * 8 * 9, width), torch.zeros(frames * 8 * 9)
+        launches += recorded_launches(monkeypatch, quickshift_triton, ["_density_kernel", "_parent_kernel"],
+                                      lambda: quickshift_triton.quickshift_parents_triton(
+                                          x, noise, (frames, 8, 9), 6, min(frames - 1, 6), 1.0, 2.0, 6.0))
+    return launches
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed (the PyTorch reference is used then)")
+@pytest.mark.parametrize("target", TARGETS)
+def test_triton_kernels_compile_for_nvidia_gpus(target, monkeypatch):
+    """Triton compiles each kernel, as its wrapper launches it, down to a cubin for the target GPU without
+    one being here (Triton's own LLVM and ptxas): the interpreter runs the kernels' semantics on the CPU,
+    but not the compiler's checks (types carried through loops, what a GPU target can lower)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+    launches = kernel_launches(monkeypatch)
+    names = {kernel.fn.__name__ for kernel, _, _ in launches}
+    assert names == {"_kv_write_kernel", "_fp8_dequant_kernel", "_density_kernel", "_parent_kernel"}
+    for kernel, args, constexprs in launches:
+        if kernel.fn.__name__ == "_fp8_dequant_kernel" and TARGETS[target] < 89:
+            continue
+        source = ASTSource(fn=kernel, signature=triton_signature(kernel, args, constexprs), constexprs=constexprs)
+        compiled = triton_compile(source, target=GPUTarget("cuda", TARGETS[target], 32))
+        assert compiled.asm["cubin"], kernel.fn.__name__
