@@ -38,7 +38,7 @@ SDIT_OPTIONS = {
     "drift_threshold": (("FLOAT", {"default": D.drift_threshold, "min": 0.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "Error reset: the next step runs dense when the extrapolation missed the freshly computed tokens by more than this relative error. 0 disables."}), "drift_threshold"),
     "segmentation_backend": ((list(BACKENDS), {"default": D.backend,
-                                               "tooltip": "Quickshift implementation: torch (GPU, windowed), hnsw (approximate nearest neighbours), skimage (reference, CPU)."}), "backend"),
+                                               "tooltip": "Quickshift implementation: torch (windowed, on the sampler's device; Triton kernels on a GPU), hnsw (approximate nearest neighbours), skimage (reference, CPU)."}), "backend"),
     "kernel_size": (("FLOAT", {"default": D.kernel_size, "min": 0.5, "max": 10.0, "step": 0.1,
                                "tooltip": "Quickshift density kernel width in tokens: larger = fewer, bigger regions."}), "kernel_size"),
     "max_dist": (("FLOAT", {"default": D.max_dist, "min": 0.5, "max": 100.0, "step": 0.5,
