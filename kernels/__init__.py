@@ -1,6 +1,6 @@
 """GPU kernels of the pack. Each kernel has a PyTorch reference next to it, used on the CPU, when
 Triton is missing, or with SDIT_KERNELS=torch; tests compare the two (Triton's interpreter on CPU) and
-compile every kernel, as its wrapper launches it, for Ampere, Hopper and Blackwell GPUs without one."""
+compile every kernel, as its wrapper launches it, for Turing, Ampere, Hopper and Blackwell GPUs without one."""
 import os
 
 
