@@ -150,11 +150,13 @@ def check_quickshift_in_pack(device: str) -> None:
     from pack_host import import_comfyui, load_pack
     import_comfyui(cpu=device == "cpu")
     pack = load_pack()
+    from comfyui_sdit.kernels import triton_enabled
     from comfyui_sdit.kernels.quickshift import quickshift_parents
     from comfyui_sdit.sdit_core.segmentation import QuickshiftParams, segment_batch
     from comfyui_sdit.sdit_core.segmentation.agreement import adjusted_rand_index
     from comfyui_sdit.sdit_core.segmentation.quickshift_torch import grid_parents
     assert pack is not None
+    assert triton_enabled(torch.zeros(1, device=device)), "Triton launches here: the kernels' path is the one checked"
     g = torch.Generator().manual_seed(3)
     params = QuickshiftParams(kernel_size=1.0, max_dist=4.0, ratio=4.0)
     for shape, scale in [((2, 1, 16, 20, 6), 0.1), ((1, 3, 8, 9, 4), 0.2)]:     # ~25 and ~16 regions

@@ -107,3 +107,34 @@ def test_triton_kernels_compile_for_nvidia_gpus(target, monkeypatch):
         source = ASTSource(fn=kernel, signature=triton_signature(kernel, args, constexprs), constexprs=constexprs)
         compiled = triton_compile(source, target=GPUTarget("cuda", TARGETS[target], 32))
         assert compiled.asm["cubin"], kernel.fn.__name__
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed (the PyTorch reference is used then)")
+def test_the_references_serve_where_triton_cannot_launch(monkeypatch, caplog):
+    """An install whose Triton cannot build kernels (no C compiler for the launchers, a broken GPU
+    toolchain) gets the PyTorch references and one warning that says so, not a failure inside the
+    sampler; the probe runs once per device."""
+    import logging
+    from comfyui_sdit import kernels
+    from comfyui_sdit.kernels import launch_probe_triton
+    from comfyui_sdit.kernels.quickshift import quickshift_parents
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import grid_parents
+    tried = []
+
+    def cannot_build(device):
+        tried.append(device)
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+    monkeypatch.setattr(launch_probe_triton, "launch_probe", cannot_build)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")                  # CPU tensors would be Triton's
+    kernels._triton_launches.cache_clear()
+    features, params = torch.randn(2, 1, 6, 7, 3), QuickshiftParams(kernel_size=1.0, max_dist=3.0)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2):
+                assert torch.equal(quickshift_parents(features, params), grid_parents(features, params))
+    finally:
+        kernels._triton_launches.cache_clear()
+    assert len(tried) == 1
+    said = [record.getMessage() for record in caplog.records if "Triton cannot launch" in record.getMessage()]
+    assert len(said) == 1 and "Failed to find C compiler" in said[0] and "PyTorch references" in said[0]
