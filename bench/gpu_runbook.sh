@@ -2,8 +2,9 @@
 # The GPU measurements, in parts that each fit one 10-minute device call. Build .dev first
 # (scripts/device_bundle.sh), then on the device: `bash bench/gpu_runbook.sh check forward` with carry [".dev"].
 # Logs and JSON land in $OUT; copy the tables into docs/BENCHMARKS.md with the date and machine.
-#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, Quickshift timing (64², 128², video),
-#              each policy's launches / syncs / time per evaluation (bench/policy_cost.py) (~2 min)
+#   check      CUDA-graph, kernel and policy-on-device tests on the GPU, each Triton kernel against its reference
+#              (bench/kernels.py), Quickshift timing (64², 128², video; Triton and reference),
+#              each policy's launches / syncs / time per evaluation (bench/policy_cost.py) (~3 min)
 #   forward    one Flux-dev forward at 1024², batch 1 and 2, eager and graphed      (~4 min)
 #   counts1024 graphed Flux-dev forward, 1024², 256 text tokens, batch 1 and 2, per active count 256..1536
 #              by 64: where GEMM tiles and waves make a count cheap or dear (to set the token grid from)   (~3 min)
@@ -79,7 +80,9 @@ for part in "$@"; do
       # the graph tests with the real backend only: their CPU stand-in runs in CI
       SDIT_TESTS_ON_GPU=1 python3 -m pytest -q -k "not stand-in" tests/test_forward_graphs.py tests/test_kernels.py \
         tests/test_policies_on_device.py 2>&1 | tee "$out/check.log"
-      python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernel, on the GPU
+      python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernels, on the GPU
+      # each kernel against its reference alone: GPU time and bandwidth (should shared-row K/V writes use Triton?)
+      python3 bench/kernels.py --device cuda --json "$out/kernels_cuda_$day.json" 2>&1 | tee -a "$out/check.log"
       for grid in 64 128; do        # the window pass as Triton kernels (the default), then its PyTorch reference
         for kernels in auto torch; do
           SDIT_KERNELS=$kernels python3 bench/segmentation.py --device cuda --backends torch --grid $grid --batch 2 \

@@ -27,6 +27,7 @@ SMOKE_RUNS = {
                                "--torch-compile", "aot_eager"],
     "segmentation": ["bench/segmentation.py", "--grid", "16", "--seeds", "1", "--repeats", "1"],
     "policy_cost": ["bench/policy_cost.py", "--grid", "16", "--repeats", "2", "--gpu-path"],
+    "kernels": ["bench/kernels.py", "--smoke"],
 }
 
 
@@ -56,6 +57,9 @@ def test_benchmark_runs(name, tmp_path):
         sparse = [r for r in data["rows"] if r["method"] != "full"]
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 for r in sparse)
         assert all(any(t < r["image_tokens"] for t in r["token_counts"]) for r in sparse if r["method"] == "RAS")
+    if name == "kernels":                    # every kernel's reference timed, shared and per-image K/V rows
+        assert {r["kernel"] for r in data["rows"]} == {"kv_write", "fp8_dequant", "quickshift_window"}
+        assert {r["shared_rows"] for r in data["rows"] if r["kernel"] == "kv_write"} == {True, False}
     if name == "speed_forward_compiled":    # compiled, a sparse forward after a dense one is exact on its tokens
         assert data["torch_compile"] == "aot_eager"
         errors = [r["active_rel_error"] for r in data["rows"] if "active_rel_error" in r]
