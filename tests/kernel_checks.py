@@ -184,9 +184,32 @@ def check_quickshift_in_pack(device: str) -> None:
     assert mode.triton_launches == 2 and mode.launches <= 3 + 9 + 2, (mode.launches, mode.ops)
 
 
+def interpreter_loops_over_runtime_bounds() -> bool:
+    """Older Triton interpreters (3.6 with numpy 2) cannot run `range(n)` over a kernel argument n; the
+    compiled kernels can (tests/test_kernels.py compiles them), so the check that needs it is skipped."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count(out, n):
+        total = 0
+        for _ in range(n):
+            total += 1
+        tl.store(out, total)
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        count[(1,)](out, 3)
+    except Exception:
+        return False
+    return int(out) == 3
+
+
 if __name__ == "__main__":
     device = "cuda" if torch.cuda.is_available() else "cpu"
     check_kv_write(device)
     if device == "cpu" or torch.cuda.get_device_capability() >= (8, 9):
         check_fp8_dequant(device)
-    check_quickshift(device)
+    if INTERPRETED and not interpreter_loops_over_runtime_bounds():
+        print("quickshift skipped: this Triton's interpreter cannot loop over a kernel argument")
+    else:
+        check_quickshift(device)

