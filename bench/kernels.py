@@ -19,36 +19,16 @@ warm-up (Triton compiles). Bandwidth: the bytes each must read and write once, o
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from pack_host import import_comfyui, load_pack  # noqa: E402
+from speed_forward import timed  # noqa: E402
 
 HEADS, HEAD_DIM, TEXT, IMAGE = 24, 128, 512, 4096          # one Flux-dev layer at 1024²
-
-
-def timed(fn, device: torch.device, iters: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
 
 
 def kv_write_rows(device, batch: int, ratio: float, heads: int, image: int, text: int, iters: int, triton: bool):
@@ -74,7 +54,7 @@ def kv_write_rows(device, batch: int, ratio: float, heads: int, image: int, text
             from comfyui_sdit.kernels.kv_write_triton import kv_write_triton
             writers["triton"] = lambda: kv_write_triton(cache_k, cache_v, k, v, index, 2)
         for name, write in writers.items():
-            ms = timed(write, device, iters)
+            ms = timed(write, iters, 2, device)
             rows.append({"kernel": "kv_write", "impl": name, "batch": batch, "ratio": ratio, "shared_rows": shared,
                          "rows_written": fresh, "ms": round(ms, 4), "gb_per_s": round(moved / ms / 1e6, 1)})
     return rows
@@ -94,7 +74,7 @@ def fp8_rows(device, batch: int, heads: int, tokens: int, iters: int, triton: bo
         impls["triton"] = lambda: fp8_dequant_triton(bits, scale, out, 2)
     return [{"kernel": "fp8_dequant", "impl": name, "batch": batch, "tokens": tokens,
              "ms": round(ms, 4), "gb_per_s": round(moved / ms / 1e6, 1)}
-            for name, ms in ((name, timed(fn, device, iters)) for name, fn in impls.items())]
+            for name, ms in ((name, timed(fn, iters, 2, device)) for name, fn in impls.items())]
 
 
 def quickshift_rows(device, grid: int, iters: int, triton: bool):
@@ -112,8 +92,8 @@ def quickshift_rows(device, grid: int, iters: int, triton: bool):
         half, _ = window_reach(params.kernel_size)
         impls["triton"] = lambda: quickshift_parents_triton(x, noise, (1, grid, grid), half, 0, 1.0,
                                                             params.kernel_size, params.max_dist)
-    rows = [{"kernel": "quickshift_window", "impl": name, "batch": 2, "grid": grid, "ms": round(timed(fn, device, iters), 4)}
-            for name, fn in impls.items()]
+    rows = [{"kernel": "quickshift_window", "impl": name, "batch": 2, "grid": grid,
+             "ms": round(timed(fn, iters, 2, device), 4)} for name, fn in impls.items()]
     if triton:       # the same parents but where densities sit a float32 rounding step apart
         agree = (impls["triton"]() == impls["reference"]()).float().mean().item()
         rows[-1]["parents_equal_to_reference"] = round(agree, 5)

@@ -101,20 +101,21 @@ def main() -> None:
             if seed < 2:
                 millis.append(time_call(lambda: seg.segment(on_device, params, backend, parents=window), device,
                                         args.repeats if backend == "torch" else 3))
-        rows.append({"backend": backend, "device": device, "window_pass": window_pass(backend, device), "ms": round(statistics.median(millis), 3),
-                     "regions": round(statistics.mean(counts), 1), "ari_vs_skimage_min": round(min(scores), 4),
+        rows.append({"backend": backend, "device": device, "window_pass": window_pass(backend, device),
+                     "ms": round(statistics.median(millis), 3), "regions": round(statistics.mean(counts), 1), "ari_vs_skimage_min": round(min(scores), 4),
                      "ari_vs_skimage_mean": round(statistics.mean(scores), 4)})
-        print(f"{backend:8s} {device:5s} {rows[-1]['window_pass']:15s} {rows[-1]['ms']:9.3f} ms  regions {rows[-1]['regions']:6.1f}  "
-              f"ARI vs skimage: mean {rows[-1]['ari_vs_skimage_mean']:.4f} min {rows[-1]['ari_vs_skimage_min']:.4f}")
+        print(f"{backend:8s} {device:5s} {rows[-1]['window_pass']:15s} {rows[-1]['ms']:9.3f} ms  "
+              f"regions {rows[-1]['regions']:6.1f}  ARI vs skimage: mean {rows[-1]['ari_vs_skimage_mean']:.4f} min {rows[-1]['ari_vs_skimage_min']:.4f}")
         if backend == "torch" and args.batch > 1:      # what one SDiT step of a batch costs, both ways
             batch = torch.stack([synthetic_features(seed, args.grid) for seed in range(args.batch)]).to(device)
             assert torch.equal(seg.segment_batch(batch, params, backend, parents=window),
                                torch.stack([seg.segment(item, params, backend, parents=window) for item in batch]))
             rows[-1]["batch"] = args.batch
-            rows[-1]["batch_one_pass_ms"] = round(time_call(lambda: seg.segment_batch(batch, params, backend, parents=window),
-                                                            device, args.repeats), 3)
+            rows[-1]["batch_one_pass_ms"] = round(time_call(
+                lambda: seg.segment_batch(batch, params, backend, parents=window), device, args.repeats), 3)
             rows[-1]["batch_one_by_one_ms"] = round(time_call(
-                lambda: [seg.segment(item, params, backend, parents=window) for item in batch], device, args.repeats), 3)
+                lambda: [seg.segment(item, params, backend, parents=window) for item in batch], device,
+                args.repeats), 3)
             print(f"         batch of {args.batch}: one pass {rows[-1]['batch_one_pass_ms']:.3f} ms, "
                   f"one by one {rows[-1]['batch_one_by_one_ms']:.3f} ms")
     result = {"grid": args.grid, "seeds": args.seeds, "params": vars(params), "rows": rows,

@@ -37,7 +37,8 @@ def _block(x, program_item, frames, rows, cols, width, BLOCK_N: tl.constexpr, BL
     in_f = offs_f < width
     item = program_item.to(tl.int64) * tokens * width
     own = tl.load(x + item + offs_n[:, None] * width + offs_f[None, :], mask=valid[:, None] & in_f[None, :], other=0.0)
-    return tokens, offs_n, valid, offs_f, in_f, item, own, offs_n // (rows * cols), (offs_n // cols) % rows, offs_n % cols
+    frame, row, col = offs_n // (rows * cols), (offs_n // cols) % rows, offs_n % cols
+    return tokens, offs_n, valid, offs_f, in_f, item, own, frame, row, col
 
 
 @triton.jit

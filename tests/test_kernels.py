@@ -79,12 +79,14 @@ def kernel_launches(monkeypatch):
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         cache, fresh = torch.zeros(2, 3, 40, 64, dtype=dtype), torch.randn(2, 3, 9, 64, generator=g).to(dtype)
         rows = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(2)])
-        launches += recorded_launches(monkeypatch, kv_write_triton, ["_kv_write_kernel"], lambda: kv_write_triton.
-                                      kv_write_triton(cache, cache.clone(), fresh, fresh.clone(), rows, 2))
+        launches += recorded_launches(
+            monkeypatch, kv_write_triton, ["_kv_write_kernel"],
+            lambda: kv_write_triton.kv_write_triton(cache, cache.clone(), fresh, fresh.clone(), rows, 2))
         bits = torch.zeros(2, 3, 40, 64, dtype=torch.uint8)
         scale = torch.ones(2, 3, 1, 64, dtype=dtype)
-        launches += recorded_launches(monkeypatch, fp8_dequant_triton, ["_fp8_dequant_kernel"], lambda: fp8_dequant_triton.
-                                      fp8_dequant_triton(bits, scale, torch.empty(bits.shape, dtype=dtype), 2))
+        launches += recorded_launches(
+            monkeypatch, fp8_dequant_triton, ["_fp8_dequant_kernel"],
+            lambda: fp8_dequant_triton.fp8_dequant_triton(bits, scale, torch.empty(bits.shape, dtype=dtype), 2))
     for frames, width in ((1, 32), (3, 96)):
         x, noise = torch.randn(2, frames * 8 * 9, width), torch.zeros(frames * 8 * 9)
         launches += recorded_launches(monkeypatch, quickshift_triton, ["_density_kernel", "_parent_kernel"],
