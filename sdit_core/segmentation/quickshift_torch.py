@@ -64,7 +64,7 @@ def tie_noise_on(h: int, w: int, seed: int, device: torch.device, dtype: torch.d
     return tie_noise(h, w, seed).to(device, dtype).reshape(1, -1)
 
 
-def quickshift_parents(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
+def image_parents(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
     """(B, H, W, F) -> (B, HW): each token's parent, a flat index into its own image (itself where no
     denser token lies within max_dist). One pass for the whole batch: a sampler step segments every
     image of its batch with the same kernels."""
@@ -89,7 +89,7 @@ def grid_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: 
     """(B, T, H, W, F) -> (B, THW): Quickshift's parents over each item's grid of T frames (T = 1: an
     image; videos: quickshift_video.py). The PyTorch reference of kernels/quickshift.py."""
     if features.shape[1] == 1:
-        return quickshift_parents(features[:, 0], params)
+        return image_parents(features[:, 0], params)
     from .quickshift_video import quickshift_video_parents
     return torch.stack([quickshift_video_parents(item, params, frame_scale) for item in features])
 
