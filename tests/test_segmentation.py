@@ -218,5 +218,5 @@ def test_video_quickshift_equals_its_definition(unfold, monkeypatch):
         params = QuickshiftParams(kernel_size=0.7 + 0.1 * seed, max_dist=2.0 + seed % 4, ratio=2.0)
         frame_scale = (0.5, 1.0, 3.0)[seed % 3]
         expected = video_quickshift_by_offsets(features, params, frame_scale)
-        parents = module.quickshift_video_parents(features, params, frame_scale, unfold=unfold)
+        parents = module.video_parents(features, params, frame_scale, unfold=unfold)
         assert torch.equal(tree_roots(parents[None]).view(t, h, w), expected), seed

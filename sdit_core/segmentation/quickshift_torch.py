@@ -90,8 +90,8 @@ def grid_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: 
     image; videos: quickshift_video.py). The PyTorch reference of kernels/quickshift.py."""
     if features.shape[1] == 1:
         return image_parents(features[:, 0], params)
-    from .quickshift_video import quickshift_video_parents
-    return torch.stack([quickshift_video_parents(item, params, frame_scale) for item in features])
+    from .quickshift_video import video_parents
+    return torch.stack([video_parents(item, params, frame_scale) for item in features])
 
 
 def tree_roots(parent: torch.Tensor) -> torch.Tensor:

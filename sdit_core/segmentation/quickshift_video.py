@@ -42,7 +42,7 @@ def _window_terms(x: torch.Tensor, density: torch.Tensor, src: torch.Tensor, dt:
         yield frames, d2, neighbour_density
 
 
-def quickshift_video_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
+def video_parents(features: torch.Tensor, params: QuickshiftParams, frame_scale: float,
                              unfold: bool = None) -> torch.Tensor:
     """features (T, H, W, F) -> (THW,): each token's parent, a flat index into the video (itself where no
     denser token lies within max_dist)."""
