@@ -79,19 +79,15 @@ def fp8_rows(device, batch: int, heads: int, tokens: int, iters: int, triton: bo
 
 def quickshift_rows(device, grid: int, iters: int, triton: bool):
     """The window pass alone (the contiguity pass on the host is the same for both)."""
+    from comfyui_sdit.kernels.quickshift import quickshift_parents
     from comfyui_sdit.sdit_core.sdit import SDiTConfig
-    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import grid_parents, tie_noise_on, window_reach
+    from comfyui_sdit.sdit_core.segmentation.quickshift_torch import grid_parents
     params = SDiTConfig().quickshift()
     g = torch.Generator().manual_seed(0)
     features = (torch.randn(2, 1, grid, grid, 32, generator=g).cumsum(2).cumsum(3) * 0.05).to(device)
     impls = {"reference": lambda: grid_parents(features, params)}
-    if triton:
-        from comfyui_sdit.kernels.quickshift_triton import quickshift_parents_triton
-        x = (features * params.ratio).reshape(2, -1, 32).contiguous()
-        noise = tie_noise_on(1, grid * grid, params.seed, features.device, torch.float32).reshape(-1)
-        half, _ = window_reach(params.kernel_size)
-        impls["triton"] = lambda: quickshift_parents_triton(x, noise, (1, grid, grid), half, 0, 1.0,
-                                                            params.kernel_size, params.max_dist)
+    if triton:      # the dispatcher as the node calls it: the features' scaling, then the two kernels
+        impls["triton"] = lambda: quickshift_parents(features, params)
     rows = [{"kernel": "quickshift_window", "impl": name, "batch": 2, "grid": grid,
              "ms": round(timed(fn, iters, 2, device), 4)} for name, fn in impls.items()]
     if triton:       # the same parents but where densities sit a float32 rounding step apart
