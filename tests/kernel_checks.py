@@ -11,6 +11,8 @@ from pack_host import REPO_ROOT  # noqa: E402,F401
 import importlib.util  # noqa: E402
 import math  # noqa: E402
 
+from quickshift_definition import window_pass  # noqa: E402
+
 
 def load(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -88,32 +90,6 @@ def check_fp8_dequant(device: str) -> None:
     print("fp8_dequant ok")
 
 
-def window_oracle(x, grid, half, half_t, frame_scale, kernel_size, max_dist, noise, density=None):
-    """Quickshift's window pass as its definition, one offset (dt, dy, dx) at a time in that order, in
-    float64 over x (N, F): the density, and each token's parent given `density` (default that density)."""
-    t, h, w = grid
-    frame, row, col = (a.reshape(-1) for a in torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
-                                                             indexing="ij"))
-    x = x.double()
-    offsets = [(dt, dy, dx) for dt in range(-half_t, half_t + 1) for dy in range(-half, half + 1)
-               for dx in range(-half, half + 1)]
-    steps = []
-    for dt, dy, dx in offsets:
-        inside = ((frame + dt >= 0) & (frame + dt < t) & (row + dy >= 0) & (row + dy < h)
-                  & (col + dx >= 0) & (col + dx < w))
-        index = torch.where(inside, ((frame + dt) * h + row + dy) * w + col + dx, 0)
-        d2 = ((x[index] - x) ** 2).sum(1) + dy * dy + dx * dx + (frame_scale * dt) ** 2
-        steps.append((inside, index, d2))
-    own = noise.double() + sum(torch.where(inside, torch.exp(-0.5 * d2 / kernel_size ** 2), 0.0)
-                               for inside, _, d2 in steps)
-    density = own if density is None else density.double()
-    closest, parent = torch.full_like(own, float("inf")), torch.arange(len(own))
-    for inside, index, d2 in steps:
-        take = inside & (density[index] > density) & (d2 < closest)
-        closest, parent = torch.where(take, d2, closest), torch.where(take, index, parent)
-    return own, torch.where(closest <= max_dist ** 2, parent, torch.arange(len(own)))
-
-
 def check_quickshift(device: str) -> None:
     """The Triton density against its definition (float32 against float64), and the parents exactly,
     given the kernel's density: features on a lattice of quarters make every distance exact in float32,
@@ -134,9 +110,9 @@ def check_quickshift(device: str) -> None:
                                                    kernel_size, max_dist, with_density=True)
         parents, density = (t.cpu() for t in got)
         for b in range(batch):
-            expected_density, _ = window_oracle(x[b], grid, half, half_t, frame_scale, kernel_size, max_dist, noise)
+            expected_density, _ = window_pass(x[b], grid, half, half_t, frame_scale, kernel_size, max_dist, noise)
             assert torch.allclose(density[b].double(), expected_density, rtol=2e-6, atol=0), (grid, b)
-            _, expected = window_oracle(x[b], grid, half, half_t, frame_scale, kernel_size, max_dist, noise, density[b])
+            _, expected = window_pass(x[b], grid, half, half_t, frame_scale, kernel_size, max_dist, noise, density[b])
             assert torch.equal(parents[b], expected), (grid, b)
             linked = (parents[b] != torch.arange(tokens)).float().mean()
             assert 0.3 < linked < 1, (grid, b, linked)           # tokens linked, and roots (max_dist cuts)

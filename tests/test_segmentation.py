@@ -169,38 +169,18 @@ def test_video_dilation_26_and_6_connected():
 
 
 def video_quickshift_by_offsets(features, params, frame_scale):
-    """The definition, one window offset (dt, dy, dx) at a time in that order: the oracle for the
-    vectorised backend (slow: a dozen kernels per offset)."""
+    """The definition, one window offset (dt, dy, dx) at a time in that order (quickshift_definition.py):
+    the oracle for the vectorised backend. Each token's root."""
     import math
     import numpy as np
-    import torch.nn.functional as F
-    t, h, w, _ = features.shape
-    x = (features.double() * params.ratio).permute(3, 0, 1, 2)
+    from quickshift_definition import tree_roots, window_pass
+    t, h, w, f = features.shape
     half = math.ceil(3 * params.kernel_size)
     half_t = min(t - 1, math.ceil(3 * params.kernel_size / frame_scale))
-    offsets = [(dt, dy, dx) for dt in range(-half_t, half_t + 1) for dy in range(-half, half + 1)
-               for dx in range(-half, half + 1)]
-
-    def shifted(v, dt, dy, dx, fill):
-        p = F.pad(v, (abs(dx),) * 2 + (abs(dy),) * 2 + (abs(dt),) * 2, value=fill)
-        return p[..., abs(dt) + dt: abs(dt) + dt + t, abs(dy) + dy: abs(dy) + dy + h, abs(dx) + dx: abs(dx) + dx + w]
-    density = torch.from_numpy(np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h, w)))
-    d2s = {}
-    for dt, dy, dx in offsets:
-        inside = shifted(torch.ones(1, t, h, w, dtype=torch.float64), dt, dy, dx, 0.0)[0] > 0
-        d2 = ((shifted(x, dt, dy, dx, 0.0) - x) ** 2).sum(0) + (frame_scale * dt) ** 2 + dy * dy + dx * dx
-        density = density + torch.where(inside, torch.exp(-0.5 * d2 / params.kernel_size ** 2), 0.0)
-        d2s[dt, dy, dx] = torch.where(inside, d2, math.inf)
-    index = torch.arange(t * h * w).view(t, h, w)
-    closest, parent = torch.full((t, h, w), math.inf, dtype=torch.float64), index.clone()
-    for dt, dy, dx in offsets:
-        better = (shifted(density[None], dt, dy, dx, -math.inf)[0] > density) & (d2s[dt, dy, dx] < closest)
-        closest = torch.where(better, d2s[dt, dy, dx], closest)
-        parent = torch.where(better, index + (dt * h + dy) * w + dx, parent)
-    parent = torch.where(closest <= params.max_dist ** 2, parent, index).reshape(-1)
-    for _ in range(math.ceil(math.log2(t * h * w)) + 1):
-        parent = parent[parent]
-    return parent.view(t, h, w)                                  # each token's root
+    noise = torch.from_numpy(np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h, w))).reshape(-1)
+    _, parent = window_pass((features.double() * params.ratio).reshape(-1, f), (t, h, w), half, half_t, frame_scale,
+                            params.kernel_size, params.max_dist, noise)
+    return tree_roots(parent).view(t, h, w)
 
 
 @pytest.mark.parametrize("unfold", [False, True], ids=["offset-loop (CPU)", "unfold (GPU)"])
