@@ -168,19 +168,18 @@ def test_video_dilation_26_and_6_connected():
     assert int(dilate_mask(point, 2, 6).sum()) == 25           # the octahedron of radius 2
 
 
-def video_quickshift_by_offsets(features, params, frame_scale):
+def video_parents_by_offsets(features, params, frame_scale):
     """The definition, one window offset (dt, dy, dx) at a time in that order (quickshift_definition.py):
-    the oracle for the vectorised backend. Each token's root."""
+    the oracle for the vectorised backend. Each token's parent."""
     import math
     import numpy as np
-    from quickshift_definition import tree_roots, window_pass
+    from quickshift_definition import window_pass
     t, h, w, f = features.shape
     half = math.ceil(3 * params.kernel_size)
     half_t = min(t - 1, math.ceil(3 * params.kernel_size / frame_scale))
     noise = torch.from_numpy(np.random.default_rng(params.seed).normal(scale=0.00001, size=(t, h, w))).reshape(-1)
-    _, parent = window_pass((features.double() * params.ratio).reshape(-1, f), (t, h, w), half, half_t, frame_scale,
-                            params.kernel_size, params.max_dist, noise)
-    return tree_roots(parent).view(t, h, w)
+    return window_pass((features.double() * params.ratio).reshape(-1, f), (t, h, w), half, half_t, frame_scale,
+                       params.kernel_size, params.max_dist, noise)[1]
 
 
 @pytest.mark.parametrize("unfold", [False, True], ids=["offset-loop (CPU)", "unfold (GPU)"])
@@ -197,6 +196,22 @@ def test_video_quickshift_equals_its_definition(unfold, monkeypatch):
         features = torch.randn(t, h, w, 4, generator=g).cumsum(1).cumsum(2) * 0.3
         params = QuickshiftParams(kernel_size=0.7 + 0.1 * seed, max_dist=2.0 + seed % 4, ratio=2.0)
         frame_scale = (0.5, 1.0, 3.0)[seed % 3]
-        expected = video_quickshift_by_offsets(features, params, frame_scale)
+        expected = tree_roots(video_parents_by_offsets(features, params, frame_scale)[None]).view(t, h, w)
         parents = module.video_parents(features, params, frame_scale, unfold=unfold)
         assert torch.equal(tree_roots(parents[None]).view(t, h, w), expected), seed
+
+
+@pytest.mark.parametrize("unfold", [False, True], ids=["offset-loop (CPU)", "unfold (GPU)"])
+def test_video_quickshift_ties_go_to_the_first_offset(unfold):
+    """Features on a lattice of quarters make distances exact, so many tokens have two or more nearest
+    denser neighbours, in the same frame and across frames: the parent is the first in (dt, dy, dx) order,
+    as in the definition (random features never tie exactly)."""
+    from comfyui_sdit.sdit_core.segmentation import QuickshiftParams
+    from comfyui_sdit.sdit_core.segmentation.quickshift_video import video_parents
+    g = torch.Generator().manual_seed(5)
+    for t, frame_scale in [(3, 1.0), (4, 2.0), (5, 0.5)]:
+        features = torch.randint(-2, 3, (t, 6, 7, 2), generator=g).double() * 0.25
+        params = QuickshiftParams(kernel_size=1.0, max_dist=3.0, ratio=2.0)
+        expected = video_parents_by_offsets(features, params, frame_scale)
+        got = video_parents(features, params, frame_scale, unfold=unfold)
+        assert torch.equal(got, expected), (t, frame_scale)
