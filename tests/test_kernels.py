@@ -29,9 +29,10 @@ def test_kv_write_triton_matches_reference_in_interpreter():
     assert "quickshift ok" in result.stdout
 
 
-# GPUs the kernels must compile for: Turing (T4, RTX 20), Ampere (A100, RTX 30), Hopper (H100/H200),
-# Blackwell (B200); fp8 e4m3 converts from compute capability 8.9 on (kernels/fp8_dequant.py falls back below it)
-TARGETS = {"sm75": 75, "sm80": 80, "sm90": 90, "sm100": 100}
+# GPUs the kernels must compile for: Turing (T4, RTX 20), Ampere (A100; RTX 30 is 8.6), Ada (RTX 40, L40S),
+# Hopper (H100/H200), Blackwell (B200; RTX 50 is 12.0); fp8 e4m3 converts from compute capability 8.9 on
+# (kernels/fp8_dequant.py falls back below it)
+TARGETS = {"sm75": 75, "sm80": 80, "sm86": 86, "sm89": 89, "sm90": 90, "sm100": 100, "sm120": 120}
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
                 torch.int32: "i32", torch.uint8: "u8"}
 
