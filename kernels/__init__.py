@@ -1,7 +1,7 @@
 """GPU kernels of the pack. Each kernel has a PyTorch reference next to it, used on the CPU, when
 Triton is missing or cannot build kernels here, or with SDIT_KERNELS=torch; tests compare the two
-(Triton's interpreter on CPU) and compile every kernel, as its wrapper launches it, for Turing, Ampere,
-Hopper and Blackwell GPUs without one."""
+(Triton's interpreter on CPU) and compile every kernel, as its wrapper launches it, for NVIDIA GPUs from
+Turing to Blackwell and AMD GPUs under ROCm (CDNA, RDNA 3 / 4) without one."""
 import functools
 import logging
 import os

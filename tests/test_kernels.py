@@ -25,14 +25,19 @@ def test_kv_write_triton_matches_reference_in_interpreter():
     assert "fp8_dequant ok" in result.stdout
     if "quickshift skipped" in result.stdout:
         pytest.skip("this Triton's interpreter cannot loop over a kernel argument (Triton 3.6 with numpy 2); "
-                    "the Quickshift kernels compile (test_triton_kernels_compile_for_nvidia_gpus)")
+                    "the Quickshift kernels compile (test_triton_kernels_compile_for_gpus)")
     assert "quickshift ok" in result.stdout
 
 
-# GPUs the kernels must compile for: Turing (T4, RTX 20), Ampere (A100; RTX 30 is 8.6), Ada (RTX 40, L40S),
-# Hopper (H100/H200), Blackwell (B200; RTX 50 is 12.0); fp8 e4m3 converts from compute capability 8.9 on
-# (kernels/fp8_dequant.py falls back below it)
-TARGETS = {"sm75": 75, "sm80": 80, "sm86": 86, "sm89": 89, "sm90": 90, "sm100": 100, "sm120": 120}
+# GPUs the kernels must compile for, as (backend, architecture, threads per warp): NVIDIA Turing (T4, RTX 20),
+# Ampere (A100; RTX 30 is 8.6), Ada (RTX 40, L40S), Hopper (H100/H200), Blackwell (B200; RTX 50 is 12.0);
+# AMD under ROCm, where PyTorch's device is "cuda" too: CDNA 2 / 3 / 4 (MI200, MI300, MI350), RDNA 3 / 4
+# (RX 7900, RX 9070). fp8 e4m3 converts on NVIDIA from compute capability 8.9 on (kernels/fp8_dequant.py
+# falls back below it); ROCm reports 9.0 and above for every AMD GPU here, so they all take the kernel
+TARGETS = {"sm75": ("cuda", 75, 32), "sm80": ("cuda", 80, 32), "sm86": ("cuda", 86, 32), "sm89": ("cuda", 89, 32),
+           "sm90": ("cuda", 90, 32), "sm100": ("cuda", 100, 32), "sm120": ("cuda", 120, 32),
+           "gfx90a": ("hip", "gfx90a", 64), "gfx942": ("hip", "gfx942", 64), "gfx950": ("hip", "gfx950", 64),
+           "gfx1100": ("hip", "gfx1100", 32), "gfx1201": ("hip", "gfx1201", 32)}
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
                 torch.int32: "i32", torch.uint8: "u8"}
 
@@ -98,21 +103,23 @@ def kernel_launches(monkeypatch):
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed (the PyTorch reference is used then)")
 @pytest.mark.parametrize("target", TARGETS)
-def test_triton_kernels_compile_for_nvidia_gpus(target, monkeypatch):
-    """Triton compiles each kernel, as its wrapper launches it, down to a cubin for the target GPU without
-    one being here (Triton's own LLVM and ptxas): the interpreter runs the kernels' semantics on the CPU,
-    but not the compiler's checks (types carried through loops, what a GPU target can lower)."""
+def test_triton_kernels_compile_for_gpus(target, monkeypatch):
+    """Triton compiles each kernel, as its wrapper launches it, down to the target GPU's binary (a cubin,
+    an hsaco) without one being here (Triton's own LLVM, ptxas and linker): the interpreter runs the
+    kernels' semantics on the CPU, but not the compiler's checks (types carried through loops, what a GPU
+    target can lower)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
     launches = kernel_launches(monkeypatch)
     names = {kernel.fn.__name__ for kernel, _, _ in launches}
     assert names == {"_kv_write_kernel", "_fp8_dequant_kernel", "_density_kernel", "_parent_kernel"}
+    backend, arch, warp = TARGETS[target]
     for kernel, args, constexprs in launches:
-        if kernel.fn.__name__ == "_fp8_dequant_kernel" and TARGETS[target] < 89:
+        if kernel.fn.__name__ == "_fp8_dequant_kernel" and backend == "cuda" and arch < 89:
             continue
         source = ASTSource(fn=kernel, signature=triton_signature(kernel, args, constexprs), constexprs=constexprs)
-        compiled = triton_compile(source, target=GPUTarget("cuda", TARGETS[target], 32))
-        assert compiled.asm["cubin"], kernel.fn.__name__
+        compiled = triton_compile(source, target=GPUTarget(backend, arch, warp))
+        assert compiled.asm["cubin" if backend == "cuda" else "hsaco"], kernel.fn.__name__
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed (the PyTorch reference is used then)")
