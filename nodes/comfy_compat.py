@@ -1,5 +1,6 @@
 """Every place where the pack adapts to what the running ComfyUI has: feature probes, never version
-numbers, gathered here so the differences we handle can be read in one place."""
+numbers, gathered here so the differences we handle can be read in one place. What the sampling device
+computes (float64, float8): sdit_core/device_support.py."""
 import dataclasses
 import logging
 from typing import Callable, List, Optional

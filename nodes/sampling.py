@@ -4,6 +4,7 @@ import importlib
 
 import comfy.samplers
 
+from ..sdit_core.device_support import holds_fp8
 from ..sdit_core.kv_cache import STORES as KV_CACHE_STORES
 from ..sdit_core.tokens import is_image_shape, is_latent_shape
 from .comfy_compat import first_part, pixels_per_latent
@@ -76,6 +77,13 @@ def check_kv_cache(value, node: str) -> str:
     if value not in KV_CACHE_STORES:
         raise SDiTInputError(node, "kv_cache", f"'{value}' is not one of {', '.join(KV_CACHE_STORES)}")
     return value
+
+
+def check_kv_cache_on(device, value, node: str) -> None:
+    """Before sampling, where the model samples: the fp8 store needs float8 there."""
+    if value == "fp8_e4m3" and not holds_fp8(device):
+        raise SDiTInputError(node, "kv_cache", f"fp8_e4m3 needs float8 on the sampling device ({device}), which "
+                             f"PyTorch does not have there (Apple's MPS has none); use '{KV_CACHE_STORES[0]}'")
 
 
 def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False,

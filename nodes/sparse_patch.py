@@ -31,7 +31,7 @@ from .comfy_compat import (compiler_opaque, context_window_frames, context_windo
                            models_loaded_beside, pixels_per_latent)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .errors import SDiTInputError
-from .sampling import check_latent_shape
+from .sampling import check_kv_cache_on, check_latent_shape
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
 # Names of optimized_attention's positional parameters after (q, k, v, heads).
@@ -126,6 +126,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
             adapter, sampled, latent_shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
             windows, arguments.get("latent_shapes"))
+        check_kv_cache_on(sampled.load_device, kv_cache, node)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
         slot.run = run
         started = time.monotonic()

@@ -17,11 +17,14 @@ Eq. 12 damps by the spacing of the history, so nothing weakens a prediction as i
 ahead; measured on dense trajectories of the demo model, a linear step beats reuse up to about 4 steps
 ahead and loses beyond 6. Every term of order >= 1 is therefore also weighted by the horizon,
 exp(-lambda_h |sigma - s_0|) (lambda_h = `horizon`, 0 = off), which fades the extrapolation into reuse
-for tokens skipped long. The history is kept in float32 whatever the model's dtype.
+for tokens skipped long. The history is kept in float32 whatever the model's dtype, its sigmas and the
+divided differences in float64 where the device has it (device_support.wide_float).
 """
 from typing import Optional
 
 import torch
+
+from .device_support import wide_float
 
 
 class OutputHistory:
@@ -32,7 +35,7 @@ class OutputHistory:
             raise ValueError("extrapolation order must be >= 0")
         self.order = order
         self.values: Optional[torch.Tensor] = None     # (K, R, N, C)
-        self.sigmas: Optional[torch.Tensor] = None     # (K, R, N) float64
+        self.sigmas: Optional[torch.Tensor] = None     # (K, R, N) float64 (float32 where the device has none)
         self.count: Optional[torch.Tensor] = None      # (R, N) samples held
 
     def record(self, output: torch.Tensor, sigma: float, computed: Optional[torch.Tensor]) -> None:
@@ -43,7 +46,7 @@ class OutputHistory:
             # at least float32: a bf16 history would round every divided difference
             self.values = output.new_zeros((k,) + tuple(output.shape),
                                            dtype=torch.promote_types(output.dtype, torch.float32))
-            self.sigmas = torch.zeros(k, rows, tokens, dtype=torch.float64, device=output.device)
+            self.sigmas = torch.zeros(k, rows, tokens, dtype=wide_float(output.device), device=output.device)
             self.count = torch.zeros(rows, tokens, dtype=torch.int64, device=output.device)
         mask = torch.ones(rows, tokens, dtype=torch.bool, device=output.device)
         if computed is not None:
@@ -71,7 +74,7 @@ def newton_extrapolate(values: torch.Tensor, sigmas: torch.Tensor, count: torch.
                        decay: float, horizon: float = 0.0) -> torch.Tensor:
     """values (K, R, N, C) newest first, sigmas (K, R, N), count (R, N) valid samples per token."""
     k = values.shape[0]
-    table = values.double()
+    table = values.to(wide_float(values.device))
     result = table[0].clone()
     basis = torch.ones_like(sigmas[0])
     usable = torch.ones_like(count, dtype=torch.bool)
@@ -91,7 +94,8 @@ def newton_extrapolate(values: torch.Tensor, sigmas: torch.Tensor, count: torch.
 
 
 def relative_error(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
-    """||predicted - actual|| / ||actual|| (the drift measure of SDiT's error resets), a 0-d float64 tensor
-    on their device: reading it on the host waits for the GPU, so callers read several at once."""
-    return (torch.linalg.vector_norm((predicted - actual).double()) /
-            torch.linalg.vector_norm(actual.double()).clamp_min(1e-12))
+    """||predicted - actual|| / ||actual|| (the drift measure of SDiT's error resets), a 0-d tensor on their
+    device (float64 where it has it): reading it on the host waits for the GPU, so callers read several at once."""
+    wide = wide_float(actual.device)
+    return (torch.linalg.vector_norm((predicted - actual).to(wide)) /
+            torch.linalg.vector_norm(actual.to(wide)).clamp_min(1e-12))

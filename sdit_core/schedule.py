@@ -9,7 +9,7 @@ def step_of_sigma(sample_sigmas: torch.Tensor, sigma: float) -> int:
     (DPM++ 2S, ...) fall between two schedule sigmas and map to the step they refine. An evaluation
     exactly at sigma_{i+1} (Heun's corrector) cannot be told apart from step i+1 and counts there.
     """
-    starts = sample_sigmas[:-1].double().cpu()
+    starts = sample_sigmas[:-1].cpu().double()        # on the host: the sampler's device may lack float64
     if starts.numel() == 0:
         return 0
     tolerance = 1e-6 * max(1.0, abs(sigma))

@@ -17,6 +17,7 @@ import torch
 
 from . import profiling
 from .complexity import batch_region_labels, region_scores_batch, token_complexity
+from .device_support import wide_float
 from .extrapolation import OutputHistory, relative_error
 from .policy import EvalInfo, StepOutput, TokenPolicy
 from .ratio_schedule import ssd_counts
@@ -160,7 +161,8 @@ class SDiTPolicy(TokenPolicy):
         batch, regions = self._scores.shape
         labels = batch_region_labels(self._labels, regions)
         sizes = torch.bincount(labels, minlength=batch * regions).clamp_min(1)
-        waited = torch.bincount(labels, weights=age.to(labels.device).reshape(-1).double(), minlength=batch * regions)
+        waited = torch.bincount(labels, weights=age.to(labels.device, wide_float(labels.device)).reshape(-1),
+                                minlength=batch * regions)
         mean_age = (waited / sizes).view(batch, regions)
         return self._scores * (1 + weight * mean_age.to(self._scores.dtype))
 

@@ -105,3 +105,20 @@ def test_a_cache_that_does_not_fit_says_how_big_it_is(monkeypatch):
         cache.store_dense(2, k, k)
     assert isinstance(caught.value, torch.OutOfMemoryError)
     assert len(cache) == 2
+
+
+def test_a_device_without_float8_is_told_before_sampling(monkeypatch):
+    """Where PyTorch has no float8 on the sampling device (Apple's MPS), the fp8 store is refused before
+    the first forward, naming the input and what to choose instead; the model-dtype store samples."""
+    from comfyui_sdit.nodes.errors import SDiTInputError
+    from comfyui_sdit.sdit_core import device_support
+    monkeypatch.setattr(device_support, "_makes", lambda device_type, dtype: dtype != torch.float8_e4m3fn)
+    model = FAMILIES["flux"].build(seed=4)
+    forwards = []
+    model.set_model_unet_function_wrapper(lambda apply, args: forwards.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+    with pytest.raises(SDiTInputError, match=r"input 'kv_cache': fp8_e4m3 needs float8 on the sampling device "
+                                             r"\(cpu\).*use 'model dtype'"):
+        run_dense_then_sparse(model, "fp8_e4m3")
+    assert forwards == []
+    dense, exact = run_dense_then_sparse(model, "model dtype")
+    assert len(forwards) == 2 and (exact - dense).abs().max().item() <= 1e-5

@@ -1,11 +1,15 @@
 """The policies on the sampler's device. On a GPU the sampler hands them CUDA tensors while their own
 bookkeeping (skip ages, probes, active sets for the engine) stays on the CPU: the two must meet
 without a device error. The "cuda" cases run with SDIT_TESTS_ON_GPU=1 on a GPU machine (the GPU
-runbook's `check`); the "cpu" cases run everywhere."""
+runbook's `check`); the "cpu" cases run everywhere, and so do the "mps" ones: Apple's MPS, which has no
+float64, emulated on the CPU (emulated_mps.py)."""
+import contextlib
 import os
 
 import pytest
 import torch
+
+from emulated_mps import emulated_mps
 
 from comfyui_sdit.kernels.quickshift import quickshift_parents
 from comfyui_sdit.sdit_core.policy import EvalInfo, StepOutput
@@ -15,7 +19,14 @@ from comfyui_sdit.sdit_core.sdit import SDiTConfig, SDiTPolicy
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("SDIT_TESTS_ON_GPU") == "1"
 DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not ON_GPU, reason="SDIT_TESTS_ON_GPU=1 on a GPU"))]
+           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not ON_GPU, reason="SDIT_TESTS_ON_GPU=1 on a GPU")),
+           pytest.param("mps", id="mps (emulated: no float64)")]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    with emulated_mps() if request.param == "mps" else contextlib.nullcontext():
+        yield request.param
 GRID, BATCH, PATCH, STEPS = (8, 10), 2, 2, 12
 
 
@@ -63,7 +74,6 @@ def longest_skip(plans, selectable):
     return longest
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sdit_plans_on_the_device_with_forced_and_masked_tokens(device):
     policy = SDiTPolicy(SDiTConfig(sample_ratio=0.25, warmup_steps=1, cooldown_steps=0, max_skip_age=3), PATCH,
                         quickshift_parents=quickshift_parents)     # as the node makes it: Triton on a GPU
@@ -77,7 +87,6 @@ def test_sdit_plans_on_the_device_with_forced_and_masked_tokens(device):
     assert longest_skip(plans, policy.selectable) <= 3
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_ras_plans_on_the_device_with_masked_tokens(device):
     policy = RASPolicy(RASConfig(sample_ratio=0.25, warmup_steps=1, reset_steps=()), PATCH)
     policy.selectable = inpaint_mask(device)
@@ -87,7 +96,6 @@ def test_ras_plans_on_the_device_with_masked_tokens(device):
         assert_mask_respected(active, policy.selectable)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_region_selection_on_the_device_equals_the_cpu(device):
     """Labels, scores and complexity on the device, forced/selectable masks on the CPU (as the policy
     keeps them): the same tokens as an all-CPU call."""
@@ -100,6 +108,36 @@ def test_region_selection_on_the_device_equals_the_cpu(device):
         expected = select_regions(labels, scores, complexity, 20, 1, mode, forced, selectable)
         got = select_regions(labels.to(device), scores.to(device), complexity.to(device), 20, 1, mode, forced, selectable)
         assert torch.equal(got.cpu(), expected)
+
+
+def test_sdit_extrapolation_on_the_device_equals_the_cpu(device):
+    """SDiT's per-token output history, its Newton extrapolation for skipped tokens (Eq. 13) and the drift
+    measure, fed as the engine feeds them (outputs on the device, computed tokens from the CPU): the CPU's
+    values (float64 there), to float32 rounding on a device without float64."""
+    from comfyui_sdit.sdit_core.extrapolation import OutputHistory, relative_error
+    g = torch.Generator().manual_seed(5)
+    tokens, channels = GRID[0] * GRID[1], 16
+    outputs = [torch.randn(BATCH, tokens, channels, generator=g) for _ in range(5)]
+    computed = [None] + [torch.stack([torch.randperm(tokens, generator=g)[:20] for _ in range(BATCH)])
+                         for _ in range(4)]
+    results = {}
+    for where in ("cpu", device):
+        history = OutputHistory(order=2)
+        for output, sigma, rows in zip(outputs, (1.0, 0.8, 0.62, 0.45, 0.3), computed):
+            history.record(output.to(where), sigma, rows)
+        predicted = history.predict(0.2, decay=0.1, horizon=0.5)
+        assert predicted.device.type == torch.device(where).type
+        results[where] = predicted.cpu(), float(relative_error(predicted, outputs[-1].to(where)))
+    torch.testing.assert_close(results[device][0], results["cpu"][0], rtol=1e-4, atol=1e-5)
+    assert results[device][1] == pytest.approx(results["cpu"][1], rel=1e-5)
+
+
+def test_the_sampler_sigmas_on_the_device_map_to_steps(device):
+    """The engine maps each evaluation to its step by the sampler's sigmas, which ComfyUI moves to the
+    model's device."""
+    from comfyui_sdit.sdit_core.schedule import step_of_sigma
+    sigmas = torch.linspace(1.0, 0.0, 9).to(device)
+    assert [step_of_sigma(sigmas, s) for s in (1.0, 0.8, 0.75, 0.5, 0.0)] == [0, 1, 2, 4, 7]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="SDIT_TESTS_ON_GPU=1 on a GPU")

@@ -60,8 +60,9 @@ def window_reach(kernel_size: float, frames: int = 1, frame_scale: float = 1.0):
 
 @functools.lru_cache(maxsize=16)
 def tie_noise_on(h: int, w: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """tie_noise on the features' device, (1, HW), drawn and copied once (a copy to a GPU blocks the host)."""
-    return tie_noise(h, w, seed).to(device, dtype).reshape(1, -1)
+    """tie_noise on the features' device, (1, HW), drawn and copied once (a copy to a GPU blocks the host);
+    cast on the host, as a device without float64 (Apple's MPS) takes no float64 copy."""
+    return tie_noise(h, w, seed).to(dtype).to(device).reshape(1, -1)
 
 
 def image_parents(features: torch.Tensor, params: QuickshiftParams) -> torch.Tensor:
