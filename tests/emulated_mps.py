@@ -75,6 +75,11 @@ def _elem(x):
     return x.elem if isinstance(x, OnMPS) else x
 
 
+def _refuse(dtype):
+    raise TypeError(f"Cannot convert a MPS Tensor to {str(dtype).replace('torch.', '')} dtype as the MPS framework "
+                    f"doesn't support it.")
+
+
 def _run(func, args, kwargs):
     on_device = False
     originals = {}
@@ -103,8 +108,7 @@ def _run(func, args, kwargs):
         if not on_device:
             return x
         if x.dtype in UNSUPPORTED:
-            raise TypeError(f"Cannot convert a MPS Tensor to {str(x.dtype).replace('torch.', '')} dtype as the "
-                            f"MPS framework doesn't support it.")
+            _refuse(x.dtype)
         return OnMPS(x)
     return tree_map(wrap, out)
 
@@ -125,8 +129,7 @@ def _to(original):
         source = self.elem if isinstance(self, OnMPS) else self
         dtype = dtype or source.dtype
         if dtype in UNSUPPORTED:
-            raise TypeError(f"Cannot convert a MPS Tensor to {str(dtype).replace('torch.', '')} dtype as the MPS "
-                            f"framework doesn't support it.")
+            _refuse(dtype)
         if isinstance(self, OnMPS) and dtype == source.dtype:
             return self
         return OnMPS(source.to(dtype))
