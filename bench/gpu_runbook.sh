@@ -31,6 +31,8 @@
 #              dynamic (eager)                                                                   (~4 min)
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
+#   video480w  Wan 2.1 14B, 480p x 161 frames in three context windows of 81, cfg 1, 8 steps, static RAS 0.25: what
+#              windows cost against the same run unwindowed (video480q); the ideal counts each window's forward (~5 min)
 #   video480   Wan 2.1 14B and HunyuanVideo, 480p x 81 frames, cfg 5 (batch 2), 28 steps, RAS and SDiT  (~2 x 10 min:
 #              one model per call: VIDEO_MODEL=hunyuan-video for the second; hunyuan-video-1.5 and wan21-vace-14b
 #              also run, same command)
@@ -53,7 +55,7 @@
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
 #   later sessions: grid1024; newest1024 then newestcheck newestltx2 (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
-#   video480q, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, ltxv0125, speed2048,
+#   video480q, video480w, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512, ltxv0125, speed2048,
 #   train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -164,6 +166,13 @@ for part in "$@"; do
     video480q)
       timeout 170 python3 bench/speed.py --models wan21-14b --res 480 --frames 81 --cfg 1 --steps 8 --text 512 \
         --methods RAS-static --ratios 0.25 --profile-ratios --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    video480w)       # what context windows cost: Wan 2.1 14B, 161 frames (41 latent) in windows of 81 (21 latent) overlapping by
+                     # 29 (8 latent): three windows, a K/V cache each (25 GiB bf16 at batch 1; fp8 where the GPU has < 100 GB)
+      mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -dc 0-9)
+      cache=(); [ "${mem:-0}" -lt 100000 ] && cache=(--kv-cache fp8_e4m3)
+      timeout 480 python3 bench/speed.py --models wan21-14b --res 480 --frames 161 --context-windows 21 8 --cfg 1 \
+        --steps 8 --text 512 --methods RAS-static --ratios 0.25 --profile-ratios ${cache[@]+"${cache[@]}"} \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     video480)
       timeout 570 python3 bench/speed.py --models "${VIDEO_MODEL:-wan21-14b}" --res 480 --frames 81 --cfg 5 --text 512 \
         --cuda-graphs --profile-ratios 0.125 --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;

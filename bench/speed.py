@@ -19,6 +19,8 @@ cache writes; the rest is the transformer. On a GPU every forward is also timed 
 sampler and the policy between forwards). Sparse rows also say what the K/V caches held, what the memory
 plan counted for them (nodes/memory_plan.py) and how much of the weights sat in VRAM; `--vram-gib N`
 samples as on an N-GiB GPU (weights in RAM, ComfyUI's plan and torch's allocator held to N GiB).
+`--context-windows L O` samples a video in ComfyUI's context windows (L latent frames overlapping by O, the
+static schedule), full and sparse alike; the ideal then counts each window's forward (`calls_ideal`).
 """
 import argparse
 import json
@@ -33,7 +35,7 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from pack_host import comfyui_version, enable_dynamic_vram, import_comfyui, load_pack  # noqa: E402
+from pack_host import comfyui_version, enable_dynamic_vram, import_comfyui, load_pack, with_context_windows  # noqa: E402,E501
 
 class Spec(NamedTuple):
     """A benchmark model: ComfyUI's supported_models class and unet config, its conditioning, and what the
@@ -263,6 +265,15 @@ def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, 
     return full / sum(forward_flops(spec, n, tokens, text, audio, frames) for n in tokens_per_evaluation)
 
 
+def calls_ideal(spec: Spec, run, text: int, audio: int = 0) -> float:
+    """The FLOP-ideal speedup from the forwards a run made (one per context window in windowed sampling):
+    each forward's FLOPs with every token of its latent (its window's) over those with the tokens that ran.
+    One forward per evaluation over the whole latent: `flop_ideal`."""
+    calls = [call for record in run.evals for call in record.calls]
+    full = sum(forward_flops(spec, call.grid_tokens, call.grid_tokens, text, audio) for call in calls)
+    return full / sum(forward_flops(spec, call.image_tokens, call.grid_tokens, text, audio) for call in calls)
+
+
 def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0, frames: int = 1) -> float:
     """The part of a dense forward's FLOPs that is the video's (image's) attention scores and values (grows with
     the tokens)."""
@@ -426,7 +437,8 @@ def run(args) -> dict:
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "comfyui": comfyui_version(), "dynamic_vram": args.dynamic_vram, "vram_gib": args.vram_gib,
                "memory_plan": not args.no_memory_plan,
-               "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache, "rows": []}
+               "steps": args.steps, "text_tokens": args.text, "kv_cache": args.kv_cache,
+               "context_windows": args.context_windows, "rows": []}
     import comfy.supported_models
     if args.profile_ratios:
         warm_profiler(device)
@@ -440,6 +452,8 @@ def run(args) -> dict:
         model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
             simulate_vram(device, args.vram_gib)
+        if args.context_windows:
+            model = with_context_windows(model, *args.context_windows)
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
@@ -513,7 +527,8 @@ def run(args) -> dict:
                         seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
                         run_state = slot.last_run
                         trace = trace_of(run_state)
-                        ideal = flop_ideal(spec, trace.tokens_per_step, tokens, args.text, audio)
+                        ideal = (calls_ideal(spec, run_state, args.text, audio) if args.context_windows else
+                                 flop_ideal(spec, trace.tokens_per_step, tokens, args.text, audio))
                         row = dict(
                             base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
                             of_ideal=dense_s / seconds / ideal, work_fraction=trace.work_fraction, peak_gib=peak,
@@ -524,6 +539,10 @@ def run(args) -> dict:
                             kv_held_gib=run_state.kv_peak_bytes / 2 ** 30,          # what the caches held
                             weights_vram_gib=patched.loaded_size() / 2 ** 30,
                             token_counts=sorted(set(trace.tokens_per_step)))   # the shapes attention met
+                        if args.context_windows:        # each window a forward, of its own token count
+                            calls = [c for record in run_state.evals for c in record.calls]
+                            row.update(forwards=len(calls), windows=len({c.stream for c in calls}),
+                                       window_token_counts=sorted({c.image_tokens for c in calls if not c.dense}))
                         if cuda:
                             row.update(timer.summary())
                         results["rows"].append(row)
@@ -624,6 +643,9 @@ def arguments() -> argparse.ArgumentParser:
                              "and torch's allocator enforces it (the K/V cache must then share it with the weights)")
     parser.add_argument("--no-memory-plan", action="store_true",
                         help="leave the K/V cache out of ComfyUI's memory plan (as before it was in it)")
+    parser.add_argument("--context-windows", type=int, nargs=2, metavar=("LENGTH", "OVERLAP"), default=None,
+                        help="video models: sample in ComfyUI's context windows of LENGTH latent frames overlapping by "
+                             "OVERLAP (static schedule, as the pack needs)")
     parser.add_argument("--json", default="")
     return parser
 

@@ -16,6 +16,8 @@ SMOKE_RUNS = {
     "fidelity": ["bench/fidelity.py", "--smoke"],
     "speed": ["bench/speed.py", "--smoke", "--device", "cpu", "--fresh-seed", "--token-grid", "4"],
     "speed_video": ["bench/speed.py", "--smoke-video", "--device", "cpu"],
+    "speed_windows": ["bench/speed.py", "--models", "tiny-wan", "--res", "128", "--frames", "17", "--context-windows",
+                      "3", "1", "--steps", "6", "--ratios", "0.5", "--methods", "RAS", "--text", "16", "--device", "cpu"],
     "speed_forward": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--ratios", "0.5",
                       "--iters", "1", "--warmup", "0", "--device", "cpu", "--cuda-graphs"],
     "speed_forward_counts": ["bench/speed_forward.py", "--size", "tiny", "--res", "128", "--batch", "1", "--text", "8",
@@ -57,6 +59,12 @@ def test_benchmark_runs(name, tmp_path):
         sparse = [r for r in data["rows"] if r["method"] != "full"]
         assert all(r["kv_planned_gib"] == r["kv_held_gib"] > 0 for r in sparse)
         assert all(any(t < r["image_tokens"] for t in r["token_counts"]) for r in sparse if r["method"] == "RAS")
+    if name == "speed_windows":             # 5 latent frames in two windows of 3: each window ran part of its tokens
+        sparse = [r for r in data["rows"] if r["method"] != "full"]
+        assert data["context_windows"] == [3, 1] and sparse
+        for r in sparse:
+            assert r["windows"] == 2 and r["forwards"] == 2 * 6          # a forward per window and step
+            assert r["window_token_counts"] and max(r["window_token_counts"]) < 3 * 64 and r["ideal"] > 1
     if name == "kernels":                    # every kernel's reference timed, shared and per-image K/V rows
         assert {r["kernel"] for r in data["rows"]} == {"kv_write", "fp8_dequant", "quickshift_window"}
         assert {r["shared_rows"] for r in data["rows"] if r["kernel"] == "kv_write"} == {True, False}

@@ -86,3 +86,21 @@ def test_a_pose_branch_by_hand(speed):
                                                                            rel=1e-12)
     # the pose branch does not shrink with the running tokens: without the cache the ideal stays under 2x
     assert speed.flop_ideal(run, [N // 8], N, T, frames=F) < 2 < speed.flop_ideal(cached, [N // 8], N, T, frames=F)
+
+
+def test_the_ideal_counts_each_window_forward(speed):
+    """In context windows every evaluation is one forward per window, over the window's tokens: the ideal
+    sums those forwards (`calls_ideal`). With one forward per evaluation over the whole latent it is
+    `flop_ideal`."""
+    from types import SimpleNamespace as Record
+    wan = speed.MODELS["wan21-14b"]
+    N, T, window = 32760, 512, 13 * 1560                 # 21 frames of 1,560 tokens; windows of 13 frames
+    whole = Record(evals=[Record(calls=[Record(grid_tokens=N, image_tokens=n)]) for n in (N, N // 4, N // 8)])
+    assert speed.calls_ideal(wan, whole, T) == pytest.approx(speed.flop_ideal(wan, [N, N // 4, N // 8], N, T),
+                                                             rel=1e-12)
+    windowed = Record(evals=[Record(calls=[Record(grid_tokens=window, image_tokens=n) for n in counts])
+                             for counts in ((window, window), (window // 4, window // 3))])
+    full = 4 * speed.forward_flops(wan, window, window, T)
+    run = (2 * speed.forward_flops(wan, window, window, T) + speed.forward_flops(wan, window // 4, window, T)
+           + speed.forward_flops(wan, window // 3, window, T))
+    assert speed.calls_ideal(wan, windowed, T) == pytest.approx(full / run, rel=1e-12)

@@ -7,7 +7,6 @@ import types
 
 import pytest
 import torch
-import comfy.context_windows as context_windows
 
 from comfyui_sdit.nodes.comfy_compat import context_window_frames, context_windows_at_start
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
@@ -15,6 +14,7 @@ from comfyui_sdit.sdit_core.engine import MOVING_WINDOWS
 from comfyui_sdit.sdit_core.frame_windows import window_active, window_tokens
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.sdit_core.tokens import index_to_mask
+from pack_host import with_context_windows
 from sdit_testkit import ksample, random_active, ras_sample, sdit_sample, tiny_hunyuan_video, tiny_wan
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
@@ -28,15 +28,8 @@ FAMILIES = {"wan": (tiny_wan, conds), "hunyuan": (tiny_hunyuan_video, hunyuan_co
 
 
 def with_windows(model, schedule="standard_static", length=3, overlap=1):
-    """The model with ComfyUI's context windows over the frame axis (what the Wan Context Windows node
-    sets up): windows of 3 latent frames overlapping by 1."""
-    patched = model.clone()
-    patched.model_options["context_handler"] = context_windows.IndexListContextHandler(
-        context_schedule=context_windows.get_matching_context_schedule(schedule),
-        fuse_method=context_windows.get_matching_fuse_method("pyramid"),
-        context_length=length, context_overlap=overlap, dim=2)
-    context_windows.create_prepare_sampling_wrapper(patched)
-    return patched
+    """The model in windows of 3 latent frames overlapping by 1."""
+    return with_context_windows(model, length, overlap, schedule)
 
 
 def window_frames(run) -> set:
