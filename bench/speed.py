@@ -35,7 +35,8 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from pack_host import comfyui_version, enable_dynamic_vram, import_comfyui, load_pack, with_context_windows  # noqa: E402,E501
+from pack_host import (comfyui_version, enable_dynamic_vram, import_comfyui, load_pack,  # noqa: E402
+                       with_context_windows)
 
 class Spec(NamedTuple):
     """A benchmark model: ComfyUI's supported_models class and unet config, its conditioning, and what the
@@ -265,11 +266,10 @@ def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, 
     return full / sum(forward_flops(spec, n, tokens, text, audio, frames) for n in tokens_per_evaluation)
 
 
-def calls_ideal(spec: Spec, run, text: int, audio: int = 0) -> float:
-    """The FLOP-ideal speedup from the forwards a run made (one per context window in windowed sampling):
-    each forward's FLOPs with every token of its latent (its window's) over those with the tokens that ran.
-    One forward per evaluation over the whole latent: `flop_ideal`."""
-    calls = [call for record in run.evals for call in record.calls]
+def calls_ideal(spec: Spec, calls: list, text: int, audio: int = 0) -> float:
+    """The FLOP-ideal speedup from the forwards a run made (its evaluations' CallRecords; one per context window
+    in windowed sampling): each forward's FLOPs with every token of its latent (its window's) over those with
+    the tokens that ran. One forward per evaluation over the whole latent: `flop_ideal`."""
     full = sum(forward_flops(spec, call.grid_tokens, call.grid_tokens, text, audio) for call in calls)
     return full / sum(forward_flops(spec, call.image_tokens, call.grid_tokens, text, audio) for call in calls)
 
@@ -527,7 +527,8 @@ def run(args) -> dict:
                         seconds, peak = statistics.median(t[0] for t in timings), max(t[1] for t in timings)
                         run_state = slot.last_run
                         trace = trace_of(run_state)
-                        ideal = (calls_ideal(spec, run_state, args.text, audio) if args.context_windows else
+                        calls = [call for record in run_state.evals for call in record.calls]
+                        ideal = (calls_ideal(spec, calls, args.text, audio) if args.context_windows else
                                  flop_ideal(spec, trace.tokens_per_step, tokens, args.text, audio))
                         row = dict(
                             base, method=method, ratio=ratio, seconds=seconds, speedup=dense_s / seconds, ideal=ideal,
@@ -540,7 +541,6 @@ def run(args) -> dict:
                             weights_vram_gib=patched.loaded_size() / 2 ** 30,
                             token_counts=sorted(set(trace.tokens_per_step)))   # the shapes attention met
                         if args.context_windows:        # each window a forward, of its own token count
-                            calls = [c for record in run_state.evals for c in record.calls]
                             row.update(forwards=len(calls), windows=len({c.stream for c in calls}),
                                        window_token_counts=sorted({c.image_tokens for c in calls if not c.dense}))
                         if cuda:

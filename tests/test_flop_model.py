@@ -95,11 +95,10 @@ def test_the_ideal_counts_each_window_forward(speed):
     from types import SimpleNamespace as Record
     wan = speed.MODELS["wan21-14b"]
     N, T, window = 32760, 512, 13 * 1560                 # 21 frames of 1,560 tokens; windows of 13 frames
-    whole = Record(evals=[Record(calls=[Record(grid_tokens=N, image_tokens=n)]) for n in (N, N // 4, N // 8)])
+    whole = [Record(grid_tokens=N, image_tokens=n) for n in (N, N // 4, N // 8)]
     assert speed.calls_ideal(wan, whole, T) == pytest.approx(speed.flop_ideal(wan, [N, N // 4, N // 8], N, T),
                                                              rel=1e-12)
-    windowed = Record(evals=[Record(calls=[Record(grid_tokens=window, image_tokens=n) for n in counts])
-                             for counts in ((window, window), (window // 4, window // 3))])
+    windowed = [Record(grid_tokens=window, image_tokens=n) for n in (window, window, window // 4, window // 3)]
     full = 4 * speed.forward_flops(wan, window, window, T)
     run = (2 * speed.forward_flops(wan, window, window, T) + speed.forward_flops(wan, window // 4, window, T)
            + speed.forward_flops(wan, window // 3, window, T))
