@@ -115,7 +115,11 @@ def test_a_device_without_float8_is_told_before_sampling(monkeypatch):
     monkeypatch.setattr(device_support, "_makes", lambda device_type, dtype: dtype != torch.float8_e4m3fn)
     model = FAMILIES["flux"].build(seed=4)
     forwards = []
-    model.set_model_unet_function_wrapper(lambda apply, args: forwards.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+
+    def counted(apply, args):
+        forwards.append(1)
+        return apply(args["input"], args["timestep"], **args["c"])
+    model.set_model_unet_function_wrapper(counted)
     with pytest.raises(SDiTInputError, match=r"input 'kv_cache': fp8_e4m3 needs float8 on the sampling device "
                                              r"\(cpu\).*use 'model dtype'"):
         run_dense_then_sparse(model, "fp8_e4m3")

@@ -27,6 +27,8 @@ DEVICES = [pytest.param("cpu", id="cpu"),
 def device(request):
     with emulated_mps() if request.param == "mps" else contextlib.nullcontext():
         yield request.param
+
+
 GRID, BATCH, PATCH, STEPS = (8, 10), 2, 2, 12
 
 
