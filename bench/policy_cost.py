@@ -58,12 +58,15 @@ def counting_mode():
         def counting_triton(self):
             """Counts Triton kernel launches (compiled or interpreted), which the dispatcher does not see."""
             try:
-                from triton.runtime.interpreter import InterpretedFunction
+                from triton.runtime.interpreter import GridExecutor
                 from triton.runtime.jit import JITFunction
             except ImportError:
                 yield
                 return
-            originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+            # compiled kernels launch through JITFunction.run; interpreted ones through a GridExecutor (which
+            # Triton 3.3's interpreter calls without a `run` of its own)
+            launchers = ((JITFunction, "run"), (GridExecutor, "__call__"))
+            originals = {cls: (name, getattr(cls, name)) for cls, name in launchers}
 
             def counted(original):
                 def run(kernel, *args, **kwargs):
@@ -74,13 +77,13 @@ def counting_mode():
                     finally:
                         self.in_triton = False
                 return run
-            for cls, original in originals.items():
-                cls.run = counted(original)
+            for cls, (name, original) in originals.items():
+                setattr(cls, name, counted(original))
             try:
                 yield
             finally:
-                for cls, original in originals.items():
-                    cls.run = original
+                for cls, (name, original) in originals.items():
+                    setattr(cls, name, original)
     return Counter()
 
 

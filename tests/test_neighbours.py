@@ -140,9 +140,10 @@ POSITIONAL_PATCHES = [        # (module, class, the node named in the error, the
 
 def with_patch_of(model, cls, patch_list: str):
     """ComfyUI's own patch class on the model as its node puts it there (the instance is never called:
-    the error comes before sampling)."""
-    m = model.clone()
-    m.set_model_patch(object.__new__(cls), patch_list)
+    the error comes before sampling; unbuilt, it stays where it is when ComfyUI moves the model's patches)."""
+    m, patch = model.clone(), object.__new__(cls)
+    patch.to = lambda *args, **kwargs: patch
+    m.set_model_patch(patch, patch_list)
     return m
 
 

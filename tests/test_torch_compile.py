@@ -31,15 +31,26 @@ def test_a_compiled_patched_model_samples_as_the_eager_one_without_recompiling_t
     model = build(seed=70)
     a, lat = make_args(cfg=3.0, sample_ratio=0.25), make_latent()
     eager = ksampler(ras_patch(model, sample_ratio=0.25), a, lat)
+    out, limits = compiled_ksampler(ras_patch(model, sample_ratio=0.25), a, lat, caplog)
+    assert torch.equal(out, eager)
+    # older PyTorch (2.7) recompiles ComfyUI's own wrapper executor every step on a bound method's identity,
+    # with the pack or without it: the pack may hit no recompile limit the model compiled alone does not
+    assert limits <= compiled_ksampler(model, a, lat, caplog)[1], limits
+
+
+def compiled_ksampler(model, a, lat, caplog):
+    """KSampler on the model compiled by ComfyUI's TorchCompileModel (aot_eager): the output, and the
+    functions (`name (file:line)`) that hit dynamo's recompile limit."""
     torch._dynamo.reset()
+    caplog.clear()
     try:
-        compiled = compile_nodes.TorchCompileModel.execute(ras_patch(model, sample_ratio=0.25), "aot_eager")[0]
+        compiled = compile_nodes.TorchCompileModel.execute(model, "aot_eager")[0]
         with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
             out = ksampler(compiled, a, lat)
     finally:
         torch._dynamo.reset()
-    assert torch.equal(out, eager)
-    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records if "recompile_limit" in r.getMessage()]
+    return out, {line.strip() for m in messages for line in m.splitlines() if line.strip().startswith("function:")}
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
