@@ -6,6 +6,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from pack_host import REPO_ROOT  # noqa: E402,F401
 import importlib.util  # noqa: E402
@@ -160,21 +162,20 @@ def check_quickshift_in_pack(device: str) -> None:
     assert mode.triton_launches == 2 and mode.launches <= 3 + 9 + 2, (mode.launches, mode.ops)
 
 
-def interpreter_loops_over_runtime_bounds() -> bool:
-    """Older Triton interpreters (3.6 with numpy 2) cannot run `range(n)` over a kernel argument n; the
-    compiled kernels can (tests/test_kernels.py compiles them), so the check that needs it is skipped."""
-    import triton
-    import triton.language as tl
+@triton.jit
+def _count_to(out, n):      # at module level: Triton 3.1's interpreter looks for `tl` in a kernel's globals
+    total = 0
+    for _ in range(n):
+        total += 1
+    tl.store(out, total)
 
-    @triton.jit
-    def count(out, n):
-        total = 0
-        for _ in range(n):
-            total += 1
-        tl.store(out, total)
+
+def interpreter_loops_over_runtime_bounds() -> bool:
+    """Older Triton interpreters (3.3 and 3.6 with numpy 2) cannot run `range(n)` over a kernel argument n; the
+    compiled kernels can (tests/test_kernels.py compiles them), so the check that needs it is skipped."""
     out = torch.zeros(1, dtype=torch.int32)
     try:
-        count[(1,)](out, 3)
+        _count_to[(1,)](out, 3)
     except Exception:
         return False
     return int(out) == 3
