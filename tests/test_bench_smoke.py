@@ -2,6 +2,7 @@
 speed and fidelity numbers come from the full runs recorded in docs/BENCHMARKS.md)."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -111,7 +112,7 @@ def test_policy_cost_counts_triton_launches_and_not_the_interpreters_own_operato
     by hooking Triton's launchers, which moved between Triton versions (3.3, torch 2.7's, has no `run` on
     its interpreted functions)."""
     result = subprocess.run([sys.executable, "-c", COUNT_TRITON_LAUNCHES], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300, env=dict(__import__("os").environ, TRITON_INTERPRET="1"))
+                            text=True, timeout=300, env=dict(os.environ, TRITON_INTERPRET="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[:2] == ["3", "0"], result.stdout
     assert "8.0" in result.stdout          # the kernel ran: 1 doubled three times
