@@ -19,7 +19,8 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 read -r -a torch_pins <<< "${TORCH:-torch==2.14.1 torchvision==0.29.1}"
 "${pip[@]}" "${torch_pins[@]}"
 grep -viE '^(torch|torchaudio|torchvision)([<>=~! ].*)?$' "$tree/requirements.txt" > "$venv/tree-requirements.txt"
-"${pip[@]}" -r "$venv/tree-requirements.txt" -r "$repo_root/requirements-dev.txt" "${torch_pins[@]}"
+# requests: ComfyUI imports it, and 0.3.75 (the vendored tree) does not list it
+"${pip[@]}" -r "$venv/tree-requirements.txt" requests -r "$repo_root/requirements-dev.txt" "${torch_pins[@]}"
 "${pip[@]}" --upgrade comfyui-frontend-package
 "$repo_root/scripts/torchaudio_stub.sh" "$venv/bin/python"
 echo "ready: COMFYUI_PATH=$tree PYTHON=$venv/bin/python make test"
