@@ -10,7 +10,8 @@ Checked, and why:
   image rolled by part of a patch: those passes would see other image content at the tokens the engine picked,
   and one forward of the engine would run the model several times.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
-  DiffSynth / Z-Image Fun / Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
+  DiffSynth ControlNet of "Load Model Patch" on a model other than Qwen-Image, whose adapter runs it token-sparse,
+  the Z-Image Fun and Wan Uni3C ControlNets of "Load Model Patch", InfiniteTalk's audio
   attention, newer ComfyUI's MiniMax H3 Fun ControlNet, a block replacement running a control tower over the
   whole sequence): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
@@ -44,8 +45,9 @@ _POSITIONAL_PATCHES = {       # patch class -> the node that puts it on the mode
 }
 
 
-def conflicting_node(patcher) -> Tuple[str, str]:
-    """(display name, why) of a node on `patcher` that we cannot run with, or ('', '')."""
+def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
+    """(display name, why) of a node on `patcher` that we cannot run with, or ('', ''). `handled`: patch classes
+    of the table below that the model's adapter runs token-sparse (FamilyAdapter.handled_patches)."""
     import comfy.patcher_extension as patcher_extension
     get_callbacks = getattr(patcher, "get_callbacks", None)
     if callable(get_callbacks) and get_callbacks(patcher_extension.CallbacksMP.ON_PREPARE_STATE,
@@ -66,7 +68,7 @@ def conflicting_node(patcher) -> Tuple[str, str]:
                for patch in by_block.values()]
     for patch in listed:
         for cls in type(patch).__mro__:
-            if cls.__name__ in _POSITIONAL_PATCHES:
+            if cls.__name__ in _POSITIONAL_PATCHES and cls.__name__ not in handled:
                 return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
     return "", ""
 
@@ -94,8 +96,8 @@ def explain_failed_sparse_forward(error: Exception, transformer_options: dict, n
                                          f"of the image: remove them or sample with KSampler")
 
 
-def check_neighbours(patcher, node: str) -> None:
-    other, why = conflicting_node(patcher)
+def check_neighbours(patcher, node: str, handled: Tuple[str, ...] = ()) -> None:
+    other, why = conflicting_node(patcher, handled)
     if other:
         raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which {why}; "
                                             f"remove '{other}' or use KSampler")

@@ -86,7 +86,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS).
     `kv_cache`: how the K/V cache stores its rows (kv_cache.STORES; None: the model's dtype)."""
     adapter = adapter_for(model, node)
-    check_neighbours(model, node)
+    check_neighbours(model, node, adapter.handled_patches)
     patch_size = adapter.patch_size(model.model.diffusion_model)
     temporal_patch = adapter.temporal_patch(model.model.diffusion_model)
     takes_frames = adapter.takes_frames(model.model.diffusion_model)
@@ -102,7 +102,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         check_latent_shape(latent_shape, patch_size, node, video=takes_frames, pixels=pixels_per_latent(model.model))
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
-        check_neighbours(sampled, node)
+        check_neighbours(sampled, node, adapter.handled_patches)
         run = SparseRun(TokenPolicy(), latent_shape, patch_size, write_rows=kv_write, graph_backend=graph_backend(),
                         kv_store=kv_cache, dequantize=dequantize_fp8, temporal_patch=temporal_patch)
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)

@@ -359,6 +359,8 @@ def reference_latents(values: dict) -> list:
 class FamilyAdapter:
     """Interface of a model-family adapter."""
     names: Tuple[str, ...] = ()
+    # patches of other nodes that neighbours.py refuses elsewhere and this family runs token-sparse (by class name)
+    handled_patches: Tuple[str, ...] = ()
 
     def takes_frames(self, diffusion_model) -> bool:
         """Whether this model samples latents of more than one frame (batch, channels, frames, height, width):

@@ -5,24 +5,28 @@ layers as frames, numbered (frames, rows, cols) as the pack numbers video tokens
 builds RoPE from [text ids | image ids] with `pe_embedder`, embeds image tokens with the per-token
 `img_in`, runs double-stream blocks with joint attention over [text | image], and projects back with
 the per-token `proj_out`. The adapter hooks those three per-token modules (never the forward code):
-- a DIFFUSION_MODEL wrapper notes the text length and gathers ControlNet residuals;
+- a DIFFUSION_MODEL wrapper notes the text length, gathers ControlNet residuals and, on sparse forwards, hands
+  the DiffSynth ControlNet's block patch the running tokens' rows of its control image (diffsynth_controlnet.py);
 - `pe_embedder` gets the image part of its ids gathered, `img_in` the image tokens;
 - `proj_out`'s output is scattered back to the full grid.
 Reference tokens follow the grid and always run; where newer ComfyUI marks them by position
 (`timestep_zero_index`, Qwen-Image-Edit-2511), each block gets that position in the gathered sequence.
 """
 import functools
+import inspect
 
 import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque, patchifies_frames
 from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
+from .diffsynth_controlnet import PATCH_CLASS as DIFFSYNTH_PATCH, token_sparse_options
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
 
 class QwenImageFamily(FamilyAdapter):
     names = ("Qwen-Image",)
+    handled_patches = (DIFFSYNTH_PATCH,)
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.qwen_image.model
@@ -41,17 +45,24 @@ class QwenImageFamily(FamilyAdapter):
         return [(text_tokens + image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
 
     def install(self, patcher, slot) -> None:
+        signature = inspect.signature(patcher.model.diffusion_model._forward)
+
         @compiler_opaque
-        def note(context, kwargs):
+        def note(args, kwargs):
             call = slot.current_call()
-            if call is not None:
-                call.text_len = context.shape[1]
-                kwargs["control"] = gather_control(call, kwargs.get("control"))
+            if call is None:
+                return args, kwargs
+            kwargs["control"] = gather_control(call, kwargs.get("control"))      # ComfyUI passes it by name
+            bound = signature.bind(*args, **kwargs)      # by the model's own signature: unknown arguments pass through
+            call.text_len = bound.arguments["context"].shape[1]
+            if bound.arguments.get("transformer_options") is not None:
+                bound.arguments["transformer_options"] = token_sparse_options(call, bound.arguments["transformer_options"])
+            return bound.args, bound.kwargs
 
         @functools.partial(compiler_opaque, callees_compiled=True)
-        def note_text_and_control(executor, x, timestep, context, *args, **kwargs):
-            note(context, kwargs)
-            return executor(x, timestep, context, *args, **kwargs)
+        def note_text_and_control(executor, *args, **kwargs):
+            args, kwargs = note(args, kwargs)
+            return executor(*args, **kwargs)
 
         patcher.remove_wrappers_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)   # last patch wins
         patcher.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, note_text_and_control)
