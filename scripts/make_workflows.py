@@ -296,6 +296,26 @@ def qwen_image_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def qwen_image_controlnet_ras(info: dict) -> dict:
+    """Qwen-Image with a DiffSynth ControlNet of "Load Model Patch" (canny edges of an image), applied to the model by
+    "Apply Qwen Image DiffSynth ControlNet" + RAS Sampler (the ControlNet's per-token blocks run on the tokens that
+    run)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                        "qwen_image", "qwen_image_vae.safetensors", shift=3.1)
+    positive, negative = text_pair(wf, clip, "a cozy reading corner with an armchair and a tall bookshelf, film photo")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
+    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
+    patch = wf.add("ModelPatchLoader", {"name": "qwen_image_canny_diffsynth_controlnet.safetensors"}, pos=(0, 900))
+    controlled = wf.add("QwenImageDiffsynthControlnet", {"strength": 1.0},
+                        {"model": model, "model_patch": (patch, 0), "vae": vae, "image": (edges, 0)}, pos=(700, 0))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1328, "height": 1328, "batch_size": 1}, pos=(700, 350))
+    sockets = {"model": (controlled, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.5}, sockets, vae, "qwen_image_controlnet_ras", True)
+    return wf.to_json()
+
+
 def flux2_ras(info: dict) -> dict:
     """Flux 2 dev: diffusion model, Mistral text encoder (flux2 type), its VAE + FluxGuidance + RAS Sampler."""
     wf = Workflow(info)
@@ -1045,7 +1065,8 @@ def sensenova_ras(info: dict) -> dict:
 
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
-            "qwen_image_sdit.json": qwen_image_sdit, "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
+            "qwen_image_sdit.json": qwen_image_sdit, "qwen_image_controlnet_ras.json": qwen_image_controlnet_ras,
+            "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,
             "wan21_vace_sdit.json": wan21_vace_sdit, "wan22_animate_ras.json": wan22_animate_ras,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import comfy.model_patcher
+import comfy.supported_models
 import comfy.ops
 import nodes as comfy_nodes
 
@@ -153,3 +154,20 @@ def test_on_another_family_it_is_still_refused():
     model.set_model_double_block_patch(patch)
     with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Apply Qwen Image DiffSynth ControlNet'"):
         ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)
+
+
+def test_on_layered_latents_the_first_sparse_step_names_the_node():
+    """Qwen-Image-Layered's layers are frames of one token grid; the control image covers one layer, whose tokens the
+    patch finds by position (the sequence's first ones): a token-sparse sequence has no such prefix."""
+    from comfyui_sdit.nodes.comfy_compat import patchifies_frames
+    from sdit_testkit import TINY_QWEN_IMAGE, build_tiny
+    try:
+        model = build_tiny(comfy.supported_models.QwenImage, dict(TINY_QWEN_IMAGE, use_additional_t_cond=True), seed=12)
+    except TypeError:                               # a ComfyUI without Qwen-Image-Layered
+        pytest.skip("this ComfyUI's Qwen-Image has no layers")
+    if not patchifies_frames(model.model.diffusion_model):
+        pytest.skip("this ComfyUI's Qwen-Image takes one frame")
+    layers = {"samples": torch.zeros(1, 16, 3, HEIGHT, WIDTH)}
+    a = dict(ras_args(cfg=1.0, sample_ratio=0.4), **prompts())
+    with pytest.raises(NotImplementedError, match="DiffSynth ControlNet.*Apply Qwen Image DiffSynth ControlNet"):
+        ras_sample(with_control(model), latent_image=layers, **a)
