@@ -404,6 +404,32 @@ def test_wan_in_context_latents_run_on_every_step():
     assert run.evals[1].calls[0].attention_image_rows == [20 + (HEIGHT // 2) * 4] * 2
 
 
+def test_bernini_in_context_editing_through_its_node():
+    """Bernini (ComfyUI's BerniniConditioning for Wan 2.2, 0.33): a source video to edit and a reference image of
+    another aspect, each VAE-encoded into `context_latents` by the node; their tokens run on every step: every token
+    active equals the model's own sampling, a third of the video's tokens are exact, and the planned K/V cache is
+    what the stream holds."""
+    bernini = importlib.import_module("comfy_extras.nodes_bernini") if importlib.util.find_spec(
+        "comfy_extras.nodes_bernini") else None
+    if bernini is None:
+        pytest.skip("this ComfyUI has no Bernini node")
+    from sdit_testkit import StandInWanVAE
+    from test_memory_plan import sample_patched
+    model, prompts = tiny_wan(seed=16), conds()
+    source = torch.rand((FRAMES - 1) * 4 + 1, HEIGHT * 8, WIDTH * 8, 3, generator=torch.Generator().manual_seed(3))
+    reference = torch.rand(1, 48, 32, 3, generator=torch.Generator().manual_seed(4))    # portrait, the video landscape
+    positive, negative, latent = bernini.BerniniConditioning.execute(
+        prompts["positive"], prompts["negative"], StandInWanVAE(), WIDTH * 8, HEIGHT * 8, (FRAMES - 1) * 4 + 1, 2,
+        source_video=source, reference_images={"reference_image_0": reference})
+    context = positive[0][1]["context_latents"]
+    assert [tuple(c.shape[2:]) for c in context] == [(FRAMES, HEIGHT, WIDTH), (1, 6, 4)]
+    extra = sum(c.shape[2] * (c.shape[3] // 2) * (c.shape[4] // 2) for c in context)
+    a_reference_runs_on_every_step(model, latent["samples"], 3.0, prompts, dict(positive=positive, negative=negative),
+                                   TOKENS, extra, assert_within(TOL))
+    run = sample_patched(model, latent["samples"], 3.0, dict(positive=positive, negative=negative))
+    assert run.kv_planned_bytes == run.kv_peak_bytes > sample_patched(model, latent["samples"], 3.0, prompts).kv_peak_bytes
+
+
 def tiny_wan_fun(seed):
     """Wan Fun with a reference image (`ref_conv`): its tokens come before the video's."""
     import comfy.supported_models
