@@ -120,7 +120,9 @@ def a_given_first_frame_is_kept(model, latent: dict, prompts: dict, tokens: int,
     reference = ksampler(model)
     policy = FixedPlanPolicy([None] + [torch.arange(tokens).expand(latent["samples"].shape[0], -1)] * 5)
     everything = ksampler(apply_token_sparse(model, lambda run: policy, node="test")[0])
-    assert (everything - reference).abs().max().item() <= tol
+    # fp32 rounding grows with the samples' size (a tiny Cosmos reaches 10, where the CPU's own matmul kernels
+    # differ by 1.2e-5 between machines): `tol` per unit of the largest value above 1
+    assert (everything - reference).abs().max().item() <= tol * max(1.0, reference.abs().max().item())
     out, trace = ras_sample(model, latent_image=latent, **a)
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and torch.isfinite(out["samples"]).all()
