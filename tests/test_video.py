@@ -258,6 +258,15 @@ def a_reference_runs_on_every_step(model, latent, cfg: float, prompts: dict, ref
     exact_on_a_third_of_the_tokens(model, latent, cfg, referenced, tokens, extra=extra)
 
 
+def a_patch_runs_with_every_token_active(model, patched, latent, cfg: float, prompts: dict, tokens: int,
+                                         assert_same) -> None:
+    """Another node's patch on the model (`patched`), which changes the result (the precondition): every token active
+    equals the patched model's own sampling."""
+    plain = ksample(model, latent, seed=5, steps=4, cfg=cfg, **prompts)
+    assert (ksample(patched, latent, seed=5, steps=4, cfg=cfg, **prompts) - plain).abs().max().item() > 1e-3
+    every_token_active(patched, latent, cfg, prompts, tokens, assert_same)
+
+
 def padding_is_masked(model, latent, prompts: dict) -> None:
     """The precondition of exactness tests with a padded negative prompt: its mask changes the result at cfg 3."""
     masked = ksample(model, latent, seed=5, steps=3, cfg=3.0, **prompts)

@@ -329,6 +329,23 @@ def runs_class_methods(diffusion_model, module: str, class_name: str, methods: T
                     for name in methods if hasattr(cls, name)))
 
 
+def is_patch_of(patch, class_name: str) -> bool:
+    """`patch` is ComfyUI's patch class `class_name` or a custom pack's subclass of it."""
+    return any(cls.__name__ == class_name for cls in type(patch).__mro__)
+
+
+def with_block_patches_for_sparse_forward(call, options: dict, class_name: str, sparse_copy: Callable) -> dict:
+    """The transformer_options of this forward: on a sparse one, each block patch of `class_name` (another node's,
+    which needs every image token) replaced by `sparse_copy(call, patch)`, a stand-in for this forward that runs it on
+    the tokens that run; the same dict otherwise (the patches on the model are never changed)."""
+    patches = options.get("patches") or {}
+    blocks = patches.get("double_block") or []
+    if call.dense or not any(is_patch_of(p, class_name) for p in blocks):
+        return options
+    replaced = [sparse_copy(call, p) if is_patch_of(p, class_name) else p for p in blocks]
+    return dict(options, patches=dict(patches, double_block=replaced))
+
+
 def gather_control(call, control: dict) -> dict:
     """ControlNet residuals are added to the image tokens block by block: gather them alike. A ControlNet with fewer
     blocks than the model hands the same residual to several (Flux's XLabs and InstantX ones repeat a few tensors over

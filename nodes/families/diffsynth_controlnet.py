@@ -11,23 +11,14 @@ the model is never changed: other threads and later runs see it as it was).
 """
 import copy
 
+from .base import with_block_patches_for_sparse_forward
+
 PATCH_CLASS = "DiffSynthCnetPatch"
 
 
-def is_diffsynth_patch(patch) -> bool:
-    """ComfyUI's patch class or a custom pack's subclass of it."""
-    return any(cls.__name__ == PATCH_CLASS for cls in type(patch).__mro__)
-
-
 def token_sparse_options(call, options: dict) -> dict:
-    """The transformer_options of this forward: on a sparse one, each DiffSynth ControlNet patch among the block
-    patches replaced by a copy holding the running tokens' rows of its control embedding (the same dict otherwise)."""
-    patches = options.get("patches") or {}
-    blocks = patches.get("double_block") or []
-    if call.dense or not any(is_diffsynth_patch(p) for p in blocks):
-        return options
-    gathered = [_with_running_rows(call, p) if is_diffsynth_patch(p) else p for p in blocks]
-    return dict(options, patches=dict(patches, double_block=gathered))
+    """This forward's transformer_options (base.with_block_patches_for_sparse_forward)."""
+    return with_block_patches_for_sparse_forward(call, options, PATCH_CLASS, _with_running_rows)
 
 
 def _with_running_rows(call, patch):
@@ -38,12 +29,9 @@ def _with_running_rows(call, patch):
             f"the Qwen Image DiffSynth ControlNet's control embedding ({rows}) does not cover the image's "
             f"{call.grid_tokens} tokens one row each, so it cannot follow the tokens region-adaptive sampling runs "
             "(a latent of several frames?): remove 'Apply Qwen Image DiffSynth ControlNet' or sample with KSampler")
-    key = ("diffsynth control", id(patch), embedding.data_ptr(), tuple(embedding.shape))
-    if key not in call.scratch:
-        batch = call.grid_index.shape[0]
-        if embedding.shape[0] == 1 and batch > 1:          # one control image for every image of the batch
-            embedding = embedding.expand(batch, *embedding.shape[1:])
-        running = copy.copy(patch)
-        running.encoded_image = call.gather_grid(embedding)
-        call.scratch[key] = running
-    return call.scratch[key]
+    batch = call.grid_index.shape[0]
+    if embedding.shape[0] == 1 and batch > 1:          # one control image for every image of the batch
+        embedding = embedding.expand(batch, *embedding.shape[1:])
+    running = copy.copy(patch)
+    running.encoded_image = call.gather_grid(embedding)
+    return running

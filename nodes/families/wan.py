@@ -16,7 +16,8 @@ tokens the model puts before the video's: the first block moves them after the o
 frequencies and modulation), where the engine keeps tokens that always run, and the head's output moves
 them back. Self-attention and every per-token layer give each token the same result in any order.
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
-same hooks. VACE, Animate, HuMo and S2V have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py,
+same hooks. On sparse forwards `forward_orig` hands the Uni3C ControlNet's block patch (newer ComfyUI) a stand-in that
+adds what it computes to the tokens that run (uni3c_controlnet.py). VACE, Animate, HuMo and S2V have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py,
 wan_s2v.py); other variants with a forward of their own are other models: not covered.
 """
 import importlib
@@ -24,10 +25,12 @@ import importlib
 import torch
 
 from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
+from .uni3c_controlnet import PATCH_CLASS as UNI3C_PATCH, token_sparse_options
 
 
 class WanFamily(FamilyAdapter):
     names = ("Wan 2.1", "Wan 2.2")
+    handled_patches = (UNI3C_PATCH,)       # the variants' adapters (subclasses) leave it refused: untested there
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.wan.model as wan
@@ -60,6 +63,8 @@ class WanFamily(FamilyAdapter):
         return references
 
     def install(self, patcher, slot) -> None:
+        if UNI3C_PATCH in self.handled_patches:      # (variants that patch forward_orig themselves leave it out)
+            patch_method(patcher, slot, "diffusion_model.forward_orig", before=_block_patches_for_sparse_forward)
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=gather_block_inputs, graph=True)
@@ -67,6 +72,12 @@ class WanFamily(FamilyAdapter):
         patch_head(patcher, slot, "diffusion_model.head")
         if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
             patch_module_forward(patcher, slot, "diffusion_model.ref_conv", after=_count_leading_reference)
+
+
+def _block_patches_for_sparse_forward(call, arguments) -> None:
+    """The Uni3C ControlNet's block patch, on a sparse forward, adds to the tokens that run (uni3c_controlnet.py)."""
+    if arguments.get("transformer_options") is not None:
+        arguments["transformer_options"] = token_sparse_options(call, arguments["transformer_options"])
 
 
 def patch_head(patcher, slot, path: str) -> None:
