@@ -62,6 +62,9 @@ class Spec(NamedTuple):
     # Wan Animate 2's pose branch, a frame fewer than the video's (whose first latent frame is the reference image's):
     # "run" every step in full, or "cached" between steps by WanAnimate2Cache (its blocks' K/V projections only)
     pose: str = ""
+    # a ControlNet with a transformer of its own over every video token, run whole on every step whatever the ratio (Wan's
+    # Uni3C): (its blocks, their width, their MLP ratio, the width its per-block output projection writes)
+    whole_branch: tuple = ()
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -178,6 +181,10 @@ MODELS = {
     # FLOP ideals only (the benchmark has no pose video to sample with yet): run() skips them
     "wan-animate2-14b": WAN_ANIMATE2_14B,
     "wan-animate2-14b-cached": WAN_ANIMATE2_14B._replace(pose="cached"),
+    # Wan 2.1 14B with the Uni3C camera ControlNet (ComfyUI's WanUni3CControlnet defaults: 20 blocks 1024 wide, an 8x
+    # MLP, each block's output projected to Wan's 5120): no render video to sample with: run() skips it
+    "wan21-14b-uni3c": Spec("WAN21_T2V", WAN21_14B, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True,
+                            whole_branch=(20, 1024, 8.0, 5120)),
     "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
     "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
 }
@@ -256,7 +263,17 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
                           + (pose * 2 + text * 2) * d * d * 2 + pose * text * 4 * d)
         else:
             per_layer += pose * 2 * d * d * 2
-    return spec.attention_layers * per_layer
+    return spec.attention_layers * per_layer + whole_branch_flops(spec, tokens)
+
+
+def whole_branch_flops(spec: Spec, tokens: int) -> float:
+    """A ControlNet transformer over all `tokens` video tokens (`whole_branch`), whatever runs in the model: per block
+    projections and MLP, self-attention over every token pair, and the output projection to the model's width (its
+    patch embedding and modulation left out, as the model's are)."""
+    if not spec.whole_branch:
+        return 0.0
+    blocks, w, r, out = spec.whole_branch
+    return blocks * (tokens * (4 + 2 * r) * w * w * 2 + tokens * tokens * 4 * w + tokens * w * out * 2)
 
 
 def flop_ideal(spec: Spec, tokens_per_evaluation: list, tokens: int, text: int, audio: int = 0,
@@ -446,8 +463,8 @@ def run(args) -> dict:
         if not hasattr(comfy.supported_models, MODELS[name].cls):
             print(f"{name}: this ComfyUI has no {MODELS[name].cls} model, skipped", flush=True)
             continue
-        if MODELS[name].pose:
-            print(f"{name}: FLOP ideals only (no pose video to sample with yet), skipped", flush=True)
+        if MODELS[name].pose or MODELS[name].whole_branch:
+            print(f"{name}: FLOP ideals only (no pose or render video to sample with yet), skipped", flush=True)
             continue
         model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
@@ -567,7 +584,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("hunyuan-video-1.5", 720, 121), ("ltxv-2b", 512, 97), ("ltxv-13b", 512, 97),
                               ("ltxv-13b", 704, 121), ("ltx2-19b", 512, 121), ("ltx2-19b", 704, 121),
                               ("wan-animate2-14b", 480, 81), ("wan-animate2-14b-cached", 480, 81),
-                              ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81)]:
+                              ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81),
+                              ("wan21-14b-uni3c", 480, 81), ("wan21-14b-uni3c", 720, 81)]:
         spec = MODELS[name]
         shape = latent_shape(spec, res, frames)
         tokens, audio = image_tokens(shape, spec.patch), audio_tokens(spec, frames)

@@ -88,6 +88,17 @@ def test_a_pose_branch_by_hand(speed):
     assert speed.flop_ideal(run, [N // 8], N, T, frames=F) < 2 < speed.flop_ideal(cached, [N // 8], N, T, frames=F)
 
 
+def test_a_controlnet_run_whole_by_hand(speed):
+    """Wan with the Uni3C ControlNet: Wan's terms plus, whatever runs, the ControlNet's 20 blocks (1024 wide, an 8x MLP)
+    over every token with their output projections to Wan's width; it keeps the ideal under Wan's alone."""
+    uni3c, wan = speed.MODELS["wan21-14b-uni3c"], speed.MODELS["wan21-14b"]
+    N, T, n, w = 32760, 512, 4000, 1024
+    branch = 20 * (N * (4 + 2 * 8) * w * w * 2 + N * N * 4 * w + N * w * 5120 * 2)
+    assert speed.forward_flops(uni3c, n, N, T) == pytest.approx(speed.forward_flops(wan, n, N, T) + branch, rel=1e-12)
+    assert 0.07 < branch / speed.forward_flops(wan, N, N, T) < 0.08     # the README's "7% at 480p x 81 frames"
+    assert speed.flop_ideal(uni3c, [N // 8], N, T) < speed.flop_ideal(wan, [N // 8], N, T)
+
+
 def test_the_ideal_counts_each_window_forward(speed):
     """In context windows every evaluation is one forward per window, over the window's tokens: the ideal
     sums those forwards (`calls_ideal`). With one forward per evaluation over the whole latent it is
