@@ -2,7 +2,7 @@
 transformer of its own over the latent's tokens and the camera's render video, whose blocks' outputs are added to the
 video's tokens after the model's first blocks), on a tiny random-weight Wan 2.1 and a tiny instance of ComfyUI's own
 WanUni3CControlnet (CPU, fp32): every token active == the ControlNet alone; a sparse step after a dense one exact on
-the tokens that ran (batch 2 with CFG, other tokens per video); a ControlNet that ends halfway; both sampler nodes and
+the tokens that ran (batch 2 with CFG, other tokens per video), image-to-video too; a ControlNet that ends halfway; both sampler nodes and
 both Model Patch nodes end to end. Skipped where the running ComfyUI has no Uni3C ControlNet (0.3.75)."""
 import importlib
 
@@ -68,6 +68,16 @@ def test_dense_then_sparse_matches_dense_on_active_tokens(batch, cfg):
     """A third of the tokens, in random order and other ones per video."""
     active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
     by_stream = dense_then_sparse(with_uni3c(tiny_wan(seed=4)), video_latent(batch), active, cfg, conds())
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+
+
+def test_image_to_video():
+    """Wan 2.1 I2V (the start image's latent and mask concatenated to the model's input: the ControlNet reads the noise
+    latent and the mask, its first 20 channels): a third of the tokens exact."""
+    from sdit_testkit import tiny_wan_i2v
+    from test_video import i2v_conds
+    active = random_active(2, TOKENS, TOKENS // 3, seed=2)
+    by_stream = dense_then_sparse(with_uni3c(tiny_wan_i2v(seed=9)), video_latent(2), active, 3.0, i2v_conds())
     assert_exact_on_active_tokens(by_stream, TOKENS)
 
 
