@@ -64,6 +64,11 @@ install_newest_frontend() {  # the browser test runs on ComfyUI's bundled fronte
 link_pack_into() {  # $1 = ComfyUI root
   mkdir -p "$1/custom_nodes"
   local target="$1/custom_nodes/comfyui-sdit"
+  if [ -L "$target" ] && [ "$(readlink -f "$target")" != "$(readlink -f "$repo_root")" ]; then
+    ln -sfn "$repo_root" "$target"      # another checkout's link: the server tests must load this one
+  elif [ -e "$target" ] && [ ! -L "$target" ]; then
+    echo "note: $target is a copy of the pack, not this checkout: the server tests load that copy" >&2
+  fi
   [ -e "$target" ] || ln -s "$repo_root" "$target"
 }
 

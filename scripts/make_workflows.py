@@ -953,6 +953,30 @@ def wandancer_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def wan21_uni3c_i2v_ras(info: dict) -> dict:
+    """Wan 2.1 I2V 14B with the Uni3C camera ControlNet (newer ComfyUI: "Load Model Patch" + "Apply Wan Uni3C
+    ControlNet"): a start image moved along the camera path of a render video (e.g. warped point-cloud renders of the
+    image) + RAS Sampler (the ControlNet's own network runs whole on every step; the video's tokens that run get its
+    rows)."""
+    wf = Workflow(info)
+    model, clip, vae = wan_loaders(wf, "wan2.1_i2v_480p_14B_fp8_scaled.safetensors", shift=5.0)
+    positive, negative = text_pair(wf, clip, "a slow dolly shot through a sunlit greenhouse full of plants",
+                                   "blurry, static, low quality")
+    image, seen = seen_image(wf, 550, "Start image")
+    loaded = wf.add("LoadVideo", {"file": "camera_render.mp4"}, pos=(0, 1150), title="Camera render video")
+    render = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1150))
+    patch = wf.add("ModelPatchLoader", {"name": "wan21_uni3c_controlnet.safetensors"}, pos=(0, 1400))
+    controlled = wf.add("WanUni3CControlnetApply", {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+                        {"model": model, "model_patch": (patch, 0), "vae": vae, "render_video": (render, 0)},
+                        pos=(700, 0))
+    guided = wf.add("WanImageToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1},
+                    {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
+                     "start_image": (image, 0)}, pos=(700, 350))
+    sampler = guided_sampler(wf, "RASSampler", 20, 5.0, "euler", (controlled, 0), guided)
+    video_tail(wf, (sampler, 0), vae, "wan21_uni3c_i2v_ras", 16.0)
+    return wf.to_json()
+
+
 def wan_animate2_ras(info: dict) -> dict:
     """Wan Animate 2 14B (newer ComfyUI): a reference image's character moved by a pose video (WanAnimate2ToVideo;
     the pose branch runs whole beside the video's running tokens, and WanAnimate2Cache keeps it between steps). The
@@ -1089,11 +1113,11 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
 NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.json": wandancer_sdit,
                   "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
                   "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras,
-                  "sensenova_ras.json": sensenova_ras}
+                  "sensenova_ras.json": sensenova_ras, "wan21_uni3c_i2v_ras.json": wan21_uni3c_i2v_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
                "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",
-               "EmptyHiDreamO1LatentImage")
+               "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply")
 NEWER_GENERATED_WITH = "0.33.0"
 
 

@@ -176,7 +176,7 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["f
                     "Wan HuMo": ["wan21_humo_sdit.json"], "Wan 2.2 S2V": ["wan22_s2v_ras.json"],
                     "Wan SCAIL": ["wan21_scail2_ras.json"], "WanDancer": ["wandancer_sdit.json"],
                     "Wan": ["wan22_t2v_two_experts_ras.json", "wan22_ti2v_5b_sdit.json",
-                            "wan21_context_windows_ras.json"],
+                            "wan21_context_windows_ras.json", "wan21_uni3c_i2v_ras.json"],
                     # before "HunyuanVideo": a README family is matched by the first key it starts with
                     "HunyuanVideo 1.5": ["hunyuan_video15_i2v_sdit.json", "hunyuan_image21_ras.json"],
                     "HunyuanVideo": ["hunyuan_video_ras.json"], "Cosmos 1.0": ["cosmos1_t2w_ras.json"],
