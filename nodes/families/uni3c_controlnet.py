@@ -3,8 +3,8 @@ comfy_extras/nodes_model_patch.py, `WanUni3CCnetPatch`; newer ComfyUI) on token-
 
 The ControlNet is a transformer of its own over the latent's tokens (the sampler's input beside the camera's render
 video), blind to the model's hidden states: after each of the model's first blocks the patch runs one of its blocks
-and adds that block's output to every video token. It keeps running whole on every step (ComfyUI's own code, a few
-percent of a Wan 14B forward), so what it adds is exact; a sparse forward hands the patch a zero stand-in for the
+and adds that block's output to every video token. It keeps running whole on every step (ComfyUI's own code; by FLOP
+count 7-8% of a dense Wan 14B forward, docs/BENCHMARKS.md), so what it adds is exact; a sparse forward hands the patch a zero stand-in for the
 video's tokens, takes what the patch added to it, and adds the running tokens' rows of that to the tokens that run
 (the engine's order puts them first). The patch carries the ControlNet's state from block to block: each sparse
 forward runs a copy of it, so the patch on the model is never changed.

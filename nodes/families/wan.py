@@ -16,9 +16,10 @@ tokens the model puts before the video's: the first block moves them after the o
 frequencies and modulation), where the engine keeps tokens that always run, and the head's output moves
 them back. Self-attention and every per-token layer give each token the same result in any order.
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
-same hooks. On sparse forwards `forward_orig` hands the Uni3C ControlNet's block patch (newer ComfyUI) a stand-in that
-adds what it computes to the tokens that run (uni3c_controlnet.py). VACE, Animate, HuMo and S2V have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py,
-wan_s2v.py); other variants with a forward of their own are other models: not covered.
+same hooks. On sparse forwards `forward_orig` hands the Uni3C ControlNet's block patch (newer ComfyUI) a
+stand-in that adds what it computes to the tokens that run (uni3c_controlnet.py). VACE, Animate, HuMo and S2V
+have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py, wan_s2v.py); other variants with a forward
+of their own are other models: not covered.
 """
 import importlib
 
