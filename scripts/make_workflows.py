@@ -496,8 +496,7 @@ def wan21_vace_sdit(info: dict) -> dict:
     model, clip, vae = wan_loaders(wf, "wan2.1_vace_14B_fp16.safetensors")
     positive, negative = text_pair(wf, clip, "a dancer in a red dress spinning on a rooftop at golden hour",
                                    "blurry, static, low quality")
-    video = wf.add("LoadVideo", {"file": "control_video.mp4"}, pos=(0, 700), title="Control video (pose, depth, edges)")
-    frames = wf.add("GetVideoComponents", {}, {"video": (video, 0)}, pos=(350, 700))
+    frames = video_frames(wf, "control_video.mp4", "Control video (pose, depth, edges)", 700)
     image = wf.add("LoadImage", {"image": "example.png"}, pos=(350, 900), title="Reference image")
     guided = wf.add("WanVaceToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0},
                     {"positive": positive, "negative": negative, "vae": vae, "control_video": (frames, 0),
@@ -508,6 +507,12 @@ def wan21_vace_sdit(info: dict) -> dict:
     wf.add("RegionVisualizer", {}, {"region_trace": (sampler, 1)}, pos=(1400, 450))
     video_tail(wf, (trimmed, 0), vae, "wan21_vace_sdit", 16.0, x=1750)
     return wf.to_json()
+
+
+def video_frames(wf: "Workflow", file: str, title: str, y: int):
+    """A video file's frames (LoadVideo, at `y`, then GetVideoComponents): the components node."""
+    loaded = wf.add("LoadVideo", {"file": file}, pos=(0, y), title=title)
+    return wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, y))
 
 
 def seen_image(wf: "Workflow", y: int, title: str) -> tuple:
@@ -530,8 +535,7 @@ def wan22_animate_ras(info: dict) -> dict:
     image, seen = seen_image(wf, 550, "Reference image (the character)")
     videos = {}
     for row, kind in ((1050, "pose"), (1250, "face")):
-        loaded = wf.add("LoadVideo", {"file": f"{kind}_video.mp4"}, pos=(0, row), title=f"{kind.title()} video")
-        videos[kind] = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, row))
+        videos[kind] = video_frames(wf, f"{kind}_video.mp4", f"{kind.title()} video", row)
     guided = wf.add("WanAnimateToVideo", {"width": 832, "height": 480, "length": 77, "batch_size": 1,
                                           "continue_motion_max_frames": 5, "video_frame_offset": 0},
                     {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
@@ -918,8 +922,7 @@ def wan21_scail2_ras(info: dict) -> dict:
     positive, negative = text_pair(wf, clip, "the character dances in a bright studio, smooth natural motion",
                                    "blurry, static, low quality, distorted body")
     image, seen = seen_image(wf, 550, "Reference image (the character)")
-    loaded = wf.add("LoadVideo", {"file": "pose_video.mp4"}, pos=(0, 1050), title="Pose video")
-    pose = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1050))
+    pose = video_frames(wf, "pose_video.mp4", "Pose video", 1050)
     guided = wf.add("WanSCAILToVideo", {"width": 512, "height": 896, "length": 81, "batch_size": 1},
                     {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
                      "reference_image": (image, 0), "pose_video": (pose, 0)}, pos=(700, 300))
@@ -963,8 +966,7 @@ def wan21_uni3c_i2v_ras(info: dict) -> dict:
     positive, negative = text_pair(wf, clip, "a slow dolly shot through a sunlit greenhouse full of plants",
                                    "blurry, static, low quality")
     image, seen = seen_image(wf, 550, "Start image")
-    loaded = wf.add("LoadVideo", {"file": "camera_render.mp4"}, pos=(0, 1150), title="Camera render video")
-    render = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1150))
+    render = video_frames(wf, "camera_render.mp4", "Camera render video", 1150)
     patch = wf.add("ModelPatchLoader", {"name": "wan21_uni3c_controlnet.safetensors"}, pos=(0, 1400))
     controlled = wf.add("WanUni3CControlnetApply", {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
                         {"model": model, "model_patch": (patch, 0), "vae": vae, "render_video": (render, 0)},
@@ -987,8 +989,7 @@ def wan_animate2_ras(info: dict) -> dict:
     positive, negative = text_pair(wf, clip, "the character dances in a bright studio, smooth natural motion",
                                    "blurry, static, low quality, distorted body")
     image, seen = seen_image(wf, 550, "Reference image (the character)")
-    loaded = wf.add("LoadVideo", {"file": "pose_video.mp4"}, pos=(0, 1050), title="Pose video")
-    pose = wf.add("GetVideoComponents", {}, {"video": (loaded, 0)}, pos=(350, 1050))
+    pose = video_frames(wf, "pose_video.mp4", "Pose video", 1050)
     guided = wf.add("WanAnimate2ToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1,
                                            "video_frame_offset": 0},
                     {"positive": positive, "negative": negative, "vae": vae, "clip_vision_output": (seen, 0),
