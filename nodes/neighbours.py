@@ -6,6 +6,8 @@ Checked, and why:
   again at every step and computes attention itself, so our K/V cache would not see those calls.
 - ComfyUI's "Flux KV Cache" strips reference tokens from the image sequence after the first step and
   appends their cached keys/values inside attention: keys no longer match the tokens that ran.
+- Newer ComfyUI's "Prism Sparse Attention Settings" with attention other than dense: Prism's video blocks then
+  compute attention with a block-sparse kernel of their own over the whole video, past the engine.
 - ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
   image rolled by part of a patch: those passes would see other image content at the tokens the engine picked,
   and one forward of the engine would run the model several times.
@@ -32,6 +34,7 @@ from .errors import SDiTInputError
 _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE callback key
 _FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                 # its attn1_patch class
 _SEAM_SMOOTHING_WRAPPER = "hidream_o1_patch_seam_smoothing"   # its DIFFUSION_MODEL wrapper key
+_PRISM_ATTENTION = "prism_attention"                   # Prism Sparse Attention Settings' transformer option
 _CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
 _BY_POSITION = ("adds its own inputs to the image tokens by their position in the whole image, while "
                 "region-adaptive sampling runs only some of those tokens")
@@ -59,6 +62,10 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
                                                    "where other image content sits at the tokens region-adaptive "
                                                    "sampling picked")
     options = patcher.model_options.get("transformer_options", {})
+    if options.get(_PRISM_ATTENTION, "dense") != "dense":
+        return "Prism Sparse Attention Settings", ("with attention other than dense computes the video's attention "
+                                                   "with Prism's own block-sparse kernel, past region-adaptive "
+                                                   "sampling's K/V cache (set its attention to dense)")
     patches = options.get("patches", {})
     if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
         return "Flux KV Cache", _CHANGES_ATTENTION

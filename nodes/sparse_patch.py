@@ -156,9 +156,11 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)
-        call = run.open_forward(latent_shape, float(t.flatten()[0]), transformer_options.get("sample_sigmas"),
+        sigma = float(t.flatten()[0])
+        call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"),
                                 (_stream_key(transformer_options), _conditions_key(kwargs), str(x.device)),
-                                frames=context_window_frames(transformer_options, run.context_handler))
+                                frames=context_window_frames(transformer_options, run.context_handler),
+                                network=adapter.network(model.model.diffusion_model, sigma))
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

@@ -80,6 +80,7 @@ class Stream:
         self.primed = False             # a dense forward completed: caches hold every token
         self.window: Optional[Tuple[int, ...]] = None   # the context window's frames (frame_windows.py)
         self.last_eval = -1             # the evaluation that last ran it
+        self.network: Hashable = None   # which of the model's networks it runs (SparseRun.open_forward)
         self.carried: dict = {}         # what an adapter keeps between this stream's forwards, by its own key
 
 
@@ -406,13 +407,16 @@ class SparseRun:
 
     def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
                      sample_sigmas: Optional[torch.Tensor], stream_key: Hashable,
-                     frames: Optional[Sequence[int]] = None) -> ForwardCall:
+                     frames: Optional[Sequence[int]] = None, network: Hashable = None) -> ForwardCall:
         """`frames`: the video frames the call's latent holds, in its order, when it is a context window
-        of the run's video (frame_windows.py); None: the call covers the run's latent."""
+        of the run's video (frame_windows.py); None: the call covers the run's latent. `network`: which of the
+        model's networks runs the call, where the model switches them by sigma (Prism's two video towers): each
+        has streams of its own, and the first forward of one drops the other's (their caches are not read
+        again, and two networks' caches at once would double the memory)."""
         rows = int(latent_shape[0])
         grid = self.grid_of(latent_shape)
         window = self._window(grid, frames)
-        key = (stream_key, rows, grid) if window is None else (stream_key, rows, grid, window)
+        key = (stream_key, network, rows, grid) if window is None else (stream_key, network, rows, grid, window)
         with self._lock:
             # A new evaluation starts when sigma moves, or when a stream comes back at the same sigma
             # (within one evaluation every stream runs once).
@@ -426,9 +430,11 @@ class SparseRun:
             keeps_cache = self._cache_is_read(grid, window, rows)
             stream = self.streams.get(key)
             if stream is None:
+                for other in [k for k, s in self.streams.items() if s.network != network]:
+                    self._drop_stream(other)
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
                                                     self.dequantize)
-                stream.window = window
+                stream.window, stream.network = window, network
             stream.last_eval = record.info.index
             # Dense when planned, when this stream's caches are not complete yet, or when it keeps none.
             dense = record.active is None or not stream.primed or not keeps_cache

@@ -43,9 +43,9 @@ def assert_parts_within(out, reference, tol):
         assert (part - expected).abs().max().item() <= tol
 
 
-def dense_then_sparse(model, latent: dict, active, cfg, conditioning: dict, audio_values: int):
-    """One dense and then one sparse forward on the same input through ComfyUI's sampling: the video's token outputs
-    by stream ([(dense, computed), (sparse, computed)]) and the audio's part (the packed output's last
+def dense_then_sparse(model, latent: dict, active, cfg, conditioning: dict, audio_values: int, sigma=0.8):
+    """One dense and then one sparse forward on the same input at `sigma` through ComfyUI's sampling: the video's
+    token outputs by stream ([(dense, computed), (sparse, computed)]) and the audio's part (the packed output's last
     `audio_values`) of the two evaluations' outputs."""
     policy = RecordingPolicy([None, active])
     patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
@@ -58,7 +58,7 @@ def dense_then_sparse(model, latent: dict, active, cfg, conditioning: dict, audi
         return x
     samples = latent["samples"]
     comfy.sample.sample_custom(patched, noise_for(samples, 9), cfg, comfy.samplers.KSAMPLER(twice),
-                               torch.tensor([0.8, 0.0]), conditioning["positive"], conditioning["negative"], samples,
+                               torch.tensor([sigma, 0.0]), conditioning["positive"], conditioning["negative"], samples,
                                noise_mask=latent.get("noise_mask"), disable_pbar=True, seed=9)
     by_stream = {}
     for stream, out, computed in policy.outputs:

@@ -383,11 +383,28 @@ def test_joint_rows_place_the_running_tokens_in_each_layout(image_first, lead, e
     3-token grid (tokens 0 and 2 run) and one extra token, which always runs."""
     run = SparseRun(FixedPlanPolicy([None, torch.tensor([[0, 2]])]), (1, 16, 2, 6), patch_size=2)
     run.close_forward(run.open_forward((1, 16, 2, 6), 0.9, None, "s"), True)     # dense
-    run.streams["s", 1, (1, 3)].primed = True
+    run.streams["s", None, 1, (1, 3)].primed = True
     call = run.open_forward((1, 16, 2, 6), 0.8, None, "s")
     call.image_first, call.image_lead = image_first, lead
     call.gather(torch.zeros(1, 4, 8))
     assert call.joint_rows(torch.device("cpu"), 3).tolist() == [expected]
+
+
+def test_a_network_of_its_own_starts_dense_and_drops_the_other_networks_streams():
+    """A model that switches networks by sigma (Prism's video towers): the first forward of the second network runs
+    dense although the plan is sparse (no caches of its own yet), and the first network's streams, whose caches are
+    not read again, go at once (not an evaluation later: two networks' caches would double the memory)."""
+    run = SparseRun(FixedPlanPolicy([None] + [torch.tensor([[0, 2]])] * 3), (1, 16, 2, 6), patch_size=2)
+    dense = []
+    for sigma, prompts, network in ((0.9, "cond", "high"), (0.9, "uncond", "high"), (0.8, "cond", "high"),
+                                    (0.7, "cond", "low"), (0.6, "cond", "low")):
+        call = run.open_forward((1, 16, 2, 6), sigma, None, prompts, network=network)
+        call.gather(torch.zeros(1, 3, 8))
+        dense.append(call.dense)
+        run.close_forward(call, True)
+        assert {stream.network for stream in run.streams.values()} == {network}
+    assert dense == [True, True, False, True, False]
+    assert len(run.streams) == 1
 
 
 def test_other_queries_attend_to_every_image_token_through_the_cache():

@@ -33,6 +33,7 @@ from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
 from .pixart import PixArtFamily
 from .pixeldit import PixelDiTFamily
+from .prism import PrismFamily
 from .qwen_image import QwenImageFamily
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
@@ -56,7 +57,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
-                               PixelDiTFamily(), HiDreamO1Family(), SenseNovaFamily()]
+                               PixelDiTFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily()]
 
 
 def supported_family_names() -> str:

@@ -3,7 +3,7 @@ import functools
 import importlib
 import inspect
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
 
@@ -428,6 +428,12 @@ class FamilyAdapter:
         conditioning values (its dict; a model may run more layers for some, e.g. Wan VACE per control video):
         what the memory plan counts (memory_plan.py)."""
         raise NotImplementedError
+
+    def network(self, diffusion_model, sigma: float) -> Hashable:
+        """Which of the model's networks a forward at `sigma` runs, where the model switches them by sigma within
+        one sampling run (Prism's high- and low-noise video towers); None: one network throughout. A switch is a
+        network whose K/V cache and cached outputs start afresh: its first forward runs dense (the engine)."""
+        return None
 
     def refused_model(self, diffusion_model) -> Optional[str]:
         """Why this model of the family, as configured, cannot be sampled region-adaptively, or None (asked by every
