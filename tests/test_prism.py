@@ -184,3 +184,23 @@ def test_prism_block_sparse_attention_is_refused_and_dense_is_not(attention):
                             **args)
     assert any(not step.dense for step in trace.steps)
     assert all(torch.isfinite(part).all() for part in out["samples"].unbind())
+
+
+def test_the_video_blocks_attend_densely_under_the_pack():
+    """The video blocks are told not to use Prism's own block-sparse attention (an earlier form of the model used it
+    by default: it would pass the K/V cache by); without the pack the model decides as before."""
+    prism = importlib.import_module("comfy.ldm.prism.model")
+    told = []
+    forward = prism.SelfAttention.forward
+
+    def recording(self, x, freqs, grid, sparse, options):
+        told.append(sparse)
+        return forward(self, x, freqs, grid, sparse, options)
+    model = tiny_prism(seed=0)
+    policy = FixedPlanPolicy([None] + [random_active(1, TOKENS, TOKENS // 3, seed=3)] * 4)
+    with mock.patch.object(prism.SelfAttention, "forward", recording):
+        sample(model, 1.0, steps=2)
+        assert True in told
+        told.clear()
+        sample(apply_token_sparse(model, lambda run: policy, node="test")[0], 1.0, steps=2)
+    assert told and not any(told)

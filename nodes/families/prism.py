@@ -18,8 +18,9 @@ hooks modules, never the forward's code:
 - the towers are two networks (`network`): the first forward below the boundary starts the low-noise tower's
   caches afresh, dense.
 The video's RoPE table is one for the batch (the model rotates every row with it): a batch of several videos, each
-with its own selection, is refused before sampling. Prism's own block-sparse attention ("Prism Sparse Attention
-Settings" other than dense) is refused by neighbours.py.
+with its own selection, is refused before sampling. Prism's own block-sparse attention over the whole video ("Prism
+Sparse Attention Settings" other than dense) is refused by neighbours.py; the video blocks are told to attend densely
+(an earlier form of the model used its block-sparse attention by default).
 """
 from .base import (FamilyAdapter, gathered_freqs, image_keys_method, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods, shared_table_rows)
@@ -66,7 +67,7 @@ class PrismFamily(FamilyAdapter):
             patch_method(patcher, slot, f"diffusion_model.{tower}.patchify", after=_gather_video)
             patch_module_forward(patcher, slot, f"diffusion_model.{tower}.head", after=_scatter)
         for block in video_blocks:
-            patch_method(patcher, slot, f"diffusion_model.{block}.forward", before=_running_tokens_rope)
+            patch_method(patcher, slot, f"diffusion_model.{block}.forward", before=_video_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.{block}.cross_attn.forward")
         for i in range(len(model.fusion_blocks)):
             fused = f"diffusion_model.fusion_blocks.{i}"
@@ -86,7 +87,10 @@ def _gather_video(call, out):
     return call.gather(tokens), grid
 
 
-def _running_tokens_rope(call, arguments) -> None:
+def _video_block_inputs(call, arguments) -> None:
+    # the model's own block-sparse attention (an earlier form of the model, Comfy-Org c4b595b, ran it by default;
+    # chosen by a node it is refused before sampling) would pass the K/V cache by: the block's attention is dense
+    arguments["sparse"] = False
     if not call.dense:      # (tokens, 1, .): one table for the batch
         arguments["freqs"] = shared_table_rows(call, arguments["freqs"], BATCH)
 
