@@ -59,6 +59,10 @@ class Spec(NamedTuple):
     time_scale: int = 4         # video: pixel frames per latent frame (the first frame alone)
     text_mask: bool = False     # the prompt comes with its attention mask (LTX-Video's T5 conditioning)
     audio_hidden: int = 0       # a stream of audio tokens beside the video's, this wide (LTX-2), which always runs
+    audio_layers: int = 0       # the layers that have it (0: every attention layer; Prism: its 30 fused blocks of 40)
+    audio_mlp_ratio: float = 0.0    # its MLP ratio (0: the video's)
+    video_to_audio_width: int = 0   # the width of the video's attention to the audio (0: the audio's; Prism: the video's)
+    audio_rate: tuple = (25, 25)    # (audio tokens a second, video frames a second): LTX-2's 25 and 25
     # Wan Animate 2's pose branch, a frame fewer than the video's (whose first latent frame is the reference image's):
     # "run" every step in full, or "cached" between steps by WanAnimate2Cache (its blocks' K/V projections only)
     pose: str = ""
@@ -126,7 +130,6 @@ TINY_LTX2 = dict(LTX2_19B, num_layers=2, attention_head_dim=16, num_attention_he
                  caption_channels=32, audio_attention_head_dim=8, audio_num_attention_heads=4,
                  audio_cross_attention_dim=32, connector_attention_head_dim=8, connector_num_attention_heads=4,
                  connector_num_layers=1)
-AUDIO_LATENTS_PER_SECOND, LTX_FPS = 25, 25
 # Wan Animate 2 14B: Wan 2.1 I2V 14B's blocks beside its pose branch (every step here; WanAnimate2Cache: `pose="cached"`)
 WAN_ANIMATE2_14B = Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40, 5120,
                         13824 / 5120, joint=False, video=True, pose="run")
@@ -187,6 +190,11 @@ MODELS = {
                             whole_branch=(20, 1024, 8.0, 5120)),
     "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
     "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
+    # Prism (newest ComfyUI; ideal only: no ComfyUI tree here has it to time): one of its two Wan 14B-sized video towers
+    # per forward (40 blocks) beside a 1536-wide audio tower (30 blocks, an 8960 MLP) fused with the first 30 (the video's
+    # queries to the audio at the video's width, the audio's to the video at its own); 50 audio tokens a second, 24 fps
+    "prism": Spec("Prism", {}, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True, audio_hidden=1536,
+                  audio_layers=30, audio_mlp_ratio=8960 / 1536, video_to_audio_width=5120, audio_rate=(50, 24)),
 }
 # the families' standard sizes (LTX-Video's 768 x 512 and 1216 x 704; smaller heights: square)
 VIDEO_WIDTH = {480: 832, 720: 1280, 512: 768, 704: 1216}
@@ -203,8 +211,9 @@ def latent_shape(spec: Spec, res: int, frames: int) -> tuple:
 
 
 def audio_tokens(spec: Spec, frames: int) -> int:
-    """The audio stream's tokens for a video of `frames` pixel frames at LTX-2's 25 fps (0: no audio stream)."""
-    return -(-frames * AUDIO_LATENTS_PER_SECOND // LTX_FPS) if spec.audio_hidden else 0
+    """The audio stream's tokens for a video of `frames` pixel frames at its frame rate (0: no audio stream)."""
+    per_second, fps = spec.audio_rate
+    return -(-frames * per_second // fps) if spec.audio_hidden else 0
 
 
 def sampled_latent(spec: Spec, res: int, frames: int):
@@ -233,8 +242,9 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
       projections per running row, the text's k/v projections once, and running x text pairs.
     - an audio stream (LTX-2, `audio` tokens at width a, always running): its own self-attention, text
       cross-attention and MLP, the video's running queries to the audio's keys (q/out projections d x a per running
-      row, the audio's k/v a x a), and the audio's queries to every video token's keys (k/v projections of the
-      running rows only: the rest come from the K/V cache).
+      row, the audio's k/v a x a; Prism's at the video's width: d x d and a x d), and the audio's queries to every
+      video token's keys (k/v projections of the running rows only: the rest come from the K/V cache); in every
+      layer (LTX-2) or the first `audio_layers` (Prism's fused blocks).
     - Wan Animate 2's pose branch over `frames` - 1 frames of the video's `tokens` / `frames` tokens each: the running
       queries outside the first frame also attend to one pose frame's keys; the branch's blocks run in full over its
       tokens every step ("run"), or only their k/v projections ("cached", WanAnimate2Cache).
@@ -247,13 +257,14 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
         self_attention = running * (4 + 2 * r) * d * d * 2 + running * tokens * 4 * d
         cross_attention = (running * 2 + text * 2) * d * d * 2 + running * text * 4 * d
         per_layer = self_attention + cross_attention
-    a = spec.audio_hidden
+    a, audio_per_layer = spec.audio_hidden, 0.0
     if a and audio:
-        audio_own = audio * (4 + 2 * r) * a * a * 2 + audio * audio * 4 * a
+        ra, w = spec.audio_mlp_ratio or r, spec.video_to_audio_width or a
+        audio_own = audio * (4 + 2 * ra) * a * a * 2 + audio * audio * 4 * a
         audio_text = (audio * 2 + text * 2) * a * a * 2 + audio * text * 4 * a
-        video_to_audio = (running * 2 * d * a + audio * 2 * a * a) * 2 + running * audio * 4 * a
+        video_to_audio = (running * 2 * d * w + audio * 2 * a * w) * 2 + running * audio * 4 * w
         audio_to_video = (audio * 2 * a * a + running * 2 * d * a) * 2 + audio * tokens * 4 * a
-        per_layer += audio_own + audio_text + video_to_audio + audio_to_video
+        audio_per_layer = audio_own + audio_text + video_to_audio + audio_to_video
     if spec.pose:
         frame = tokens // frames
         pose = tokens - frame
@@ -263,7 +274,8 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
                           + (pose * 2 + text * 2) * d * d * 2 + pose * text * 4 * d)
         else:
             per_layer += pose * 2 * d * d * 2
-    return spec.attention_layers * per_layer + whole_branch_flops(spec, tokens)
+    return (spec.attention_layers * per_layer + (spec.audio_layers or spec.attention_layers) * audio_per_layer
+            + whole_branch_flops(spec, tokens))
 
 
 def whole_branch_flops(spec: Spec, tokens: int) -> float:
@@ -585,7 +597,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("ltxv-13b", 704, 121), ("ltx2-19b", 512, 121), ("ltx2-19b", 704, 121),
                               ("wan-animate2-14b", 480, 81), ("wan-animate2-14b-cached", 480, 81),
                               ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81),
-                              ("wan21-14b-uni3c", 480, 81), ("wan21-14b-uni3c", 720, 81)]:
+                              ("wan21-14b-uni3c", 480, 81), ("wan21-14b-uni3c", 720, 81), ("prism", 480, 81),
+                              ("prism", 720, 81)]:
         spec = MODELS[name]
         shape = latent_shape(spec, res, frames)
         tokens, audio = image_tokens(shape, spec.patch), audio_tokens(spec, frames)

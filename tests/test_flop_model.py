@@ -68,6 +68,22 @@ def test_an_audio_stream_by_hand(speed):
     assert speed.flop_ideal(ltx2, [N // 8], N, T, A) < speed.flop_ideal(ltx2, [N // 8], N, T)
 
 
+def test_an_audio_tower_fused_with_part_of_the_video_blocks_by_hand(speed):
+    """Prism: Wan 14B's terms over its 40 video blocks, and in the first 30 (the fused ones) the audio tower's block
+    (1536 wide, an 8960 MLP), the video's running queries against the audio's keys at the video's width (q/out d x d,
+    the audio's k/v a x d) and the audio's queries against every video token's keys (k/v of the running rows only)."""
+    prism, wan = speed.MODELS["prism"], speed.MODELS["wan21-14b"]
+    d, a, ra, n, N, T, A = 5120, 1536, 8960 / 1536, 4000, 32760, 512, 169
+    audio = (A * (4 + 2 * ra) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
+             + (n * 2 * d * d + A * 2 * a * d) * 2 + n * A * 4 * d
+             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+    assert speed.forward_flops(prism, n, N, T, A) == pytest.approx(speed.forward_flops(wan, n, N, T) + 30 * audio,
+                                                                   rel=1e-12)
+    # 81 frames at 24 fps: 3.375 s of 48 kHz audio, a token per 960 samples (Prism Prepare AV's count)
+    assert speed.audio_tokens(prism, 81) == 169
+    assert speed.flop_ideal(prism, [N // 8], N, T, A) < speed.flop_ideal(wan, [N // 8], N, T)
+
+
 def test_a_pose_branch_by_hand(speed):
     """Wan Animate 2: Wan's terms over the video (its first latent frame the reference image's) plus, per layer, the
     running queries outside that frame against one pose frame's keys, and the pose branch (a frame fewer): its whole
