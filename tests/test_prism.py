@@ -138,6 +138,20 @@ def test_the_low_noise_tower_starts_dense():
         assert (got - expected).abs().max().item() <= TOL
 
 
+def test_the_towers_switch_where_the_model_switches_them():
+    """At a sigma of exactly float32(0.9), the boundary, the model still runs the high-noise tower (it compares its
+    float32 sigma): the forward there stays in that tower's streams (sparse), and the next one, below, starts the
+    low-noise tower dense."""
+    conditioning, latent = prepared()
+    policy = FixedPlanPolicy([None] + [random_active(1, TOKENS, TOKENS // 3, seed=2)] * 2)
+    patched, slot = apply_token_sparse(tiny_prism(seed=5), lambda run: policy, node="test")
+    comfy.sample.sample_custom(patched, av_sampling.noise_for(latent["samples"], 9), 3.0,
+                               comfy.samplers.ksampler("euler"), torch.tensor([0.95, 0.9, 0.85, 0.0]),
+                               conditioning["positive"], conditioning["negative"], latent["samples"],
+                               disable_pbar=True, seed=9)
+    assert [e.dense for e in slot.last_run.evals] == [True, False, True]
+
+
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_planned_cache_is_what_the_streams_hold(cfg):
     """Per video block its self-attention, per fused pair the audio's attention to the video: every video token's

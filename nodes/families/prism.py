@@ -22,6 +22,8 @@ with its own selection, is refused before sampling. Prism's own block-sparse att
 Sparse Attention Settings" other than dense) is refused by neighbours.py; the video blocks are told to attend densely
 (an earlier form of the model used its block-sparse attention by default).
 """
+import torch
+
 from .base import (FamilyAdapter, gathered_freqs, image_keys_method, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods, shared_table_rows)
 
@@ -48,8 +50,10 @@ class PrismFamily(FamilyAdapter):
         return BATCH if shape[0] > 1 else None
 
     def network(self, diffusion_model, sigma):
-        # the model's own choice (model_base.Prism: sigma below the boundary runs video_dit_2)
-        return "low-noise" if sigma < diffusion_model.boundary_ratio else "high-noise"
+        # the model's own choice, compared as it compares (model_base.Prism: its float32 sigma below the boundary runs
+        # video_dit_2; at a sigma of float32(0.9) a comparison in float64 would say otherwise)
+        low = bool(torch.tensor(sigma, dtype=torch.float32) < diffusion_model.boundary_ratio)
+        return "low-noise" if low else "high-noise"
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         # one tower runs: each video block's self-attention (the video alone) and each fused pair's audio attention
