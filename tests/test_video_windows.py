@@ -126,7 +126,7 @@ def test_a_sparse_window_forward_after_a_dense_one_matches_it_on_the_tokens_it_r
     model = with_windows(build(seed=4))
     active = random_active(1, TOKENS, TOKENS // 3, seed=1)
     by_stream = dense_then_sparse(model, video_latent(1, 16, frames=FRAMES), active, 3.0, make_conds())
-    windows = [stream for stream in by_stream if len(stream) == 4]
+    windows = [stream for stream in by_stream if len(stream) == 5]      # (prompts, network, rows, grid, window)
     assert len(windows) == len(by_stream) >= 3
     for stream, ((dense, _), (sparse, computed)) in by_stream.items():
         window = stream[-1]
