@@ -69,7 +69,8 @@ class PrismFamily(FamilyAdapter):
                         + [f"video_dit_2.blocks.{i}" for i in range(len(model.video_dit_2.blocks))])
         for tower in ("video_dit", "video_dit_2"):
             patch_method(patcher, slot, f"diffusion_model.{tower}.patchify", after=_gather_video)
-            patch_module_forward(patcher, slot, f"diffusion_model.{tower}.head", after=_scatter)
+            patch_module_forward(patcher, slot, f"diffusion_model.{tower}.head",
+                                 after=lambda call, out: call.scatter(out))
         for block in video_blocks:
             patch_method(patcher, slot, f"diffusion_model.{block}.forward", before=_video_block_inputs)
             passthrough_method(patcher, slot, f"diffusion_model.{block}.cross_attn.forward")
@@ -106,7 +107,3 @@ def _video_bridge(name: str):
         if not call.dense:
             arguments[name] = tuple(gathered_freqs(call, table, prefix=0) for table in arguments[name])
     return gather
-
-
-def _scatter(call, out):
-    return call.scatter(out)
