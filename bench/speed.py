@@ -61,7 +61,7 @@ class Spec(NamedTuple):
     audio_hidden: int = 0       # a stream of audio tokens beside the video's, this wide (LTX-2), which always runs
     audio_layers: int = 0       # the layers that have it (0: every attention layer; Prism: its 30 fused blocks of 40)
     audio_mlp_ratio: float = 0.0    # its MLP ratio (0: the video's)
-    video_to_audio_width: int = 0   # the width of the video's attention to the audio (0: the audio's; Prism: the video's)
+    video_to_audio_width: int = 0   # the video's attention to the audio this wide (0: the audio's; Prism: the video's)
     audio_rate: tuple = (25, 25)    # (audio tokens a second, video frames a second): LTX-2's 25 and 25
     # Wan Animate 2's pose branch, a frame fewer than the video's (whose first latent frame is the reference image's):
     # "run" every step in full, or "cached" between steps by WanAnimate2Cache (its blocks' K/V projections only)
@@ -190,9 +190,10 @@ MODELS = {
                             whole_branch=(20, 1024, 8.0, 5120)),
     "ltx2-19b": Spec("LTXAV", LTX2_19B, 2 * 3840, None, None, 48, 4096, audio_hidden=2048, **LTXV_LATENT),
     "tiny-ltx2": Spec("LTXAV", TINY_LTX2, 64, None, None, 2, 64, audio_hidden=32, **LTXV_LATENT),
-    # Prism (newest ComfyUI; ideal only: no ComfyUI tree here has it to time): one of its two Wan 14B-sized video towers
-    # per forward (40 blocks) beside a 1536-wide audio tower (30 blocks, an 8960 MLP) fused with the first 30 (the video's
-    # queries to the audio at the video's width, the audio's to the video at its own); 50 audio tokens a second, 24 fps
+    # Prism (newest ComfyUI; ideal only: no ComfyUI tree here has it to time): one of its two Wan 14B-sized video
+    # towers per forward (40 blocks) beside a 1536-wide audio tower (30 blocks, an 8960 MLP) fused with the first 30
+    # (the video's queries to the audio at the video's width, the audio's to the video at its own); 50 audio tokens a
+    # second, 24 fps
     "prism": Spec("Prism", {}, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True, audio_hidden=1536,
                   audio_layers=30, audio_mlp_ratio=8960 / 1536, video_to_audio_width=5120, audio_rate=(50, 24)),
 }
