@@ -25,7 +25,7 @@ def ras_options_inputs() -> dict:
     d = RAS_DEFAULTS
     return {
         "warmup_steps": ("INT", {"default": d.warmup_steps, "min": 0, "max": 10000,
-                                 "tooltip": "Dense steps at the start, which lay out the image (paper: 4 of 28-30)."}),
+                                 "tooltip": "Dense steps at the start, which lay out the image (paper: 4 of 28-30). For a few-step model (4-8 steps) lower it: a run whose every step is dense cannot be sped up."}),
         "reset_steps": ("STRING", {"default": ", ".join(str(s) for s in d.reset_steps),
                                    "tooltip": "Dense error-reset steps: fractions of the run (0.4, 0.67 = steps 12 and 20 of 30; they scale with the step count) or whole step numbers. Empty for none."}),
         "starvation_scale": ("FLOAT", {"default": d.starvation_scale, "min": 0.0, "max": 10.0, "step": 0.01,

@@ -3,8 +3,10 @@ against full sampling with the same sampler (docs/BENCHMARKS.md, "Samplers"): de
 keep 35-47 dB with RAS and SDiT. Samplers that add fresh noise at every step (ancestral, SDE, LCM) break
 RAS's reuse (15-29 dB, SSIM down to 0.18): a reused output belongs to the state before the new noise.
 SDiT's drift probes notice and refresh (44-54 dB, at 0.8 of the work), except with LCM (32 dB).
-Where a sampler cannot be followed the run is dense, and the log and the after-run line say why."""
+Where a sampler cannot be followed the run is dense, and the log and the after-run line say why; so too where
+the policy's schedule runs every step dense (a few-step model under defaults set for runs of 20-30 steps)."""
 import logging
+from collections import Counter
 from typing import Optional
 
 from .comfy_compat import sampler_name
@@ -23,6 +25,23 @@ def dense_reason(sampler, follows_fresh_noise: bool, method: str) -> Optional[st
     return None
 
 
-def warn(reason: str, node: str) -> None:
-    logging.warning("%s: %s (no speed-up; a deterministic sampler such as euler or dpmpp_2m can be sped up)",
-                    node, reason)
+SAMPLER_ADVICE = "a deterministic sampler such as euler or dpmpp_2m can be sped up"
+# the Options inputs that make a schedule's dense steps, by the reason the schedule gives
+_SCHEDULE_INPUTS = {"warm-up": "warmup_steps", "cool-down": "cooldown_steps", "reset": "reset_steps"}
+
+
+def schedule_reason(policy, steps: int, method: str) -> Optional[str]:
+    """Why a run of `steps` steps is dense by the policy's own schedule (every step a warm-up, reset or cool-down
+    step), or None."""
+    dense = policy.scheduled_dense_steps(steps)
+    if steps < 1 or len(dense) < steps:
+        return None
+    kinds = Counter(dense[step] for step in sorted(dense))         # in the order of the run
+    made_of = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    inputs = " / ".join(_SCHEDULE_INPUTS[kind] for kind in _SCHEDULE_INPUTS if kind in kinds)
+    return (f"ran dense: the {method} schedule runs every step of this {steps}-step run dense ({made_of}); for a "
+            f"few-step model lower {inputs} in {method} Options")
+
+
+def warn(reason: str, node: str, advice: str = "") -> None:
+    logging.warning("%s: %s (no speed-up%s)", node, reason, f"; {advice}" if advice else "")

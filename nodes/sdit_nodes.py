@@ -31,7 +31,7 @@ SDIT_OPTIONS = {
     "tau2": (("FLOAT", {"default": D.tau2, "min": 0.0, "max": 1.0, "step": 0.01,
                         "tooltip": "Fraction of the run where the ratio reaches p_min and returns to p_max (detail phase)."}), "tau2"),
     "warmup_steps": (("INT", {"default": D.warmup_steps, "min": 0, "max": 10000,
-                              "tooltip": "Dense steps at the start, while the segmentation is still unstable."}), "warmup_steps"),
+                              "tooltip": "Dense steps at the start, while the segmentation is still unstable. For a few-step model (4-8 steps) lower it and cooldown_steps: a run whose every step is dense cannot be sped up."}), "warmup_steps"),
     "cooldown_steps": (("INT", {"default": D.cooldown_steps, "min": 0, "max": 10000,
                                 "tooltip": "Dense steps at the end, which recover fine detail."}), "cooldown_steps"),
     "reset_steps": (("STRING", {"default": "", "tooltip": "Extra dense steps: fractions of the run (e.g. 0.5) or step numbers. Empty for none."}), "reset_steps"),

@@ -26,7 +26,7 @@ from ..sdit_core.tokens import is_latent_shape, leading_part, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
-from .sampler_support import dense_reason, warn
+from .sampler_support import SAMPLER_ADVICE, dense_reason, schedule_reason, warn
 from .comfy_compat import (compiler_opaque, context_window_frames, context_windows_at_start, leading_latent_shape,
                            models_loaded_beside, pixels_per_latent)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
@@ -108,10 +108,11 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
         run.count_grid = count_grid(getattr(patched.load_device, "type", "cpu"), math.prod(run.grid))
         run.policy = make_policy(run)
-        reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
-        if reason:
+        sampler_reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
+        reason = sampler_reason or schedule_reason(run.policy, int(arguments["sigmas"].shape[-1]) - 1, method)
+        if reason:                  # nothing to speed up: no cache kept, none written
             run.dense_only, run.note = True, reason
-            warn(reason, node)
+            warn(reason, node, SAMPLER_ADVICE if sampler_reason else "")
         if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
             mask = arguments["denoise_mask"]
             mask = leading_part(mask, latent_shape) if packed else mask

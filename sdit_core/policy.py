@@ -1,7 +1,7 @@
 """What a token-selection policy (RAS, SDiT, ...) tells the engine, and what it is told."""
 import math
 from dataclasses import dataclass
-from typing import Hashable, Optional, Tuple
+from typing import Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -54,6 +54,12 @@ class TokenPolicy:
     def plan(self, info: EvalInfo) -> Optional[torch.Tensor]:
         """Active image tokens for this evaluation: (batch, n) token indices, or None for a dense step."""
         return None
+
+    def scheduled_dense_steps(self, steps: int) -> Dict[int, str]:
+        """The steps of a `steps`-step run that the policy's schedule runs dense whatever the image, each with why
+        ('warm-up', 'reset', 'cool-down'): where that is every step, the run cannot be sped up and the node says so
+        before it samples."""
+        return {}
 
     def planned_uses(self, info: EvalInfo, count: int) -> Optional[int]:
         """How many evaluations of the run, this one included, the policy plans with `count` active

@@ -53,11 +53,16 @@ def select_tokens(priority: torch.Tensor, count: int) -> torch.Tensor:
     return order.sort(dim=1).values
 
 
+def scheduled_dense_steps(config: RASConfig, steps: int) -> Dict[int, str]:
+    """Warm-up and error resets (RAS Sec. 3.3): step -> why it runs every token."""
+    return dense_step_reasons(steps, config.warmup_steps, config.reset_steps)
+
+
 class RASSchedule:
     """Per step: None for a dense step, else the number of image tokens to compute."""
 
     def __init__(self, config: RASConfig, steps: int, num_tokens: int, count_grid: int = 1):
-        self.dense = dense_step_reasons(steps, config.warmup_steps, config.reset_steps)   # step -> why
+        self.dense = scheduled_dense_steps(config, steps)                                 # step -> why
         sparse = [s for s in range(steps) if s not in self.dense]
         make = dynamic_counts if config.dynamic_ratio else static_counts
         extra = {"spread": config.dynamic_spread} if config.dynamic_ratio else {}
@@ -98,6 +103,9 @@ class RASPolicy(TokenPolicy):
         dropped = torch.ones_like(self.drop_count, dtype=torch.bool).scatter_(1, active, False)
         self.drop_count += dropped.int()
         return active
+
+    def scheduled_dense_steps(self, steps: int) -> Dict[int, str]:
+        return scheduled_dense_steps(self.config, steps)
 
     def planned_uses(self, info: EvalInfo, count: int) -> Optional[int]:
         """Sparse steps from this one on whose schedule count is `count` (one evaluation per step: a

@@ -122,9 +122,13 @@ class SDiTPolicy(TokenPolicy):
         self.reasons: Dict[int, str] = {}                    # eval index -> why it ran the way it did
 
     # ---- which tokens -----------------------------------------------------------------------
+    def scheduled_dense_steps(self, steps: int) -> Dict[int, str]:
+        c = self.config
+        return dense_step_reasons(steps, c.warmup_steps, c.reset_steps, c.cooldown_steps)
+
     def _schedule(self, info: EvalInfo) -> None:
         c = self.config
-        self._dense = dense_step_reasons(info.steps, c.warmup_steps, c.reset_steps, c.cooldown_steps)
+        self._dense = self.scheduled_dense_steps(info.steps)
         sparse = [s for s in range(info.steps) if s not in self._dense]
         self._counts = ssd_counts(sparse, info.steps, info.num_tokens, c.sample_ratio, c.ratio_spread, c.tau1, c.tau2)
 

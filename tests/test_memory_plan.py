@@ -247,7 +247,7 @@ def test_the_sampler_nodes_refuse_it_in_their_own_name(monkeypatch, node, sample
     device = FakeDevice(monkeypatch, total=1024, free=1024)
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
     with pytest.raises(SDiTInputError, match=rf"^{node}: input 'kv_cache': this run's K/V cache"):
-        sample(tiny_flux(seed=0), 0, 2, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2), latent, 1.0,
+        sample(tiny_flux(seed=0), 0, 8, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2), latent, 1.0,
                sample_ratio=0.5)
     assert device.loads == []
 

@@ -174,6 +174,37 @@ def test_samplers_that_add_fresh_noise_run_dense_and_say_so(sampler, caplog, mon
     assert summaries and "ran dense" in summaries[-1]["note"]
 
 
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_schedule_dense_at_every_step_keeps_no_cache_and_says_so(steps, caplog, monkeypatch):
+    """A few-step model (Flux schnell's 4 steps) under RAS's default schedule, set for the paper's 28-30 steps (4
+    warm-up steps, resets at 0.4 and 0.67): every step is dense. The run equals KSampler, plans and keeps no K/V cache
+    (a GPU with room for none samples), and the log and the after-run line say why and which inputs to lower."""
+    from comfyui_sdit.nodes import live_progress
+    from comfyui_sdit.sdit_core.ras import RASConfig
+    from test_memory_plan import FakeDevice
+    device = FakeDevice(monkeypatch, total=1024, free=1024)
+    d = RASConfig()
+    a = ras_args(steps=steps, warmup_steps=d.warmup_steps, reset_steps=", ".join(map(str, d.reset_steps)))
+    lat = latent(1)
+    sent = []
+    monkeypatch.setattr(live_progress, "server_send", lambda event, data: sent.append((event, data)))
+    with caplog.at_level("WARNING"):
+        out, trace = ras_sample(tiny_flux(seed=17), latent_image=lat, unique_id="7", **a)
+    assert all(s.dense for s in trace.steps) and len(trace.steps) == steps
+    assert (out["samples"] - plain_ksampler(tiny_flux(seed=17), a, lat)).abs().max().item() <= TOL
+    made_of = "1 warm-up" if steps == 1 else "4 warm-up"        # a 4-step run's resets fall on warm-up steps
+    said = f"the RAS schedule runs every step of this {steps}-step run dense ({made_of}); for a few-step model lower "
+    assert said + "warmup_steps in RAS Options (no speed-up)" in caplog.text
+    assert said + "warmup_steps in RAS Options" == [d for e, d in sent if e == live_progress.SUMMARY_EVENT][-1][
+        "note"].removeprefix("ran dense: ")
+    # one step fewer of warm-up than steps: a sparse step (with its cache), and nothing said
+    device.total = device.free = 1 << 30
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, trace = ras_sample(tiny_flux(seed=17), latent_image=lat, **dict(a, steps=5, reset_steps=""))
+    assert [s.dense for s in trace.steps] == [True] * 4 + [False] and "schedule" not in caplog.text
+
+
 def test_deterministic_samplers_still_run_sparse():
     model = tiny_flux(seed=18)
     _, trace = ras_sample(model, latent_image=latent(1), **ras_args(sampler_name="dpmpp_2m"))

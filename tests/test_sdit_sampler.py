@@ -231,6 +231,26 @@ def test_sdit_follows_samplers_that_add_fresh_noise_but_not_lcm():
     assert all(s.dense for s in lcm.steps)
 
 
+def test_a_schedule_dense_at_every_step_says_so_under_the_model_patch(caplog):
+    """Four steps (a distilled model's) under SDiT's defaults, 3 warm-up steps and 1 cool-down: every step is dense, the
+    image is KSampler's and the log says which inputs to lower; with a warm-up of 1 the middle steps run sparse."""
+    model = tiny_flux(seed=32)
+    latent = {"samples": torch.zeros(1, 16, 16, 16)}
+
+    def ksampler(m):
+        return comfy_nodes.KSampler().sample(m, 3, 4, 1.0, "euler", "simple", flux_conditioning(1),
+                                             flux_conditioning(2), latent)[0]["samples"]
+    (patched,) = sdit_model_patch(model, **defaults())
+    with caplog.at_level("WARNING"):
+        assert (ksampler(patched) - ksampler(model)).abs().max().item() <= TOL
+    assert ("SDiT Model Patch: ran dense: the SDiT schedule runs every step of this 4-step run dense (3 warm-up, 1 "
+            "cool-down); for a few-step model lower warmup_steps / cooldown_steps in SDiT Options (no speed-up)") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, trace = run(model, steps=4, warmup_steps=1, drift_threshold=0.0)
+    assert [s.dense for s in trace.steps] == [True, False, False, True] and "schedule" not in caplog.text
+
+
 def test_the_node_segments_through_the_kernels_dispatcher(monkeypatch):
     """The SDiT node hands its policy kernels.quickshift's window pass (Triton kernels on a GPU, tested
     against the reference in test_kernels.py; the reference here on the CPU): every evaluation's
