@@ -13,7 +13,6 @@ import pathlib
 import statistics
 import sys
 
-import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

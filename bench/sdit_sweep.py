@@ -19,7 +19,6 @@ import statistics
 import sys
 
 import numpy as np
-import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

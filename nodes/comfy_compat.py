@@ -139,6 +139,24 @@ def context_window_frames(transformer_options: dict, handler) -> Optional[List[i
     return frames
 
 
+def context_window_key(transformer_options: dict) -> Optional[tuple]:
+    """Which of ComfyUI's context windows a model call runs: (the axis, its indices), or None outside windows."""
+    window = transformer_options.get("context_window")
+    indices = getattr(window, "index_list", None)
+    return None if indices is None else (getattr(window, "dim", None), tuple(int(i) for i in indices))
+
+
+def context_windows_off_frames(handler, latent_shape) -> Optional[int]:
+    """The axis along which ComfyUI's context windows cut the latent where that is not a video's frame axis (an
+    image's height or width: Context Windows (Manual)'s `dim`, as PiD's tiling uses it), or None: no windows, or
+    windows over the frames. ComfyUI runs windows only where the latent is longer than one along the axis."""
+    dim = getattr(handler, "dim", None)
+    if dim is None or not 0 <= int(dim) < len(latent_shape) or (len(latent_shape) == 5 and int(dim) == 2):
+        return None
+    length = getattr(handler, "context_length", None)
+    return int(dim) if length is None or int(latent_shape[int(dim)]) > int(length) else None
+
+
 def context_windows_at_start(handler, base_model, noise_shape, sigmas) -> Optional[List[int]]:
     """The frames of each context window ComfyUI's `handler` runs at the first of `sigmas` over a latent of
     `noise_shape`, newer ComfyUI's causal anchor frame (`causal_window_fix`: the frame before a window

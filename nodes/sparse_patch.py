@@ -26,9 +26,9 @@ from ..sdit_core.tokens import is_latent_shape, leading_part, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
-from .sampler_support import SAMPLER_ADVICE, dense_reason, schedule_reason, warn
-from .comfy_compat import (compiler_opaque, context_window_frames, context_windows_at_start, leading_latent_shape,
-                           models_loaded_beside, pixels_per_latent)
+from .sampler_support import warn, why_dense
+from .comfy_compat import (compiler_opaque, context_window_frames, context_window_key, context_windows_at_start,
+                           leading_latent_shape, models_loaded_beside, pixels_per_latent)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .errors import SDiTInputError
 from .sampling import check_kv_cache_on, check_latent_shape
@@ -108,21 +108,21 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # few distinct token counts on a GPU (attention plans and CUDA graphs are per shape)
         run.count_grid = count_grid(getattr(patched.load_device, "type", "cpu"), math.prod(run.grid))
         run.policy = make_policy(run)
-        sampler_reason = dense_reason(arguments.get("sampler"), run.policy.follows_fresh_noise, method)
-        reason = sampler_reason or schedule_reason(run.policy, int(arguments["sigmas"].shape[-1]) - 1, method)
-        if reason:                  # nothing to speed up: no cache kept, none written
-            run.dense_only, run.note = True, reason
-            warn(reason, node, SAMPLER_ADVICE if sampler_reason else "")
-        if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
-            mask = arguments["denoise_mask"]
-            mask = leading_part(mask, latent_shape) if packed else mask
-            run.policy.selectable = tokens_inside(mask, latent_shape, patch_size, temporal_patch)
         model_options = getattr(executor.class_obj, "model_options", None) or {}
         run.context_handler = model_options.get("context_handler")     # ComfyUI's context windows, if any
         if run.context_handler is not None and packed:
             raise SDiTInputError(node, "model", "ComfyUI's context windows over a latent of several parts (LTX-2's "
                                  "video and audio) are not supported by region-adaptive sampling: remove the context "
                                  "windows node, or sample with KSampler")
+        reason, advice = why_dense(run.policy, arguments.get("sampler"), int(arguments["sigmas"].shape[-1]) - 1,
+                                   run.context_handler, latent_shape, method)
+        if reason:                  # nothing to speed up: no cache kept, none written
+            run.dense_only, run.note = True, reason
+            warn(reason, node, advice)
+        if arguments.get("denoise_mask") is not None:       # inpainting: only tokens inside the mask are picked
+            mask = arguments["denoise_mask"]
+            mask = leading_part(mask, latent_shape) if packed else mask
+            run.policy.selectable = tokens_inside(mask, latent_shape, patch_size, temporal_patch)
         windows = context_windows_at_start(run.context_handler, sampled.model, latent_shape, arguments["sigmas"])
         run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
             adapter, sampled, latent_shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
@@ -158,8 +158,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
         # uncond on different devices)
         sigma = float(t.flatten()[0])
+        # each context window is a stream of its own (a step's windows: one evaluation)
         call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"),
-                                (_stream_key(transformer_options), _conditions_key(kwargs), str(x.device)),
+                                (_stream_key(transformer_options), _conditions_key(kwargs), str(x.device),
+                                 context_window_key(transformer_options)),
                                 frames=context_window_frames(transformer_options, run.context_handler),
                                 network=adapter.network(model.model.diffusion_model, sigma))
         completed = False

@@ -54,15 +54,16 @@ def enable_dynamic_vram(device_index: int) -> None:
     comfy.memory_management.aimdo_enabled = True
 
 
-def with_context_windows(model, length: int, overlap: int, schedule: str = "standard_static"):
-    """A clone of `model` sampled in ComfyUI's context windows over the frame axis, as its Wan Context Windows
-    node sets them up: windows of `length` latent frames overlapping by `overlap`, pyramid blending."""
+def with_context_windows(model, length: int, overlap: int, schedule: str = "standard_static", dim: int = 2):
+    """A clone of `model` sampled in ComfyUI's context windows over the frame axis (`dim` 2 of a video latent), as its
+    Wan Context Windows node sets them up: windows of `length` latent frames overlapping by `overlap`, pyramid
+    blending; another `dim` as its Context Windows (Manual) node does (an image's height 2 or width 3: tiles)."""
     import comfy.context_windows as context_windows
     windowed = model.clone()
     windowed.model_options["context_handler"] = context_windows.IndexListContextHandler(
         context_schedule=context_windows.get_matching_context_schedule(schedule),
         fuse_method=context_windows.get_matching_fuse_method("pyramid"),
-        context_length=length, context_overlap=overlap, dim=2)
+        context_length=length, context_overlap=overlap, dim=dim)
     context_windows.create_prepare_sampling_wrapper(windowed)
     return windowed
 

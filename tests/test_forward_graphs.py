@@ -297,6 +297,8 @@ BLOCK_GRAPHS = {
     # PixelDiT's patch blocks and pixel blocks (whose RoPE rows, fetched inside, follow the static index); it runs one
     # set of patches for a batch
     "PixelDiT": BlockGraphCase("test_pixeldit", lambda m: m.tiny_pixeldit(seed=3), lambda m: m.image(2), shared=True),
+    # PiD: PixelDiT's blocks with the low-quality latent's features gated in between them, eagerly
+    "PiD": BlockGraphCase("test_pid", lambda m: m.tiny_pid("v1.5", seed=3), lambda m: m.image(2), shared=True),
     "Kandinsky 5 image": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3, kind="image"),
                                         lambda m: m.latent("image", 2), lambda m: m.tokens("image")),
     "Kandinsky 5 video": BlockGraphCase("test_kandinsky5", lambda m: m.tiny_kandinsky5(seed=3),

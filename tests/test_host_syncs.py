@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from comfyui_sdit.sdit_core.engine import SparseRun
 from comfyui_sdit.sdit_core.profiling import launches_kernel
-from sdit_testkit import (TINY_FLUX, TINY_HUNYUAN_VIDEO, TINY_LUMINA2, TINY_QWEN_IMAGE, TINY_SD35, TINY_WAN, build_tiny,
+from sdit_testkit import (TINY_HUNYUAN_VIDEO, TINY_LUMINA2, TINY_QWEN_IMAGE, TINY_SD35, TINY_WAN, build_tiny,
                           random_active, tiny_flux)
 from test_engine_exactness import patch
 

@@ -94,11 +94,3 @@ def test_sampler_nodes_end_to_end_leave_the_model_untouched(method):
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_pixeldit(seed=9), {"samples": image()}, prompts(), assert_within(TOL))
 
-
-def test_pid_the_pixel_diffusion_decoder_is_refused_clearly():
-    """PiD (PixelDiT's body decoding a latent in 4 distilled steps, a subclass with a forward of its own): the
-    "not supported" error naming its class, from the sampler nodes before sampling."""
-    model = build_tiny(comfy.supported_models.PiD, dict(TINY_PIXELDIT, image_model="pid", lq_hidden_dim=16,
-                                                        lq_num_res_blocks=1), seed=0)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*PidNet.*is not supported"):
-        ras_sample(model, latent_image={"samples": image()}, **ras_args(**prompts()))

@@ -18,7 +18,7 @@ from pack_host import with_context_windows
 from sdit_testkit import ksample, random_active, ras_sample, sdit_sample, tiny_hunyuan_video, tiny_wan
 from test_ras_sampler import ras_args
 from test_sdit_sampler import defaults as sdit_defaults
-from test_video import SDIT_END_TO_END, RecordingPolicy, conds, dense_then_sparse, hunyuan_conds, video_latent
+from test_video import SDIT_END_TO_END, conds, dense_then_sparse, hunyuan_conds, video_latent
 
 TOL = 1e-5
 FRAMES, ROWS, COLS = 7, 4, 6                     # latent 7 x 8 x 12, patch 2: 7 frames of 4 x 6 tokens
@@ -166,6 +166,35 @@ def test_windows_that_move_every_step_run_dense_keep_no_cache_and_say_so(caplog)
     assert run.kv_planned_bytes == run.kv_peak_bytes
     assert run.windows_move and run.note == MOVING_WINDOWS
     assert sum(MOVING_WINDOWS in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("method,sample", [("RAS", ras_sample), ("SDiT", sdit_sample)])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_windows_across_an_image_run_dense_one_evaluation_a_step_and_say_so(method, sample, dim, caplog, monkeypatch):
+    """Context Windows (Manual) over an image's height or width (tiles, as PiD's 4K decodes use them): each window is
+    a crop of the token grid, which no other forward's cache covers. The run is dense (the windowed model's own
+    samples), plans no cache, counts one evaluation per step (not per tile), and the log and the node say why."""
+    from comfyui_sdit.nodes import live_progress
+    from sdit_testkit import flux_conditioning, tiny_flux
+    model = with_context_windows(tiny_flux(seed=3), length=8, overlap=4, dim=dim)
+    latent = {"samples": torch.zeros(1, 16, 16, 24)}
+    a = dict(seed=3, steps=6, cfg=1.0, sampler_name="euler", scheduler="simple", positive=flux_conditioning(1),
+             negative=flux_conditioning(2), latent_image=latent, denoise=1.0, sample_ratio=0.5, warmup_steps=1)
+    if method == "RAS":
+        a["reset_steps"] = ""
+    sent = []
+    monkeypatch.setattr(live_progress, "server_send", lambda event, data: sent.append((event, data)))
+    with caplog.at_level(logging.WARNING):
+        out, trace = sample(model, unique_id="5", **a)
+    reference = ksample(model, latent["samples"], seed=3, steps=6, cfg=1.0, positive=a["positive"],
+                        negative=a["negative"])
+    assert (out["samples"] - reference).abs().max().item() <= TOL
+    assert len(trace.steps) == 6 and all(s.dense for s in trace.steps)
+    axis = {2: "height", 3: "width"}[dim]
+    said = f"ComfyUI's context windows cut the latent along its {axis} (dim {dim}): each window is a crop of the image"
+    assert said in caplog.text
+    summary = [d for e, d in sent if e == live_progress.SUMMARY_EVENT][-1]
+    assert said in summary["note"] and summary["evaluations"] == 6
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -31,6 +31,7 @@ from .mage_flow import MageFlowFamily
 from .minimax_h3 import MiniMaxH3Family
 from .mochi import MochiFamily
 from .omnigen2 import OmniGen2Family
+from .pid import PiDFamily
 from .pixart import PixArtFamily
 from .pixeldit import PixelDiTFamily
 from .prism import PrismFamily
@@ -57,7 +58,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
-                               PixelDiTFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily()]
+                               PixelDiTFamily(), PiDFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily()]
 
 
 def supported_family_names() -> str:

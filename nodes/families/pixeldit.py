@@ -18,12 +18,14 @@ node's run stops with the same clear error at its first sparse step.
 """
 from .base import FamilyAdapter, every_token_row, patch_method, runs_class_methods, shared_table_rows
 
-BATCH = ("PixelDiT with a batch of several images is not supported by region-adaptive sampling (its rotary "
-         "embeddings are one table for the batch, and each image runs other patches): use batch size 1")
+BATCH = ("PixelDiT (and PiD, its decoder) with a batch of several images is not supported by region-adaptive sampling "
+         "(its rotary embeddings are one table for the batch, and each image runs other patches): use batch size 1")
 
 
 class PixelDiTFamily(FamilyAdapter):
     names = ("PixelDiT",)
+    # edits `_pre_pixel_blocks`' arguments before the model's hook runs on the running patches (PiD's: pid.py)
+    before_pixel_blocks = None
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.pixeldit.model", "PixDiT_T2I",
@@ -47,7 +49,8 @@ class PixelDiTFamily(FamilyAdapter):
         for i in range(len(diffusion_model.patch_blocks)):
             patch_method(patcher, slot, f"diffusion_model.patch_blocks.{i}.forward", before=_gather_patch_block_inputs,
                          graph=True)
-        patch_method(patcher, slot, "diffusion_model._pre_pixel_blocks", after=every_token_row)
+        patch_method(patcher, slot, "diffusion_model._pre_pixel_blocks", before=self.before_pixel_blocks,
+                     after=every_token_row)
         for i in range(len(diffusion_model.pixel_blocks)):
             block = f"diffusion_model.pixel_blocks.{i}"
             patch_method(patcher, slot, f"{block}.forward", before=_gather_pixel_block_inputs, graph=True)
