@@ -2,6 +2,7 @@
 numbers, gathered here so the differences we handle can be read in one place. What the sampling device
 computes (float64, float8): sdit_core/device_support.py."""
 import dataclasses
+import inspect
 import logging
 from typing import Callable, List, Optional
 
@@ -74,7 +75,6 @@ def first_part(samples):
 def takes_reference_latents(diffusion_model) -> bool:
     """Does this model's forward take reference latents (`ref_latents`: newer ComfyUI's Lumina 2 /
     Z-Image Omni), which ComfyUI fills from a prompt's `reference_latents`? Older ones ignore them."""
-    import inspect
     forward = getattr(type(diffusion_model), "_forward", None)
     return forward is not None and "ref_latents" in inspect.signature(forward).parameters
 
@@ -96,7 +96,6 @@ def lumina_takes_frames(diffusion_model) -> bool:
     latents, Ming-Image-Layer's composite and layers as frames)? Its `unpatchify` then takes the frame count and its
     own `_forward` the reference frames that came with them (Z-Image pixel space's `_forward`, which unpacks four
     dimensions, does not)."""
-    import inspect
 
     def takes(method, parameter):
         return method is not None and parameter in inspect.signature(method).parameters
@@ -249,8 +248,14 @@ def attention_takes_grouped_kv(attention_forward: Callable) -> bool:
     (grouped-query attention, `enable_gqa`: newer ComfyUI's OmniGen2) instead of repeating them to the queries'
     heads first (0.3.75)? Read in its source, the one place where the two differ; where the source cannot be
     read, the repeated (larger) count is assumed, so the memory plan never falls short."""
-    import inspect
     try:
         return "enable_gqa" in inspect.getsource(attention_forward)
     except (OSError, TypeError):
         return False
+
+
+def takes_transformer_options(module) -> bool:
+    """Does this module's forward take ComfyUI's `transformer_options` (where its attention finds the override)?
+    A ControlNet's network calls its blocks without them; the pack hands them in (sparse_controlnet.py). The class's
+    forward: an object patch (ours, from an earlier run) may sit on the module."""
+    return "transformer_options" in inspect.signature(type(module).forward).parameters

@@ -58,13 +58,15 @@ def _text_tokens(entry: dict) -> int:
 
 def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], store: Optional[str],
                         patch_size: int, temporal_patch: int = 1, window_frames: Optional[List[int]] = None,
-                        latent_shapes: Optional[list] = None) -> int:
+                        latent_shapes: Optional[list] = None, side_layers=None) -> int:
     """The K/V cache of a run over a latent of `noise_shape` with these prompts, once every stream stored
     its dense step: per prompt, its text and the image's tokens with the references it puts after them.
     Prompts of other lengths run apart, each at its own length (DiTs' prompts are plain conditions in
     ComfyUI, which batches only equal shapes). `window_frames`: the frames of each context window of the
     first step, each window a cache of its own (the engine keeps no more where the windows move). `latent_shapes`:
-    the parts' shapes of a latent of several parts (outer_sample's argument; `noise_shape` is then the first's)."""
+    the parts' shapes of a latent of several parts (outer_sample's argument; `noise_shape` is then the first's).
+    `side_layers(entry, image_tokens, text_tokens)`: the layers of networks that run with the model's tokens beside it
+    for a prompt (its ControlNets, sparse_controlnet.py)."""
     model = patcher.model
     diffusion_model = model.diffusion_model
     value_bytes = inference_dtype(model).itemsize
@@ -81,6 +83,7 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
             if latent_shapes is not None and len(latent_shapes) > 1:
                 text += adapter.latent_parts_tokens(diffusion_model, latent_shapes, _text_tokens(entry), entry)
             layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text, entry)
+                       + (side_layers(entry, tokens(shape), _text_tokens(entry)) if side_layers else [])
                        for shape in shapes]
     except (AttributeError, ImportError) as error:  # a newer ComfyUI renamed what the adapter reads: sample unplanned
         logging.warning("SDiT: the K/V cache is left out of ComfyUI's memory plan (%s)", error)

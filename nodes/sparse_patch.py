@@ -6,9 +6,11 @@
 - APPLY_MODEL wrapper: opens one engine forward per model call (its stream, sigma and image grid);
 - `optimized_attention_override`: routes every attention call through the engine's K/V cache,
   chaining any override another node installed before us;
-- the family adapter's object patch: gathers active tokens and scatters the output.
+- the family adapter's object patch: gathers active tokens and scatters the output;
+- ComfyUI's ControlNets whose network has an adapter run on the model's tokens too (sparse_controlnet.py).
 The model passed in is never modified: everything is installed on a clone.
 """
+import functools
 import inspect
 import math
 import time
@@ -27,6 +29,7 @@ from .families import adapter_for
 from .families.base import unwrap_ours
 from .neighbours import check_attention_went_through, check_neighbours, explain_failed_sparse_forward
 from .sampler_support import warn, why_dense
+from .sparse_controlnet import controlnet_cache_layers, run_controlnets_with_tokens
 from .comfy_compat import (compiler_opaque, context_window_frames, context_window_key, context_windows_at_start,
                            leading_latent_shape, models_loaded_beside, pixels_per_latent)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
@@ -44,6 +47,7 @@ class RunSlot:
     def __init__(self):
         self.run: Optional[SparseRun] = None
         self.last_run: Optional[SparseRun] = None
+        self.attention_override: Optional[Callable] = None     # ours (handed to ControlNets' blocks)
 
     @compiler_opaque        # read from inside the model: eager under torch.compile
     def current_call(self) -> Optional[ForwardCall]:
@@ -94,6 +98,13 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     slot = RunSlot()
     adapter.install(patched, slot)
 
+    def main_stream(x, sigma: float, transformer_options: dict, conditions: dict):
+        """The (stream key, network) of a model forward: its prompts and perturbations, the conditions it gets, the
+        device (a stream's K/V cache lives there: multi-GPU runs cond and uncond on different devices) and its
+        context window (each a stream of its own; a step's windows: one evaluation)."""
+        return ((_stream_key(transformer_options), _conditions_key(conditions), str(x.device),
+                 context_window_key(transformer_options)), adapter.network(model.model.diffusion_model, sigma))
+
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
         noise = arguments["noise"]
@@ -126,7 +137,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         windows = context_windows_at_start(run.context_handler, sampled.model, latent_shape, arguments["sigmas"])
         run.kv_planned_bytes = 0 if run.dense_only else planned_cache_bytes(     # dense throughout: no cache
             adapter, sampled, latent_shape, evaluated_prompts(executor.class_obj), kv_cache, patch_size, temporal_patch,
-            windows, arguments.get("latent_shapes"))
+            windows, arguments.get("latent_shapes"),
+            side_layers=functools.partial(controlnet_cache_layers, adapter))
+        if not run.dense_only:      # this run's copies of the conds (ComfyUI's guider makes them per run)
+            run_controlnets_with_tokens(getattr(executor.class_obj, "conds", None), slot, adapter, main_stream, node)
         check_kv_cache_on(sampled.load_device, kv_cache, node)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
         slot.run = run
@@ -155,15 +169,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # tokens run, none to skip)
         if run is None or not is_latent_shape(latent_shape) or transformer_options.get("run_vx") is False:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        # the device is part of the stream: a stream's K/V cache lives there (multi-GPU runs cond and
-        # uncond on different devices)
         sigma = float(t.flatten()[0])
-        # each context window is a stream of its own (a step's windows: one evaluation)
-        call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"),
-                                (_stream_key(transformer_options), _conditions_key(kwargs), str(x.device),
-                                 context_window_key(transformer_options)),
-                                frames=context_window_frames(transformer_options, run.context_handler),
-                                network=adapter.network(model.model.diffusion_model, sigma))
+        stream_key, network = main_stream(x, sigma, transformer_options, kwargs)
+        call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"), stream_key,
+                                frames=context_window_frames(transformer_options, run.context_handler), network=network)
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -199,6 +208,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         return call.attention(attend, q, k, v, heads, kwargs)
 
     attention_override.sdit_wraps = previous_override
+    slot.attention_override = attention_override
     transformer_options["optimized_attention_override"] = attention_override
     for kind, wrapper in ((patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample),
                           (patcher_extension.WrappersMP.PREPARE_SAMPLING, prepare_sampling),

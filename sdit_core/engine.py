@@ -61,6 +61,7 @@ class EvalRecord:
     info: EvalInfo
     active: Optional[torch.Tensor]      # (batch, n) on CPU, None when planned dense
     calls: List[CallRecord] = field(default_factory=list)
+    side_calls: List[CallRecord] = field(default_factory=list)     # networks that feed the model's (ControlNets)
     shared: bool = True                 # every image has the same active set
     windows: Dict[Tuple[int, ...], Tuple[torch.Tensor, bool]] = field(default_factory=dict)   # frame_windows.py
 
@@ -117,6 +118,8 @@ class ForwardCall:
         # adapters' facts of this forward's token layout (grid shape, leading tokens), learnt as it runs: unlike the
         # memos, kept when a graph capture recomputes what derives from the index
         self.layout: Dict[Hashable, object] = {}
+        self.feeds = False                # another network's forward that feeds the model's (open_forward)
+        self.feeds_index: Optional[torch.Tensor] = None   # (rows, n): the rows its output must come in
         self.record = CallRecord(stream.key, 0, dense, self.grid_tokens if dense else int(grid_index.shape[1]),
                                  self.grid_tokens)
         self.eval_record: Optional[EvalRecord] = None    # the evaluation this forward belongs to
@@ -407,12 +410,16 @@ class SparseRun:
 
     def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
                      sample_sigmas: Optional[torch.Tensor], stream_key: Hashable,
-                     frames: Optional[Sequence[int]] = None, network: Hashable = None) -> ForwardCall:
+                     frames: Optional[Sequence[int]] = None, network: Hashable = None,
+                     feeds: Hashable = None) -> ForwardCall:
         """`frames`: the video frames the call's latent holds, in its order, when it is a context window
         of the run's video (frame_windows.py); None: the call covers the run's latent. `network`: which of the
         model's networks runs the call, where the model switches them by sigma (Prism's two video towers): each
         has streams of its own, and the first forward of one drops the other's (their caches are not read
-        again, and two networks' caches at once would double the memory)."""
+        again, and two networks' caches at once would double the memory). `feeds`: the stream key of the model's
+        forward that this call's output feeds at this evaluation (a ControlNet's, which ComfyUI runs before the
+        model's): the call runs sparse only where that forward will, and `call.feeds_index` is the grid index that
+        forward will run (None: dense), the rows its output must come in."""
         rows = int(latent_shape[0])
         grid = self.grid_of(latent_shape)
         window = self._window(grid, frames)
@@ -438,6 +445,9 @@ class SparseRun:
             stream.last_eval = record.info.index
             # Dense when planned, when this stream's caches are not complete yet, or when it keeps none.
             dense = record.active is None or not stream.primed or not keeps_cache
+            fed_sparse = feeds is not None and window is None and self._runs_sparse((feeds, network, rows, grid))
+            if feeds is not None:
+                dense = dense or not fed_sparse
             shared = record.shared
             if dense:
                 index = None
@@ -450,8 +460,17 @@ class SparseRun:
                            keeps_cache=keeps_cache)
         call.record.rows = rows
         call.eval_record = record
+        call.feeds = feeds is not None
+        if call.feeds and fed_sparse:
+            call.feeds_index = record.active.repeat(rows // self.batch, 1)
         self.current = call
         return call
+
+    def _runs_sparse(self, key: Hashable) -> bool:
+        """Will the stream `key`'s forward at the current evaluation run sparse (as open_forward decides)?"""
+        stream = self.streams.get(key)
+        return (self.evals[-1].active is not None and stream is not None and stream.primed
+                and self._cache_is_read(key[3], None, key[2]))
 
     def _window(self, grid: Tuple[int, ...], frames: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:
         """The frames of a context window the engine can follow, or None: a window of a video whose
@@ -503,7 +522,7 @@ class SparseRun:
             if call.image_rows is None:     # the model body never ran (e.g. EasyCache skipped the step)
                 call.record.image_tokens = 0
             with self._lock:
-                call.eval_record.calls.append(call.record)
+                (call.eval_record.side_calls if call.feeds else call.eval_record.calls).append(call.record)
                 if call.dense and call.keeps_cache:     # only dense forwards allocate cache layers
                     call.stream.primed = True
                     held = sum(stream.kv.nbytes() for stream in self.streams.values())

@@ -407,6 +407,28 @@ def test_a_network_of_its_own_starts_dense_and_drops_the_other_networks_streams(
     assert len(run.streams) == 1
 
 
+def test_a_forward_that_feeds_the_models_runs_sparse_only_where_the_model_will():
+    """A ControlNet's forward (run before the model's, `feeds` the model's stream): dense while the model's stream has
+    no complete cache, even with its own cache complete; sparse with the model's index once both are primed; its
+    output's rows (`feeds_index`) are the model's, also where its own forward runs dense (its stream new), and are
+    kept apart from the model's calls in the record."""
+    run = SparseRun(FixedPlanPolicy([None] + [torch.tensor([[0, 2]])] * 4), (1, 16, 2, 6), patch_size=2)   # 3 tokens
+    seen = []
+    for sigma, forwards in ((0.9, ("cn", "model")), (0.8, ("cn",)), (0.7, ("cn", "model")), (0.6, ("cn", "model")),
+                            (0.5, ("cn2", "model"))):
+        for name in forwards:
+            call = run.open_forward((1, 16, 2, 6), sigma, None, name, feeds="model" if name != "model" else None)
+            call.gather(torch.zeros(1, 3, 8))
+            seen.append((name, call.dense, None if call.feeds_index is None else call.feeds_index.tolist()))
+            run.close_forward(call, True)
+    assert seen == [("cn", True, None), ("model", True, None),
+                    ("cn", False, [[0, 2]]),        # (the model would run sparse)
+                    ("cn", True, None), ("model", True, None),   # the model's stream sat one out: dropped
+                    ("cn", False, [[0, 2]]), ("model", False, None),
+                    ("cn2", True, [[0, 2]]), ("model", False, None)]
+    assert [len(e.side_calls) for e in run.evals] == [1, 1, 1, 1, 1] and all(len(e.calls) <= 1 for e in run.evals)
+
+
 def test_other_queries_attend_to_every_image_token_through_the_cache():
     """Attention whose keys are the image tokens alone and whose queries are another sequence's, which always runs
     (LTX-2's audio attending to the video): on a sparse forward after a dense one, the keys and values of the tokens

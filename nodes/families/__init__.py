@@ -15,6 +15,7 @@ from .cosmos import CosmosFamily
 from .cosmos1 import Cosmos1Family
 from .ernie import ErnieImageFamily
 from .flux import FluxFamily
+from .flux_controlnet import FluxControlNet
 from .hidream import HiDreamFamily
 from .hidream_o1 import HiDreamO1Family
 from .hunyuan_dit import HunyuanDiTFamily
@@ -82,3 +83,12 @@ def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAd
         f"model class {type(inner).__name__} ({type(diffusion_model).__module__}.{type(diffusion_model).__name__}) "
         f"is not supported: region-adaptive sampling needs a diffusion transformer of a supported family "
         f"({supported_family_names()}); UNet models such as SD1.5/SDXL cannot skip tokens")
+
+
+# ControlNet networks (ComfyUI's Apply ControlNet) that run token-sparse with the model they feed (sparse_controlnet.py)
+CONTROLNETS = [FluxControlNet()]
+
+
+def controlnet_adapter_for(control_model, family: FamilyAdapter):
+    """The adapter of a ControlNet's network feeding a model of `family`, or None (it runs over every token)."""
+    return next((c for c in CONTROLNETS if c.matches(control_model) and c.feeds(family)), None)

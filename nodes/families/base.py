@@ -21,8 +21,8 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     `graph`: the method's sparse calls may be replayed from CUDA graphs when the run has them on
     (forward_graphs.py): the method is the whole token-sparse part of the forward (between gather and
     scatter), or one layer of it that reads nothing but its arguments, the index and the K/V cache."""
-    owner_path, name = path.rsplit(".", 1)
-    owner = patcher.get_model_object(owner_path)
+    owner_path, _, name = path.rpartition(".")
+    owner = patcher.get_model_object(owner_path) if owner_path else patcher.model
     original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(getattr(type(owner), name).__get__(owner))
 
@@ -87,6 +87,27 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
             return original(x, *args, **kwargs)
         out = original(before(call, x) if before else x, *args, **kwargs)
         return after(call, out) if after else out
+
+    forward.sdit_wraps = original
+    patcher.add_object_patch(path + ".forward", forward)
+
+
+def hand_attention_override(patcher, slot, path: str) -> None:
+    """Object-patches the forward of a block that takes `transformer_options` but is called without them (a
+    ControlNet network's blocks: ComfyUI's ControlNet forwards call them bare): while a forward of the engine is open,
+    its attention gets the pack's override (`slot.attention_override`), so it runs through the K/V cache."""
+    module = patcher.get_model_object(path)
+    original = unwrap_ours(patcher.get_model_object(path + ".forward"))
+    signature = inspect.signature(type(module).forward.__get__(module))
+
+    @functools.partial(compiler_opaque, callees_compiled=True)
+    def forward(*args, **kwargs):
+        if slot.current_call() is None:
+            return original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        options = bound.arguments.get("transformer_options") or {}
+        bound.arguments["transformer_options"] = dict(options, optimized_attention_override=slot.attention_override)
+        return original(*bound.args, **bound.kwargs)
 
     forward.sdit_wraps = original
     patcher.add_object_patch(path + ".forward", forward)
@@ -346,11 +367,21 @@ def with_block_patches_for_sparse_forward(call, options: dict, class_name: str, 
     return dict(options, patches=dict(patches, double_block=replaced))
 
 
+# Set in a ControlNet's residuals that ran with the model's tokens (sparse_controlnet.py): (evaluation, rows per image)
+SPARSE_CONTROL = "sdit_sparse_rows"
+
+
 def gather_control(call, control: dict) -> dict:
     """ControlNet residuals are added to the image tokens block by block: gather them alike. A ControlNet with fewer
     blocks than the model hands the same residual to several (Flux's XLabs and InstantX ones repeat a few tensors over
     the model's 19 double and 38 single blocks): each distinct tensor is gathered once, and the entries share it, as
-    they did."""
+    they did. Residuals of a ControlNet that ran token-sparse itself (sparse_controlnet.py) come in the tokens' rows
+    already."""
+    if control is not None and SPARSE_CONTROL in control:
+        if call.dense or control[SPARSE_CONTROL] != (call.info.index, int(call.grid_index.shape[1])):
+            raise RuntimeError(f"region-adaptive sampling: a ControlNet ran on other tokens ({control[SPARSE_CONTROL]}) "
+                               f"than the model's forward (evaluation {call.info.index}, dense: {call.dense})")
+        return {name: value for name, value in control.items() if name != SPARSE_CONTROL}
     if control is None or call.dense:
         return control
     gathered, done = {}, {}

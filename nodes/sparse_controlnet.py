@@ -1,0 +1,167 @@
+"""ComfyUI's own ControlNets (Apply ControlNet) run on the tokens the model runs.
+
+ComfyUI runs a ControlNet apart from the model, before each of the model's forwards (`ControlNet.get_control` in
+calc_cond_batch), over every image token; its residuals are then added to the model's image tokens block by block.
+Where the ControlNet's network has an adapter (`families.CONTROLNETS`), it runs token-sparse too: on the tokens the
+model's forward will run, through K/V caches of its own (an engine stream that feeds the model's, `open_forward`'s
+`feeds`), so its cost falls with the model's instead of staying whole in every step.
+
+- When sampling starts, each ControlNet chain in this run's conds (ComfyUI copies the guider's conds per run) is
+  swapped for shallow copies (the ControlNets passed in stay as they were) whose network loads through a clone of its
+  ModelPatcher carrying the adapter's object patches, and whose `get_control` notes which model forward it feeds.
+- ComfyUI's own `get_control` then runs (the hint, the timestep range, strength, the merge with the chain); the
+  network's forward opens the engine forward, the adapter gathers its tokens, its attention goes through the cache.
+- The residuals come in the rows the model's forward runs (a dense ControlNet forward's, the first of its stream, are
+  gathered after it), marked for `gather_control`; where the model's forward is dense they cover every token.
+A chain with any other ControlNet (T2I adapters, Control LoRAs, other packs' ControlNet classes, a network without an
+adapter) stays as it is: it runs over every token and its residuals are gathered, as before.
+"""
+import copy
+import functools
+import threading
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional
+
+import torch
+
+from ..sdit_core.tokens import gather_rows
+from .families import controlnet_adapter_for
+from .families.base import SPARSE_CONTROL, unwrap_ours
+from .neighbours import check_attention_went_through
+
+# apply_model's own parameters: what the model's forward gets besides them are its conditions (sparse_patch.py)
+APPLY_MODEL_NAMED = ("c_concat", "c_crossattn", "control", "transformer_options")
+
+_pending = threading.local()        # the ControlNet forward about to run in this thread (set by its get_control)
+
+
+@dataclass
+class _Feed:
+    """A ControlNet forward and the model forward it feeds."""
+    run: object
+    stream_key: Hashable
+    main_key: Hashable
+    network: Hashable
+    latent_shape: tuple
+    sigma: float
+    sample_sigmas: Optional[torch.Tensor]
+    rows: Optional[tuple] = None            # (evaluation, rows per image) where its residuals came in the model's rows
+
+
+def sparse_chain_adapters(control, family) -> Optional[list]:
+    """The adapters of every ControlNet in `control`'s chain, or None where one cannot run token-sparse."""
+    import comfy.controlnet
+    adapters = []
+    while control is not None:
+        if type(control) is not comfy.controlnet.ControlNet:      # ComfyUI's own class: its get_control, as it is
+            return None
+        adapter = controlnet_adapter_for(control.control_model, family)
+        if adapter is None or not adapter.runs_sparse(control.control_model):
+            return None
+        adapters.append(adapter)
+        control = control.previous_controlnet
+    return adapters
+
+
+def controlnet_cache_layers(family, entry: dict, image_tokens: int, text_tokens: int) -> list:
+    """The K/V cache layers of a conds entry's ControlNets that run token-sparse (for the memory plan)."""
+    control = entry.get("control")
+    adapters = sparse_chain_adapters(control, family) if control is not None else None
+    layers = []
+    for adapter in adapters or []:
+        layers += adapter.kv_cache_layers(control.control_model, image_tokens, text_tokens, control)
+        control = control.previous_controlnet
+    return layers
+
+
+def run_controlnets_with_tokens(conds: dict, slot, family, main_stream: Callable, node: str) -> int:
+    """Swaps each ControlNet chain of this run's `conds` that can run token-sparse for copies that do. `main_stream(x,
+    sigma, transformer_options, conditions)` gives the model forward's (stream key, network). Returns how many
+    ControlNets were swapped."""
+    copies, clones = {}, {}
+
+    def sparse_copy(control, adapters):
+        if id(control) not in copies:
+            proxy = copy.copy(control)
+            # ComfyUI registers its per-GPU copies in this dict: the copy's own, not the original's
+            proxy.multigpu_clones = dict(getattr(control, "multigpu_clones", {}) or {})
+            if control.previous_controlnet is not None:
+                proxy.previous_controlnet = sparse_copy(control.previous_controlnet, adapters[1:])
+            wrapped = control.control_model_wrapped
+            if id(wrapped) not in clones:           # copies of one ControlNet share its patcher, as they did
+                clone = wrapped.clone()
+                adapters[0].install(clone, slot)
+                _open_forward_in(clone, slot, node)
+                clones[id(wrapped)] = clone
+            proxy.control_model_wrapped = clones[id(wrapped)]
+            proxy.get_control = functools.partial(_get_control, proxy, len(copies), slot, main_stream)
+            copies[id(control)] = proxy
+        return copies[id(control)]
+
+    for entries in (conds or {}).values():
+        for entry in entries or []:
+            control = entry.get("control") if isinstance(entry, dict) else None
+            adapters = sparse_chain_adapters(control, family) if control is not None else None
+            if adapters:
+                entry["control"] = sparse_copy(control, adapters)
+    return len(copies)
+
+
+def _get_control(proxy, link: int, slot, main_stream: Callable, x_noisy, t, cond, batched_number, transformer_options):
+    """ComfyUI's get_control, with the model forward it feeds noted for the network's forward."""
+    run = slot.run
+    if run is None:
+        return type(proxy).get_control(proxy, x_noisy, t, cond, batched_number, transformer_options)
+    sigma = float(t.flatten()[0])
+    conditions = {name: value for name, value in cond.items() if name not in APPLY_MODEL_NAMED}
+    main_key, network = main_stream(x_noisy, sigma, transformer_options, conditions)
+    feed = _Feed(run, (main_key, "controlnet", link), main_key, network, tuple(x_noisy.shape), sigma,
+                 transformer_options.get("sample_sigmas"))
+    outer = getattr(_pending, "feed", None)         # a chain: ComfyUI's get_control runs the previous one's first
+    _pending.feed = feed
+    try:
+        control = type(proxy).get_control(proxy, x_noisy, t, cond, batched_number, transformer_options)
+    finally:
+        _pending.feed = outer
+    if control is not None and feed.rows is not None:
+        control = dict(control, **{SPARSE_CONTROL: feed.rows})
+    return control
+
+
+def _open_forward_in(patcher, slot, node: str) -> None:
+    """Object-patches the network's forward: where its get_control noted a feed, it runs as an engine forward."""
+    original = unwrap_ours(patcher.get_model_object("forward"))
+
+    def forward(*args, **kwargs):
+        feed = getattr(_pending, "feed", None)
+        if feed is None or feed.run is not slot.run:
+            return original(*args, **kwargs)
+        run = feed.run
+        call = run.open_forward(feed.latent_shape, feed.sigma, feed.sample_sigmas, feed.stream_key,
+                                network=feed.network, feeds=feed.main_key)
+        completed = False
+        try:
+            control = original(*args, **kwargs)
+            check_attention_went_through(call, {}, node)
+            if call.feeds_index is not None:
+                control = _in_rows(control, call.feeds_index) if call.dense else control
+                feed.rows = (call.info.index, int(call.feeds_index.shape[1]))
+            completed = True
+            return control
+        finally:
+            run.close_forward(call, completed)
+
+    forward.sdit_wraps = original
+    patcher.add_object_patch("forward", forward)
+
+
+def _in_rows(control: dict, index: torch.Tensor) -> dict:
+    """Residuals over every token -> over the rows of `index` (rows, n); each distinct tensor gathered once."""
+    done = {}
+
+    def gather_once(residual):
+        if id(residual) not in done:
+            done[id(residual)] = gather_rows(residual, index.to(residual.device))
+        return done[id(residual)]
+    return {name: [gather_once(r) if torch.is_tensor(r) else r for r in residuals]
+            if isinstance(residuals, (list, tuple)) else residuals for name, residuals in control.items()}

@@ -1,0 +1,209 @@
+"""ComfyUI's own Flux ControlNets (Apply ControlNet with a `ControlNetFlux`: XLabs-style, InstantX Union with its mode)
+run on the tokens the model runs (nodes/sparse_controlnet.py), on a tiny random-weight Flux and tiny instances of
+ComfyUI's ControlNetFlux (CPU, fp32): every token active == the ControlNet run whole by ComfyUI; a sparse step after a
+dense one exact on the tokens that ran with the ControlNet's own forward on those tokens only (batch 2 with CFG, other
+tokens per image); a Union ControlNet's mode token; a chain of two whose second starts later (its first forward dense
+while the first's is sparse); one that ends halfway; the K/V cache as planned; a chain with another kind of ControlNet
+left whole; the ControlNet passed in untouched; both sampler nodes and both Model Patch nodes end to end."""
+import importlib
+
+import pytest
+import torch
+
+import comfy.controlnet
+import comfy.ldm.flux.controlnet
+import comfy.model_management
+import comfy.ops
+
+from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
+from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
+from sdit_testkit import (TINY_FLUX, assert_exact_on_active_tokens, flux_conditioning, init_weights_, ksample,
+                          random_active, sample_with, tiny_flux)
+from test_video import (RecordingPolicy, assert_within, every_token_active, model_patch_nodes_under_ksampler,
+                        sampler_node_end_to_end)
+
+comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+TOL = 1e-5
+HEIGHT, WIDTH = 8, 12                             # a non-square latent
+TOKENS = (HEIGHT // 2) * (WIDTH // 2)
+TEXT = 7                                          # flux_conditioning's prompt tokens
+
+
+def latent(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(8))
+
+
+def flux_controlnet(seed: int, union: bool = False, double: int = 2, single: int = 1):
+    """ComfyUI's ControlNetFlux for the tiny Flux (an image hint through its convolution encoder), random weights."""
+    config = {name: value for name, value in flux_unet_config(TINY_FLUX).items() if name != "image_model"}
+    config.update(depth=double, depth_single_blocks=single)
+    network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.disable_weight_init,
+                                                       num_union_modes=4 if union else 0, **config)
+    init_weights_(network, seed)
+    control = comfy.controlnet.ControlNet(network, load_device=comfy.model_management.get_torch_device(),
+                                          extra_conds=["y", "guidance"])
+    if union:           # as SetUnionControlNetType sets a mode ("depth")
+        control = control.copy()
+        control.set_extra_arg("control_type", [1])
+    return control
+
+
+def hint(seed: int) -> torch.Tensor:
+    return torch.rand(1, HEIGHT * 8, WIDTH * 8, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def prompts(*controls) -> dict:
+    """Flux prompts under ControlNets applied one after the other by ComfyUI's ControlNetApplyAdvanced (a chain):
+    each `(control, start_percent, end_percent)`."""
+    positive, negative = flux_conditioning(1), flux_conditioning(2)
+    for number, (control, start, end) in enumerate(controls):
+        positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+            positive, negative, control, hint(20 + number), 0.8, start, end)
+    return dict(positive=positive, negative=negative)
+
+
+def side_calls(run, evaluation: int) -> list:
+    return run.evals[evaluation].side_calls
+
+
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_every_token_active_equals_the_controlnet_run_whole(batch, cfg):
+    model = tiny_flux(seed=3)
+    run = every_token_active(model, latent(batch), cfg, prompts((flux_controlnet(5), 0.0, 1.0)), TOKENS,
+                             assert_within(TOL))
+    # the ControlNet ran through the engine: dense with the model first, then on the model's tokens
+    assert [c.dense for c in side_calls(run, 0)] == [True]
+    assert all(not c.dense and c.image_tokens == TOKENS for e in range(1, 4) for c in side_calls(run, e))
+
+
+def dense_then_sparse(model, latent, active, cfg, conds):
+    """One dense and then one sparse forward on the same input, through ComfyUI's sampling: per stream
+    [(dense output, computed), (sparse output, computed)], and the run."""
+    policy = RecordingPolicy([None, active])
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+
+    def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for _ in range(2):
+            model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+        return x
+    sample_with(patched, latent, twice, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **conds)
+    by_stream = {}
+    for stream, out, computed in policy.outputs:
+        by_stream.setdefault(stream, []).append((out, computed))
+    return by_stream, slot.last_run
+
+
+@pytest.mark.parametrize("union", [False, True])
+@pytest.mark.parametrize("batch,cfg", [(1, 1.0), (2, 3.0)])
+def test_a_sparse_step_after_a_dense_one_is_exact_and_the_controlnet_runs_those_tokens(union, batch, cfg):
+    """A third of the tokens, in random order and other ones per image; a Union ControlNet with its mode token."""
+    active = random_active(batch, TOKENS, TOKENS // 3, seed=1)
+    by_stream, run = dense_then_sparse(tiny_flux(seed=4), latent(batch), active, cfg,
+                                       prompts((flux_controlnet(6, union=union), 0.0, 1.0)))
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+    rows = 2 * batch if cfg > 1 else batch          # cond and uncond batched
+    assert [(c.dense, c.rows, c.image_tokens) for c in side_calls(run, 1)] == [(False, rows, TOKENS // 3)]
+
+
+def test_a_chain_whose_second_controlnet_starts_later():
+    """The chain's second ControlNet joins at 40%: its first forward runs dense (its cache is empty) while the
+    first's runs sparse, and its residuals are cut to the model's tokens to be merged with the first's (ComfyUI runs
+    the chain's earlier ControlNet first)."""
+    model = tiny_flux(seed=5)
+    chain = prompts((flux_controlnet(7), 0.0, 1.0), (flux_controlnet(8, double=1, single=2), 0.4, 1.0))
+    run = every_token_active(model, latent(2), 3.0, chain, TOKENS, assert_within(TOL))
+    assert [[c.dense for c in side_calls(run, e)] for e in range(4)] == [[True], [False], [False, True], [False, False]]
+    by_stream, run = dense_then_sparse(model, latent(2), random_active(2, TOKENS, TOKENS // 3, seed=2), 3.0, chain)
+    assert_exact_on_active_tokens(by_stream, TOKENS)
+    assert [c.dense for c in side_calls(run, 1)] == [False, False]
+    # a third of the tokens: the second's first forward, dense over every token, hands on the model's third
+    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    assert torch.isfinite(ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **chain)).all()
+    assert [[(c.dense, c.image_tokens) for c in side_calls(slot.last_run, e)] for e in range(4)] == [
+        [(True, TOKENS)], [(False, TOKENS // 3)], [(False, TOKENS // 3), (True, TOKENS)],
+        [(False, TOKENS // 3), (False, TOKENS // 3)]]
+
+
+def test_a_controlnet_that_ends_halfway():
+    """After its end percent (the last of 4 steps here) ComfyUI runs no ControlNet: its stream is dropped."""
+    model = tiny_flux(seed=6)
+    run = every_token_active(model, latent(2), 3.0, prompts((flux_controlnet(9), 0.0, 0.5)), TOKENS, assert_within(TOL))
+    assert [len(side_calls(run, e)) for e in range(4)] == [1, 1, 1, 0]
+    assert len(run.streams) == 0        # released
+
+
+def test_the_cache_is_as_planned():
+    """The ControlNet's layers (2 double, 1 single block over text + mode token + image) beside the model's."""
+    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
+    patched, slot = apply_token_sparse(tiny_flux(seed=7), lambda run: policy, node="test")
+    ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **prompts((flux_controlnet(10, union=True), 0.0, 1.0)))
+    run = slot.last_run
+    width, rows = TINY_FLUX["hidden_size"], 4
+    model = 4 * (TEXT + TOKENS) * width
+    controlnet = 3 * (TEXT + 1 + TOKENS) * width
+    assert run.kv_planned_bytes == run.kv_peak_bytes == rows * (model + controlnet) * 2 * 4
+
+
+class WholeControl(comfy.controlnet.ControlBase):
+    """Another kind of ControlNet (as T2I adapters or other packs' classes are): residuals over every token."""
+
+    def __init__(self):
+        super().__init__()
+        self.residual = 0.1 * torch.randn(1, TOKENS, TINY_FLUX["hidden_size"], generator=torch.Generator().manual_seed(4))
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        mine = {"input": [self.residual.expand(x_noisy.shape[0], -1, -1).clone()]}
+        return self.control_merge(mine, previous, output_dtype=None)
+
+    def copy(self):
+        c = WholeControl()
+        self.copy_to(c)
+        return c
+
+
+def test_a_chain_with_another_kind_of_controlnet_stays_whole():
+    model = tiny_flux(seed=8)
+    chain = prompts((flux_controlnet(11), 0.0, 1.0), (WholeControl(), 0.0, 1.0))
+    run = every_token_active(model, latent(2), 3.0, chain, TOKENS, assert_within(TOL))
+    assert all(side_calls(run, e) == [] for e in range(4))
+    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    assert torch.isfinite(ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **chain)).all()
+
+
+def test_the_controlnet_passed_in_is_untouched():
+    """After a sparse run: the conditioning holds the same ControlNet objects, as they were (their patcher, no hint,
+    weights, no patch left on the network), and KSampler with them samples as before."""
+    model = tiny_flux(seed=9)
+    control = flux_controlnet(12)
+    conds = prompts((control, 0.0, 1.0))
+    applied = conds["positive"][0][1]["control"]
+    state = (applied.control_model_wrapped, applied.previous_controlnet, dict(vars(applied)))
+    weights = {k: v.clone() for k, v in applied.control_model.state_dict().items()}
+    before = ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds)
+    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    sparse = ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **conds)
+    assert any(c.image_tokens == TOKENS // 3 for e in slot.last_run.evals for c in e.side_calls)
+    assert (sparse - before).abs().max().item() > 1e-5
+    assert conds["positive"][0][1]["control"] is applied and conds["negative"][0][1]["control"] is applied
+    assert (applied.control_model_wrapped, applied.previous_controlnet) == state[:2]
+    assert applied.cond_hint is None and vars(applied).keys() == state[2].keys()
+    assert torch.equal(ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds), before)
+    assert all(torch.equal(v, weights[k]) for k, v in applied.control_model.state_dict().items())
+    assert "forward" not in vars(applied.control_model) or not hasattr(vars(applied.control_model)["forward"],
+                                                                       "sdit_wraps")
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_sampler_nodes_end_to_end(method):
+    sampler_node_end_to_end(tiny_flux(seed=10), {"samples": latent(2)}, prompts((flux_controlnet(13), 0.0, 1.0)),
+                            method, TOKENS)
+
+
+def test_model_patch_nodes_under_ksampler():
+    model_patch_nodes_under_ksampler(tiny_flux(seed=11), {"samples": latent(1)},
+                                     prompts((flux_controlnet(14), 0.0, 1.0)), assert_within(TOL))
