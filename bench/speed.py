@@ -69,6 +69,9 @@ class Spec(NamedTuple):
     # a ControlNet with a transformer of its own over every video token, run whole on every step whatever the ratio (Wan's
     # Uni3C): (its blocks, their width, their MLP ratio, the width its per-block output projection writes)
     whole_branch: tuple = ()
+    # ComfyUI's Flux ControlNet (Apply ControlNet) beside the model, token-sparse with it: (double, single) blocks of a
+    # ControlNetFlux at the model's width (InstantX's Union: 5 + 10)
+    controlnet: tuple = ()
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -159,6 +162,8 @@ MODELS = {
                                     axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
                                     ffn_dim_multiplier=4.0), 2304, None, None, 28, 2304),
     "tiny-flux": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128),
+    "flux-dev-union-cn": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072, controlnet=(5, 10)),
+    "tiny-flux-cn": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128, controlnet=(1, 1)),
     "qwen-image": Spec("QwenImage", QWEN_IMAGE, 3584, None, None, 60, 3072, single_frame=True),
     "tiny-qwen-image": Spec("QwenImage", TINY_QWEN_IMAGE, 64, None, None, 2, 64, single_frame=True),
     "cosmos-predict2-2b": Spec("CosmosT2IPredict2", COSMOS_PREDICT2_2B, 1024, None, None, 28, 2048, joint=False,
@@ -249,7 +254,9 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
     - Wan Animate 2's pose branch over `frames` - 1 frames of the video's `tokens` / `frames` tokens each: the running
       queries outside the first frame also attend to one pose frame's keys; the branch's blocks run in full over its
       tokens every step ("run"), or only their k/v projections ("cached", WanAnimate2Cache).
-    Embedding, modulation and the head are left out (a few per mille)."""
+    - a Flux ControlNet's blocks (`controlnet`) as the model's, on the same running tokens (sparse_controlnet.py), each
+      with its per-token residual projection (d x d).
+    Embedding, modulation and the head are left out (a few per mille; a ControlNet's hint encoder too)."""
     d, r = spec.hidden, spec.mlp_ratio
     if spec.joint:
         rows, keys = text + running, text + tokens
@@ -275,8 +282,9 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
                           + (pose * 2 + text * 2) * d * d * 2 + pose * text * 4 * d)
         else:
             per_layer += pose * 2 * d * d * 2
+    controlnet = sum(spec.controlnet) * (per_layer + running * d * d * 2)
     return (spec.attention_layers * per_layer + (spec.audio_layers or spec.attention_layers) * audio_per_layer
-            + whole_branch_flops(spec, tokens))
+            + whole_branch_flops(spec, tokens) + controlnet)
 
 
 def whole_branch_flops(spec: Spec, tokens: int) -> float:
@@ -311,7 +319,8 @@ def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0, frames: 
     keys = text + tokens if spec.joint else tokens
     rows = keys
     pairs = rows * keys + (0 if spec.joint else tokens * text)
-    return spec.attention_layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio, frames)
+    layers = spec.attention_layers + sum(spec.controlnet)
+    return layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio, frames)
 
 
 def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
@@ -374,15 +383,41 @@ def conditioning(name: str, text: int, seed: int):
     return [[torch.randn(1, text, context_dim, generator=g), extra]]
 
 
+def with_controlnet(name: str, positive, negative, res: int, device, dtype):
+    """The prompts under a random-weight ControlNetFlux of the spec's size, applied by ComfyUI's ControlNetApplyAdvanced
+    (strength 0.7, every step) with a random hint image of `res` px."""
+    import importlib
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+    double, single = MODELS[name].controlnet
+    config = {k: v for k, v in flux_unet_config(MODELS[name].config).items() if k != "image_model"}
+    config.update(depth=double, depth_single_blocks=single)
+    network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.manual_cast, dtype=dtype, device=device,
+                                                       **config)
+    generator = torch.Generator(device=device).manual_seed(1)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
+    control = comfy.controlnet.ControlNet(network, load_device=device, manual_cast_dtype=dtype,
+                                          extra_conds=["y", "guidance"])
+    image = torch.rand(1, res, res, 3, generator=torch.Generator().manual_seed(2))
+    nodes = importlib.import_module("nodes")        # ComfyUI's nodes.py
+    return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 0.7, 0.0, 1.0)
+
+
 def planned_cache_gib(model, latent_shape, prompts, kv_cache) -> float:
     """The K/V cache of a run over `prompts` (ComfyUI conditioning), as the memory plan computes it."""
     from comfyui_sdit.nodes.families import adapter_for
     from comfyui_sdit.nodes.memory_plan import planned_cache_bytes
+    from comfyui_sdit.nodes.sparse_controlnet import controlnet_cache_layers
     adapter = adapter_for(model, "bench")
     diffusion_model = model.model.diffusion_model
     entries = [dict(values, cross_attn=text) for text, values in prompts]
     return planned_cache_bytes(adapter, model, latent_shape, entries, kv_cache, adapter.patch_size(diffusion_model),
-                               adapter.temporal_patch(diffusion_model)) / 2 ** 30
+                               adapter.temporal_patch(diffusion_model),
+                               side_layers=lambda *entry: controlnet_cache_layers(adapter, *entry)) / 2 ** 30
 
 
 def warm_profiler(device) -> None:
@@ -487,6 +522,9 @@ def run(args) -> dict:
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
+            if spec.controlnet:
+                positive, negative = with_controlnet(name, conditioning(name, args.text, 1),
+                                                     conditioning(name, args.text, 2), res, device, dtype)
             latent = sampled_latent(spec, res, args.frames)
             tokens, audio = image_tokens(latent.shape, spec.patch), audio_tokens(spec, args.frames)
             noise = comfy.sample.prepare_noise(latent, 0)
@@ -589,7 +627,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
-    for name, res, frames in [("flux-dev", 1024, 1), ("cosmos-predict2-2b", 1024, 1), ("qwen-image", 1024, 1),
+    for name, res, frames in [("flux-dev", 1024, 1), ("flux-dev-union-cn", 1024, 1), ("cosmos-predict2-2b", 1024, 1),
+                              ("qwen-image", 1024, 1),
                               ("wan21-14b", 480, 81),
                               ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
@@ -654,8 +693,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
-    parser.add_argument("--smoke", action="store_true", help="tiny Flux and tiny Cosmos Predict2, 256 px, 8 steps, one "
-                                                             "ratio (CI)")
+    parser.add_argument("--smoke", action="store_true", help="tiny Flux (alone and with a Flux ControlNet) and tiny "
+                                                             "Cosmos Predict2, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
                         help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5, LTX-Video and LTX-2 (where the "
                              "ComfyUI has it), 128 px x 9 frames, 8 steps, one ratio (CI)")
@@ -690,7 +729,8 @@ def main() -> None:
         print(json.dumps(ideal_table(), indent=1))
         return
     if args.smoke:
-        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-cosmos"], [256], 8, [0.5], 16
+        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-flux-cn", "tiny-cosmos"], [256], \
+            8, [0.5], 16
     if args.smoke_video:
         args.models = ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv",
                        "tiny-ltx2"]
