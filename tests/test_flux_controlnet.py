@@ -83,6 +83,7 @@ def dense_then_sparse(model, latent, active, cfg, conds):
     policy = RecordingPolicy([None, active])
     patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
 
+    @torch.no_grad()            # as ComfyUI's samplers run
     def twice(model, x, sigmas, extra_args=None, callback=None, disable=None):
         for _ in range(2):
             model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
