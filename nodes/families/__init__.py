@@ -37,6 +37,7 @@ from .pixart import PixArtFamily
 from .pixeldit import PixelDiTFamily
 from .prism import PrismFamily
 from .qwen_image import QwenImageFamily
+from .qwen_image_controlnet import QwenImageControlNet
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
 from .sensenova import SenseNovaFamily
@@ -86,7 +87,7 @@ def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAd
 
 
 # ControlNet networks (ComfyUI's Apply ControlNet) that run token-sparse with the model they feed (sparse_controlnet.py)
-CONTROLNETS = [FluxControlNet()]
+CONTROLNETS = [FluxControlNet(), QwenImageControlNet()]
 
 
 def controlnet_adapter_for(control_model, family: FamilyAdapter):

@@ -1,0 +1,58 @@
+"""ComfyUI's InstantX Qwen-Image ControlNets (comfy/ldm/qwen_image/controlnet.py `QwenImageControlNetModel`: Union and
+inpainting), run token-sparse with a Qwen-Image model (sparse_controlnet.py).
+
+The network is a Qwen-Image of a few blocks. Its forward patchifies the latent and the hint's latent alike, embeds
+each token by itself (`img_in`, `controlnet_x_embedder`) and builds RoPE from [text ids | image ids] with
+`pe_embedder`, as the model does (qwen_image.py): the running rows of the tokens, the hint's tokens and the image ids
+are gathered at those modules. Each block's image output becomes a residual through a per-token linear layer, so the
+residuals come out in the rows that ran. Attention is joint over [text | image]; the network calls its blocks without
+transformer_options, so they are handed the pack's attention override.
+"""
+import torch
+
+from .base import hand_attention_override, patch_module_forward
+from .qwen_image import QwenImageFamily
+from ..comfy_compat import takes_transformer_options
+
+
+class QwenImageControlNet:
+    name = "Qwen-Image InstantX ControlNet"
+
+    def matches(self, control_model) -> bool:
+        try:
+            import comfy.ldm.qwen_image.controlnet as controlnet
+        except ImportError:         # a ComfyUI without Qwen-Image ControlNets
+            return False
+        return isinstance(control_model, getattr(controlnet, "QwenImageControlNetModel", ()))
+
+    def feeds(self, family) -> bool:
+        return isinstance(family, QwenImageFamily)
+
+    def _blocks(self, control_model) -> list:
+        return [f"transformer_blocks.{i}" for i in range(len(control_model.transformer_blocks))]
+
+    def runs_sparse(self, control_model) -> bool:
+        """Its blocks take transformer_options (where the pack's attention override reaches them)."""
+        return all(takes_transformer_options(control_model.get_submodule(path)) for path in self._blocks(control_model))
+
+    def kv_cache_layers(self, control_model, image_tokens: int, text_tokens: int, control) -> list:
+        return [(text_tokens + image_tokens, control_model.inner_dim)] * len(control_model.transformer_blocks)
+
+    def install(self, patcher, slot) -> None:
+        patch_module_forward(patcher, slot, "pe_embedder", before=_gather_image_ids)
+        patch_module_forward(patcher, slot, "img_in", before=lambda call, x: call.gather(x))
+        patch_module_forward(patcher, slot, "controlnet_x_embedder", before=_gather_hint)
+        for path in self._blocks(patcher.model):
+            hand_attention_override(patcher, slot, path)
+
+
+def _gather_image_ids(call, ids):
+    """[text ids | image ids]: the image's (the latent's grid, nothing after it) gathered."""
+    text = ids.shape[1] - call.grid_tokens
+    return torch.cat([ids[:, :text], call.gather(ids[:, text:])], dim=1)
+
+
+def _gather_hint(call, hint):
+    """The hint's tokens (ComfyUI hands one hint to every row as a batch of one)."""
+    rows = call.record.rows
+    return call.gather(hint.expand(rows, *hint.shape[1:]) if hint.shape[0] == 1 and rows > 1 else hint)
