@@ -316,6 +316,27 @@ def qwen_image_controlnet_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def flux_controlnet_ras(info: dict) -> dict:
+    """Flux dev with InstantX's Union ControlNet (canny edges of an image), applied to the prompts by ComfyUI's Apply
+    ControlNet + RAS Sampler (the ControlNet runs on the tokens the model runs)."""
+    wf = Workflow(info)
+    sockets = flux_loaders(wf, "a glass greenhouse full of tropical plants, morning mist, detailed leaves")
+    vae = sockets.pop("vae")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
+    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
+    loader = wf.add("ControlNetLoader", {"control_net_name": "instantx_flux_union_controlnet.safetensors"},
+                    pos=(0, 950))
+    union = wf.add("SetUnionControlNetType", {"type": "canny/lineart/anime_lineart/mlsd"}, {"control_net": (loader, 0)},
+                   pos=(350, 950))
+    applied = wf.add("ControlNetApplyAdvanced", {"strength": 0.7, "start_percent": 0.0, "end_percent": 0.8},
+                     {"positive": sockets["positive"], "negative": sockets["negative"], "control_net": (union, 0),
+                      "image": (edges, 0), "vae": vae}, pos=(700, 550))
+    sockets.update(positive=(applied, 0), negative=(applied, 1))
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "flux_controlnet_ras", True)
+    return wf.to_json()
+
+
 def flux2_ras(info: dict) -> dict:
     """Flux 2 dev: diffusion model, Mistral text encoder (flux2 type), its VAE + FluxGuidance + RAS Sampler."""
     wf = Workflow(info)
@@ -1116,6 +1137,7 @@ def sensenova_ras(info: dict) -> dict:
 
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
             "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
+            "flux_controlnet_ras.json": flux_controlnet_ras,
             "qwen_image_sdit.json": qwen_image_sdit, "qwen_image_controlnet_ras.json": qwen_image_controlnet_ras,
             "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,

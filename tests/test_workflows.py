@@ -167,7 +167,7 @@ def test_readme_node_table_lists_every_input(object_info):
                 f"{display}: `{name}` missing from the README's node table"
 
 
-FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json"], "Flux 2": ["flux2_ras.json"],
+FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json", "flux_controlnet_ras.json"], "Flux 2": ["flux2_ras.json"],
                     "Chroma": ["chroma_ras.json"], "SD3": ["sd35_sdit.json"],
                     "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json", "qwen_image_controlnet_ras.json"],
                     # before "Wan", as "HunyuanVideo 1.5" before "HunyuanVideo" below
