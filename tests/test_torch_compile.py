@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from test_flux_controlnet import flux_controlnet, prompts as controlnet_prompts
 from test_neighbours import ksampler, ras_patch
 from test_ras_sampler import latent, ras_args
 from test_video import conds as video_conds, video_latent
@@ -21,6 +22,9 @@ compile_nodes = importlib.import_module("comfy_extras.nodes_torch_compile")
 
 CASES = {
     "flux": (tiny_flux, ras_args, lambda: latent(1)),       # forward_orig patched as a whole
+    # with a Flux ControlNet beside it (not compiled by the node), token-sparse with the model
+    "flux-controlnet": (tiny_flux, lambda **o: ras_args(**controlnet_prompts((flux_controlnet(5), 0.0, 1.0)), **o),
+                        lambda: latent(1)),
     "wan": (tiny_wan, lambda **o: ras_args(**video_conds(), **o), lambda: {"samples": video_latent(1)}),   # every block
 }
 
