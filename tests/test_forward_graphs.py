@@ -428,15 +428,18 @@ def test_flux_controlnet_residuals_replay_what_eager_forwards_compute(backend, c
     plain, _ = ksample_planned(model, latent, dict(positive=spec.positive(), negative=spec.negative()), plans)
     assert (eager - plain).abs().max().item() > 1e-3, "the residuals count"
     backends = []
-    graphed, _ = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans,
-                                 collecting(backends, backend=backend))
+    graphed, run = ksample_planned(model, latent, flux_controlnet_prompts(0.5), plans,
+                                   collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
     # 8 sparse evaluations, the first ones with residuals, the last ones without: each of the two keys sighted
-    # eagerly once, then captured (and replayed) and replayed from then on
-    assert backends[0].captures == 2 and backends[0].replays == 8 - 2
+    # eagerly once, then captured (and replayed) and replayed from then on; the ControlNet's own 4 blocks (token-sparse
+    # with the model until its end percent) likewise, a graph each
+    controlled = sum(1 for e in run.evals for c in e.side_calls if not c.dense)
+    assert controlled >= 3
+    assert backends[0].captures == 2 + 4 and backends[0].replays == 8 - 2 + 4 * (controlled - 1)
     # the tiny ControlNet's 2 double and 2 single blocks' residuals, for the model's 19 + 38 blocks: 4 buffers
-    control = captured_graphs[0].static_args["control"]
+    control = next(g for g in captured_graphs if "control" in g.static_args).static_args["control"]
     assert (len(control["input"]), len(control["output"])) == (19, 38)
     assert len({id(residual) for residual in control["input"] + control["output"]}) == 4
 
@@ -807,3 +810,22 @@ def test_ras_plans_its_counts():
         assert max(policy.planned_uses(info, c) for c in counts) == most
         late = EvalInfo(index=20, step=20, steps=28, sigma=0.3, grid=(64, 64), batch=1, count_grid=64)
         assert sum(policy.planned_uses(late, c) for c in counts) == sum(1 for s in policy._schedule.counts if s >= 20)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_qwen_image_instantx_controlnets_blocks_replay_what_eager_forwards_compute(backend):
+    """Qwen-Image with its InstantX ControlNet (token-sparse beside the model): the model's blocks and the
+    ControlNet's own 2 blocks each replay from a graph of their own; the samples are the eager ones."""
+    from sdit_testkit import tiny_qwen_image
+    from test_qwen_image_instantx_controlnet import TOKENS, latent, prompts
+    plans = random_plans(TOKENS, TOKENS // 3, evals=6)
+    model = tiny_qwen_image(seed=2)
+    eager, _ = ksample_planned(model, {"samples": latent(2)}, prompts(), plans)
+    backends = []
+    graphed, run = ksample_planned(model, {"samples": latent(2)}, prompts(), plans,
+                                   collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
+    # 5 sparse evaluations of 2 model blocks and 2 ControlNet blocks: each sighted eagerly once, then replayed
+    assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
+    assert backends[0].captures == 4 and backends[0].replays == 4 * (5 - 1)

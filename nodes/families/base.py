@@ -92,25 +92,16 @@ def patch_module_forward(patcher, slot, path: str, before=None, after=None) -> N
     patcher.add_object_patch(path + ".forward", forward)
 
 
-def hand_attention_override(patcher, slot, path: str) -> None:
+def hand_attention_override(patcher, slot, path: str, graph: bool = False) -> None:
     """Object-patches the forward of a block that takes `transformer_options` but is called without them (a
     ControlNet network's blocks: ComfyUI's ControlNet forwards call them bare): while a forward of the engine is open,
-    its attention gets the pack's override (`slot.attention_override`), so it runs through the K/V cache."""
-    module = patcher.get_model_object(path)
-    original = unwrap_ours(patcher.get_model_object(path + ".forward"))
-    signature = inspect.signature(type(module).forward.__get__(module))
+    its attention gets the pack's override (`slot.attention_override`), so it runs through the K/V cache. `graph`: as
+    patch_method's (the block one layer of the token-sparse part)."""
+    def hand(call, arguments):
+        options = arguments.get("transformer_options") or {}
+        arguments["transformer_options"] = dict(options, optimized_attention_override=slot.attention_override)
 
-    @functools.partial(compiler_opaque, callees_compiled=True)
-    def forward(*args, **kwargs):
-        if slot.current_call() is None:
-            return original(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        options = bound.arguments.get("transformer_options") or {}
-        bound.arguments["transformer_options"] = dict(options, optimized_attention_override=slot.attention_override)
-        return original(*bound.args, **bound.kwargs)
-
-    forward.sdit_wraps = original
-    patcher.add_object_patch(path + ".forward", forward)
+    patch_method(patcher, slot, path + ".forward", before=hand, graph=graph)
 
 
 def passthrough_method(patcher, slot, path: str, sparse: Optional[Callable] = None) -> None:

@@ -46,4 +46,4 @@ class FluxControlNet:
 
         patch_method(patcher, slot, "forward_orig", before=gather_image)
         for path in self._blocks(patcher.model):
-            hand_attention_override(patcher, slot, path)
+            hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph

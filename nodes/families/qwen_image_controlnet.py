@@ -43,7 +43,7 @@ class QwenImageControlNet:
         patch_module_forward(patcher, slot, "img_in", before=lambda call, x: call.gather(x))
         patch_module_forward(patcher, slot, "controlnet_x_embedder", before=_gather_hint)
         for path in self._blocks(patcher.model):
-            hand_attention_override(patcher, slot, path)
+            hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
 
 
 def _gather_image_ids(call, ids):
