@@ -7,7 +7,7 @@ from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
 
-from ..comfy_compat import compiler_opaque, on_multigpu_thread, weights_may_move
+from ..comfy_compat import compiler_opaque, on_multigpu_thread, takes_transformer_options, weights_may_move
 from ...sdit_core.forward_graphs import copied_tensors
 from ...sdit_core.tokens import scatter_rows_
 
@@ -393,6 +393,34 @@ def reference_latents(values: dict) -> list:
     """A prompt's `reference_latents` (ComfyUI's ReferenceLatent node: Flux Kontext / Flux 2 edit,
     Qwen-Image-Edit), which the model embeds after the image's tokens."""
     return list(values.get("reference_latents") or [])
+
+
+class ControlNetAdapter:
+    """Interface of a ControlNet network's adapter (sparse_controlnet.py runs the network beside the model it feeds)."""
+    name = ""
+
+    def matches(self, control_model) -> bool:
+        raise NotImplementedError
+
+    def feeds(self, family: "FamilyAdapter") -> bool:
+        """Does the network feed models of this family (its residuals fit their blocks)?"""
+        raise NotImplementedError
+
+    def block_paths(self, control_model) -> List[str]:
+        """Its blocks with attention over the image tokens (a K/V cache layer each, in order)."""
+        raise NotImplementedError
+
+    def runs_sparse(self, control_model) -> bool:
+        """Its blocks take transformer_options (where the pack's attention override reaches them)."""
+        return all(takes_transformer_options(control_model.get_submodule(path))
+                   for path in self.block_paths(control_model))
+
+    def kv_cache_layers(self, control_model, image_tokens: int, text_tokens: int, control) -> List[Tuple[int, int]]:
+        raise NotImplementedError
+
+    def install(self, patcher, slot) -> None:
+        """Object patches on a clone of the network's ModelPatcher: gather its tokens; its blocks get the override."""
+        raise NotImplementedError
 
 
 class FamilyAdapter:

@@ -8,12 +8,11 @@ block's image output becomes a residual through a per-token linear layer: the re
 ran. Attention is joint over [text | image] as in the model (a Union ControlNet's mode token leads the text); the
 network calls its blocks without transformer_options, so they are handed the pack's attention override.
 """
-from .base import hand_attention_override, patch_method
+from .base import ControlNetAdapter, hand_attention_override, patch_method
 from .flux import FluxFamily
-from ..comfy_compat import takes_transformer_options
 
 
-class FluxControlNet:
+class FluxControlNet(ControlNetAdapter):
     name = "Flux ControlNet"
 
     def matches(self, control_model) -> bool:
@@ -23,19 +22,15 @@ class FluxControlNet:
     def feeds(self, family) -> bool:
         return isinstance(family, FluxFamily)
 
-    def _blocks(self, control_model) -> list:
+    def block_paths(self, control_model) -> list:
         return ([f"double_blocks.{i}" for i in range(len(control_model.double_blocks))]
                 + [f"single_blocks.{i}" for i in range(len(control_model.single_blocks))])
-
-    def runs_sparse(self, control_model) -> bool:
-        """Its blocks take transformer_options (where the pack's attention override reaches them)."""
-        return all(takes_transformer_options(control_model.get_submodule(path)) for path in self._blocks(control_model))
 
     def kv_cache_layers(self, control_model, image_tokens: int, text_tokens: int, control) -> list:
         mode_token = int(control_model.controlnet_mode_embedder is not None
                          and len(control.extra_args.get("control_type") or []) > 0)
         tokens = text_tokens + mode_token + image_tokens
-        return [(tokens, control_model.hidden_size)] * len(self._blocks(control_model))
+        return [(tokens, control_model.hidden_size)] * len(self.block_paths(control_model))
 
     def install(self, patcher, slot) -> None:
         def gather_image(call, arguments):
@@ -45,5 +40,5 @@ class FluxControlNet:
                 arguments[name] = call.gather(tokens.expand(rows, *tokens.shape[1:]) if tokens.shape[0] == 1 else tokens)
 
         patch_method(patcher, slot, "forward_orig", before=gather_image)
-        for path in self._blocks(patcher.model):
+        for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph

@@ -10,12 +10,11 @@ transformer_options, so they are handed the pack's attention override.
 """
 import torch
 
-from .base import hand_attention_override, patch_module_forward
+from .base import ControlNetAdapter, hand_attention_override, patch_module_forward
 from .qwen_image import QwenImageFamily
-from ..comfy_compat import takes_transformer_options
 
 
-class QwenImageControlNet:
+class QwenImageControlNet(ControlNetAdapter):
     name = "Qwen-Image InstantX ControlNet"
 
     def matches(self, control_model) -> bool:
@@ -28,12 +27,8 @@ class QwenImageControlNet:
     def feeds(self, family) -> bool:
         return isinstance(family, QwenImageFamily)
 
-    def _blocks(self, control_model) -> list:
+    def block_paths(self, control_model) -> list:
         return [f"transformer_blocks.{i}" for i in range(len(control_model.transformer_blocks))]
-
-    def runs_sparse(self, control_model) -> bool:
-        """Its blocks take transformer_options (where the pack's attention override reaches them)."""
-        return all(takes_transformer_options(control_model.get_submodule(path)) for path in self._blocks(control_model))
 
     def kv_cache_layers(self, control_model, image_tokens: int, text_tokens: int, control) -> list:
         return [(text_tokens + image_tokens, control_model.inner_dim)] * len(control_model.transformer_blocks)
@@ -42,7 +37,7 @@ class QwenImageControlNet:
         patch_module_forward(patcher, slot, "pe_embedder", before=_gather_image_ids)
         patch_module_forward(patcher, slot, "img_in", before=lambda call, x: call.gather(x))
         patch_module_forward(patcher, slot, "controlnet_x_embedder", before=_gather_hint)
-        for path in self._blocks(patcher.model):
+        for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
 
 
