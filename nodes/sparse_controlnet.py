@@ -26,7 +26,7 @@ import torch
 
 from ..sdit_core.tokens import gather_rows
 from .families import controlnet_adapter_for
-from .families.base import SPARSE_CONTROL, unwrap_ours
+from .families.base import SPARSE_CONTROL, map_residuals_once, unwrap_ours
 from .neighbours import check_attention_went_through
 
 # apply_model's own parameters: what the model's forward gets besides them are its conditions (sparse_patch.py)
@@ -144,7 +144,9 @@ def _open_forward_in(patcher, slot, node: str) -> None:
             control = original(*args, **kwargs)
             check_attention_went_through(call, {}, node)
             if call.feeds_index is not None:
-                control = _in_rows(control, call.feeds_index) if call.dense else control
+                if call.dense:        # its stream's first forward, over every token: cut to the model's rows
+                    index = call.feeds_index
+                    control = map_residuals_once(control, lambda r: gather_rows(r, index.to(r.device)))
                 feed.rows = (call.info.index, int(call.feeds_index.shape[1]))
             completed = True
             return control
@@ -153,15 +155,3 @@ def _open_forward_in(patcher, slot, node: str) -> None:
 
     forward.sdit_wraps = original
     patcher.add_object_patch("forward", forward)
-
-
-def _in_rows(control: dict, index: torch.Tensor) -> dict:
-    """Residuals over every token -> over the rows of `index` (rows, n); each distinct tensor gathered once."""
-    done = {}
-
-    def gather_once(residual):
-        if id(residual) not in done:
-            done[id(residual)] = gather_rows(residual, index.to(residual.device))
-        return done[id(residual)]
-    return {name: [gather_once(r) if torch.is_tensor(r) else r for r in residuals]
-            if isinstance(residuals, (list, tuple)) else residuals for name, residuals in control.items()}

@@ -375,18 +375,25 @@ def gather_control(call, control: dict) -> dict:
         return {name: value for name, value in control.items() if name != SPARSE_CONTROL}
     if control is None or call.dense:
         return control
-    gathered, done = {}, {}
+    return map_residuals_once(control, call.gather_grid)
 
-    def gather_once(residual):
+
+def map_residuals_once(control: dict, function: Callable) -> dict:
+    """ControlNet residuals ({name: [tensor or None per block]}) with `function` applied to each distinct tensor once:
+    entries that shared a tensor share its result."""
+    done = {}
+
+    def once(residual):
         if id(residual) not in done:
-            done[id(residual)] = call.gather_grid(residual)
+            done[id(residual)] = function(residual)
         return done[id(residual)]
-    for name, residuals in control.items():
-        if isinstance(residuals, (list, tuple)):
-            gathered[name] = [gather_once(r) if torch.is_tensor(r) else r for r in residuals]
-        else:
-            gathered[name] = residuals
-    return gathered
+    return {name: [once(r) if torch.is_tensor(r) else r for r in residuals]
+            if isinstance(residuals, (list, tuple)) else residuals for name, residuals in control.items()}
+
+
+def every_row(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """A tensor ComfyUI hands every row of a forward as a batch of one (a ControlNet's hint), expanded to `rows`."""
+    return tensor.expand(rows, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
 def reference_latents(values: dict) -> list:

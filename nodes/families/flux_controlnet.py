@@ -8,7 +8,7 @@ block's image output becomes a residual through a per-token linear layer: the re
 ran. Attention is joint over [text | image] as in the model (a Union ControlNet's mode token leads the text); the
 network calls its blocks without transformer_options, so they are handed the pack's attention override.
 """
-from .base import ControlNetAdapter, hand_attention_override, patch_method
+from .base import ControlNetAdapter, every_row, hand_attention_override, patch_method
 from .flux import FluxFamily
 
 
@@ -36,8 +36,7 @@ class FluxControlNet(ControlNetAdapter):
         def gather_image(call, arguments):
             rows = arguments["img"].shape[0]
             for name in ("img", "img_ids", "controlnet_cond"):     # tokens, their RoPE positions, the hint's tokens
-                tokens = arguments[name]        # (ComfyUI hands one hint to every row as a batch of one)
-                arguments[name] = call.gather(tokens.expand(rows, *tokens.shape[1:]) if tokens.shape[0] == 1 else tokens)
+                arguments[name] = call.gather(every_row(arguments[name], rows))
 
         patch_method(patcher, slot, "forward_orig", before=gather_image)
         for path in self.block_paths(patcher.model):

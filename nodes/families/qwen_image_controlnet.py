@@ -10,7 +10,7 @@ transformer_options, so they are handed the pack's attention override.
 """
 import torch
 
-from .base import ControlNetAdapter, hand_attention_override, patch_module_forward
+from .base import ControlNetAdapter, every_row, hand_attention_override, patch_module_forward
 from .qwen_image import QwenImageFamily
 
 
@@ -48,6 +48,5 @@ def _gather_image_ids(call, ids):
 
 
 def _gather_hint(call, hint):
-    """The hint's tokens (ComfyUI hands one hint to every row as a batch of one)."""
-    rows = call.record.rows
-    return call.gather(hint.expand(rows, *hint.shape[1:]) if hint.shape[0] == 1 and rows > 1 else hint)
+    """The hint's tokens."""
+    return call.gather(every_row(hint, call.record.rows))
