@@ -32,6 +32,8 @@
 #   speed2048  Flux-dev at 2048², cfg 3.5, profiled at 0.125 only                  (~8 min)
 #   controlnet1024 Flux-dev with an InstantX-Union-size Flux ControlNet (5 + 10 blocks, Apply ControlNet) at 1024²,
 #              cfg 3.5, RAS and SDiT at 0.25/0.125: the ControlNet token-sparse with the model (~6 min)
+#   controlnet1024sd35 SD3.5 Large with an SD3.5 ControlNet of Stability's size (19 image-only blocks, Apply
+#              ControlNet) at 1024², cfg 3.5, RAS and SDiT at 0.25/0.125: the ControlNet token-sparse (~5 min)
 #   video480q  Wan 2.1 14B, 480p x 81 frames, cfg 1, 8 steps, static RAS 0.25: dense vs sparse forward (~2 min)
 #   video480w  Wan 2.1 14B, 480p x 161 frames in three context windows of 81, cfg 1, 8 steps, static RAS 0.25: what
 #              windows cost against the same run unwindowed (video480q); the ideal counts each window's forward (~5 min)
@@ -57,7 +59,7 @@
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
 #   later sessions: grid1024; newest1024 then newestcheck newestltx2 (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
-#   controlnet1024, video480q, video480w, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512,
+#   controlnet1024, controlnet1024sd35, video480q, video480w, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512,
 #   ltxv0125, speed2048, train as time allows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,6 +153,9 @@ for part in "$@"; do
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     controlnet1024)  # a Flux ControlNet of InstantX Union's size beside Flux-dev, token-sparse with it
       timeout 420 python3 bench/speed.py --models flux-dev-union-cn --res 1024 --cfg 3.5 --ratios 0.25 0.125 \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    controlnet1024sd35)  # an SD3.5 ControlNet of Stability's SD3.5 Large ones' size, token-sparse with the model
+      timeout 400 python3 bench/speed.py --models sd35-large-cn --res 1024 --cfg 3.5 --ratios 0.25 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     models1024)
       python3 bench/speed.py --models sd35-large lumina2 --res 1024 --cfg 3.5 1 --cuda-graphs \

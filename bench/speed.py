@@ -72,6 +72,9 @@ class Spec(NamedTuple):
     # ComfyUI's Flux ControlNet (Apply ControlNet) beside the model, token-sparse with it: (double, single) blocks of a
     # ControlNetFlux at the model's width (InstantX's Union: 5 + 10)
     controlnet: tuple = ()
+    # ComfyUI's SD3.5 ControlNet (ControlNetEmbedder) beside an SD3.5 model, token-sparse with it: its blocks of
+    # image-only self-attention at the model's width (Stability's SD3.5 Large blur / canny / depth: 19)
+    image_only_controlnet: int = 0
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -145,6 +148,14 @@ QWEN_IMAGE = dict(image_model="qwen_image", in_channels=64, out_channels=16, pat
 TINY_QWEN_IMAGE = dict(QWEN_IMAGE, num_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
                        axes_dims_rope=(4, 6, 6))
 
+SD35_LARGE = dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None, adm_in_channels=2048,
+                  context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096,
+                                                                                   "out_features": 2432}},
+                  num_patches=36864, pos_embed_max_size=192, pos_embed_scaling_factor=None, qk_norm="rms",
+                  x_block_self_attn_layers=[])
+TINY_SD35 = dict(SD35_LARGE, depth=2, adm_in_channels=32,
+                 context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}})
+
 MODELS = {
     "flux-dev": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072),
     "sd35-medium": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=24, input_size=None,
@@ -152,11 +163,11 @@ MODELS = {
                                         "in_features": 4096, "out_features": 1536}}, num_patches=147456,
                                     pos_embed_max_size=384, pos_embed_scaling_factor=None, qk_norm="rms",
                                     x_block_self_attn_layers=list(range(13))), 4096, 2048, None, 24 + 13, 1536),
-    "sd35-large": Spec("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None,
-                                   adm_in_channels=2048, context_embedder_config={"target": "torch.nn.Linear", "params": {
-                                       "in_features": 4096, "out_features": 2432}}, num_patches=36864,
-                                   pos_embed_max_size=192, pos_embed_scaling_factor=None, qk_norm="rms",
-                                   x_block_self_attn_layers=[]), 4096, 2048, None, 38, 2432),
+    "sd35-large": Spec("SD3", SD35_LARGE, 4096, 2048, None, 38, 2432),
+    # with a ControlNet of Stability's SD3.5 Large ControlNets' size (19 blocks: their 8.61 GB in fp32 is 2.1 billion
+    # parameters, 19 of SD3.5 Large's 2432-wide blocks and the embedders)
+    "sd35-large-cn": Spec("SD3", SD35_LARGE, 4096, 2048, None, 38, 2432, image_only_controlnet=19),
+    "tiny-sd35-cn": Spec("SD3", TINY_SD35, 64, 32, None, 2, 128, image_only_controlnet=1),
     "lumina2": Spec("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304,
                                     n_layers=26, n_refiner_layers=2, qk_norm=True, n_heads=24, n_kv_heads=8,
                                     axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
@@ -255,7 +266,8 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
       queries outside the first frame also attend to one pose frame's keys; the branch's blocks run in full over its
       tokens every step ("run"), or only their k/v projections ("cached", WanAnimate2Cache).
     - a Flux ControlNet's blocks (`controlnet`) as the model's, on the same running tokens (sparse_controlnet.py), each
-      with its per-token residual projection (d x d).
+      with its per-token residual projection (d x d); an SD3.5 ControlNet's (`image_only_controlnet`) likewise, their
+      self-attention over the image's tokens alone.
     Embedding, modulation and the head are left out (a few per mille; a ControlNet's hint encoder too)."""
     d, r = spec.hidden, spec.mlp_ratio
     if spec.joint:
@@ -283,6 +295,8 @@ def forward_flops(spec: Spec, running: int, tokens: int, text: int, audio: int =
         else:
             per_layer += pose * 2 * d * d * 2
     controlnet = sum(spec.controlnet) * (per_layer + running * d * d * 2)
+    controlnet += spec.image_only_controlnet * (running * (4 + 2 * r) * d * d * 2 + running * tokens * 4 * d
+                                                + running * d * d * 2)
     return (spec.attention_layers * per_layer + (spec.audio_layers or spec.attention_layers) * audio_per_layer
             + whole_branch_flops(spec, tokens) + controlnet)
 
@@ -320,7 +334,8 @@ def attention_share(spec: Spec, tokens: int, text: int, audio: int = 0, frames: 
     rows = keys
     pairs = rows * keys + (0 if spec.joint else tokens * text)
     layers = spec.attention_layers + sum(spec.controlnet)
-    return layers * pairs * 4 * d / forward_flops(spec, tokens, tokens, text, audio, frames)
+    image_only = spec.image_only_controlnet * tokens * tokens
+    return (layers * pairs + image_only) * 4 * d / forward_flops(spec, tokens, tokens, text, audio, frames)
 
 
 def build(name: str, device, dtype, dynamic_vram: bool = False, in_ram: bool = False):
@@ -384,27 +399,55 @@ def conditioning(name: str, text: int, seed: int):
 
 
 def with_controlnet(name: str, positive, negative, res: int, device, dtype):
-    """The prompts under a random-weight ControlNetFlux of the spec's size, applied by ComfyUI's ControlNetApplyAdvanced
-    (strength 0.7, every step) with a random hint image of `res` px."""
+    """The prompts under a random-weight ControlNet of the spec's size (a ControlNetFlux, or SD3.5's ControlNetEmbedder
+    with its hint encoded by a stand-in VAE), applied by ComfyUI's ControlNetApplyAdvanced (strength 0.7, every step)
+    with a random hint image of `res` px."""
     import importlib
     import comfy.controlnet
-    import comfy.ldm.flux.controlnet
     import comfy.ops
-    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
-    double, single = MODELS[name].controlnet
-    config = {k: v for k, v in flux_unet_config(MODELS[name].config).items() if k != "image_model"}
-    config.update(depth=double, depth_single_blocks=single)
-    network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.manual_cast, dtype=dtype, device=device,
-                                                       **config)
+    spec = MODELS[name]
+    vae = None
+    if spec.controlnet:
+        import comfy.ldm.flux.controlnet
+        from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+        double, single = spec.controlnet
+        config = {k: v for k, v in flux_unet_config(spec.config).items() if k != "image_model"}
+        config.update(depth=double, depth_single_blocks=single)
+        network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.manual_cast, dtype=dtype,
+                                                           device=device, **config)
+        control = comfy.controlnet.ControlNet(network, load_device=device, manual_cast_dtype=dtype,
+                                              extra_conds=["y", "guidance"])
+    else:                   # load_controlnet_sd35's network for SD3.5 Large (its y embedding doubled)
+        import comfy.cldm.dit_embedder
+        import comfy.latent_formats
+        depth = spec.config["depth"]
+        network = comfy.cldm.dit_embedder.ControlNetEmbedder(
+            img_size=None, patch_size=2, in_chans=16, num_layers=spec.image_only_controlnet, main_model_double=depth,
+            double_y_emb=True, attention_head_dim=64, num_attention_heads=depth,
+            adm_in_channels=spec.config["adm_in_channels"], device=device, dtype=dtype, operations=comfy.ops.manual_cast)
+        control = comfy.controlnet.ControlNetSD35(network, compression_ratio=1,
+                                                  latent_format=comfy.latent_formats.SD3(), load_device=device,
+                                                  manual_cast_dtype=dtype)
+        vae = RandomLatentVAE()
     generator = torch.Generator(device=device).manual_seed(1)
     with torch.no_grad():
         for p in network.parameters():
             p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
-    control = comfy.controlnet.ControlNet(network, load_device=device, manual_cast_dtype=dtype,
-                                          extra_conds=["y", "guidance"])
     image = torch.rand(1, res, res, 3, generator=torch.Generator().manual_seed(2))
     nodes = importlib.import_module("nodes")        # ComfyUI's nodes.py
-    return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 0.7, 0.0, 1.0)
+    return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 0.7, 0.0, 1.0, vae=vae)
+
+
+class RandomLatentVAE:
+    """A VAE as Apply ControlNet uses one for a latent hint (SD3's: 16 channels, 8 pixels a latent pixel): a random
+    latent of the image's size (what the hint holds does not change what a forward costs)."""
+
+    def encode(self, pixels):
+        generator = torch.Generator().manual_seed(3)
+        return torch.randn(pixels.shape[0], 16, pixels.shape[1] // 8, pixels.shape[2] // 8, generator=generator)
+
+    def spacial_compression_encode(self):
+        return 8
 
 
 def planned_cache_gib(model, latent_shape, prompts, kv_cache) -> float:
@@ -522,7 +565,7 @@ def run(args) -> dict:
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
-            if spec.controlnet:
+            if spec.controlnet or spec.image_only_controlnet:
                 positive, negative = with_controlnet(name, conditioning(name, args.text, 1),
                                                      conditioning(name, args.text, 2), res, device, dtype)
             latent = sampled_latent(spec, res, args.frames)
@@ -627,7 +670,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     """FLOP ideals of the real-size configurations for a constant fraction of tokens running (what a
     schedule's sparse steps can give at most; its dense steps pull the run's ideal lower)."""
     rows = []
-    for name, res, frames in [("flux-dev", 1024, 1), ("flux-dev-union-cn", 1024, 1), ("cosmos-predict2-2b", 1024, 1),
+    for name, res, frames in [("flux-dev", 1024, 1), ("flux-dev-union-cn", 1024, 1), ("sd35-large", 1024, 1),
+                              ("sd35-large-cn", 1024, 1), ("cosmos-predict2-2b", 1024, 1),
                               ("qwen-image", 1024, 1),
                               ("wan21-14b", 480, 81),
                               ("wan21-14b", 720, 81),
@@ -693,8 +737,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
-    parser.add_argument("--smoke", action="store_true", help="tiny Flux (alone and with a Flux ControlNet) and tiny "
-                                                             "Cosmos Predict2, 256 px, 8 steps, one ratio (CI)")
+    parser.add_argument("--smoke", action="store_true", help="tiny Flux (alone and with a Flux ControlNet), tiny "
+                                                             "SD3.5 with an SD3.5 ControlNet and tiny Cosmos Predict2, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
                         help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5, LTX-Video and LTX-2 (where the "
                              "ComfyUI has it), 128 px x 9 frames, 8 steps, one ratio (CI)")
@@ -729,8 +773,8 @@ def main() -> None:
         print(json.dumps(ideal_table(), indent=1))
         return
     if args.smoke:
-        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-flux-cn", "tiny-cosmos"], [256], \
-            8, [0.5], 16
+        args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-flux-cn", "tiny-sd35-cn",
+                                                                     "tiny-cosmos"], [256], 8, [0.5], 16
     if args.smoke_video:
         args.models = ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv",
                        "tiny-ltx2"]

@@ -259,3 +259,11 @@ def takes_transformer_options(module) -> bool:
     A ControlNet's network calls its blocks without them; the pack hands them in (sparse_controlnet.py). The class's
     forward: an object patch (ours, from an earlier run) may sit on the module."""
     return "transformer_options" in inspect.signature(type(module).forward).parameters
+
+
+def sd3_block_mixing_takes_transformer_options() -> bool:
+    """Does SD3's joint block (JointBlock.forward -> block_mixing, keyword arguments passed through) hand attention
+    ComfyUI's `transformer_options`? SD3's ControlNet calls its joint blocks without them (sd3_controlnet.py)."""
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    mixing = getattr(mmdit, "_block_mixing", None)
+    return mixing is not None and "transformer_options" in inspect.signature(mixing).parameters

@@ -50,10 +50,9 @@ class _Feed:
 
 def sparse_chain_adapters(control, family) -> Optional[list]:
     """The adapters of every ControlNet in `control`'s chain, or None where one cannot run token-sparse."""
-    import comfy.controlnet
     adapters = []
     while control is not None:
-        if type(control) is not comfy.controlnet.ControlNet:      # ComfyUI's own class: its get_control, as it is
+        if not _comfy_controlnet(control):
             return None
         adapter = controlnet_adapter_for(control.control_model, family)
         if adapter is None or not adapter.runs_sparse(control.control_model):
@@ -61,6 +60,15 @@ def sparse_chain_adapters(control, family) -> Optional[list]:
         adapters.append(adapter)
         control = control.previous_controlnet
     return adapters
+
+
+def _comfy_controlnet(control) -> bool:
+    """ComfyUI's own ControlNet class, or one of its own subclasses that keep its get_control (SD3.5's: ControlNetSD35
+    loads the model's embedders into the network before sampling)."""
+    import comfy.controlnet
+    kind = type(control)
+    return (issubclass(kind, comfy.controlnet.ControlNet) and kind.__module__ == comfy.controlnet.__name__
+            and kind.get_control is comfy.controlnet.ControlNet.get_control)
 
 
 def controlnet_cache_layers(family, entry: dict, image_tokens: int, text_tokens: int) -> list:

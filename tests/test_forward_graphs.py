@@ -829,3 +829,24 @@ def test_a_qwen_image_instantx_controlnets_blocks_replay_what_eager_forwards_com
     # 5 sparse evaluations of 2 model blocks and 2 ControlNet blocks: each sighted eagerly once, then replayed
     assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
     assert backends[0].captures == 4 and backends[0].replays == 4 * (5 - 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["sd3", "sd3.5 large", "sd3.5 chained"])
+def test_sd3_controlnets_blocks_replay_what_eager_forwards_compute(kind, backend):
+    """SD3 / SD3.5 with ComfyUI's SD3 or SD3.5 ControlNet (token-sparse beside the model; its blocks called through the
+    K/V cache by the pack, as the network calls them bare): the model's forward and the ControlNet's 2 blocks each
+    replay from a graph of their own; the samples are the eager ones."""
+    from test_sd3_controlnet import KINDS, TOKENS, latent, prompts
+    build, controlnet = KINDS[kind]
+    plans = random_plans(TOKENS, TOKENS // 3, evals=6)
+    model = build(seed=2)
+    eager, _ = ksample_planned(model, {"samples": latent(2)}, prompts((controlnet(5), 0.0, 1.0)), plans)
+    backends = []
+    graphed, run = ksample_planned(model, {"samples": latent(2)}, prompts((controlnet(5), 0.0, 1.0)), plans,
+                                   collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
+    # 5 sparse evaluations of the model's forward and 2 ControlNet blocks: each sighted eagerly once, then replayed
+    assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
+    assert backends[0].captures == 3 and backends[0].replays == 3 * (5 - 1)

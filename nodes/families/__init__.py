@@ -40,6 +40,7 @@ from .qwen_image import QwenImageFamily
 from .qwen_image_controlnet import QwenImageControlNet
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
+from .sd3_controlnet import SD35ControlNet, SD3ControlNet
 from .sensenova import SenseNovaFamily
 from .wan import WanFamily
 from .wan_animate import WanAnimateFamily
@@ -87,7 +88,7 @@ def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAd
 
 
 # ControlNet networks (ComfyUI's Apply ControlNet) that run token-sparse with the model they feed (sparse_controlnet.py)
-CONTROLNETS = [FluxControlNet(), QwenImageControlNet()]
+CONTROLNETS = [FluxControlNet(), QwenImageControlNet(), SD3ControlNet(), SD35ControlNet()]
 
 
 def controlnet_adapter_for(control_model, family: FamilyAdapter):

@@ -36,18 +36,6 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
             before(call, bound.arguments)
         return call, bound
 
-    @compiler_opaque
-    def replay(call, bound):
-        """The call replayed from the stream's CUDA graphs, or None where it may not be (eager under torch.compile:
-        captured, not compiled)."""
-        if not (graph and _may_graph(patcher, call, bound.arguments)):
-            return None
-
-        def forward(arguments):
-            rebound = inspect.BoundArguments(signature, dict(arguments))
-            return original(*rebound.args, **rebound.kwargs)
-        return call.stream.graphs.run(call, dict(bound.arguments), forward, site=path)
-
     finish = compiler_opaque(after) if after is not None else None
 
     @functools.partial(compiler_opaque, callees_compiled=True)     # ours eager, the model's code compiled
@@ -55,7 +43,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         call, bound = enter(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        result = replay(call, bound)
+        result = _replayed(patcher, call, bound, original, path) if graph else None
         if result is None:
             result = original(*bound.args, **bound.kwargs)
         return finish(call, result) if finish is not None else result
@@ -63,6 +51,20 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     patched.sdit_wraps = original
     patched.sdit_graph = graph
     patcher.add_object_patch(path, patched)
+
+
+@compiler_opaque
+def _replayed(patcher, call, bound: inspect.BoundArguments, method: Callable, site: str):
+    """`method(*bound.args, **bound.kwargs)` replayed from the stream's CUDA graphs, or None where it may not be
+    (eager under torch.compile: captured, not compiled)."""
+    if not _may_graph(patcher, call, bound.arguments):
+        return None
+    signature = bound.signature
+
+    def forward(arguments):
+        rebound = inspect.BoundArguments(signature, dict(arguments))
+        return method(*rebound.args, **rebound.kwargs)
+    return call.stream.graphs.run(call, dict(bound.arguments), forward, site=site)
 
 
 def unwrap_ours(function):
@@ -132,15 +134,19 @@ def replace_in_forwards(patcher, slot, path: str, replacement: Callable) -> None
     patcher.add_object_patch(path, patched)
 
 
-def attention_through_cache(patcher, slot, path: str, replacement: Callable, family: str, check: bool) -> None:
+def attention_through_cache(patcher, slot, path: str, replacement: Callable, family: str, check: bool,
+                            before: Optional[Callable] = None, graph: bool = False) -> None:
     """Object-patches an attention module's forward that calls ComfyUI's attention without `transformer_options`
     (so the engine's override never sees it): while a forward of the engine is open, `replacement(call, module,
     *args, **kwargs)` computes it from the module's own layers through `call.attention`. The replacement restates
     the model's few lines around attention. `check` (for one layer: the model's layers share the class): on the first
     dense forward after patching the replacement is checked against the model's own method on the same input, so that
-    a ComfyUI whose attention computes something else stops with a clear error instead of sampling a wrong image."""
+    a ComfyUI whose attention computes something else stops with a clear error instead of sampling a wrong image.
+    `before(call, arguments)` and `graph`: as patch_method's, the arguments bound by the replacement's signature (a
+    whole block restated: a ControlNet's)."""
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
+    signature = inspect.signature(functools.partial(replacement, None, owner))     # what the block is called with
     replacement = compiler_opaque(replacement)
     unchecked = check
 
@@ -163,17 +169,30 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
                 f"region-adaptive sampling restates for its K/V cache (they differ by {error:.3g} on outputs of "
                 f"{scale:.3g}): sample it with KSampler, or update this node pack")
 
+    @compiler_opaque
+    def enter(call, args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if before is not None:
+            before(call, bound.arguments)
+        return bound
+
     @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
         call = slot.current_call()
         if call is None:
             return original(*args, **kwargs)
-        out = replacement(call, owner, *args, **kwargs)
+        bound = enter(call, args, kwargs)
+        args, kwargs = bound.args, bound.kwargs
+        restated = functools.partial(replacement, call, owner)
+        out = _replayed(patcher, call, bound, restated, path) if graph else None
+        if out is None:
+            out = restated(*args, **kwargs)
         if unchecked and call.dense:
             check_against_original(call, out, args, kwargs)
         return out
 
     patched.sdit_wraps = original
+    patched.sdit_graph = graph
     patcher.add_object_patch(path, patched)
 
 
