@@ -832,7 +832,7 @@ def test_a_qwen_image_instantx_controlnets_blocks_replay_what_eager_forwards_com
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", ["sd3", "sd3.5 large", "sd3.5 chained"])
+@pytest.mark.parametrize("kind", ["sd3", "sd3.5 medium", "sd3.5 large", "sd3.5 chained"])
 def test_sd3_controlnets_blocks_replay_what_eager_forwards_compute(kind, backend):
     """SD3 / SD3.5 with ComfyUI's SD3 or SD3.5 ControlNet (token-sparse beside the model; its blocks called through the
     K/V cache by the pack, as the network calls them bare): the model's forward and the ControlNet's 2 blocks each

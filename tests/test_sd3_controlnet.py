@@ -1,7 +1,7 @@
 """SD3 / SD3.5 with ComfyUI's own ControlNets (Apply ControlNet, the hint encoded by the VAE) run on the tokens the model
 runs (nodes/sparse_controlnet.py, nodes/families/sd3_controlnet.py), on a tiny random-weight SD3 / SD3.5 and tiny
 instances of ComfyUI's two SD3 ControlNet classes (CPU, fp32): `comfy.cldm.mmdit.ControlNet` (SD3's diffusers-format
-ControlNets, joint attention over text and image) and `comfy.cldm.dit_embedder.ControlNetEmbedder` under
+ControlNets, joint attention over text and image; SD3.5 Medium's with a second, image-only attention) and `comfy.cldm.dit_embedder.ControlNetEmbedder` under
 `ControlNetSD35` (Stability's SD3.5 Large ControlNets: image-only attention, every block reading the network's input;
 and the variant whose blocks are chained). Every token active == the ControlNet run whole by ComfyUI; a sparse step
 after a dense one exact on the tokens that ran with the ControlNet's own forward on those tokens only (batch 2 with
@@ -21,7 +21,7 @@ import comfy.ops
 
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
-from sdit_testkit import (TINY_SD3, assert_exact_on_active_tokens, init_weights_, ksample, pooled_conditioning,
+from sdit_testkit import (TINY_SD3, TINY_SD35, assert_exact_on_active_tokens, init_weights_, ksample, pooled_conditioning,
                           random_active, tiny_sd3, tiny_sd35)
 from test_flux_controlnet import dense_then_sparse, side_calls
 from test_video import assert_within, every_token_active, model_patch_nodes_under_ksampler, sampler_node_end_to_end
@@ -50,11 +50,11 @@ def latent(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(8))
 
 
-def sd3_controlnet(seed: int, blocks: int = 2):
-    """ComfyUI's SD3 ControlNet (an MMDiT of `blocks` joint blocks) for the tiny SD3, as load_controlnet_mmdit wraps
-    one."""
+def sd3_controlnet(seed: int, blocks: int = 2, config: dict = TINY_SD3):
+    """ComfyUI's SD3 ControlNet (an MMDiT of `blocks` joint blocks) for the tiny SD3 (or, `config` TINY_SD35, SD3.5
+    Medium's: QK-norm and the image-only second attention in its first block), as load_controlnet_mmdit wraps one."""
     network = comfy.cldm.mmdit.ControlNet(num_blocks=blocks, control_latent_channels=16,
-                                          operations=comfy.ops.disable_weight_init, **TINY_SD3)
+                                          operations=comfy.ops.disable_weight_init, **config)
     init_weights_(network, seed)
     with torch.no_grad():           # its position embedding is a buffer, loaded from the checkpoint
         network.pos_embed.copy_(0.1 * torch.randn(network.pos_embed.shape, generator=torch.Generator().manual_seed(seed)))
@@ -90,6 +90,7 @@ def prompts(*controls) -> dict:
 
 KINDS = {  # a ControlNet of each kind beside the model it feeds
     "sd3": (tiny_sd3, lambda seed: sd3_controlnet(seed)),
+    "sd3.5 medium": (tiny_sd35, lambda seed: sd3_controlnet(seed, config=TINY_SD35)),
     "sd3.5 large": (tiny_sd35, lambda seed: sd35_controlnet(seed, blocks=2)),
     "sd3.5 chained": (tiny_sd35, lambda seed: sd35_controlnet(seed, blocks=2, reads_input=False)),
 }
@@ -132,7 +133,8 @@ def test_a_chain_of_both_kinds_whose_second_starts_later():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_cache_is_as_planned(kind):
-    """The ControlNet's layers beside the model's: SD3's joint blocks over text + image, SD3.5's over the image."""
+    """The ControlNet's layers beside the model's: SD3's joint blocks over text + image (SD3.5 Medium's first one with
+    a second attention over the image), SD3.5's ControlNetEmbedder's over the image."""
     model, controlnet = KINDS[kind]
     policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
     patched, slot = apply_token_sparse(model(seed=7), lambda run: policy, node="test")
@@ -140,7 +142,7 @@ def test_the_cache_is_as_planned(kind):
     run = slot.last_run
     rows = 4
     main = (TEXT + TOKENS) * 2 + (TOKENS if model is tiny_sd35 else 0)    # SD3.5's first block: a second attention
-    side = 2 * (TEXT + TOKENS) if kind == "sd3" else 2 * TOKENS
+    side = {"sd3": 2 * (TEXT + TOKENS), "sd3.5 medium": 2 * (TEXT + TOKENS) + TOKENS}.get(kind, 2 * TOKENS)
     assert run.kv_planned_bytes == run.kv_peak_bytes == rows * (main + side) * HIDDEN * 2 * 4
 
 
