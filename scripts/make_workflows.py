@@ -239,6 +239,29 @@ def sd35_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def sd35_controlnet_ras(info: dict) -> dict:
+    """SD3.5 Large (checkpoint with its text encoders) with Stability's SD3.5 Large canny ControlNet (canny edges of an
+    image, the hint encoded by the VAE), applied to the prompts by ComfyUI's Apply ControlNet + RAS Sampler (the
+    ControlNet runs on the tokens the model runs)."""
+    wf = Workflow(info)
+    ckpt = wf.add("CheckpointLoaderSimple", {"ckpt_name": "sd3.5_large_fp8_scaled.safetensors"})
+    positive, negative = text_pair(wf, (ckpt, 1), "a stone bridge over a river in autumn, golden light, detailed",
+                                   "blurry, low quality")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
+    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
+    loader = wf.add("ControlNetLoader", {"control_net_name": "sd3.5_large_controlnet_canny.safetensors"},
+                    pos=(0, 950))
+    applied = wf.add("ControlNetApplyAdvanced", {"strength": 0.7, "start_percent": 0.0, "end_percent": 1.0},
+                     {"positive": positive, "negative": negative, "control_net": (loader, 0), "image": (edges, 0),
+                      "vae": (ckpt, 2)}, pos=(700, 550))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 300))
+    sockets = {"model": (ckpt, 0), "positive": (applied, 0), "negative": (applied, 1), "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 40, "cfg": 4.0, "sampler_name": "euler",
+                                    "scheduler": "sgm_uniform", "sample_ratio": 0.5}, sockets, (ckpt, 2),
+                 "sd35_controlnet_ras", True)
+    return wf.to_json()
+
+
 def lumina2_ras(info: dict) -> dict:
     """Lumina Image 2.0 (all-in-one checkpoint) + its system-prompt encoder + RAS Sampler."""
     wf = Workflow(info)
@@ -1136,7 +1159,7 @@ def sensenova_ras(info: dict) -> dict:
 
 
 EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json": sdit_flux,
-            "sd35_sdit.json": sd35_sdit, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
+            "sd35_sdit.json": sd35_sdit, "sd35_controlnet_ras.json": sd35_controlnet_ras, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "flux_controlnet_ras.json": flux_controlnet_ras,
             "qwen_image_sdit.json": qwen_image_sdit, "qwen_image_controlnet_ras.json": qwen_image_controlnet_ras,
             "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
