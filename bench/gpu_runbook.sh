@@ -47,6 +47,8 @@
 #              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
 #   newestcheck the graph tests with the real CUDA backend on the newer tree (carry .dev-newest): the graphed families
 #              ComfyUI 0.3.75 lacks (LTX-2, Z-Image Omni, Anima, Kandinsky 5, ...)                     (~2 min)
+#   newestqwenfun Qwen-Image 20B with a Fun ControlNet of Qwen-Image 2512's Fun ControlNet Union's size (5 blocks;
+#              newer ComfyUI only; carry .dev-newest) at 1024², cfg 4, RAS and SDiT at 0.25/0.125, token-sparse (~6 min)
 #   newestltx2 LTX-2 19B (newer ComfyUI only; carry .dev-newest), 768 x 512 x 121 frames with audio, cfg 3 (batch 2),
 #              every ratio, RAS and SDiT (eager)                                                   (~6 min)
 #   memory24   Flux-dev bf16 at 1024², cfg 3.5, as on a 24-GiB GPU (--vram-gib): the K/V cache in ComfyUI's
@@ -57,7 +59,7 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 then newestcheck newestltx2 (their own carry); memory24; grid128 speed1024;
+#   later sessions: grid1024; newest1024 then newestcheck newestltx2 newestqwenfun (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
 #   controlnet1024, controlnet1024sd35, video480q, video480w, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512,
 #   ltxv0125, speed2048, train as time allows.
@@ -217,6 +219,11 @@ for part in "$@"; do
                      # ratio, the model loaded the legacy way (dynamic schedules: eager)
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestltx2 needs .dev-newest in carry"; continue; }
       newest timeout 450 python3 bench/speed.py --models ltx2-19b --res 512 --frames 121 --cfg 3 --text 128 \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    newestqwenfun)   # Qwen-Image 20B with a Fun ControlNet of Qwen-Image 2512's Fun ControlNet Union's size (5 blocks,
+                     # newer ComfyUI's QwenFunControlNet), token-sparse with the model
+      [ -f .dev-newest/comfyui.tgz ] || { echo "newestqwenfun needs .dev-newest in carry"; continue; }
+      newest timeout 420 python3 bench/speed.py --models qwen-image-fun-cn --res 1024 --cfg 4 --ratios 0.25 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     *) echo "unknown part '$part'"; exit 2 ;;
   esac

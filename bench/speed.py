@@ -69,8 +69,9 @@ class Spec(NamedTuple):
     # a ControlNet with a transformer of its own over every video token, run whole on every step whatever the ratio (Wan's
     # Uni3C): (its blocks, their width, their MLP ratio, the width its per-block output projection writes)
     whole_branch: tuple = ()
-    # ComfyUI's Flux ControlNet (Apply ControlNet) beside the model, token-sparse with it: (double, single) blocks of a
-    # ControlNetFlux at the model's width (InstantX's Union: 5 + 10)
+    # ComfyUI's ControlNet (Apply ControlNet) beside the model, token-sparse with it, blocks of the model's kind at its
+    # width: Flux's ControlNetFlux (double, single) (InstantX's Union: 5 + 10); Qwen-Image's Fun ControlNet (blocks,)
+    # (Qwen-Image 2512's Fun ControlNet Union: 5)
     controlnet: tuple = ()
     # ComfyUI's SD3.5 ControlNet (ControlNetEmbedder) beside an SD3.5 model, token-sparse with it: its blocks of
     # image-only self-attention at the model's width (Stability's SD3.5 Large blur / canny / depth: 19)
@@ -176,6 +177,9 @@ MODELS = {
     "flux-dev-union-cn": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072, controlnet=(5, 10)),
     "tiny-flux-cn": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128, controlnet=(1, 1)),
     "qwen-image": Spec("QwenImage", QWEN_IMAGE, 3584, None, None, 60, 3072, single_frame=True),
+    "qwen-image-fun-cn": Spec("QwenImage", QWEN_IMAGE, 3584, None, None, 60, 3072, single_frame=True, controlnet=(5,)),
+    "tiny-qwen-image-fun-cn": Spec("QwenImage", TINY_QWEN_IMAGE, 64, None, None, 2, 64, single_frame=True,
+                                   controlnet=(2,)),
     "tiny-qwen-image": Spec("QwenImage", TINY_QWEN_IMAGE, 64, None, None, 2, 64, single_frame=True),
     "cosmos-predict2-2b": Spec("CosmosT2IPredict2", COSMOS_PREDICT2_2B, 1024, None, None, 28, 2048, joint=False,
                                single_frame=True),
@@ -399,52 +403,87 @@ def conditioning(name: str, text: int, seed: int):
 
 
 def with_controlnet(name: str, positive, negative, res: int, device, dtype):
-    """The prompts under a random-weight ControlNet of the spec's size (a ControlNetFlux, or SD3.5's ControlNetEmbedder
-    with its hint encoded by a stand-in VAE), applied by ComfyUI's ControlNetApplyAdvanced (strength 0.7, every step)
-    with a random hint image of `res` px."""
+    """The prompts under a random-weight ControlNet of the spec's size (Flux: a ControlNetFlux; SD3.5: a
+    ControlNetEmbedder; Qwen-Image: a Fun ControlNet, newer ComfyUI), applied by ComfyUI's ControlNetApplyAdvanced
+    (strength 0.7, every step) with a random hint image of `res` px (a latent hint through a stand-in VAE)."""
     import importlib
-    import comfy.controlnet
-    import comfy.ops
-    spec = MODELS[name]
-    vae = None
-    if spec.controlnet:
-        import comfy.ldm.flux.controlnet
-        from comfyui_sdit.nodes.comfy_compat import flux_unet_config
-        double, single = spec.controlnet
-        config = {k: v for k, v in flux_unet_config(spec.config).items() if k != "image_model"}
-        config.update(depth=double, depth_single_blocks=single)
-        network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.manual_cast, dtype=dtype,
-                                                           device=device, **config)
-        control = comfy.controlnet.ControlNet(network, load_device=device, manual_cast_dtype=dtype,
-                                              extra_conds=["y", "guidance"])
-    else:                   # load_controlnet_sd35's network for SD3.5 Large (its y embedding doubled)
-        import comfy.cldm.dit_embedder
-        import comfy.latent_formats
-        depth = spec.config["depth"]
-        network = comfy.cldm.dit_embedder.ControlNetEmbedder(
-            img_size=None, patch_size=2, in_chans=16, num_layers=spec.image_only_controlnet, main_model_double=depth,
-            double_y_emb=True, attention_head_dim=64, num_attention_heads=depth,
-            adm_in_channels=spec.config["adm_in_channels"], device=device, dtype=dtype, operations=comfy.ops.manual_cast)
-        control = comfy.controlnet.ControlNetSD35(network, compression_ratio=1,
-                                                  latent_format=comfy.latent_formats.SD3(), load_device=device,
-                                                  manual_cast_dtype=dtype)
-        vae = RandomLatentVAE()
+    control, vae = {"Flux": flux_controlnet, "SD3": sd35_controlnet, "QwenImage": qwen_fun_controlnet}[
+        MODELS[name].cls](MODELS[name], device, dtype)
     generator = torch.Generator(device=device).manual_seed(1)
     with torch.no_grad():
-        for p in network.parameters():
+        for p in control.control_model.parameters():
             p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
     image = torch.rand(1, res, res, 3, generator=torch.Generator().manual_seed(2))
     nodes = importlib.import_module("nodes")        # ComfyUI's nodes.py
     return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 0.7, 0.0, 1.0, vae=vae)
 
 
+def qwen_fun_controlnet_available() -> bool:
+    import comfy.controlnet
+    return hasattr(comfy.controlnet, "QwenFunControlNet")
+
+
+def flux_controlnet(spec: Spec, device, dtype) -> tuple:
+    """A ControlNetFlux of `spec.controlnet`'s (double, single) blocks (an image hint: no VAE)."""
+    import comfy.controlnet
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+    from comfyui_sdit.nodes.comfy_compat import flux_unet_config
+    double, single = spec.controlnet
+    config = {k: v for k, v in flux_unet_config(spec.config).items() if k != "image_model"}
+    config.update(depth=double, depth_single_blocks=single)
+    network = comfy.ldm.flux.controlnet.ControlNetFlux(operations=comfy.ops.manual_cast, dtype=dtype, device=device,
+                                                       **config)
+    return comfy.controlnet.ControlNet(network, load_device=device, manual_cast_dtype=dtype,
+                                       extra_conds=["y", "guidance"]), None
+
+
+def sd35_controlnet(spec: Spec, device, dtype) -> tuple:
+    """load_controlnet_sd35's network for SD3.5 Large (its y embedding doubled) of `spec.image_only_controlnet` blocks."""
+    import comfy.cldm.dit_embedder
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ops
+    depth = spec.config["depth"]
+    network = comfy.cldm.dit_embedder.ControlNetEmbedder(
+        img_size=None, patch_size=2, in_chans=16, num_layers=spec.image_only_controlnet, main_model_double=depth,
+        double_y_emb=True, attention_head_dim=64, num_attention_heads=depth,
+        adm_in_channels=spec.config["adm_in_channels"], device=device, dtype=dtype, operations=comfy.ops.manual_cast)
+    return comfy.controlnet.ControlNetSD35(network, compression_ratio=1, latent_format=comfy.latent_formats.SD3(),
+                                           load_device=device, manual_cast_dtype=dtype), RandomLatentVAE()
+
+
+def qwen_fun_controlnet(spec: Spec, device, dtype) -> tuple:
+    """load_controlnet_qwen_fun's network (newer ComfyUI) of `spec.controlnet`'s blocks, injected as the real ones are
+    (every twelfth block of 60)."""
+    import comfy.controlnet
+    import comfy.latent_formats
+    import comfy.ldm.qwen_image.controlnet
+    import comfy.ops
+    (blocks,), heads, head_dim = spec.controlnet, spec.config["num_attention_heads"], spec.config["attention_head_dim"]
+    layers = spec.config["num_layers"]
+    network = comfy.ldm.qwen_image.controlnet.QwenImageFunControlNetModel(
+        control_in_features=33 * 4, inner_dim=heads * head_dim, num_attention_heads=heads, attention_head_dim=head_dim,
+        num_control_blocks=blocks, main_model_double=layers,
+        injection_layers=tuple(range(0, layers, max(1, layers // blocks)))[:blocks], operations=comfy.ops.manual_cast,
+        device=device, dtype=dtype)
+    return comfy.controlnet.QwenFunControlNet(network, compression_ratio=1, latent_format=comfy.latent_formats.Wan21(),
+                                              concat_mask=False, load_device=device, manual_cast_dtype=dtype,
+                                              extra_conds=[]), RandomLatentVAE(frames=True)
+
+
 class RandomLatentVAE:
-    """A VAE as Apply ControlNet uses one for a latent hint (SD3's: 16 channels, 8 pixels a latent pixel): a random
-    latent of the image's size (what the hint holds does not change what a forward costs)."""
+    """A VAE as Apply ControlNet uses one for a latent hint (16 channels, 8 pixels a latent pixel; `frames`: with a
+    frame axis, as Qwen-Image's Wan VAE): a random latent of the image's size (what the hint holds does not change
+    what a forward costs)."""
+
+    def __init__(self, frames: bool = False):
+        self.frames = frames
 
     def encode(self, pixels):
         generator = torch.Generator().manual_seed(3)
-        return torch.randn(pixels.shape[0], 16, pixels.shape[1] // 8, pixels.shape[2] // 8, generator=generator)
+        shape = (pixels.shape[0], 16) + ((1,) if self.frames else ()) + (pixels.shape[1] // 8, pixels.shape[2] // 8)
+        return torch.randn(shape, generator=generator)
 
     def spacial_compression_encode(self):
         return 8
@@ -554,6 +593,9 @@ def run(args) -> dict:
         if not hasattr(comfy.supported_models, MODELS[name].cls):
             print(f"{name}: this ComfyUI has no {MODELS[name].cls} model, skipped", flush=True)
             continue
+        if MODELS[name].cls == "QwenImage" and MODELS[name].controlnet and not qwen_fun_controlnet_available():
+            print(f"{name}: this ComfyUI has no Qwen-Image Fun ControlNet, skipped", flush=True)
+            continue
         if MODELS[name].pose or MODELS[name].whole_branch:
             print(f"{name}: FLOP ideals only (no pose or render video to sample with yet), skipped", flush=True)
             continue
@@ -565,7 +607,7 @@ def run(args) -> dict:
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
-            if spec.controlnet or spec.image_only_controlnet:
+            if spec.controlnet or spec.image_only_controlnet:     # (their networks: with_controlnet)
                 positive, negative = with_controlnet(name, conditioning(name, args.text, 1),
                                                      conditioning(name, args.text, 2), res, device, dtype)
             latent = sampled_latent(spec, res, args.frames)
@@ -672,7 +714,7 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     rows = []
     for name, res, frames in [("flux-dev", 1024, 1), ("flux-dev-union-cn", 1024, 1), ("sd35-large", 1024, 1),
                               ("sd35-large-cn", 1024, 1), ("cosmos-predict2-2b", 1024, 1),
-                              ("qwen-image", 1024, 1),
+                              ("qwen-image", 1024, 1), ("qwen-image-fun-cn", 1024, 1),
                               ("wan21-14b", 480, 81),
                               ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
@@ -738,7 +780,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay sparse forwards from CUDA graphs (sets SDIT_CUDA_GRAPHS=1)")
     parser.add_argument("--smoke", action="store_true", help="tiny Flux (alone and with a Flux ControlNet), tiny "
-                                                             "SD3.5 with an SD3.5 ControlNet and tiny Cosmos Predict2, 256 px, 8 steps, one ratio (CI)")
+                                                             "SD3.5 with an SD3.5 ControlNet, tiny Qwen-Image with a Fun ControlNet (newer ComfyUI) "
+                                                             "and tiny Cosmos Predict2, 256 px, 8 steps, one ratio (CI)")
     parser.add_argument("--smoke-video", action="store_true",
                         help="tiny Wan, Wan VACE, HunyuanVideo, HunyuanVideo 1.5, LTX-Video and LTX-2 (where the "
                              "ComfyUI has it), 128 px x 9 frames, 8 steps, one ratio (CI)")
@@ -774,7 +817,8 @@ def main() -> None:
         return
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-flux-cn", "tiny-sd35-cn",
-                                                                     "tiny-cosmos"], [256], 8, [0.5], 16
+                                                                     "tiny-qwen-image-fun-cn", "tiny-cosmos"], \
+            [256], 8, [0.5], 16
     if args.smoke_video:
         args.models = ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv",
                        "tiny-ltx2"]

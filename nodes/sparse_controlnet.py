@@ -63,12 +63,12 @@ def sparse_chain_adapters(control, family) -> Optional[list]:
 
 
 def _comfy_controlnet(control) -> bool:
-    """ComfyUI's own ControlNet class, or one of its own subclasses that keep its get_control (SD3.5's: ControlNetSD35
-    loads the model's embedders into the network before sampling)."""
+    """ComfyUI's own ControlNet class, or one of ComfyUI's own subclasses of it (SD3.5's ControlNetSD35 loads the
+    model's embedders into the network before sampling; Qwen-Image's QwenFunControlNet eases the strength and calls
+    ComfyUI's get_control): its get_control runs the network once per model forward, as the swap expects."""
     import comfy.controlnet
     kind = type(control)
-    return (issubclass(kind, comfy.controlnet.ControlNet) and kind.__module__ == comfy.controlnet.__name__
-            and kind.get_control is comfy.controlnet.ControlNet.get_control)
+    return issubclass(kind, comfy.controlnet.ControlNet) and kind.__module__ == comfy.controlnet.__name__
 
 
 def controlnet_cache_layers(family, entry: dict, image_tokens: int, text_tokens: int) -> list:
@@ -99,7 +99,7 @@ def run_controlnets_with_tokens(conds: dict, slot, family, main_stream: Callable
             if id(wrapped) not in clones:           # copies of one ControlNet share its patcher, as they did
                 clone = wrapped.clone()
                 adapters[0].install(clone, slot)
-                _open_forward_in(clone, slot, node)
+                _open_forward_in(clone, slot, node, adapters[0])
                 clones[id(wrapped)] = clone
             proxy.control_model_wrapped = clones[id(wrapped)]
             proxy.get_control = functools.partial(_get_control, proxy, len(copies), slot, main_stream)
@@ -136,7 +136,7 @@ def _get_control(proxy, link: int, slot, main_stream: Callable, x_noisy, t, cond
     return control
 
 
-def _open_forward_in(patcher, slot, node: str) -> None:
+def _open_forward_in(patcher, slot, node: str, adapter) -> None:
     """Object-patches the network's forward: where its get_control noted a feed, it runs as an engine forward."""
     original = unwrap_ours(patcher.get_model_object("forward"))
 
@@ -149,6 +149,7 @@ def _open_forward_in(patcher, slot, node: str) -> None:
                                 network=feed.network, feeds=feed.main_key)
         completed = False
         try:
+            adapter.opened(call, kwargs)
             control = original(*args, **kwargs)
             check_attention_went_through(call, {}, node)
             if call.feeds_index is not None:

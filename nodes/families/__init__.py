@@ -38,6 +38,7 @@ from .pixeldit import PixelDiTFamily
 from .prism import PrismFamily
 from .qwen_image import QwenImageFamily
 from .qwen_image_controlnet import QwenImageControlNet
+from .qwen_image_fun_controlnet import QwenImageFunControlNet
 from .qwen_image21 import QwenImage21Family
 from .sd3 import SD3Family
 from .sd3_controlnet import SD35ControlNet, SD3ControlNet
@@ -88,7 +89,7 @@ def adapter_for(model_patcher, node: str, input_name: str = "model") -> FamilyAd
 
 
 # ControlNet networks (ComfyUI's Apply ControlNet) that run token-sparse with the model they feed (sparse_controlnet.py)
-CONTROLNETS = [FluxControlNet(), QwenImageControlNet(), SD3ControlNet(), SD35ControlNet()]
+CONTROLNETS = [FluxControlNet(), QwenImageControlNet(), QwenImageFunControlNet(), SD3ControlNet(), SD35ControlNet()]
 
 
 def controlnet_adapter_for(control_model, family: FamilyAdapter):

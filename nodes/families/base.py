@@ -448,6 +448,10 @@ class ControlNetAdapter:
         """Object patches on a clone of the network's ModelPatcher: gather its tokens; its blocks get the override."""
         raise NotImplementedError
 
+    def opened(self, call, arguments: dict) -> None:
+        """The network's forward opened as `call`, with `arguments` as ComfyUI passes them (by name): what the
+        adapter notes of them for the forward (a network that runs the model's own embedders: the text length)."""
+
 
 class FamilyAdapter:
     """Interface of a model-family adapter."""
