@@ -9,8 +9,11 @@ model's forward will run, through K/V caches of its own (an engine stream that f
 - When sampling starts, each ControlNet chain in this run's conds (ComfyUI copies the guider's conds per run) is
   swapped for shallow copies (the ControlNets passed in stay as they were) whose network loads through a clone of its
   ModelPatcher carrying the adapter's object patches, and whose `get_control` notes which model forward it feeds.
-- ComfyUI's own `get_control` then runs (the hint, the timestep range, strength, the merge with the chain); the
-  network's forward opens the engine forward, the adapter gathers its tokens, its attention goes through the cache.
+- ComfyUI's own `get_control` then runs (the hint, the timestep range, strength, the merge with the chain); its call
+  of the network (the copy's `control_model`, a `NetworkForward`) opens the engine forward, the adapter gathers its
+  tokens, its attention goes through the cache. The adapters patch the network's submodules only, never a method of
+  the network itself, and nothing of ours refers back to the copies or the clone: a ControlNet the user drops is freed
+  at once, as ComfyUI's model management expects.
 - The residuals come in the rows the model's forward runs (a dense ControlNet forward's, the first of its stream, are
   gathered after it), marked for `gather_control`; where the model's forward is dense they cover every token.
 A chain with any other ControlNet (T2I adapters, Control LoRAs, other packs' ControlNet classes, a network without an
@@ -19,6 +22,7 @@ adapter) stays as it is: it runs over every token and its residuals are gathered
 import copy
 import functools
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Hashable, Optional
 
@@ -26,7 +30,7 @@ import torch
 
 from ..sdit_core.tokens import gather_rows
 from .families import controlnet_adapter_for
-from .families.base import SPARSE_CONTROL, map_residuals_once, unwrap_ours
+from .families.base import SPARSE_CONTROL, map_residuals_once
 from .neighbours import check_attention_went_through
 
 # apply_model's own parameters: what the model's forward gets besides them are its conditions (sparse_patch.py)
@@ -99,10 +103,11 @@ def run_controlnets_with_tokens(conds: dict, slot, family, main_stream: Callable
             if id(wrapped) not in clones:           # copies of one ControlNet share its patcher, as they did
                 clone = wrapped.clone()
                 adapters[0].install(clone, slot)
-                _open_forward_in(clone, slot, node, adapters[0])
                 clones[id(wrapped)] = clone
             proxy.control_model_wrapped = clones[id(wrapped)]
-            proxy.get_control = functools.partial(_get_control, proxy, len(copies), slot, main_stream)
+            proxy.control_model = NetworkForward(control.control_model, slot, node, adapters[0])
+            # (the proxy by a weak reference: a partial holding it in its own __dict__ would be a reference cycle)
+            proxy.get_control = functools.partial(_get_control, weakref.ref(proxy), len(copies), slot, main_stream)
             copies[id(control)] = proxy
         return copies[id(control)]
 
@@ -112,11 +117,16 @@ def run_controlnets_with_tokens(conds: dict, slot, family, main_stream: Callable
             adapters = sparse_chain_adapters(control, family) if control is not None else None
             if adapters:
                 entry["control"] = sparse_copy(control, adapters)
-    return len(copies)
+    swapped = len(copies)
+    copies.clear()          # sparse_copy refers to itself (a cycle): what it made must not hang on it
+    clones.clear()
+    return swapped
 
 
-def _get_control(proxy, link: int, slot, main_stream: Callable, x_noisy, t, cond, batched_number, transformer_options):
+def _get_control(proxy_ref, link: int, slot, main_stream: Callable, x_noisy, t, cond, batched_number,
+                 transformer_options):
     """ComfyUI's get_control, with the model forward it feeds noted for the network's forward."""
+    proxy = proxy_ref()
     run = slot.run
     if run is None:
         return type(proxy).get_control(proxy, x_noisy, t, cond, batched_number, transformer_options)
@@ -136,22 +146,33 @@ def _get_control(proxy, link: int, slot, main_stream: Callable, x_noisy, t, cond
     return control
 
 
-def _open_forward_in(patcher, slot, node: str, adapter) -> None:
-    """Object-patches the network's forward: where its get_control noted a feed, it runs as an engine forward."""
-    original = unwrap_ours(patcher.get_model_object("forward"))
+class NetworkForward:
+    """The network as a swapped ControlNet's get_control sees it (its `control_model`): where the get_control noted a
+    feed, a call runs as an engine forward; anything else is the network's. (Not an object patch on the network's own
+    forward: unpatching one leaves ComfyUI's backup, a bound method, in the network's __dict__, a reference cycle that
+    outlives a ControlNet the user drops and leaves ComfyUI's loaded-model entry for it dead.)"""
 
-    def forward(*args, **kwargs):
+    def __init__(self, network, slot, node: str, adapter):
+        self.network, self.slot, self.node, self.adapter = network, slot, node, adapter
+
+    def __getattr__(self, name):            # what ComfyUI reads of the network (its dtype, SD3.5's embedders)
+        network = self.__dict__.get("network")
+        if network is None:                 # (a copy being made: no network yet)
+            raise AttributeError(name)
+        return getattr(network, name)
+
+    def __call__(self, *args, **kwargs):
         feed = getattr(_pending, "feed", None)
-        if feed is None or feed.run is not slot.run:
-            return original(*args, **kwargs)
+        if feed is None or feed.run is not self.slot.run:
+            return self.network(*args, **kwargs)
         run = feed.run
         call = run.open_forward(feed.latent_shape, feed.sigma, feed.sample_sigmas, feed.stream_key,
                                 network=feed.network, feeds=feed.main_key)
         completed = False
         try:
-            adapter.opened(call, kwargs)
-            control = original(*args, **kwargs)
-            check_attention_went_through(call, {}, node)
+            self.adapter.opened(call, kwargs)
+            control = self.network(*args, **kwargs)
+            check_attention_went_through(call, {}, self.node)
             if call.feeds_index is not None:
                 if call.dense:        # its stream's first forward, over every token: cut to the model's rows
                     index = call.feeds_index
@@ -161,6 +182,3 @@ def _open_forward_in(patcher, slot, node: str, adapter) -> None:
             return control
         finally:
             run.close_forward(call, completed)
-
-    forward.sdit_wraps = original
-    patcher.add_object_patch("forward", forward)

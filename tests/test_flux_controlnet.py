@@ -5,7 +5,9 @@ dense one exact on the tokens that ran with the ControlNet's own forward on thos
 tokens per image); a Union ControlNet's mode token; a chain of two whose second starts later (its first forward dense
 while the first's is sparse); one that ends halfway; the K/V cache as planned; a chain with another kind of ControlNet
 left whole; the ControlNet passed in untouched; both sampler nodes and both Model Patch nodes end to end."""
+import gc
 import importlib
+import weakref
 
 import pytest
 import torch
@@ -208,3 +210,28 @@ def test_sampler_nodes_end_to_end(method):
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_flux(seed=11), {"samples": latent(1)},
                                      prompts((flux_controlnet(14), 0.0, 1.0)), assert_within(TOL))
+
+
+def dropped_controlnet_is_freed_at_once(model, latent, make_conds, tokens: int) -> None:
+    """A ControlNet the user drops after a token-sparse run (and a plain one after it, which unpatches the network) is
+    freed at once, without waiting for Python's cycle collector: nothing of ours makes a reference cycle that holds its
+    network (ComfyUI's model management would otherwise keep a loaded-model entry whose network is alive but whose
+    patcher is gone, and crash on it in a later ControlNet's hint encoding)."""
+    gc.collect()
+    gc.disable()
+    try:
+        conds = make_conds()
+        network = weakref.ref(conds["positive"][0][1]["control"].control_model)
+        policy = FixedPlanPolicy([None] + [random_active(latent.shape[0], tokens, tokens // 3, seed=3)] * 3)
+        patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+        ksample(patched, latent, seed=5, steps=4, cfg=3.0, **conds)
+        ksample(model, latent, seed=5, steps=4, cfg=3.0, **conds)
+        del conds, patched
+        assert network() is None
+    finally:
+        gc.enable()
+
+
+def test_a_dropped_controlnet_is_freed_at_once():
+    dropped_controlnet_is_freed_at_once(tiny_flux(seed=15), latent(2), lambda: prompts((flux_controlnet(16), 0.0, 1.0)),
+                                        TOKENS)

@@ -17,7 +17,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_QWEN_IMAGE, assert_exact_on_active_tokens, init_weights_, ksample, random_active,
                           text_conditioning, tiny_qwen_image)
-from test_flux_controlnet import dense_then_sparse, side_calls
+from test_flux_controlnet import dense_then_sparse, dropped_controlnet_is_freed_at_once, side_calls
 from test_qwen_image_controlnet import HEIGHT, INNER_DIM, TOKENS, WIDTH, StandInQwenImageVAE, latent
 from test_video import assert_within, every_token_active, sampler_node_end_to_end
 
@@ -75,3 +75,7 @@ def test_the_cache_is_as_planned_and_a_controlnet_that_ends_halfway_is_dropped()
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end(method):
     sampler_node_end_to_end(tiny_qwen_image(seed=6), {"samples": latent(2)}, prompts(seed=9), method, TOKENS)
+
+
+def test_a_dropped_controlnet_is_freed_at_once():
+    dropped_controlnet_is_freed_at_once(tiny_qwen_image(seed=15), latent(2), lambda: prompts(seed=16), TOKENS)

@@ -23,7 +23,7 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_SD3, TINY_SD35, assert_exact_on_active_tokens, init_weights_, ksample, pooled_conditioning,
                           random_active, tiny_sd3, tiny_sd35)
-from test_flux_controlnet import dense_then_sparse, side_calls
+from test_flux_controlnet import dense_then_sparse, dropped_controlnet_is_freed_at_once, side_calls
 from test_video import assert_within, every_token_active, model_patch_nodes_under_ksampler, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
@@ -194,3 +194,9 @@ def test_sampler_nodes_end_to_end(method):
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(tiny_sd3(seed=11), {"samples": latent(1)},
                                      prompts((sd3_controlnet(14), 0.0, 1.0)), assert_within(TOL))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dropped_controlnet_is_freed_at_once(kind):
+    model, controlnet = KINDS[kind]
+    dropped_controlnet_is_freed_at_once(model(seed=15), latent(2), lambda: prompts((controlnet(16), 0.0, 1.0)), TOKENS)

@@ -3,6 +3,7 @@ import functools
 import importlib
 import inspect
 import logging
+import weakref
 from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
@@ -25,6 +26,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
     owner = patcher.get_model_object(owner_path) if owner_path else patcher.model
     original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(getattr(type(owner), name).__get__(owner))
+    patcher_ref = weakref.ref(patcher)      # the patch lives in the patcher: no cycle through it
 
     @compiler_opaque
     def enter(args, kwargs):
@@ -43,7 +45,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         call, bound = enter(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        result = _replayed(patcher, call, bound, original, path) if graph else None
+        result = _replayed(patcher_ref(), call, bound, original, path) if graph else None
         if result is None:
             result = original(*bound.args, **bound.kwargs)
         return finish(call, result) if finish is not None else result
@@ -57,7 +59,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
 def _replayed(patcher, call, bound: inspect.BoundArguments, method: Callable, site: str):
     """`method(*bound.args, **bound.kwargs)` replayed from the stream's CUDA graphs, or None where it may not be
     (eager under torch.compile: captured, not compiled)."""
-    if not _may_graph(patcher, call, bound.arguments):
+    if patcher is None or not _may_graph(patcher, call, bound.arguments):
         return None
     signature = bound.signature
 
@@ -147,6 +149,7 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(functools.partial(replacement, None, owner))     # what the block is called with
+    patcher_ref = weakref.ref(patcher)
     replacement = compiler_opaque(replacement)
     unchecked = check
 
@@ -184,7 +187,7 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
         bound = enter(call, args, kwargs)
         args, kwargs = bound.args, bound.kwargs
         restated = functools.partial(replacement, call, owner)
-        out = _replayed(patcher, call, bound, restated, path) if graph else None
+        out = _replayed(patcher_ref(), call, bound, restated, path) if graph else None
         if out is None:
             out = restated(*args, **kwargs)
         if unchecked and call.dense:

@@ -1,14 +1,17 @@
 """ComfyUI's Flux ControlNets (comfy/ldm/flux/controlnet.py `ControlNetFlux`: XLabs, InstantX / Union, Mistoline),
 run token-sparse with a Flux model (sparse_controlnet.py).
 
-The network is a Flux of a few blocks. Its `forward_orig` gets the latent's tokens, the hint's tokens (the hint image
-encoded and cut into the same 2x2 patches) and their RoPE ids, and embeds the first two token by token (`img_in`,
-`pos_embed_input`), so gathering the running rows of all three there is exact, as for the model (flux.py). Each
+The network is a Flux of a few blocks. Its `forward_orig` embeds the latent's tokens and the hint's tokens (the hint
+image encoded and cut into the same 2x2 patches) token by token (`img_in`, `pos_embed_input`) and builds RoPE from
+[text ids (a Union ControlNet's mode token first) | image ids] (`pe_embedder`): the running rows are gathered at those
+three modules, which is exact, as for the model (flux.py); the network's own methods are left alone. Each
 block's image output becomes a residual through a per-token linear layer: the residuals come out in the rows that
 ran. Attention is joint over [text | image] as in the model (a Union ControlNet's mode token leads the text); the
 network calls its blocks without transformer_options, so they are handed the pack's attention override.
 """
-from .base import ControlNetAdapter, every_row, hand_attention_override, patch_method
+import torch
+
+from .base import ControlNetAdapter, every_row, hand_attention_override, patch_module_forward
 from .flux import FluxFamily
 
 
@@ -33,11 +36,15 @@ class FluxControlNet(ControlNetAdapter):
         return [(tokens, control_model.hidden_size)] * len(self.block_paths(control_model))
 
     def install(self, patcher, slot) -> None:
-        def gather_image(call, arguments):
-            rows = arguments["img"].shape[0]
-            for name in ("img", "img_ids", "controlnet_cond"):     # tokens, their RoPE positions, the hint's tokens
-                arguments[name] = call.gather(every_row(arguments[name], rows))
-
-        patch_method(patcher, slot, "forward_orig", before=gather_image)
+        patch_module_forward(patcher, slot, "img_in", before=lambda call, img: call.gather(img))
+        patch_module_forward(patcher, slot, "pos_embed_input",
+                             before=lambda call, hint: call.gather(every_row(hint, call.record.rows)))
+        patch_module_forward(patcher, slot, "pe_embedder", before=_gather_image_ids)
         for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
+
+
+def _gather_image_ids(call, ids):
+    """[text ids | image ids] (the latent's grid alone): the image's gathered."""
+    text = ids.shape[1] - call.grid_tokens
+    return torch.cat([ids[:, :text], call.gather(every_row(ids[:, text:], call.record.rows))], dim=1)
