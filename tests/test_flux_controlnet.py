@@ -177,28 +177,30 @@ def test_a_chain_with_another_kind_of_controlnet_stays_whole():
     assert torch.isfinite(ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **chain)).all()
 
 
-def test_the_controlnet_passed_in_is_untouched():
+def controlnet_passed_in_is_untouched(model, latent, conds: dict, tokens: int) -> None:
     """After a sparse run: the conditioning holds the same ControlNet objects, as they were (their patcher, no hint,
-    weights, no patch left on the network), and KSampler with them samples as before."""
-    model = tiny_flux(seed=9)
-    control = flux_controlnet(12)
-    conds = prompts((control, 0.0, 1.0))
+    their extra arguments, weights, no patch left on the network or its modules), and KSampler with them samples as
+    before (KSampler first: ComfyUI's own preparation may load into the network, SD3.5's the model's embedders)."""
     applied = conds["positive"][0][1]["control"]
-    state = (applied.control_model_wrapped, applied.previous_controlnet, dict(vars(applied)))
+    before = ksample(model, latent, seed=5, steps=4, cfg=3.0, **conds)
+    state = (applied.control_model_wrapped, applied.previous_controlnet, applied.control_model, dict(vars(applied)),
+             dict(applied.extra_args))
     weights = {k: v.clone() for k, v in applied.control_model.state_dict().items()}
-    before = ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds)
-    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
+    policy = FixedPlanPolicy([None] + [random_active(latent.shape[0], tokens, tokens // 3, seed=3)] * 3)
     patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    sparse = ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **conds)
-    assert any(c.image_tokens == TOKENS // 3 for e in slot.last_run.evals for c in e.side_calls)
+    sparse = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **conds)
+    assert any(c.image_tokens == tokens // 3 for e in slot.last_run.evals for c in e.side_calls)
     assert (sparse - before).abs().max().item() > 1e-5
     assert conds["positive"][0][1]["control"] is applied and conds["negative"][0][1]["control"] is applied
-    assert (applied.control_model_wrapped, applied.previous_controlnet) == state[:2]
-    assert applied.cond_hint is None and vars(applied).keys() == state[2].keys()
-    assert torch.equal(ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds), before)
+    assert (applied.control_model_wrapped, applied.previous_controlnet, applied.control_model) == state[:3]
+    assert applied.cond_hint is None and vars(applied).keys() == state[3].keys() and applied.extra_args == state[4]
+    assert torch.equal(ksample(model, latent, seed=5, steps=4, cfg=3.0, **conds), before)
     assert all(torch.equal(v, weights[k]) for k, v in applied.control_model.state_dict().items())
-    assert "forward" not in vars(applied.control_model) or not hasattr(vars(applied.control_model)["forward"],
-                                                                       "sdit_wraps")
+    assert not any(hasattr(vars(m).get("forward"), "sdit_wraps") for m in applied.control_model.modules())
+
+
+def test_the_controlnet_passed_in_is_untouched():
+    controlnet_passed_in_is_untouched(tiny_flux(seed=9), latent(2), prompts((flux_controlnet(12), 0.0, 1.0)), TOKENS)
 
 
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])

@@ -813,16 +813,19 @@ def test_ras_plans_its_counts():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_qwen_image_instantx_controlnets_blocks_replay_what_eager_forwards_compute(backend):
-    """Qwen-Image with its InstantX ControlNet (token-sparse beside the model): the model's blocks and the
-    ControlNet's own 2 blocks each replay from a graph of their own; the samples are the eager ones."""
+@pytest.mark.parametrize("kind", ["instantx", "fun"])
+def test_qwen_image_apply_controlnets_blocks_replay_what_eager_forwards_compute(kind, backend):
+    """Qwen-Image with its InstantX or (newer ComfyUI) Fun ControlNet, token-sparse beside the model: the model's blocks
+    and the ControlNet's own 2 blocks each replay from a graph of their own; the samples are the eager ones."""
     from sdit_testkit import tiny_qwen_image
-    from test_qwen_image_instantx_controlnet import TOKENS, latent, prompts
+    from test_qwen_image_apply_controlnet import HAS_FUN, TOKENS, latent, prompts
+    if kind == "fun" and not HAS_FUN:
+        pytest.skip("this ComfyUI has no Qwen-Image Fun ControlNet")
     plans = random_plans(TOKENS, TOKENS // 3, evals=6)
     model = tiny_qwen_image(seed=2)
-    eager, _ = ksample_planned(model, {"samples": latent(2)}, prompts(), plans)
+    eager, _ = ksample_planned(model, {"samples": latent(2)}, prompts(kind), plans)
     backends = []
-    graphed, run = ksample_planned(model, {"samples": latent(2)}, prompts(), plans,
+    graphed, run = ksample_planned(model, {"samples": latent(2)}, prompts(kind), plans,
                                    collecting(backends, backend=backend))
     assert_replays_equal(graphed, eager, backend)
     assert getattr(backends[0], "syncs", []) == []
@@ -850,22 +853,3 @@ def test_sd3_controlnets_blocks_replay_what_eager_forwards_compute(kind, backend
     # 5 sparse evaluations of the model's forward and 2 ControlNet blocks: each sighted eagerly once, then replayed
     assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
     assert backends[0].captures == 3 and backends[0].replays == 3 * (5 - 1)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_qwen_image_fun_controlnets_blocks_replay_what_eager_forwards_compute(backend):
-    """Qwen-Image with its Fun ControlNet (newer ComfyUI; token-sparse beside the model, through the model's own
-    embedders): the model's blocks and the ControlNet's own 2 blocks each replay from a graph of their own; the samples
-    are the eager ones."""
-    fun = pytest.importorskip("test_qwen_image_fun_controlnet")     # skips where this ComfyUI has none
-    from sdit_testkit import tiny_qwen_image
-    plans = random_plans(fun.TOKENS, fun.TOKENS // 3, evals=6)
-    model = tiny_qwen_image(seed=2)
-    eager, _ = ksample_planned(model, {"samples": fun.latent(2)}, fun.prompts(), plans)
-    backends = []
-    graphed, run = ksample_planned(model, {"samples": fun.latent(2)}, fun.prompts(), plans,
-                                   collecting(backends, backend=backend))
-    assert_replays_equal(graphed, eager, backend)
-    assert getattr(backends[0], "syncs", []) == []
-    assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
-    assert backends[0].captures == 4 and backends[0].replays == 4 * (5 - 1)

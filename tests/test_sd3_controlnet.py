@@ -23,7 +23,8 @@ from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_SD3, TINY_SD35, assert_exact_on_active_tokens, init_weights_, ksample, pooled_conditioning,
                           random_active, tiny_sd3, tiny_sd35)
-from test_flux_controlnet import dense_then_sparse, dropped_controlnet_is_freed_at_once, side_calls
+from test_flux_controlnet import (controlnet_passed_in_is_untouched, dense_then_sparse,
+                                  dropped_controlnet_is_freed_at_once, side_calls)
 from test_video import assert_within, every_token_active, model_patch_nodes_under_ksampler, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
@@ -163,26 +164,10 @@ def test_the_restated_block_is_checked_against_comfyuis_own(monkeypatch):
         ksample(patched, latent(1), seed=5, steps=4, cfg=1.0, **prompts((sd35_controlnet(11), 0.0, 1.0)))
 
 
-def test_the_controlnet_passed_in_is_untouched():
-    """After a sparse run: the conditioning holds the same ControlNet objects, as they were (their patcher, no hint,
-    weights, no patch left on the network), and KSampler with them samples as before."""
-    model = tiny_sd35(seed=9)
-    conds = prompts((sd35_controlnet(12), 0.0, 1.0))
-    applied = conds["positive"][0][1]["control"]
-    before = ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds)   # ComfyUI loads the model's embedders in
-    state = (applied.control_model_wrapped, applied.previous_controlnet, dict(vars(applied)))
-    weights = {k: v.clone() for k, v in applied.control_model.state_dict().items()}
-    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
-    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
-    sparse = ksample(patched, latent(2), seed=5, steps=4, cfg=3.0, **conds)
-    assert any(c.image_tokens == TOKENS // 3 for e in slot.last_run.evals for c in e.side_calls)
-    assert (sparse - before).abs().max().item() > 1e-5
-    assert conds["positive"][0][1]["control"] is applied and conds["negative"][0][1]["control"] is applied
-    assert (applied.control_model_wrapped, applied.previous_controlnet) == state[:2]
-    assert applied.cond_hint is None and vars(applied).keys() == state[2].keys()
-    assert torch.equal(ksample(model, latent(2), seed=5, steps=4, cfg=3.0, **conds), before)
-    assert all(torch.equal(v, weights[k]) for k, v in applied.control_model.state_dict().items())
-    assert not any(hasattr(vars(block).get("forward"), "sdit_wraps") for block in applied.control_model.modules())
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_controlnet_passed_in_is_untouched(kind):
+    model, controlnet = KINDS[kind]
+    controlnet_passed_in_is_untouched(model(seed=9), latent(2), prompts((controlnet(12), 0.0, 1.0)), TOKENS)
 
 
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
