@@ -339,6 +339,29 @@ def qwen_image_controlnet_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def qwen_image_fun_controlnet_sdit(info: dict) -> dict:
+    """Qwen-Image 2512 with its Fun ControlNet Union (a depth map of an image; newer ComfyUI loads it with the core
+    loader), applied to the prompts by ComfyUI's Apply ControlNet + SDiT Sampler (the ControlNet runs on the tokens the
+    model runs)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "qwen_image_2512_fp8_e4m3fn.safetensors",
+                                        "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                                        "qwen_image_vae.safetensors", shift=3.1)
+    positive, negative = text_pair(wf, clip, "a sunlit loft with a spiral staircase and hanging plants, film photo")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image (a depth map)")
+    loader = wf.add("ControlNetLoader", {"control_net_name": "Qwen-Image-2512-Fun-Controlnet-Union.safetensors"},
+                    pos=(0, 950))
+    applied = wf.add("ControlNetApplyAdvanced", {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+                     {"positive": positive, "negative": negative, "control_net": (loader, 0), "image": (image, 0),
+                      "vae": vae}, pos=(700, 550))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1328, "height": 1328, "batch_size": 1}, pos=(700, 350))
+    sockets = {"model": model, "positive": (applied, 0), "negative": (applied, 1), "latent_image": (latent, 0)}
+    sampler_tail(wf, "SDiTSampler", {"seed": 42, "steps": 20, "cfg": 4.0, "sampler_name": "euler",
+                                     "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae,
+                 "qwen_image_fun_controlnet_sdit", True)
+    return wf.to_json()
+
+
 def flux_controlnet_ras(info: dict) -> dict:
     """Flux dev with InstantX's Union ControlNet (canny edges of an image), applied to the prompts by ComfyUI's Apply
     ControlNet + RAS Sampler (the ControlNet runs on the tokens the model runs)."""
@@ -1162,6 +1185,7 @@ EXAMPLES = {"sdit_demo.json": demo, "ras_flux.json": ras_flux, "sdit_flux.json":
             "sd35_sdit.json": sd35_sdit, "sd35_controlnet_ras.json": sd35_controlnet_ras, "lumina2_ras.json": lumina2_ras, "zimage_sdit.json": zimage_sdit,
             "flux_controlnet_ras.json": flux_controlnet_ras,
             "qwen_image_sdit.json": qwen_image_sdit, "qwen_image_controlnet_ras.json": qwen_image_controlnet_ras,
+            "qwen_image_fun_controlnet_sdit.json": qwen_image_fun_controlnet_sdit,
             "flux2_ras.json": flux2_ras, "chroma_ras.json": chroma_ras,
             "wan22_t2v_two_experts_ras.json": wan22_t2v_two_experts_ras,
             "wan22_ti2v_5b_sdit.json": wan22_ti2v_5b_sdit, "wan21_context_windows_ras.json": wan21_context_windows_ras,

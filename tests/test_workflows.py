@@ -169,7 +169,8 @@ def test_readme_node_table_lists_every_input(object_info):
 
 FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json", "flux_controlnet_ras.json"], "Flux 2": ["flux2_ras.json"],
                     "Chroma": ["chroma_ras.json"], "SD3": ["sd35_sdit.json", "sd35_controlnet_ras.json"],
-                    "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json", "qwen_image_controlnet_ras.json"],
+                    "Lumina 2": ["lumina2_ras.json", "zimage_sdit.json"], "Qwen-Image": ["qwen_image_sdit.json", "qwen_image_controlnet_ras.json",
+                                                                                  "qwen_image_fun_controlnet_sdit.json"],
                     # before "Wan", as "HunyuanVideo 1.5" before "HunyuanVideo" below
                     "Wan VACE": ["wan21_vace_sdit.json"], "Wan 2.2 Animate": ["wan22_animate_ras.json"],
                     "Wan Animate 2": ["wan_animate2_ras.json"],
