@@ -161,6 +161,10 @@ class NetworkForward:
             raise AttributeError(name)
         return getattr(network, name)
 
+    def __deepcopy__(self, memo):
+        """A deep copy (newer ComfyUI's copy of a ControlNet for another GPU) is the network's: that copy runs whole."""
+        return copy.deepcopy(self.network, memo)
+
     def __call__(self, *args, **kwargs):
         feed = getattr(_pending, "feed", None)
         if feed is None or feed.run is not self.slot.run:

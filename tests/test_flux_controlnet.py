@@ -237,3 +237,29 @@ def dropped_controlnet_is_freed_at_once(model, latent, make_conds, tokens: int) 
 def test_a_dropped_controlnet_is_freed_at_once():
     dropped_controlnet_is_freed_at_once(tiny_flux(seed=15), latent(2), lambda: prompts((flux_controlnet(16), 0.0, 1.0)),
                                         TOKENS)
+
+
+def test_a_copy_for_another_gpu_of_a_swapped_controlnet_runs_the_network_whole():
+    """Newer ComfyUI copies a ControlNet for each further GPU (`deepclone_multigpu`: a deep copy of its network in a
+    ModelPatcher of its own): the copy of a swapped ControlNet gets the network itself, which runs whole as ComfyUI
+    runs it, and its residuals are what the ControlNet passed in gives."""
+    if not hasattr(comfy.controlnet.ControlNet, "deepclone_multigpu"):
+        pytest.skip("this ComfyUI copies no ControlNets for other GPUs")
+    from comfyui_sdit.nodes.families import adapter_for
+    from comfyui_sdit.nodes.sparse_controlnet import NetworkForward, run_controlnets_with_tokens
+    from comfyui_sdit.nodes.sparse_patch import RunSlot
+    original = prompts((flux_controlnet(17), 0.0, 1.0))["positive"][0][1]["control"]
+    conds = {"positive": [{"control": original}]}          # a run's conds, as the guider holds them
+    family = adapter_for(tiny_flux(seed=1), "test")
+    assert run_controlnets_with_tokens(conds, RunSlot(), family, lambda *a: (None, None), "test") == 1
+    swapped = conds["positive"][0]["control"]
+    assert swapped is not original and isinstance(swapped.control_model, NetworkForward)
+    copy = swapped.deepclone_multigpu(comfy.model_management.get_torch_device())
+    assert isinstance(copy.control_model, torch.nn.Module) and copy.control_model is not original.control_model
+    x = torch.randn(1, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3))
+    arguments = dict(x=x, hint=torch.rand(1, 3, HEIGHT * 8, WIDTH * 8, generator=torch.Generator().manual_seed(4)),
+                     timesteps=torch.tensor([0.5]), context=torch.randn(1, TEXT, 32, generator=torch.Generator().manual_seed(5)),
+                     y=torch.zeros(1, 32), guidance=torch.tensor([3.5]))
+    with torch.no_grad():
+        mine, theirs = copy.control_model(**arguments), original.control_model(**arguments)
+    assert all(torch.equal(a, b) for a, b in zip(mine["output"], theirs["output"]))
