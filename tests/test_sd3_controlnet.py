@@ -1,7 +1,8 @@
 """SD3 / SD3.5 with ComfyUI's own ControlNets (Apply ControlNet, the hint encoded by the VAE) run on the tokens the model
 runs (nodes/sparse_controlnet.py, nodes/families/sd3_controlnet.py), on a tiny random-weight SD3 / SD3.5 and tiny
 instances of ComfyUI's two SD3 ControlNet classes (CPU, fp32): `comfy.cldm.mmdit.ControlNet` (SD3's diffusers-format
-ControlNets, joint attention over text and image; SD3.5 Medium's with a second, image-only attention) and `comfy.cldm.dit_embedder.ControlNetEmbedder` under
+ControlNets, joint attention over text and image; SD3.5 Medium's with a second, image-only attention; alimama's
+inpainting one, applied with its mask) and `comfy.cldm.dit_embedder.ControlNetEmbedder` under
 `ControlNetSD35` (Stability's SD3.5 Large ControlNets: image-only attention, every block reading the network's input;
 and the variant whose blocks are chained). Every token active == the ControlNet run whole by ComfyUI; a sparse step
 after a dense one exact on the tokens that ran with the ControlNet's own forward on those tokens only (batch 2 with
@@ -28,6 +29,7 @@ from test_flux_controlnet import (controlnet_passed_in_is_untouched, dense_then_
 from test_video import assert_within, every_token_active, model_patch_nodes_under_ksampler, sampler_node_end_to_end
 
 comfy_nodes = importlib.import_module("nodes")   # ComfyUI's nodes.py
+controlnet_nodes = importlib.import_module("comfy_extras.nodes_controlnet")
 TOL = 1e-5
 HEIGHT, WIDTH = 8, 12                             # a non-square latent
 TOKENS = (HEIGHT // 2) * (WIDTH // 2)
@@ -51,10 +53,11 @@ def latent(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 16, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(8))
 
 
-def sd3_controlnet(seed: int, blocks: int = 2, config: dict = TINY_SD3):
+def sd3_controlnet(seed: int, blocks: int = 2, config: dict = TINY_SD3, inpainting: bool = False):
     """ComfyUI's SD3 ControlNet (an MMDiT of `blocks` joint blocks) for the tiny SD3 (or, `config` TINY_SD35, SD3.5
-    Medium's: QK-norm and the image-only second attention in its first block), as load_controlnet_mmdit wraps one."""
-    network = comfy.cldm.mmdit.ControlNet(num_blocks=blocks, control_latent_channels=16,
+    Medium's: QK-norm and the image-only second attention in its first block; `inpainting`: alimama's, its hint the
+    masked image's latent and the mask, 17 channels), as load_controlnet_mmdit wraps one."""
+    network = comfy.cldm.mmdit.ControlNet(num_blocks=blocks, control_latent_channels=17 if inpainting else 16,
                                           operations=comfy.ops.disable_weight_init, **config)
     init_weights_(network, seed)
     with torch.no_grad():           # its position embedding is a buffer, loaded from the checkpoint
@@ -62,7 +65,7 @@ def sd3_controlnet(seed: int, blocks: int = 2, config: dict = TINY_SD3):
     latent_format = comfy.latent_formats.SD3()
     latent_format.shift_factor = 0
     return comfy.controlnet.ControlNet(network, compression_ratio=1, latent_format=latent_format,
-                                       load_device=comfy.model_management.get_torch_device())
+                                       load_device=comfy.model_management.get_torch_device(), concat_mask=inpainting)
 
 
 def sd35_controlnet(seed: int, blocks: int = 1, reads_input: bool = True):
@@ -80,10 +83,16 @@ def sd35_controlnet(seed: int, blocks: int = 1, reads_input: bool = True):
 
 def prompts(*controls) -> dict:
     """SD3 prompts under ControlNets applied one after the other by ComfyUI's ControlNetApplyAdvanced (a chain):
-    each `(control, start_percent, end_percent)`."""
+    each `(control, start_percent, end_percent)`; an inpainting ControlNet by ComfyUI's alimama node, with a mask."""
     positive, negative = pooled_conditioning(1, TEXT), pooled_conditioning(2, TEXT)
     for number, (control, start, end) in enumerate(controls):
         image = torch.rand(1, HEIGHT * 8, WIDTH * 8, 3, generator=torch.Generator().manual_seed(20 + number))
+        if control.concat_mask:
+            mask = torch.zeros(1, HEIGHT * 8, WIDTH * 8)
+            mask[:, :, : WIDTH * 4] = 1.0
+            positive, negative = controlnet_nodes.ControlNetInpaintingAliMamaApply.execute(
+                positive, negative, control, StandInSD3VAE(), image, mask, 0.8, start, end)
+            continue
         positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
             positive, negative, control, image, 0.8, start, end, vae=StandInSD3VAE())
     return dict(positive=positive, negative=negative)
@@ -92,6 +101,7 @@ def prompts(*controls) -> dict:
 KINDS = {  # a ControlNet of each kind beside the model it feeds
     "sd3": (tiny_sd3, lambda seed: sd3_controlnet(seed)),
     "sd3.5 medium": (tiny_sd35, lambda seed: sd3_controlnet(seed, config=TINY_SD35)),
+    "sd3 inpainting": (tiny_sd3, lambda seed: sd3_controlnet(seed, inpainting=True)),
     "sd3.5 large": (tiny_sd35, lambda seed: sd35_controlnet(seed, blocks=2)),
     "sd3.5 chained": (tiny_sd35, lambda seed: sd35_controlnet(seed, blocks=2, reads_input=False)),
 }
@@ -143,7 +153,8 @@ def test_the_cache_is_as_planned(kind):
     run = slot.last_run
     rows = 4
     main = (TEXT + TOKENS) * 2 + (TOKENS if model is tiny_sd35 else 0)    # SD3.5's first block: a second attention
-    side = {"sd3": 2 * (TEXT + TOKENS), "sd3.5 medium": 2 * (TEXT + TOKENS) + TOKENS}.get(kind, 2 * TOKENS)
+    side = {"sd3": 2 * (TEXT + TOKENS), "sd3 inpainting": 2 * (TEXT + TOKENS),
+            "sd3.5 medium": 2 * (TEXT + TOKENS) + TOKENS}.get(kind, 2 * TOKENS)
     assert run.kv_planned_bytes == run.kv_peak_bytes == rows * (main + side) * HIDDEN * 2 * 4
 
 
