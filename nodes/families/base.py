@@ -418,6 +418,17 @@ def every_row(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return tensor.expand(rows, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
+def gather_hint(call, hint: torch.Tensor) -> torch.Tensor:
+    """A ControlNet's hint tokens (one batch row for every row, or one each): the running ones."""
+    return call.gather(every_row(hint, call.record.rows))
+
+
+def gather_grid_ids(call, ids: torch.Tensor) -> torch.Tensor:
+    """[text ids | image ids] of a ControlNet, whose image ids are the latent's grid alone: the image's gathered."""
+    text = ids.shape[1] - call.grid_tokens
+    return torch.cat([ids[:, :text], gather_hint(call, ids[:, text:])], dim=1)
+
+
 def reference_latents(values: dict) -> list:
     """A prompt's `reference_latents` (ComfyUI's ReferenceLatent node: Flux Kontext / Flux 2 edit,
     Qwen-Image-Edit), which the model embeds after the image's tokens."""

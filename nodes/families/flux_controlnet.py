@@ -9,9 +9,7 @@ block's image output becomes a residual through a per-token linear layer: the re
 ran. Attention is joint over [text | image] as in the model (a Union ControlNet's mode token leads the text); the
 network calls its blocks without transformer_options, so they are handed the pack's attention override.
 """
-import torch
-
-from .base import ControlNetAdapter, every_row, hand_attention_override, patch_module_forward
+from .base import ControlNetAdapter, gather_grid_ids, gather_hint, hand_attention_override, patch_module_forward
 from .flux import FluxFamily
 
 
@@ -37,14 +35,8 @@ class FluxControlNet(ControlNetAdapter):
 
     def install(self, patcher, slot) -> None:
         patch_module_forward(patcher, slot, "img_in", before=lambda call, img: call.gather(img))
-        patch_module_forward(patcher, slot, "pos_embed_input",
-                             before=lambda call, hint: call.gather(every_row(hint, call.record.rows)))
-        patch_module_forward(patcher, slot, "pe_embedder", before=_gather_image_ids)
+        patch_module_forward(patcher, slot, "pos_embed_input", before=gather_hint)
+        patch_module_forward(patcher, slot, "pe_embedder", before=gather_grid_ids)
         for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
 
-
-def _gather_image_ids(call, ids):
-    """[text ids | image ids] (the latent's grid alone): the image's gathered."""
-    text = ids.shape[1] - call.grid_tokens
-    return torch.cat([ids[:, :text], call.gather(every_row(ids[:, text:], call.record.rows))], dim=1)

@@ -8,9 +8,7 @@ are gathered at those modules. Each block's image output becomes a residual thro
 residuals come out in the rows that ran. Attention is joint over [text | image]; the network calls its blocks without
 transformer_options, so they are handed the pack's attention override.
 """
-import torch
-
-from .base import ControlNetAdapter, every_row, hand_attention_override, patch_module_forward
+from .base import ControlNetAdapter, gather_grid_ids, gather_hint, hand_attention_override, patch_module_forward
 from .qwen_image import QwenImageFamily
 
 
@@ -34,19 +32,9 @@ class QwenImageControlNet(ControlNetAdapter):
         return [(text_tokens + image_tokens, control_model.inner_dim)] * len(control_model.transformer_blocks)
 
     def install(self, patcher, slot) -> None:
-        patch_module_forward(patcher, slot, "pe_embedder", before=_gather_image_ids)
+        patch_module_forward(patcher, slot, "pe_embedder", before=gather_grid_ids)
         patch_module_forward(patcher, slot, "img_in", before=lambda call, x: call.gather(x))
-        patch_module_forward(patcher, slot, "controlnet_x_embedder", before=_gather_hint)
+        patch_module_forward(patcher, slot, "controlnet_x_embedder", before=gather_hint)
         for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
 
-
-def _gather_image_ids(call, ids):
-    """[text ids | image ids]: the image's (the latent's grid, nothing after it) gathered."""
-    text = ids.shape[1] - call.grid_tokens
-    return torch.cat([ids[:, :text], call.gather(ids[:, text:])], dim=1)
-
-
-def _gather_hint(call, hint):
-    """The hint's tokens."""
-    return call.gather(every_row(hint, call.record.rows))

@@ -9,7 +9,7 @@ them. Its few control blocks are Qwen-Image blocks, attention joint over [text |
 residual through a per-token linear layer, so the residuals come out in the rows that ran. The network calls its blocks
 with transformer_options of its own (none from ComfyUI), so they are handed the pack's attention override.
 """
-from .base import ControlNetAdapter, every_row, hand_attention_override, patch_module_forward
+from .base import ControlNetAdapter, gather_hint, hand_attention_override, patch_module_forward
 from .qwen_image import QwenImageFamily
 
 
@@ -37,7 +37,6 @@ class QwenImageFunControlNet(ControlNetAdapter):
         call.text_len = arguments["context"].shape[1]       # where the image's ids start in pe_embedder's input
 
     def install(self, patcher, slot) -> None:
-        patch_module_forward(patcher, slot, "control_img_in",
-                             before=lambda call, hint: call.gather(every_row(hint, call.record.rows)))
+        patch_module_forward(patcher, slot, "control_img_in", before=gather_hint)
         for path in self.block_paths(patcher.model):
             hand_attention_override(patcher, slot, path, graph=True)     # each block may replay from a CUDA graph
