@@ -49,6 +49,8 @@
 #              ComfyUI 0.3.75 lacks (LTX-2, Z-Image Omni, Anima, Kandinsky 5, ...)                     (~2 min)
 #   newestqwenfun Qwen-Image 20B with a Fun ControlNet of Qwen-Image 2512's Fun ControlNet Union's size (5 blocks;
 #              newer ComfyUI only; carry .dev-newest) at 1024², cfg 4, RAS and SDiT at 0.25/0.125, token-sparse (~6 min)
+#   newestzimagefun Z-Image 6B alone and with its Fun ControlNet Union 2.1 (newer ComfyUI only; carry .dev-newest) at
+#              1024², cfg 1 (Turbo), RAS and SDiT at 0.25/0.125, the ControlNet token-sparse          (~6 min)
 #   newestltx2 LTX-2 19B (newer ComfyUI only; carry .dev-newest), 768 x 512 x 121 frames with audio, cfg 3 (batch 2),
 #              every ratio, RAS and SDiT (eager)                                                   (~6 min)
 #   memory24   Flux-dev bf16 at 1024², cfg 3.5, as on a 24-GiB GPU (--vram-gib): the K/V cache in ComfyUI's
@@ -59,7 +61,7 @@
 # with under 4 left), in order of what is open (issue 17, then 19):
 #   1. check graphs1024 (one call, ~6 min: CUDA correctness first, then what graphs give end to end)
 #   2. counts1024 on the still-warm machine if 4 minutes are left; give_back otherwise
-#   later sessions: grid1024; newest1024 then newestcheck newestltx2 newestqwenfun (their own carry); memory24; grid128 speed1024;
+#   later sessions: grid1024; newest1024 then newestcheck newestltx2 newestqwenfun newestzimagefun (their own carry); memory24; grid128 speed1024;
 #   speed1024b lumina0125 qwen0125 cosmos0125 wan0125; then compile1024, agreement (fp8 cache with its new kernel),
 #   controlnet1024, controlnet1024sd35, video480q, video480w, video480 (one call per VIDEO_MODEL), video720q, models1024, cosmos1024, ltxv512,
 #   ltxv0125, speed2048, train as time allows.
@@ -224,6 +226,11 @@ for part in "$@"; do
                      # newer ComfyUI's QwenFunControlNet), token-sparse with the model
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestqwenfun needs .dev-newest in carry"; continue; }
       newest timeout 420 python3 bench/speed.py --models qwen-image-fun-cn --res 1024 --cfg 4 --ratios 0.25 0.125 \
+        --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
+    newestzimagefun) # Z-Image 6B, then with a Z-Image Fun ControlNet Union 2.1 (newer ComfyUI's ZImage_Control, a model
+                     # patch), token-sparse with the model; cfg 1 as Z-Image Turbo samples
+      [ -f .dev-newest/comfyui.tgz ] || { echo "newestzimagefun needs .dev-newest in carry"; continue; }
+      newest timeout 420 python3 bench/speed.py --models z-image z-image-fun-cn --res 1024 --cfg 1 --ratios 0.25 0.125 \
         --json "$out/${part}_$day.json" 2>&1 | tee "$out/$part.log" ;;
     *) echo "unknown part '$part'"; exit 2 ;;
   esac

@@ -149,6 +149,15 @@ QWEN_IMAGE = dict(image_model="qwen_image", in_channels=64, out_channels=16, pat
 TINY_QWEN_IMAGE = dict(QWEN_IMAGE, num_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
                        axes_dims_rope=(4, 6, 6))
 
+# Z-Image (Turbo) 6B (model_detection.py's config): 30 layers 3840 wide (30 heads of 128) over [caption | image] after
+# 2 image-only noise-refiner layers, a SwiGLU MLP of 10240 (8 d^2 a token: `mlp_ratio` 4), Qwen3 4B's prompt (2560 wide)
+Z_IMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=3840, cap_feat_dim=2560, n_layers=30,
+               n_refiner_layers=2, qk_norm=True, n_heads=30, n_kv_heads=30, axes_dims=[32, 48, 48],
+               axes_lens=[1536, 512, 512], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True,
+               time_scale=1000.0, pad_tokens_multiple=32)
+TINY_Z_IMAGE = dict(Z_IMAGE, dim=256, cap_feat_dim=64, n_layers=4, n_heads=4, n_kv_heads=4, axes_dims=[16, 24, 24],
+                    ffn_dim_multiplier=0.25, multiple_of=16)
+
 SD35_LARGE = dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None, adm_in_channels=2048,
                   context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096,
                                                                                    "out_features": 2432}},
@@ -173,6 +182,12 @@ MODELS = {
                                     n_layers=26, n_refiner_layers=2, qk_norm=True, n_heads=24, n_kv_heads=8,
                                     axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0,
                                     ffn_dim_multiplier=4.0), 2304, None, None, 28, 2304),
+    "z-image": Spec("ZImage", Z_IMAGE, 2560, None, None, 32, 3840),
+    # with the Z-Image Fun ControlNet Union 2.1 (newer ComfyUI, "Load Model Patch"): 15 control blocks and 2 refiner
+    # blocks of image-only self-attention at the model's width (ZImage_Control), token-sparse with the model
+    "z-image-fun-cn": Spec("ZImage", Z_IMAGE, 2560, None, None, 32, 3840, image_only_controlnet=17),
+    # (4 layers: the patch's schedule, made for 30, reaches 2 of the 15 control blocks after the 2 refiner ones)
+    "tiny-z-image-fun-cn": Spec("ZImage", TINY_Z_IMAGE, 64, None, None, 6, 256, image_only_controlnet=4),
     "tiny-flux": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128),
     "flux-dev-union-cn": Spec("Flux", FLUX_DEV, 4096, 768, 3.5, 57, 3072, controlnet=(5, 10)),
     "tiny-flux-cn": Spec("Flux", TINY_FLUX, 64, 32, 3.5, 4, 128, controlnet=(1, 1)),
@@ -418,6 +433,36 @@ def with_controlnet(name: str, positive, negative, res: int, device, dtype):
     return nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, 0.7, 0.0, 1.0, vae=vae)
 
 
+def with_zimage_fun_controlnet(model, spec: Spec, res: int, device, dtype):
+    """The model under a random-weight Z-Image Fun ControlNet Union 2.1 of the spec's width (ZImage_Control: 15 blocks,
+    2 refiner blocks, inpainting channels) as "Apply Z-Image Fun ControlNet" puts it on (strength 0.75), with a random
+    control image of `res` px (through a stand-in VAE); newer ComfyUI."""
+    import importlib
+    import comfy.ldm.lumina.controlnet
+    import comfy.model_patcher
+    import comfy.ops
+    config = spec.config
+    network = comfy.ldm.lumina.controlnet.ZImage_Control(
+        dim=config["dim"], n_heads=config["n_heads"], n_kv_heads=config["n_kv_heads"],
+        multiple_of=config.get("multiple_of", 256), ffn_dim_multiplier=config["ffn_dim_multiplier"], qk_norm=True,
+        n_control_layers=15, additional_in_dim=17, refiner_control=True, device=device, dtype=dtype,
+        operations=comfy.ops.manual_cast)
+    generator = torch.Generator(device=device).manual_seed(1)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02, generator=generator)
+    patch = comfy.model_patcher.ModelPatcher(network, load_device=device, offload_device=device)
+    image = torch.rand(1, res, res, 3, generator=torch.Generator().manual_seed(2))
+    nodes = importlib.import_module("comfy_extras.nodes_model_patch")
+    with torch.no_grad():
+        return nodes.ZImageFunControlnet().diffsynth_controlnet(model, patch, RandomLatentVAE(), image, 0.75)[0]
+
+
+def zimage_fun_controlnet_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("comfy.ldm.lumina.controlnet") is not None
+
+
 def qwen_fun_controlnet_available() -> bool:
     import comfy.controlnet
     return hasattr(comfy.controlnet, "QwenFunControlNet")
@@ -596,10 +641,13 @@ def run(args) -> dict:
         if MODELS[name].cls == "QwenImage" and MODELS[name].controlnet and not qwen_fun_controlnet_available():
             print(f"{name}: this ComfyUI has no Qwen-Image Fun ControlNet, skipped", flush=True)
             continue
+        if MODELS[name].cls == "ZImage" and MODELS[name].image_only_controlnet and not zimage_fun_controlnet_available():
+            print(f"{name}: this ComfyUI has no Z-Image Fun ControlNet, skipped", flush=True)
+            continue
         if MODELS[name].pose or MODELS[name].whole_branch:
             print(f"{name}: FLOP ideals only (no pose or render video to sample with yet), skipped", flush=True)
             continue
-        model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
+        model = plain_model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
             simulate_vram(device, args.vram_gib)
         if args.context_windows:
@@ -607,7 +655,9 @@ def run(args) -> dict:
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
-            if spec.controlnet or spec.image_only_controlnet:     # (their networks: with_controlnet)
+            if spec.cls == "ZImage" and spec.image_only_controlnet:     # a model patch (Load Model Patch)
+                model = with_zimage_fun_controlnet(plain_model, spec, res, device, dtype)
+            elif spec.controlnet or spec.image_only_controlnet:     # (their networks: with_controlnet)
                 positive, negative = with_controlnet(name, conditioning(name, args.text, 1),
                                                      conditioning(name, args.text, 2), res, device, dtype)
             latent = sampled_latent(spec, res, args.frames)
@@ -702,7 +752,7 @@ def run(args) -> dict:
                         print(json.dumps(row), flush=True)
                         if args.json:       # partial results survive a time limit
                             pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-        del model
+        del model, plain_model
         if cuda:
             torch.cuda.empty_cache()
     return results
@@ -714,7 +764,8 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
     rows = []
     for name, res, frames in [("flux-dev", 1024, 1), ("flux-dev-union-cn", 1024, 1), ("sd35-large", 1024, 1),
                               ("sd35-large-cn", 1024, 1), ("cosmos-predict2-2b", 1024, 1),
-                              ("qwen-image", 1024, 1), ("qwen-image-fun-cn", 1024, 1),
+                              ("qwen-image", 1024, 1), ("qwen-image-fun-cn", 1024, 1), ("z-image", 1024, 1),
+                              ("z-image-fun-cn", 1024, 1),
                               ("wan21-14b", 480, 81),
                               ("wan21-14b", 720, 81),
                               ("wan21-vace-14b", 480, 81), ("wan21-vace-14b", 720, 81),
@@ -817,7 +868,8 @@ def main() -> None:
         return
     if args.smoke:
         args.models, args.res, args.steps, args.ratios, args.text = ["tiny-flux", "tiny-flux-cn", "tiny-sd35-cn",
-                                                                     "tiny-qwen-image-fun-cn", "tiny-cosmos"], \
+                                                                     "tiny-qwen-image-fun-cn", "tiny-z-image-fun-cn",
+                                                                     "tiny-cosmos"], \
             [256], 8, [0.5], 16
     if args.smoke_video:
         args.models = ["tiny-wan", "tiny-wan-vace", "tiny-hunyuan-video", "tiny-hunyuan-video-1.5", "tiny-ltxv",

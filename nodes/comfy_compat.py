@@ -267,3 +267,17 @@ def sd3_block_mixing_takes_transformer_options() -> bool:
     import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
     mixing = getattr(mmdit, "_block_mixing", None)
     return mixing is not None and "transformer_options" in inspect.signature(mixing).parameters
+
+
+def zimage_control_blocks_take_transformer_options(control_model) -> bool:
+    """Do the Z-Image Fun ControlNet's blocks (ComfyUI's ZImage_Control: Lumina's JointTransformerBlock, which takes
+    ComfyUI's `transformer_options`, or a subclass passing its keyword arguments on) accept them? ComfyUI calls them
+    without; the pack hands them in so their attention reaches the K/V cache (zimage_fun_controlnet.py)."""
+    import comfy.ldm.lumina.model as lumina
+    if "transformer_options" not in inspect.signature(lumina.JointTransformerBlock.forward).parameters:
+        return False
+    blocks = list(getattr(control_model, "control_layers", [])) + list(getattr(control_model, "control_noise_refiner", []))
+    return all(isinstance(block, lumina.JointTransformerBlock) and (
+        takes_transformer_options(block) or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                                for p in inspect.signature(type(block).forward).parameters.values()))
+        for block in blocks)

@@ -75,6 +75,7 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
 
     def tokens(shape) -> int:
         return math.prod(token_grid(shape, patch_size, temporal_patch))
+    options = patcher.model_options.get("transformer_options", {})
     try:
         layers = []
         for entry in prompts:
@@ -83,6 +84,7 @@ def planned_cache_bytes(adapter, patcher, noise_shape, prompts: List[dict], stor
             if latent_shapes is not None and len(latent_shapes) > 1:
                 text += adapter.latent_parts_tokens(diffusion_model, latent_shapes, _text_tokens(entry), entry)
             layers += [adapter.kv_cache_layers(diffusion_model, tokens(shape) + references, text, entry)
+                       + adapter.patch_cache_layers(diffusion_model, options, tokens(shape))
                        + (side_layers(entry, tokens(shape), _text_tokens(entry)) if side_layers else [])
                        for shape in shapes]
     except (AttributeError, ImportError) as error:  # a newer ComfyUI renamed what the adapter reads: sample unplanned

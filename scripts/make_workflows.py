@@ -292,6 +292,26 @@ def zimage_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def zimage_fun_controlnet_ras(info: dict) -> dict:
+    """Z-Image Turbo with the Z-Image Fun ControlNet Union 2.1 (newer ComfyUI: "Load Model Patch" + "Apply Z-Image Fun
+    ControlNet", canny edges of an image) + RAS Sampler (the ControlNet's blocks run on the tokens the model runs)."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
+                                        "ae.safetensors", shift=3.0)
+    positive, negative = text_pair(wf, clip, "a lighthouse on a rocky cliff at golden hour, detailed photo")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
+    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
+    patch = wf.add("ModelPatchLoader", {"name": "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"}, pos=(0, 900))
+    controlled = wf.add("ZImageFunControlnet", {"strength": 0.75},
+                        {"model": model, "model_patch": (patch, 0), "vae": vae, "image": (edges, 0)}, pos=(700, 0))
+    latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 350))
+    sockets = {"model": (controlled, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 10, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                    "sample_ratio": 0.5, "warmup_steps": 2}, sockets, vae, "zimage_fun_controlnet_ras",
+                 True)
+    return wf.to_json()
+
+
 def zimage_pixel_ras(info: dict) -> dict:
     """Z-Image pixel space (newer ComfyUI): diffusion model, Qwen3 text encoder (lumina2 type), the pixel-space "VAE"
     and an empty RGB image (Chroma Radiance's node) + RAS Sampler."""
@@ -1210,11 +1230,11 @@ NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.jso
                   "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
                   "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras,
                   "sensenova_ras.json": sensenova_ras, "wan21_uni3c_i2v_ras.json": wan21_uni3c_i2v_ras,
-                  "prism_i2av_ras.json": prism_i2av_ras}
+                  "prism_i2av_ras.json": prism_i2av_ras, "zimage_fun_controlnet_ras.json": zimage_fun_controlnet_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
                "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",
-               "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply")
+               "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply", "ZImageFunControlnet")
 # newer examples whose nodes not even NEWER_GENERATED_WITH has (read in the search index, run on a local tree of it with
 # those files): `--newer` builds them where the tree has the node
 NEWEST_NODES = {"prism_i2av_ras.json": "PrismPrepareAV"}

@@ -108,6 +108,9 @@ class ForwardCall:
         self.attention_calls = 0          # attention calls over the image tokens so far: the next one's K/V layer
         self.passthrough = 0              # > 0 inside attention that is not over the image tokens (cross-attention)
         self.image_keys = 0               # > 0 inside attention of others' queries to the image tokens (LTX-2's audio)
+        # > 0 inside attention over the grid's tokens alone, one each, without the image sequence's extra tokens (a
+        # control network's tokens beside the model's, Z-Image's Fun ControlNet: its own K/V cache layers)
+        self.grid_keys = 0
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
@@ -225,6 +228,8 @@ class ForwardCall:
         if self.image_rows is None or self.passthrough:   # text-only layers, cross-attention to the context
             return attend(q, k, v, heads, **kwargs)
         seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
+        if self.grid_keys:
+            return self._grid_attention(attend, q, k, v, heads, kwargs, seq_dim)
         if self.image_keys:
             # Queries of another sequence (LTX-2's audio, which always runs) attend to the image tokens alone:
             # their keys and values are completed from the cache as in self-attention, the queries stay as they are.
@@ -260,6 +265,31 @@ class ForwardCall:
         mask = kwargs.get("mask")
         if mask is not None:
             kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, self.image_start(others), k_full.shape[seq_dim]))
+        return attend(q, k_full, v_full, heads, **kwargs)
+
+    def _grid_attention(self, attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                        kwargs: dict, seq_dim: int) -> torch.Tensor:
+        """Self-attention over the grid's tokens alone (call.grid_keys): queries and keys are the running grid tokens,
+        in the image sequence's order; the layer's cache holds every grid token."""
+        running = self.grid_tokens if self.dense else int(self.grid_index.shape[1])
+        if q.shape[seq_dim] != running or k.shape[seq_dim] != running or kwargs.get("mask") is not None:
+            raise NotImplementedError(f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys (or with "
+                                      f"a mask) where the {running} grid tokens that run were expected")
+        layer = self.attention_calls
+        self.attention_calls += 1
+        self.record.attention_image_rows.append(running)
+        if self.dense:
+            if self.keeps_cache:
+                self.stream.kv.store_dense(layer, k, v, seq_dim)
+            return attend(q, k, v, heads, **kwargs)
+        key = ("grid", k.device)
+        if key not in self._joint_rows:     # the image index's first columns (a CUDA graph's static buffer, if any)
+            if self._image_index is None:
+                raise RuntimeError("attention ran before the image tokens were gathered")
+            self._joint_rows[key] = self._image_index.to(k.device)[:, :running]
+        with profiling.span(profiling.KV_WRITE):
+            k_full, v_full = self.stream.kv.write_sparse(layer, k, v, self._joint_rows[key], seq_dim,
+                                                         self.shared_index)
         return attend(q, k_full, v_full, heads, **kwargs)
 
     def image_start(self, others: int) -> int:

@@ -55,6 +55,7 @@ def test_benchmark_runs(name, tmp_path):
         assert all(dense[r["model"], r["res"], r["cfg"]] == r["kv_cache_gib"] == r["kv_held_gib"] for r in sparse)
         fun = {"tiny-qwen-image-fun-cn"} if hasattr(importlib.import_module("comfy.controlnet"), "QwenFunControlNet") \
             else set()      # newer ComfyUI
+        fun |= {"tiny-z-image-fun-cn"} if importlib.util.find_spec("comfy.ldm.lumina.controlnet") else set()
         assert {r["model"] for r in sparse} == {"tiny-flux", "tiny-flux-cn", "tiny-sd35-cn", "tiny-cosmos"} | fun
         # (the ControlNets' cache layers planned too: planned == held above)
     if name == "speed_video":               # every tiny video model sampled sparsely, its cache as planned

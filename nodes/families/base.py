@@ -523,6 +523,11 @@ class FamilyAdapter:
         what the memory plan counts (memory_plan.py)."""
         raise NotImplementedError
 
+    def patch_cache_layers(self, diffusion_model, transformer_options: dict, image_tokens: int) -> List[Tuple[int, int]]:
+        """The K/V cache layers of other nodes' patches on the model that run with attention of their own through the
+        engine (`handled_patches`: the Z-Image Fun ControlNet's blocks), for a latent of `image_tokens` grid tokens."""
+        return []
+
     def network(self, diffusion_model, sigma: float) -> Hashable:
         """Which of the model's networks a forward at `sigma` runs, where the model switches them by sigma within
         one sampling run (Prism's high- and low-noise video towers); None: one network throughout. A switch is a

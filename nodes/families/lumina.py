@@ -29,11 +29,13 @@ import math
 import torch
 
 from ..comfy_compat import lumina_takes_frames, references_follow_as_frames, takes_reference_latents
+from . import zimage_fun_controlnet
 from .base import FamilyAdapter, gathered_freqs, patch_method, runs_class_methods
 
 
 class LuminaFamily(FamilyAdapter):
     names = ("Lumina 2", "Z-Image", "Ming-Image")
+    handled_patches = (zimage_fun_controlnet.PATCH_CLASS,)
 
     def matches(self, diffusion_model) -> bool:
         # A subclass with a forward of its own is another model (Z-Image pixel space: an adapter of its own).
@@ -90,7 +92,12 @@ class LuminaFamily(FamilyAdapter):
                          for i in range(len(references))) + multiple
         return image, captions, siglip
 
+    def patch_cache_layers(self, diffusion_model, transformer_options, image_tokens):
+        return zimage_fun_controlnet.cache_layers(transformer_options, len(diffusion_model.layers),
+                                                  len(diffusion_model.noise_refiner), image_tokens, diffusion_model.dim)
+
     def install(self, patcher, slot) -> None:
+        patch_method(patcher, slot, "diffusion_model._forward", before=_patches_on_tokens)
         install_layers(patcher, slot)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_final_image_slice)
         patch_method(patcher, slot, "diffusion_model.unpatchify", before=_scatter_image_part)
@@ -116,6 +123,25 @@ def install_layers(patcher, slot, after_last=None) -> None:
     for i in range(last + 1):
         patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs,
                      after=after_last if i == last else None, graph=True)
+    patch_method(patcher, slot, "diffusion_model.patchify_and_embed", after=_caption_length)
+
+
+def _caption_length(call, result):
+    """`patchify_and_embed` says how long the caption is by the sequence's length less the image's (newer ComfyUI),
+    which the gather shortens: the caption's own length (everything before the image rows that ran), so the forward
+    finds the image's rows where it cuts them for other nodes' layer patches (and Z-Image pixel space's decoder)."""
+    embedded, caption = result[0], result[3]
+    if call.dense or call.image_rows is None:
+        return result
+    return (*result[:3], [embedded.shape[1] - call.image_rows] * len(caption), *result[4:])
+
+
+def _patches_on_tokens(call, arguments) -> None:
+    """Other nodes' layer patches that the adapter runs on the tokens that run (the Z-Image Fun ControlNet's).
+    `transformer_options` is a parameter of newer ComfyUI's `_forward`, in its **kwargs in older ones."""
+    holder = arguments if "transformer_options" in arguments else arguments.get("kwargs") or {}
+    if holder.get("transformer_options"):
+        holder["transformer_options"] = zimage_fun_controlnet.token_sparse_options(call, holder["transformer_options"])
 
 
 OMNI = ("Z-Image Omni's reference images with an image padding mask are not supported by region-adaptive sampling; "

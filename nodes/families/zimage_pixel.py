@@ -4,7 +4,8 @@ Lumina's NextDiT (lumina.py) with its own `_forward`: the same noise refiner and
 image, then, instead of the final layer, a small per-patch decoder (`dec_net`) that maps each patch's pixels and the
 last layer's hidden state for it to the patch's predicted pixels. The forward cuts the last layer's output to the
 image's first N rows (every patch's, by position) before the decoder. The adapter hooks as Lumina's and then:
-- `patchify_and_embed`'s caption length is the caption's own (newer ComfyUI derives it from the sequence's length);
+- `patchify_and_embed`'s caption length is the caption's own (as Lumina's: newer ComfyUI derives it from the
+  sequence's length);
 - the last joint layer's output gets every image token's row (the skipped ones zero) for that cut;
 - the decoder runs on the running patches alone and its output gets every patch's row back: the running ones
   computed, the others from the policy.
@@ -20,6 +21,7 @@ REFERENCES = ("Z-Image pixel space with reference images is not supported by reg
 
 class ZImagePixelSpaceFamily(LuminaFamily):
     names = ("Z-Image pixel space",)
+    handled_patches = ()        # the Z-Image Fun ControlNet, which Lumina's adapter runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         decoder = getattr(diffusion_model, "dec_net", None)
@@ -31,17 +33,7 @@ class ZImagePixelSpaceFamily(LuminaFamily):
 
     def install(self, patcher, slot) -> None:
         install_layers(patcher, slot, after_last=_every_image_row)
-        patch_method(patcher, slot, "diffusion_model.patchify_and_embed", after=_caption_length)
         patch_method(patcher, slot, "diffusion_model.dec_net.forward", before=_running_patches, after=_scatter_patches)
-
-
-def _caption_length(call, result):
-    """`patchify_and_embed` says how long the caption is by the sequence's length less the image's (newer ComfyUI),
-    which the gather shortens: the caption's own length, so the forward's cut finds the image's rows."""
-    embedded, caption = result[0], result[3]
-    if call.dense or call.image_rows is None:
-        return result
-    return (*result[:3], [embedded.shape[1] - call.image_rows] * len(caption), *result[4:])
 
 
 def _every_image_row(call, out):
