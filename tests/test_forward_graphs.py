@@ -853,3 +853,26 @@ def test_sd3_controlnets_blocks_replay_what_eager_forwards_compute(kind, backend
     # 5 sparse evaluations of the model's forward and 2 ControlNet blocks: each sighted eagerly once, then replayed
     assert all(not c.dense for e in run.evals[1:] for c in e.side_calls)
     assert backends[0].captures == 3 and backends[0].replays == 3 * (5 - 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zimage_fun_controlnet_between_replayed_layers(backend):
+    """Z-Image with its Fun ControlNet (newer ComfyUI; a patch ComfyUI runs after each refiner and joint layer, eager):
+    the model's 2 refiner and 30 joint layers each replay from a graph of their own around it; the samples are the
+    eager ones. Another node's patch of a kind that runs inside a layer keeps them eager."""
+    from test_zimage_fun_controlnet import LAYERS, TOKENS, latent, prompts, tiny_zimage, with_control
+    plans = random_plans(TOKENS, TOKENS // 3, evals=6)
+    controlled = with_control(tiny_zimage(seed=2), "2.1")
+    eager, _ = ksample_planned(controlled, {"samples": latent(2)}, prompts(), plans)
+    backends = []
+    graphed, run = ksample_planned(controlled, {"samples": latent(2)}, prompts(), plans,
+                                   collecting(backends, backend=backend))
+    assert_replays_equal(graphed, eager, backend)
+    assert getattr(backends[0], "syncs", []) == []
+    layers = 2 + LAYERS         # 5 sparse evaluations: each layer sighted eagerly once, captured, then replayed
+    assert backends[0].captures == layers and backends[0].replays == layers * (5 - 1)
+    inside = controlled.clone()
+    inside.set_model_patch(lambda q, k, v, extra_options: (q, k, v), "attn1_patch")
+    backends = []
+    ksample_planned(inside, {"samples": latent(2)}, prompts(), plans, collecting(backends, backend=backend))
+    assert backends[0].captures == 0

@@ -14,14 +14,16 @@ from ...sdit_core.tokens import scatter_rows_
 
 
 def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, after: Optional[Callable] = None,
-                 graph: bool = False) -> None:
+                 graph: bool = False, patches_between: Tuple[str, ...] = ()) -> None:
     """Object-patches the method at `path` (e.g. "diffusion_model.forward_orig") through the ModelPatcher.
     While a forward of the engine is open, `before(call, arguments)` edits the arguments (bound by the
     method's own signature, whatever wraps it) and `after(call, result)` maps the result; otherwise the
     method runs unchanged. It calls through to whatever was installed before (another node's patch).
     `graph`: the method's sparse calls may be replayed from CUDA graphs when the run has them on
     (forward_graphs.py): the method is the whole token-sparse part of the forward (between gather and
-    scatter), or one layer of it that reads nothing but its arguments, the index and the K/V cache."""
+    scatter), or one layer of it that reads nothing but its arguments, the index and the K/V cache. `patches_between`:
+    kinds of other nodes' patches that the model runs between such layers, never inside one (they do not keep the
+    layer's calls eager)."""
     owner_path, _, name = path.rpartition(".")
     owner = patcher.get_model_object(owner_path) if owner_path else patcher.model
     original = unwrap_ours(patcher.get_model_object(path))
@@ -45,7 +47,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         call, bound = enter(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        result = _replayed(patcher_ref(), call, bound, original, path) if graph else None
+        result = _replayed(patcher_ref(), call, bound, original, path, patches_between) if graph else None
         if result is None:
             result = original(*bound.args, **bound.kwargs)
         return finish(call, result) if finish is not None else result
@@ -56,10 +58,11 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
 
 
 @compiler_opaque
-def _replayed(patcher, call, bound: inspect.BoundArguments, method: Callable, site: str):
+def _replayed(patcher, call, bound: inspect.BoundArguments, method: Callable, site: str,
+              patches_between: Tuple[str, ...] = ()):
     """`method(*bound.args, **bound.kwargs)` replayed from the stream's CUDA graphs, or None where it may not be
     (eager under torch.compile: captured, not compiled)."""
-    if patcher is None or not _may_graph(patcher, call, bound.arguments):
+    if patcher is None or not _may_graph(patcher, call, bound.arguments, patches_between):
         return None
     signature = bound.signature
 
@@ -245,10 +248,11 @@ def gathered_freqs(call, freqs: torch.Tensor, prefix: int) -> torch.Tensor:
     return call.scratch[key]
 
 
-def _may_graph(patcher, call, arguments: dict) -> bool:
+def _may_graph(patcher, call, arguments: dict, patches_between: Tuple[str, ...] = ()) -> bool:
     """A sparse call may replay from a graph when the run captures them, its tensors live where the
     graphs do, the weights stay where they are (comfy_compat.weights_may_move) and no other node
-    patches the blocks (their Python code would run only at capture)."""
+    patches the blocks (their Python code would run only at capture), but for patches of the kinds the model runs
+    between the graphed layers (`patches_between`)."""
     graphs = call.stream.graphs
     if graphs is None or call.dense or call.stays_eager or not graphs.worth_keying(call):
         return False
@@ -264,7 +268,8 @@ def _may_graph(patcher, call, arguments: dict) -> bool:
     options = arguments.get("transformer_options") or {}
     if on_multigpu_thread(options):      # one graph pool per run, but the threads' devices differ
         return False
-    return not options.get("patches") and not options.get("patches_replace")
+    inside = [kind for kind, patches in (options.get("patches") or {}).items() if patches and kind not in patches_between]
+    return not inside and not options.get("patches_replace")
 
 
 def gather_image_first(call, tokens: torch.Tensor) -> torch.Tensor:

@@ -109,20 +109,26 @@ def _latent_tokens(latent, patch_size: int) -> int:
     return frames * math.ceil(latent.shape[-2] / patch_size) * math.ceil(latent.shape[-1] / patch_size)
 
 
+PATCHES_BETWEEN_LAYERS = ("noise_refiner", "double_block")     # NextDiT's patch lists, run after each layer
+
+
 def install_layers(patcher, slot, after_last=None) -> None:
     """The noise-refiner and joint layers' patches (the gather at the first noise-refiner layer, every layer's RoPE
     rows); `after_last(call, out)` maps the last joint layer's output."""
     diffusion_model = patcher.model.diffusion_model
     if len(diffusion_model.noise_refiner) == 0:
         raise ValueError("Lumina 2 model without noise-refiner layers is not supported")
-    # no method spans the sparse part alone (it starts inside patchify_and_embed): a graph per layer
+    # no method spans the sparse part alone (it starts inside patchify_and_embed): a graph per layer; other nodes'
+    # patches of the refiner and the joint layers run between them (the Z-Image Fun ControlNet's: eager, and graphed
+    # layers around them)
     for i in range(len(diffusion_model.noise_refiner)):
         patch_method(patcher, slot, f"diffusion_model.noise_refiner.{i}.forward",
-                     before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True)
+                     before=_gather_tokens_and_freqs if i == 0 else _gather_freqs, graph=True,
+                     patches_between=PATCHES_BETWEEN_LAYERS)
     last = len(diffusion_model.layers) - 1
     for i in range(last + 1):
         patch_method(patcher, slot, f"diffusion_model.layers.{i}.forward", before=_gather_freqs,
-                     after=after_last if i == last else None, graph=True)
+                     after=after_last if i == last else None, graph=True, patches_between=PATCHES_BETWEEN_LAYERS)
     patch_method(patcher, slot, "diffusion_model.patchify_and_embed", after=_caption_length)
 
 
