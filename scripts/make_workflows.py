@@ -292,6 +292,16 @@ def zimage_sdit(info: dict) -> dict:
     return wf.to_json()
 
 
+def canny_model_patch(wf: "Workflow", node_type: str, patch_name: str, strength: float, model, vae) -> int:
+    """A ControlNet of "Load Model Patch" applied to the model by `node_type` with canny edges of an image: the
+    node applying it."""
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
+    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
+    patch = wf.add("ModelPatchLoader", {"name": patch_name}, pos=(0, 900))
+    return wf.add(node_type, {"strength": strength},
+                  {"model": model, "model_patch": (patch, 0), "vae": vae, "image": (edges, 0)}, pos=(700, 0))
+
+
 def zimage_fun_controlnet_ras(info: dict) -> dict:
     """Z-Image Turbo with the Z-Image Fun ControlNet Union 2.1 (newer ComfyUI: "Load Model Patch" + "Apply Z-Image Fun
     ControlNet", canny edges of an image) + RAS Sampler (the ControlNet's blocks run on the tokens the model runs)."""
@@ -299,11 +309,8 @@ def zimage_fun_controlnet_ras(info: dict) -> dict:
     model, clip, vae = separate_loaders(wf, "z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "lumina2",
                                         "ae.safetensors", shift=3.0)
     positive, negative = text_pair(wf, clip, "a lighthouse on a rocky cliff at golden hour, detailed photo")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
-    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
-    patch = wf.add("ModelPatchLoader", {"name": "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors"}, pos=(0, 900))
-    controlled = wf.add("ZImageFunControlnet", {"strength": 0.75},
-                        {"model": model, "model_patch": (patch, 0), "vae": vae, "image": (edges, 0)}, pos=(700, 0))
+    controlled = canny_model_patch(wf, "ZImageFunControlnet", "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors",
+                                   0.75, model, vae)
     latent = wf.add("EmptySD3LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 350))
     sockets = {"model": (controlled, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 10, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
@@ -347,11 +354,8 @@ def qwen_image_controlnet_ras(info: dict) -> dict:
     model, clip, vae = separate_loaders(wf, "qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors",
                                         "qwen_image", "qwen_image_vae.safetensors", shift=3.1)
     positive, negative = text_pair(wf, clip, "a cozy reading corner with an armchair and a tall bookshelf, film photo")
-    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Control image")
-    edges = wf.add("Canny", {"low_threshold": 0.4, "high_threshold": 0.8}, {"image": (image, 0)}, pos=(350, 550))
-    patch = wf.add("ModelPatchLoader", {"name": "qwen_image_canny_diffsynth_controlnet.safetensors"}, pos=(0, 900))
-    controlled = wf.add("QwenImageDiffsynthControlnet", {"strength": 1.0},
-                        {"model": model, "model_patch": (patch, 0), "vae": vae, "image": (edges, 0)}, pos=(700, 0))
+    controlled = canny_model_patch(wf, "QwenImageDiffsynthControlnet", "qwen_image_canny_diffsynth_controlnet.safetensors",
+                                   1.0, model, vae)
     latent = wf.add("EmptySD3LatentImage", {"width": 1328, "height": 1328, "batch_size": 1}, pos=(700, 350))
     sockets = {"model": (controlled, 0), "positive": positive, "negative": negative, "latent_image": (latent, 0)}
     sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "simple",
