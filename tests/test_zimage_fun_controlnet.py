@@ -14,13 +14,14 @@ import torch
 import comfy.model_patcher
 import comfy.ops
 import comfy.supported_models
+import nodes as comfy_nodes
 
 from comfyui_sdit.nodes.families.base import is_patch_of
 from comfyui_sdit.nodes.families.zimage_fun_controlnet import OMNI
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (TINY_ZIMAGE, assert_exact_on_active_tokens, build_tiny, init_weights_, ksample,
-                          random_active, text_conditioning)
+                          random_active, ras_model_patch, text_conditioning)
 from test_video import (a_patch_runs_with_every_token_active, assert_within, dense_then_sparse,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
@@ -156,9 +157,36 @@ def test_sampler_nodes_end_to_end(method):
     assert the_patch(controlled).temp_data is None
 
 
+def test_the_node_before_or_after_the_model_patch():
+    """Apply Z-Image Fun ControlNet on the model the RAS Model Patch node gets, or on its output: the same samples
+    (the patch is found on every forward, wherever it was put)."""
+    model = tiny_zimage(seed=13)
+    p = prompts()
+
+    def sample(m):
+        return comfy_nodes.KSampler().sample(m, 4, 5, 1.0, "euler", "simple", p["positive"], p["negative"],
+                                             {"samples": latent(1)})[0]["samples"]
+    before = sample(ras_model_patch(with_control(model, "lite"), 0.3, 1, "", 0.1, "std", False)[0])
+    after = sample(with_control(ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], "lite"))
+    assert torch.isfinite(before).all() and (before - sample(with_control(model, "lite"))).abs().max().item() > 1e-4
+    assert_within(TOL)(after, before)
+
+
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(with_control(tiny_zimage(seed=9), "lite"), {"samples": latent(1)}, prompts(),
                                      assert_within(TOL))
+
+
+def test_on_z_image_pixel_space_it_is_still_refused():
+    """Only the latent Z-Image's adapter runs the patch token-sparse (untested on the pixel-space model)."""
+    from comfyui_sdit.nodes.errors import SDiTInputError
+    from test_zimage_pixel import tiny_zimage_pixel
+    from test_ras_sampler import ras_args
+    from sdit_testkit import ras_sample
+    model = tiny_zimage_pixel(seed=14)
+    with pytest.raises(SDiTInputError, match="RAS Sampler.*'Apply Z-Image Fun ControlNet'"):
+        ras_sample(with_control(model), latent_image={"samples": torch.zeros(1, 3, 64, 96)},
+                   **dict(ras_args(cfg=1.0), **prompts()))
 
 
 def test_with_omni_reference_images_the_first_forward_names_the_node():
