@@ -117,6 +117,28 @@ def _hunyuan_dit(depth, g):
                                       encoder_hidden_states_t5=_context(g, 5), text_embedding_mask_t5=torch.ones(1, 5))
 
 
+def _zimage_fun_controlnet(depth, g):
+    """Z-Image with a Fun ControlNet of 30 blocks: ComfyUI's patch runs one after each of the `depth` layers (and
+    its 2 refiner blocks first), each on the running tokens through the pack's view of the network (newer ComfyUI)."""
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+    pytest.importorskip("comfy.ldm.lumina.controlnet")
+    from test_zimage_fun_controlnet import StandInFluxVAE, control_image, lumina_controlnet, model_patch_nodes
+    from sdit_testkit import TINY_ZIMAGE, init_weights_
+    config = dict(TINY_ZIMAGE, n_layers=depth, multiple_of=16, ffn_dim_multiplier=0.25)
+    model = build_tiny(comfy.supported_models.ZImage, config, seed=1)
+    net = lumina_controlnet.ZImage_Control(dim=config["dim"], n_heads=config["n_heads"], n_kv_heads=config["n_kv_heads"],
+                                           multiple_of=16, ffn_dim_multiplier=0.25, qk_norm=True, n_control_layers=30,
+                                           operations=comfy.ops.disable_weight_init)
+    init_weights_(net, 2)
+    patch = comfy.model_patcher.ModelPatcher(net, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    with torch.no_grad():
+        model = model_patch_nodes.ZImageFunControlnet().diffsynth_controlnet(model, patch, StandInFluxVAE(),
+                                                                              control_image(), 1.0)[0]
+    return model, (1, 16, 8, 12), dict(context=_context(g), num_tokens=7)
+
+
 def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
     """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
     def build(depth, g):
@@ -131,7 +153,8 @@ def _newer(module: str, model_class: str, config_module: str, config: str, depth
 FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qwen_image, "cosmos": _cosmos,
             "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit,
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
-            "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers")}
+            "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
+            "zimage_fun_controlnet": _zimage_fun_controlnet}
 PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
