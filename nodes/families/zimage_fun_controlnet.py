@@ -89,8 +89,9 @@ class ControlOnTokens:
         self.running.model_patch = _ModelPatchView(ControlModelOnTokens(call, control, options))
 
     def __call__(self, kwargs):
+        from .lumina import LEAD        # (lumina.py imports this module)
         call = self.call
-        if call.layout.get(("lumina", "reference tokens")):
+        if call.layout.get(LEAD):
             raise NotImplementedError(OMNI)
         kwargs = dict(kwargs, pe=self._running_rows(kwargs["pe"], freqs=True))
         if kwargs.get("block_type") == "noise_refiner":     # the refiner's input: the embedding before the gather
