@@ -6,7 +6,10 @@ noise refiner (image-only attention), and concatenates [caption | image] for the
 The adapter hooks layers, never that function's code:
 - the first noise-refiner layer gathers the image tokens (grid tokens; padding tokens always run)
   and, like every later layer, the image part of its RoPE frequencies;
-- `unpatchify` scatters the image part of the final layer's output back to the full grid.
+- `unpatchify` scatters the image part of the final layer's output back to the full grid;
+- `patchify_and_embed`'s caption length becomes everything before the image rows that ran (other nodes' layer
+  patches cut the image there), and `_forward` swaps the Z-Image Fun ControlNet's patch for a copy that runs on the
+  running tokens (zimage_fun_controlnet.py); such patches run between the layers, which stay graphed.
 Z-Image Omni (newer ComfyUI: reference images, each with its own caption and SigLIP features) puts the reference
 images' tokens before the image's in the noise refiner's sequence, and marks the image's slice of each sequence for
 the current timestep's modulation (`timestep_zero_index`; the rest takes timestep 0's). The first noise-refiner layer
