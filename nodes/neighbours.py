@@ -12,9 +12,10 @@ Checked, and why:
   image rolled by part of a patch: those passes would see other image content at the tokens the engine picked,
   and one forward of the engine would run the model several times.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
-  DiffSynth, Uni3C and Z-Image Fun ControlNets of "Load Model Patch" on a model other than Qwen-Image, plain Wan and
-  Z-Image (Lumina's NextDiT), whose adapters run them token-sparse (FamilyAdapter.handled_patches), InfiniteTalk's audio
-  attention, newer ComfyUI's MiniMax H3 Fun ControlNet, a block replacement running a control tower over the
+  DiffSynth, Uni3C and Z-Image Fun ControlNets of "Load Model Patch" and InfiniteTalk's audio attention on a model other
+  than Qwen-Image, plain Wan and Z-Image (Lumina's NextDiT), whose adapters run them token-sparse
+  (FamilyAdapter.handled_patches), InfiniteTalk's speaker map (several speakers with masks: every token's query),
+  newer ComfyUI's MiniMax H3 Fun ControlNet, a block replacement running a control tower over the
   whole sequence): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:

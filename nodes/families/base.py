@@ -373,16 +373,17 @@ def is_patch_of(patch, class_name: str) -> bool:
     return any(cls.__name__ == class_name for cls in type(patch).__mro__)
 
 
-def with_block_patches_for_sparse_forward(call, options: dict, class_name: str, sparse_copy: Callable) -> dict:
-    """The transformer_options of this forward: on a sparse one, each block patch of `class_name` (another node's,
-    which needs every image token) replaced by `sparse_copy(call, patch)`, a stand-in for this forward that runs it on
-    the tokens that run; the same dict otherwise (the patches on the model are never changed)."""
+def with_block_patches_for_sparse_forward(call, options: dict, class_name: str, sparse_copy: Callable,
+                                          kind: str = "double_block") -> dict:
+    """The transformer_options of this forward: on a sparse one, each patch of `class_name` in the `kind` list
+    (another node's, which needs every image token) replaced by `sparse_copy(call, patch)`, a stand-in for this forward
+    that runs it on the tokens that run; the same dict otherwise (the patches on the model are never changed)."""
     patches = options.get("patches") or {}
-    blocks = patches.get("double_block") or []
-    if call.dense or not any(is_patch_of(p, class_name) for p in blocks):
+    listed = patches.get(kind) or []
+    if call.dense or not any(is_patch_of(p, class_name) for p in listed):
         return options
-    replaced = [sparse_copy(call, p) if is_patch_of(p, class_name) else p for p in blocks]
-    return dict(options, patches=dict(patches, double_block=replaced))
+    replaced = [sparse_copy(call, p) if is_patch_of(p, class_name) else p for p in listed]
+    return dict(options, patches=dict(patches, **{kind: replaced}))
 
 
 # Set in a ControlNet's residuals that ran with the model's tokens (sparse_controlnet.py): (evaluation, rows per image)

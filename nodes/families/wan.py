@@ -17,7 +17,8 @@ frequencies and modulation), where the engine keeps tokens that always run, and 
 them back. Self-attention and every per-token layer give each token the same result in any order.
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
 same hooks. On sparse forwards `forward_orig` hands the Uni3C ControlNet's block patch (newer ComfyUI) a
-stand-in that adds what it computes to the tokens that run (uni3c_controlnet.py). VACE, Animate, HuMo and S2V
+stand-in that adds what it computes to the tokens that run (uni3c_controlnet.py), and InfiniteTalk's audio patch one
+that runs it on every token's row and gives the running tokens theirs (infinitetalk_audio.py). VACE, Animate, HuMo and S2V
 have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py, wan_s2v.py); other variants with a forward
 of their own are other models: not covered.
 """
@@ -25,13 +26,14 @@ import importlib
 
 import torch
 
+from . import infinitetalk_audio, uni3c_controlnet
 from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
-from .uni3c_controlnet import PATCH_CLASS as UNI3C_PATCH, token_sparse_options
 
 
 class WanFamily(FamilyAdapter):
     names = ("Wan 2.1", "Wan 2.2")
-    handled_patches = (UNI3C_PATCH,)       # the variants' adapters (subclasses) leave it refused: untested there
+    # the variants' adapters (subclasses) leave them refused: untested there
+    handled_patches = (uni3c_controlnet.PATCH_CLASS, infinitetalk_audio.PATCH_CLASS)
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.wan.model as wan
@@ -64,7 +66,7 @@ class WanFamily(FamilyAdapter):
         return references
 
     def install(self, patcher, slot) -> None:
-        if UNI3C_PATCH in self.handled_patches:      # (variants that patch forward_orig themselves leave it out)
+        if self.handled_patches:      # (variants that patch forward_orig themselves leave them out)
             patch_method(patcher, slot, "diffusion_model.forward_orig", before=_block_patches_for_sparse_forward)
         blocks = len(patcher.model.diffusion_model.blocks)
         for i in range(blocks):
@@ -76,9 +78,11 @@ class WanFamily(FamilyAdapter):
 
 
 def _block_patches_for_sparse_forward(call, arguments) -> None:
-    """The Uni3C ControlNet's block patch, on a sparse forward, adds to the tokens that run (uni3c_controlnet.py)."""
+    """On a sparse forward, the Uni3C ControlNet's block patch adds to the tokens that run (uni3c_controlnet.py), and
+    InfiniteTalk's audio patch gives them their rows (infinitetalk_audio.py)."""
     if arguments.get("transformer_options") is not None:
-        arguments["transformer_options"] = token_sparse_options(call, arguments["transformer_options"])
+        options = uni3c_controlnet.token_sparse_options(call, arguments["transformer_options"])
+        arguments["transformer_options"] = infinitetalk_audio.token_sparse_options(call, options)
 
 
 def patch_head(patcher, slot, path: str) -> None:

@@ -15,7 +15,7 @@ from .wan import WanFamily, is_wan_variant
 
 class WanAnimateFamily(WanFamily):
     names = ("Wan 2.2 Animate",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return is_wan_variant(diffusion_model, "AnimateWanModel", "face_adapter", module="comfy.ldm.wan.model_animate")

@@ -24,7 +24,7 @@ _MODULE = "comfy.ldm.wan.model_animate2"
 
 class WanAnimate2Family(WanFamily):
     names = ("Wan Animate 2",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return (runs_class_methods(diffusion_model, _MODULE, "WanAnimate2Model",

@@ -21,7 +21,7 @@ REFERENCE_WITH_MUSIC = ("WanDancer with a reference image's latent (ref_conv) an
 
 class WanDancerFamily(WanFamily):
     names = ("WanDancer",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return (runs_class_methods(diffusion_model, "comfy.ldm.wan.model_wandancer", "WanDancerModel",

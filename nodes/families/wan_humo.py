@@ -15,7 +15,7 @@ from .wan import WanFamily, is_wan_variant, last_reference_latent
 
 class WanHumoFamily(WanFamily):
     names = ("Wan HuMo",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return is_wan_variant(diffusion_model, "HumoWanModel", "audio_proj")

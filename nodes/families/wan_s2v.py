@@ -20,7 +20,7 @@ from .wan import WanFamily, is_wan_variant, last_reference_latent
 
 class WanS2VFamily(WanFamily):
     names = ("Wan S2V",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return is_wan_variant(diffusion_model, "WanModel_S2V", "audio_injector")

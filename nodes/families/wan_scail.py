@@ -18,7 +18,7 @@ from .wan import LEADING, WanFamily
 
 class WanSCAILFamily(WanFamily):
     names = ("Wan SCAIL",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return (runs_class_methods(diffusion_model, "comfy.ldm.wan.model", "SCAILWanModel",

@@ -14,7 +14,7 @@ from .wan import BLOCK_MODULATION_DIMS, WanFamily, gathered_modulation, is_wan_v
 
 class WanVaceFamily(WanFamily):
     names = ("Wan VACE",)
-    handled_patches = ()       # the Uni3C ControlNet, which plain Wan runs token-sparse: untested here
+    handled_patches = ()       # Uni3C and InfiniteTalk, which plain Wan runs token-sparse: untested here
 
     def matches(self, diffusion_model) -> bool:
         return is_wan_variant(diffusion_model, "VaceWanModel", "vace_blocks")
