@@ -139,6 +139,30 @@ def _zimage_fun_controlnet(depth, g):
     return model, (1, 16, 8, 12), dict(context=_context(g), num_tokens=7)
 
 
+def _wan_infinitetalk(depth, g):
+    """Wan with InfiniteTalk's audio patch after every block (newer ComfyUI), its restatement for the running tokens
+    checked already (a check reads back once per audio model, not per layer)."""
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+    pytest.importorskip("comfy.ldm.wan.model_multitalk")
+    from comfyui_sdit.nodes.families import infinitetalk_audio
+    from test_wan_infinitetalk import AUDIO_DIM, AUDIO_TOKENS, DIM, model_patch_nodes, multitalk
+    from sdit_testkit import init_weights_
+    model = build_tiny(comfy.supported_models.WAN21_T2V, dict(TINY_WAN, dim=DIM, ffn_dim=2 * DIM, num_layers=depth),
+                       seed=1)
+    net = model_patch_nodes.MultiTalkModelPatch(intermediate_dim=16, in_dim=DIM, out_dim=AUDIO_DIM,
+                                                context_tokens=AUDIO_TOKENS, num_layers=depth,
+                                                operations=comfy.ops.disable_weight_init)
+    init_weights_(net, 2)
+    infinitetalk_audio._CHECKED.add(net)
+    audio = comfy.model_patcher.ModelPatcher(net, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    model = model.clone()
+    model.model_options["transformer_options"]["audio_embeds"] = torch.randn(1, 3, AUDIO_TOKENS, AUDIO_DIM, generator=g)
+    model.set_model_patch(multitalk.MultiTalkCrossAttnPatch(audio, 1.0), "attn2_patch")
+    return model, (1, 16, 3, 8, 12), dict(context=_context(g))
+
+
 def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
     """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
     def build(depth, g):
@@ -154,7 +178,7 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit,
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
-            "zimage_fun_controlnet": _zimage_fun_controlnet}
+            "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk}
 PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 

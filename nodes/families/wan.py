@@ -18,7 +18,7 @@ them back. Self-attention and every per-token layer give each token the same res
 Wan Fun Camera (`CameraWanModel`) adds its camera features to the embedded video before the blocks: the
 same hooks. On sparse forwards `forward_orig` hands the Uni3C ControlNet's block patch (newer ComfyUI) a
 stand-in that adds what it computes to the tokens that run (uni3c_controlnet.py), and InfiniteTalk's audio patch one
-that runs it on every token's row and gives the running tokens theirs (infinitetalk_audio.py). VACE, Animate, HuMo and S2V
+that computes it for the running tokens (infinitetalk_audio.py). VACE, Animate, HuMo and S2V
 have adapters of their own (wan_vace.py, wan_animate.py, wan_humo.py, wan_s2v.py); other variants with a forward
 of their own are other models: not covered.
 """
@@ -79,7 +79,7 @@ class WanFamily(FamilyAdapter):
 
 def _block_patches_for_sparse_forward(call, arguments) -> None:
     """On a sparse forward, the Uni3C ControlNet's block patch adds to the tokens that run (uni3c_controlnet.py), and
-    InfiniteTalk's audio patch gives them their rows (infinitetalk_audio.py)."""
+    InfiniteTalk's audio patch runs on them (infinitetalk_audio.py)."""
     if arguments.get("transformer_options") is not None:
         options = uni3c_controlnet.token_sparse_options(call, arguments["transformer_options"])
         arguments["transformer_options"] = infinitetalk_audio.token_sparse_options(call, options)
