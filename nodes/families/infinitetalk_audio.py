@@ -76,9 +76,11 @@ class AudioOnRunningTokens:
         return x + out * self.patch.audio_scale
 
     def _check(self, restated, whole) -> None:
+        # float32 differs by rounding; bf16 / fp16 by a step of the residual stream's own rounding; NaN fails too
+        tolerance = 1e-3 if whole.dtype == torch.float32 else 0.05
         restated, whole = restated.detach().float(), whole.detach().float()
         error, scale = float((restated - whole).abs().max()), float(whole.abs().max())
-        if not error <= 1e-3 * scale + 1e-6:        # fp32 differs by rounding, bf16 by its own; NaN fails too
+        if not error <= tolerance * scale + 1e-6:
             raise NotImplementedError(
                 "InfiniteTalk: this ComfyUI's audio attention computes something other than what region-adaptive "
                 f"sampling restates for the tokens that run (they differ by {error:.3g} on outputs of {scale:.3g}): "
