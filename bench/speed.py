@@ -647,16 +647,17 @@ def run(args) -> dict:
         if MODELS[name].pose or MODELS[name].whole_branch:
             print(f"{name}: FLOP ideals only (no pose or render video to sample with yet), skipped", flush=True)
             continue
-        model = plain_model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
+        model = build(name, device, dtype, args.dynamic_vram, in_ram=bool(args.vram_gib))
         if args.vram_gib:           # after drawing the weights on the GPU (build moved them to RAM)
             simulate_vram(device, args.vram_gib)
         if args.context_windows:
             model = with_context_windows(model, *args.context_windows)
+        base_model = model          # (a model patch goes on it anew for each resolution)
         spec = MODELS[name]
         positive, negative = conditioning(name, args.text, 1), conditioning(name, args.text, 2)
         for res in args.res:
             if spec.cls == "ZImage" and spec.image_only_controlnet:     # a model patch (Load Model Patch)
-                model = with_zimage_fun_controlnet(plain_model, spec, res, device, dtype)
+                model = with_zimage_fun_controlnet(base_model, spec, res, device, dtype)
             elif spec.controlnet or spec.image_only_controlnet:     # (their networks: with_controlnet)
                 positive, negative = with_controlnet(name, conditioning(name, args.text, 1),
                                                      conditioning(name, args.text, 2), res, device, dtype)
@@ -752,7 +753,7 @@ def run(args) -> dict:
                         print(json.dumps(row), flush=True)
                         if args.json:       # partial results survive a time limit
                             pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-        del model, plain_model
+        del model, base_model
         if cuda:
             torch.cuda.empty_cache()
     return results
