@@ -228,9 +228,15 @@ class ForwardCall:
         if self.image_rows is None or self.passthrough:   # text-only layers, cross-attention to the context
             return attend(q, k, v, heads, **kwargs)
         seq_dim = 2 if kwargs.get("skip_reshape", False) else 1
+        running = self.image_rows          # the image rows of this call's keys that ran
         if self.grid_keys:
-            return self._grid_attention(attend, q, k, v, heads, kwargs, seq_dim)
-        if self.image_keys:
+            # Self-attention over the grid's tokens alone (a control network's, one per grid token): queries and keys
+            # are the running grid tokens in the image sequence's order; the layer's cache holds every grid token.
+            others, running = None, self.grid_tokens if self.dense else int(self.grid_index.shape[1])
+            if q.shape[seq_dim] != running or k.shape[seq_dim] != running or kwargs.get("mask") is not None:
+                raise NotImplementedError(f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys (or "
+                                          f"with a mask) where the {running} grid tokens that run were expected")
+        elif self.image_keys:
             # Queries of another sequence (LTX-2's audio, which always runs) attend to the image tokens alone:
             # their keys and values are completed from the cache as in self-attention, the queries stay as they are.
             others = 0
@@ -254,12 +260,12 @@ class ForwardCall:
                                  "tokens")
         layer = self.attention_calls
         self.attention_calls += 1
-        self.record.attention_image_rows.append(self.image_rows)
+        self.record.attention_image_rows.append(running)
         if self.dense:
             if self.keeps_cache:
                 self.stream.kv.store_dense(layer, k, v, seq_dim)
             return attend(q, k, v, heads, **kwargs)
-        rows = self.joint_rows(k.device, others)
+        rows = self.joint_rows(k.device, others) if others is not None else self.grid_rows(k.device, running)
         with profiling.span(profiling.KV_WRITE):
             k_full, v_full = self.stream.kv.write_sparse(layer, k, v, rows, seq_dim, self.shared_index)
         mask = kwargs.get("mask")
@@ -267,30 +273,15 @@ class ForwardCall:
             kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, self.image_start(others), k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
 
-    def _grid_attention(self, attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                        kwargs: dict, seq_dim: int) -> torch.Tensor:
-        """Self-attention over the grid's tokens alone (call.grid_keys): queries and keys are the running grid tokens,
-        in the image sequence's order; the layer's cache holds every grid token."""
-        running = self.grid_tokens if self.dense else int(self.grid_index.shape[1])
-        if q.shape[seq_dim] != running or k.shape[seq_dim] != running or kwargs.get("mask") is not None:
-            raise NotImplementedError(f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys (or with "
-                                      f"a mask) where the {running} grid tokens that run were expected")
-        layer = self.attention_calls
-        self.attention_calls += 1
-        self.record.attention_image_rows.append(running)
-        if self.dense:
-            if self.keeps_cache:
-                self.stream.kv.store_dense(layer, k, v, seq_dim)
-            return attend(q, k, v, heads, **kwargs)
-        key = ("grid", k.device)
-        if key not in self._joint_rows:     # the image index's first columns (a CUDA graph's static buffer, if any)
+    def grid_rows(self, device: torch.device, running: int) -> torch.Tensor:
+        """(rows, running): the running grid tokens' rows among the grid's, the image index's first columns (a CUDA
+        graph's static buffer, where one is read), once per forward."""
+        key = ("grid", device)
+        if key not in self._joint_rows:
             if self._image_index is None:
                 raise RuntimeError("attention ran before the image tokens were gathered")
-            self._joint_rows[key] = self._image_index.to(k.device)[:, :running]
-        with profiling.span(profiling.KV_WRITE):
-            k_full, v_full = self.stream.kv.write_sparse(layer, k, v, self._joint_rows[key], seq_dim,
-                                                         self.shared_index)
-        return attend(q, k_full, v_full, heads, **kwargs)
+            self._joint_rows[key] = self._image_index.to(device)[:, :running]
+        return self._joint_rows[key]
 
     def image_start(self, others: int) -> int:
         """Where the image sequence starts in a joint sequence with `others` tokens beside it: after them
