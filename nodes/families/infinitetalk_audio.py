@@ -16,7 +16,6 @@ import weakref
 
 import torch
 
-from ...sdit_core.tokens import gather_rows
 from .base import every_token_row, with_block_patches_for_sparse_forward
 
 PATCH_CLASS = "MultiTalkCrossAttnPatch"
@@ -44,8 +43,7 @@ class AudioOnRunningTokens:
         return whole
 
     def _on_every_token(self, kwargs):
-        out = self.patch(dict(kwargs, x=every_token_row(self.call, kwargs["x"])))
-        return gather_rows(out, self.call.image_index_now().to(out.device))
+        return self.call.gather_grid(self.patch(dict(kwargs, x=every_token_row(self.call, kwargs["x"]))))
 
     def _restated(self, kwargs):
         """The patch (`MultiTalkCrossAttnPatch.__call__` with one speaker, `SingleStreamAttention.forward`) on the
