@@ -4,8 +4,10 @@ error when sampling starts, instead of a wrong image or a shape error deep in a 
 Checked, and why:
 - ComfyUI's "Model Sparse Attention" (BlockSparseAttention) puts its attention override on top of ours
   again at every step and computes attention itself, so our K/V cache would not see those calls.
-- ComfyUI's "Flux KV Cache" strips reference tokens from the image sequence after the first step and
-  appends their cached keys/values inside attention: keys no longer match the tokens that ran.
+- ComfyUI's "Flux KV Cache" takes the reference tokens out of the image sequence after the first step and
+  appends their kept keys/values inside attention. The engine follows that (ForwardCall.dropped_extras) where the
+  adapter gathers before the node takes them out (Flux, Qwen-Image: `FLUX_KV_CACHE_PATCH` in handled_patches); where
+  it gathers after (Krea 2), the keys would no longer line up with the tokens that ran.
 - Newer ComfyUI's "Prism Sparse Attention Settings" with attention other than dense: Prism's video blocks then
   compute attention with a block-sparse kernel of their own over the whole video, past the engine.
 - ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
@@ -33,7 +35,7 @@ from typing import Tuple
 from .errors import SDiTInputError
 
 _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE callback key
-_FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                 # its attn1_patch class
+FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                  # its attn1_patch class
 _SEAM_SMOOTHING_WRAPPER = "hidream_o1_patch_seam_smoothing"   # its DIFFUSION_MODEL wrapper key
 _PRISM_ATTENTION = "prism_attention"                   # Prism Sparse Attention Settings' transformer option
 _CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
@@ -68,8 +70,11 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
                                                    "with Prism's own block-sparse kernel, past region-adaptive "
                                                    "sampling's K/V cache (set its attention to dense)")
     patches = options.get("patches", {})
-    if any(type(p).__name__ == _FLUX_KV_CACHE_PATCH for p in patches.get("attn1_patch", [])):
-        return "Flux KV Cache", _CHANGES_ATTENTION
+    if FLUX_KV_CACHE_PATCH not in handled and any(type(p).__name__ == FLUX_KV_CACHE_PATCH
+                                                  for p in patches.get("attn1_patch", [])):
+        return "Flux KV Cache", ("takes the reference images' tokens out of the sequence, and on this model family "
+                                 "region-adaptive sampling picks its tokens after that (it follows the node on Flux "
+                                 "and Qwen-Image)")
     listed = [patch for patch_list in patches.values()
               for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
     listed += [patch for by_block in options.get("patches_replace", {}).values() if isinstance(by_block, dict)

@@ -114,6 +114,9 @@ class ForwardCall:
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
+        # trailing extra tokens (references) that a node took out of the queries after the gather while their keys
+        # and values stay in attention (ComfyUI's Flux KV Cache): the model's output lacks their rows
+        self.dropped_extras = 0
         # an adapter hands its graphed parts plain values that follow the active set, not only its size (HunyuanVideo's
         # token-replacement spans): a graph keyed by them would seldom come back, so this forward runs eagerly
         self.stays_eager = False
@@ -195,7 +198,11 @@ class ForwardCall:
         return gather_rows(tokens, self.image_index(tokens.shape[1], tokens.device))
 
     def scatter(self, output: torch.Tensor) -> torch.Tensor:
-        """Full-size token output: computed rows from `output`, inactive rows from the policy."""
+        """Full-size token output: computed rows from `output`, inactive rows from the policy. Rows of extra tokens
+        that a node dropped from the queries (`dropped_extras`) come back zero: the model cuts the grid's rows from
+        its output, and every forward of a stream keeps one length."""
+        if self.dropped_extras and output.shape[1] + self.dropped_extras == self.image_rows:
+            output = torch.cat([output, output.new_zeros(output.shape[0], self.dropped_extras, *output.shape[2:])], 1)
         if self.dense:
             full = output
         else:
@@ -251,10 +258,7 @@ class ForwardCall:
             others = k.shape[seq_dim] - self.image_rows
             if k.shape[seq_dim] != q.shape[seq_dim] and not (self.queries_end_keys
                                                              and k.shape[seq_dim] > q.shape[seq_dim]):
-                raise NotImplementedError(
-                    f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys: another node changes the "
-                    "keys/values of the model's attention (e.g. Flux KV Cache), which region-adaptive sampling cannot "
-                    "follow")
+                self._note_dropped_extras(k.shape[seq_dim] - q.shape[seq_dim], kwargs.get("mask"))
             if others < 0:
                 raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image "
                                  "tokens")
@@ -272,6 +276,20 @@ class ForwardCall:
         if mask is not None:
             kwargs = dict(kwargs, mask=self._fit_mask(mask, rows, self.image_start(others), k_full.shape[seq_dim]))
         return attend(q, k_full, v_full, heads, **kwargs)
+
+    def _note_dropped_extras(self, dropped: int, mask: Optional[torch.Tensor]) -> None:
+        """Keys beyond the queries: the queries are the keys' first rows, [others | image] without the image sequence's
+        last `dropped` extra tokens, whose keys and values a node keeps from an earlier step and hands attention again
+        (ComfyUI's Flux KV Cache: the reference images' tokens). The keys keep the whole layout, so the cache path
+        applies as it is; the output of the forward lacks those tokens' rows (scatter fills them)."""
+        running_grid = self.grid_tokens if self.dense else int(self.grid_index.shape[1])
+        extras = self.image_rows - running_grid
+        if self.image_first or not 0 < dropped <= extras or mask is not None:
+            raise NotImplementedError(
+                f"attention over {dropped} more keys than queries{' with a mask' if mask is not None else ''}: another "
+                "node changes the keys/values of the model's attention in a way region-adaptive sampling cannot follow "
+                "(it follows ComfyUI's Flux KV Cache on Flux and Qwen-Image, without an attention mask)")
+        self.dropped_extras = dropped
 
     def grid_rows(self, device: torch.device, running: int) -> torch.Tensor:
         """(rows, running): the running grid tokens' rows among the grid's, the image index's first columns (a CUDA

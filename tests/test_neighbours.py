@@ -94,19 +94,6 @@ def test_model_sparse_attention_is_named_in_a_clear_error(order):
             ksampler(patched, a, lat)
 
 
-def test_flux_kv_cache_is_named_in_a_clear_error():
-    flux_nodes = importlib.import_module("comfy_extras.nodes_flux")
-    if not hasattr(flux_nodes, "FluxKVCache"):
-        pytest.skip("this ComfyUI has no Flux KV Cache node")
-    model = tiny_flux(seed=44)
-    cached = flux_nodes.FluxKVCache.execute(model)[0]
-    a, lat = ras_args(cfg=3.0), latent(1)
-    with pytest.raises(SDiTInputError, match="RAS Sampler.*'Flux KV Cache'"):
-        ras_sample(cached, latent_image=lat, **a)
-    with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Flux KV Cache'"):
-        ksampler(flux_nodes.FluxKVCache.execute(ras_patch(model))[0], a, lat)
-
-
 @pytest.mark.parametrize("node", ["EasyCacheNode", "LazyCacheNode"])
 def test_easycache_and_lazycache_with_every_token_active_equal_them_alone(node):
     """Orthogonal: they skip whole steps, we skip tokens within a step. With every token active our

@@ -5,8 +5,11 @@ layer (`img_in`) is per-token, so gathering the active rows of `img` and `img_id
 before it is exact; its output comes back per token and is scattered to full size after it.
 Attention is joint over [txt | img] everywhere, with txt first. Reference tokens (Kontext, Flux 2 edit)
 follow the grid and always run; where they are marked by position (`timestep_zero_index`, newer ComfyUI)
-the positions are mapped to the gathered sequence.
+the positions are mapped to the gathered sequence. ComfyUI's Flux KV Cache takes the references out after
+`img_in` (a `post_input` patch) once it keeps their keys: the gather here comes before, so the engine sees the
+whole layout in the keys (ForwardCall.dropped_extras).
 """
+from ..neighbours import FLUX_KV_CACHE_PATCH
 from .base import FamilyAdapter, gather_control, patch_method, reference_latents
 
 
@@ -15,6 +18,7 @@ FLUX2_PROMPT = 512      # ComfyUI's Flux 2 pads shorter prompts to this many tok
 
 class FluxFamily(FamilyAdapter):
     names = ("Flux", "Flux 2", "Flux Kontext", "Chroma")
+    handled_patches = (FLUX_KV_CACHE_PATCH,)    # gathered before the node takes the references out: engine.py
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.chroma.model

@@ -10,7 +10,9 @@ the per-token `proj_out`. The adapter hooks those three per-token modules (never
 - `pe_embedder` gets the image part of its ids gathered, `img_in` the image tokens;
 - `proj_out`'s output is scattered back to the full grid.
 Reference tokens follow the grid and always run; where newer ComfyUI marks them by position
-(`timestep_zero_index`, Qwen-Image-Edit-2511), each block gets that position in the gathered sequence.
+(`timestep_zero_index`, Qwen-Image-Edit-2511), each block gets that position in the gathered sequence. ComfyUI's
+Flux KV Cache takes the references out after `img_in` once it keeps their keys: the engine follows it
+(ForwardCall.dropped_extras).
 """
 import functools
 import inspect
@@ -19,6 +21,7 @@ import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque, patchifies_frames
 from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
+from ..neighbours import FLUX_KV_CACHE_PATCH
 from .diffsynth_controlnet import PATCH_CLASS as DIFFSYNTH_PATCH, token_sparse_options
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
@@ -26,7 +29,7 @@ WRAPPER_KEY = "comfyui_sdit_qwen_image"
 
 class QwenImageFamily(FamilyAdapter):
     names = ("Qwen-Image",)
-    handled_patches = (DIFFSYNTH_PATCH,)
+    handled_patches = (DIFFSYNTH_PATCH, FLUX_KV_CACHE_PATCH)   # the Flux KV Cache: gathered at img_in, before it
 
     def matches(self, diffusion_model) -> bool:
         import comfy.ldm.qwen_image.model
