@@ -6,8 +6,8 @@ Checked, and why:
   again at every step and computes attention itself, so our K/V cache would not see those calls.
 - ComfyUI's "Flux KV Cache" takes the reference tokens out of the image sequence after the first step and
   appends their kept keys/values inside attention. The engine follows that (ForwardCall.dropped_extras) where the
-  adapter gathers before the node takes them out (Flux, Qwen-Image: `FLUX_KV_CACHE_PATCH` in handled_patches); where
-  it gathers after (Krea 2), the keys would no longer line up with the tokens that ran.
+  adapter counts those tokens at its gather (Flux, Qwen-Image, Krea 2: `FLUX_KV_CACHE_PATCH` in handled_patches);
+  elsewhere the keys would not line up with the tokens that ran.
 - Newer ComfyUI's "Prism Sparse Attention Settings" with attention other than dense: Prism's video blocks then
   compute attention with a block-sparse kernel of their own over the whole video, past the engine.
 - ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
@@ -72,9 +72,8 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
     patches = options.get("patches", {})
     if FLUX_KV_CACHE_PATCH not in handled and any(type(p).__name__ == FLUX_KV_CACHE_PATCH
                                                   for p in patches.get("attn1_patch", [])):
-        return "Flux KV Cache", ("takes the reference images' tokens out of the sequence, and on this model family "
-                                 "region-adaptive sampling picks its tokens after that (it follows the node on Flux "
-                                 "and Qwen-Image)")
+        return "Flux KV Cache", ("takes the reference images' tokens out of the sequence, which region-adaptive "
+                                 "sampling follows on Flux, Qwen-Image and Krea 2 only")
     listed = [patch for patch_list in patches.values()
               for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
     listed += [patch for by_block in options.get("patches_replace", {}).values() if isinstance(by_block, dict)

@@ -288,7 +288,7 @@ class ForwardCall:
             raise NotImplementedError(
                 f"attention over {dropped} more keys than queries{' with a mask' if mask is not None else ''}: another "
                 "node changes the keys/values of the model's attention in a way region-adaptive sampling cannot follow "
-                "(it follows ComfyUI's Flux KV Cache on Flux and Qwen-Image, without an attention mask)")
+                "(it follows ComfyUI's Flux KV Cache on Flux, Qwen-Image and Krea 2, without an attention mask)")
         self.dropped_extras = dropped
 
     def grid_rows(self, device: torch.device, running: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """ComfyUI's "Flux KV Cache" node (newer ComfyUI: `FluxKVCache`, experimental) with region-adaptive sampling, on tiny
-random-weight Flux 2 and Qwen-Image edit models with a reference image (CPU, fp32).
+random-weight Flux 2, Qwen-Image edit and Krea 2 models with a reference image (CPU, fp32).
 
 The node keeps the reference images' keys and values of every block from the first forward of a run and, on later
 forwards, takes the references' tokens out of the sequence after the input layer and hands attention their kept keys
@@ -7,8 +7,8 @@ and values (more keys than queries; the references at timestep 0). The engine's 
 are: the queries are the keys' first rows, the kept keys the references' (ForwardCall.dropped_extras). Checked: every
 token active == the node alone; a sparse forward after a dense one exact on the tokens that ran, and the dense one
 == the node alone, with the references' kept keys stale (the precondition: they change the result); both sampler
-nodes and both Model Patch nodes end to end, the model untouched; Krea 2, whose adapter gathers after the node has
-taken the references out, refused with a clear error."""
+nodes and both Model Patch nodes end to end, the model untouched; the node applied before or after the Model Patch
+node; another family refused with a clear error."""
 import importlib
 
 import pytest
@@ -49,7 +49,14 @@ def qwen_image_case():
     return tiny_qwen_image, (16, 1, 8, 12), 4 * 6, 4 * 4, prompts
 
 
-CASES = {"flux2": flux2_case, "qwen_image": qwen_image_case}
+def krea2_case():
+    """A tiny Krea 2 (its adapter gathers at the first block, after the node took the references out) with a 4 x 8
+    reference: an 8 x 12 single-frame latent; its prompts of two lengths run apart."""
+    from test_krea2 import TOKENS, latent, tiny_krea2, with_reference
+    return tiny_krea2, tuple(latent().shape[1:]), TOKENS, 2 * 4, with_reference()
+
+
+CASES = {"flux2": flux2_case, "qwen_image": qwen_image_case, "krea2": krea2_case}
 
 
 def with_kv_cache(model):
@@ -116,7 +123,7 @@ def test_a_sparse_step_after_a_dense_one_is_exact_with_the_kv_cache(case, batch,
     by_stream = {}
     for stream, out, computed in policy.outputs[-2 * len({s for s, _, _ in policy.outputs}):]:
         by_stream.setdefault(stream, []).append((out, computed))
-    assert len(by_stream) == (2 if cfg > 1 and case == "qwen_image" else 1)
+    assert len(by_stream) == (2 if cfg > 1 and case != "flux2" else 1)
     assert_exact_on_active_tokens(by_stream, tokens, extra=reference_tokens)
     # the node took the references out of the queries on the second and third forwards: their rows came back zero
     last = policy.outputs[-1][1]
@@ -152,13 +159,14 @@ def test_the_kv_cache_before_or_after_the_model_patch_node():
     assert (before - ksampler(with_kv_cache(model))).abs().max().item() > 1e-4, "the patch samples sparse"
 
 
-def test_the_kv_cache_on_krea2_is_refused_clearly():
-    """Krea 2's adapter gathers the image at its first block, after the node has taken the references out: refused
-    by the sampler nodes and, the node applied after the Model Patch node, when sampling starts."""
-    from test_krea2 import latent, tiny_krea2, with_reference
-    model = tiny_krea2(seed=1)
+def test_the_kv_cache_on_another_family_is_refused_clearly():
+    """Mage-Flow (a Qwen-Image edit model of its own, whose blocks take no attention patches): the families that run
+    with the node are named, by the sampler nodes and, the node applied after the Model Patch node, when sampling
+    starts."""
+    from test_mage_flow import latent, tiny_mage_flow, with_reference
+    model = tiny_mage_flow(seed=1)
     a = dict(ras_args(steps=3, cfg=1.0, sample_ratio=0.3, reset_steps=""), **with_reference())
-    with pytest.raises(SDiTInputError, match="RAS Sampler.*'Flux KV Cache'.*Flux and Qwen-Image"):
+    with pytest.raises(SDiTInputError, match="RAS Sampler.*'Flux KV Cache'.*Flux, Qwen-Image and Krea 2 only"):
         ras_sample(with_kv_cache(model), latent_image={"samples": latent()}, **a)
     patched = with_kv_cache(ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0])
     with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Flux KV Cache'"):

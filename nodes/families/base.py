@@ -279,17 +279,24 @@ def gather_image_first(call, tokens: torch.Tensor) -> torch.Tensor:
     return call.gather(tokens)
 
 
-def gather_image_after(call, sequence: torch.Tensor, start: int) -> torch.Tensor:
+def gather_image_after(call, sequence: torch.Tensor, start: int, dropped: int = 0) -> torch.Tensor:
     """[prefix | image sequence] with the image from `start` -> [prefix | running image tokens] (dense: unchanged, but
-    counted): for a model that joins the text (or registers) before the image tokens ahead of its blocks."""
-    image = call.gather(sequence[:, start:])
+    counted): for a model that joins the text (or registers) before the image tokens ahead of its blocks. `dropped`:
+    the image sequence's last extra tokens that a node took out before (ComfyUI's Flux KV Cache, which hands attention
+    their kept keys): counted as running, as the engine's attention finds them in the keys (ForwardCall.dropped_extras)."""
+    image = sequence[:, start:]
+    if dropped:
+        image = torch.cat([image, image.new_zeros(image.shape[0], dropped, *image.shape[2:])], dim=1)
+    image = call.gather(image)
+    if dropped:
+        image = image[:, :-dropped]
     return sequence if call.dense else torch.cat([sequence[:, :start], image], dim=1)
 
 
 def scatter_image_after_prefix(call, out: torch.Tensor) -> torch.Tensor:
     """An output over [prefix | running image tokens] -> [prefix | every image token's row]: the running ones
     computed, the others from the policy."""
-    prefix = out.shape[1] - call.image_rows
+    prefix = out.shape[1] - (call.image_rows - call.dropped_extras)
     return torch.cat([out[:, :prefix], call.scatter(out[:, prefix:])], dim=1)
 
 

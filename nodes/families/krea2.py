@@ -9,14 +9,18 @@ hooks modules, never the forward's code:
   RoPE rows and, where references take timestep 0, where those start in the gathered sequence;
 - the last layer's output (over [text | running image | references]) gets every image token's row back: the running
   ones computed, the others from the policy.
-References always run (the engine keeps tokens after the grid on every step).
+References always run (the engine keeps tokens after the grid on every step). ComfyUI's Flux KV Cache takes them
+out of the sequence before the first block once it keeps their keys: the gather counts them still (the RoPE table
+says how many), and the engine finds their kept keys in attention (ForwardCall.dropped_extras).
 """
+from ..neighbours import FLUX_KV_CACHE_PATCH
 from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, reference_latents,
                    runs_class_methods, scatter_image_after_prefix)
 
 
 class Krea2Family(FamilyAdapter):
     names = ("Krea 2",)
+    handled_patches = (FLUX_KV_CACHE_PATCH,)    # the references it takes out are counted at the gather
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.krea2.model", "SingleStreamDiT",
@@ -45,7 +49,10 @@ def _gather_block_inputs(call, arguments) -> None:
         if text is None:
             raise NotImplementedError("Krea 2: this ComfyUI does not say where the image tokens start (img_slice); "
                                       "sample it with KSampler")
-        arguments["x"] = gather_image_after(call, arguments["x"], text)
+        # the RoPE table covers the sequence as the model laid it out: longer where the Flux KV Cache took the
+        # references out after that
+        dropped = arguments["freqs"].shape[2] - arguments["x"].shape[1]
+        arguments["x"] = gather_image_after(call, arguments["x"], text, dropped)
     if call.dense:
         return
     freqs = arguments["freqs"]                      # (batch | 1, 1, text + image, ., 2, 2)
