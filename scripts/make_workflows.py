@@ -421,6 +421,27 @@ def flux2_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def flux2_edit_kv_cache_ras(info: dict) -> dict:
+    """Flux 2 dev editing an image (ReferenceLatent, scaled to 1 megapixel) under newer ComfyUI's Flux KV Cache (the
+    reference's keys and values kept from the first step, its tokens out of the later ones) + RAS Sampler."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "flux2_dev_fp8mixed.safetensors", "mistral_3_small_flux2_fp8.safetensors",
+                                        "flux2", "flux2-vae.safetensors")
+    cached = wf.add("FluxKVCache", {}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "make it a snowy winter evening, warm light in the windows")
+    image = wf.add("LoadImage", {"image": "example.png"}, pos=(0, 550), title="Image to edit")
+    scaled = wf.add("ImageScaleToTotalPixels", {"megapixels": 1.0}, {"image": (image, 0)}, pos=(350, 550))
+    encoded = wf.add("VAEEncode", {}, {"pixels": (scaled, 0), "vae": vae}, pos=(350, 700))
+    reference = wf.add("ReferenceLatent", {}, {"conditioning": positive, "latent": (encoded, 0)}, pos=(700, 100))
+    guided = wf.add("FluxGuidance", {"guidance": 4.0}, {"conditioning": (reference, 0)}, pos=(700, 250))
+    latent = wf.add("EmptyFlux2LatentImage", {"width": 1024, "height": 1024, "batch_size": 1}, pos=(700, 400))
+    sockets = {"model": (cached, 0), "positive": (guided, 0), "negative": negative, "latent_image": (latent, 0)}
+    sampler_tail(wf, "RASSampler", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                    "scheduler": "simple", "sample_ratio": 0.5}, sockets, vae, "flux2_edit_kv_cache_ras",
+                 True)
+    return wf.to_json()
+
+
 def wan_loaders(wf: "Workflow", unet_name: str, vae_name: str = "wan_2.1_vae.safetensors", shift: float = 8.0) -> tuple:
     """Wan's diffusion model with its flow shift (ModelSamplingSD3), the umt5 text encoder and a Wan VAE: the
     model, CLIP and VAE sockets."""
@@ -1234,11 +1255,12 @@ NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.jso
                   "ltx2_t2av_ras.json": ltx2_t2av_ras, "wan_animate2_ras.json": wan_animate2_ras,
                   "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras,
                   "sensenova_ras.json": sensenova_ras, "wan21_uni3c_i2v_ras.json": wan21_uni3c_i2v_ras,
-                  "prism_i2av_ras.json": prism_i2av_ras, "zimage_fun_controlnet_ras.json": zimage_fun_controlnet_ras}
+                  "prism_i2av_ras.json": prism_i2av_ras, "zimage_fun_controlnet_ras.json": zimage_fun_controlnet_ras,
+                  "flux2_edit_kv_cache_ras.json": flux2_edit_kv_cache_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
                "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",
-               "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply", "ZImageFunControlnet")
+               "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply", "ZImageFunControlnet", "FluxKVCache")
 # newer examples whose nodes not even NEWER_GENERATED_WITH has (read in the search index, run on a local tree of it with
 # those files): `--newer` builds them where the tree has the node
 NEWEST_NODES = {"prism_i2av_ras.json": "PrismPrepareAV"}
