@@ -20,8 +20,8 @@ import inspect
 import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque, patchifies_frames
-from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
 from ..neighbours import FLUX_KV_CACHE_PATCH
+from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
 from .diffsynth_controlnet import PATCH_CLASS as DIFFSYNTH_PATCH, token_sparse_options
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
