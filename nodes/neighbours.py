@@ -13,6 +13,10 @@ Checked, and why:
 - ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
   image rolled by part of a patch: those passes would see other image content at the tokens the engine picked,
   and one forward of the engine would run the model several times.
+- Newest ComfyUI's "Seamless Tiling" (ModelPatchSeamlessTiling) evaluates the model two or four times a step on the
+  latent rolled by half its size (a model_function_wrapper, found in the chain of such wrappers by its module):
+  each rolled call would read the K/V cache and the skipped tokens' outputs of the call before it, other image
+  content at the same places.
 - Patches that add inputs of their own to the image tokens by position over the whole image (the
   DiffSynth, Uni3C and Z-Image Fun ControlNets of "Load Model Patch" and InfiniteTalk's audio attention on a model other
   than Qwen-Image, plain Wan and Z-Image (Lumina's NextDiT), whose adapters run them token-sparse
@@ -38,6 +42,7 @@ _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE cal
 FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                  # its attn1_patch class
 _SEAM_SMOOTHING_WRAPPER = "hidream_o1_patch_seam_smoothing"   # its DIFFUSION_MODEL wrapper key
 _PRISM_ATTENTION = "prism_attention"                   # Prism Sparse Attention Settings' transformer option
+_SEAMLESS_TILING_MODULE = "nodes_seamless_tiling"      # the module of Seamless Tiling's model_function_wrapper
 _CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
 _BY_POSITION = ("adds its own inputs to the image tokens by their position in the whole image, while "
                 "region-adaptive sampling runs only some of those tokens")
@@ -64,6 +69,11 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
         return "HiDream-O1 Patch Seam Smoothing", ("runs the model again on the image shifted by part of a patch, "
                                                    "where other image content sits at the tokens region-adaptive "
                                                    "sampling picked")
+    if any(getattr(f, "__module__", "").endswith(_SEAMLESS_TILING_MODULE)
+           for f in _wrapper_chain(patcher.model_options.get("model_function_wrapper"))):
+        return "Seamless Tiling", ("evaluates the model several times a step on the latent shifted by half its size, "
+                                   "where region-adaptive sampling would reuse the unshifted tokens' keys and outputs "
+                                   "at the same places")
     options = patcher.model_options.get("transformer_options", {})
     if options.get(_PRISM_ATTENTION, "dense") != "dense":
         return "Prism Sparse Attention Settings", ("with attention other than dense computes the video's attention "
@@ -83,6 +93,23 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
             if cls.__name__ in _POSITIONAL_PATCHES and cls.__name__ not in handled:
                 return _POSITIONAL_PATCHES[cls.__name__], _BY_POSITION
     return "", ""
+
+
+def _wrapper_chain(wrapper, most: int = 16) -> list:
+    """A model_function_wrapper and the functions its closure keeps (a node that sets one keeps the wrapper it
+    replaced there, to call on), transitively, at most `most` of them."""
+    found, todo = [], [wrapper]
+    while todo and len(found) < most:
+        function = todo.pop()
+        if not callable(function) or any(function is f for f in found):
+            continue
+        found.append(function)
+        for cell in getattr(function, "__closure__", None) or ():
+            try:
+                todo.append(cell.cell_contents)
+            except ValueError:          # a cell not filled yet
+                pass
+    return found
 
 
 def other_patches(transformer_options: dict) -> str:

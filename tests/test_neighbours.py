@@ -94,6 +94,60 @@ def test_model_sparse_attention_is_named_in_a_clear_error(order):
             ksampler(patched, a, lat)
 
 
+def seamless_tiling(model):
+    """Newest ComfyUI's Seamless Tiling node applied to `model` (x and y, seam 2); where this ComfyUI has none, a
+    stand-in of it: a model_function_wrapper defined in a module of its name that evaluates the model on the latent
+    rolled by half its size and blends the results (the real node's weights by position, here halves)."""
+    import sys
+    import types
+    name = "comfy_extras.nodes_seamless_tiling"
+    if importlib.util.find_spec(name) is not None:
+        return importlib.import_module(name).ModelPatchSeamlessTiling.execute(model, "x and y", 2)[0]
+    stand_in = sys.modules.get("stand_in." + name) or types.ModuleType("stand_in." + name)
+    exec("def wrapper_for(old):\n"
+         "    def model_function_wrapper(apply_model, args):\n"
+         "        x, out = args['input'], 0\n"
+         "        for shift in ((0, 0), (x.shape[-2] // 2, x.shape[-1] // 2)):\n"
+         "            rolled = apply_model(x.roll(shift, (-2, -1)), args['timestep'], **args['c'])\n"
+         "            out = out + 0.5 * rolled.roll((-shift[0], -shift[1]), (-2, -1))\n"
+         "        return out\n"
+         "    return model_function_wrapper\n", stand_in.__dict__)
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(stand_in.wrapper_for(model.model_options.get("model_function_wrapper")))
+    return patched
+
+
+def wrapped_again(model):
+    """Another node's model_function_wrapper over the one on `model`, keeping it to call on (as ComfyUI's Chroma
+    Radiance Options does)."""
+    old = model.model_options["model_function_wrapper"]
+
+    def outer(apply_model, args):
+        return old(apply_model, args)
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(outer)
+    return patched
+
+
+def test_seamless_tiling_is_named_in_a_clear_error():
+    """It evaluates the model on the latent rolled by half its size each step: the rolled calls would read the K/V
+    cache and skipped outputs of the unrolled tokens at the same places. Refused by the sampler nodes, under another
+    node's wrapper too, and by the Model Patch nodes when sampling starts."""
+    model = tiny_flux(seed=45)
+    a, lat = ras_args(cfg=3.0), latent(1)
+    for tiled in (seamless_tiling(model), wrapped_again(seamless_tiling(model))):
+        with pytest.raises(SDiTInputError, match="RAS Sampler.*'Seamless Tiling'"):
+            ras_sample(tiled, latent_image=lat, **a)
+    with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Seamless Tiling'"):
+        ksampler(seamless_tiling(ras_patch(model)), a, lat)
+    # another node's model_function_wrapper alone is no reason to refuse
+    plain_wrapped = model.clone()
+    plain_wrapped.set_model_unet_function_wrapper(lambda apply_model, args: apply_model(args["input"],
+                                                                                        args["timestep"], **args["c"]))
+    out, _ = ras_sample(plain_wrapped, latent_image=lat, **a)
+    assert torch.isfinite(out["samples"]).all()
+
+
 @pytest.mark.parametrize("node", ["EasyCacheNode", "LazyCacheNode"])
 def test_easycache_and_lazycache_with_every_token_active_equal_them_alone(node):
     """Orthogonal: they skip whole steps, we skip tokens within a step. With every token active our
