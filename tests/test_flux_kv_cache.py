@@ -18,12 +18,12 @@ import nodes as comfy_nodes
 
 from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from sdit_testkit import (assert_exact_on_active_tokens, random_active, ras_model_patch, ras_sample, sample_with,
                           text_conditioning, tiny_flux2, tiny_qwen_image)
+from test_engine_exactness import repeated_evals
 from test_ras_sampler import ras_args
-from test_video import (a_patch_runs_with_every_token_active, assert_within, model_patch_nodes_under_ksampler,
-                        sampler_node_end_to_end)
+from test_video import (RecordingPolicy, a_patch_runs_with_every_token_active, assert_within,
+                        model_patch_nodes_under_ksampler, sampler_node_end_to_end)
 
 flux_nodes = importlib.import_module("comfy_extras.nodes_flux")
 if not hasattr(flux_nodes, "FluxKVCache"):
@@ -76,25 +76,10 @@ def test_every_token_active_equals_the_kv_cache_alone(case, batch, cfg):
                                          assert_within(TOL))
 
 
-class RecordingPolicy(FixedPlanPolicy):
-    def __init__(self, plans):
-        super().__init__(plans)
-        self.outputs = []
-
-    def on_output(self, stream, info, output, computed):
-        self.outputs.append((stream, output.clone(), computed))
-
-
 def evaluations(model, latent, cfg: float, prompts: dict, inputs) -> list:
     """The model's denoised outputs at sigma 0.8 for each of `inputs` (functions of the sampler's x), in one sampling
     run through ComfyUI (CFG and all): the Flux KV Cache keeps the references' keys of the first."""
-    denoised = []
-
-    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        s_in = x.new_ones([x.shape[0]])
-        for make_input in inputs:
-            denoised.append(model(make_input(x), sigmas[0] * s_in, **extra_args))
-        return x
+    sampler, denoised = repeated_evals(inputs)
     sample_with(model, latent, sampler, torch.tensor([0.8, 0.0]), cfg=cfg, seed=9, **prompts)
     return denoised
 
