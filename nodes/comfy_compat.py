@@ -281,3 +281,11 @@ def zimage_control_blocks_take_transformer_options(control_model) -> bool:
         takes_transformer_options(block) or any(p.kind is inspect.Parameter.VAR_KEYWORD
                                                 for p in inspect.signature(type(block).forward).parameters.values()))
         for block in blocks)
+
+
+def ltxv_guide_attention_mask():
+    """The class of LTX-Video's guide attention mask (newer ComfyUI: a guide of strength other than 1, or with a pixel
+    mask, scales attention to its tokens by position, `GuideAttentionMask`, handed to every block's self-attention),
+    or None where ComfyUI has none."""
+    import comfy.ldm.lightricks.model
+    return getattr(comfy.ldm.lightricks.model, "GuideAttentionMask", None)

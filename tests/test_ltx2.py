@@ -5,6 +5,7 @@ keys through the K/V cache. The exactness set of test_video.py (an odd frame cou
 parts, image-to-video through LTXVImgToVideo, the memory plan, both sampler nodes and both Model Patch nodes, and
 context windows refused clearly."""
 import importlib
+import unittest.mock
 
 import pytest
 import torch
@@ -136,6 +137,40 @@ def test_a_keyframe_guide_runs_and_is_kept():
         vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=1.0, **prompts()))
     a_kept_frame_is_exact_and_never_computed(tiny_ltx2(seed=7), dict(positive=positive, negative=negative),
                                              av_latent(1, video), (FRAMES + 1) * HEIGHT * WIDTH, frame=-1, seed=3)
+
+
+def test_a_guide_of_strength_below_one_scales_attention_exactly():
+    """Newer ComfyUI: LTXVAddGuide's end frame at strength 0.5 scales the video self-attention to and from its tokens
+    by position (a guide attention mask): the self-attention restated around the engine (ltxv_guide_attention.py).
+    Every token through the sparse path equals the unpatched run; a third of the tokens, guide tokens among them (its
+    noise mask of 0.5 lets them be picked), are exact, and so is the audio; the RAS Sampler samples it."""
+    import comfy.ldm.lightricks.model as ltx
+    empty = outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=1, **PIXELS))[0]
+    positive, negative, video = outputs(nodes_lt.LTXVAddGuide.execute(
+        vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=0.5, **prompts()))
+    conditioning, latent, tokens = dict(positive=positive, negative=negative), av_latent(1, video), \
+        (FRAMES + 1) * HEIGHT * WIDTH
+    model = tiny_ltx2(seed=8)
+    masks = []
+    built = ltx.LTXVModel._build_guide_self_attention_mask
+
+    def spy(self, *args, **kwargs):
+        masks.append(built(self, *args, **kwargs))
+        return masks[-1]
+    with unittest.mock.patch.object(ltx.LTXVModel, "_build_guide_self_attention_mask", spy):
+        reference = sample(model, latent, 3.0, conditioning=conditioning)
+    assert masks and all(isinstance(m, ltx.GuideAttentionMask) for m in masks), "the model scales the guide's attention"
+    policy = FixedPlanPolicy([None] + [torch.arange(tokens)[None]] * 3)
+    patched, _ = apply_token_sparse(model, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, latent, 3.0, conditioning=conditioning), reference, TOL)
+    active = random_active(1, tokens, tokens // 3, seed=4)
+    assert (active >= FRAMES * HEIGHT * WIDTH).any(), "guide tokens among the running ones"
+    by_stream, audio = dense_then_sparse(model, latent, active, 3.0, conditioning)
+    assert_exact_on_active_tokens(by_stream, tokens)
+    assert (audio[1] - audio[0]).abs().max().item() <= TOL
+    out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=4, cfg=3.0, sample_ratio=0.4, reset_steps="",
+                                                                    **conditioning))
+    assert any(not s.dense for s in trace.steps) and all(torch.isfinite(p).all() for p in out["samples"].unbind())
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

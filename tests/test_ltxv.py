@@ -5,6 +5,7 @@ keyframe guide through ComfyUI's own LTXVImgToVideo / LTXVAddGuide nodes (tokens
 mask), the memory plan, both sampler nodes and both Model Patch nodes, and the guides it cannot follow refused."""
 import importlib
 import inspect
+import unittest.mock
 
 import pytest
 import torch
@@ -159,24 +160,66 @@ def test_a_keyframe_guide_runs_and_is_kept():
 
 
 GUIDE_OPTIONS = inspect.signature(nodes_lt.LTXVAddGuide.execute).parameters
-SCALING_GUIDES = {"strength": dict(strength=0.5),
-                  "filtered": dict(iclora_parameters={"reference_downscale_factor": 2})}
+NEWER_GUIDES = pytest.mark.skipif("iclora_parameters" not in GUIDE_OPTIONS,
+                                  reason="this ComfyUI's guides neither scale attention nor filter tokens")
 
 
-@pytest.mark.skipif("iclora_parameters" not in GUIDE_OPTIONS, reason="this ComfyUI's guides neither scale attention "
-                                                                      "nor filter tokens")
-@pytest.mark.parametrize("kind", sorted(SCALING_GUIDES))
-def test_guides_that_scale_attention_or_filter_tokens_are_refused_clearly(kind):
-    """Newer ComfyUI: a guide of strength below 1 scales attention to its tokens by position; an IC-LoRA reference
-    at reduced resolution is dilated and the model filters its empty tokens out. The sampler nodes refuse them
-    before sampling, a Model Patch node under KSampler at the first sparse forward."""
-    conditioning, latent_dict = with_guide(**SCALING_GUIDES[kind])
-    words = "strength other than 1" if kind == "strength" else "filters"
+@NEWER_GUIDES
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_a_guide_of_strength_below_one_scales_attention_exactly(cfg):
+    """Newer ComfyUI: a guide of strength 0.5 scales the attention to and from its tokens by position (a guide
+    attention mask, up to three attention calls a layer); the self-attention is restated around the engine. Its
+    frame's noise mask of 0.5 lets tokens of it be picked: with every token, and with a third of them (guide tokens
+    among them), exact; the RAS Sampler samples it."""
+    import comfy.ldm.lightricks.model as ltx
     model = tiny_ltxv(seed=8)
-    with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input 'positive'.*{words}"):
+    conditioning, latent_dict = with_guide(strength=0.5)
+    samples, mask = latent_dict["samples"], latent_dict["noise_mask"]
+    tokens = samples.shape[2] * HEIGHT * WIDTH
+    seen = []
+    built = ltx.LTXVModel._build_guide_self_attention_mask
+
+    def spy(self, *args, **kwargs):
+        seen.append(built(self, *args, **kwargs))
+        return seen[-1]
+    with unittest.mock.patch.object(ltx.LTXVModel, "_build_guide_self_attention_mask", spy):
+        every_token_through_the_sparse_path(model, conditioning, latent_dict, cfg, tokens)
+    assert seen and all(isinstance(m, ltx.GuideAttentionMask) for m in seen), "the model scales the guide's attention"
+    active = random_active(1, tokens, tokens // 3, seed=2)
+    assert (active >= FRAMES * HEIGHT * WIDTH).any(), "guide tokens among the running ones"
+    by_stream = dense_then_sparse(model, samples, active, cfg, conditioning,
+                                  noise_mask=mask.expand(-1, -1, -1, HEIGHT, WIDTH))
+    assert_exact_on_active_tokens(by_stream, tokens)
+    out, trace = ras_sample(model, latent_image=latent_dict, **ras_args(steps=4, cfg=cfg, sample_ratio=0.4,
+                                                                          reset_steps="", **conditioning))
+    assert any(not s.dense for s in trace.steps) and torch.isfinite(out["samples"]).all()
+
+
+@NEWER_GUIDES
+def test_a_changed_guide_attention_stops_with_a_clear_error():
+    """The restated self-attention is checked against the model's own on the first dense forward: a ComfyUI whose
+    guide attention computes otherwise (here: its gate doubled) stops instead of sampling a wrong video."""
+    import comfy.ldm.lightricks.model as ltx
+    conditioning, latent_dict = with_guide(strength=0.5)
+    original = ltx.CrossAttention.forward
+
+    def otherwise(self, *args, **kwargs):
+        return 2.0 * original(self, *args, **kwargs)
+    with unittest.mock.patch.object(ltx.CrossAttention, "forward", otherwise):
+        with pytest.raises(Exception, match="computes something other than"):
+            ras_sample(tiny_ltxv(seed=9), latent_image=latent_dict, **ras_args(steps=4, **conditioning))
+
+
+@NEWER_GUIDES
+def test_a_guide_the_model_filters_is_refused_clearly():
+    """Newer ComfyUI: an IC-LoRA reference at reduced resolution is dilated and the model filters its empty tokens
+    out. The sampler nodes refuse it before sampling, a Model Patch node under KSampler at the first sparse forward."""
+    conditioning, latent_dict = with_guide(iclora_parameters={"reference_downscale_factor": 2})
+    model = tiny_ltxv(seed=8)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'positive'.*filters"):
         ras_sample(model, latent_image=latent_dict, **ras_args(steps=4, **conditioning))
     patched = ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0]
-    with pytest.raises(Exception, match=words):
+    with pytest.raises(Exception, match="filters"):
         comfy_nodes.KSampler().sample(patched, 5, 4, 1.0, "euler", "simple", conditioning["positive"],
                                       conditioning["negative"], latent_dict)
 

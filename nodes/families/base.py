@@ -140,7 +140,8 @@ def replace_in_forwards(patcher, slot, path: str, replacement: Callable) -> None
 
 
 def attention_through_cache(patcher, slot, path: str, replacement: Callable, family: str, check: bool,
-                            before: Optional[Callable] = None, graph: bool = False) -> None:
+                            before: Optional[Callable] = None, graph: bool = False,
+                            applies: Optional[Callable[[dict], bool]] = None) -> None:
     """Object-patches an attention module's forward that calls ComfyUI's attention without `transformer_options`
     (so the engine's override never sees it): while a forward of the engine is open, `replacement(call, module,
     *args, **kwargs)` computes it from the module's own layers through `call.attention`. The replacement restates
@@ -148,7 +149,8 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
     dense forward after patching the replacement is checked against the model's own method on the same input, so that
     a ComfyUI whose attention computes something else stops with a clear error instead of sampling a wrong image.
     `before(call, arguments)` and `graph`: as patch_method's, the arguments bound by the replacement's signature (a
-    whole block restated: a ControlNet's)."""
+    whole block restated: a ControlNet's). `applies(arguments)`: where the replacement is only for some calls (an
+    attention mask of a kind the engine cannot fit otherwise), the others run the model's own method, unchecked."""
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     signature = inspect.signature(functools.partial(replacement, None, owner))     # what the block is called with
@@ -189,6 +191,8 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
             return original(*args, **kwargs)
         bound = enter(call, args, kwargs)
         args, kwargs = bound.args, bound.kwargs
+        if applies is not None and not applies(bound.arguments):
+            return original(*args, **kwargs)
         restated = functools.partial(replacement, call, owner)
         out = _replayed(patcher_ref(), call, bound, restated, path) if graph else None
         if out is None:

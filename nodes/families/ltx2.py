@@ -22,6 +22,7 @@ output layers for the video and the audio's own. The adapter hooks modules, as L
 from .base import (every_token_row, image_keys_method, passthrough_method, patch_method, patch_module_forward,
                    runs_class_methods, scatter_every_row)
 from .ltxv import LTXVFamily, gathered_at_first_block, gathered_rope, memo_per_forward
+from .ltxv_guide_attention import install_guided_self_attention
 
 # block arguments that hold the video's tokens' RoPE rows: its self-attention's, the audio cross-attentions'
 _VIDEO_ROPE = ("v_pe", "v_cross_pe")
@@ -52,6 +53,7 @@ class LTX2Family(LTXVFamily):
             for name in _PASSED_BY:
                 passthrough_method(patcher, slot, f"{block}.{name}.forward")
             image_keys_method(patcher, slot, f"{block}.video_to_audio_attn.forward")
+            install_guided_self_attention(patcher, slot, block, self.names[0], check=i == 0)
         patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=every_token_row)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=scatter_every_row)
 

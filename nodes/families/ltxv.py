@@ -13,21 +13,24 @@ per-token output (`norm_out`, a modulation, `proj_out`) and unpatchifies. The ad
   of the output lines up; `proj_out`'s result keeps the running tokens' rows and the others come from the policy.
 Image-to-video (LTXVImgToVideo) and keyframe guides (LTXVAddGuide: the guide's frames follow the video's in the
 latent) give tokens a noise mask of 0: they are never picked on a sparse step (the sampler keeps them) and their keys
-stay in the K/V cache. A guide that the model filters (an IC-LoRA reference at reduced resolution) or whose attention
-it scales (strength other than 1, an attention mask: newer ComfyUI) changes the sequence or the attention by position:
-not covered (a clear error). LTX-2 (LTXAVModel, with its audio stream) is another model.
+stay in the K/V cache. A guide whose attention newer ComfyUI scales by position (strength other than 1, a pixel mask:
+a guide attention mask) gets the block's self-attention restated around the engine (ltxv_guide_attention.py). A guide
+that the model filters (an IC-LoRA reference at reduced resolution) changes the sequence: not covered (a clear
+error). LTX-2 (LTXAVModel, with its audio stream) is another model.
 """
 import math
 
 import torch
 
+from ..comfy_compat import ltxv_guide_attention_mask
 from .base import (FamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods, scatter_every_row)
+from .ltxv_guide_attention import install_guided_self_attention
 
 FILTERED = ("an LTX-Video guide whose tokens the model filters (an IC-LoRA reference at reduced resolution) is not "
             "supported by region-adaptive sampling; sample it with KSampler")
-SCALED = ("an LTX-Video guide with a strength other than 1 or an attention mask (which scale attention by position) "
-          "is not supported by region-adaptive sampling; set its strength to 1, or sample with KSampler")
+SCALED = ("an LTX-Video self-attention mask other than a guide's is not supported by region-adaptive sampling; "
+          "sample with KSampler")
 
 
 class LTXVFamily(FamilyAdapter):
@@ -53,8 +56,6 @@ class LTXVFamily(FamilyAdapter):
 
     def refused_conditioning(self, diffusion_model, values: dict):
         for guide in values.get("guide_attention_entries") or ():
-            if guide.get("strength", 1.0) != 1.0 or guide.get("pixel_mask") is not None:
-                return SCALED
             if guide.get("latent_shape") and math.prod(guide["latent_shape"]) != guide.get("pre_filter_count"):
                 return FILTERED
         return None
@@ -64,6 +65,8 @@ class LTXVFamily(FamilyAdapter):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_gather_block_inputs,
                          graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.attn2.forward")
+            install_guided_self_attention(patcher, slot, f"diffusion_model.transformer_blocks.{i}", self.names[0],
+                                          check=i == 0)
         # the output's modulation may be per token: it gets every token's row (the skipped ones zero)
         patch_module_forward(patcher, slot, "diffusion_model.norm_out", before=every_token_row)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=scatter_every_row)
@@ -86,9 +89,11 @@ def gathered_at_first_block(call, video, arguments):
         return video
     if video.shape[1] != call.grid_tokens:
         raise NotImplementedError(FILTERED)
-    # (the model splits its queries by position to attend with it: the engine's attention could not count layers)
-    if arguments.get("self_attention_mask") is not None:
-        raise NotImplementedError(SCALED)
+    mask = arguments.get("self_attention_mask")
+    if mask is not None:
+        if not isinstance(mask, ltxv_guide_attention_mask() or ()):
+            raise NotImplementedError(SCALED)
+        call.stays_eager = True         # the guide's split reads the running positions on the host
     return call.gather(video)
 
 
