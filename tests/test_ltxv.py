@@ -193,6 +193,10 @@ def test_a_guide_of_strength_below_one_scales_attention_exactly(cfg):
     out, trace = ras_sample(model, latent_image=latent_dict, **ras_args(steps=4, cfg=cfg, sample_ratio=0.4,
                                                                           reset_steps="", **conditioning))
     assert any(not s.dense for s in trace.steps) and torch.isfinite(out["samples"]).all()
+    patched = ras_model_patch(model, 0.4, 1, "", 0.1, "std", False)[0]
+    under_ksampler = comfy_nodes.KSampler().sample(patched, 5, 6, cfg, "euler", "simple", conditioning["positive"],
+                                                   conditioning["negative"], latent_dict)[0]["samples"]
+    assert torch.isfinite(under_ksampler).all()
 
 
 @NEWER_GUIDES
