@@ -139,18 +139,21 @@ def test_a_keyframe_guide_runs_and_is_kept():
                                              av_latent(1, video), (FRAMES + 1) * HEIGHT * WIDTH, frame=-1, seed=3)
 
 
-def test_a_guide_of_strength_below_one_scales_attention_exactly():
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_guide_of_strength_below_one_scales_attention_exactly(gated):
     """Newer ComfyUI: LTXVAddGuide's end frame at strength 0.5 scales the video self-attention to and from its tokens
-    by position (a guide attention mask): the self-attention restated around the engine (ltxv_guide_attention.py).
-    Every token through the sparse path equals the unpatched run; a third of the tokens, guide tokens among them (its
-    noise mask of 0.5 lets them be picked), are exact, and so is the audio; the RAS Sampler samples it."""
+    by position (a guide attention mask): the self-attention restated around the engine (ltxv_guide_attention.py),
+    also with per-head gates on the attention's output (`apply_gated_attention`, LTX-2.3's checkpoints). Every token
+    through the sparse path equals the unpatched run; a third of the tokens, guide tokens among them (its noise mask of
+    0.5 lets them be picked), are exact, and so is the audio; the RAS Sampler samples it."""
     import comfy.ldm.lightricks.model as ltx
     empty = outputs(nodes_lt.EmptyLTXVLatentVideo.execute(batch_size=1, **PIXELS))[0]
     positive, negative, video = outputs(nodes_lt.LTXVAddGuide.execute(
         vae=StandInVAE(), latent=empty, image=image(), frame_idx=-1, strength=0.5, **prompts()))
     conditioning, latent, tokens = dict(positive=positive, negative=negative), av_latent(1, video), \
         (FRAMES + 1) * HEIGHT * WIDTH
-    model = tiny_ltx2(seed=8)
+    model = build_tiny(comfy.supported_models.LTXAV, dict(TINY_LTX2, apply_gated_attention=gated), seed=8)
+    assert (model.model.diffusion_model.transformer_blocks[0].attn1.to_gate_logits is not None) == gated
     masks = []
     built = ltx.LTXVModel._build_guide_self_attention_mask
 
