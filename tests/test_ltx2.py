@@ -5,7 +5,6 @@ keys through the K/V cache. The exactness set of test_video.py (an odd frame cou
 parts, image-to-video through LTXVImgToVideo, the memory plan, both sampler nodes and both Model Patch nodes, and
 context windows refused clearly."""
 import importlib
-import unittest.mock
 
 import pytest
 import torch
@@ -22,7 +21,8 @@ from av_sampling import assert_parts_within, noise_for, outputs
 from sdit_testkit import (assert_exact_on_active_tokens, build_tiny, random_active, ras_model_patch, ras_sample,
                           text_conditioning)
 from test_ras_sampler import ras_args
-from test_ltxv import FRAMES, HEIGHT, PIXELS, TOKENS, TOL, WIDTH, StandInVAE, image   # its video's sizes
+from test_ltxv import (FRAMES, HEIGHT, PIXELS, TOKENS, TOL, WIDTH, StandInVAE, guide_masks_built,  # its video's sizes
+                       image)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("comfy.ldm.lightricks.av_model") is None,
                                 reason="this ComfyUI has no LTX-2")
@@ -154,13 +154,7 @@ def test_a_guide_of_strength_below_one_scales_attention_exactly(gated):
         (FRAMES + 1) * HEIGHT * WIDTH
     model = build_tiny(comfy.supported_models.LTXAV, dict(TINY_LTX2, apply_gated_attention=gated), seed=8)
     assert (model.model.diffusion_model.transformer_blocks[0].attn1.to_gate_logits is not None) == gated
-    masks = []
-    built = ltx.LTXVModel._build_guide_self_attention_mask
-
-    def spy(self, *args, **kwargs):
-        masks.append(built(self, *args, **kwargs))
-        return masks[-1]
-    with unittest.mock.patch.object(ltx.LTXVModel, "_build_guide_self_attention_mask", spy):
+    with guide_masks_built() as masks:
         reference = sample(model, latent, 3.0, conditioning=conditioning)
     assert masks and all(isinstance(m, ltx.GuideAttentionMask) for m in masks), "the model scales the guide's attention"
     policy = FixedPlanPolicy([None] + [torch.arange(tokens)[None]] * 3)

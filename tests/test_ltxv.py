@@ -3,6 +3,7 @@ fp32): self-attention over the video tokens (one latent voxel each) with 3-D RoP
 per-token output; the exactness set of test_video.py (an odd frame count, non-square frames), image-to-video and a
 keyframe guide through ComfyUI's own LTXVImgToVideo / LTXVAddGuide nodes (tokens with their own timestep: a noise
 mask), the memory plan, both sampler nodes and both Model Patch nodes, and the guides it cannot follow refused."""
+import contextlib
 import importlib
 import inspect
 import unittest.mock
@@ -164,6 +165,19 @@ NEWER_GUIDES = pytest.mark.skipif("iclora_parameters" not in GUIDE_OPTIONS,
                                   reason="this ComfyUI's guides neither scale attention nor filter tokens")
 
 
+@contextlib.contextmanager
+def guide_masks_built():
+    """The list of self-attention masks the model builds for its blocks while the context is open (LTX-2's too)."""
+    import comfy.ldm.lightricks.model as ltx
+    masks, build = [], ltx.LTXVModel._build_guide_self_attention_mask
+
+    def spy(self, *args, **kwargs):
+        masks.append(build(self, *args, **kwargs))
+        return masks[-1]
+    with unittest.mock.patch.object(ltx.LTXVModel, "_build_guide_self_attention_mask", spy):
+        yield masks
+
+
 @NEWER_GUIDES
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_a_guide_of_strength_below_one_scales_attention_exactly(cfg):
@@ -176,15 +190,9 @@ def test_a_guide_of_strength_below_one_scales_attention_exactly(cfg):
     conditioning, latent_dict = with_guide(strength=0.5)
     samples, mask = latent_dict["samples"], latent_dict["noise_mask"]
     tokens = samples.shape[2] * HEIGHT * WIDTH
-    seen = []
-    built = ltx.LTXVModel._build_guide_self_attention_mask
-
-    def spy(self, *args, **kwargs):
-        seen.append(built(self, *args, **kwargs))
-        return seen[-1]
-    with unittest.mock.patch.object(ltx.LTXVModel, "_build_guide_self_attention_mask", spy):
+    with guide_masks_built() as masks:
         every_token_through_the_sparse_path(model, conditioning, latent_dict, cfg, tokens)
-    assert seen and all(isinstance(m, ltx.GuideAttentionMask) for m in seen), "the model scales the guide's attention"
+    assert masks and all(isinstance(m, ltx.GuideAttentionMask) for m in masks), "the model scales the guide's attention"
     active = random_active(1, tokens, tokens // 3, seed=2)
     assert (active >= FRAMES * HEIGHT * WIDTH).any(), "guide tokens among the running ones"
     by_stream = dense_then_sparse(model, samples, active, cfg, conditioning,
