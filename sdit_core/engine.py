@@ -170,6 +170,11 @@ class ForwardCall:
         return position - self.grid_tokens + int(self.grid_index.shape[1])
 
     @property
+    def running_grid_tokens(self) -> int:
+        """Grid tokens this forward runs: all of them dense, the active ones sparse (known on the host)."""
+        return self.grid_tokens if self.dense else int(self.grid_index.shape[1])
+
+    @property
     def image_sequence_length(self) -> int:
         """Tokens of the whole image sequence (grid, then extra tokens) as the last gather saw it."""
         return self._image_index_key[0] if self._image_index_key is not None else self.grid_tokens
@@ -239,7 +244,7 @@ class ForwardCall:
         if self.grid_keys:
             # Self-attention over the grid's tokens alone (a control network's, one per grid token): queries and keys
             # are the running grid tokens in the image sequence's order; the layer's cache holds every grid token.
-            others, running = None, self.grid_tokens if self.dense else int(self.grid_index.shape[1])
+            others, running = None, self.running_grid_tokens
             if q.shape[seq_dim] != running or k.shape[seq_dim] != running or kwargs.get("mask") is not None:
                 raise NotImplementedError(f"attention over {q.shape[seq_dim]} queries and {k.shape[seq_dim]} keys (or "
                                           f"with a mask) where the {running} grid tokens that run were expected")
@@ -282,8 +287,7 @@ class ForwardCall:
         last `dropped` extra tokens, whose keys and values a node keeps from an earlier step and hands attention again
         (ComfyUI's Flux KV Cache: the reference images' tokens). The keys keep the whole layout, so the cache path
         applies as it is; the output of the forward lacks those tokens' rows (scatter fills them)."""
-        running_grid = self.grid_tokens if self.dense else int(self.grid_index.shape[1])
-        extras = self.image_rows - running_grid
+        extras = self.image_rows - self.running_grid_tokens
         if self.image_first or not 0 < dropped <= extras or mask is not None:
             raise NotImplementedError(
                 f"attention over {dropped} more keys than queries{' with a mask' if mask is not None else ''}: another "
