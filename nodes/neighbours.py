@@ -31,7 +31,8 @@ After every token-sparse forward: attention that went past the engine (an attent
 over ours, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an error, naming
 the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
-the call's shape (they are chained), block patches (forwards stay eager), Skip Layer Guidance (its
+the call's shape (chained under ours: one set by a node applied after ours, such as "Model Attention Backend", when
+sampling starts), block patches (forwards stay eager), Skip Layer Guidance (its
 perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
 style tokens before the prompt)."""
 from typing import Tuple
@@ -150,8 +151,8 @@ def check_attention_went_through(call, transformer_options: dict, node: str) -> 
     override = transformer_options.get("optimized_attention_override")
     if override is not None and not hasattr(override, "sdit_wraps"):       # ours carry that mark
         name = getattr(override, "__qualname__", type(override).__name__)
-        why = (f"another node set an attention override ({name}) over region-adaptive sampling's: apply that node "
-               f"to the model before this one")
+        why = (f"another node set an attention override ({name}) over region-adaptive sampling's while sampling: "
+               f"remove that node or sample with KSampler")
     else:
         why = ("a node replaced ComfyUI's attention functions (a global SageAttention patch, for example; ComfyUI's "
                "own --use-sage-attention works), or this model does not hand its attention ComfyUI's "

@@ -5,7 +5,7 @@
 - PREPARE_SAMPLING wrapper: puts the K/V cache in ComfyUI's memory plan (memory_plan.py);
 - APPLY_MODEL wrapper: opens one engine forward per model call (its stream, sigma and image grid);
 - `optimized_attention_override`: routes every attention call through the engine's K/V cache,
-  chaining any override another node installed before us;
+  chaining any override another node installed before us (or after us: put back on top when sampling starts);
 - the family adapter's object patch: gathers active tokens and scatters the output;
 - ComfyUI's ControlNets whose network has an adapter run on the model's tokens too (sparse_controlnet.py).
 The model passed in is never modified: everything is installed on a clone.
@@ -47,11 +47,37 @@ class RunSlot:
     def __init__(self):
         self.run: Optional[SparseRun] = None
         self.last_run: Optional[SparseRun] = None
-        self.attention_override: Optional[Callable] = None     # ours (handed to ControlNets' blocks)
+        self.attention_override: Optional[Callable] = None     # ours in charge of the run (ControlNets get it)
 
     @compiler_opaque        # read from inside the model: eager under torch.compile
     def current_call(self) -> Optional[ForwardCall]:
         return self.run.current if self.run is not None else None
+
+
+def engine_attention(slot: RunSlot, previous: Optional[Callable]) -> Callable:
+    """An `optimized_attention_override` that routes each attention call of an open forward through the engine's
+    K/V cache; the attention itself is computed by `previous` (another node's override: a chosen backend) or by
+    ComfyUI's function. Only the slot's override in charge routes: one that another node's override called on
+    top of it passes the call through (the engine saw it already)."""
+    @compiler_opaque
+    def attention_override(func, *args, **kwargs):
+        if previous is None:
+            attend = func
+        else:
+            def attend(*a, **kw):
+                return previous(func, *a, **kw)
+        call = slot.current_call()
+        if call is None or slot.attention_override is not attention_override:
+            return attend(*args, **kwargs)
+        kwargs = dict(kwargs)
+        q, k, v = args[:3]
+        heads = args[3] if len(args) > 3 else kwargs.pop("heads")   # SD3 passes heads by keyword
+        for name, value in zip(_ATTENTION_POSITIONAL, args[4:]):
+            kwargs[name] = value
+        return call.attention(attend, q, k, v, heads, kwargs)
+
+    attention_override.sdit_wraps = previous
+    return attention_override
 
 
 # transformer_options flags that switch parts of LTX-2's blocks off for a pass (comfy/ldm/lightricks/av_model.py)
@@ -143,6 +169,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run_controlnets_with_tokens(getattr(executor.class_obj, "conds", None), slot, adapter, main_stream, node)
         check_kv_cache_on(sampled.load_device, kv_cache, node)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
+        slot.attention_override = attention_in_charge(model_options, sampled)
         slot.run = run
         started = time.monotonic()
         try:
@@ -152,8 +179,23 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             return result
         finally:
             run.release()
+            slot.attention_override = installed
             slot.run = None
             slot.last_run = run
+
+    def attention_in_charge(model_options: dict, sampled) -> Callable:
+        """Ours, on top of this run's attention override: a node applied after ours that set one of its own
+        (ComfyUI's "Model Attention Backend", a SageAttention node) replaced ours; ours goes back on top for the
+        run, that node's override computing the attention, as where it was applied before ours. The guider's
+        options are this run's copy (CFGGuider.sample), never the model's."""
+        options = model_options.get("transformer_options")
+        if options is None or model_options is getattr(sampled, "model_options", None):
+            return installed
+        current = options.get("optimized_attention_override")
+        if current is installed:
+            return installed
+        options["optimized_attention_override"] = engine_attention(slot, current)
+        return options["optimized_attention_override"]
 
     def prepare_sampling(executor, model, noise_shape, conds, *args, **kwargs):
         loaded = executor(model, noise_shape, conds, *args, **kwargs)
@@ -188,28 +230,9 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run.close_forward(call, completed)
 
     transformer_options = patched.model_options.setdefault("transformer_options", {})
-    previous_override = unwrap_ours(transformer_options.get("optimized_attention_override"))
-
-    @compiler_opaque
-    def attention_override(func, *args, **kwargs):
-        if previous_override is None:
-            attend = func
-        else:
-            def attend(*a, **kw):
-                return previous_override(func, *a, **kw)
-        call = slot.current_call()
-        if call is None:
-            return attend(*args, **kwargs)
-        kwargs = dict(kwargs)
-        q, k, v = args[:3]
-        heads = args[3] if len(args) > 3 else kwargs.pop("heads")   # SD3 passes heads by keyword
-        for name, value in zip(_ATTENTION_POSITIONAL, args[4:]):
-            kwargs[name] = value
-        return call.attention(attend, q, k, v, heads, kwargs)
-
-    attention_override.sdit_wraps = previous_override
-    slot.attention_override = attention_override
-    transformer_options["optimized_attention_override"] = attention_override
+    installed = engine_attention(slot, unwrap_ours(transformer_options.get("optimized_attention_override")))
+    slot.attention_override = installed
+    transformer_options["optimized_attention_override"] = installed
     for kind, wrapper in ((patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample),
                           (patcher_extension.WrappersMP.PREPARE_SAMPLING, prepare_sampling),
                           (patcher_extension.WrappersMP.APPLY_MODEL, apply_model)):

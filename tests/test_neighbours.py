@@ -264,22 +264,96 @@ def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
     assert explain_failed_sparse_forward(oom, {"patches": {"double_block": [object()]}}, "RAS Sampler") is oom
 
 
-def test_an_attention_override_set_over_ours_is_named():
-    """A node applied after ours that sets its own attention override (a SageAttention node does) takes every
-    attention call away from the engine: the first sparse step raises, naming the override, where it would
-    otherwise sample an image whose tokens saw only each other. Applied before ours it is chained and samples."""
+def attention_backend_like(calls: list):
+    """An attention override of the kind ComfyUI's "Model Attention Backend" sets (its backend computes the
+    attention, calling on nothing): records whether each call had fewer queries than keys (the engine's active
+    queries against its K/V cache) and computes the attention with ComfyUI's function."""
+    def backend(func, q, k, v, *args, **kwargs):
+        calls.append(q.shape[:-1] != k.shape[:-1])
+        return func(q, k, v, *args, **kwargs)
+    return backend
+
+
+def test_an_attention_override_set_over_ours_is_chained_under_it():
+    """A node applied after ours that sets its own attention override (Model Attention Backend, a SageAttention
+    node) replaced ours on the model: when sampling starts ours goes back on top for the run, that override computing
+    the attention with the engine's K/V cache, exactly as where the node was applied before ours. The model
+    handed to the sampler keeps the node's override."""
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    over_calls, under_calls = [], []
+    over = ras_patch(tiny_flux(seed=49), sample_ratio=0.25).clone()
+    backend = attention_backend_like(over_calls)
+    over.model_options["transformer_options"]["optimized_attention_override"] = backend
+    sampled_over = ksampler(over, a, lat)
+    assert over.model_options["transformer_options"]["optimized_attention_override"] is backend
+    under = tiny_flux(seed=49).clone()
+    under.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+        attention_backend_like(under_calls)
+    sampled_under = ksampler(ras_patch(under, sample_ratio=0.25), a, lat)
+    assert any(over_calls) and not all(over_calls), "dense steps, then active queries against the whole K/V cache"
+    assert over_calls == under_calls and torch.equal(sampled_over, sampled_under)
+    assert torch.equal(ksampler(over, a, lat), sampled_over), "a second run starts clean"
+
+
+def test_model_attention_backend_before_or_after_ours(monkeypatch):
+    """ComfyUI's "Model Attention Backend" node (newer ComfyUI) on either side of the Model Patch node: its backend
+    computes every attention call, the sparse steps' active queries against the whole K/V cache, and both orders
+    sample the same latent."""
+    advanced = importlib.import_module("comfy_extras.nodes_model_advanced")
+    node = getattr(advanced, "ModelAttentionBackend", None)
+    if node is None:
+        pytest.skip("this ComfyUI has no Model Attention Backend node")
+    import comfy.ldm.modules.attention as attention
+    calls = []
+
+    def pytorch_attention(q, k, v, *args, **kwargs):
+        calls.append(q.shape[:-1] != k.shape[:-1])
+        return attention.attention_pytorch(q, k, v, *args, **kwargs)
+    monkeypatch.setitem(attention.REGISTERED_ATTENTION_FUNCTIONS, "pytorch", pytorch_attention)
+
+    def with_backend(model):
+        return (node.execute(model, "pytorch attention") if hasattr(node, "execute")
+                else node().patch(model, "pytorch attention"))[0]
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    after = ksampler(with_backend(ras_patch(tiny_flux(seed=47), sample_ratio=0.25)), a, lat)
+    after_calls, calls[:] = list(calls), []
+    before = ksampler(ras_patch(with_backend(tiny_flux(seed=47)), sample_ratio=0.25), a, lat)
+    assert any(after_calls) and not all(after_calls) and after_calls == calls
+    assert torch.equal(after, before)
+
+
+def test_an_override_that_calls_ours_stays_on_top():
+    """An override set after ours that calls the one it replaced (as ComfyUI's "Model Sparse Attention" does)
+    stays in charge: ours, called under it, passes the call on, so the engine sees each call once."""
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    alone = ksampler(ras_patch(tiny_flux(seed=48), sample_ratio=0.25), a, lat)
+    over = ras_patch(tiny_flux(seed=48), sample_ratio=0.25).clone()
+    options = over.model_options["transformer_options"]
+    ours, seen = options["optimized_attention_override"], []
+
+    def calls_ours(func, *args, **kwargs):
+        seen.append(args[0].shape)
+        return ours(func, *args, **kwargs)
+    options["optimized_attention_override"] = calls_ours
+    assert torch.equal(ksampler(over, a, lat), alone) and seen
+
+
+def test_an_attention_override_set_while_sampling_is_named():
+    """An override put over ours during sampling (another node's model function wrapper setting it for each model
+    call) takes the attention away from the engine: the first sparse step raises, naming it, where the model would
+    otherwise sample an image whose tokens saw only each other."""
     def sage_like(func, *args, **kwargs):
         return func(*args, **kwargs)
+
+    def sets_override(apply_model, args):
+        args["c"]["transformer_options"]["optimized_attention_override"] = sage_like
+        return apply_model(args["input"], args["timestep"], **args["c"])
     a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
     over = ras_patch(tiny_flux(seed=49), sample_ratio=0.25).clone()
-    over.model_options["transformer_options"]["optimized_attention_override"] = sage_like
+    over.set_model_unet_function_wrapper(sets_override)
     with pytest.raises(SDiTInputError, match=r"RAS Model Patch: input 'model': on a token-sparse step the model's attention "
-                                             r"went past .*sage_like.*before this one"):
+                                             r"went past .*sage_like.* while sampling"):
         ksampler(over, a, lat)
-    under = tiny_flux(seed=49).clone()
-    under.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sage_like
-    out, trace = ras_sample(under, latent_image=lat, **a)
-    assert torch.isfinite(out["samples"]).all() and min(trace.tokens_per_step) < 64
 
 
 def test_attention_replaced_past_comfyui_override_is_named(monkeypatch):
