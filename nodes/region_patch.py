@@ -1,7 +1,7 @@
 """A MODEL clone that samples region-adaptively with a given policy (RAS, SDiT).
 
-On top of the token-sparse engine (sparse_patch.py) it adds a post-CFG hook that hands the policy
-each evaluation's output: x, x_pred (denoised) and eps, converted with the model's own
+On top of the token-sparse engine (sparse_patch.py) it adds a post-CFG hook, the last of a run's, that hands the
+policy each evaluation's output: x, x_pred (denoised) and eps, converted with the model's own
 `model_sampling`, so it is right for flow and eps models alike.
 """
 from typing import Optional
@@ -27,9 +27,16 @@ def patch_region_adaptive(model, make_policy, node: str, reporter: Optional[Prog
     """Returns (patched clone, slot); `make_policy(run)` is called at every sampling start. The reporter
     (if any) sends live maps and the run summary to the node in the UI. `graph_backend`: as for
     apply_token_sparse."""
+    def observer_last(run_options: dict) -> None:
+        """The policy sees what the sampler steps with: post-CFG functions of nodes applied after ours (CFGZeroStar,
+        CFGNorm) run before the observer in this run."""
+        functions = run_options.get("sampler_post_cfg_function", [])
+        run_options["sampler_post_cfg_function"] = [f for f in functions if f is not observe_post_cfg] + [observe_post_cfg]
+
     patched, slot = apply_token_sparse(model, make_policy, node, graph_backend=graph_backend,
                                        on_run_end=reporter.run_done if reporter is not None else None,
-                                       kv_cache=kv_cache, method=reporter.method if reporter is not None else "RAS/SDiT")
+                                       kv_cache=kv_cache, method=reporter.method if reporter is not None else "RAS/SDiT",
+                                       on_run_options=observer_last)
 
     @torch.no_grad()
     def observe_post_cfg(args):

@@ -110,9 +110,12 @@ def _conditions_key(conditions: dict):
 def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], node: str,
                        on_run_end: Optional[Callable[[SparseRun, float], None]] = None,
                        graph_backend: Callable[[], Any] = default_backend, kv_cache: Optional[str] = None,
-                       method: str = "region-adaptive sampling"):
+                       method: str = "region-adaptive sampling",
+                       on_run_options: Optional[Callable[[dict], None]] = None):
     """Returns (patched clone, slot). `make_policy(run)` is called at every sampling start;
-    `on_run_end(run, seconds)` after every completed sampling run. `graph_backend()` gives each run
+    `on_run_end(run, seconds)` after every completed sampling run; `on_run_options(model_options)` when sampling
+    starts, with the run's own copy of the model options (CFGGuider.sample makes one), where nodes applied after
+    ours may have put things after ours. `graph_backend()` gives each run
     its CUDA-graph backend, or None to run every forward eagerly (default: SDIT_CUDA_GRAPHS).
     `kv_cache`: how the K/V cache stores its rows (kv_cache.STORES; None: the model's dtype)."""
     adapter = adapter_for(model, node)
@@ -169,7 +172,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             run_controlnets_with_tokens(getattr(executor.class_obj, "conds", None), slot, adapter, main_stream, node)
         check_kv_cache_on(sampled.load_device, kv_cache, node)
         check_cache_fits(run.kv_planned_bytes, sampled.load_device, kv_cache, node, windowed=windows is not None)
-        slot.attention_override = attention_in_charge(model_options, sampled)
+        run_options = model_options if model_options is not getattr(sampled, "model_options", None) else {}
+        slot.attention_override = attention_in_charge(run_options)
+        if on_run_options is not None and run_options:
+            on_run_options(run_options)
         slot.run = run
         started = time.monotonic()
         try:
@@ -183,13 +189,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             slot.run = None
             slot.last_run = run
 
-    def attention_in_charge(model_options: dict, sampled) -> Callable:
+    def attention_in_charge(run_options: dict) -> Callable:
         """Ours, on top of this run's attention override: a node applied after ours that set one of its own
         (ComfyUI's "Model Attention Backend", a SageAttention node) replaced ours; ours goes back on top for the
-        run, that node's override computing the attention, as where it was applied before ours. The guider's
-        options are this run's copy (CFGGuider.sample), never the model's."""
-        options = model_options.get("transformer_options")
-        if options is None or model_options is getattr(sampled, "model_options", None):
+        run, that node's override computing the attention, as where it was applied before ours."""
+        options = run_options.get("transformer_options")
+        if options is None:
             return installed
         current = options.get("optimized_attention_override")
         if current is installed:

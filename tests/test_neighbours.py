@@ -322,6 +322,26 @@ def test_model_attention_backend_before_or_after_ours(monkeypatch):
     assert torch.equal(after, before)
 
 
+def test_a_post_cfg_function_applied_after_ours_comes_before_the_policy():
+    """Nodes that set a post-CFG function (CFGZeroStar, CFGNorm) applied after the Model Patch node come after ours
+    in the model's list: when sampling starts ours moves to the end for the run, so the policy picks tokens by the
+    output the sampler steps with, and the latent is the one sampled with that node applied before ours."""
+    def mirrored(args):         # changes which tokens change most: the policy's picks follow it
+        return args["denoised"].flip(-1)
+    a, lat = ras_args(cfg=3.0, sample_ratio=0.25), latent(1)
+    for patch in (ras_patch, lambda m: sdit_model_patch(m, **defaults(sample_ratio=0.25))[0]):
+        after = patch(tiny_flux(seed=46)).clone()
+        after.set_model_sampler_post_cfg_function(mirrored)
+        before = tiny_flux(seed=46).clone()
+        before.set_model_sampler_post_cfg_function(mirrored)
+        assert torch.equal(ksampler(after, a, lat), ksampler(patch(before), a, lat))
+        assert after.model_options["sampler_post_cfg_function"][-1] is mirrored      # the model's own list as it was
+    cfg_nodes = importlib.import_module("comfy_extras.nodes_cfg")                       # ComfyUI's own
+    for node in (cfg_nodes.CFGZeroStar.execute, lambda m: cfg_nodes.CFGNorm.execute(m, 0.8)):
+        after, before = node(ras_patch(tiny_flux(seed=45)))[0], ras_patch(node(tiny_flux(seed=45))[0])
+        assert torch.equal(ksampler(after, a, lat), ksampler(before, a, lat))
+
+
 def test_an_override_that_calls_ours_stays_on_top():
     """An override set after ours that calls the one it replaced (as ComfyUI's "Model Sparse Attention" does)
     stays in charge: ours, called under it, passes the call on, so the engine sees each call once."""
