@@ -21,8 +21,8 @@ Checked, and why:
   DiffSynth, Uni3C and Z-Image Fun ControlNets of "Load Model Patch" and InfiniteTalk's audio attention on a model other
   than Qwen-Image, plain Wan and Z-Image (Lumina's NextDiT), whose adapters run them token-sparse
   (FamilyAdapter.handled_patches), InfiniteTalk's speaker map (several speakers with masks: every token's query),
-  newer ComfyUI's MiniMax H3 Fun ControlNet, a block replacement running a control tower over the
-  whole sequence): they need every token's hidden state, the sparse forward has only the running ones
+  newer ComfyUI's MiniMax H3 and Qwen-Image 2.1 Fun ControlNets, block replacements running a control tower over
+  the whole sequence): they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
@@ -54,6 +54,7 @@ _POSITIONAL_PATCHES = {       # patch class -> the node that puts it on the mode
     "MultiTalkCrossAttnPatch": "WanInfiniteTalkToVideo",
     "MultiTalkGetAttnMapPatch": "WanInfiniteTalkToVideo",
     "MiniMaxH3FunControlBlockPatch": "Apply MiniMax H3 Fun ControlNet",     # a block replacement (newer ComfyUI)
+    "QwenImage21FunControlBlockPatch": "Apply Qwen Image 2.1 Fun ControlNet",   # likewise (newest ComfyUI)
 }
 
 
@@ -114,11 +115,14 @@ def _wrapper_chain(wrapper, most: int = 16) -> list:
 
 
 def other_patches(transformer_options: dict) -> str:
-    """The patches other nodes put on the model's blocks, by list and class ('' where none): what a sparse
-    forward that failed inside the model is told to look at (a custom pack's patch that works by position
-    over the whole image, which no check here knows)."""
+    """The patches other nodes put on the model's blocks, by list and class, and their block replacements ('' where
+    none): what a sparse forward that failed inside the model is told to look at (a custom pack's patch that works
+    by position over the whole image, which no check here knows)."""
     named = [f"{type(patch).__name__} ({kind})" for kind, patch_list in transformer_options.get("patches", {}).items()
              for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
+    named += [f"{type(patch).__name__} (replaces {' '.join(map(str, block)) if isinstance(block, tuple) else block})"
+              for by_block in transformer_options.get("patches_replace", {}).values() if isinstance(by_block, dict)
+              for block, patch in by_block.items()]
     return ", ".join(named)
 
 

@@ -240,6 +240,33 @@ class ShiftEveryTokenByPosition:
         return dict(kwargs, img=img + shift)
 
 
+class ShiftsEveryTokenOfTheBlock:
+    """A block replacement of a custom pack that adds to the block's image tokens by their position in the whole
+    image (Qwen-Image's 16 x 16 latent: 64 tokens)."""
+
+    def __call__(self, args, extra):
+        out = extra["original_block"](args)
+        shift = 0.01 * torch.arange(64, dtype=out["img"].dtype, device=out["img"].device)[None, :, None]
+        return dict(out, img=out["img"] + shift)
+
+
+class QwenImage21FunControlBlockPatch:
+    """Stands in for newest ComfyUI's (read in the search index) Qwen-Image 2.1 Fun ControlNet block patch, which
+    "Apply Qwen Image 2.1 Fun ControlNet" puts on every other block as a block replacement: it runs a control tower
+    over the whole target by position and adds it to the blocks' output. Found by class name, on any model."""
+
+    def __call__(self, args, extra):
+        return extra["original_block"](args)
+
+
+def test_the_qwen_image21_fun_controlnet_is_refused_clearly():
+    model = tiny_flux(seed=44).clone()
+    model.set_model_patch_replace(QwenImage21FunControlBlockPatch(), "dit", "double_block", 0)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*'Apply Qwen Image 2.1 Fun ControlNet'.*"
+                                             r"position"):
+        ras_sample(model, latent_image=latent(1), **ras_args(cfg=3.0))
+
+
 def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
     """A sparse forward that fails inside the model while other nodes' patches are on it gets an error naming
     those patches (the model's own error chained), not a bare size mismatch; every token active, it samples
@@ -256,6 +283,12 @@ def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
                                              r"the model .*ShiftEveryTokenByPosition \(double_block\).*KSampler") as caught:
         ras_sample(model, latent_image=lat, **dict(a, sample_ratio=0.25))
     assert isinstance(caught.value.__cause__, RuntimeError)          # the model's own error, chained
+    # a custom pack's block replacement of that kind is named the same way
+    replaced = tiny_qwen_image(seed=48).clone()
+    replaced.set_model_patch_replace(ShiftsEveryTokenOfTheBlock(), "dit", "double_block", 1)
+    with pytest.raises(SDiTInputError, match=r"failed inside the model .*ShiftsEveryTokenOfTheBlock \(replaces "
+                                             r"double_block 1\)"):
+        ras_sample(replaced, latent_image=lat, **dict(a, sample_ratio=0.25))
     # without other nodes' patches a failing forward raises its own error unchanged
     from comfyui_sdit.nodes.neighbours import explain_failed_sparse_forward
     error = RuntimeError("size mismatch")
