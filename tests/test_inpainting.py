@@ -59,3 +59,27 @@ def test_tokens_inside_takes_masks_at_any_resolution():
     assert inside.shape == (2, 64) and torch.equal(inside[0], inside[1])
     grid = inside[0].view(8, 8)
     assert grid[4:, 4:].all() and not grid[:3, :].any() and not grid[:, :3].any()
+
+
+@pytest.mark.parametrize("node", ["RAS", "SDiT"])
+def test_differential_diffusion_with_a_soft_mask(node):
+    """ComfyUI's Differential Diffusion turns a soft mask into a per-step binary one (a token repaints from the step
+    where its mask value passes a falling threshold): sparse steps pick tokens inside the soft mask only (any value
+    above 0), and outside it the result is KSampler's with the node."""
+    dd = importlib.import_module("comfy_extras.nodes_differential_diffusion").DifferentialDiffusion
+    model = dd.execute(tiny_flux(seed=51))[0]
+    latent, _ = inpaint_latent()
+    mask = torch.zeros(1, 16, 16)
+    mask[:, 2:, :8] = torch.linspace(0.1, 1.0, 14)[:, None]      # left half but its top token row: 0.1 down to 1
+    latent = dict(latent, noise_mask=mask)
+    a = ras_args(steps=12)
+    reference = comfy_nodes.KSampler().sample(model, 3, 12, 1.0, "euler", "simple", a["positive"], a["negative"],
+                                              latent)[0]["samples"]
+    out, trace = sample(node, model, latent)
+    outside = mask[0] == 0
+    assert torch.equal(out["samples"][..., outside], reference[..., outside])
+    inside_tokens = tokens_inside(mask, (1, 16, 16, 16), 2)[0].view(8, 8)
+    assert int(inside_tokens.sum()) == 28
+    sparse = [s for s in trace.steps if not s.dense]
+    assert sparse and all(not (s.active[0] & ~inside_tokens).any() for s in sparse)
+    assert torch.isfinite(out["samples"]).all()
