@@ -45,8 +45,9 @@ class TokenPolicy:
 
     def budget(self, count: int, num_tokens: int) -> int:
         """A schedule's token count for the whole grid, scaled to the selectable region (the largest one
-        in the batch): a mask over a quarter of the image costs a quarter of the sparse-step work."""
-        if self.selectable is None:
+        in the batch): a mask over a quarter of the image costs a quarter of the sparse-step work. A count of
+        every token stays every token, outside the mask too: at ratio 1 a masked run samples as KSampler does."""
+        if self.selectable is None or count >= num_tokens:
             return count
         region = int(self.selectable.sum(dim=1).max())
         return max(1, min(region, int(round(count * region / num_tokens))))

@@ -147,9 +147,13 @@ class SDiTPolicy(TokenPolicy):
         batch, n = self._labels.shape[0], info.num_tokens
         age = self._age if self._age is not None else torch.zeros(batch, n, dtype=torch.int64)
         forced = age >= self.config.max_skip_age if self.config.max_skip_age > 0 else None
-        selected = select_regions(self._labels, self._aged_scores(age), self._complexity, self.budget(count, n),
-                                  self.config.dilation, self.config.dilation_mode, forced=forced,
-                                  selectable=self.selectable, connectivity=self.config.connectivity)
+        budget = self.budget(count, n)
+        if budget >= n:                        # every token, an inpainting mask's outside too (ratio 1)
+            selected = torch.arange(n).expand(batch, n)
+        else:
+            selected = select_regions(self._labels, self._aged_scores(age), self._complexity, budget,
+                                      self.config.dilation, self.config.dilation_mode, forced=forced,
+                                      selectable=self.selectable, connectivity=self.config.connectivity)
         active = self._with_probes(info, selected.cpu(), n)
         ran = torch.zeros(batch, n, dtype=torch.bool).scatter_(1, active, True)
         self._age = torch.where(ran, torch.zeros_like(age), age + 1)

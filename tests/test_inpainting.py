@@ -83,3 +83,21 @@ def test_differential_diffusion_with_a_soft_mask(node):
     sparse = [s for s in trace.steps if not s.dense]
     assert sparse and all(not (s.active[0] & ~inside_tokens).any() for s in sparse)
     assert torch.isfinite(out["samples"]).all()
+
+
+@pytest.mark.parametrize("node", ["RAS", "SDiT"])
+def test_ratio_one_with_a_mask_samples_as_ksampler(node):
+    """A sample ratio of 1 computes every token on every step, those outside the mask too (their keys and values
+    change with the noise the sampler puts back there each step): the result is KSampler's."""
+    model = tiny_flux(seed=52)
+    latent, _ = inpaint_latent()
+    a = ras_args(steps=12)
+    reference = comfy_nodes.KSampler().sample(model, 3, 12, 1.0, "euler", "simple", a["positive"], a["negative"],
+                                              latent)[0]["samples"]
+    if node == "RAS":
+        out, trace = ras_sample(model, latent_image=latent, **ras_args(steps=12, sample_ratio=1.0, reset_steps=""))
+    else:
+        out, trace = sdit_sample(model, 3, 12, 1.0, "euler", "simple", flux_conditioning(1), flux_conditioning(2),
+                                 latent, 1.0, **defaults(sample_ratio=1.0, drift_threshold=0.0))
+    assert (out["samples"] - reference).abs().max().item() <= 1e-5
+    assert all(s.tokens == 64 for s in trace.steps)
