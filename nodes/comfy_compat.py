@@ -138,6 +138,15 @@ def context_window_frames(transformer_options: dict, handler) -> Optional[List[i
     return frames
 
 
+def weight_hooks_key(base_model) -> tuple:
+    """The hooks a model call runs with (ComfyUI's conditioning hooks: a LoRA on some prompts, its strength scheduled
+    by keyframes), as (hook, strength) pairs: ComfyUI patches the weights for each group of prompts before the call
+    (`ModelPatcher.apply_hooks` sets the patcher's `current_hooks`). () where none, or where ComfyUI has no hooks."""
+    hooks = getattr(getattr(base_model, "current_patcher", None), "current_hooks", None)
+    return tuple(sorted((id(getattr(hook, "hook_ref", hook)), float(getattr(hook, "strength", 1.0)))
+                        for hook in getattr(hooks, "hooks", ())))
+
+
 def context_window_key(transformer_options: dict) -> Optional[tuple]:
     """Which of ComfyUI's context windows a model call runs: (the axis, its indices), or None outside windows."""
     window = transformer_options.get("context_window")

@@ -31,7 +31,7 @@ from .neighbours import check_attention_went_through, check_neighbours, explain_
 from .sampler_support import warn, why_dense
 from .sparse_controlnet import controlnet_cache_layers, run_controlnets_with_tokens
 from .comfy_compat import (compiler_opaque, context_window_frames, context_window_key, context_windows_at_start,
-                           leading_latent_shape, models_loaded_beside, pixels_per_latent)
+                           leading_latent_shape, models_loaded_beside, pixels_per_latent, weight_hooks_key)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .errors import SDiTInputError
 from .sampling import check_kv_cache_on, check_latent_shape
@@ -129,10 +129,12 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
 
     def main_stream(x, sigma: float, transformer_options: dict, conditions: dict):
         """The (stream key, network) of a model forward: its prompts and perturbations, the conditions it gets, the
-        device (a stream's K/V cache lives there: multi-GPU runs cond and uncond on different devices) and its
-        context window (each a stream of its own; a step's windows: one evaluation)."""
+        device (a stream's K/V cache lives there: multi-GPU runs cond and uncond on different devices), its
+        context window (each a stream of its own; a step's windows: one evaluation) and the weight hooks it runs
+        with (a hook keyframe that changes a LoRA's strength is another network: its streams start afresh, dense)."""
         return ((_stream_key(transformer_options), _conditions_key(conditions), str(x.device),
-                 context_window_key(transformer_options)), adapter.network(model.model.diffusion_model, sigma))
+                 context_window_key(transformer_options), weight_hooks_key(model.model)),
+                adapter.network(model.model.diffusion_model, sigma))
 
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments

@@ -187,3 +187,45 @@ def test_a_network_with_self_attention_skipped_is_a_stream_of_its_own():
     assert _stream_key(perturbed) != _stream_key(plain)
     assert _stream_key(perturbed) == _stream_key(dict(plain, stg_self_attn_blocks={1}))
     assert _stream_key(dict(plain, stg_self_attn_blocks=frozenset())) == _stream_key(plain)
+
+
+def prompt_with_scheduled_lora(model, switch_at: float):
+    """The positive prompt with a conditioning hook (ComfyUI's "Create Hook Model as LoRA" and "Set Hook
+    Keyframes": a LoRA made of weights 0.9 x the model's own) at strength 1 until `switch_at` of the run, 0.2 after."""
+    import comfy.hooks
+    weights = {key: value * 0.9 for key, value in model.model.state_dict().items() if value.ndim == 2}
+    hooks = comfy.hooks.create_hook_model_as_lora(weights, None, 1.0, 1.0)
+    keyframes = comfy.hooks.HookKeyframeGroup()
+    keyframes.add(comfy.hooks.HookKeyframe(strength=1.0, start_percent=0.0))
+    keyframes.add(comfy.hooks.HookKeyframe(strength=0.2, start_percent=switch_at))
+    hooks.set_keyframes_on_hooks(keyframes)
+    return comfy.hooks.set_hooks_for_conditioning(flux_conditioning(1), hooks)
+
+
+def test_a_hook_keyframe_that_changes_the_weights_starts_the_prompts_streams_afresh():
+    """A LoRA hook on the positive prompt whose keyframe lowers its strength halfway: from that step the prompt runs
+    another network, whose first forward is dense (the keys, values and outputs cached under the old weights are
+    not read again) and whose later forwards are sparse on its own cache; the negative prompt, without hooks,
+    keeps one stream throughout."""
+    steps = 8
+    model = tiny_flux(seed=64)
+    policy = StreamRecorder([None] + [random_active(1, 64, 16, seed=i) for i in range(steps - 1)])
+
+    def make(run):
+        policy.run = run
+        return policy
+    patched, slot = apply_token_sparse(model, make, node="test")
+    a = dict(ras_args(cfg=3.0, positive=prompt_with_scheduled_lora(model, 0.5)), steps=steps)
+    ksampler(patched, a, latent(1))
+    by_prompt = {}
+    for call in (c for e in slot.last_run.evals for c in e.calls):
+        by_prompt.setdefault(call.stream[0][0], []).append(call)      # the prompts a call runs
+    hooked, plain = sorted(by_prompt.values(), key=lambda calls: len({c.stream for c in calls}), reverse=True)
+    assert len(hooked) == len(plain) == steps
+    assert len({c.stream for c in hooked}) == 2 and len({c.stream for c in plain}) == 1
+    switch = next(i for i, c in enumerate(hooked) if c.stream != hooked[0].stream)
+    assert 2 <= switch < steps - 1
+    assert [c.dense for c in hooked] == [True] + [False] * (switch - 1) + [True] + [False] * (steps - switch - 1)
+    assert [c.dense for c in plain] == [True] + [False] * (steps - 1)
+    held = {index: held for index, held in policy.held}          # streams held at each evaluation's last forward
+    assert held[switch] == 3 and {held[i] for i in range(switch + 1, steps)} == {2}, "the old weights' stream dropped"
