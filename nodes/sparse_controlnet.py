@@ -51,6 +51,11 @@ class _Feed:
     sample_sigmas: Optional[torch.Tensor]
     rows: Optional[tuple] = None            # (evaluation, rows per image) where its residuals came in the model's rows
 
+    @property
+    def lineage(self) -> Hashable:
+        """The stream's key without the weights it runs with (the model's forward: (lineage, weight hooks))."""
+        return (self.main_key[0],) + self.stream_key[1:]
+
 
 def sparse_chain_adapters(control, family) -> Optional[list]:
     """The adapters of every ControlNet in `control`'s chain, or None where one cannot run token-sparse."""
@@ -171,7 +176,7 @@ class NetworkForward:
             return self.network(*args, **kwargs)
         run = feed.run
         call = run.open_forward(feed.latent_shape, feed.sigma, feed.sample_sigmas, feed.stream_key,
-                                network=feed.network, feeds=feed.main_key)
+                                network=feed.network, feeds=feed.main_key, lineage=feed.lineage)
         completed = False
         try:
             self.adapter.opened(call, kwargs)

@@ -128,13 +128,14 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     adapter.install(patched, slot)
 
     def main_stream(x, sigma: float, transformer_options: dict, conditions: dict):
-        """The (stream key, network) of a model forward: its prompts and perturbations, the conditions it gets, the
-        device (a stream's K/V cache lives there: multi-GPU runs cond and uncond on different devices), its
-        context window (each a stream of its own; a step's windows: one evaluation) and the weight hooks it runs
-        with (a hook keyframe that changes a LoRA's strength is another network: its streams start afresh, dense)."""
-        return ((_stream_key(transformer_options), _conditions_key(conditions), str(x.device),
-                 context_window_key(transformer_options), weight_hooks_key(model.model)),
-                adapter.network(model.model.diffusion_model, sigma))
+        """The (stream key, network) of a model forward. The key is (its lineage, the weight hooks it runs with): the
+        lineage its prompts and perturbations, the conditions it gets, the device (a stream's K/V cache lives there:
+        multi-GPU runs cond and uncond on different devices) and its context window (each a stream of its own; a
+        step's windows: one evaluation); a hook keyframe that changes a LoRA's strength starts a new stream of the
+        lineage, dense, which drops the old one."""
+        lineage = (_stream_key(transformer_options), _conditions_key(conditions), str(x.device),
+                   context_window_key(transformer_options))
+        return (lineage, weight_hooks_key(model.model)), adapter.network(model.model.diffusion_model, sigma)
 
     def outer_sample(executor, *args, **kwargs):
         arguments = inspect.signature(executor.class_obj.outer_sample).bind(*args, **kwargs).arguments
@@ -221,7 +222,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         sigma = float(t.flatten()[0])
         stream_key, network = main_stream(x, sigma, transformer_options, kwargs)
         call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"), stream_key,
-                                frames=context_window_frames(transformer_options, run.context_handler), network=network)
+                                frames=context_window_frames(transformer_options, run.context_handler), network=network,
+                                lineage=stream_key[0])
         completed = False
         try:
             out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

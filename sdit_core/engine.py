@@ -82,6 +82,7 @@ class Stream:
         self.window: Optional[Tuple[int, ...]] = None   # the context window's frames (frame_windows.py)
         self.last_eval = -1             # the evaluation that last ran it
         self.network: Hashable = None   # which of the model's networks it runs (SparseRun.open_forward)
+        self.lineage: Hashable = None   # the forwards it continues under other weights (SparseRun.open_forward)
         self.carried: dict = {}         # what an adapter keeps between this stream's forwards, by its own key
 
 
@@ -454,7 +455,7 @@ class SparseRun:
     def open_forward(self, latent_shape: Tuple[int, ...], sigma: float,
                      sample_sigmas: Optional[torch.Tensor], stream_key: Hashable,
                      frames: Optional[Sequence[int]] = None, network: Hashable = None,
-                     feeds: Hashable = None) -> ForwardCall:
+                     feeds: Hashable = None, lineage: Hashable = None) -> ForwardCall:
         """`frames`: the video frames the call's latent holds, in its order, when it is a context window
         of the run's video (frame_windows.py); None: the call covers the run's latent. `network`: which of the
         model's networks runs the call, where the model switches them by sigma (Prism's two video towers): each
@@ -462,7 +463,9 @@ class SparseRun:
         again, and two networks' caches at once would double the memory). `feeds`: the stream key of the model's
         forward that this call's output feeds at this evaluation (a ControlNet's, which ComfyUI runs before the
         model's): the call runs sparse only where that forward will, and `call.feeds_index` is the grid index that
-        forward will run (None: dense), the rows its output must come in."""
+        forward will run (None: dense), the rows its output must come in. `lineage`: the forwards a new stream
+        continues under other weights (a prompt whose LoRA strength a hook keyframe changed): its first forward drops
+        the other streams of that lineage, whose caches are not read again (and would exceed the memory plan)."""
         rows = int(latent_shape[0])
         grid = self.grid_of(latent_shape)
         window = self._window(grid, frames)
@@ -480,11 +483,12 @@ class SparseRun:
             keeps_cache = self._cache_is_read(grid, window, rows)
             stream = self.streams.get(key)
             if stream is None:
-                for other in [k for k, s in self.streams.items() if s.network != network]:
+                for other in [k for k, s in self.streams.items()
+                              if s.network != network or (lineage is not None and s.lineage == lineage)]:
                     self._drop_stream(other)
                 stream = self.streams[key] = Stream(key, self.write_rows, self.graph_backend, self.kv_store,
                                                     self.dequantize)
-                stream.window, stream.network = window, network
+                stream.window, stream.network, stream.lineage = window, network, lineage
             stream.last_eval = record.info.index
             # Dense when planned, when this stream's caches are not complete yet, or when it keeps none.
             dense = record.active is None or not stream.primed or not keeps_cache

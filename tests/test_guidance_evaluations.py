@@ -227,5 +227,4 @@ def test_a_hook_keyframe_that_changes_the_weights_starts_the_prompts_streams_afr
     assert 2 <= switch < steps - 1
     assert [c.dense for c in hooked] == [True] + [False] * (switch - 1) + [True] + [False] * (steps - switch - 1)
     assert [c.dense for c in plain] == [True] + [False] * (steps - 1)
-    held = {index: held for index, held in policy.held}          # streams held at each evaluation's last forward
-    assert held[switch] == 3 and {held[i] for i in range(switch + 1, steps)} == {2}, "the old weights' stream dropped"
+    assert {held for index, held in policy.held if index > 0} == {2}, "the old weights' stream dropped at once"
