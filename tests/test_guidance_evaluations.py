@@ -219,7 +219,7 @@ def test_a_hook_keyframe_that_changes_the_weights_starts_the_prompts_streams_afr
     ksampler(patched, a, latent(1))
     by_prompt = {}
     for call in (c for e in slot.last_run.evals for c in e.calls):
-        by_prompt.setdefault(call.stream[0][0], []).append(call)      # the prompts a call runs
+        by_prompt.setdefault(call.stream[0][0], []).append(call)      # its lineage: prompts, conditions, device
     hooked, plain = sorted(by_prompt.values(), key=lambda calls: len({c.stream for c in calls}), reverse=True)
     assert len(hooked) == len(plain) == steps
     assert len({c.stream for c in hooked}) == 2 and len({c.stream for c in plain}) == 1
