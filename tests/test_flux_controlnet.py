@@ -149,6 +149,26 @@ def test_the_cache_is_as_planned():
     assert run.kv_planned_bytes == run.kv_peak_bytes == rows * (model + controlnet) * 2 * 4
 
 
+def test_a_hook_keyframe_switch_keeps_the_cache_as_planned():
+    """A LoRA hook on the positive prompt whose keyframe changes its strength halfway: that prompt's model and
+    ControlNet streams start afresh (their first forwards dense) and the old weights' streams go at once, so the
+    caches never hold more than planned."""
+    from test_guidance_evaluations import prompt_with_scheduled_lora
+    model = tiny_flux(seed=7)
+    steps = 6
+    policy = FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * (steps - 1))
+    patched, slot = apply_token_sparse(model, lambda run: policy, node="test")
+    positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        prompt_with_scheduled_lora(model, 0.5), flux_conditioning(2), flux_controlnet(10), hint(20), 0.8, 0.0, 1.0)
+    ksample(patched, latent(2), seed=5, steps=steps, cfg=3.0, positive=positive, negative=negative)
+    run = slot.last_run
+    assert len({c.stream for e in run.evals for c in e.calls}) == 3, "the positive prompt switched weights once"
+    switch = next(i for i, e in enumerate(run.evals) if i and any(c.dense for c in e.calls))
+    assert sorted(c.dense for c in side_calls(run, switch)) == [False, True], "the positive's ControlNet afresh"
+    assert not any(c.dense for c in side_calls(run, switch + 1))
+    assert run.kv_peak_bytes == run.kv_planned_bytes
+
+
 class WholeControl(comfy.controlnet.ControlBase):
     """Another kind of ControlNet (as T2I adapters or other packs' classes are): residuals over every token."""
 
