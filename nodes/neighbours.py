@@ -28,8 +28,8 @@ Checked, and why:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
   names those patches (`explain_failed_sparse_forward`, called by the APPLY_MODEL wrapper).
 After every token-sparse forward: attention that went past the engine (an attention override another node set
-over ours, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an error, naming
-the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
+over ours while sampling, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an
+error, naming the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
 Works with (tested): EasyCache / LazyCache (whole skipped steps), other attention overrides that keep
 the call's shape (chained under ours: one set by a node applied after ours, such as "Model Attention Backend", when
 sampling starts), block patches (forwards stay eager), Skip Layer Guidance (its
