@@ -169,6 +169,26 @@ def test_a_hook_keyframe_switch_keeps_the_cache_as_planned():
     assert run.kv_peak_bytes == run.kv_planned_bytes
 
 
+def test_an_attention_backend_set_after_ours_computes_the_controlnets_attention_too():
+    """Another node's attention override set on the model after ours (Model Attention Backend) goes under ours when
+    sampling starts: the ControlNet's blocks, handed the override in charge, attend through the engine's cache with
+    that backend, and the latent is the one sampled with the node applied before ours."""
+    from test_neighbours import attention_backend_like
+    policy = lambda run: FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)  # noqa: E731
+    conds = prompts((flux_controlnet(11), 0.0, 1.0))
+    after_calls, before_calls = [], []
+    after, _ = apply_token_sparse(tiny_flux(seed=8), policy, node="test")
+    after = after.clone()
+    after.model_options["transformer_options"]["optimized_attention_override"] = attention_backend_like(after_calls)
+    before = tiny_flux(seed=8).clone()
+    before.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = \
+        attention_backend_like(before_calls)
+    before, _ = apply_token_sparse(before, policy, node="test")
+    sampled_after = ksample(after, latent(2), seed=5, steps=4, cfg=3.0, **conds)
+    sampled_before = ksample(before, latent(2), seed=5, steps=4, cfg=3.0, **conds)
+    assert any(after_calls) and after_calls == before_calls and torch.equal(sampled_after, sampled_before)
+
+
 class WholeControl(comfy.controlnet.ControlBase):
     """Another kind of ControlNet (as T2I adapters or other packs' classes are): residuals over every token."""
 
