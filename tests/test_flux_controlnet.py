@@ -174,7 +174,8 @@ def test_an_attention_backend_set_after_ours_computes_the_controlnets_attention_
     sampling starts: the ControlNet's blocks, handed the override in charge, attend through the engine's cache with
     that backend, and the latent is the one sampled with the node applied before ours."""
     from test_neighbours import attention_backend_like
-    policy = lambda run: FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)  # noqa: E731
+    def policy(run):
+        return FixedPlanPolicy([None] + [random_active(2, TOKENS, TOKENS // 3, seed=3)] * 3)
     conds = prompts((flux_controlnet(11), 0.0, 1.0))
     after_calls, before_calls = [], []
     after, _ = apply_token_sparse(tiny_flux(seed=8), policy, node="test")

@@ -1,5 +1,6 @@
 """Other nodes on the same MODEL, and our own patches applied twice: a correct result or a clear error
 naming both nodes, never a shape error deep in the engine (nodes/neighbours.py)."""
+import functools
 import importlib
 import importlib.util
 
@@ -338,11 +339,8 @@ def test_model_attention_backend_before_or_after_ours(monkeypatch):
         pytest.skip("this ComfyUI has no Model Attention Backend node")
     import comfy.ldm.modules.attention as attention
     calls = []
-
-    def pytorch_attention(q, k, v, *args, **kwargs):
-        calls.append(q.shape[:-1] != k.shape[:-1])
-        return attention.attention_pytorch(q, k, v, *args, **kwargs)
-    monkeypatch.setitem(attention.REGISTERED_ATTENTION_FUNCTIONS, "pytorch", pytorch_attention)
+    recording = functools.partial(attention_backend_like(calls), attention.attention_pytorch)    # the node's backend
+    monkeypatch.setitem(attention.REGISTERED_ATTENTION_FUNCTIONS, "pytorch", recording)
 
     def with_backend(model):
         return (node.execute(model, "pytorch attention") if hasattr(node, "execute")
