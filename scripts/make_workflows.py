@@ -1194,6 +1194,28 @@ def prism_i2av_ras(info: dict) -> dict:
     return wf.to_json()
 
 
+def helios_t2v_ras(info: dict) -> dict:
+    """Helios text to video (newest ComfyUI): its diffusion model with RAS Model Patch, the umt5 text encoder (wan type)
+    and the Wan 2.1 VAE; Helios Text to Video gives the prompts (with the history, empty at first) and the latent, the
+    Helios Pyramid Sampler makes the video chunk by chunk (each chunk on a pyramid of three stages, each stage a run that
+    starts with a dense step), Helios VAE Decode decodes it chunk by chunk."""
+    wf = Workflow(info)
+    model, clip, vae = separate_loaders(wf, "helios_base_bf16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "wan", "wan_2.1_vae.safetensors")
+    patched = wf.add("RASModelPatch", {"sample_ratio": 0.4}, {"model": model}, pos=(350, 0))
+    positive, negative = text_pair(wf, clip, "a lighthouse on a cliff at dawn, waves breaking below, the camera "
+                                             "slowly circling", "blurry, static, low quality")
+    prepared = wf.add("HeliosTextToVideo", {"width": 640, "height": 384, "length": 132, "batch_size": 1},
+                      {"positive": positive, "negative": negative, "vae": vae}, pos=(700, 300))
+    sampler = wf.add("HeliosPyramidSampler", {"noise_seed": 42, "cfg": 5.0},
+                     {"model": (patched, 0), "positive": (prepared, 0), "negative": (prepared, 1),
+                      "latent_image": (prepared, 2)}, pos=(1050, 100))
+    decode = wf.add("HeliosVAEDecode", {}, {"samples": (sampler, 0), "vae": vae}, pos=(1400, 100))
+    wf.add("SaveAnimatedWEBP", {"filename_prefix": "helios_t2v_ras", "fps": 24.0}, {"images": (decode, 0)},
+           pos=(1650, 100))
+    return wf.to_json()
+
+
 def pixel_checkpoint_ras(info: dict, checkpoint_name: str, prompt: str, sampling: dict, name: str) -> dict:
     """A pixel-space model whose checkpoint holds the model, its tokenizer and the pixel-space "VAE": its prompts through
     CLIPTextEncode, an empty 2048² RGB image (EmptyHiDreamO1LatentImage) + RAS Sampler with `sampling`, saved as `name`."""
@@ -1256,14 +1278,14 @@ NEWER_EXAMPLES = {"wan21_scail2_ras.json": wan21_scail2_ras, "wandancer_sdit.jso
                   "minimax_h3_t2av_ras.json": minimax_h3_t2av_ras, "hidream_o1_ras.json": hidream_o1_ras,
                   "sensenova_ras.json": sensenova_ras, "wan21_uni3c_i2v_ras.json": wan21_uni3c_i2v_ras,
                   "prism_i2av_ras.json": prism_i2av_ras, "zimage_fun_controlnet_ras.json": zimage_fun_controlnet_ras,
-                  "flux2_edit_kv_cache_ras.json": flux2_edit_kv_cache_ras}
+                  "flux2_edit_kv_cache_ras.json": flux2_edit_kv_cache_ras, "helios_t2v_ras.json": helios_t2v_ras}
 NEWER_NODES = ("WanSCAILToVideo", "WanDancerVideo", "WanDancerEncodeAudio", "StringConcatenate", "LTXVConcatAVLatent",
                "LTXVEmptyLatentAudio", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader", "LTXVSeparateAVLatent",
                "LTXVAudioVAEDecode", "WanAnimate2ToVideo", "WanAnimate2Cache", "MiniMaxH3ImageToVideo",
                "EmptyHiDreamO1LatentImage", "WanUni3CControlnetApply", "ZImageFunControlnet", "FluxKVCache")
 # newer examples whose nodes not even NEWER_GENERATED_WITH has (read in the search index, run on a local tree of it with
 # those files): `--newer` builds them where the tree has the node
-NEWEST_NODES = {"prism_i2av_ras.json": "PrismPrepareAV"}
+NEWEST_NODES = {"prism_i2av_ras.json": "PrismPrepareAV", "helios_t2v_ras.json": "HeliosPyramidSampler"}
 NEWER_GENERATED_WITH = "0.33.0"
 
 

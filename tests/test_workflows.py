@@ -192,7 +192,8 @@ FAMILY_WORKFLOWS = {"Flux.1": ["ras_flux.json", "sdit_flux.json", "flux_controln
                     "PixArt": ["pixart_sigma_ras.json"], "Chroma Radiance": ["chroma_radiance_sdit.json"],
                     "HunyuanDiT": ["hunyuan_dit_ras.json"], "Z-Image pixel space": ["zimage_pixel_ras.json"], "PixelDiT": ["pixeldit_sdit.json"],
                     "MiniMax H3": ["minimax_h3_t2av_ras.json"],
-                    "SenseNova U1.5": ["sensenova_ras.json"], "Prism": ["prism_i2av_ras.json"]}
+                    "SenseNova U1.5": ["sensenova_ras.json"], "Prism": ["prism_i2av_ras.json"],
+                    "Helios": ["helios_t2v_ras.json"]}
 
 
 def test_every_supported_family_has_an_example_workflow():

@@ -16,6 +16,7 @@ from .cosmos1 import Cosmos1Family
 from .ernie import ErnieImageFamily
 from .flux import FluxFamily
 from .flux_controlnet import FluxControlNet
+from .helios import HeliosFamily
 from .hidream import HiDreamFamily
 from .hidream_o1 import HiDreamO1Family
 from .hunyuan_dit import HunyuanDiTFamily
@@ -62,7 +63,8 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ErnieImageFamily(), PixArtFamily(), QwenImage21Family(),
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
-                               PixelDiTFamily(), PiDFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily()]
+                               PixelDiTFamily(), PiDFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily(),
+                               HeliosFamily()]
 
 
 def supported_family_names() -> str:
