@@ -308,6 +308,10 @@ BLOCK_GRAPHS = {
     "Z-Image Omni": BlockGraphCase("test_zimage_omni", lambda m: m.tiny_zimage(seed=3), lambda m: m.latent(2)),
     "Ming-Image edit": BlockGraphCase("test_ming_image", lambda m: m.tiny_ming(seed=3), lambda m: m.latent(2),
                                       lambda m: m.GRID, lambda m: m.prompts(direct=True, reference=True)),
+    # Helios: the history's tokens before the chunk's (how many, learnt at the first block, in call.layout), their
+    # keys amplified; the chunk's running count a plain block argument
+    "Helios": BlockGraphCase("test_helios", lambda m: m.tiny_helios(seed=3, is_amplify_history=True),
+                             lambda m: m.latent(2), prompts=lambda m: m.helios_prompts()),
 }
 
 
