@@ -566,3 +566,16 @@ class FamilyAdapter:
         model, or None. The sampler nodes ask before sampling; the adapter's patches still refuse at
         the first forward what reaches the model another way (a Model Patch node under KSampler)."""
         return None
+
+
+class VideoFamilyAdapter(FamilyAdapter):
+    """A video family whose model's `patch_size` is (frames, rows, columns) per token."""
+
+    def takes_frames(self, diffusion_model) -> bool:
+        return True
+
+    def patch_size(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[-1])
+
+    def temporal_patch(self, diffusion_model) -> int:
+        return int(diffusion_model.patch_size[0])

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .base import (FamilyAdapter, gather_image_after, gathered_freqs, passthrough_method, patch_method,
+from .base import (VideoFamilyAdapter, gather_image_after, gathered_freqs, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods)
 
 HISTORY = ("helios", "history tokens before the chunk's")     # a per-forward layout key: how many
@@ -25,21 +25,12 @@ HISTORY = ("helios", "history tokens before the chunk's")     # a per-forward la
 HISTORY_PATCHES = {"short": (1, 2, 2), "mid": (2, 4, 4), "long": (4, 8, 8)}
 
 
-class HeliosFamily(FamilyAdapter):
+class HeliosFamily(VideoFamilyAdapter):
     names = ("Helios",)
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.helios.model", "HeliosModel",
                                   ("forward", "_forward", "forward_orig"))
-
-    def patch_size(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[-1])
-
-    def takes_frames(self, diffusion_model) -> bool:
-        return True
-
-    def temporal_patch(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[0])
 
     def sequence_reference_tokens(self, diffusion_model, values, tokens, image_shape):
         """The history's tokens (a scale runs where the conditioning has its latent and its frame indices)."""

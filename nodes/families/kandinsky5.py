@@ -15,25 +15,16 @@ The text blocks' attention runs before the gather: the model's own, untouched.
 """
 import torch
 
-from .base import (FamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
+from .base import (VideoFamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods, scatter_every_row)
 
 
-class Kandinsky5Family(FamilyAdapter):
+class Kandinsky5Family(VideoFamilyAdapter):
     names = ("Kandinsky 5",)
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.kandinsky5.model", "Kandinsky5",
                                   ("forward_orig", "_forward", "forward"))
-
-    def patch_size(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[-1])
-
-    def takes_frames(self, diffusion_model) -> bool:
-        return True
-
-    def temporal_patch(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[0])
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(image_tokens, diffusion_model.model_dim)] * len(diffusion_model.visual_transformer_blocks)

@@ -16,27 +16,18 @@ import importlib
 
 import torch
 
-from .base import FamilyAdapter, gather_image_after, gathered_freqs, patch_method, runs_class_methods
+from .base import VideoFamilyAdapter, gather_image_after, gathered_freqs, patch_method, runs_class_methods
 
 UNEXPECTED_LAYOUT = ("MiniMax H3: the video's tokens are not the last segment of this ComfyUI's packed sequence, "
                      "which region-adaptive sampling needs: sample it with KSampler, or update this node pack")
 
 
-class MiniMaxH3Family(FamilyAdapter):
+class MiniMaxH3Family(VideoFamilyAdapter):
     names = ("MiniMax H3",)
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.minimax.model", "MiniMaxH3Model",
                                   ("forward", "_forward"))
-
-    def takes_frames(self, diffusion_model) -> bool:
-        return True
-
-    def patch_size(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[-1])
-
-    def temporal_patch(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[0])
 
     def refused_latent(self, diffusion_model, shape):
         if shape[0] != 1:

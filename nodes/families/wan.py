@@ -27,10 +27,10 @@ import importlib
 import torch
 
 from . import infinitetalk_audio, uni3c_controlnet
-from .base import FamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
+from .base import VideoFamilyAdapter, gathered_freqs, passthrough_method, patch_method, patch_module_forward
 
 
-class WanFamily(FamilyAdapter):
+class WanFamily(VideoFamilyAdapter):
     names = ("Wan 2.1", "Wan 2.2")
     # the variants' adapters (subclasses) leave them refused: untested there
     handled_patches = (uni3c_controlnet.PATCH_CLASS, infinitetalk_audio.PATCH_CLASS)
@@ -42,15 +42,6 @@ class WanFamily(FamilyAdapter):
         camera = getattr(wan, "CameraWanModel", None)
         owners = (wan.WanModel,) if camera is None else (wan.WanModel, camera)
         return isinstance(diffusion_model, wan.WanModel) and runs_wan_forward(diffusion_model, owners)
-
-    def patch_size(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[-1])
-
-    def takes_frames(self, diffusion_model) -> bool:
-        return True
-
-    def temporal_patch(self, diffusion_model) -> int:
-        return int(diffusion_model.patch_size[0])
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(image_tokens, diffusion_model.dim)] * len(diffusion_model.blocks)   # self-attention: video alone
