@@ -191,7 +191,8 @@ def nodes_helios():
 @pytest.mark.parametrize("distilled", [False, True])
 def test_the_pyramid_sampler_runs_each_stage_afresh(distilled):
     """Each stage of each chunk is a run of its own at its size: its first step dense whatever the policy plans, every
-    token active then == the model alone through both chunks (the distilled model's sampler too)."""
+    token active then == the model alone through both chunks (the distilled model's sampler too), the K/V cache of each
+    run as the memory plan counts it (the history's tokens with the stage's)."""
     model = tiny_helios(seed=9)
     runs = []
 
@@ -203,6 +204,7 @@ def test_the_pyramid_sampler_runs_each_stage_afresh(distilled):
     assert (pyramid_sampler(patched, distilled=distilled) - reference).abs().max().item() <= TOL
     assert [[e.dense for e in run.evals] for run in runs] == [[True, False], [True, False, False]] * 2
     assert [run.grid for run in runs] == [(FRAMES, HEIGHT // 4, WIDTH // 4), (FRAMES, HEIGHT // 2, WIDTH // 2)] * 2
+    assert all(run.kv_planned_bytes == run.kv_peak_bytes > 0 for run in runs), "each stage's cache as planned"
 
 
 @pytest.mark.parametrize("patch", ["RAS", "SDiT"])
