@@ -53,9 +53,12 @@ class HeliosStandIn(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
+        # `indices_once` (a test's choice): the frame indices one for the batch, which the model's RoPE broadcasts
+        once = self.model_config.unet_config.get("indices_once", False)
         for name in CONDITION_KEYS:
             if kwargs.get(name) is not None:
-                out[name] = comfy.conds.CONDRegular(kwargs[name])
+                kind = comfy.conds.CONDConstant if once and name.startswith("indices") else comfy.conds.CONDRegular
+                out[name] = kind(kwargs[name])
         return out
 
 
@@ -96,7 +99,8 @@ def helios_prompts(history=True, **shape):
 
 
 PROMPTS = {"history": lambda: helios_prompts(), "no history": lambda: helios_prompts(history=False)}
-MODELS = {"plain": {}, "amplified history": dict(is_amplify_history=True)}
+MODELS = {"plain": {}, "amplified history": dict(is_amplify_history=True),
+          "indices once for the batch": dict(indices_once=True)}
 
 
 def latent(batch=1):
