@@ -163,6 +163,14 @@ def _wan_infinitetalk(depth, g):
     return model, (1, 16, 3, 8, 12), dict(context=_context(g))
 
 
+def _helios(depth, g):
+    """Helios (newest ComfyUI): the history's tokens before the chunk's, their keys amplified."""
+    pytest.importorskip("comfy.ldm.helios.model")
+    from test_helios import history_values, tiny_helios
+    return (tiny_helios(seed=1, num_layers=depth, is_amplify_history=True), (1, 16, 3, 8, 12),
+            dict(context=_context(g), **history_values(frames=3)))
+
+
 def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
     """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
     def build(depth, g):
@@ -178,7 +186,7 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit,
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
-            "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk}
+            "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios}
 PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
