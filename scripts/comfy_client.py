@@ -159,14 +159,18 @@ def _is_widget(spec: list) -> bool:
 
 
 def widget_default(spec: list):
+    """What ComfyUI's frontend puts in a widget a workflow leaves unset: its default, else a combo's first option (a list
+    of options, or "COMBO" with `options`, as nodes of ComfyUI's newer node API say it) and a text widget's ""."""
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "default" in options:
         return options["default"]
     if isinstance(spec[0], list):
         return spec[0][0] if spec[0] else None
+    if spec[0] == "COMBO":
+        return next(iter(options.get("options") or []), None)
     if spec[0] == DYNAMIC_COMBO:
         return options["options"][0]["key"]
-    return None
+    return "" if spec[0] == "STRING" else None
 
 
 def chosen_option_inputs(name: str, spec: list, value) -> Dict[str, list]:
@@ -186,12 +190,18 @@ def _input_type(spec: list) -> str:
 
 
 def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
-    """Problems found (empty when valid): unknown node types, links whose types do not match."""
+    """Problems found (empty when valid): unknown node types, links whose types do not match, combo widgets left
+    without a value (ComfyUI refuses the prompt: "Value not in list")."""
     problems = []
     nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow.get("links", [])}
     for node in workflow["nodes"]:
         if node["type"] not in object_info:
             problems.append(f"node {node['id']}: unknown type {node['type']}")
+            continue
+        for name, spec, value in _node_inputs(node, object_info[node["type"]], _linked(node, links)):
+            if value is None and _input_type(spec) == "COMBO":
+                problems.append(f"node {node['id']}: {node['type']}.{name} has no value")
     for link in workflow.get("links", []):
         link_id, source, source_slot, target, target_slot, link_type = link[:6]
         if nodes.get(source, {}).get("type") not in object_info or nodes.get(target, {}).get("type") not in object_info:
@@ -210,6 +220,33 @@ def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
     return problems
 
 
+def _linked(node: dict, links: dict) -> dict:
+    """A workflow node's inputs that take a link: name -> the link."""
+    return {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+
+
+HOLDS_NO_VALUE = object()      # an input whose value is not a widget's: a socket, or a widget taking a link
+
+
+def _node_inputs(node: dict, info: dict, linked: dict):
+    """(name, spec, value) of each input of a workflow node, in order (a DynamicCombo's chosen option's widgets after
+    it): the widget's value, or HOLDS_NO_VALUE."""
+    values = list(node.get("widgets_values", []))
+    specs = list(_input_specs(info).items())
+    while specs:
+        name, spec = specs.pop(0)
+        value = HOLDS_NO_VALUE
+        if _is_widget(spec) and values:
+            widget_value = values.pop(0)
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if options.get("control_after_generate") and values and values[0] in SEED_CONTROL_VALUES:
+                values.pop(0)
+            if name not in linked:
+                value = widget_value
+                specs[:0] = chosen_option_inputs(name, spec, value).items()
+        yield name, spec, value
+
+
 def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
     """UI workflow -> API prompt: linked inputs become [source id, slot], widgets take their values."""
     links = {link[0]: link for link in workflow.get("links", [])}
@@ -217,23 +254,12 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
     for node in workflow["nodes"]:
         if node.get("mode", 0) in (2, 4):          # muted / bypassed
             continue
-        info = object_info[node["type"]]
-        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = list(node.get("widgets_values", []))
+        linked = _linked(node, links)
         inputs = {}
-        specs = list(_input_specs(info).items())
-        while specs:
-            name, spec = specs.pop(0)
-            if _is_widget(spec) and values:
-                value = values.pop(0)
-                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                if options.get("control_after_generate") and values and values[0] in SEED_CONTROL_VALUES:
-                    values.pop(0)
-                if name not in linked:
-                    inputs[name] = value
-                    specs[:0] = chosen_option_inputs(name, spec, value).items()
+        for name, _, value in _node_inputs(node, object_info[node["type"]], linked):
             if name in linked:
-                link = linked[name]
-                inputs[name] = [str(link[1]), link[2]]
+                inputs[name] = [str(linked[name][1]), linked[name][2]]
+            elif value is not HOLDS_NO_VALUE:
+                inputs[name] = value
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt

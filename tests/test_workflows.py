@@ -103,6 +103,24 @@ def test_validation_catches_a_broken_link(object_info):
     assert any("unknown type" in p for p in validate_workflow(workflow, object_info))
 
 
+def test_validation_catches_a_combo_without_a_value(object_info):
+    """A combo widget left null (what the builder wrote for combos of ComfyUI's newer node API before it read their
+    options): ComfyUI would refuse the prompt."""
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
+    assert validate_workflow(workflow, object_info) == []
+    sampler = next(node for node in workflow["nodes"] if node["type"] == "KSampler")
+    sampler["widgets_values"][4] = None                       # sampler_name, after the seed and its control
+    assert validate_workflow(workflow, object_info) == [f"node {sampler['id']}: KSampler.sampler_name has no value"]
+
+
+def test_the_builder_gives_combos_of_either_spelling_their_first_option():
+    from comfy_client import widget_default
+    assert widget_default([["euler", "heun"], {}]) == "euler"
+    assert widget_default(["COMBO", {"options": ["default", "fast"]}]) == "default"
+    assert widget_default(["COMBO", {"options": ["default", "fast"], "default": "fast"}]) == "fast"
+    assert widget_default(["STRING", {"multiline": True}]) == ""
+
+
 def test_demo_workflow_runs_and_writes_images(server, object_info):
     workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     entry = server.run_prompt(workflow_to_prompt(workflow, object_info))
