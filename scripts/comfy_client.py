@@ -26,6 +26,9 @@ from typing import Dict, List, Optional
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+# what a combo naming a model, image, video or sound file ends with
+FILE_SUFFIXES = {".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth", ".bin", ".png", ".jpg", ".jpeg", ".webp",
+                 ".mp4", ".webm", ".mov", ".gif", ".wav", ".mp3", ".flac"}
 
 
 def free_port() -> int:
@@ -190,8 +193,8 @@ def _input_type(spec: list) -> str:
 
 
 def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
-    """Problems found (empty when valid): unknown node types, links whose types do not match, combo widgets left
-    without a value (ComfyUI refuses the prompt: "Value not in list")."""
+    """Problems found (empty when valid): unknown node types, links whose types do not match, widget values ComfyUI
+    would refuse (`_widget_problem`)."""
     problems = []
     nodes = {node["id"]: node for node in workflow["nodes"]}
     links = {link[0]: link for link in workflow.get("links", [])}
@@ -200,8 +203,9 @@ def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
             problems.append(f"node {node['id']}: unknown type {node['type']}")
             continue
         for name, spec, value in _node_inputs(node, object_info[node["type"]], _linked(node, links)):
-            if value is None and _input_type(spec) == "COMBO":
-                problems.append(f"node {node['id']}: {node['type']}.{name} has no value")
+            problem = _widget_problem(spec, value)
+            if problem:
+                problems.append(f"node {node['id']}: {node['type']}.{name} {problem}")
     for link in workflow.get("links", []):
         link_id, source, source_slot, target, target_slot, link_type = link[:6]
         if nodes.get(source, {}).get("type") not in object_info or nodes.get(target, {}).get("type") not in object_info:
@@ -218,6 +222,23 @@ def validate_workflow(workflow: dict, object_info: dict) -> List[str]:
         elif _input_type(spec) not in (link_type, "*") and link_type != "*":
             problems.append(f"link {link_id}: {nodes[target]['type']}.{name} takes {_input_type(spec)}, got {link_type}")
     return problems
+
+
+def _widget_problem(spec: list, value) -> str:
+    """Why ComfyUI would refuse a widget's value ("" where it would not): a combo's value not among its options (but a
+    file's name: the user installs the file), a number outside its bounds."""
+    if value is HOLDS_NO_VALUE:
+        return ""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if _input_type(spec) == "COMBO":
+        choices = spec[0] if isinstance(spec[0], list) else options.get("options") or []
+        names_a_file = isinstance(value, str) and pathlib.PurePath(value).suffix.lower() in FILE_SUFFIXES
+        if value is None or (choices and value not in choices and not names_a_file):
+            return f"has {value!r}, not one of its options"
+    elif spec[0] in ("INT", "FLOAT") and isinstance(value, (int, float)):
+        if not options.get("min", value) <= value <= options.get("max", value):
+            return f"has {value!r}, outside [{options.get('min')}, {options.get('max')}]"
+    return ""
 
 
 def _linked(node: dict, links: dict) -> dict:

@@ -58,8 +58,22 @@ def test_example_workflow_matches_object_info(path, object_info):
     if path.name in make_workflows.NEWER_EXAMPLES and not has_its_nodes(path.name, object_info):
         pytest.skip("a workflow of newer ComfyUI's nodes")
     workflow = json.loads(path.read_text())
-    assert validate_workflow(workflow, object_info) == []
+    problems = validate_workflow(workflow, object_info)
+    if problems and older_than_newer_examples() and all(p.endswith("not one of its options") for p in problems):
+        pytest.skip(f"a workflow for a family of newer ComfyUI, which has these options: {problems}")
+    assert problems == []
     assert workflow_to_prompt(workflow, object_info)
+
+
+def older_than_newer_examples() -> bool:
+    """The running ComfyUI is older than the one the examples of newer families were built against (some of those in
+    EXAMPLES, whose nodes every ComfyUI has, pick options only newer ones have: a text encoder type)."""
+    import make_workflows
+    from pack_host import comfyui_version
+
+    def release(version):
+        return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+    return release(comfyui_version()) < release(make_workflows.NEWER_GENERATED_WITH)
 
 
 GENERATED_WITH = "0.3.75"      # the ComfyUI `make workflows` builds the example workflows against (CI's)
@@ -103,14 +117,23 @@ def test_validation_catches_a_broken_link(object_info):
     assert any("unknown type" in p for p in validate_workflow(workflow, object_info))
 
 
-def test_validation_catches_a_combo_without_a_value(object_info):
+def test_validation_catches_widget_values_comfyui_refuses(object_info):
     """A combo widget left null (what the builder wrote for combos of ComfyUI's newer node API before it read their
-    options): ComfyUI would refuse the prompt."""
+    options), a combo value that is not an option, a number out of bounds: ComfyUI would refuse the prompt. A model
+    file's name is the user's to install: not checked."""
     workflow = json.loads((REPO_ROOT / "example_workflows" / "sdit_demo.json").read_text())
     assert validate_workflow(workflow, object_info) == []
     sampler = next(node for node in workflow["nodes"] if node["type"] == "KSampler")
-    sampler["widgets_values"][4] = None                       # sampler_name, after the seed and its control
-    assert validate_workflow(workflow, object_info) == [f"node {sampler['id']}: KSampler.sampler_name has no value"]
+    where = f"node {sampler['id']}: KSampler"
+    values = list(sampler["widgets_values"])           # seed, its control, steps, cfg, sampler_name, scheduler, denoise
+    for index, value, problem in [(4, None, "sampler_name has None, not one of its options"),
+                                  (5, "no such scheduler", "scheduler has 'no such scheduler', not one of its options"),
+                                  (2, 0, "steps has 0, outside [1, 10000]")]:
+        sampler["widgets_values"] = values[:index] + [value] + values[index + 1:]
+        assert validate_workflow(workflow, object_info) == [f"{where}.{problem}"]
+    sampler["widgets_values"] = values
+    unet = json.loads((REPO_ROOT / "example_workflows" / "wan22_ti2v_5b_sdit.json").read_text())
+    assert not any("unet_name" in p or "vae_name" in p for p in validate_workflow(unet, object_info))
 
 
 def test_the_builder_gives_combos_of_either_spelling_their_first_option():
