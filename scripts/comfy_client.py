@@ -3,7 +3,8 @@
 - ComfyServer: starts `main.py` in a subprocess on a free port, waits until it answers, stops it by PID;
 - workflow_to_prompt: a UI workflow (example_workflows/*.json) -> the API prompt `/prompt` takes,
   using `/object_info` to map each node's widget values onto its inputs;
-- validate_workflow: every node type exists and every link's type matches both ends;
+- validate_workflow: every node type exists, every link's type matches both ends, every widget value is one ComfyUI
+  takes;
 - run_prompt: queues a prompt and waits for its history entry.
 """
 import json
