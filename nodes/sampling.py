@@ -97,18 +97,27 @@ def check_latent(latent: dict, patch_size: int, node: str, input_name: str = "la
 
 def check_latent_shape(shape, patch_size: int, node: str, input_name: str = "latent_image", video: bool = False,
                        pixels: int = 8) -> None:
+    check_latent_kind(shape, node, input_name, video)
+    if not tiles_by_patch(shape, patch_size):
+        raise SDiTInputError(
+            node, input_name,
+            f"latent size {shape[-2]}x{shape[-1]} is not a multiple of the model's patch size {patch_size}; "
+            f"use an image size that is a multiple of {pixels * patch_size} pixels")
+
+
+def check_latent_kind(shape, node: str, input_name: str = "latent_image", video: bool = False) -> None:
+    """An image latent, or (`video`) an image or video latent."""
     accepted = is_latent_shape if video else is_image_shape
     if shape is None or not accepted(shape):
         expected = ("an image or video latent (batch, channels, [frames,] height, width)" if video else
                     "an image latent (batch, channels, height, width); video latents need a video model (Wan, "
                     "HunyuanVideo), layered ones Qwen-Image on a newer ComfyUI")
         raise SDiTInputError(node, input_name, f"expected {expected}, got shape {shape}")
-    height, width = shape[-2:]
-    if height % patch_size or width % patch_size:
-        raise SDiTInputError(
-            node, input_name,
-            f"latent size {height}x{width} is not a multiple of the model's patch size {patch_size}; "
-            f"use an image size that is a multiple of {pixels * patch_size} pixels")
+
+
+def tiles_by_patch(shape, patch_size: int) -> bool:
+    """The latent's height and width are whole numbers of the model's patches (the token grid the engine samples)."""
+    return shape[-2] % patch_size == 0 and shape[-1] % patch_size == 0
 
 
 def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch_size: int, node: str) -> None:

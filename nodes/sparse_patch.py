@@ -31,10 +31,10 @@ from .neighbours import check_attention_went_through, check_neighbours, explain_
 from .sampler_support import warn, why_dense
 from .sparse_controlnet import controlnet_cache_layers, run_controlnets_with_tokens
 from .comfy_compat import (compiler_opaque, context_window_frames, context_window_key, context_windows_at_start,
-                           leading_latent_shape, models_loaded_beside, pixels_per_latent, weight_hooks_key)
+                           leading_latent_shape, models_loaded_beside, weight_hooks_key)
 from .memory_plan import check_cache_fits, evaluated_prompts, make_room_for_cache, planned_cache_bytes
 from .errors import SDiTInputError
-from .sampling import check_kv_cache_on, check_latent_shape
+from .sampling import check_kv_cache_on, check_latent_kind, tiles_by_patch
 
 WRAPPER_KEY = "comfyui_sdit_token_sparse"
 # Names of optimized_attention's positional parameters after (q, k, v, heads).
@@ -142,7 +142,13 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         noise = arguments["noise"]
         latent_shape = leading_latent_shape(noise.shape, arguments.get("latent_shapes"))
         packed = tuple(noise.shape) != latent_shape         # a latent of several parts (LTX-2's video and audio)
-        check_latent_shape(latent_shape, patch_size, node, video=takes_frames, pixels=pixels_per_latent(model.model))
+        check_latent_kind(latent_shape, node, video=takes_frames)
+        if not tiles_by_patch(latent_shape, patch_size):
+            # the sampler nodes refuse such a latent before sampling; under another node's sampler (the Helios Pyramid
+            # Sampler's smaller stages) the model pads it as it would alone
+            warn(f"this run's latent ({latent_shape[-2]}x{latent_shape[-1]}) is not a multiple of the model's patch "
+                 f"size {patch_size}: the model samples it alone", node)
+            return executor(*args, **kwargs)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
         check_neighbours(sampled, node, adapter.handled_patches)

@@ -6,7 +6,9 @@ ComfyUI's Helios Pyramid Sampler (two chunks, each a run per pyramid stage at th
 distilled model's sampler) with every token active and under both Model Patch nodes. The search index has the model's
 file and the nodes' but not `model_base`'s part: a stand-in hands the model the conditioning's history and indices (the
 names the Helios nodes set). Skipped where ComfyUI has no Helios."""
+import dataclasses
 import importlib.util
+import logging
 import math
 import types
 
@@ -222,3 +224,42 @@ def test_the_pyramid_sampler_under_a_model_patch_node(patch):
     out = pyramid_sampler(patched)
     assert torch.isfinite(out).all() and (out - reference).abs().max().item() > 1e-4
     assert torch.equal(pyramid_sampler(model), reference), "the model passed in is unchanged"
+
+
+@pytest.mark.parametrize("method", ["RAS", "SDiT"])
+def test_a_ten_step_stage_under_the_default_schedules(method):
+    """The README's count: each pyramid stage is a run of its own, sampled with the Model Patch node's default schedule
+    (RAS: 4 warm-up steps, resets at 0.4 and 0.67 of the run, so 4 of the node's 10 steps a stage sparse; SDiT: 3 warm-up
+    steps and 1 cool-down, so at most 6, fewer where its drift check refreshes: exactly 6 with the check off); the first
+    stage of the tiny video, a latent of 2x3 (odd: the patch does not tile it), is sampled by the model alone, as the
+    log says."""
+    from comfyui_sdit.nodes.ras_nodes import patch_ras, ras_config
+    from comfyui_sdit.nodes.sdit_nodes import patch_sdit, sdit_config
+    node = f"{method} Model Patch"
+    model = tiny_helios(seed=12)
+
+    def last_stage(patched_and_slot):
+        patched, slot = patched_and_slot
+        pyramid_sampler(patched, pyramid_steps="10,10,10", stage_range="0,0.333333,0.666667,1")
+        assert slot.last_run.grid == (FRAMES, HEIGHT // 2, WIDTH // 2)      # the last chunk's last stage
+        return [e.dense for e in slot.last_run.evals]
+    if method == "RAS":
+        assert last_stage(patch_ras(model, ras_config(node, 0.4)[0], node)).count(False) == 4
+    else:
+        config = sdit_config(node, 0.4)[0]
+        dense = last_stage(patch_sdit(model, config, node))
+        assert dense[:3] == [True] * 3 and dense[-1] and dense.count(False) <= 6
+        assert last_stage(patch_sdit(model, dataclasses.replace(config, drift_threshold=0.0), node)).count(False) == 6
+
+
+def test_a_stage_the_patch_does_not_tile_is_sampled_by_the_model_alone(caplog):
+    """The Pyramid Sampler's smaller stages halve the latent: an odd size (2x3 here) the model pads, the engine's token
+    grid cannot tile. Under a Model Patch node that run is the model's own (the others region-adaptive), and the log
+    says so; the sampler nodes refuse such a latent before sampling."""
+    model = tiny_helios(seed=13)
+    patched = ras_model_patch(model, 1.0, 1, "", 0.1, "std", False)[0]
+    with caplog.at_level(logging.WARNING):
+        out = pyramid_sampler(patched, pyramid_steps="2,2,2", stage_range="0,0.333333,0.666667,1")
+    assert (out - pyramid_sampler(model, pyramid_steps="2,2,2", stage_range="0,0.333333,0.666667,1")).abs().max() <= TOL
+    assert caplog.text.count("this run's latent (2x3) is not a multiple of the model's patch size 2: the model samples "
+                             "it alone") == 2             # the first stage of each chunk
