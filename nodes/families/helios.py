@@ -15,8 +15,6 @@ modules, never that function's code:
 """
 import math
 
-import torch
-
 from .base import (VideoFamilyAdapter, gather_image_after, gathered_freqs, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods)
 
@@ -65,8 +63,8 @@ def _gather_block_inputs(call, arguments) -> None:
     history = call.layout[HISTORY]
     arguments["original_context_length"] = call.image_rows
     arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=history)
-    if arguments["e"].ndim == 4:                    # (rows, tokens, 6, channels): per token
-        arguments["e"] = _gathered_after(call, arguments["e"], history)
+    if arguments["e"].ndim == 4:                    # (rows, tokens, 6, channels): per token, gathered as the RoPE rows
+        arguments["e"] = gathered_freqs(call, arguments["e"], prefix=history)
 
 
 def _gather_head_inputs(call, arguments) -> None:
@@ -76,11 +74,3 @@ def _gather_head_inputs(call, arguments) -> None:
         arguments["temb"] = call.gather_grid(temb[:, temb.shape[1] - call.grid_tokens:])
         arguments["original_context_length"] = call.image_rows
 
-
-def _gathered_after(call, tensor, history: int):
-    """[history | every chunk token] -> [history | running chunk tokens], once per forward and tensor."""
-    key = ("helios rows", tensor.data_ptr(), tuple(tensor.shape), history)
-    if key not in call.scratch:
-        chunk = call.gather_grid(tensor[:, history:])
-        call.scratch[key] = chunk if not history else torch.cat([tensor[:, :history], chunk], dim=1)
-    return call.scratch[key]
