@@ -153,9 +153,14 @@ def _input_specs(info: dict) -> Dict[str, list]:
     return specs
 
 
+def spec_options(spec: list) -> dict:
+    """An input spec's options ({} where it has none): ["INT", {"default": 1, ...}]."""
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
 def _is_widget(spec: list) -> bool:
     kind = spec[0]
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    options = spec_options(spec)
     if options.get("forceInput"):
         return False
     # an input of several types ("FLOAT,INT") is drawn as the widget its `widgetType` names
@@ -165,7 +170,7 @@ def _is_widget(spec: list) -> bool:
 def widget_default(spec: list):
     """What ComfyUI's frontend puts in a widget a workflow leaves unset: its default, else a combo's first option (a list
     of options, or "COMBO" with `options`, as nodes of ComfyUI's newer node API say it) and a text widget's ""."""
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    options = spec_options(spec)
     if "default" in options:
         return options["default"]
     if isinstance(spec[0], list):
@@ -230,7 +235,7 @@ def _widget_problem(spec: list, value) -> str:
     file's name: the user installs the file), a number outside its bounds."""
     if value is HOLDS_NO_VALUE:
         return ""
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    options = spec_options(spec)
     if _input_type(spec) == "COMBO":
         choices = spec[0] if isinstance(spec[0], list) else options.get("options") or []
         names_a_file = isinstance(value, str) and pathlib.PurePath(value).suffix.lower() in FILE_SUFFIXES
@@ -260,7 +265,7 @@ def _node_inputs(node: dict, info: dict, linked: dict):
         value = HOLDS_NO_VALUE
         if _is_widget(spec) and values:
             widget_value = values.pop(0)
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            options = spec_options(spec)
             if options.get("control_after_generate") and values and values[0] in SEED_CONTROL_VALUES:
                 values.pop(0)
             if name not in linked:

@@ -11,7 +11,8 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from comfy_client import ComfyServer, _input_specs, _is_widget, chosen_option_inputs, widget_default  # noqa: E402
+from comfy_client import (ComfyServer, _input_specs, _is_widget, chosen_option_inputs, spec_options,  # noqa: E402
+                          widget_default)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # settings beyond sample_ratio live on an Options node plugged into the sampler's `options` input
@@ -50,7 +51,7 @@ class Workflow:
         while specs:
             name, spec = specs.pop(0)
             if _is_widget(spec):
-                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                options = spec_options(spec)
                 value = widgets.pop(name, widget_default(spec))
                 node["widgets_values"].append(value)
                 if options.get("control_after_generate"):
@@ -92,7 +93,7 @@ def node_height(node: dict, info: dict) -> int:
     sockets = sum(1 for spec in specs.values() if not _is_widget(spec))
     slots = max(sockets, len(info[node["type"]]["output"]))
     multiline = sum(1 for spec in specs.values()
-                    if _is_widget(spec) and len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline"))
+                    if _is_widget(spec) and spec_options(spec).get("multiline"))
     height = 50 + 26 * slots + 38 * len(node["widgets_values"]) + 90 * multiline
     height += 200 if node["type"] in SHOWS_RUNS else 0
     height += 300 if node["type"] in SHOWS_IMAGES else 0
