@@ -113,7 +113,7 @@ def test_unsupported_models_get_a_clear_error_from_every_node(name):
 
 
 def test_supported_family_names_list_every_family():
-    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Ming-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space, MiniMax H3, Cosmos 1.0, PixelDiT, PiD, HiDream-O1, SenseNova U1.5, Prism, Helios"
+    assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Ming-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space, MiniMax H3, Cosmos 1.0, PixelDiT, PiD, HiDream-O1, SenseNova U1.5, Prism, Helios, Kandinsky 6"
 
 
 def test_lumina_subclass_with_its_own_forward_is_not_matched():

@@ -312,6 +312,8 @@ BLOCK_GRAPHS = {
     # keys amplified; the chunk's running count a plain block argument
     "Helios": BlockGraphCase("test_helios", lambda m: m.tiny_helios(seed=3, is_amplify_history=True),
                              lambda m: m.latent(2), prompts=lambda m: m.helios_prompts()),
+    # Kandinsky 6: the fused block's input a (video, audio) pair, the audio's attention to the video a cache layer
+    "Kandinsky 6": BlockGraphCase("test_kandinsky6", lambda m: m.tiny_k6(seed=3), lambda m: m.joint_latent(2)),
 }
 
 

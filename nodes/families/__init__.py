@@ -24,6 +24,7 @@ from .hunyuan_video import HunyuanVideoFamily
 from .ideogram4 import Ideogram4Family
 from .joyimage import JoyImageFamily
 from .kandinsky5 import Kandinsky5Family
+from .kandinsky6 import Kandinsky6Family
 from .krea2 import Krea2Family
 from .lens import LensFamily
 from .ltx2 import LTX2Family
@@ -64,7 +65,7 @@ FAMILIES: List[FamilyAdapter] = [FluxFamily(), SD3Family(), LuminaFamily(), Qwen
                                ChromaRadianceFamily(), HunyuanDiTFamily(),
                                ZImagePixelSpaceFamily(), MiniMaxH3Family(), Cosmos1Family(),
                                PixelDiTFamily(), PiDFamily(), HiDreamO1Family(), SenseNovaFamily(), PrismFamily(),
-                               HeliosFamily()]
+                               HeliosFamily(), Kandinsky6Family()]
 
 
 def supported_family_names() -> str:

@@ -206,19 +206,23 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
     patcher.add_object_patch(path, patched)
 
 
-def image_keys_method(patcher, slot, path: str) -> None:
+def image_keys_method(patcher, slot, path: str, hand_override: bool = False) -> None:
     """Object-patches a method whose attention has queries of another sequence, which always runs, and the image
     tokens alone as keys (LTX-2's audio attending to the video): while it runs, attention completes the keys and
-    values of the tokens that ran from the K/V cache (a layer of its own), as in self-attention."""
-    _patch_attention_kind(patcher, slot, path, "image_keys")
+    values of the tokens that ran from the K/V cache (a layer of its own), as in self-attention. `hand_override`: the
+    method takes `transformer_options` but the model may call it without them (a form of Kandinsky 6): it is handed
+    the pack's attention override, as `hand_attention_override` hands a block."""
+    _patch_attention_kind(patcher, slot, path, "image_keys", hand_override=hand_override)
 
 
-def _patch_attention_kind(patcher, slot, path: str, counter: str, sparse: Optional[Callable] = None) -> None:
+def _patch_attention_kind(patcher, slot, path: str, counter: str, sparse: Optional[Callable] = None,
+                          hand_override: bool = False) -> None:
     """While the method at `path` runs in a forward of the engine, the call's `counter` (what kind of attention
     runs: engine.ForwardCall) is raised."""
     owner = patcher.get_model_object(path.rsplit(".", 1)[0])
     original = unwrap_ours(patcher.get_model_object(path))
     sparse = compiler_opaque(sparse) if sparse is not None else None
+    signature = inspect.signature(getattr(type(owner), path.rsplit(".", 1)[1]).__get__(owner)) if hand_override else None
 
     @functools.partial(compiler_opaque, callees_compiled=True)
     def patched(*args, **kwargs):
@@ -227,6 +231,11 @@ def _patch_attention_kind(patcher, slot, path: str, counter: str, sparse: Option
             return original(*args, **kwargs)
         if sparse is not None and not call.dense and call.image_rows is not None:
             return sparse(call, owner, *args, **kwargs)
+        if signature is not None:
+            bound = signature.bind(*args, **kwargs)
+            options = bound.arguments.get("transformer_options") or {}
+            bound.arguments["transformer_options"] = dict(options, optimized_attention_override=slot.attention_override)
+            args, kwargs = bound.args, bound.kwargs
         setattr(call, counter, getattr(call, counter) + 1)
         try:
             return original(*args, **kwargs)
@@ -364,6 +373,20 @@ def scatter_every_row(call, out: torch.Tensor) -> torch.Tensor:
     """A per-token output computed over every token's row (after `every_token_row`) -> the running tokens' rows kept,
     the others from the policy."""
     return call.scatter(out if call.dense else call.gather_grid(out))
+
+
+def scatter_video_output(call, out: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
+    """A per-token output layer's (batch, channels, frames, height, width) latent output over every token of a
+    (frames, rows, cols) token `grid` -> its tokens, the running ones kept and the others the policy's
+    (`scatter_every_row`) -> the latent's shape again."""
+    t, h, w = grid
+    batch, channels = out.shape[:2]
+    pt, ph, pw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
+    tokens = (out.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+              .reshape(batch, t * h * w, channels * pt * ph * pw))
+    full = scatter_every_row(call, tokens)
+    return (full.reshape(batch, t, h, w, channels, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+            .reshape(out.shape))
 
 
 def runs_class_methods(diffusion_model, module: str, class_name: str, methods: Tuple[str, ...]) -> bool:

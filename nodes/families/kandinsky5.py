@@ -16,7 +16,7 @@ The text blocks' attention runs before the gather: the model's own, untouched.
 import torch
 
 from .base import (VideoFamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
-                   patch_module_forward, runs_class_methods, scatter_every_row)
+                   patch_module_forward, runs_class_methods, scatter_video_output)
 
 
 class Kandinsky5Family(VideoFamilyAdapter):
@@ -64,13 +64,4 @@ def _gather_block_inputs(call, arguments) -> None:
 
 
 def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:
-    """(batch, channels, frames, height, width) latent output -> tokens -> running ones kept, the others the
-    policy's -> the latent output again."""
-    t, h, w = call.layout[GRID]
-    batch, channels = out.shape[:2]
-    pt, ph, pw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
-    tokens = (out.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-              .reshape(batch, t * h * w, channels * pt * ph * pw))
-    full = scatter_every_row(call, tokens)
-    return (full.reshape(batch, t, h, w, channels, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
-            .reshape(out.shape))
+    return scatter_video_output(call, out, call.layout[GRID])
