@@ -231,6 +231,12 @@ MODELS = {
     # second, 24 fps
     "prism": Spec("Prism", {}, 4096, None, None, 40, 5120, 13824 / 5120, joint=False, video=True, audio_hidden=1536,
                   audio_layers=30, audio_mlp_ratio=8960 / 1536, video_to_audio_width=5120, audio_rate=(50, 24)),
+    # Kandinsky 6 Pro (newest ComfyUI; ideal only: no ComfyUI tree here has it to time): 60 fused blocks, each a
+    # Kandinsky 5 video block 4096 wide (a 16384 MLP, cross-attention to the Qwen2.5-VL prompt) beside an audio block
+    # 2048 wide (a 7168 MLP, its own text cross-attention), the video's queries to the audio at the video's width, the
+    # audio's to the video at its own; 44.1 kHz audio, a token per 1024 samples (the ratio as 44100 / (1024 x 24))
+    "kandinsky6-pro": Spec("Kandinsky6", {}, 3584, 768, None, 60, 4096, 4.0, joint=False, video=True, audio_hidden=2048,
+                           audio_mlp_ratio=7168 / 2048, video_to_audio_width=4096, audio_rate=(44100, 1024 * 24)),
 }
 # the families' standard sizes (LTX-Video's 768 x 512 and 1216 x 704; smaller heights: square)
 VIDEO_WIDTH = {480: 832, 720: 1280, 512: 768, 704: 1216}
@@ -776,7 +782,7 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("wan-animate2-14b", 480, 81), ("wan-animate2-14b-cached", 480, 81),
                               ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81),
                               ("wan21-14b-uni3c", 480, 81), ("wan21-14b-uni3c", 720, 81), ("prism", 480, 81),
-                              ("prism", 720, 81)]:
+                              ("prism", 720, 81), ("kandinsky6-pro", 480, 121), ("kandinsky6-pro", 720, 121)]:
         spec = MODELS[name]
         shape = latent_shape(spec, res, frames)
         tokens, audio = image_tokens(shape, spec.patch), audio_tokens(spec, frames)

@@ -84,6 +84,23 @@ def test_an_audio_tower_fused_with_part_of_the_video_blocks_by_hand(speed):
     assert speed.flop_ideal(prism, [N // 8], N, T, A) < speed.flop_ideal(wan, [N // 8], N, T)
 
 
+def test_an_audio_block_fused_with_every_video_block_by_hand(speed):
+    """Kandinsky 6 Pro: per fused block (60) a video block 4096 wide with cross-attention to the prompt, and the audio's
+    block (2048 wide, a 7168 MLP, its own text cross-attention), the video's running queries against the audio's keys
+    at the video's width (q/out d x d, the audio's k/v a x d) and the audio's queries against every video token's keys
+    (k/v of the running rows only)."""
+    k6 = speed.MODELS["kandinsky6-pro"]
+    d, r, a, ra, n, N, T, A = 4096, 4.0, 2048, 3.5, 4000, 48360, 512, 218
+    video = n * (4 + 2 * r) * d * d * 2 + n * N * 4 * d + (2 * n + 2 * T) * d * d * 2 + n * T * 4 * d
+    audio = (A * (4 + 2 * ra) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
+             + (n * 2 * d * d + A * 2 * a * d) * 2 + n * A * 4 * d
+             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+    assert speed.forward_flops(k6, n, N, T, A) == pytest.approx(60 * (video + audio), rel=1e-12)
+    # 121 frames at 24 fps: 5.04 s of 44.1 kHz audio, a token per 1024 samples (Kandinsky 6 Empty Latent's count)
+    assert speed.audio_tokens(k6, 121) == 218
+    assert speed.flop_ideal(k6, [N // 8], N, T, A) < speed.flop_ideal(k6, [N // 8], N, T)
+
+
 def test_a_pose_branch_by_hand(speed):
     """Wan Animate 2: Wan's terms over the video (its first latent frame the reference image's) plus, per layer, the
     running queries outside that frame against one pose frame's keys, and the pose branch (a frame fewer): its whole
