@@ -52,15 +52,22 @@ def test_attention_share_grows_with_tokens(speed):
     assert 0 < small < large < 1
 
 
+def audio_terms(n, N, T, A, d, a, ra, w):
+    """By hand: an audio block (width a, MLP ratio ra) over its A tokens always running, with its text cross-attention;
+    the video's n running queries (of N) against the audio's keys at width w (q/out d x w, the audio's k/v a x w); the
+    audio's queries against every video token's keys at its own width (k/v of the running rows only)."""
+    return (A * (4 + 2 * ra) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
+            + (n * 2 * d * w + A * 2 * a * w) * 2 + n * A * 4 * w
+            + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+
+
 def test_an_audio_stream_by_hand(speed):
     """LTX-2: the video's terms (as LTX-Video's) plus the audio's own layers, the video's running queries against the
     audio's keys and the audio's queries against every video token's keys (projections of the running rows only)."""
     ltx2 = speed.MODELS["ltx2-19b"]
     d, a, r, layers, n, N, T, A = 4096, 2048, 4.0, 48, 1000, 6144, 512, 121
     video = n * (4 + 2 * r) * d * d * 2 + n * N * 4 * d + (2 * n + 2 * T) * d * d * 2 + n * T * 4 * d
-    audio = (A * (4 + 2 * r) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
-             + (n * 2 * d * a + A * 2 * a * a) * 2 + n * A * 4 * a
-             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+    audio = audio_terms(n, N, T, A, d, a, r, w=a)
     assert speed.forward_flops(ltx2, n, N, T, A) == pytest.approx(layers * (video + audio), rel=1e-12)
     assert speed.forward_flops(ltx2, n, N, T) == pytest.approx(layers * video, rel=1e-12)
     # 121 frames at 25 fps: 121 audio tokens; the audio, always running, keeps the ideal under LTX-Video 13B's
@@ -74,9 +81,7 @@ def test_an_audio_tower_fused_with_part_of_the_video_blocks_by_hand(speed):
     the audio's k/v a x d) and the audio's queries against every video token's keys (k/v of the running rows only)."""
     prism, wan = speed.MODELS["prism"], speed.MODELS["wan21-14b"]
     d, a, ra, n, N, T, A = 5120, 1536, 8960 / 1536, 4000, 32760, 512, 169
-    audio = (A * (4 + 2 * ra) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
-             + (n * 2 * d * d + A * 2 * a * d) * 2 + n * A * 4 * d
-             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+    audio = audio_terms(n, N, T, A, d, a, ra, w=d)
     assert speed.forward_flops(prism, n, N, T, A) == pytest.approx(speed.forward_flops(wan, n, N, T) + 30 * audio,
                                                                    rel=1e-12)
     # 81 frames at 24 fps: 3.375 s of 48 kHz audio, a token per 960 samples (Prism Prepare AV's count)
@@ -92,9 +97,7 @@ def test_an_audio_block_fused_with_every_video_block_by_hand(speed):
     k6 = speed.MODELS["kandinsky6-pro"]
     d, r, a, ra, n, N, T, A = 4096, 4.0, 2048, 3.5, 4000, 48360, 512, 218
     video = n * (4 + 2 * r) * d * d * 2 + n * N * 4 * d + (2 * n + 2 * T) * d * d * 2 + n * T * 4 * d
-    audio = (A * (4 + 2 * ra) * a * a * 2 + A * A * 4 * a + (2 * A + 2 * T) * a * a * 2 + A * T * 4 * a
-             + (n * 2 * d * d + A * 2 * a * d) * 2 + n * A * 4 * d
-             + (A * 2 * a * a + n * 2 * d * a) * 2 + A * N * 4 * a)
+    audio = audio_terms(n, N, T, A, d, a, ra, w=d)
     assert speed.forward_flops(k6, n, N, T, A) == pytest.approx(60 * (video + audio), rel=1e-12)
     # 121 frames at 24 fps: 5.04 s of 44.1 kHz audio, a token per 1024 samples (Kandinsky 6 Empty Latent's count)
     assert speed.audio_tokens(k6, 121) == 218

@@ -33,7 +33,7 @@ class Kandinsky5Family(VideoFamilyAdapter):
         blocks = len(patcher.model.diffusion_model.visual_transformer_blocks)
         for i in range(blocks):
             patch_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.forward",
-                         before=_gather_block_inputs, after=every_token_row if i == blocks - 1 else None,
+                         before=gather_visual_block_inputs, after=every_token_row if i == blocks - 1 else None,
                          graph=True)
             passthrough_method(patcher, slot, f"diffusion_model.visual_transformer_blocks.{i}.cross_attention.forward")
         patch_module_forward(patcher, slot, "diffusion_model.visual_embeddings", after=_note_grid)
@@ -52,15 +52,18 @@ LAST_BLOCK_REPLACED = ("another node replaces Kandinsky 5's last visual block (e
                        "which region-adaptive sampling needs to run: choose other layers, or sample with KSampler")
 
 
-def _gather_block_inputs(call, arguments) -> None:
+def gather_visual_block_inputs(call, arguments, rope: str = "freqs", last_block_replaced: str = LAST_BLOCK_REPLACED):
+    """A visual block's arguments (Kandinsky 5's, and Kandinsky 6's fused blocks'): the first that runs gathers the video
+    tokens (`visual_embed`), refusing where another node replaces the last block (which hands the model every token's
+    row); every block gets their rows of the RoPE frequencies (`rope`)."""
     if call.image_rows is None:                     # the first visual block that runs
         options = arguments.get("transformer_options") or {}
         last = options.get("total_blocks", 0) - 1
         if not call.dense and ("double_block", last) in options.get("patches_replace", {}).get("dit", {}):
-            raise NotImplementedError(LAST_BLOCK_REPLACED)
+            raise NotImplementedError(last_block_replaced)
         arguments["visual_embed"] = call.gather(arguments["visual_embed"])    # dense: unchanged, but counted
     if not call.dense:
-        arguments["freqs"] = gathered_freqs(call, arguments["freqs"], prefix=0)
+        arguments[rope] = gathered_freqs(call, arguments[rope], prefix=0)
 
 
 def _scatter_output(call, out: torch.Tensor) -> torch.Tensor:

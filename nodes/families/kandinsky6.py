@@ -21,8 +21,9 @@ per-token output layer. The adapter hooks modules, never the forward's code:
 Its MagCache (a skip of every block decided by the model, `k6_magcache` in the options) would hand the output layer
 rows of another step: refused with a clear error at the first forward, as is another node replacing the last block.
 """
-from .base import (VideoFamilyAdapter, every_token_row, gathered_freqs, image_keys_method, passthrough_method,
-                   patch_method, runs_class_methods, scatter_video_output)
+from .base import (VideoFamilyAdapter, every_token_row, image_keys_method, passthrough_method, patch_method,
+                   runs_class_methods, scatter_video_output)
+from .kandinsky5 import gather_visual_block_inputs
 
 # attention modules of a fused block that pass the K/V cache by: the video's text cross-attention, the audio's
 # self-attention and text cross-attention, the video's attention to the audio
@@ -70,14 +71,7 @@ def _refuse_magcache(call, arguments) -> None:
 
 
 def _gather_block_inputs(call, arguments) -> None:
-    if call.image_rows is None:                     # the first fused block that runs
-        options = arguments.get("transformer_options") or {}
-        last = options.get("total_blocks", 0) - 1
-        if not call.dense and ("double_block", last) in options.get("patches_replace", {}).get("dit", {}):
-            raise NotImplementedError(LAST_BLOCK_REPLACED)
-        arguments["visual_embed"] = call.gather(arguments["visual_embed"])    # dense: unchanged, but counted
-    if not call.dense:
-        arguments["visual_rope"] = gathered_freqs(call, arguments["visual_rope"], prefix=0)
+    gather_visual_block_inputs(call, arguments, "visual_rope", LAST_BLOCK_REPLACED)
 
 
 def _every_video_row(call, out):
