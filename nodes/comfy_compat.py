@@ -270,6 +270,14 @@ def takes_transformer_options(module) -> bool:
     return "transformer_options" in inspect.signature(type(module).forward).parameters
 
 
+def kandinsky5_attends_sparsely(diffusion_model) -> bool:
+    """Does this Kandinsky 5 switch its visual blocks to its own block-sparse attention (NABLA, over tokens in its own
+    "fractal" order) on long videos (`sparse_params`: newer ComfyUI, read in the index at comfyanonymous 0c84b76; not
+    in 0.3.75 or 0.33)?"""
+    blocks = getattr(diffusion_model, "visual_transformer_blocks", None)
+    return bool(blocks) and "sparse_params" in inspect.signature(type(blocks[0]).forward).parameters
+
+
 def sd3_block_mixing_takes_transformer_options() -> bool:
     """Does SD3's joint block (JointBlock.forward -> block_mixing, keyword arguments passed through) hand attention
     ComfyUI's `transformer_options`? SD3's ControlNet calls its joint blocks without them (sd3_controlnet.py)."""

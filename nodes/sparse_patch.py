@@ -149,6 +149,10 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             warn(f"this run's latent ({latent_shape[-2]}x{latent_shape[-1]}) is not a multiple of the model's patch "
                  f"size {patch_size}: the model samples it alone", node)
             return executor(*args, **kwargs)
+        alone = adapter.samples_alone(model.model.diffusion_model, latent_shape)
+        if alone:           # the sampler nodes refuse it before sampling (refused_latent)
+            warn(f"{alone}: the model samples it alone", node)
+            return executor(*args, **kwargs)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched
         check_neighbours(sampled, node, adapter.handled_patches)

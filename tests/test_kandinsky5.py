@@ -4,14 +4,19 @@ self-attention over the video tokens and cross-attention to the text, an output 
 exactness set of test_video.py on videos (an odd frame count, non-square frames) and images, image-to-video with a
 start image (Kandinsky5ImageToVideo's conditioning), the memory plan, both sampler nodes and both Model Patch nodes."""
 import importlib
+import inspect
+from unittest import mock
 
 import pytest
 import torch
 
 import comfy.supported_models
 
+from comfyui_sdit.nodes.errors import SDiTInputError
 from comfyui_sdit.nodes.families import adapter_for
-from sdit_testkit import build_tiny, ksample, ras_model_patch, text_conditioning
+from comfyui_sdit.nodes.families import kandinsky5 as kandinsky5_family
+from sdit_testkit import build_tiny, ksample, ras_model_patch, ras_sample, text_conditioning
+from test_ras_sampler import ras_args
 from test_memory_plan import sample_patched
 from test_video import (assert_within, every_token_active, exact_on_a_third_of_the_tokens,
                         model_patch_nodes_under_ksampler, sampler_node_end_to_end, skip_layer_guidance_skipping_block_0)
@@ -123,3 +128,39 @@ def test_skip_layer_guidance_on_a_first_block_samples_and_on_the_last_is_refused
     patched = ras_model_patch(skipping_last, 0.3, 1, "", 0.1, "std", False)[0]
     with pytest.raises(NotImplementedError, match="last visual block"):
         ksample(patched, latent(), seed=5, steps=4, cfg=3.0, **prompts())
+
+
+LONG_FRAMES = 41                    # one past the model's NABLA threshold (40 latent frames)
+
+
+def reference_nabla(q, k, v, sparse_params=None):
+    """The NABLA attention's layout with every key attended (a stand-in: the real one compiles a block-sparse kernel)."""
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).flatten(-2, -1)
+
+
+def test_a_video_the_model_attends_sparsely_is_refused_before_sampling_and_its_own_under_model_patch():
+    """Newer ComfyUI's Kandinsky 5 attends sparsely (NABLA, tokens in its own order) on videos of more than 40 latent
+    frames: the sampler nodes refuse such a video before sampling, naming it; under a Model Patch node that run is the
+    model's own (equal to KSampler's), with a log line; a shorter video still runs sparse steps."""
+    k5 = importlib.import_module("comfy.ldm.kandinsky5.model")
+    if "sparse_params" not in inspect.signature(k5.TransformerDecoderBlock.forward).parameters:
+        pytest.skip("this ComfyUI's Kandinsky 5 has no sparse attention of its own")
+    model = tiny_kandinsky5(seed=12)
+    long = torch.zeros(1, 16, LONG_FRAMES, 16, 16)
+    args = ras_args(steps=4, cfg=3.0, sample_ratio=0.3, reset_steps="", **prompts())
+    with mock.patch.object(k5, "nabla", reference_nabla):
+        with pytest.raises(SDiTInputError, match="NABLA"):
+            ras_sample(model, latent_image={"samples": long}, **args)
+        reference = ksample(model, long, seed=5, steps=3, cfg=3.0, **prompts())
+        with mock.patch("logging.warning") as logged:
+            out = ksample(ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], long, seed=5, steps=3, cfg=3.0,
+                          **prompts())
+        assert torch.equal(out, reference)
+        assert any("NABLA" in str(c) for c in logged.call_args_list)
+        _, trace = ras_sample(model, latent_image={"samples": latent()}, **args)
+        assert any(not step.dense for step in trace.steps)
+        # a model whose threshold is not the pack's: its blocks' sparse attention stops the first forward, naming it
+        with mock.patch.object(kandinsky5_family, "NABLA_FRAMES", 100), pytest.raises(NotImplementedError, match="NABLA"):
+            ksample(ras_model_patch(model, 0.3, 1, "", 0.1, "std", False)[0], long, seed=5, steps=3, cfg=3.0,
+                    **prompts())

@@ -15,12 +15,25 @@ The text blocks' attention runs before the gather: the model's own, untouched.
 """
 import torch
 
+from ..comfy_compat import kandinsky5_attends_sparsely
 from .base import (VideoFamilyAdapter, every_token_row, gathered_freqs, passthrough_method, patch_method,
                    patch_module_forward, runs_class_methods, scatter_video_output)
 
 
+# Kandinsky5.forward_orig's NABLA_THR (newer ComfyUI, read in the index at comfyanonymous 0c84b76): on videos of more
+# latent frames its visual blocks attend sparsely over their own token order
+NABLA_FRAMES = 40
+NABLA = ("Kandinsky 5 attends sparsely (its NABLA attention, over tokens in an order of its own) on videos of more than "
+         f"{NABLA_FRAMES} latent frames (about 10 seconds), which region-adaptive sampling cannot follow: sample this "
+         "length with KSampler, or a shorter video")
+
+
 class Kandinsky5Family(VideoFamilyAdapter):
     names = ("Kandinsky 5",)
+
+    def samples_alone(self, diffusion_model, shape):
+        long = len(shape) == 5 and shape[2] // self.temporal_patch(diffusion_model) > NABLA_FRAMES
+        return NABLA if long and kandinsky5_attends_sparsely(diffusion_model) else None
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.kandinsky5.model", "Kandinsky5",
@@ -56,6 +69,8 @@ def gather_visual_block_inputs(call, arguments, rope: str = "freqs", last_block_
     """A visual block's arguments (Kandinsky 5's, and Kandinsky 6's fused blocks'): the first that runs gathers the video
     tokens (`visual_embed`), refusing where another node replaces the last block (which hands the model every token's
     row); every block gets their rows of the RoPE frequencies (`rope`)."""
+    if arguments.get("sparse_params") is not None:  # the model's own sparse attention (a threshold other than ours)
+        raise NotImplementedError(NABLA)
     if call.image_rows is None:                     # the first visual block that runs
         options = arguments.get("transformer_options") or {}
         last = options.get("total_blocks", 0) - 1
