@@ -151,7 +151,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             return executor(*args, **kwargs)
         alone = adapter.samples_alone(model.model.diffusion_model, latent_shape)
         if alone:           # the sampler nodes refuse it before sampling (refused_latent)
-            warn(f"{alone}: the model samples it alone", node)
+            warn(f"{alone}; this run is the model's own", node)
             return executor(*args, **kwargs)
         guider_patcher = getattr(executor.class_obj, "model_patcher", None)   # with every node applied after us
         sampled = guider_patcher if guider_patcher is not None else patched

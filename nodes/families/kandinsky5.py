@@ -11,7 +11,9 @@ that function's code:
   reshape to the grid holds; the output layer's result is cut back into tokens, the running ones kept and the
   others filled from the policy (`scatter`), and put back together. Another node replacing that last block (Skip
   Layer Guidance skipping it) gets a clear error.
-The text blocks' attention runs before the gather: the model's own, untouched.
+The text blocks' attention runs before the gather: the model's own, untouched. Newer ComfyUI's Kandinsky 5 attends
+sparsely on videos of more than 40 latent frames (NABLA, over tokens in an order of its own): such a video is refused by
+the sampler nodes and left to the model under a Model Patch node (`samples_alone`).
 """
 import torch
 
@@ -24,20 +26,20 @@ from .base import (VideoFamilyAdapter, every_token_row, gathered_freqs, passthro
 # latent frames its visual blocks attend sparsely over their own token order
 NABLA_FRAMES = 40
 NABLA = ("Kandinsky 5 attends sparsely (its NABLA attention, over tokens in an order of its own) on videos of more than "
-         f"{NABLA_FRAMES} latent frames (about 10 seconds), which region-adaptive sampling cannot follow: sample this "
-         "length with KSampler, or a shorter video")
+         f"{NABLA_FRAMES} latent frames ({4 * NABLA_FRAMES + 1} frames, about 10 seconds), which region-adaptive sampling "
+         f"cannot follow: use at most {NABLA_FRAMES} latent frames, or sample with KSampler")
 
 
 class Kandinsky5Family(VideoFamilyAdapter):
     names = ("Kandinsky 5",)
 
-    def samples_alone(self, diffusion_model, shape):
-        long = len(shape) == 5 and shape[2] // self.temporal_patch(diffusion_model) > NABLA_FRAMES
-        return NABLA if long and kandinsky5_attends_sparsely(diffusion_model) else None
-
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.kandinsky5.model", "Kandinsky5",
                                   ("forward_orig", "_forward", "forward"))
+
+    def samples_alone(self, diffusion_model, shape):
+        long = len(shape) == 5 and shape[2] // self.temporal_patch(diffusion_model) > NABLA_FRAMES
+        return NABLA if long and kandinsky5_attends_sparsely(diffusion_model) else None
 
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(image_tokens, diffusion_model.model_dim)] * len(diffusion_model.visual_transformer_blocks)
