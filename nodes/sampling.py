@@ -125,7 +125,9 @@ def check_sampler_inputs(adapter, model, latent_image, positive, negative, patch
     model's adapter refuses (e.g. a reference latent before a video's tokens)."""
     check_latent(latent_image, patch_size, node, video=adapter.takes_frames(model.model.diffusion_model),
                  pixels=pixels_per_latent(model.model))
-    reason = adapter.refused_latent(model.model.diffusion_model, tuple(first_part(latent_image["samples"]).shape))
+    shape = tuple(first_part(latent_image["samples"]).shape)
+    reason = (adapter.refused_latent(model.model.diffusion_model, shape)
+              or adapter.samples_alone(model.model.diffusion_model, shape))
     if reason:
         raise SDiTInputError(node, "latent_image", reason)
     for input_name, conditioning in (("positive", positive), ("negative", negative)):

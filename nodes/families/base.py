@@ -581,13 +581,13 @@ class FamilyAdapter:
 
     def refused_latent(self, diffusion_model, shape: tuple) -> Optional[str]:
         """Why a latent of this shape cannot be sampled region-adaptively with this model, or None (asked by the
-        sampler nodes before sampling, as `refused_conditioning` is)."""
-        return self.samples_alone(diffusion_model, shape)
+        sampler nodes before sampling, as `refused_conditioning` and `samples_alone` are)."""
+        return None
 
     def samples_alone(self, diffusion_model, shape: tuple) -> Optional[str]:
         """Why the model samples a latent of this shape in a way region-adaptive sampling cannot follow, or None: the
-        sampler nodes refuse it before sampling (through `refused_latent`); under a Model Patch node that run is the
-        model's own, with a log line."""
+        sampler nodes refuse it before sampling; under a Model Patch node that run is the model's own, with a log
+        line."""
         return None
 
     def refused_conditioning(self, diffusion_model, values: dict) -> Optional[str]:
