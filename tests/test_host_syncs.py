@@ -171,6 +171,14 @@ def _helios(depth, g):
             dict(context=_context(g), **history_values(frames=3)))
 
 
+def _kandinsky6(depth, g):
+    """Kandinsky 6 (newest ComfyUI): the video and its audio, the audio's attention to the video through the cache."""
+    pytest.importorskip("comfy.ldm.kandinsky6.model")
+    from test_kandinsky6 import AUDIO_CHANNELS, AUDIO_TOKENS, tiny_k6
+    return (tiny_k6(seed=1, num_visual_blocks=depth), ((1, 16, 3, 8, 12), (1, AUDIO_TOKENS, AUDIO_CHANNELS)),
+            dict(context=_context(g), y=torch.randn(1, 32, generator=g)))
+
+
 def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
     """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
     def build(depth, g):
@@ -186,7 +194,8 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "wan": _wan, "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "hunyuan_dit": _hunyuan_dit,
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
-            "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios}
+            "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios,
+            "kandinsky6": _kandinsky6}
 PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
@@ -196,7 +205,11 @@ def syncs_added(family: str, depth: int):
     before the model runs) is not counted: the policy runs on the host by design."""
     g = torch.Generator().manual_seed(0)
     model, shape, kwargs = FAMILIES[family](depth, g)
-    x = torch.randn(shape, generator=g)
+    if isinstance(shape[0], tuple):         # a latent of several parts (video and audio), handed over as a list
+        x = [torch.randn(part, generator=g) for part in shape]
+        shape = shape[0]
+    else:
+        x = torch.randn(shape, generator=g)
     patch_size = PATCH.get(family, 2)
     grid = (shape[-2] // patch_size) * (shape[-1] // patch_size) * (shape[2] if len(shape) == 5 else 1)
     patched, slot, policy = patch(model, [None, random_active(1, grid, grid // 3, seed=4)])
@@ -206,7 +219,7 @@ def syncs_added(family: str, depth: int):
     patched.patch_model(load_weights=False)
     try:
         for _ in range(2):                                              # dense (fills the caches), then sparse
-            call = run.open_forward(x.shape, 0.6, None, "s")
+            call = run.open_forward(shape, 0.6, None, "s")
             options = dict(patched.model_options["transformer_options"], wrappers=patched.wrappers)
             sparse = count_syncs(lambda: patched.model.diffusion_model(x, sigma, transformer_options=options, **kwargs))
             run.close_forward(call, True)
