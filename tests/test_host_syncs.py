@@ -171,6 +171,15 @@ def _helios(depth, g):
             dict(context=_context(g), **history_values(frames=3)))
 
 
+def _ltx2(depth, g):
+    """LTX-2 (newer ComfyUI): the video and its audio, the audio's attention to the video through the cache."""
+    pytest.importorskip("comfy.ldm.lightricks.av_model")
+    from test_ltx2 import TINY_LTX2
+    import comfy.supported_models
+    model = build_tiny(comfy.supported_models.LTXAV, dict(TINY_LTX2, num_layers=depth), seed=1)
+    return model, ((1, 128, 3, 8, 12), (1, 8, 7, 16)), dict(context=_context(g, dim=64), frame_rate=25)
+
+
 def _kandinsky6(depth, g):
     """Kandinsky 6 (newest ComfyUI): the video and its audio, the audio's attention to the video through the cache."""
     pytest.importorskip("comfy.ldm.kandinsky6.model")
@@ -195,8 +204,8 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
             "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios,
-            "kandinsky6": _kandinsky6}
-PATCH = {"ltxv": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
+            "kandinsky6": _kandinsky6, "ltx2": _ltx2}
+PATCH = {"ltxv": 1, "ltx2": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
 def syncs_added(family: str, depth: int):
