@@ -180,6 +180,17 @@ def _ltx2(depth, g):
     return model, ((1, 128, 3, 8, 12), (1, 8, 7, 16)), dict(context=_context(g, dim=64), frame_rate=25)
 
 
+def _minimax_h3(depth, g):
+    """MiniMax H3 (newer ComfyUI): one packed sequence [text | audio | video], the video's tokens sparse."""
+    pytest.importorskip("comfy.ldm.minimax.model")
+    from test_minimax_h3 import TINY_H3
+    import comfy.supported_models
+    model = build_tiny(comfy.supported_models.MiniMaxH3, dict(TINY_H3, num_layers=depth), seed=1)
+    with torch.no_grad():                        # a buffer ComfyUI leaves for the checkpoint to fill
+        model.model.diffusion_model.rope.inv_freq.copy_(torch.tensor([1.0, 0.3]))
+    return model, ((1, 24, 3, 8, 12), (1, 32, 2, 17)), dict(context=_context(g, dim=64))
+
+
 def _kandinsky6(depth, g):
     """Kandinsky 6 (newest ComfyUI): the video and its audio, the audio's attention to the video through the cache."""
     pytest.importorskip("comfy.ldm.kandinsky6.model")
@@ -204,7 +215,7 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
             "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios,
-            "kandinsky6": _kandinsky6, "ltx2": _ltx2}
+            "kandinsky6": _kandinsky6, "ltx2": _ltx2, "minimax_h3": _minimax_h3}
 PATCH = {"ltxv": 1, "ltx2": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
