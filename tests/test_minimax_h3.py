@@ -38,8 +38,8 @@ TINY_H3 = dict(image_model="minimax_h3", hidden_size=64, num_layers=2, token_ref
                time_embed_hidden_size=64, time_embed_dim=32, rope_inv_freq_len=2)
 
 
-def tiny_h3(seed):
-    model = build_tiny(comfy.supported_models.MiniMaxH3, TINY_H3, seed)
+def tiny_h3(seed, **config):
+    model = build_tiny(comfy.supported_models.MiniMaxH3, dict(TINY_H3, **config), seed)
     with torch.no_grad():                        # a buffer ComfyUI leaves for the checkpoint to fill
         model.model.diffusion_model.rope.inv_freq.copy_(torch.tensor([1.0, 0.3]))
     return model
@@ -194,16 +194,36 @@ def test_a_batch_of_two_is_refused_before_sampling():
 
 
 class MiniMaxH3FunControlBlockPatch:
-    """Stands in for newer ComfyUI's (0.38+, read in the search index) MiniMax H3 Fun ControlNet block patch, which
-    "Apply MiniMax H3 Fun ControlNet" puts on every fifth block as a block replacement: it runs a control tower over
-    the whole packed sequence by its layout's positions and adds it to the blocks' output. Found by class name."""
+    """Stands in for newer ComfyUI's MiniMax H3 Fun ControlNet block patch (test_minimax_h3_fun_controlnet.py runs the
+    real one where ComfyUI has it), which "Apply MiniMax H3 Fun ControlNet" puts on some blocks as a block replacement:
+    what its tower computes over the whole packed sequence is added to the block's output by position (here a fixed
+    row per position)."""
 
     def __call__(self, args, extra):
-        return extra["original_block"](args)
+        out = extra["original_block"](args)
+        rows, width = args["mod_segments"][-1][1], out["img"].shape[-1]       # the whole sequence's length
+        position = torch.arange(rows, dtype=out["img"].dtype)[:, None]
+        out["img"].add_(0.3 * torch.sin(0.37 * position + 0.11 * torch.arange(width, dtype=out["img"].dtype)))
+        return out
 
 
-def test_the_fun_controlnet_is_refused_clearly():
-    model = tiny_h3(seed=0).clone()
-    model.set_model_patch_replace(MiniMaxH3FunControlBlockPatch(), "dit", "double_block", 0)
-    with pytest.raises(SDiTInputError, match="RAS Sampler: input 'model'.*'Apply MiniMax H3 Fun ControlNet'.*position"):
-        ras_sample(model, latent_image=av_latent(), **ras_args(steps=3, **prompts()))
+def with_block_patch_stand_in(model):
+    model = model.clone()
+    model.set_model_patch_replace(MiniMaxH3FunControlBlockPatch(), "dit", "double_block", 1)
+    return model
+
+
+def test_the_fun_controlnets_block_patch_adds_to_every_token_by_position():
+    """The block replacement gets every video token's row and its addition is kept for the running ones: every token
+    active equals the model with it alone, a third of the tokens (and the whole audio) are exact."""
+    model = tiny_h3(seed=0)
+    controlled = with_block_patch_stand_in(model)
+    reference = sample(controlled, av_latent(), 3.0)
+    assert (reference[0] - sample(model, av_latent(), 3.0)[0]).abs().max().item() > 1e-3
+    policy = FixedPlanPolicy([None] + [torch.arange(TOKENS)[None]] * 3)
+    patched, _ = apply_token_sparse(controlled, lambda run: policy, node="test")
+    assert_parts_within(sample(patched, av_latent(), 3.0), reference, TOL)
+    by_stream, (dense, sparse) = dense_then_sparse(controlled, av_latent(), random_active(1, TOKENS, TOKENS // 3,
+                                                                                          seed=3), 3.0)
+    assert_exact_on_active_tokens(by_stream, TOKENS, tol=TOL)
+    assert (sparse - dense).abs().max().item() <= TOL

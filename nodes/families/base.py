@@ -420,6 +420,18 @@ def with_block_patches_for_sparse_forward(call, options: dict, class_name: str, 
     return dict(options, patches=dict(patches, **{kind: replaced}))
 
 
+def with_block_replacements(options: dict, class_name: str, stand_in: Callable, kind: str = "dit") -> dict:
+    """The transformer_options of this forward with each block replacement of `class_name` in `patches_replace[kind]`
+    (another node's) replaced by `stand_in(patch)`; the same dict where there is none (the patches on the model are
+    never changed)."""
+    by_kind = options.get("patches_replace") or {}
+    replacements = by_kind.get(kind) or {}
+    if not any(is_patch_of(p, class_name) for p in replacements.values()):
+        return options
+    replaced = {block: stand_in(p) if is_patch_of(p, class_name) else p for block, p in replacements.items()}
+    return dict(options, patches_replace=dict(by_kind, **{kind: replaced}))
+
+
 # Set in a ControlNet's residuals that ran with the model's tokens (sparse_controlnet.py): (evaluation, rows per image)
 SPARSE_CONTROL = "sdit_sparse_rows"
 

@@ -10,12 +10,15 @@ the audio's and the video's segments. The adapter hooks modules, never the forwa
   RoPE rows and the video segment cut to them (its per-token modulation rows gathered);
 - everything before the video always runs, the audio too: its queries see every video token's keys (the others'
   from the K/V cache), so a sparse step after a dense one leaves the audio exact;
-- the final layer's video segment is the running tokens; its video output gets every token's row back.
+- the final layer's video segment is the running tokens; its video output gets every token's row back;
+- newer ComfyUI's Fun ControlNet (block replacements running a control tower over the whole sequence) keeps running
+  whole beside the sparse blocks (minimax_h3_fun_controlnet.py).
 """
 import importlib
 
 import torch
 
+from . import minimax_h3_fun_controlnet
 from .base import VideoFamilyAdapter, gather_image_after, gathered_freqs, patch_method, runs_class_methods
 
 UNEXPECTED_LAYOUT = ("MiniMax H3: the video's tokens are not the last segment of this ComfyUI's packed sequence, "
@@ -24,6 +27,7 @@ UNEXPECTED_LAYOUT = ("MiniMax H3: the video's tokens are not the last segment of
 
 class MiniMaxH3Family(VideoFamilyAdapter):
     names = ("MiniMax H3",)
+    handled_patches = (minimax_h3_fun_controlnet.PATCH_CLASS,)
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.minimax.model", "MiniMaxH3Model",
@@ -52,6 +56,7 @@ class MiniMaxH3Family(VideoFamilyAdapter):
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.blocks)):
             patch_method(patcher, slot, f"diffusion_model.blocks.{i}.forward", before=_gather_block_inputs)
+        patch_method(patcher, slot, "diffusion_model._forward", before=_control_tower_beside_sparse_blocks)
         patch_method(patcher, slot, "diffusion_model.final_layer.forward", before=_running_video_segment,
                      after=lambda call, out: (call.scatter(out[0][None])[0],) + tuple(out[1:]))
 
@@ -71,6 +76,12 @@ def _gather_block_inputs(call, arguments) -> None:
     if key not in call.scratch:                     # every block gets the same list: cut it once per forward
         call.scratch[key] = segments[:-1] + [_running_segment(call, segments[-1])]
     arguments["mod_segments"] = call.scratch[key]
+
+
+def _control_tower_beside_sparse_blocks(call, arguments) -> None:
+    if arguments.get("transformer_options") is not None:
+        arguments["transformer_options"] = minimax_h3_fun_controlnet.forward_options(call,
+                                                                                   arguments["transformer_options"])
 
 
 def _running_video_segment(call, arguments) -> None:
