@@ -21,8 +21,9 @@ Checked, and why:
   DiffSynth, Uni3C and Z-Image Fun ControlNets of "Load Model Patch" and InfiniteTalk's audio attention on a model other
   than Qwen-Image, plain Wan and Z-Image (Lumina's NextDiT), whose adapters run them token-sparse
   (FamilyAdapter.handled_patches), InfiniteTalk's speaker map (several speakers with masks: every token's query),
-  newer ComfyUI's MiniMax H3 Fun ControlNet on other models than MiniMax H3's adapter, whose tower runs whole beside the
-  sparse blocks, and Qwen-Image 2.1's, block replacements running a control tower over the whole sequence): they need every token's hidden state, the sparse forward has only the running ones
+  newer ComfyUI's MiniMax H3 and Qwen-Image 2.1 Fun ControlNets, block replacements running a control tower over the
+  whole sequence, on other models than their own, whose adapters run the tower whole beside the sparse blocks):
+  they need every token's hidden state, the sparse forward has only the running ones
   (without this check: a size mismatch inside the patch). Found by class name, theirs or a base's,
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error

@@ -251,20 +251,21 @@ class ShiftsEveryTokenOfTheBlock:
         return dict(out, img=out["img"] + shift)
 
 
-class QwenImage21FunControlBlockPatch:
-    """Stands in for newest ComfyUI's (read in the search index) Qwen-Image 2.1 Fun ControlNet block patch, which
-    "Apply Qwen Image 2.1 Fun ControlNet" puts on every other block as a block replacement: it runs a control tower
-    over the whole target by position and adds it to the blocks' output. Found by class name, on any model."""
+def fun_controlnet_block_patch(class_name: str):
+    """Stands in for newer ComfyUI's (read in the search index) Qwen-Image 2.1 or MiniMax H3 Fun ControlNet block patch,
+    which "Apply Qwen Image 2.1 Fun ControlNet" / "Apply MiniMax H3 Fun ControlNet" puts on some blocks as a block
+    replacement: it runs a control tower over the whole sequence and adds it to the blocks' output by position. Its
+    own model's adapter runs it beside the sparse blocks (test_qwen_image21_fun_controlnet.py,
+    test_minimax_h3_fun_controlnet.py); on any other model it is found by class name and refused."""
+    return type(class_name, (), {"__call__": lambda self, args, extra: extra["original_block"](args)})()
 
-    def __call__(self, args, extra):
-        return extra["original_block"](args)
 
-
-def test_the_qwen_image21_fun_controlnet_is_refused_clearly():
+@pytest.mark.parametrize("class_name,node", [("QwenImage21FunControlBlockPatch", "Apply Qwen Image 2.1 Fun ControlNet"),
+                                             ("MiniMaxH3FunControlBlockPatch", "Apply MiniMax H3 Fun ControlNet")])
+def test_a_fun_controlnet_on_another_model_is_refused_clearly(class_name, node):
     model = tiny_flux(seed=44).clone()
-    model.set_model_patch_replace(QwenImage21FunControlBlockPatch(), "dit", "double_block", 0)
-    with pytest.raises(SDiTInputError, match=r"RAS Sampler: input 'model'.*'Apply Qwen Image 2.1 Fun ControlNet'.*"
-                                             r"position"):
+    model.set_model_patch_replace(fun_controlnet_block_patch(class_name), "dit", "double_block", 0)
+    with pytest.raises(SDiTInputError, match=rf"RAS Sampler: input 'model'.*'{node}'.*position"):
         ras_sample(model, latent_image=latent(1), **ras_args(cfg=3.0))
 
 

@@ -28,8 +28,8 @@ TINY_QWEN_IMAGE21 = dict(image_model="qwen_image21", in_channels=64, out_channel
 PREFIX_CACHE = {"on": {}, "off": {"device": "off"}}     # the model's own prefix cache (transformer_options)
 
 
-def tiny_qwen_image21(seed, prefix_cache="on"):
-    model = build_tiny(comfy.supported_models.QwenImage21, TINY_QWEN_IMAGE21, seed)
+def tiny_qwen_image21(seed, prefix_cache="on", **config):
+    model = build_tiny(comfy.supported_models.QwenImage21, dict(TINY_QWEN_IMAGE21, **config), seed)
     model.model_options.setdefault("transformer_options", {})["qwen_image21_cache"] = PREFIX_CACHE[prefix_cache]
     return model
 

@@ -12,22 +12,23 @@ the audio's and the video's segments. The adapter hooks modules, never the forwa
   from the K/V cache), so a sparse step after a dense one leaves the audio exact;
 - the final layer's video segment is the running tokens; its video output gets every token's row back;
 - newer ComfyUI's Fun ControlNet (block replacements running a control tower over the whole sequence) keeps running
-  whole beside the sparse blocks (minimax_h3_fun_controlnet.py).
+  whole beside the sparse blocks (control_towers.py).
 """
 import importlib
 
 import torch
 
-from . import minimax_h3_fun_controlnet
+from . import control_towers
 from .base import VideoFamilyAdapter, gather_image_after, gathered_freqs, patch_method, runs_class_methods
 
+FUN_CONTROLNET = "MiniMaxH3FunControlBlockPatch"      # Apply MiniMax H3 Fun ControlNet's block replacement
 UNEXPECTED_LAYOUT = ("MiniMax H3: the video's tokens are not the last segment of this ComfyUI's packed sequence, "
                      "which region-adaptive sampling needs: sample it with KSampler, or update this node pack")
 
 
 class MiniMaxH3Family(VideoFamilyAdapter):
     names = ("MiniMax H3",)
-    handled_patches = (minimax_h3_fun_controlnet.PATCH_CLASS,)
+    handled_patches = (FUN_CONTROLNET,)
 
     def matches(self, diffusion_model) -> bool:
         return runs_class_methods(diffusion_model, "comfy.ldm.minimax.model", "MiniMaxH3Model",
@@ -80,8 +81,8 @@ def _gather_block_inputs(call, arguments) -> None:
 
 def _control_tower_beside_sparse_blocks(call, arguments) -> None:
     if arguments.get("transformer_options") is not None:
-        arguments["transformer_options"] = minimax_h3_fun_controlnet.forward_options(call,
-                                                                                   arguments["transformer_options"])
+        arguments["transformer_options"] = control_towers.forward_options(
+            call, arguments["transformer_options"], FUN_CONTROLNET, lambda args: args["mod_segments"][-1][0])
 
 
 def _running_video_segment(call, arguments) -> None:

@@ -13,19 +13,24 @@ prefix. The adapter hooks modules, never the forward's code:
   wrapped: the target's keys and values go through the K/V cache, then the model's own function attends the prefix's
   queries and the target's running ones over [prefix | every target token] (its block-causal segments end the
   target's at the whole sequence's end), filling the model's prefix cache where it does that;
-- `proj_out`'s output is scattered back to every token.
+- `proj_out`'s output is scattered back to every token;
+- newer ComfyUI's Fun ControlNet (block replacements running a control tower over the whole sequence; with them on the
+  model, the model keeps no prefix cache) keeps running whole beside the sparse blocks (control_towers.py).
 The K/V cache holds the target's tokens only: the prefix's are complete on every step (computed, or the model's own).
 """
 import torch
 
+from . import control_towers
 from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, patch_module_forward,
                    runs_class_methods)
 
 _MODULE = "comfy.ldm.qwen_image21.model"
+FUN_CONTROLNET = "QwenImage21FunControlBlockPatch"     # Apply Qwen Image 2.1 Fun ControlNet's block replacement
 
 
 class QwenImage21Family(FamilyAdapter):
     names = ("Qwen-Image 2.1",)
+    handled_patches = (FUN_CONTROLNET,)
 
     def matches(self, diffusion_model) -> bool:
         return (runs_class_methods(diffusion_model, _MODULE, "QwenImage21Transformer2DModel",
@@ -42,7 +47,14 @@ class QwenImage21Family(FamilyAdapter):
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_block_inputs)
+        patch_method(patcher, slot, "diffusion_model._forward", before=_control_tower_beside_sparse_blocks)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
+
+
+def _control_tower_beside_sparse_blocks(call, arguments) -> None:
+    if arguments.get("transformer_options") is not None:
+        arguments["transformer_options"] = control_towers.forward_options(
+            call, arguments["transformer_options"], FUN_CONTROLNET, lambda args: int(args["prefix_len"]))
 
 
 def _block_inputs(call, arguments) -> None:
