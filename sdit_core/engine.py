@@ -112,6 +112,10 @@ class ForwardCall:
         # > 0 inside attention over the grid's tokens alone, one each, without the image sequence's extra tokens (a
         # control network's tokens beside the model's, Z-Image's Fun ControlNet: its own K/V cache layers)
         self.grid_keys = 0
+        # set inside a layer of another network that runs beside the model's, token-sparse (a Fun ControlNet's tower
+        # between the model's blocks): its K/V cache layer by this name, outside the model's numbered layers, so a
+        # forward where that network does not run (its start or end percent) keeps the model's layers where they were
+        self.layer_name: Optional[Hashable] = None
         self.image_first = False          # joint attention is [image | text] (HunyuanVideo), not [text | image]
         self.image_lead = 0               # image first: tokens that always run before the image sequence
         self.queries_end_keys = False     # a model's queries may be the keys' last rows (HiDream-O1, SenseNova)
@@ -231,7 +235,8 @@ class ForwardCall:
         sparse forward that ran fewer layers through the cache than the dense one stored, tells."""
         if self.dense or self.image_rows is None:      # dense, or the model body never ran
             return False
-        return len(self.stream.kv) == 0 or self.attention_calls != len(self.stream.kv)
+        numbered = self.stream.kv.numbered_layers()
+        return numbered == 0 or self.attention_calls != numbered
 
     # ---- attention ----------------------------------------------------------------------------
     def attention(self, attend: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -268,9 +273,12 @@ class ForwardCall:
             if others < 0:
                 raise ValueError(f"attention over {q.shape[seq_dim]} tokens, fewer than the {self.image_rows} image "
                                  "tokens")
-        layer = self.attention_calls
-        self.attention_calls += 1
-        self.record.attention_image_rows.append(running)
+        if self.layer_name is not None:
+            layer = self.layer_name
+        else:
+            layer = self.attention_calls
+            self.attention_calls += 1
+            self.record.attention_image_rows.append(running)
         if self.dense:
             if self.keeps_cache:
                 self.stream.kv.store_dense(layer, k, v, seq_dim)

@@ -107,6 +107,10 @@ class JointKVCache:
     def __len__(self) -> int:
         return len(self._layers) + len(self._fp8)
 
+    def numbered_layers(self) -> int:
+        """The model's layers (numbered in call order); named ones belong to a network beside it."""
+        return sum(1 for layer in (*self._layers, *self._fp8) if isinstance(layer, int))
+
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._layers.values()) \
             + sum(k.nbytes() + v.nbytes() for k, v in self._fp8.values())

@@ -451,3 +451,34 @@ def test_other_queries_attend_to_every_image_token_through_the_cache():
         assert call.dense == (sigma == 0.9)
         run.close_forward(call, True)
     assert torch.allclose(outputs[1], outputs[0], atol=1e-6)
+
+
+def test_a_named_layer_beside_the_models_leaves_the_model_layers_where_they_were():
+    """A layer of another network between the model's (a Fun ControlNet's tower between its blocks) keeps its K/V by
+    name (`ForwardCall.layer_name`): a sparse forward after a dense one is exact through it, and a forward where that
+    network does not run (past its end percent) still finds each of the model's layers where the dense one stored
+    it; neither counts as attention that went past the engine."""
+    def attend(q, k, v, heads, **kwargs):
+        return torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+    g = torch.Generator().manual_seed(1)
+    first, tower, last = ([torch.randn(1, 3, 8, generator=g) for _ in "qkv"] for _ in range(3))
+    run = SparseRun(FixedPlanPolicy([None] + [torch.tensor([[0, 2]])] * 2), (1, 16, 2, 6), patch_size=2)   # 3 tokens
+    outputs = []
+    for sigma, beside in ((0.9, True), (0.8, True), (0.7, False)):
+        call = run.open_forward((1, 16, 2, 6), sigma, None, "s")
+        call.gather(torch.zeros(1, 3, 8))
+        rows = [0, 1, 2] if call.dense else [0, 2]
+        out = {"first": call.attention(attend, *(t[:, rows] for t in first), 1, {})}
+        if beside:
+            call.layer_name = "tower"
+            out["tower"] = call.attention(attend, *(t[:, rows] for t in tower), 1, {})
+            call.layer_name = None
+        out["last"] = call.attention(attend, *(t[:, rows] for t in last), 1, {})
+        assert not call.attention_went_past() and call.attention_calls == 2
+        outputs.append((rows, out))
+        run.close_forward(call, True)
+    (_, dense), sparse = outputs[0], outputs[1:]
+    assert [rows for rows, _ in sparse] == [[0, 2], [0, 2]]
+    for rows, out in sparse:
+        for name, value in out.items():
+            assert torch.allclose(value, dense[name][:, rows], atol=1e-6), name

@@ -3,9 +3,10 @@ Patch": a tower of the model's own block kind that replaces every other block, s
 first of them with its control image put at the target's positions, and adds its blocks' outputs to theirs), on a tiny
 random-weight Qwen-Image 2.1 and a tiny instance of ComfyUI's own QwenImage21FunControl (CPU, fp32): every token
 active == the ControlNet alone (with it the model keeps no prefix cache); a sparse step after a dense one exact on the
-tokens that ran (batch 2 with CFG, other tokens per image); inpainting; a ControlNet that ends halfway; another node's
-attention backend under ours computing the tower's attention as without the pack; both sampler nodes and both Model
-Patch nodes end to end, the model and the patch passed in unchanged. Skipped where the running ComfyUI has no Qwen-Image
+tokens that ran, the tower on them too (batch 2 with CFG, other tokens per image); inpainting; the K/V cache with the
+tower's layers as planned; a ControlNet that ends halfway, and one that starts after the last dense step (its tower
+then whole); another node's attention backend under ours; both sampler nodes and both Model Patch nodes end to end,
+the model and the patch passed in unchanged. Skipped where the running ComfyUI has no Qwen-Image
 2.1 Fun ControlNet (0.3.75, 0.33: run on a local tree with the index's files, docs/COMPATIBILITY.md)."""
 import importlib
 
@@ -64,14 +65,14 @@ def picture(seed):
     return torch.rand(1, HEIGHT * 16, WIDTH * 16, 3, generator=torch.Generator().manual_seed(seed))
 
 
-def with_fun_controlnet(model, end_percent=1.0, inpainting=False):
+def with_fun_controlnet(model, end_percent=1.0, inpainting=False, start_percent=0.0):
     mask = None
     if inpainting:                                  # regenerate the left half of the picture
         mask = torch.zeros(1, HEIGHT * 16, WIDTH * 16)
         mask[..., : WIDTH * 8] = 1.0
     with torch.no_grad():                           # as ComfyUI runs its nodes
         out = qwen_nodes.QwenImage21FunControlNetApply.execute(
-            model, fun_controlnet(11), StandInVAE(), 1.0, 0.0, end_percent, control_image=picture(6),
+            model, fun_controlnet(11), StandInVAE(), 1.0, start_percent, end_percent, control_image=picture(6),
             inpaint_image=picture(7) if inpainting else None, mask=mask)
     return out.result[0] if hasattr(out, "result") else out[0]
 
@@ -100,6 +101,27 @@ def test_a_controlnet_that_ends_halfway():
     halfway = ksample(with_fun_controlnet(model, end_percent=0.5), latent(2), seed=5, steps=4, cfg=3.0, **prompts())
     whole = ksample(with_fun_controlnet(model), latent(2), seed=5, steps=4, cfg=3.0, **prompts())
     assert (halfway - whole).abs().max().item() > 1e-4, "it ends halfway"
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_planned_cache_is_what_the_streams_hold(cfg):
+    """Per stream, the model's blocks' and the tower's blocks' layers over the target's tokens: the tower ran on the
+    running tokens through K/V cache layers of its own."""
+    from test_memory_plan import sample_patched
+    run = sample_patched(with_fun_controlnet(tiny_model(seed=0)), latent(2), cfg, prompts())
+    width, layers = 4 * 16, LAYERS + 2              # the model's blocks and the tower's two
+    rows = 2 + (2 if cfg > 1 else 0)                # the positive's and the negative's, batch 2
+    assert run.kv_planned_bytes == run.kv_peak_bytes == rows * layers * TOKENS * width * 2 * 4
+
+
+def test_a_controlnet_that_starts_after_the_last_dense_step():
+    """From its start percent on the tower has no K/V cache of its own (no dense forward stored one): it runs whole
+    beside the sparse blocks, every token active still equals it alone."""
+    model = tiny_model(seed=7)
+    late = with_fun_controlnet(model, start_percent=0.5)
+    every_token_active(late, latent(2), 3.0, prompts(), TOKENS, assert_within(TOL))
+    whole = ksample(with_fun_controlnet(model), latent(2), seed=5, steps=4, cfg=3.0, **prompts())
+    assert (ksample(late, latent(2), seed=5, steps=4, cfg=3.0, **prompts()) - whole).abs().max().item() > 1e-4
 
 
 def test_an_attention_backend_under_ours_computes_the_towers_attention_as_without_the_pack():

@@ -14,23 +14,23 @@ prefix. The adapter hooks modules, never the forward's code:
   queries and the target's running ones over [prefix | every target token] (its block-causal segments end the
   target's at the whole sequence's end), filling the model's prefix cache where it does that;
 - `proj_out`'s output is scattered back to every token;
-- newer ComfyUI's Fun ControlNet (block replacements running a control tower over the whole sequence; with them on the
-  model, the model keeps no prefix cache) keeps running whole beside the sparse blocks (control_towers.py).
+- newer ComfyUI's Fun ControlNet (block replacements running a tower of the model's blocks; with them on the model, the
+  model keeps no prefix cache) runs on the running tokens too, its tower with K/V cache layers of its own
+  (qwen_image21_fun_controlnet.py).
 The K/V cache holds the target's tokens only: the prefix's are complete on every step (computed, or the model's own).
 """
 import torch
 
-from . import control_towers
+from . import qwen_image21_fun_controlnet
 from .base import (FamilyAdapter, gather_image_after, gathered_freqs, patch_method, patch_module_forward,
                    runs_class_methods)
 
 _MODULE = "comfy.ldm.qwen_image21.model"
-FUN_CONTROLNET = "QwenImage21FunControlBlockPatch"     # Apply Qwen Image 2.1 Fun ControlNet's block replacement
 
 
 class QwenImage21Family(FamilyAdapter):
     names = ("Qwen-Image 2.1",)
-    handled_patches = (FUN_CONTROLNET,)
+    handled_patches = (qwen_image21_fun_controlnet.PATCH_CLASS,)
 
     def matches(self, diffusion_model) -> bool:
         return (runs_class_methods(diffusion_model, _MODULE, "QwenImage21Transformer2DModel",
@@ -44,17 +44,20 @@ class QwenImage21Family(FamilyAdapter):
     def kv_cache_layers(self, diffusion_model, image_tokens, text_tokens, values):
         return [(image_tokens, diffusion_model.inner_dim)] * len(diffusion_model.transformer_blocks)
 
+    def patch_cache_layers(self, diffusion_model, transformer_options, image_tokens):
+        return qwen_image21_fun_controlnet.cache_layers(transformer_options, image_tokens, diffusion_model.inner_dim)
+
     def install(self, patcher, slot) -> None:
         for i in range(len(patcher.model.diffusion_model.transformer_blocks)):
             patch_method(patcher, slot, f"diffusion_model.transformer_blocks.{i}.forward", before=_block_inputs)
-        patch_method(patcher, slot, "diffusion_model._forward", before=_control_tower_beside_sparse_blocks)
+        patch_method(patcher, slot, "diffusion_model._forward", before=_fun_controlnet_on_running_tokens)
         patch_module_forward(patcher, slot, "diffusion_model.proj_out", after=lambda call, out: call.scatter(out))
 
 
-def _control_tower_beside_sparse_blocks(call, arguments) -> None:
+def _fun_controlnet_on_running_tokens(call, arguments) -> None:
     if arguments.get("transformer_options") is not None:
-        arguments["transformer_options"] = control_towers.forward_options(
-            call, arguments["transformer_options"], FUN_CONTROLNET, lambda args: int(args["prefix_len"]))
+        arguments["transformer_options"] = qwen_image21_fun_controlnet.forward_options(
+            call, arguments["transformer_options"], _through_the_cache)
 
 
 def _block_inputs(call, arguments) -> None:
