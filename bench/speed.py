@@ -137,6 +137,7 @@ TINY_LTX2 = dict(LTX2_19B, num_layers=2, attention_head_dim=16, num_attention_he
                  caption_channels=32, audio_attention_head_dim=8, audio_num_attention_heads=4,
                  audio_cross_attention_dim=32, connector_attention_head_dim=8, connector_num_attention_heads=4,
                  connector_num_layers=1)
+QWEN_IMAGE21 = Spec("QwenImage21", {}, 4096, None, None, 32, 4096, 4.5, vae_scale=16, latent_channels=64, patch=1)
 # Wan Animate 2 14B: Wan 2.1 I2V 14B's blocks beside its pose branch (every step here; WanAnimate2Cache: `pose="cached"`)
 WAN_ANIMATE2_14B = Spec("WAN_Animate2", dict(WAN21_14B, model_type="animate2", in_dim=36), 4096, None, None, 40, 5120,
                         13824 / 5120, joint=False, video=True, pose="run")
@@ -235,6 +236,14 @@ MODELS = {
     # Kandinsky 5 video block 4096 wide (a 16384 MLP, cross-attention to the Qwen2.5-VL prompt) beside an audio block
     # 2048 wide (a 7168 MLP, its own text cross-attention), the video's queries to the audio at the video's width, the
     # audio's to the video at its own; 44.1 kHz audio, a token per 1024 samples (the ratio as 44100 / (1024 x 24))
+    # Qwen-Image 2.1 (newer ComfyUI; ideal only: no ComfyUI tree here has it to time): 32 single-stream blocks 4096 wide
+    # over [prompt | target], a token per latent pixel of a 16x VAE's 64 channels, a SwiGLU MLP of 3 x 4096 (three
+    # matrices: a 4.5x plain MLP's FLOPs); its block-causal attention counted as joint. With its Fun ControlNet: a tower
+    # of 16 blocks of the same kind, on the running tokens (`controlnet`) or, as before, whole (`whole_branch`, its
+    # prompt rows left out)
+    "qwen-image-21": QWEN_IMAGE21,
+    "qwen-image-21-fun-cn": QWEN_IMAGE21._replace(controlnet=(16,)),
+    "qwen-image-21-fun-cn-whole": QWEN_IMAGE21._replace(whole_branch=(16, 4096, 4.5, 4096)),
     "kandinsky6-pro": Spec("Kandinsky6", {}, 3584, 768, None, 60, 4096, 4.0, joint=False, video=True, audio_hidden=2048,
                            audio_mlp_ratio=7168 / 2048, video_to_audio_width=4096, audio_rate=(44100, 1024 * 24)),
 }
@@ -782,7 +791,9 @@ def ideal_table(ratios=(0.5, 0.25, 0.125), text=512) -> list:
                               ("wan-animate2-14b", 480, 81), ("wan-animate2-14b-cached", 480, 81),
                               ("wan-animate2-14b", 720, 81), ("wan-animate2-14b-cached", 720, 81),
                               ("wan21-14b-uni3c", 480, 81), ("wan21-14b-uni3c", 720, 81), ("prism", 480, 81),
-                              ("prism", 720, 81), ("kandinsky6-pro", 480, 121), ("kandinsky6-pro", 720, 121)]:
+                              ("prism", 720, 81), ("kandinsky6-pro", 480, 121), ("kandinsky6-pro", 720, 121),
+                              ("qwen-image-21", 1024, 1), ("qwen-image-21-fun-cn", 1024, 1),
+                              ("qwen-image-21-fun-cn-whole", 1024, 1)]:
         spec = MODELS[name]
         shape = latent_shape(spec, res, frames)
         tokens, audio = image_tokens(shape, spec.patch), audio_tokens(spec, frames)

@@ -135,6 +135,21 @@ def test_a_controlnet_run_whole_by_hand(speed):
     assert speed.flop_ideal(uni3c, [N // 8], N, T) < speed.flop_ideal(wan, [N // 8], N, T)
 
 
+def test_a_tower_of_the_models_blocks_on_the_running_tokens_or_whole_by_hand(speed):
+    """Qwen-Image 2.1 with its Fun ControlNet: on the running tokens the tower's 16 blocks cost what the model's do, with
+    their output projections (the ideal stays the model's); whole (before) they cost their blocks over every target
+    token whatever runs, and the ideal at 0.125 falls under half the model's."""
+    base, tower, whole = (speed.MODELS[name] for name in ("qwen-image-21", "qwen-image-21-fun-cn",
+                                                          "qwen-image-21-fun-cn-whole"))
+    N, T, n, d, r = 4096, 512, 512, 4096, 4.5
+    layer = (T + n) * (4 + 2 * r) * d * d * 2 + (T + n) * (T + N) * 4 * d
+    assert speed.forward_flops(base, n, N, T) == pytest.approx(32 * layer, rel=1e-12)
+    assert speed.forward_flops(tower, n, N, T) == pytest.approx(48 * layer + 16 * n * d * d * 2, rel=1e-12)
+    branch = 16 * (N * (4 + 2 * r) * d * d * 2 + N * N * 4 * d + N * d * d * 2)
+    assert speed.forward_flops(whole, n, N, T) == pytest.approx(32 * layer + branch, rel=1e-12)
+    assert speed.flop_ideal(whole, [n], N, T) < speed.flop_ideal(tower, [n], N, T) / 2
+
+
 def test_the_ideal_counts_each_window_forward(speed):
     """In context windows every evaluation is one forward per window, over the window's tokens: the ideal
     sums those forwards (`calls_ideal`). With one forward per evaluation over the whole latent it is
