@@ -56,6 +56,17 @@ def random_active(batch: int, num_tokens: int, n: int, seed: int) -> torch.Tenso
     return torch.stack([torch.randperm(num_tokens, generator=g)[:n] for _ in range(batch)])
 
 
+def sample_leaving_a_fun_controlnet_untouched(model, block, sample) -> None:
+    """`sample()` leaves the block replacements other nodes put on `model` (a Fun ControlNet's, one on `block`) and the
+    ControlNet's weights as they were."""
+    replacements = dict(model.model_options["transformer_options"]["patches_replace"]["dit"])
+    network = replacements[block].control_patch.model_patch.model
+    weights = {name: p.clone() for name, p in network.state_dict().items()}
+    sample()
+    assert model.model_options["transformer_options"]["patches_replace"]["dit"] == replacements
+    assert all(torch.equal(weights[name], p) for name, p in network.state_dict().items())
+
+
 def assert_exact_on_active_tokens(by_stream: dict, tokens: int, tol: float = 1e-5, extra: int = 0) -> None:
     """{stream: [(dense output, computed), (sparse output, computed)]} of a dense and then a sparse forward on
     the same input: the sparse one equals the dense one on the tokens it computed (up to `tol`) and hands

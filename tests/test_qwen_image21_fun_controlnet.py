@@ -26,7 +26,7 @@ if not (hasattr(qwen_nodes, "QwenImage21FunControlNetApply") and hasattr(qwen21,
 
 from comfyui_sdit.sdit_core.policy import FixedPlanPolicy
 from comfyui_sdit.nodes.sparse_patch import apply_token_sparse
-from sdit_testkit import init_weights_, ksample
+from sdit_testkit import init_weights_, ksample, sample_leaving_a_fun_controlnet_untouched
 from test_qwen_image21 import HEIGHT, TOKENS, TOL, WIDTH, latent, prompts, tiny_qwen_image21
 from test_video import (a_patch_runs_with_every_token_active, assert_within, every_token_active,
                         exact_on_a_third_of_the_tokens, model_patch_nodes_under_ksampler, sampler_node_end_to_end)
@@ -144,13 +144,8 @@ def test_an_attention_backend_under_ours_computes_the_towers_attention_as_withou
 @pytest.mark.parametrize("method", ["RAS", "SDiT"])
 def test_sampler_nodes_end_to_end_leave_the_model_and_the_patch_untouched(method):
     model = with_fun_controlnet(tiny_model(seed=9))
-    replacements = dict(model.model_options["transformer_options"]["patches_replace"]["dit"])
-    tower = {name: p.clone() for name, p in replacements[("single_block", 0)].control_patch.model_patch.model
-             .state_dict().items()}
-    sampler_node_end_to_end(model, {"samples": latent(2)}, prompts(), method, TOKENS)
-    assert model.model_options["transformer_options"]["patches_replace"]["dit"] == replacements
-    after = replacements[("single_block", 0)].control_patch.model_patch.model.state_dict()
-    assert all(torch.equal(tower[name], after[name]) for name in tower)
+    sample_leaving_a_fun_controlnet_untouched(model, ("single_block", 0), lambda: sampler_node_end_to_end(
+        model, {"samples": latent(2)}, prompts(), method, TOKENS))
 
 
 def test_model_patch_nodes_under_ksampler():
