@@ -151,3 +151,16 @@ def test_sampler_nodes_end_to_end_leave_the_model_and_the_patch_untouched(method
 def test_model_patch_nodes_under_ksampler():
     model_patch_nodes_under_ksampler(with_fun_controlnet(tiny_model(seed=10)), {"samples": latent(1)}, prompts(),
                                      assert_within(TOL))
+
+
+def test_a_model_that_hands_its_block_replacements_too_little_gets_a_clear_error():
+    """A Qwen-Image 2.1 of a form older than ComfyUI's Fun ControlNet (comfy 0.37's, read in the index: its block
+    replacements get the sequence, RoPE and options only) cannot run the ControlNet's tower: a clear error naming the
+    node, not a KeyError inside the patch."""
+    from types import SimpleNamespace
+    from comfyui_sdit.nodes.families.qwen_image21_fun_controlnet import TowerOnRunningTokens
+    patch = SimpleNamespace(control_patch=SimpleNamespace(active=True), block_index=0, previous=None)
+    stand_in = TowerOnRunningTokens(None, patch, patch.control_patch, None)
+    with pytest.raises(NotImplementedError, match=r"Apply Qwen Image 2.1 Fun ControlNet.*mod, attn_fn, prefix_len"):
+        stand_in({"img": torch.zeros(1, 3, 8), "pe": None, "transformer_options": {}}, {"original_block": None})
+

@@ -22,6 +22,10 @@ from .base import gather_image_after, gathered_freqs, is_patch_of
 
 PATCH_CLASS = "QwenImage21FunControlBlockPatch"
 _TOWER = "qwen-image 2.1 fun controlnet tower"
+_BLOCK_ARGUMENTS = ("mod", "pe", "attn_fn", "prefix_len")       # what ComfyUI's model hands its block replacements
+OLDER_MODEL = ("Apply Qwen Image 2.1 Fun ControlNet: this ComfyUI's Qwen-Image 2.1 does not hand block replacements the "
+               "block's arguments ({}) that the ControlNet needs, so region-adaptive sampling cannot run it: update "
+               "ComfyUI, or sample with KSampler")
 
 
 def forward_options(call, options: dict, through_the_cache) -> dict:
@@ -33,7 +37,7 @@ def forward_options(call, options: dict, through_the_cache) -> dict:
     if not fun:
         return options
     if not _tower_runs_on_tokens(call, fun.values()):
-        return control_towers.forward_options(call, options, PATCH_CLASS, lambda args: int(args["prefix_len"]))
+        return control_towers.forward_options(call, options, PATCH_CLASS, _prefix_len)
     copies = {}
 
     def for_this_forward(patch):
@@ -50,6 +54,15 @@ def cache_layers(transformer_options: dict, grid_tokens: int, dim: int) -> List[
     """The K/V cache layers of the Fun ControlNets' towers on a model (for the memory plan): one per replaced block."""
     replacements = ((transformer_options.get("patches_replace") or {}).get("dit") or {}).values()
     return [(grid_tokens, dim) for patch in replacements if is_patch_of(patch, PATCH_CLASS)]
+
+
+def _prefix_len(args: dict) -> int:
+    """Where the target starts in the sequence a block replacement is handed (a clear error where this ComfyUI's model
+    hands the replacement too little to run the ControlNet on: a form older than ComfyUI's ControlNet)."""
+    missing = [name for name in _BLOCK_ARGUMENTS if name not in args]
+    if missing:
+        raise NotImplementedError(OLDER_MODEL.format(", ".join(missing)))
+    return int(args["prefix_len"])
 
 
 def _layer_name(patch) -> Hashable:
@@ -89,7 +102,7 @@ class TowerOnRunningTokens:
         self.name = _layer_name(patch)
 
     def __call__(self, args, extra_args):
-        call, prefix, original_block = self.call, int(args["prefix_len"]), extra_args["original_block"]
+        call, prefix, original_block = self.call, _prefix_len(args), extra_args["original_block"]
         img = args["img"]
         if call.image_rows is None:                 # the first block over the target: gathered before the patch keeps it
             img = gather_image_after(call, img, prefix)
