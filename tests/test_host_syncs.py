@@ -199,6 +199,23 @@ def _kandinsky6(depth, g):
             dict(context=_context(g), y=torch.randn(1, 32, generator=g)))
 
 
+def _qwen_image21(depth, g, fun_controlnet=False):
+    """Qwen-Image 2.1 (newer ComfyUI): [prompt | target], a token per latent pixel; with its Fun ControlNet, whose tower
+    runs on the running tokens through K/V cache layers of its own."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "QwenImage21"):
+        pytest.skip("this ComfyUI has no Qwen-Image 2.1")
+    from test_qwen_image21 import tiny_qwen_image21
+    model = tiny_qwen_image21(seed=1, num_layers=depth)
+    if fun_controlnet:
+        qwen_nodes = importlib.import_module("comfy_extras.nodes_qwen")
+        if not hasattr(qwen_nodes, "QwenImage21FunControlNetApply"):
+            pytest.skip("this ComfyUI has no Qwen-Image 2.1 Fun ControlNet")
+        from test_qwen_image21_fun_controlnet import with_fun_controlnet
+        model = with_fun_controlnet(model)
+    return model, (1, 64, 8, 12), dict(context=_context(g))
+
+
 def _newer(module: str, model_class: str, config_module: str, config: str, depth_key: str):
     """A family only newer ComfyUI has (a token per latent pixel of Flux 2's 128 channels), or a skip."""
     def build(depth, g):
@@ -215,8 +232,9 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "ernie": _newer("comfy.ldm.ernie.model", "ErnieImage", "test_ernie", "TINY_ERNIE", "num_layers"),
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
             "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios,
-            "kandinsky6": _kandinsky6, "ltx2": _ltx2, "minimax_h3": _minimax_h3}
-PATCH = {"ltxv": 1, "ltx2": 1, "ernie": 1, "mage_flow": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
+            "kandinsky6": _kandinsky6, "ltx2": _ltx2, "minimax_h3": _minimax_h3, "qwen_image21": _qwen_image21,
+            "qwen_image21_fun_controlnet": lambda depth, g: _qwen_image21(depth, g, fun_controlnet=True)}
+PATCH = {"ltxv": 1, "ltx2": 1, "ernie": 1, "mage_flow": 1, "qwen_image21": 1, "qwen_image21_fun_controlnet": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
 
 def syncs_added(family: str, depth: int):
@@ -247,7 +265,9 @@ def syncs_added(family: str, depth: int):
         patched.unpatch_model(unpatch_weights=False)
         slot.run = None
     assert not run.evals[-1].dense
-    plain = count_syncs(lambda: model.model.diffusion_model(x, sigma, transformer_options={}, **kwargs))
+    # the model's own forward, with what other nodes put on it (a ControlNet's patches and wrappers)
+    own = dict(model.model_options.get("transformer_options", {}), wrappers=model.wrappers)
+    plain = count_syncs(lambda: model.model.diffusion_model(x, sigma, transformer_options=own, **kwargs))
     return sparse.count - plain.count, sparse.ops
 
 
