@@ -180,15 +180,21 @@ def _ltx2(depth, g):
     return model, ((1, 128, 3, 8, 12), (1, 8, 7, 16)), dict(context=_context(g, dim=64), frame_rate=25)
 
 
-def _minimax_h3(depth, g):
-    """MiniMax H3 (newer ComfyUI): one packed sequence [text | audio | video], the video's tokens sparse."""
+def _minimax_h3(depth, g, fun_controlnet=False):
+    """MiniMax H3 (newer ComfyUI): one packed sequence [text | audio | video], the video's tokens sparse; with its Fun
+    ControlNet, whose tower runs whole beside the sparse blocks."""
     pytest.importorskip("comfy.ldm.minimax.model")
     from test_minimax_h3 import TINY_H3
     import comfy.supported_models
     model = build_tiny(comfy.supported_models.MiniMaxH3, dict(TINY_H3, num_layers=depth), seed=1)
     with torch.no_grad():                        # a buffer ComfyUI leaves for the checkpoint to fill
         model.model.diffusion_model.rope.inv_freq.copy_(torch.tensor([1.0, 0.3]))
-    return model, ((1, 24, 3, 8, 12), (1, 32, 2, 17)), dict(context=_context(g, dim=64))
+    if fun_controlnet:
+        pytest.importorskip("comfy.ldm.minimax.controlnet")
+        from test_minimax_h3_fun_controlnet import with_fun_controlnet
+        model = with_fun_controlnet(model)
+    frames = 2 if fun_controlnet else 3             # (the ControlNet's VAE makes 5k + 2 latent frames)
+    return model, ((1, 24, frames, 8, 12), (1, 32, 2, 17)), dict(context=_context(g, dim=64))
 
 
 def _kandinsky6(depth, g):
@@ -233,6 +239,7 @@ FAMILIES = {"flux": _flux, "sd35": _sd35, "lumina2": _lumina2, "qwen_image": _qw
             "mage_flow": _newer("comfy.ldm.mage_flow.model", "MageFlow", "test_mage_flow", "TINY_MAGE_FLOW", "num_layers"),
             "zimage_fun_controlnet": _zimage_fun_controlnet, "wan_infinitetalk": _wan_infinitetalk, "helios": _helios,
             "kandinsky6": _kandinsky6, "ltx2": _ltx2, "minimax_h3": _minimax_h3, "qwen_image21": _qwen_image21,
+            "minimax_h3_fun_controlnet": lambda depth, g: _minimax_h3(depth, g, fun_controlnet=True),
             "qwen_image21_fun_controlnet": lambda depth, g: _qwen_image21(depth, g, fun_controlnet=True)}
 PATCH = {"ltxv": 1, "ltx2": 1, "ernie": 1, "mage_flow": 1, "qwen_image21": 1, "qwen_image21_fun_controlnet": 1}     # a token per latent voxel or pixel; the others 2 x 2 pixels
 
