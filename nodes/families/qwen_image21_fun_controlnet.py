@@ -18,7 +18,7 @@ import copy
 from typing import Hashable, List, Tuple
 
 from . import control_towers
-from .base import gather_image_after, gathered_freqs, is_patch_of
+from .base import gather_image_after, gathered_freqs, is_patch_of, with_block_replacements
 
 PATCH_CLASS = "QwenImage21FunControlBlockPatch"
 _TOWER = "qwen-image 2.1 fun controlnet tower"
@@ -33,21 +33,19 @@ def forward_options(call, options: dict, through_the_cache) -> dict:
     (`through_the_cache(call, attn_fn, prefix)`: the model's attention function with the target's keys and values
     through the K/V cache)."""
     replacements = (options.get("patches_replace") or {}).get("dit") or {}
-    fun = {block: patch for block, patch in replacements.items() if is_patch_of(patch, PATCH_CLASS)}
+    fun = [patch for patch in replacements.values() if is_patch_of(patch, PATCH_CLASS)]
     if not fun:
         return options
-    if not _tower_runs_on_tokens(call, fun.values()):
+    if not _tower_runs_on_tokens(call, fun):
         return control_towers.forward_options(call, options, PATCH_CLASS, _prefix_len)
-    copies = {}
+    copies = {}                                     # the ControlNet's state: one copy per forward, for all its blocks
 
     def for_this_forward(patch):
         key = id(patch.control_patch)
         if key not in copies:
             copies[key] = _control_on_running_tokens(call, patch.control_patch)
         return TowerOnRunningTokens(call, patch, copies[key], through_the_cache)
-    by_kind = options["patches_replace"]
-    dit = {block: for_this_forward(patch) if block in fun else patch for block, patch in replacements.items()}
-    return dict(options, patches_replace=dict(by_kind, dit=dit))
+    return with_block_replacements(options, PATCH_CLASS, for_this_forward)
 
 
 def cache_layers(transformer_options: dict, grid_tokens: int, dim: int) -> List[Tuple[int, int]]:
