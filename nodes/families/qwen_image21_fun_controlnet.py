@@ -10,7 +10,7 @@ target tokens alone, its attention over every target token's keys and values fro
 dense forward stores (`ForwardCall.layer_name`: named, outside the model's numbered layers, so the forwards before its
 start or after its end percent keep the model's layers where they were). Each forward runs ComfyUI's own patch on a
 copy whose control tokens are the running ones; the tower's blocks get the running tokens' RoPE rows and an attention
-function through the cache (qwen_image21.through_the_cache). Where the tower's layers are not stored (it starts after
+function through the cache (qwen_image21.py's `_through_the_cache`, handed in). Where the tower's layers are not stored (it starts after
 the last dense forward) or ControlNets are chained on a block, the tower runs whole beside the sparse blocks instead
 (control_towers.py): exact either way.
 """
@@ -32,8 +32,7 @@ def forward_options(call, options: dict, through_the_cache) -> dict:
     """This forward's transformer_options: the ControlNet's block replacements behind stand-ins for this forward
     (`through_the_cache(call, attn_fn, prefix)`: the model's attention function with the target's keys and values
     through the K/V cache)."""
-    replacements = (options.get("patches_replace") or {}).get("dit") or {}
-    fun = [patch for patch in replacements.values() if is_patch_of(patch, PATCH_CLASS)]
+    fun = _fun_controlnet_patches(options)
     if not fun:
         return options
     if not _tower_runs_on_tokens(call, fun):
@@ -50,8 +49,13 @@ def forward_options(call, options: dict, through_the_cache) -> dict:
 
 def cache_layers(transformer_options: dict, grid_tokens: int, dim: int) -> List[Tuple[int, int]]:
     """The K/V cache layers of the Fun ControlNets' towers on a model (for the memory plan): one per replaced block."""
+    return [(grid_tokens, dim) for _ in _fun_controlnet_patches(transformer_options)]
+
+
+def _fun_controlnet_patches(transformer_options: dict) -> list:
+    """The ControlNet's block replacements on the model (one per replaced block)."""
     replacements = ((transformer_options.get("patches_replace") or {}).get("dit") or {}).values()
-    return [(grid_tokens, dim) for patch in replacements if is_patch_of(patch, PATCH_CLASS)]
+    return [patch for patch in replacements if is_patch_of(patch, PATCH_CLASS)]
 
 
 def _prefix_len(args: dict) -> int:
