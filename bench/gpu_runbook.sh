@@ -90,6 +90,9 @@ for part in "$@"; do
       # the graph tests with the real backend only: their CPU stand-in runs in CI
       SDIT_TESTS_ON_GPU=1 python3 -m pytest -q -k "not stand-in" tests/test_forward_graphs.py tests/test_kernels.py \
         tests/test_policies_on_device.py 2>&1 | tee "$out/check.log"
+      # replays with fp8 weights (Load Diffusion Model's fp8_e4m3fn, fp8_scaled checkpoints) dequantized inside the graphs
+      SDIT_TESTS_ON_GPU=1 python3 -m pytest -q -k "replayed and cuda" tests/test_quantized_weights.py 2>&1 \
+        | tee -a "$out/check.log"
       python3 tests/kernel_checks.py 2>&1 | tee -a "$out/check.log"       # the compiled Triton kernels, on the GPU
       # each kernel against its reference alone: GPU time and bandwidth (should shared-row K/V writes use Triton?)
       python3 bench/kernels.py --device cuda --json "$out/kernels_cuda_$day.json" 2>&1 | tee -a "$out/check.log"
