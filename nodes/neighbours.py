@@ -28,6 +28,11 @@ Checked, and why:
   so custom packs that subclass them are named too. Other packs' patches of that kind are unknown here:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
   names those patches (`explain_failed_sparse_forward`, called by the APPLY_MODEL wrapper).
+Before every forward: the model's code that the family adapter patched is still the pack's (or calls it). A node that
+swaps its own forward in for each call (step caches such as TeaCache and MagCache: a model function wrapper that
+patches the diffusion model's `forward_orig` while it runs) would run every token past the engine, and the run would
+silently be that node's alone, or fail inside the model: an error naming the function found there
+(`check_model_code_in_place`).
 After every token-sparse forward: attention that went past the engine (an attention override another node set
 over ours while sampling, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an
 error, naming the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
@@ -146,6 +151,34 @@ def check_neighbours(patcher, node: str, handled: Tuple[str, ...] = ()) -> None:
     if other:
         raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which {why}; "
                                             f"remove '{other}' or use KSampler")
+
+
+def check_model_code_in_place(base_model, own_patches: dict, object_patches: dict, node: str) -> None:
+    """Before a forward: `own_patches` ({path under the model: the function the adapter put there}) are what the model
+    holds, or in the chain of functions what it holds keeps (a wrapper over ours); and no method of the diffusion
+    model's ComfyUI class was swapped for other code on the fly (`object_patches`: the run's, which ComfyUI put
+    there). Both are what a node does that puts its own forward in place of the model's for each call."""
+    import comfy.utils
+    for path, ours in own_patches.items():
+        found = comfy.utils.get_attr(base_model, path)
+        if found is not ours and not any(f is ours for f in _wrapper_chain(getattr(found, "__func__", found))):
+            raise _code_swapped(path, found, node)
+    model = base_model.diffusion_model
+    for name, value in vars(model).items():
+        method = getattr(type(model), name, None)
+        if (callable(value) and callable(method) and getattr(method, "__module__", "").startswith("comfy.")
+                and value is not object_patches.get(f"diffusion_model.{name}")):
+            raise _code_swapped(f"diffusion_model.{name}", value, node)
+
+
+def _code_swapped(path: str, found, node: str) -> SDiTInputError:
+    function = getattr(found, "__func__", found)
+    name = f"{getattr(function, '__qualname__', type(function).__name__)} from {getattr(function, '__module__', '?')}"
+    return SDiTInputError(node, "model", f"another node put its own code ({name}) in place of the model's "
+                                         f"`{path.removeprefix('diffusion_model.')}` while sampling; region-adaptive "
+                                         "sampling picks the tokens there, so the run would be that node's alone or "
+                                         "fail inside the model. Step caches such as TeaCache and MagCache do this: "
+                                         "remove that node or sample with KSampler")
 
 
 def check_attention_went_through(call, transformer_options: dict, node: str) -> None:

@@ -420,3 +420,64 @@ def test_attention_replaced_past_comfyui_override_is_named(monkeypatch):
     a = dict(a, sample_ratio=1.0, sampler_name="euler_ancestral")      # a run that stays dense samples as before
     out, trace = ras_sample(tiny_flux(seed=50), latent_image=lat, **a)
     assert all(s.dense for s in trace.steps) and torch.isfinite(out["samples"]).all()
+
+
+def swapping_forward_in(path: str):
+    """What step-cache nodes (TeaCache, MagCache) do: a model function wrapper that, for each model call, swaps the
+    diffusion model's method at `path` for code of their own (here: the class's own method, so the result is the
+    model's; what matters is that the pack's patch there is bypassed)."""
+    from unittest.mock import patch
+
+    def swap_while_sampling(model):
+        swapped = model.clone()
+        diffusion_model = swapped.get_model_object("diffusion_model")
+
+        def own_code(self, *args, **kwargs):
+            return getattr(type(self), path)(self, *args, **kwargs)
+
+        def wrapper(model_function, kwargs):
+            with patch.multiple(diffusion_model, **{path: own_code.__get__(diffusion_model)}):
+                return model_function(kwargs["input"], kwargs["timestep"], **kwargs["c"])
+        swapped.set_model_unet_function_wrapper(wrapper)
+        return swapped
+    return swap_while_sampling
+
+
+@pytest.mark.parametrize("path", ["forward_orig", "forward", "_forward"])
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_a_node_that_swaps_the_models_forward_while_sampling_is_named(path, order):
+    """Before the first forward runs, whether that node comes before or after ours: its code, by name."""
+    model = tiny_flux(seed=41)
+    a, lat = ras_args(), latent(1)
+    swap = swapping_forward_in(path)
+    with pytest.raises(SDiTInputError, match=rf"RAS Model Patch: input 'model': another node put its own code "
+                                             rf"\(.*own_code from test_neighbours\) in place of the model's `{path}`"):
+        ksampler(swap(ras_patch(model)) if order == "after" else ras_patch(swap(model)), a, lat)
+
+
+def test_another_nodes_object_patch_in_place_of_ours_is_named():
+    """A node applied after ours that object-patches the method the adapter patched replaces ours."""
+    model = ras_patch(tiny_flux(seed=41)).clone()
+
+    def forward_orig(*args, **kwargs):
+        raise AssertionError("never reached: the check comes first")
+    model.add_object_patch("diffusion_model.forward_orig", forward_orig)
+    with pytest.raises(SDiTInputError, match=r"another node put its own code \(.*forward_orig from test_neighbours\) "
+                                             r"in place of the model's `forward_orig`"):
+        ksampler(model, ras_args(), latent(1))
+
+
+def test_another_nodes_object_patch_that_calls_ours_samples_as_ours_alone():
+    """A node applied after ours that wraps the method it found there (ours) keeps it: the same samples."""
+    patched = ras_patch(tiny_flux(seed=42), sample_ratio=0.5)
+    wrapped = patched.clone()
+    ours = wrapped.get_model_object("diffusion_model.forward_orig")
+    calls = []
+
+    def forward_orig(*args, **kwargs):
+        calls.append(1)
+        return ours(*args, **kwargs)
+    wrapped.add_object_patch("diffusion_model.forward_orig", forward_orig)
+    a, lat = ras_args(), latent(1)
+    assert torch.equal(ksampler(wrapped, a, lat), ksampler(patched, a, lat))
+    assert len(calls) == a["steps"]
