@@ -29,10 +29,11 @@ Checked, and why:
   where a token-sparse forward fails inside the model while patches of other nodes are on it, the error
   names those patches (`explain_failed_sparse_forward`, called by the APPLY_MODEL wrapper).
 Before every forward: the model's code that the family adapter patched is still the pack's (or calls it). A node that
-swaps its own forward in for each call (step caches such as TeaCache and MagCache: a model function wrapper that
-patches the diffusion model's `forward_orig` while it runs) would run every token past the engine, and the run would
-silently be that node's alone, or fail inside the model: an error naming the function found there
-(`check_model_code_in_place`).
+swaps its own forward or blocks in for each call (step caches such as TeaCache, MagCache and WaveSpeed's First Block
+Cache: a model function wrapper that patches the diffusion model's `forward_orig` or its list of blocks while it runs)
+would run every token past the engine, and the run would silently be that node's alone, reuse a cached residual of
+other tokens, or fail inside the model: an error naming the function found there
+(`ModelCodeCheck`).
 After every token-sparse forward: attention that went past the engine (an attention override another node set
 over ours while sampling, a global replacement of ComfyUI's attention functions) saw only the tokens that ran: an
 error, naming the override where there is one (`check_attention_went_through`, called by the APPLY_MODEL wrapper).
@@ -41,6 +42,7 @@ the call's shape (chained under ours: one set by a node applied after ours, such
 sampling starts), block patches (forwards stay eager), Skip Layer Guidance (its
 perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
 style tokens before the prompt)."""
+import weakref
 from typing import Tuple
 
 from .errors import SDiTInputError
@@ -153,31 +155,52 @@ def check_neighbours(patcher, node: str, handled: Tuple[str, ...] = ()) -> None:
                                             f"remove '{other}' or use KSampler")
 
 
-def check_model_code_in_place(base_model, own_patches: dict, object_patches: dict, node: str) -> None:
-    """Before a forward: `own_patches` ({path under the model: the function the adapter put there}) are what the model
-    holds, or in the chain of functions what it holds keeps (a wrapper over ours); and no method of the diffusion
-    model's ComfyUI class was swapped for other code on the fly (`object_patches`: the run's, which ComfyUI put
-    there). Both are what a node does that puts its own forward in place of the model's for each call."""
-    import comfy.utils
-    for path, ours in own_patches.items():
-        found = comfy.utils.get_attr(base_model, path)
-        if found is not ours and not any(f is ours for f in _wrapper_chain(getattr(found, "__func__", found))):
-            raise _code_swapped(path, found, node)
-    model = base_model.diffusion_model
-    for name, value in vars(model).items():
-        method = getattr(type(model), name, None)
-        if (callable(value) and callable(method) and getattr(method, "__module__", "").startswith("comfy.")
-                and value is not object_patches.get(f"diffusion_model.{name}")):
-            raise _code_swapped(f"diffusion_model.{name}", value, node)
+class ModelCodeCheck:
+    """Before a forward: the functions the family adapter put on the model's code are what the model holds (or in the
+    chain of functions what it holds keeps: a wrapper over ours); no method of the diffusion model's ComfyUI class was
+    swapped for other code on the fly (the run's object patches are what ComfyUI put there); and its lists of blocks
+    hold the classes they were built with. Each is what a node does that puts its own forward or blocks in place of
+    the model's for each call. Cheap enough for every forward: the patched objects are found once per model."""
+
+    def __init__(self, patched):
+        import torch
+        self.own = [(*path.rpartition(".")[::2], function) for path, function in patched.object_patches.items()
+                    if hasattr(function, "sdit_wraps")]             # (owner path, attribute, ours)
+        self.blocks = {name: tuple(map(type, child)) for name, child in patched.model.diffusion_model.named_children()
+                       if isinstance(child, torch.nn.ModuleList)}
+        self._owners = {}       # id(base model) -> (it, weakly; the owner of each own patch): a model of each device
+
+    def __call__(self, base_model, object_patches: dict, node: str) -> None:
+        import comfy.utils
+        model = base_model.diffusion_model          # the lists of blocks first: the patches' owners sit in them
+        for name, value in vars(model).items():
+            if callable(value) and value is not object_patches.get(f"diffusion_model.{name}"):
+                method = getattr(type(model), name, None)
+                if callable(method) and getattr(method, "__module__", "").startswith("comfy."):
+                    raise _code_swapped(f"diffusion_model.{name}", value, node)
+        for name, classes in self.blocks.items():
+            found = getattr(model, name, None)
+            if tuple(map(type, found or ())) != classes and f"diffusion_model.{name}" not in object_patches:
+                raise _code_swapped(f"diffusion_model.{name}", next(iter(found or ()), found), node)
+        owners = self._owners.get(id(base_model))
+        if owners is None or owners[0]() is not base_model:
+            owners = self._owners[id(base_model)] = (weakref.ref(base_model), [
+                comfy.utils.get_attr(base_model, owner) if owner else base_model for owner, _, _ in self.own])
+        for owner, (owner_path, name, ours) in zip(owners[1], self.own):
+            found = getattr(owner, name)
+            if found is not ours and not any(f is ours for f in _wrapper_chain(getattr(found, "__func__", found))):
+                raise _code_swapped(f"{owner_path}.{name}", found, node)
 
 
 def _code_swapped(path: str, found, node: str) -> SDiTInputError:
+    """`found`: a function, a bound method or a module (named by its class)."""
     function = getattr(found, "__func__", found)
-    name = f"{getattr(function, '__qualname__', type(function).__name__)} from {getattr(function, '__module__', '?')}"
+    name = f"{getattr(function, '__qualname__', type(function).__qualname__)} from {getattr(function, '__module__', '?')}"
     return SDiTInputError(node, "model", f"another node put its own code ({name}) in place of the model's "
-                                         f"`{path.removeprefix('diffusion_model.')}` while sampling; region-adaptive "
-                                         "sampling picks the tokens there, so the run would be that node's alone or "
-                                         "fail inside the model. Step caches such as TeaCache and MagCache do this: "
+                                         f"`{path.removeprefix('diffusion_model.')}` while sampling, where "
+                                         "region-adaptive sampling picks the tokens: the run would be that node's "
+                                         "alone, reuse its cached results for other tokens, or fail inside the model. "
+                                         "Step caches (TeaCache, MagCache, WaveSpeed's First Block Cache) do this: "
                                          "remove that node or sample with KSampler")
 
 

@@ -27,7 +27,7 @@ from ..sdit_core.policy import TokenPolicy
 from ..sdit_core.tokens import is_latent_shape, leading_part, tokens_inside
 from .families import adapter_for
 from .families.base import unwrap_ours
-from .neighbours import (check_attention_went_through, check_neighbours, check_model_code_in_place,
+from .neighbours import (ModelCodeCheck, check_attention_went_through, check_neighbours,
                          explain_failed_sparse_forward)
 from .sampler_support import warn, why_dense
 from .sparse_controlnet import controlnet_cache_layers, run_controlnets_with_tokens
@@ -128,7 +128,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
     patched = model.clone()
     slot = RunSlot()
     adapter.install(patched, slot)
-    own_patches = {path: function for path, function in patched.object_patches.items() if hasattr(function, "sdit_wraps")}
+    check_model_code = ModelCodeCheck(patched)
 
     def main_stream(x, sigma: float, transformer_options: dict, conditions: dict):
         """The (stream key, network) of a model forward. The key is (its lineage, the weight hooks it runs with): the
@@ -233,7 +233,7 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
         # tokens run, none to skip)
         if run is None or not is_latent_shape(latent_shape) or transformer_options.get("run_vx") is False:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        check_model_code_in_place(executor.class_obj, own_patches, slot.object_patches, node)
+        check_model_code(executor.class_obj, slot.object_patches, node)
         sigma = float(t.flatten()[0])
         stream_key, network = main_stream(x, sigma, transformer_options, kwargs)
         call = run.open_forward(latent_shape, sigma, transformer_options.get("sample_sigmas"), stream_key,

@@ -455,6 +455,58 @@ def test_a_node_that_swaps_the_models_forward_while_sampling_is_named(path, orde
         ksampler(swap(ras_patch(model)) if order == "after" else ras_patch(swap(model)), a, lat)
 
 
+class CachedBlocks(torch.nn.Module):
+    """What WaveSpeed's First Block Cache puts in place of a model's list of blocks: one module running them all (and
+    skipping the rest where the first block's residual changed little: here it never skips)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("never reached: the check comes first")
+
+
+def swapping_blocks_in(name: str):
+    """For each model call a module of that node's own in place of the model's list of blocks `name`."""
+    from unittest.mock import patch
+
+    def swap_blocks(model):
+        swapped = model.clone()
+        diffusion_model = swapped.get_model_object("diffusion_model")
+        cached = torch.nn.ModuleList([CachedBlocks(getattr(diffusion_model, name))])
+
+        def wrapper(model_function, kwargs):
+            with patch.object(diffusion_model, name, cached):
+                return model_function(kwargs["input"], kwargs["timestep"], **kwargs["c"])
+        swapped.set_model_unet_function_wrapper(wrapper)
+        return swapped
+    return swap_blocks
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_a_node_that_swaps_the_models_blocks_while_sampling_is_named(order):
+    """Flux's adapter patches none of the blocks themselves: the list is what tells."""
+    swap_blocks = swapping_blocks_in("double_blocks")
+    model = tiny_flux(seed=41)
+    with pytest.raises(SDiTInputError, match=r"another node put its own code \(CachedBlocks from test_neighbours\) "
+                                             r"in place of the model's `double_blocks`"):
+        ksampler(swap_blocks(ras_patch(model)) if order == "after" else ras_patch(swap_blocks(model)), ras_args(),
+                 latent(1))
+
+
+def test_a_swapped_list_of_blocks_the_adapter_patches_is_named_too():
+    """Qwen-Image's adapter patches each block (its graphs): a list swapped for one module of fewer blocks is named
+    as such, not an error looking for the second block."""
+    from sdit_testkit import FAMILIES
+    spec = FAMILIES["qwen_image"]
+    model = swapping_blocks_in("transformer_blocks")(spec.build(seed=41))
+    common = (4, 4, 1.0, "euler", "simple", spec.positive(), spec.negative(), {"samples": spec.latent(1, 8, 8)}, 1.0)
+    with pytest.raises(SDiTInputError, match=r"\(CachedBlocks from test_neighbours\) in place of the model's "
+                                             r"`transformer_blocks`"):
+        ras_sample(model, *common, **{k: ras_args()[k] for k in RAS_VALUES})
+
+
 def test_another_nodes_object_patch_in_place_of_ours_is_named():
     """A node applied after ours that object-patches the method the adapter patched replaces ours."""
     model = ras_patch(tiny_flux(seed=41)).clone()
