@@ -166,7 +166,8 @@ class ModelCodeCheck:
         import torch
         self.own = [(*path.rpartition(".")[::2], function) for path, function in patched.object_patches.items()
                     if hasattr(function, "sdit_wraps")]             # (owner path, attribute, ours)
-        self.blocks = {name: tuple(map(type, child)) for name, child in patched.model.diffusion_model.named_children()
+        self.blocks = {name: tuple(map(_built_class, child))
+                       for name, child in patched.model.diffusion_model.named_children()
                        if isinstance(child, torch.nn.ModuleList)}
         self._owners = {}       # id(base model) -> (it, weakly; the owner of each own patch): a model of each device
 
@@ -180,16 +181,26 @@ class ModelCodeCheck:
                     raise _code_swapped(f"diffusion_model.{name}", value, node)
         for name, classes in self.blocks.items():
             found = getattr(model, name, None)
-            if tuple(map(type, found or ())) != classes and f"diffusion_model.{name}" not in object_patches:
+            if tuple(map(_built_class, found or ())) != classes and f"diffusion_model.{name}" not in object_patches:
                 raise _code_swapped(f"diffusion_model.{name}", next(iter(found or ()), found), node)
         owners = self._owners.get(id(base_model))
         if owners is None or owners[0]() is not base_model:
             owners = self._owners[id(base_model)] = (weakref.ref(base_model), [
                 comfy.utils.get_attr(base_model, owner) if owner else base_model for owner, _, _ in self.own])
         for owner, (owner_path, name, ours) in zip(owners[1], self.own):
-            found = getattr(owner, name)
+            found = getattr(_compiled_from(owner), name)
             if found is not ours and not any(f is ours for f in _wrapper_chain(getattr(found, "__func__", found))):
                 raise _code_swapped(f"{owner_path}.{name}", found, node)
+
+
+def _compiled_from(module):
+    """The module torch.compile compiled (ComfyUI's TorchCompileModel, and nodes compiling block by block, put the
+    compiled module in its place while the model runs; it runs the original's code, ours included), or the module."""
+    return getattr(module, "_orig_mod", module)
+
+
+def _built_class(module) -> type:
+    return type(_compiled_from(module))
 
 
 def _code_swapped(path: str, found, node: str) -> SDiTInputError:

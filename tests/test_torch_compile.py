@@ -83,3 +83,29 @@ def test_the_inductor_backend_samples_a_patched_model_as_eager_does_and_as_it_co
         assert close(compiled[ratio], ksampler(ras_patch(model, sample_ratio=ratio), a, lat), 1e-4)
     assert close(compiled[1.0], alone, 1e-5), "all active: the model alone"
     assert (compiled[0.25] - compiled[1.0]).abs().max().item() > 1e-2, "the sparse run skipped tokens"
+
+
+@pytest.mark.parametrize("keys", ["whole", "per-block"])
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_a_model_compiled_before_the_patch_samples_as_eager(family, keys):
+    """The compile node applied before ours (its APPLY_MODEL wrapper then puts the compiled modules in place before
+    ours runs): the whole diffusion model, or block by block as some custom nodes compile (keys of each block). The
+    pack's check of the model's code sees through the compiled modules; the samples are the eager ones."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    if family == "flux":
+        model, lat, prompts, blocks = tiny_flux(seed=72), latent(1), {}, "double_blocks"
+    else:
+        model, lat, prompts, blocks = tiny_wan(seed=72), {"samples": video_latent(1)}, video_conds(), "blocks"
+    a = ras_args(cfg=3.0, sample_ratio=0.25, **prompts)
+    count = len(getattr(model.model.diffusion_model, blocks))
+    compiled_keys = (["diffusion_model"] if keys == "whole"
+                     else [f"diffusion_model.{blocks}.{i}" for i in range(count)])
+    torch._dynamo.reset()
+    try:
+        compiled = model.clone()
+        set_torch_compile_wrapper(compiled, backend="aot_eager", keys=compiled_keys)
+        out = ksampler(ras_patch(compiled, sample_ratio=0.25), a, lat)
+    finally:
+        torch._dynamo.reset()
+    eager = ksampler(ras_patch(model, sample_ratio=0.25), a, lat)
+    assert (out - eager).abs().max().item() <= 1e-5 * max(1.0, eager.abs().max().item())
