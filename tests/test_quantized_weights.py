@@ -186,15 +186,19 @@ def test_the_weights_load_quantized(weight_format, tmp_path):
     assert model.model.manual_cast_dtype == torch.float32 or weight_format == "fp8_scaled"
 
 
+def loaded_case(family: str, weight_format: str, directory, batch: int = 2):
+    """The family, its quantized model, a latent of `batch` images and its token count, and the prompts."""
+    spec = CASES[family]
+    size = spec.same_grid((8, 12))
+    return (spec, load_quantized(family, weight_format, directory), spec.latent(batch, *size), spec.tokens(*size),
+            dict(positive=spec.positive(), negative=spec.negative()))
+
+
 @pytest.mark.parametrize("weight_format", FORMATS)
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_every_token_active_equals_ksampler_on_the_loaded_model(family, weight_format, tmp_path):
-    spec = CASES[family]
-    model = load_quantized(family, weight_format, tmp_path)
-    size = spec.same_grid((8, 12))
-    latent = spec.latent(2, *size)
-    everything = torch.arange(spec.tokens(*size)).expand(2, -1)
-    conds = dict(positive=spec.positive(), negative=spec.negative())
+    spec, model, latent, tokens, conds = loaded_case(family, weight_format, tmp_path)
+    everything = torch.arange(tokens).expand(2, -1)
     reference = ksample(model, latent, seed=5, steps=4, cfg=3.0, **conds)
     patched, slot = apply_token_sparse(model, lambda run: FixedPlanPolicy([None] + [everything] * 3), node="test")
     sparse = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **conds)
@@ -206,16 +210,11 @@ def test_every_token_active_equals_ksampler_on_the_loaded_model(family, weight_f
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_a_sparse_step_after_a_dense_one_is_exact_on_the_tokens_that_ran(family, weight_format, tmp_path):
     """Batch 2 with CFG, a different active set per image; the same input evaluated dense and then sparse."""
-    spec = CASES[family]
-    model = load_quantized(family, weight_format, tmp_path)
-    size = spec.same_grid((8, 12))
-    latent = spec.latent(2, *size)
-    tokens = spec.tokens(*size)
+    spec, model, latent, tokens, conds = loaded_case(family, weight_format, tmp_path)
     active = random_active(2, tokens, tokens // 3, seed=1)
     patched, slot, policy = patch(model, [None, active])
     sampler, _ = repeated_evals([lambda x: x, lambda x: x])
-    sample_with(patched, latent, sampler, torch.tensor([0.8, 0.0]), cfg=3.0, seed=9,
-                positive=spec.positive(), negative=spec.negative())
+    sample_with(patched, latent, sampler, torch.tensor([0.8, 0.0]), cfg=3.0, seed=9, **conds)
     by_stream = {}
     for index, stream, out, computed in policy.outputs:
         by_stream.setdefault(stream, []).append((out[:, :tokens], computed))
@@ -270,17 +269,14 @@ def test_a_lora_on_the_quantized_weights_samples_as_without_the_pack(weight_form
 
 
 def sample_a_lora_on_quantized_weights(weight_format, directory):
-    spec = CASES["flux"]
-    loaded = load_quantized("flux", weight_format, directory)
+    _, loaded, latent, tokens, conds = loaded_case("flux", weight_format, directory, batch=1)
     key = "diffusion_model.double_blocks.0.img_attn.qkv.weight"
     shape = tuple(loaded.model.diffusion_model.double_blocks[0].img_attn.qkv.weight.shape)
     with_lora = loaded.clone()
     with_lora.add_patches({key: (0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(4)),)}, 1.0)
-    latent = spec.latent(1, *spec.same_grid((8, 12)))
-    conds = dict(positive=spec.positive(), negative=spec.negative())
     without = ksample(loaded, latent, seed=5, steps=4, cfg=3.0, **conds)
     reference = ksample(with_lora, latent, seed=5, steps=4, cfg=3.0, **conds)
-    everything = torch.arange(spec.tokens(*spec.same_grid((8, 12)))).expand(1, -1)
+    everything = torch.arange(tokens).expand(1, -1)
     patched, _ = apply_token_sparse(with_lora, lambda run: FixedPlanPolicy([None] + [everything] * 3), node="test")
     sparse = ksample(patched, latent, seed=5, steps=4, cfg=3.0, **conds)
     assert (reference - without).abs().max().item() > 1e-2, "the weight patch applied"
