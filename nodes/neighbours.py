@@ -177,7 +177,10 @@ class ModelCodeCheck:
         for name, value in vars(model).items():
             if callable(value) and value is not object_patches.get(f"diffusion_model.{name}"):
                 method = getattr(type(model), name, None)
-                if callable(method) and getattr(method, "__module__", "").startswith("comfy."):
+                # ComfyUI undoes another patcher's object patch by setting back what it replaced: the class's own
+                # method, bound to the model
+                own = getattr(value, "__func__", None) is method and getattr(value, "__self__", None) is model
+                if not own and callable(method) and getattr(method, "__module__", "").startswith("comfy."):
                     raise _code_swapped(f"diffusion_model.{name}", value, node)
         for name, classes in self.blocks.items():
             found = getattr(model, name, None)

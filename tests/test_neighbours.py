@@ -533,3 +533,20 @@ def test_another_nodes_object_patch_that_calls_ours_samples_as_ours_alone():
     a, lat = ras_args(), latent(1)
     assert torch.equal(ksampler(wrapped, a, lat), ksampler(patched, a, lat))
     assert len(calls) == a["steps"]
+
+
+def test_a_model_another_node_object_patched_in_an_earlier_run_samples():
+    """ComfyUI undoes an earlier run's object patch on the model's method by setting back what it replaced (the class's
+    own method, bound to the model): the next run of ours finds that method there, which is the model's own."""
+    model = tiny_flux(seed=43)
+    earlier = model.clone()
+    diffusion_model = model.model.diffusion_model
+    own_forward = type(diffusion_model)._forward
+
+    def _forward(*args, **kwargs):
+        return own_forward(diffusion_model, *args, **kwargs)
+    earlier.add_object_patch("diffusion_model._forward", _forward)
+    a, lat = ras_args(), latent(1)
+    ksampler(earlier, a, lat)
+    ours = ras_patch(model)
+    assert torch.equal(ksampler(ours, a, lat), ksampler(ras_patch(tiny_flux(seed=43)), a, lat))
