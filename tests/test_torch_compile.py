@@ -92,11 +92,10 @@ def test_a_model_compiled_before_the_patch_samples_as_eager(family, keys):
     ours runs): the whole diffusion model, or block by block as some custom nodes compile (keys of each block). The
     pack's check of the model's code sees through the compiled modules; the samples are the eager ones."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
-    if family == "flux":
-        model, lat, prompts, blocks = tiny_flux(seed=72), latent(1), {}, "double_blocks"
-    else:
-        model, lat, prompts, blocks = tiny_wan(seed=72), {"samples": video_latent(1)}, video_conds(), "blocks"
-    a = ras_args(cfg=3.0, sample_ratio=0.25, **prompts)
+    build, make_args, make_latent = CASES[family]
+    model = build(seed=72)
+    a, lat = make_args(cfg=3.0, sample_ratio=0.25), make_latent()
+    blocks = {"flux": "double_blocks", "wan": "blocks"}[family]
     count = len(getattr(model.model.diffusion_model, blocks))
     compiled_keys = (["diffusion_model"] if keys == "whole"
                      else [f"diffusion_model.{blocks}.{i}" for i in range(count)])
