@@ -422,25 +422,31 @@ def test_attention_replaced_past_comfyui_override_is_named(monkeypatch):
     assert all(s.dense for s in trace.steps) and torch.isfinite(out["samples"]).all()
 
 
-def swapping_forward_in(path: str):
-    """What step-cache nodes (TeaCache, MagCache) do: a model function wrapper that, for each model call, swaps the
-    diffusion model's method at `path` for code of their own (here: the class's own method, so the result is the
-    model's; what matters is that the pack's patch there is bypassed)."""
-    from unittest.mock import patch
-
-    def swap_while_sampling(model):
+def swapping_while_sampling(swap):
+    """What step-cache nodes (TeaCache, MagCache, WaveSpeed's First Block Cache) do: a model function wrapper that, for
+    each model call, swaps part of the diffusion model for code of their own. `swap(diffusion_model)`: the context
+    manager that swaps it."""
+    def apply(model):
         swapped = model.clone()
         diffusion_model = swapped.get_model_object("diffusion_model")
 
-        def own_code(self, *args, **kwargs):
-            return getattr(type(self), path)(self, *args, **kwargs)
-
         def wrapper(model_function, kwargs):
-            with patch.multiple(diffusion_model, **{path: own_code.__get__(diffusion_model)}):
+            with swap(diffusion_model):
                 return model_function(kwargs["input"], kwargs["timestep"], **kwargs["c"])
         swapped.set_model_unet_function_wrapper(wrapper)
         return swapped
-    return swap_while_sampling
+    return apply
+
+
+def swapping_forward_in(path: str):
+    """The diffusion model's method at `path` swapped for other code (here the class's own method, so the result is the
+    model's; what matters is that the pack's patch there is bypassed)."""
+    from unittest.mock import patch
+
+    def own_code(self, *args, **kwargs):
+        return getattr(type(self), path)(self, *args, **kwargs)
+    return swapping_while_sampling(lambda diffusion_model: patch.multiple(
+        diffusion_model, **{path: own_code.__get__(diffusion_model)}))
 
 
 @pytest.mark.parametrize("path", ["forward_orig", "forward", "_forward"])
@@ -468,20 +474,10 @@ class CachedBlocks(torch.nn.Module):
 
 
 def swapping_blocks_in(name: str):
-    """For each model call a module of that node's own in place of the model's list of blocks `name`."""
+    """The model's list of blocks `name` swapped for a list holding one module of that node's own."""
     from unittest.mock import patch
-
-    def swap_blocks(model):
-        swapped = model.clone()
-        diffusion_model = swapped.get_model_object("diffusion_model")
-        cached = torch.nn.ModuleList([CachedBlocks(getattr(diffusion_model, name))])
-
-        def wrapper(model_function, kwargs):
-            with patch.object(diffusion_model, name, cached):
-                return model_function(kwargs["input"], kwargs["timestep"], **kwargs["c"])
-        swapped.set_model_unet_function_wrapper(wrapper)
-        return swapped
-    return swap_blocks
+    return swapping_while_sampling(lambda diffusion_model: patch.object(
+        diffusion_model, name, torch.nn.ModuleList([CachedBlocks(getattr(diffusion_model, name))])))
 
 
 @pytest.mark.parametrize("order", ["before", "after"])
