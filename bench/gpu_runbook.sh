@@ -46,7 +46,8 @@
 #              Flux-dev 1024², cfg 3.5 and 1, RAS and SDiT at 0.25/0.125, with its default dynamic VRAM and
 #              with legacy loading: what users of the newest ComfyUI get                     (~9 min)
 #   newestcheck the graph tests with the real CUDA backend on the newer tree (carry .dev-newest): the graphed families
-#              ComfyUI 0.3.75 lacks (LTX-2, Z-Image Omni, Anima, Kandinsky 5, ...)                     (~2 min)
+#              ComfyUI 0.3.75 lacks (LTX-2, Z-Image Omni, Anima, Kandinsky 5, ...), and replays with the
+#              QuantizedTensor weights of fp8_scaled and the mixed-precision checkpoints (nvfp4, mxfp8, int8) (~3 min)
 #   newestqwenfun Qwen-Image 20B with a Fun ControlNet of Qwen-Image 2512's Fun ControlNet Union's size (5 blocks;
 #              newer ComfyUI only; carry .dev-newest) at 1024², cfg 4, RAS and SDiT at 0.25/0.125, token-sparse (~6 min)
 #   newestzimagefun Z-Image 6B alone and with its Fun ControlNet Union 2.1 (newer ComfyUI only; carry .dev-newest) at
@@ -219,7 +220,10 @@ for part in "$@"; do
     newestcheck)
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestcheck needs .dev-newest in carry"; continue; }
       SDIT_TESTS_ON_GPU=1 newest timeout 300 python3 -m pytest -q -k "not stand-in" tests/test_forward_graphs.py 2>&1 \
-        | tee "$out/$part.log" ;;
+        | tee "$out/$part.log"
+      # replays with QuantizedTensor weights (fp8_scaled, nvfp4, mxfp8, int8) dequantized inside the graphs
+      SDIT_TESTS_ON_GPU=1 newest timeout 120 python3 -m pytest -q -k "replayed and cuda" tests/test_quantized_weights.py \
+        2>&1 | tee -a "$out/$part.log" ;;
     newestltx2)      # LTX-2 19B, a newer ComfyUI's model: 768 x 512 x 121 frames with its audio, cfg 3 (batch 2), every
                      # ratio, the model loaded the legacy way (dynamic schedules: eager)
       [ -f .dev-newest/comfyui.tgz ] || { echo "newestltx2 needs .dev-newest in carry"; continue; }

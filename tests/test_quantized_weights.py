@@ -1,7 +1,8 @@
 """Models loaded with quantized weights, as most users run the large ones: ComfyUI's Load Diffusion Model with
 `weight_dtype` fp8_e4m3fn (fp8 weights, cast to the compute dtype layer by layer), and the published fp8_scaled
 checkpoints (an fp8 weight and a scale per linear layer: ComfyUI 0.3.75 computes them through its scaled-fp8 ops,
-newer ComfyUI converts them to QuantizedTensor weights), and GGUF files through the ComfyUI-GGUF custom nodes
+newer ComfyUI converts them to QuantizedTensor weights), newer ComfyUI's mixed-precision checkpoints (nvfp4, mxfp8,
+int8 layers named in per-layer `comfy_quant` entries, the rest in full precision), and GGUF files through the ComfyUI-GGUF custom nodes
 (weights dequantized layer by layer; run where that pack is installed: in ComfyUI's custom_nodes, or at
 SDIT_COMFYUI_GGUF, with the `gguf` package). Each file is written from a family's tiny model and loaded by the
 loader node a user would use (UNETLoader, Unet Loader (GGUF)); only the config detection, which reads the
@@ -75,8 +76,15 @@ def gguf_nodes():
 
 
 GGUF_NODES = gguf_nodes()
+# Newer ComfyUI's mixed-precision checkpoints: per layer a `comfy_quant` entry naming its format (the layers left
+# out stay in full precision), the weight's data and scales as ComfyUI's QuantizedTensor saves them. Their kernels
+# are CUDA's; ComfyUI's quantized tensors dequantize on the CPU.
+MIXED_FORMATS = ("nvfp4", "mxfp8", "int8_tensorwise")
+KNOWN_FORMATS = getattr(importlib.import_module("comfy.quant_ops"), "QUANT_ALGOS", {})
 FORMATS = ("fp8_e4m3fn", "fp8_scaled",
-           pytest.param("gguf_q8_0", marks=pytest.mark.skipif(GGUF_NODES is None, reason="ComfyUI-GGUF not installed")))
+           pytest.param("gguf_q8_0", marks=pytest.mark.skipif(GGUF_NODES is None, reason="ComfyUI-GGUF not installed")),
+           *(pytest.param(name, marks=pytest.mark.skipif(name not in KNOWN_FORMATS, reason=f"this ComfyUI has no {name}"))
+             for name in MIXED_FORMATS))
 
 
 def scaled_fp8_file(diffusion_model, state: dict) -> dict:
@@ -91,6 +99,24 @@ def scaled_fp8_file(diffusion_model, state: dict) -> dict:
         out[f"{layer}.scale_weight"] = scale.reshape(())
         out[f"{layer}.scale_input"] = torch.ones(())
     out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def mixed_precision_file(diffusion_model, state: dict, quant_format: str) -> dict:
+    """Every linear layer inside a block in `quant_format`, quantized by ComfyUI's own layout class (the first and
+    last layers stay in full precision, as the published mixed checkpoints keep them)."""
+    import json
+    from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor, get_layout_class
+    layout = QUANT_ALGOS[quant_format]["comfy_tensor_layout"]
+    out = dict(state)
+    for key in linear_weights(diffusion_model):
+        if "blocks." not in key and "layers." not in key:
+            continue
+        layer = key[:-len(".weight")]
+        data, params = get_layout_class(layout).quantize(state[key].float())
+        del out[key]
+        out.update(QuantizedTensor(data, layout, params).state_dict(f"{layer}.weight"))
+        out[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": quant_format}).encode()), dtype=torch.uint8)
     return out
 
 
@@ -142,7 +168,10 @@ def load_quantized(family: str, weight_format: str, directory, seed: int = 3):
     if weight_format == "gguf_q8_0":
         write_gguf_q8_0(state, linear_weights(diffusion_model), directory / f"{name}.gguf", GGUF_ARCHITECTURES[family])
     else:
-        state = scaled_fp8_file(diffusion_model, state) if weight_format == "fp8_scaled" else state
+        if weight_format == "fp8_scaled":
+            state = scaled_fp8_file(diffusion_model, state)
+        elif weight_format in MIXED_FORMATS:
+            state = mixed_precision_file(diffusion_model, state, weight_format)
         safetensors.torch.save_file(state, str(directory / f"{name}.safetensors"))
     folder_paths.add_model_folder_path("diffusion_models", str(directory))
     with tiny_config_detected(model.model.model_config):
@@ -174,7 +203,8 @@ def stored_weights(model) -> dict:
 @pytest.mark.parametrize("weight_format", FORMATS)
 def test_the_weights_load_quantized(weight_format, tmp_path):
     """The files are what they say: fp8 weights (newer ComfyUI's QuantizedTensor reports its compute dtype, so its
-    stored weights are read from the state dict it saves), or GGUF's Q8_0 blocks."""
+    stored weights are read from the state dict it saves), GGUF's Q8_0 blocks, or the mixed-precision formats'
+    storage in the blocks beside full-precision layers outside them."""
     model = load_quantized("flux", weight_format, tmp_path)
     if weight_format == "gguf_q8_0":
         import gguf
@@ -182,6 +212,11 @@ def test_the_weights_load_quantized(weight_format, tmp_path):
         assert weight.tensor_type == gguf.GGMLQuantizationType.Q8_0
         return
     stored = model.model.diffusion_model.state_dict()
+    if weight_format in MIXED_FORMATS:
+        assert stored["double_blocks.0.img_attn.qkv.weight"].dtype == KNOWN_FORMATS[weight_format]["storage_t"]
+        assert "double_blocks.0.img_attn.qkv.comfy_quant" in stored
+        assert stored["img_in.weight"].dtype == torch.float32, "the layers outside the blocks stay in full precision"
+        return
     assert stored["double_blocks.0.img_attn.qkv.weight"].dtype == torch.float8_e4m3fn
     assert model.model.manual_cast_dtype == torch.float32 or weight_format == "fp8_scaled"
 
