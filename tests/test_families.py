@@ -116,23 +116,32 @@ def test_supported_family_names_list_every_family():
     assert supported_family_names() == "Flux, Flux 2, Flux Kontext, Chroma, SD3, SD3.5, Lumina 2, Z-Image, Ming-Image, Qwen-Image, Wan 2.1, Wan 2.2, Wan VACE, Wan 2.2 Animate, Wan Animate 2, Wan HuMo, Wan S2V, Wan SCAIL, WanDancer, HunyuanVideo, Cosmos Predict2, Anima, HiDream-I1, HiDream-E1, Kandinsky 5, LTX-Video, LTX-2, Mochi, AuraFlow, Krea 2, Ideogram 4, Mage-Flow, Lens, JoyImage, CogVideoX, OmniGen2, Boogu-Image, ERNIE-Image, PixArt-α, PixArt-Σ, Qwen-Image 2.1, Chroma Radiance, HunyuanDiT, Z-Image pixel space, MiniMax H3, Cosmos 1.0, PixelDiT, PiD, HiDream-O1, SenseNova U1.5, Prism, Helios, Kandinsky 6"
 
 
-def test_lumina_subclass_with_its_own_forward_is_not_matched():
-    """A NextDiT subclass with a forward of its own is another model: it gets the "not supported" error, not a wrong
-    image (newer ComfyUI's Z-Image pixel space, NextDiTPixelSpace, has an adapter of its own: test_zimage_pixel.py)."""
+# (module, ComfyUI's class, a method the family's adapter relies on, the family): a subclass overriding it is another
+# model, e.g. newer ComfyUI's Z-Image pixel space (NextDiTPixelSpace, an adapter of its own: test_zimage_pixel.py) or
+# Nunchaku's 4-bit Qwen-Image (its own forward and blocks, whose attention does not take transformer_options)
+OWN_FORWARD_CASES = [("comfy.ldm.lumina.model", "NextDiT", "_forward", "Lumina 2"),
+                     ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel", "_forward", "Qwen-Image"),
+                     ("comfy.ldm.flux.model", "Flux", "forward_orig", "Flux"),
+                     ("comfy.ldm.chroma.model", "Chroma", "forward_orig", "Flux"),
+                     ("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper",
+                      "forward_core_with_concat", "SD3")]
+
+
+@pytest.mark.parametrize("module, class_name, method, family", OWN_FORWARD_CASES)
+def test_a_subclass_with_a_forward_of_its_own_is_not_matched(module, class_name, method, family):
+    """It gets the "not supported" error naming its class before sampling, not an error at the first sparse step (or a
+    wrong image); ComfyUI's own class is matched."""
+    import importlib
     import types
 
-    import comfy.ldm.lumina.model
     from comfyui_sdit.nodes.families import adapter_for
-
-    class OwnForward(comfy.ldm.lumina.model.NextDiT):
-        def _forward(self, *args, **kwargs):
-            raise AssertionError("never called")
-    patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(OwnForward)))
-    with pytest.raises(SDiTInputError, match="not supported"):
+    cls = getattr(importlib.import_module(module), class_name)
+    own = type("OwnForward", (cls,), {method: lambda self, *args, **kwargs: None})
+    patcher = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(own)))
+    with pytest.raises(SDiTInputError, match="OwnForward.* is not supported"):
         adapter_for(patcher, "SDiT Sampler")
-    plain = types.SimpleNamespace(model=types.SimpleNamespace(
-        diffusion_model=object.__new__(comfy.ldm.lumina.model.NextDiT)))
-    assert adapter_for(plain, "SDiT Sampler").names == ("Lumina 2", "Z-Image", "Ming-Image")
+    plain = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=object.__new__(cls)))
+    assert family in adapter_for(plain, "SDiT Sampler").names
 
 
 def test_z_image_reference_latents_sample_in_either_comfyui():

@@ -10,7 +10,7 @@ the positions are mapped to the gathered sequence. ComfyUI's Flux KV Cache takes
 whole layout in the keys (ForwardCall.dropped_extras).
 """
 from ..neighbours import FLUX_KV_CACHE_PATCH
-from .base import FamilyAdapter, gather_control, patch_method, reference_latents
+from .base import FamilyAdapter, gather_control, patch_method, reference_latents, runs_class_methods
 
 
 FLUX2_PROMPT = 512      # ComfyUI's Flux 2 pads shorter prompts to this many tokens (model_base.Flux2.extra_conds)
@@ -21,11 +21,11 @@ class FluxFamily(FamilyAdapter):
     handled_patches = (FLUX_KV_CACHE_PATCH,)    # gathered before the node takes the references out: engine.py
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.chroma.model
         import comfy.ldm.chroma_radiance.model
-        import comfy.ldm.flux.model
-        # Chroma Radiance works in pixel space with a NeRF head after the blocks: an adapter of its own
-        return (isinstance(diffusion_model, (comfy.ldm.flux.model.Flux, comfy.ldm.chroma.model.Chroma))
+        # A subclass with a forward of its own is another model (a custom pack's); Chroma Radiance works in pixel
+        # space with a NeRF head after the blocks: an adapter of its own
+        return (any(runs_class_methods(diffusion_model, module, name, ("forward", "_forward", "forward_orig"))
+                    for module, name in (("comfy.ldm.flux.model", "Flux"), ("comfy.ldm.chroma.model", "Chroma")))
                 and not isinstance(diffusion_model, comfy.ldm.chroma_radiance.model.ChromaRadiance))
 
     def patch_size(self, diffusion_model) -> int:

@@ -21,7 +21,8 @@ import comfy.patcher_extension as patcher_extension
 
 from ..comfy_compat import compiler_opaque, patchifies_frames
 from ..neighbours import FLUX_KV_CACHE_PATCH
-from .base import FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents
+from .base import (FamilyAdapter, gather_control, patch_method, patch_module_forward, reference_latents,
+                   runs_class_methods)
 from .diffsynth_controlnet import PATCH_CLASS as DIFFSYNTH_PATCH, token_sparse_options
 
 WRAPPER_KEY = "comfyui_sdit_qwen_image"
@@ -32,8 +33,10 @@ class QwenImageFamily(FamilyAdapter):
     handled_patches = (DIFFSYNTH_PATCH, FLUX_KV_CACHE_PATCH)   # the Flux KV Cache: gathered at img_in, before it
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.qwen_image.model
-        return isinstance(diffusion_model, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel)
+        # A subclass with a forward of its own is another model (Nunchaku's 4-bit Qwen-Image: blocks of its own whose
+        # attention does not take ComfyUI's transformer_options)
+        return runs_class_methods(diffusion_model, "comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel",
+                                  ("forward", "_forward"))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)

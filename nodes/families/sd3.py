@@ -7,15 +7,16 @@ unpatchify. Attention is joint over [registers | context | x] (QK-norm applied b
 the cache holds normed keys); SD3.5's second, image-only attention (`x_block_self_attn`) has no
 prefix and gets its own cache layer.
 """
-from .base import FamilyAdapter, gather_control, patch_method
+from .base import FamilyAdapter, gather_control, patch_method, runs_class_methods
 
 
 class SD3Family(FamilyAdapter):
     names = ("SD3", "SD3.5")
 
     def matches(self, diffusion_model) -> bool:
-        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
-        return isinstance(diffusion_model, mmdit.MMDiT)
+        # a subclass with a core of its own is another model (ComfyUI's own wrapper changes `forward` alone)
+        return runs_class_methods(diffusion_model, "comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT",
+                                  ("forward_core_with_concat",))
 
     def patch_size(self, diffusion_model) -> int:
         return int(diffusion_model.patch_size)
