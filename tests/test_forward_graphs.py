@@ -670,6 +670,30 @@ def test_block_patches_of_other_nodes_keep_forwards_eager():
     assert backends[0].captures == 0 and len(calls) == 6       # the replacement ran in every forward
 
 
+@pytest.mark.parametrize("family, below, own", [("flux", "double_blocks.0.img_attn.qkv", ""),
+                                                 ("lumina2", "layers.1.attention", "layers.1")])
+def test_module_hooks_below_a_graphed_part_keep_it_eager(family, below, own):
+    """Another pack's torch forward hook on a module inside a graphed part (Nunchaku's 4-bit Z-Image packs RoPE in
+    one per attention layer) would run at capture only: that part stays eager (Flux's whole forward; one of Lumina's
+    layers, the others captured) and the hook runs in every forward. A hook on the graphed module itself (or on the
+    model, for a whole-forward graph) runs outside its graph: no obstacle."""
+    model = FAMILIES[family].build(seed=2)
+    diffusion_model = model.model.diffusion_model
+    eager, _ = sample(model, family, plans_for(family))
+    graphs = GRAPHS_PER_FORWARD[family] * GRAPHED[family].cfg_streams
+    for path, captures in ((own, graphs), (below, graphs - GRAPHED[family].cfg_streams)):
+        calls = []
+        handle = diffusion_model.get_submodule(path).register_forward_pre_hook(lambda module, args: calls.append(1))
+        backends = []
+        try:
+            graphed, _ = sample(model, family, plans_for(family), collecting(backends))
+        finally:
+            handle.remove()
+        assert backends[0].captures == captures, path
+        assert torch.equal(graphed, eager)
+        assert len(calls) == 6 * GRAPHED[family].cfg_streams, "the hook ran in every forward"
+
+
 class RefusingDoubles(ReplayByRerun):
     """A backend for float32 tensors only (as CUDA graphs are for CUDA tensors only)."""
 

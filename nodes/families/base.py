@@ -47,7 +47,7 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
         call, bound = enter(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        result = _replayed(patcher_ref(), call, bound, original, path, patches_between) if graph else None
+        result = _replayed(patcher_ref(), call, bound, original, path, patches_between, owner) if graph else None
         if result is None:
             result = original(*bound.args, **bound.kwargs)
         return finish(call, result) if finish is not None else result
@@ -59,10 +59,10 @@ def patch_method(patcher, slot, path: str, before: Optional[Callable] = None, af
 
 @compiler_opaque
 def _replayed(patcher, call, bound: inspect.BoundArguments, method: Callable, site: str,
-              patches_between: Tuple[str, ...] = ()):
+              patches_between: Tuple[str, ...] = (), owner=None):
     """`method(*bound.args, **bound.kwargs)` replayed from the stream's CUDA graphs, or None where it may not be
-    (eager under torch.compile: captured, not compiled)."""
-    if patcher is None or not _may_graph(patcher, call, bound.arguments, patches_between):
+    (eager under torch.compile: captured, not compiled). `owner`: the module whose method it is."""
+    if patcher is None or not _may_graph(patcher, call, bound.arguments, patches_between) or hooked_inside(call, owner):
         return None
     signature = bound.signature
 
@@ -194,7 +194,7 @@ def attention_through_cache(patcher, slot, path: str, replacement: Callable, fam
         if applies is not None and not applies(bound.arguments):
             return original(*args, **kwargs)
         restated = functools.partial(replacement, call, owner)
-        out = _replayed(patcher_ref(), call, bound, restated, path) if graph else None
+        out = _replayed(patcher_ref(), call, bound, restated, path, owner=owner) if graph else None
         if out is None:
             out = restated(*args, **kwargs)
         if unchecked and call.dense:
@@ -283,6 +283,23 @@ def _may_graph(patcher, call, arguments: dict, patches_between: Tuple[str, ...] 
         return False
     inside = [kind for kind, patches in (options.get("patches") or {}).items() if patches and kind not in patches_between]
     return not inside and not options.get("patches_replace")
+
+
+def hooked_inside(call, module) -> bool:
+    """Does Python code of another pack run inside the module's calls: torch forward hooks on a module below it (not
+    on the module itself: the model calls it, so its own hooks run outside the graph), or global module hooks? A graph
+    would run that code at capture only (Nunchaku's 4-bit Z-Image packs each attention layer's RoPE in such a hook,
+    per forward). The modules below it are listed once per stream (what a stream keeps: engine.Stream.carried)."""
+    from torch.nn.modules import module as torch_module
+    if torch_module._global_forward_pre_hooks or torch_module._global_forward_hooks:
+        return True
+    if not isinstance(module, torch.nn.Module):
+        return False
+    key = ("modules below", id(module))
+    below = call.stream.carried.get(key)
+    if below is None or below[0] is not module:
+        below = call.stream.carried[key] = (module, [m for m in module.modules() if m is not module])
+    return any(m._forward_pre_hooks or m._forward_hooks for m in below[1])
 
 
 def gather_image_first(call, tokens: torch.Tensor) -> torch.Tensor:
