@@ -25,6 +25,13 @@ def weights_may_move(patcher) -> bool:
     return bool(getattr(patcher.model, "model_lowvram", False)) or dynamic_vram(patcher)
 
 
+def global_module_hooks() -> bool:
+    """Are torch forward hooks registered for every module (`register_module_forward_hook` and its pre-hook
+    kind)? Their tables are torch's internals: absent ones count as none."""
+    from torch.nn.modules import module
+    return bool(getattr(module, "_global_forward_pre_hooks", None) or getattr(module, "_global_forward_hooks", None))
+
+
 def inference_dtype(base_model) -> torch.dtype:
     """The dtype the model computes in (its keys and values): newer ComfyUI says it (`get_dtype_inference`);
     older ones compute in `manual_cast_dtype` where weights are cast, else in the weights' dtype."""

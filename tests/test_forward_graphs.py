@@ -694,6 +694,20 @@ def test_module_hooks_below_a_graphed_part_keep_it_eager(family, below, own):
         assert len(calls) == 6 * GRAPHED[family].cfg_streams, "the hook ran in every forward"
 
 
+def test_a_global_module_hook_keeps_forwards_eager():
+    """A hook registered for every module (torch's `register_module_forward_pre_hook`) runs inside every graphed part."""
+    model = FAMILIES["flux"].build(seed=2)
+    eager, _ = sample(model, "flux", plans_for("flux"))
+    calls, backends = [], []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        graphed, _ = sample(model, "flux", plans_for("flux"), collecting(backends))
+    finally:
+        handle.remove()
+    assert backends[0].captures == 0 and calls
+    assert torch.equal(graphed, eager)
+
+
 class RefusingDoubles(ReplayByRerun):
     """A backend for float32 tensors only (as CUDA graphs are for CUDA tensors only)."""
 

@@ -8,7 +8,8 @@ from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
 
-from ..comfy_compat import compiler_opaque, on_multigpu_thread, takes_transformer_options, weights_may_move
+from ..comfy_compat import (compiler_opaque, global_module_hooks, on_multigpu_thread, takes_transformer_options,
+                             weights_may_move)
 from ...sdit_core.forward_graphs import copied_tensors
 from ...sdit_core.tokens import scatter_rows_
 
@@ -290,8 +291,7 @@ def hooked_inside(call, module) -> bool:
     on the module itself: the model calls it, so its own hooks run outside the graph), or global module hooks? A graph
     would run that code at capture only (Nunchaku's 4-bit Z-Image packs each attention layer's RoPE in such a hook,
     per forward). The modules below it are listed once per stream (what a stream keeps: engine.Stream.carried)."""
-    from torch.nn.modules import module as torch_module
-    if torch_module._global_forward_pre_hooks or torch_module._global_forward_hooks:
+    if global_module_hooks():
         return True
     if not isinstance(module, torch.nn.Module):
         return False
