@@ -8,6 +8,9 @@ Checked, and why:
   appends their kept keys/values inside attention. The engine follows that (ForwardCall.dropped_extras) where the
   adapter counts those tokens at its gather (Flux, Qwen-Image, Krea 2: `FLUX_KV_CACHE_PATCH` in handled_patches);
   elsewhere the keys would not line up with the tokens that ran.
+- KJNodes' Enhance-A-Video nodes (Wan, HunyuanVideo, LTX-Video; and their forks) replace each block's self-attention
+  with one scaled by a score of every video token's queries and keys across frames (found by the transformer option
+  they set): on a sparse step the score would be of the running tokens alone, folded into frames they do not fill.
 - Newer ComfyUI's "Prism Sparse Attention Settings" with attention other than dense: Prism's video blocks then
   compute attention with a block-sparse kernel of their own over the whole video, past the engine.
 - ComfyUI's "HiDream-O1 Patch Seam Smoothing" runs the diffusion model again inside each model call on the
@@ -51,6 +54,7 @@ _BLOCK_SPARSE_CALLBACK = "block_sparse_attention"     # its ON_PREPARE_STATE cal
 FLUX_KV_CACHE_PATCH = "KV_Attn_Input"                  # its attn1_patch class
 _SEAM_SMOOTHING_WRAPPER = "hidream_o1_patch_seam_smoothing"   # its DIFFUSION_MODEL wrapper key
 _PRISM_ATTENTION = "prism_attention"                   # Prism Sparse Attention Settings' transformer option
+_ENHANCE_A_VIDEO = "enhance_weight"                     # the transformer option KJNodes' Enhance-A-Video nodes set
 _SEAMLESS_TILING_MODULE = "nodes_seamless_tiling"      # the module of Seamless Tiling's model_function_wrapper
 _CHANGES_ATTENTION = "changes attention in a way region-adaptive sampling cannot follow"
 _BY_POSITION = ("adds its own inputs to the image tokens by their position in the whole image, while "
@@ -89,6 +93,10 @@ def conflicting_node(patcher, handled: Tuple[str, ...] = ()) -> Tuple[str, str]:
         return "Prism Sparse Attention Settings", ("with attention other than dense computes the video's attention "
                                                    "with Prism's own block-sparse kernel, past region-adaptive "
                                                    "sampling's K/V cache (set its attention to dense)")
+    if options.get(_ENHANCE_A_VIDEO):
+        return "Enhance-A-Video (KJNodes)", ("scales each block's self-attention by a score of every video token's "
+                                               "queries and keys across frames, while region-adaptive sampling runs "
+                                               "only some of those tokens")
     patches = options.get("patches", {})
     if FLUX_KV_CACHE_PATCH not in handled and any(type(p).__name__ == FLUX_KV_CACHE_PATCH
                                                   for p in patches.get("attn1_patch", [])):
@@ -151,7 +159,7 @@ def explain_failed_sparse_forward(error: Exception, transformer_options: dict, n
 def check_neighbours(patcher, node: str, handled: Tuple[str, ...] = ()) -> None:
     other, why = conflicting_node(patcher, handled)
     if other:
-        raise SDiTInputError(node, "model", f"the model also has ComfyUI's '{other}' node applied, which {why}; "
+        raise SDiTInputError(node, "model", f"the model also has the '{other}' node applied, which {why}; "
                                             f"remove '{other}' or use KSampler")
 
 

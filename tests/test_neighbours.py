@@ -130,6 +130,30 @@ def wrapped_again(model):
     return patched
 
 
+def enhance_a_video(model, weight=2.0):
+    """What KJNodes' Enhance-A-Video nodes do to a MODEL: the weight in the transformer options, and an object patch
+    on each block's self-attention (here one that calls the model's own: the check is by the option)."""
+    patched = model.clone()
+    patched.model_options.setdefault("transformer_options", {})["enhance_weight"] = weight
+    path = "diffusion_model.double_blocks.0.img_attn.norm.forward"
+    attention = patched.get_model_object(path)
+    patched.add_object_patch(path, lambda *args, **kwargs: attention(*args, **kwargs))
+    return patched
+
+
+def test_enhance_a_video_is_named_in_a_clear_error():
+    """Its score of every video token's queries and keys would be of the running tokens alone: refused before
+    sampling by the sampler nodes, and by the Model Patch nodes when sampling starts, in either order."""
+    model = tiny_flux(seed=46)
+    a, lat = ras_args(cfg=3.0), latent(1)
+    with pytest.raises(SDiTInputError, match=r"RAS Sampler.*'Enhance-A-Video \(KJNodes\)'.*every video token"):
+        ras_sample(enhance_a_video(model), latent_image=lat, **a)
+    with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Enhance-A-Video"):
+        ksampler(enhance_a_video(ras_patch(model)), a, lat)
+    with pytest.raises(SDiTInputError, match="RAS Model Patch.*'Enhance-A-Video"):
+        ras_patch(enhance_a_video(model))
+
+
 def test_seamless_tiling_is_named_in_a_clear_error():
     """It evaluates the model on the latent rolled by half its size each step: the rolled calls would read the K/V
     cache and skipped outputs of the unrolled tokens at the same places. Refused by the sampler nodes, under another
