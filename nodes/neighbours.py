@@ -46,7 +46,7 @@ sampling starts), block patches (forwards stay eager), Skip Layer Guidance (its
 perturbed network is a stream of its own: sparse_patch._stream_key), patches on the text tokens (USO's
 style tokens before the prompt)."""
 import weakref
-from typing import Tuple
+from typing import Optional, Tuple
 
 from .errors import SDiTInputError
 
@@ -130,24 +130,29 @@ def _wrapper_chain(wrapper, most: int = 16) -> list:
     return found
 
 
-def other_patches(transformer_options: dict) -> str:
-    """The patches other nodes put on the model's blocks, by list and class, and their block replacements ('' where
-    none): what a sparse forward that failed inside the model is told to look at (a custom pack's patch that works
-    by position over the whole image, which no check here knows)."""
+def other_patches(transformer_options: dict, object_patches: Optional[dict] = None) -> str:
+    """The patches other nodes put on the model's blocks, by list and class, their block replacements and their object
+    patches of the diffusion model's code ('' where none): what a sparse forward that failed inside the model is told
+    to look at (a custom pack's patch that works by position over the whole image, which no check here knows).
+    Compiled modules and functions (TorchCompileModel's) are the model's own code."""
     named = [f"{type(patch).__name__} ({kind})" for kind, patch_list in transformer_options.get("patches", {}).items()
              for patch in (patch_list if isinstance(patch_list, (list, tuple)) else ())]
     named += [f"{type(patch).__name__} (replaces {' '.join(map(str, block)) if isinstance(block, tuple) else block})"
               for by_block in transformer_options.get("patches_replace", {}).values() if isinstance(by_block, dict)
               for block, patch in by_block.items()]
+    named += [f"{path} (object patch)" for path, value in (object_patches or {}).items()
+              if path.startswith("diffusion_model.") and not hasattr(value, "sdit_wraps")
+              and not hasattr(value, "_orig_mod") and not hasattr(value, "_torchdynamo_orig_callable")]
     return ", ".join(named)
 
 
-def explain_failed_sparse_forward(error: Exception, transformer_options: dict, node: str) -> Exception:
+def explain_failed_sparse_forward(error: Exception, transformer_options: dict, node: str,
+                                  object_patches: Optional[dict] = None) -> Exception:
     """An error raised inside the model during a token-sparse forward, where other nodes' patches are on
     the model: named as such, with the patches (the original error chained). Otherwise the error itself:
     ours are clear already, out-of-memory and interrupts are what they say."""
     import torch
-    patches = other_patches(transformer_options)
+    patches = other_patches(transformer_options, object_patches)
     if (not patches or isinstance(error, (SDiTInputError, NotImplementedError, torch.OutOfMemoryError))
             or not isinstance(error, (RuntimeError, IndexError, ValueError))):
         return error

@@ -246,7 +246,8 @@ def apply_token_sparse(model, make_policy: Callable[[SparseRun], TokenPolicy], n
             completed = True
             return out
         except Exception as error:
-            explained = error if call.dense else explain_failed_sparse_forward(error, transformer_options, node)
+            explained = error if call.dense else explain_failed_sparse_forward(error, transformer_options, node,
+                                                                               slot.object_patches)
             if explained is error:
                 raise
             raise explained from error

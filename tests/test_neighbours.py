@@ -315,6 +315,24 @@ def test_an_unknown_patch_that_fails_a_sparse_forward_is_named():
     with pytest.raises(SDiTInputError, match=r"failed inside the model .*ShiftsEveryTokenOfTheBlock \(replaces "
                                              r"double_block 1\)"):
         ras_sample(replaced, latent_image=lat, **dict(a, sample_ratio=0.25))
+    # an object patch of another node on the model's code (KJNodes' Enhance-A-Video folds every token into frames so)
+    folded = tiny_qwen_image(seed=48).clone()
+    path = "diffusion_model.transformer_blocks.0.img_mlp.forward"
+    original = folded.get_model_object(path)
+
+    def every_token_in_rows(x):
+        x.view(x.shape[0], 8, 8, x.shape[-1])        # the 8 x 8 tokens of a 16 x 16 latent
+        return original(x)
+    folded.add_object_patch(path, every_token_in_rows)
+    with pytest.raises(SDiTInputError, match=r"failed inside the model .*carries patches of other nodes \("
+                                             rf"{path} \(object patch\)\)"):
+        ras_sample(folded, latent_image=lat, **dict(a, sample_ratio=0.25))
+    # TorchCompileModel's compiled blocks and functions are the model's own code, ours are ours
+    from comfyui_sdit.nodes.neighbours import other_patches
+    compiled = {"diffusion_model.double_blocks.0": torch.compile(torch.nn.Linear(2, 2)),
+                "diffusion_model.forward_orig": torch.compile(every_token_in_rows),
+                path: folded.object_patches[path], "model_sampling": object()}
+    assert other_patches({}, compiled) == f"{path} (object patch)"
     # without other nodes' patches a failing forward raises its own error unchanged
     from comfyui_sdit.nodes.neighbours import explain_failed_sparse_forward
     error = RuntimeError("size mismatch")
