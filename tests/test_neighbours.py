@@ -143,7 +143,8 @@ def enhance_a_video(model, weight=2.0):
 
 def test_enhance_a_video_is_named_in_a_clear_error():
     """Its score of every video token's queries and keys would be of the running tokens alone: refused before
-    sampling by the sampler nodes, and by the Model Patch nodes when sampling starts, in either order."""
+    sampling by the sampler nodes; by the Model Patch nodes when sampling starts (it applied after them) or at once
+    (it applied before them)."""
     model = tiny_flux(seed=46)
     a, lat = ras_args(cfg=3.0), latent(1)
     with pytest.raises(SDiTInputError, match=r"RAS Sampler.*'Enhance-A-Video \(KJNodes\)'.*every video token"):
