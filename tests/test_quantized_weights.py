@@ -2,8 +2,8 @@
 `weight_dtype` fp8_e4m3fn (fp8 weights, cast to the compute dtype layer by layer), and the published fp8_scaled
 checkpoints (an fp8 weight and a scale per linear layer: ComfyUI 0.3.75 computes them through its scaled-fp8 ops,
 newer ComfyUI converts them to QuantizedTensor weights), newer ComfyUI's mixed-precision checkpoints (nvfp4, mxfp8,
-int8 layers named in per-layer `comfy_quant` entries, the rest in full precision), and GGUF files through the ComfyUI-GGUF custom nodes
-(weights dequantized layer by layer; run where that pack is installed: in ComfyUI's custom_nodes, or at
+int8 layers named in per-layer `comfy_quant` entries, the rest in full precision), and GGUF files through the
+ComfyUI-GGUF custom nodes (weights dequantized layer by layer; run where that pack is installed: in ComfyUI's custom_nodes, or at
 SDIT_COMFYUI_GGUF, with the `gguf` package). Each file is written from a family's tiny model and loaded by the
 loader node a user would use (UNETLoader, Unet Loader (GGUF)); only the config detection, which reads the
 full-size widths off the weights, is handed the tiny model's config. What holds for full-precision weights must hold here: every token
@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
+import json
 import os
 import pathlib
 import sys
@@ -105,9 +106,8 @@ def scaled_fp8_file(diffusion_model, state: dict) -> dict:
 def mixed_precision_file(diffusion_model, state: dict, quant_format: str) -> dict:
     """Every linear layer inside a block in `quant_format`, quantized by ComfyUI's own layout class (the first and
     last layers stay in full precision, as the published mixed checkpoints keep them)."""
-    import json
-    from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor, get_layout_class
-    layout = QUANT_ALGOS[quant_format]["comfy_tensor_layout"]
+    from comfy.quant_ops import QuantizedTensor, get_layout_class
+    layout = KNOWN_FORMATS[quant_format]["comfy_tensor_layout"]
     out = dict(state)
     for key in linear_weights(diffusion_model):
         if "blocks." not in key and "layers." not in key:
